@@ -1,0 +1,96 @@
+"""End-to-end config handling: custom config, Squid's own errors, read-only /etc, runtime dirs."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+
+from entrypoint.testing import (  # noqa: F401 - fixtures
+    Launcher, Workspace, http_get, launch, squid_available, start_local_http_server,
+    wait_for_status, workspace,
+)
+
+
+def minimal_config(workspace: Workspace, port: int) -> str:
+    return (
+        f"http_port 127.0.0.1:{port}\n"
+        f"pid_filename {workspace.runtime_dir('run')}/custom.pid\n"
+        "http_access allow localhost\nhttp_access deny all\n"
+        "cache_log /dev/stderr\naccess_log stdio:/dev/stdout\nlogfile_rotate 0\n"
+        "visible_hostname custom-test\nshutdown_lifetime 1 seconds\npinger_enable off\n"
+        "netdb_filename none\n"
+    )
+
+
+def test_custom_config_wins_and_port_mismatch_is_a_warning(workspace: Workspace, launch: Launcher) -> None:
+    workspace.write_custom_config(minimal_config(workspace, workspace.squid_port))
+    env = workspace.env(SQUID_PORT=str(workspace.squid_port + 1 if workspace.squid_port < 65535 else 1024))
+    run = launch(env)
+    run.wait_ready()
+    assert f"Using custom Squid config {workspace.custom_config}" in run.stdout
+    assert re.search(r"\[WARNING\] SQUID_PORT=\d+ does not match the custom config's http_port", run.stdout)
+    # The health server follows the config's port, not SQUID_PORT.
+    assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200)[0] == 200
+    origin = start_local_http_server(f"custom {uuid.uuid4()}")
+    try:
+        status, body, _ = http_get(f"http://127.0.0.1:{origin.port}/", proxy=f"http://127.0.0.1:{workspace.squid_port}")
+    finally:
+        origin.close()
+    assert (status, body) == (200, origin.body)
+    assert not (workspace.runtime_dir("run") / "squid.conf").exists()
+
+
+def test_invalid_config_exits_1_with_squids_error_line(workspace: Workspace, launch: Launcher) -> None:
+    config = minimal_config(workspace, workspace.squid_port) + "http_access allow no_such_acl\n"
+    workspace.write_custom_config(config)
+    bad_line = config.splitlines().index("http_access allow no_such_acl") + 1
+    run = launch()
+    assert run.wait_exit(60) == 1
+    assert "Squid rejected the config" in run.stderr
+    assert re.search(rf"line {bad_line}: http_access allow no_such_acl", run.stderr), run.stderr
+    assert "Container ready" not in run.stdout
+    assert run.descendants_left() == []
+
+
+def test_missing_pid_filename_is_explained(workspace: Workspace, launch: Launcher) -> None:
+    config = "\n".join(
+        line for line in minimal_config(workspace, workspace.squid_port).splitlines() if not line.startswith("pid_filename")
+    )
+    workspace.write_custom_config(config)
+    run = launch()
+    assert run.wait_exit(60) == 1
+    assert "sets no pid_filename" in run.stderr
+
+
+def test_read_only_config_dir_works(workspace: Workspace, launch: Launcher) -> None:
+    # The packaged default in a read-only dir, SQUID_PORT forcing a rendered copy: it must go
+    # to the run dir, never next to the config (readOnlyRootFilesystem).
+    before = sorted(os.listdir(workspace.etc))
+    os.chmod(workspace.default_config, 0o444)
+    os.chmod(workspace.etc, 0o555)
+    try:
+        run = launch()
+        run.wait_ready()
+        assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200)[0] == 200
+        assert sorted(os.listdir(workspace.etc)) == before
+        assert (workspace.runtime_dir("run") / "squid.conf").exists()
+    finally:
+        os.chmod(workspace.etc, 0o775)
+
+
+def test_unwritable_runtime_dir_exits_1_naming_it(workspace: Workspace, launch: Launcher) -> None:
+    spool = workspace.runtime_dir("spool")
+    workspace.make_dir(spool, 0o555)
+    run = launch()
+    assert run.wait_exit(60) == 1
+    message = run.stderr
+    assert f"Runtime directory {spool} is not writable" in message
+    assert f"Running as UID {run_uid(run)} GID" in message
+    assert "mode dr-xr-xr-x" in message
+    assert "emptyDir" in message and "fsGroup" in message and f"chmod g+rwX {spool}" in message
+    assert run.descendants_left() == []
+
+
+def run_uid(run) -> int:  # type: ignore[no-untyped-def]
+    return int(re.search(r"UID: (\d+)", run.stdout).group(1))  # type: ignore[union-attr]

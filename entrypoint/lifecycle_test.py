@@ -1,0 +1,176 @@
+"""End-to-end: the real entrypoint with the real Squid, real signals and real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from entrypoint.testing import (  # noqa: F401 - fixtures
+    UNPRIVILEGED_UID, Launcher, Workspace, http_get, launch, process_state, process_uid,
+    python_for_child, running_as_root, squid_available, start_local_http_server, wait_for_status,
+    wait_until, workspace,
+)
+
+
+def test_default_config_serves_health_ready_and_proxies(workspace: Workspace, launch: Launcher) -> None:
+    run = launch()
+    run.wait_ready()
+    health = f"http://127.0.0.1:{workspace.health_port}"
+    assert wait_for_status(f"{health}/ready", 200) == (200, "READY\n")
+    status, body, headers = http_get(f"{health}/health")
+    assert (status, body) == (200, "OK\n")
+    assert headers["Content-Type"].startswith("text/plain")
+    origin = start_local_http_server(f"hello through squid {uuid.uuid4()}")
+    try:
+        status, body, _ = http_get(
+            f"http://127.0.0.1:{origin.port}/page", proxy=f"http://127.0.0.1:{workspace.squid_port}"
+        )
+    finally:
+        origin.close()
+    assert (status, body) == (200, origin.body)
+    # Squid's access log reaches the container's stdout through the entrypoint.
+    run.wait_for_output(rf"GET http://127\.0\.0\.1:{origin.port}/page", 30)
+    # The default was rendered into the run dir (SQUID_PORT differs); nothing written under etc/.
+    assert (workspace.runtime_dir("run") / "squid.conf").read_text().count(f"http_port {workspace.squid_port}") == 1
+    assert sorted(p.name for p in workspace.etc.iterdir()) == ["squid.conf.default"]
+
+
+def test_sigterm_stops_gracefully_and_leaves_no_process(launch: Launcher) -> None:
+    run = launch()
+    squid_pid = run.wait_ready()
+    run.process.send_signal(signal.SIGTERM)
+    assert run.wait_exit(60) == 0
+    assert "Received signal SIGTERM, initiating graceful shutdown..." in run.stdout
+    assert "Shutdown complete" in run.stdout
+    assert "Squid stopped (exit code 0)" in run.stdout
+    assert process_state(squid_pid) is None
+    assert run.descendants_left() == []
+
+
+def test_second_sigterm_forces_the_kill(launch: Launcher) -> None:
+    run = launch()
+    run.wait_ready()
+    run.process.send_signal(signal.SIGTERM)
+    run.wait_for_output("initiating graceful shutdown")
+    run.process.send_signal(signal.SIGTERM)
+    # shutdown_lifetime is 5 s; a forced stop does not wait for it.
+    assert run.wait_exit(30) == 0
+    assert "again, killing Squid now" in run.stdout
+    assert "Shutdown complete" in run.stdout
+    assert run.descendants_left() == []
+
+
+def test_squid_killed_exits_1_within_2_seconds(launch: Launcher) -> None:
+    run = launch()
+    squid_pid = run.wait_ready()
+    os.kill(squid_pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    assert run.wait_exit(30) == 1
+    elapsed = time.monotonic() - killed_at
+    assert elapsed < 2.0, f"entrypoint took {elapsed:.2f} s to notice"
+    assert "Squid process died unexpectedly (signal SIGKILL)" in run.stderr
+    assert run.descendants_left() == []
+
+
+def test_sigterm_right_at_start_aborts_cleanly(launch: Launcher) -> None:
+    run = launch()
+    run.wait_for_output(r"CephaloProxy entrypoint starting")
+    run.process.send_signal(signal.SIGTERM)
+    assert run.wait_exit(60) == 0
+    assert "Container ready" not in run.stdout
+    assert "Shutdown complete" in run.stdout
+    assert run.descendants_left() == []
+
+
+def test_sigterm_while_squid_starts_stops_it(launch: Launcher) -> None:
+    run = launch()
+    run.wait_for_output(r"Starting Squid proxy\.\.\.")
+    run.process.send_signal(signal.SIGTERM)
+    assert run.wait_exit(60) == 0
+    assert "Shutdown complete" in run.stdout
+    assert run.descendants_left() == []
+
+
+def test_sighup_reconfigures_and_keeps_the_pid(workspace: Workspace, launch: Launcher) -> None:
+    run = launch()
+    squid_pid = run.wait_ready()
+    run.process.send_signal(signal.SIGHUP)
+    run.wait_for_output(rf"Squid reconfigured \(PID {squid_pid} kept\)")
+    # Squid itself confirms it re-read its config.
+    run.wait_for_output(r"Reconfiguring Squid Cache", 30, stream="stderr")
+    assert run.process.poll() is None
+    assert process_state(squid_pid) not in (None, "Z")
+    assert (workspace.runtime_dir("run") / "squid.pid").read_text().strip() == str(squid_pid)
+    assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200)[0] == 200
+
+
+def test_bad_environment_values_warn_and_use_defaults(workspace: Workspace, launch: Launcher) -> None:
+    env = workspace.env(LOG_LEVEL="chatty", SHUTDOWN_TIMEOUT="-3", HEALTH_PORT="99999")
+    # HEALTH_PORT falls back to 8080, which may be taken on this host: point the check elsewhere.
+    run = launch(env)
+    run.wait_for_output(r"CephaloProxy entrypoint starting")
+    out = run.wait_for_output(r"Settings: .*", 30).group(0)
+    assert "Invalid LOG_LEVEL='chatty'" in run.stdout and "using default INFO" in run.stdout
+    assert "Invalid SHUTDOWN_TIMEOUT='-3'" in run.stdout and "using default 30" in run.stdout
+    assert "Invalid HEALTH_PORT='99999'" in run.stdout and "using default 8080" in run.stdout
+    assert "HEALTH_PORT=8080 LOG_LEVEL=INFO SHUTDOWN_TIMEOUT=30s" in out
+
+
+def test_orphaned_grandchild_is_reaped(workspace: Workspace, launch: Launcher) -> None:
+    # A url_rewrite helper (started by Squid's worker) forks a child that forks a grandchild
+    # and exits: the grandchild is re-parented to the entrypoint (PID 1 / child subreaper),
+    # lives a moment, exits, and must then be reaped rather than stay a zombie.
+    helper = workspace.etc / "orphan_maker.py"
+    record = workspace.var / "orphan.txt"
+    helper.write_text(
+        "import os, sys, time\n"
+        "record = sys.argv[1]\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    if os.fork() == 0:\n"
+        "        time.sleep(0.5)\n"
+        "        with open(record + '.tmp', 'w') as f:\n"
+        "            f.write(f'{os.getpid()} {os.getppid()}')\n"
+        "        os.rename(record + '.tmp', record)\n"
+        "        time.sleep(1.5)\n"
+        "        os._exit(0)\n"
+        "    os._exit(0)\n"
+        "os.waitpid(child, 0)\n"
+        "for line in sys.stdin:\n"
+        "    sys.stdout.write('ERR\\n')\n"
+        "    sys.stdout.flush()\n"
+    )
+    os.chmod(helper, 0o664)
+    base = (workspace.default_config).read_text()
+    workspace.write_custom_config(
+        base.replace("http_port 3128", f"http_port 127.0.0.1:{workspace.squid_port}")
+        .replace("/var/run/squid", str(workspace.runtime_dir("run")))
+        .replace("/var/spool/squid", str(workspace.runtime_dir("spool")))
+        + f"\nurl_rewrite_program {python_for_child()} {helper} {record}\n"
+        "url_rewrite_children 1 startup=1 idle=1\n"
+    )
+    run = launch()
+    run.wait_ready()
+    assert wait_until(record.exists, 60), f"helper never ran\n{run.output}"
+    orphan_pid, parent_pid = (int(x) for x in record.read_text().split())
+    assert parent_pid == run.pid, "the orphan was not re-parented to the entrypoint"
+    assert wait_until(lambda: process_state(orphan_pid) is None, 30), (
+        f"orphan {orphan_pid} left in state {process_state(orphan_pid)}"
+    )
+    assert run.process.poll() is None
+
+
+def test_runs_as_openshift_uid_with_gid_0(workspace: Workspace, launch: Launcher) -> None:
+    if not running_as_root():
+        pytest.skip("needs root to start the entrypoint as UID 1000660000 GID 0")
+    run = launch()
+    squid_pid = run.wait_ready()
+    assert f"CephaloProxy entrypoint starting (UID: {UNPRIVILEGED_UID}, GID: 0)" in run.stdout
+    assert process_uid(run.pid) == UNPRIVILEGED_UID
+    assert process_uid(squid_pid) == UNPRIVILEGED_UID
+    assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200)[0] == 200

@@ -1,0 +1,196 @@
+"""Child processes of PID 1: spawning, reaping every exited child (orphans too), output relays.
+
+One owner of waitpid(): `ChildProcesses.reap` runs on SIGCHLD and on every monitoring tick and
+collects *all* exited children, so re-parented orphans never stay zombies. Exit statuses of the
+children we spawned are handed out through futures; nobody else may wait for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+from typing import IO, Sequence
+
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+
+def become_child_subreaper() -> bool:
+    """Adopt orphaned descendants like PID 1 does, when we are not PID 1 (tests, `docker run --init`)."""
+    if os.getpid() == 1:
+        return True
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def describe_exit(returncode: int) -> str:
+    """`exit code N` or `signal SIGNAME` from a Popen-style return code."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return f"signal {name}"
+    return f"exit code {returncode}"
+
+
+class _PipeReader(asyncio.Protocol):
+    """Collects a child's output; optionally forwards it unchanged to one of our fds."""
+
+    def __init__(self, forward_fd: int | None) -> None:
+        self.forward_fd = forward_fd
+        self.chunks: list[bytes] = []
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.forward_fd is None:
+            self.chunks.append(data)
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self.forward_fd, view)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return  # our own stdout is gone; nothing sensible left to do with the bytes
+            view = view[written:]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def text(self) -> str:
+        return b"".join(self.chunks).decode("utf-8", errors="replace")
+
+
+class ChildProcesses:
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.loop = asyncio.get_running_loop()
+        self._exits: dict[int, asyncio.Future[int]] = {}
+        self._popens: dict[int, subprocess.Popen[bytes]] = {}
+        self.orphans_reaped = 0
+
+    def install(self) -> None:
+        become_child_subreaper()
+        self.loop.add_signal_handler(signal.SIGCHLD, self.reap)
+
+    def spawn(self, argv: Sequence[str], **popen_options: object) -> subprocess.Popen[bytes]:
+        """Start a child (never through a shell); its exit is collected by `reap`."""
+        process: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+            list(argv), shell=False, **popen_options
+        )
+        self._exits[process.pid] = self.loop.create_future()
+        self._popens[process.pid] = process
+        self.loop.call_soon(self.reap)  # it may already have exited before we registered it
+        return process
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            returncode = os.waitstatus_to_exitcode(status)
+            future = self._exits.get(pid)
+            if future is None:
+                self.orphans_reaped += 1
+                self.log.debug("Reaped orphaned process %d (%s)", pid, describe_exit(returncode))
+                continue
+            process = self._popens.pop(pid)
+            process.returncode = returncode  # so subprocess never waits for it again
+            if not future.done():
+                future.set_result(returncode)
+
+    def exit_future(self, process: subprocess.Popen[bytes]) -> asyncio.Future[int]:
+        return self._exits[process.pid]
+
+    def returncode(self, process: subprocess.Popen[bytes]) -> int | None:
+        future = self._exits[process.pid]
+        return future.result() if future.done() else None
+
+    async def wait(self, process: subprocess.Popen[bytes], timeout: float | None = None) -> int | None:
+        """The exit code, or None if it is still running after `timeout` seconds."""
+        future = self._exits[process.pid]
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    @staticmethod
+    def kill_group(process: subprocess.Popen[bytes], signum: int = signal.SIGKILL) -> None:
+        """Signal the process group led by `process` (children started with process_group=0)."""
+        try:
+            os.killpg(process.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    @staticmethod
+    def signal(process: subprocess.Popen[bytes], signum: int) -> None:
+        try:
+            os.kill(process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    async def open_pipe(self, forward_fd: int | None) -> tuple[int, _PipeReader]:
+        """A pipe whose write end (returned) goes to a child; we read the other end.
+
+        The pipe belongs to our UID, so a child can reopen it as /dev/stdout or /dev/stderr
+        (Squid's `stdio:/dev/stdout`), which fails for a pipe owned by the container runtime.
+        """
+        read_fd, write_fd = os.pipe()
+        reader = _PipeReader(forward_fd)
+        read_file: IO[bytes] = os.fdopen(read_fd, "rb", buffering=0)
+        await self.loop.connect_read_pipe(lambda: reader, read_file)
+        return write_fd, reader
+
+    async def run(self, argv: Sequence[str], timeout: float) -> tuple[int, str]:
+        """Run a short command to completion; returns (exit code, combined output).
+
+        Cancelled (signal during startup) or timed out: its whole process group is killed.
+        """
+        write_fd, reader = await self.open_pipe(None)
+        try:
+            process = self.spawn(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                process_group=0,
+            )
+        finally:
+            os.close(write_fd)
+        try:
+            returncode = await self.wait(process, timeout)
+        except asyncio.CancelledError:
+            self.kill_group(process)
+            await asyncio.shield(self.exit_future(process))
+            raise
+        if returncode is None:
+            self.kill_group(process)
+            await self.exit_future(process)
+            returncode = -signal.SIGKILL
+            reader.chunks.append(f"\n(killed after {timeout:g} s)\n".encode())
+        try:
+            await asyncio.wait_for(asyncio.shield(reader.closed), 5)
+        except asyncio.TimeoutError:
+            pass  # a leftover grandchild holds the pipe open; use what we have
+        reader.close()
+        return returncode, reader.text()

@@ -1,0 +1,192 @@
+"""Settings read from the environment: ports, log level, timeouts and every container path.
+
+Invalid values never abort startup: they produce a warning naming the variable and the
+bad value, and the default is used (the caller logs the warnings once logging is set up).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_SQUID_PORT = 3128
+DEFAULT_HEALTH_PORT = 8080
+DEFAULT_LOG_LEVEL = "INFO"
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+
+# Environment variable -> container default, for every path the runtime touches.
+PATH_DEFAULTS: dict[str, str] = {
+    "CEPHALOPROXY_SQUID_BIN": "/usr/sbin/squid",
+    "CEPHALOPROXY_CERTGEN_BIN": "/usr/lib/squid/security_file_certgen",
+    "CEPHALOPROXY_CONFIG": "/etc/squid/squid.conf",
+    "CEPHALOPROXY_DEFAULT_CONFIG": "/etc/squid/squid.conf.default",
+    "CEPHALOPROXY_TLS_DIR": "/etc/squid/ssl_cert",
+    "CEPHALOPROXY_RUN_DIR": "/var/run/squid",
+    "CEPHALOPROXY_LOG_DIR": "/var/log/squid",
+    "CEPHALOPROXY_LIB_DIR": "/var/lib/squid",
+    "CEPHALOPROXY_SPOOL_DIR": "/var/spool/squid",
+    "CEPHALOPROXY_CACHE_DIR": "/var/cache/squid",
+}
+
+# Runtime dir variables, in the order they are created and probed.
+RUNTIME_DIR_VARIABLES: tuple[str, ...] = (
+    "CEPHALOPROXY_RUN_DIR",
+    "CEPHALOPROXY_LOG_DIR",
+    "CEPHALOPROXY_LIB_DIR",
+    "CEPHALOPROXY_SPOOL_DIR",
+    "CEPHALOPROXY_CACHE_DIR",
+)
+
+# LOG_LEVEL spellings accepted -> Python logging level name.
+LOG_LEVEL_ALIASES: dict[str, str] = {
+    "DEBUG": "DEBUG",
+    "INFO": "INFO",
+    "WARNING": "WARNING",
+    "WARN": "WARNING",
+    "ERROR": "ERROR",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    squid_port: int
+    health_port: int
+    log_level: str
+    shutdown_timeout: float
+    squid_bin: Path
+    certgen_bin: Path
+    config: Path
+    default_config: Path
+    tls_dir: Path
+    run_dir: Path
+    log_dir: Path
+    lib_dir: Path
+    spool_dir: Path
+    cache_dir: Path
+
+    @property
+    def runtime_dirs(self) -> tuple[Path, ...]:
+        return (self.run_dir, self.log_dir, self.lib_dir, self.spool_dir, self.cache_dir)
+
+    @property
+    def tls_cert(self) -> Path:
+        return self.tls_dir / "tls.crt"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.tls_dir / "tls.key"
+
+    @property
+    def merged_ca_pem(self) -> Path:
+        return self.lib_dir / "squid-ca.pem"
+
+    @property
+    def default_ssl_db(self) -> Path:
+        return self.lib_dir / "ssl_db"
+
+    def default_path_substitutions(self) -> dict[str, Path]:
+        """Container default dir -> configured dir, for rendering the packaged config."""
+        return {
+            PATH_DEFAULTS["CEPHALOPROXY_RUN_DIR"]: self.run_dir,
+            PATH_DEFAULTS["CEPHALOPROXY_LOG_DIR"]: self.log_dir,
+            PATH_DEFAULTS["CEPHALOPROXY_LIB_DIR"]: self.lib_dir,
+            PATH_DEFAULTS["CEPHALOPROXY_SPOOL_DIR"]: self.spool_dir,
+            PATH_DEFAULTS["CEPHALOPROXY_CACHE_DIR"]: self.cache_dir,
+        }
+
+
+def _parse_port(env: Mapping[str, str], name: str, default: int, warnings: list[str]) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip(), 10)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 65535:
+        warnings.append(
+            f"Invalid {name}={raw!r}: expected a TCP port number 1-65535; using default {default}"
+        )
+        return default
+    return value
+
+
+def _parse_log_level(env: Mapping[str, str], warnings: list[str]) -> str:
+    raw = env.get("LOG_LEVEL")
+    if raw is None or raw.strip() == "":
+        return DEFAULT_LOG_LEVEL
+    level = LOG_LEVEL_ALIASES.get(raw.strip().upper())
+    if level is None:
+        warnings.append(
+            f"Invalid LOG_LEVEL={raw!r}: expected one of DEBUG, INFO, WARNING (WARN), ERROR;"
+            f" using default {DEFAULT_LOG_LEVEL}"
+        )
+        return DEFAULT_LOG_LEVEL
+    return level
+
+
+def _parse_timeout(env: Mapping[str, str], warnings: list[str]) -> float:
+    raw = env.get("SHUTDOWN_TIMEOUT")
+    if raw is None or raw.strip() == "":
+        return DEFAULT_SHUTDOWN_TIMEOUT
+    text = raw.strip()
+    if text.endswith("s"):  # accept "30s" as well as "30"
+        text = text[:-1]
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        warnings.append(
+            f"Invalid SHUTDOWN_TIMEOUT={raw!r}: expected a positive number of seconds;"
+            f" using default {DEFAULT_SHUTDOWN_TIMEOUT:g}"
+        )
+        return DEFAULT_SHUTDOWN_TIMEOUT
+    return value
+
+
+def _parse_path(env: Mapping[str, str], name: str, warnings: list[str]) -> Path:
+    default = PATH_DEFAULTS[name]
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return Path(default)
+    if not raw.startswith("/") or "\n" in raw or "\0" in raw:
+        warnings.append(
+            f"Invalid {name}={raw!r}: expected an absolute path; using default {default}"
+        )
+        return Path(default)
+    return Path(raw)
+
+
+def load_settings(env: Mapping[str, str]) -> tuple[Settings, list[str]]:
+    """Read settings from `env`; returns them with the warnings about ignored values."""
+    warnings: list[str] = []
+    squid_port = _parse_port(env, "SQUID_PORT", DEFAULT_SQUID_PORT, warnings)
+    health_port = _parse_port(env, "HEALTH_PORT", DEFAULT_HEALTH_PORT, warnings)
+    if health_port == squid_port:
+        fallback = DEFAULT_HEALTH_PORT if squid_port != DEFAULT_HEALTH_PORT else DEFAULT_HEALTH_PORT + 1
+        warnings.append(
+            f"Invalid HEALTH_PORT={env.get('HEALTH_PORT', '')!r}: equals SQUID_PORT {squid_port};"
+            f" using {fallback}"
+        )
+        health_port = fallback
+    paths = {name: _parse_path(env, name, warnings) for name in PATH_DEFAULTS}
+    settings = Settings(
+        squid_port=squid_port,
+        health_port=health_port,
+        log_level=_parse_log_level(env, warnings),
+        shutdown_timeout=_parse_timeout(env, warnings),
+        squid_bin=paths["CEPHALOPROXY_SQUID_BIN"],
+        certgen_bin=paths["CEPHALOPROXY_CERTGEN_BIN"],
+        config=paths["CEPHALOPROXY_CONFIG"],
+        default_config=paths["CEPHALOPROXY_DEFAULT_CONFIG"],
+        tls_dir=paths["CEPHALOPROXY_TLS_DIR"],
+        run_dir=paths["CEPHALOPROXY_RUN_DIR"],
+        log_dir=paths["CEPHALOPROXY_LOG_DIR"],
+        lib_dir=paths["CEPHALOPROXY_LIB_DIR"],
+        spool_dir=paths["CEPHALOPROXY_SPOOL_DIR"],
+        cache_dir=paths["CEPHALOPROXY_CACHE_DIR"],
+    )
+    return settings, warnings

@@ -1,0 +1,60 @@
+"""Settings from the environment: defaults, valid values, and warnings for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from entrypoint.settings import PATH_DEFAULTS, load_settings
+
+
+def test_defaults_are_the_container_contract() -> None:
+    settings, warnings = load_settings({})
+    assert warnings == []
+    assert (settings.squid_port, settings.health_port, settings.log_level, settings.shutdown_timeout) == (3128, 8080, "INFO", 30.0)
+    assert settings.config == Path("/etc/squid/squid.conf")
+    assert settings.default_config == Path("/etc/squid/squid.conf.default")
+    assert settings.tls_cert == Path("/etc/squid/ssl_cert/tls.crt")
+    assert settings.merged_ca_pem == Path("/var/lib/squid/squid-ca.pem")
+    assert [str(p) for p in settings.runtime_dirs] == [
+        "/var/run/squid", "/var/log/squid", "/var/lib/squid", "/var/spool/squid", "/var/cache/squid"
+    ]
+
+
+def test_valid_values_and_path_overrides_are_used() -> None:
+    env = {"SQUID_PORT": "3129", "HEALTH_PORT": "9090", "LOG_LEVEL": "warn", "SHUTDOWN_TIMEOUT": "12.5s"}
+    env.update({name: f"/x/{name.lower()}" for name in PATH_DEFAULTS})
+    settings, warnings = load_settings(env)
+    assert warnings == []
+    assert (settings.squid_port, settings.health_port, settings.log_level, settings.shutdown_timeout) == (3129, 9090, "WARNING", 12.5)
+    assert settings.squid_bin == Path("/x/cephaloproxy_squid_bin")
+    assert settings.spool_dir == Path("/x/cephaloproxy_spool_dir")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "field", "default"),
+    [
+        ("SQUID_PORT", "abc", "squid_port", 3128),
+        ("SQUID_PORT", "0", "squid_port", 3128),
+        ("SQUID_PORT", "70000", "squid_port", 3128),
+        ("HEALTH_PORT", "-1", "health_port", 8080),
+        ("LOG_LEVEL", "verbose", "log_level", "INFO"),
+        ("SHUTDOWN_TIMEOUT", "soon", "shutdown_timeout", 30.0),
+        ("SHUTDOWN_TIMEOUT", "0", "shutdown_timeout", 30.0),
+        ("SHUTDOWN_TIMEOUT", "inf", "shutdown_timeout", 30.0),
+        ("CEPHALOPROXY_RUN_DIR", "relative/dir", "run_dir", Path("/var/run/squid")),
+    ],
+)
+def test_bad_value_warns_naming_variable_and_value_and_uses_default(name: str, value: str, field: str, default: object) -> None:
+    settings, warnings = load_settings({name: value})
+    assert getattr(settings, field) == default
+    assert len(warnings) == 1
+    assert f"Invalid {name}={value!r}" in warnings[0]
+    assert "using default" in warnings[0]
+
+
+def test_health_port_equal_to_squid_port_is_refused() -> None:
+    settings, warnings = load_settings({"SQUID_PORT": "8080", "HEALTH_PORT": "8080"})
+    assert settings.squid_port == 8080 and settings.health_port != 8080
+    assert "equals SQUID_PORT" in warnings[0]

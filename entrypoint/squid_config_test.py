@@ -1,0 +1,113 @@
+"""Config parsing (uncommented directives only), SSL-bump detection, default rendering, selection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from entrypoint.settings import load_settings
+from entrypoint.squid_config import (
+    ConfigError, ListenAddress, parse_directives, parse_listen_address, render_default, select_config,
+    uses_ssl_bump, write_rendered,
+)
+
+PACKAGED_DEFAULT = Path(__file__).resolve().parent / "squid.conf.default"
+
+
+def test_comments_blank_lines_and_continuations() -> None:
+    directives = parse_directives("# http_port 1 ssl-bump\n\n  http_port 3128 \\\n   name=x\nacl a src all\n")
+    assert [(d.line_number, d.name, d.args) for d in directives] == [
+        (3, "http_port", ("3128", "name=x")),
+        (5, "acl", ("a", "src", "all")),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("http_port 3128 ssl-bump cert=/x.pem\n", True),
+        ("https_port 3129 ssl-bump\n", True),
+        ("ssl_bump bump all\n", True),
+        ("sslcrtd_program /usr/lib/squid/security_file_certgen -s /d -M 4MB\n", True),
+        ("# http_port 3128 ssl-bump\n#ssl_bump bump all\n   # sslcrtd_program x\n", False),
+        ("http_port 3128\nacl ssl-bump-like src all\n", False),
+    ],
+)
+def test_ssl_bump_detection_uses_uncommented_directives_only(text: str, expected: bool) -> None:
+    assert uses_ssl_bump(parse_directives(text)) is expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("3128", ListenAddress(None, 3128)),
+        ("0.0.0.0:3128", ListenAddress(None, 3128)),
+        ("127.0.0.1:8000", ListenAddress("127.0.0.1", 8000)),
+        ("[::1]:3130", ListenAddress("::1", 3130)),
+        ("[::]:3131", ListenAddress(None, 3131)),
+    ],
+)
+def test_listen_addresses(spec: str, expected: ListenAddress) -> None:
+    (directive,) = parse_directives(f"http_port {spec} intercept\n")
+    assert parse_listen_address(directive) == expected
+
+
+def test_unreadable_port_is_a_config_error() -> None:
+    (directive,) = parse_directives("\nhttp_port localhost:http\n")
+    with pytest.raises(ConfigError, match="line 2"):
+        parse_listen_address(directive)
+
+
+def test_packaged_default_has_the_contracted_directives() -> None:
+    settings, _ = load_settings({"CEPHALOPROXY_DEFAULT_CONFIG": str(PACKAGED_DEFAULT), "CEPHALOPROXY_CONFIG": "/nonexistent/squid.conf"})
+    active = select_config(settings)
+    assert not active.is_custom and active.rendered is None and active.path == PACKAGED_DEFAULT
+    assert active.http_ports == [ListenAddress(None, 3128)]
+    assert active.pid_file == Path("/var/run/squid/squid.pid")
+    assert [(d.store_type, d.path) for d in active.disk_cache_dirs] == [("ufs", Path("/var/spool/squid"))]
+    assert not active.uses_ssl_bump
+    names = {d.name: d.args for d in active.directives}
+    assert names["access_log"] == ("stdio:/dev/stdout",)
+    assert names["cache_log"] == ("/dev/stderr",)
+    assert names["shutdown_lifetime"] == ("5", "seconds")
+    assert "visible_hostname" in names and "cache_effective_user" not in names
+
+
+def test_default_is_rendered_with_port_and_dirs_into_the_run_dir(tmp_path: Path) -> None:
+    env = {
+        "SQUID_PORT": "3999",
+        "CEPHALOPROXY_DEFAULT_CONFIG": str(PACKAGED_DEFAULT),
+        "CEPHALOPROXY_CONFIG": str(tmp_path / "absent.conf"),
+        "CEPHALOPROXY_RUN_DIR": str(tmp_path / "run"),
+        "CEPHALOPROXY_SPOOL_DIR": str(tmp_path / "spool"),
+    }
+    settings, _ = load_settings(env)
+    active = select_config(settings)
+    assert active.path == tmp_path / "run" / "squid.conf"
+    assert active.http_ports == [ListenAddress(None, 3999)]
+    assert active.pid_file == tmp_path / "run" / "squid.pid"
+    assert active.disk_cache_dirs[0].path == tmp_path / "spool"
+    assert not active.path.exists()  # nothing is written before the runtime dirs are checked
+    (tmp_path / "run").mkdir()
+    write_rendered(active)
+    assert active.path.read_text() == render_default(settings)
+    assert "/var/spool/squid" not in active.path.read_text()
+
+
+def test_custom_config_wins(tmp_path: Path) -> None:
+    custom = tmp_path / "squid.conf"
+    custom.write_text("http_port 4000\npid_filename /run/x.pid\n")
+    settings, _ = load_settings({"CEPHALOPROXY_CONFIG": str(custom), "CEPHALOPROXY_DEFAULT_CONFIG": str(PACKAGED_DEFAULT)})
+    active = select_config(settings)
+    assert active.is_custom and active.path == custom and active.rendered is None
+    assert active.pid_file == Path("/run/x.pid")
+
+
+def test_cert_db_location_comes_from_sslcrtd_program() -> None:
+    from entrypoint.squid_config import ActiveConfig
+
+    directives = parse_directives("sslcrtd_program /usr/lib/squid/security_file_certgen -s /data/db -M 16MB\n")
+    active = ActiveConfig(Path("/c"), Path("/c"), True, directives)
+    (db,) = active.cert_dbs(Path("/var/lib/squid/ssl_db"))
+    assert (db.path, db.size) == (Path("/data/db"), "16MB")

@@ -1,0 +1,117 @@
+"""End-to-end SSL-bump: CA validation, merged pem, cert DB, and a bumped CONNECT (openssl CLI makes the CAs)."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import ssl
+import stat
+import uuid
+from pathlib import Path
+
+import pytest
+
+from entrypoint.testing import (  # noqa: F401 - fixtures
+    ORIGIN_HOSTNAME, Launcher, Workspace, key_body_lines, launch, make_ca, make_server_cert, openssl,
+    squid_available, ssl_bump_config, start_local_https_server, workspace,
+)
+
+pytestmark = pytest.mark.skipif(openssl() is None, reason="the openssl CLI is needed to make test CAs")
+
+
+def install_ca(workspace: Workspace, cert: Path | None, key: Path | None) -> None:
+    workspace.make_dir(workspace.tls_dir, 0o775)
+    for source, name in ((cert, "tls.crt"), (key, "tls.key")):
+        if source is not None:
+            shutil.copy(source, workspace.tls_dir / name)
+            os.chmod(workspace.tls_dir / name, 0o664)
+
+
+def assert_no_key_material(output: str, *keys: Path) -> None:
+    assert "PRIVATE KEY" not in output
+    for key in keys:
+        for line in key_body_lines(key):
+            assert line not in output
+
+
+def test_bumped_connect_presents_a_certificate_from_the_mounted_ca(
+    workspace: Workspace, launch: Launcher, tmp_path: Path
+) -> None:
+    bump_cert, bump_key = make_ca(tmp_path, "CephaloProxy Test Bump CA")
+    origin_ca, origin_ca_key = make_ca(tmp_path, "Origin Test CA")
+    origin_cert, origin_key = make_server_cert(tmp_path, origin_ca, origin_ca_key, ORIGIN_HOSTNAME)
+    shutil.copy(origin_ca, workspace.etc / "origin-ca.crt")
+    os.chmod(workspace.etc / "origin-ca.crt", 0o664)
+    install_ca(workspace, bump_cert, bump_key)
+    workspace.write_custom_config(ssl_bump_config(workspace, workspace.etc / "origin-ca.crt"))
+
+    run = launch()
+    run.wait_ready()
+    merged = workspace.runtime_dir("lib") / "squid-ca.pem"
+    assert stat.S_IMODE(merged.stat().st_mode) == 0o600
+    assert merged.read_bytes() == bump_cert.read_bytes() + bump_key.read_bytes()
+    assert (workspace.runtime_dir("lib") / "ssl_db").is_dir()
+
+    origin = start_local_https_server(f"secret origin {uuid.uuid4()}", origin_cert, origin_key)
+    try:
+        context = ssl.create_default_context(cafile=str(bump_cert))
+        context.check_hostname = False
+        context.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
+        connection = http.client.HTTPSConnection("127.0.0.1", workspace.squid_port, context=context, timeout=60)
+        connection.set_tunnel(ORIGIN_HOSTNAME, origin.port)  # a name: Squid 5.7 ignores IP SANs
+        try:
+            connection.request("GET", "/bumped")
+            issuer = dict(item[0] for item in connection.sock.getpeercert()["issuer"])
+            response = connection.getresponse()
+            body = response.read().decode()
+        finally:
+            connection.close()
+    finally:
+        origin.close()
+    # Verification against the bump CA alone succeeded, so Squid re-signed the origin's cert.
+    assert issuer["commonName"] == "CephaloProxy Test Bump CA"
+    assert (response.status, body) == (200, origin.body), run.stderr[-2500:] + body[-1500:]
+    run.process.terminate()
+    assert run.wait_exit(60) == 0
+    assert_no_key_material(run.output, bump_key, origin_key)
+
+
+@pytest.mark.parametrize("missing", ["tls.crt", "tls.key"])
+def test_missing_ca_file_exits_1_naming_it(workspace: Workspace, launch: Launcher, tmp_path: Path, missing: str) -> None:
+    cert, key = make_ca(tmp_path, "Bump CA")
+    install_ca(workspace, None if missing == "tls.crt" else cert, None if missing == "tls.key" else key)
+    workspace.write_custom_config(ssl_bump_config(workspace))
+    run = launch()
+    assert run.wait_exit(60) == 1
+    assert str(workspace.tls_dir / missing) in run.stderr
+    assert "is missing" in run.stderr
+    assert not (workspace.runtime_dir("lib") / "squid-ca.pem").exists()
+    assert run.descendants_left() == []
+    assert_no_key_material(run.output, key)
+
+
+def test_mismatched_pair_exits_1_naming_both_files(workspace: Workspace, launch: Launcher, tmp_path: Path) -> None:
+    cert, key = make_ca(tmp_path, "Bump CA")
+    _, other_key = make_ca(tmp_path, "Other CA")
+    install_ca(workspace, cert, other_key)
+    workspace.write_custom_config(ssl_bump_config(workspace))
+    run = launch()
+    assert run.wait_exit(60) == 1
+    assert f"{workspace.tls_dir / 'tls.key'} is not the private key of the certificate in" in run.stderr
+    assert str(workspace.tls_dir / "tls.crt") in run.stderr
+    assert not (workspace.runtime_dir("lib") / "squid-ca.pem").exists()
+    assert_no_key_material(run.output, key, other_key)
+
+
+def test_commented_ssl_bump_lines_do_not_require_a_ca(workspace: Workspace, launch: Launcher) -> None:
+    config = ssl_bump_config(workspace)
+    commented = "\n".join(
+        line if line.startswith(("pid_filename", "cache_log", "access_log", "http_access", "visible", "shutdown", "pinger", "netdb", "logfile"))
+        else f"# {line}"
+        for line in config.splitlines()
+    )
+    workspace.write_custom_config(commented + f"\nhttp_port 127.0.0.1:{workspace.squid_port}\n")
+    run = launch()
+    run.wait_ready()
+    assert "SSL-bump configured" not in run.stdout

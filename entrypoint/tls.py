@@ -1,0 +1,103 @@
+"""SSL-bump CA material: validate the mounted TLS secret, merge it for Squid, init the cert DB.
+
+Key material is only ever read and written as bytes; nothing here logs file contents.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import ssl
+from pathlib import Path
+
+from entrypoint.processes import ChildProcesses, describe_exit
+from entrypoint.squid_config import CertDb, write_atomically
+
+
+class TlsError(Exception):
+    """Missing or unusable CA material; the message names the file and the fix."""
+
+
+def _refuse_passphrase() -> bytes:
+    # Without a callback OpenSSL would prompt on a terminal for an encrypted key.
+    raise TlsError("encrypted")
+
+
+def _read(path: Path, what: str, tls_dir: Path) -> bytes:
+    if not path.is_file():
+        raise TlsError(
+            f"SSL-bump is configured but the CA {what} {path} is missing: mount the CA"
+            f" certificate and key as a Kubernetes TLS secret at {tls_dir}"
+            " (files tls.crt and tls.key)"
+        )
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise TlsError(f"cannot read the CA {what} {path}: {error.strerror}") from None
+
+
+def validate_ca_pair(cert: Path, key: Path, tls_dir: Path) -> tuple[bytes, bytes]:
+    """Both files exist and form a matching certificate/private key pair; returns their bytes."""
+    cert_bytes = _read(cert, "certificate", tls_dir)
+    key_bytes = _read(key, "private key", tls_dir)
+    if b"-----BEGIN CERTIFICATE-----" not in cert_bytes:
+        raise TlsError(f"{cert} does not contain a PEM certificate (-----BEGIN CERTIFICATE-----)")
+    if b"PRIVATE KEY-----" not in key_bytes:
+        raise TlsError(f"{key} does not contain a PEM private key (-----BEGIN PRIVATE KEY-----)")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key, password=_refuse_passphrase)
+    except TlsError:
+        raise TlsError(
+            f"{key} is encrypted with a passphrase; Squid needs an unencrypted CA key"
+        ) from None
+    except ssl.SSLError as error:
+        reason = error.reason or "invalid"
+        if "MISMATCH" in reason.upper():
+            raise TlsError(
+                f"{key} is not the private key of the certificate in {cert}"
+                " (key values mismatch): mount a matching certificate/key pair"
+            ) from None
+        raise TlsError(
+            f"{cert} / {key} cannot be loaded as a certificate/key pair ({reason})"
+        ) from None
+    return cert_bytes, key_bytes
+
+
+def merge_ca_pem(cert_bytes: bytes, key_bytes: bytes, target: Path) -> None:
+    """Certificate then key in one file with mode 0600, replaced atomically."""
+    if not cert_bytes.endswith(b"\n"):
+        cert_bytes += b"\n"
+    write_atomically(target, cert_bytes + key_bytes, 0o600)
+
+
+async def ensure_cert_db(
+    children: ChildProcesses, certgen_bin: Path, db: CertDb, log: logging.Logger
+) -> None:
+    """Create the certificate DB with security_file_certgen when it does not exist yet.
+
+    It is built under a temporary name and renamed, so an interrupted start leaves no
+    half-initialised DB for the next start to trust.
+    """
+    if db.path.exists():
+        log.info("SSL certificate DB %s already exists", db.path)
+        return
+    temporary = db.path.with_name(f".{db.path.name}.init-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    log.info("Initialising SSL certificate DB %s (%s)", db.path, db.size)
+    argv = [str(certgen_bin), "-c", "-s", str(temporary), "-M", db.size]
+    try:
+        returncode, output = await children.run(argv, timeout=120)
+    except OSError as error:
+        raise TlsError(f"cannot run {certgen_bin}: {error.strerror}") from None
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    if returncode != 0:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise TlsError(
+            f"{certgen_bin} failed to initialise {db.path} ({describe_exit(returncode)}):"
+            f" {output.strip()}"
+        )
+    os.rename(temporary, db.path)
