@@ -1,0 +1,16 @@
+"""Case 5: a read-only root filesystem with tmpfs runtime dirs and /tmp (readOnlyRootFilesystem)."""
+
+from __future__ import annotations
+
+from tests.support import harness, netutil
+
+
+def test_read_only_root_with_tmpfs_runtime_dirs(
+    containers: harness.ContainerFactory, host_server: netutil.LocalServer, host_address: str
+) -> None:
+    proxy = containers.start("readonly", read_only=True, tmpfs=harness.tmpfs_runtime_dirs())
+    proxy.wait_ready()
+    assert containers.runtime.inspect(proxy.name)["HostConfig"]["ReadonlyRootfs"] is True  # type: ignore[index]
+    assert proxy.health("/health").status == 200
+    result = proxy.get_via_proxy(host_server.url("/read-only", host=host_address))
+    assert (result.status, result.body) == (200, host_server.expected_body("/read-only"))
