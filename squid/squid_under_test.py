@@ -1,0 +1,235 @@
+"""The Squid that squid/ tests run, found through CEPHALOPROXY_SQUID_ROOT.
+
+The seam (see BRIEF / //tools/squid:defs.bzl): a directory laid out like the
+image root. Unset or "/" means the system's Squid (Debian's squid-openssl has
+the same paths); a relative value is a runfiles path. This module also starts
+a real Squid on a loopback port for a test and stops it again.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT_ENV = "CEPHALOPROXY_SQUID_ROOT"
+# Not resolve(): under Bazel this file is a runfiles symlink, and data files
+# (version.bzl, entrypoint/squid.conf.default) sit beside it in the runfiles.
+REPO_ROOT = Path(__file__).absolute().parent.parent
+
+
+class SquidNotFound(Exception):
+    """CEPHALOPROXY_SQUID_ROOT does not lead to a usable Squid; the message says why."""
+
+
+def _runfiles_candidates(relative: str) -> list[Path]:
+    bases = [os.environ.get("RUNFILES_DIR"), os.environ.get("TEST_SRCDIR")]
+    found: list[Path] = []
+    for base in bases:
+        if not base:
+            continue
+        for name in (relative, "_main/" + relative, relative.removeprefix("_main/")):
+            found.append(Path(base) / name)
+    found.append(REPO_ROOT / relative)
+    return found
+
+
+def resolve_root(value: str | None = None) -> Path:
+    """The image-like root directory that CEPHALOPROXY_SQUID_ROOT names."""
+    raw = os.environ.get(ROOT_ENV, "") if value is None else value
+    if raw in ("", "/"):
+        return Path("/")
+    if os.path.isabs(raw):
+        candidates = [Path(raw)]
+    else:
+        candidates = _runfiles_candidates(raw)
+    for candidate in candidates:
+        if (candidate / "usr/sbin/squid").is_file():
+            return candidate
+    tried = ", ".join(str(c) for c in candidates)
+    raise SquidNotFound(f"{ROOT_ENV}={raw!r}: no usr/sbin/squid under any of: {tried}")
+
+
+def resolve_runfile(value: str) -> Path:
+    """An absolute path, or a runfiles path as Bazel's $(rootpath) gives it."""
+    candidates = [Path(value)] if os.path.isabs(value) else _runfiles_candidates(value)
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    raise SquidNotFound(f"{value!r} not found; tried: {', '.join(str(c) for c in candidates)}")
+
+
+@dataclass(frozen=True)
+class SquidLayout:
+    """Paths of one Squid installation laid out like the image."""
+
+    root: Path
+
+    @property
+    def is_system(self) -> bool:
+        return self.root == Path("/")
+
+    @property
+    def squid(self) -> Path:
+        return self.root / "usr/sbin/squid"
+
+    @property
+    def certgen(self) -> Path:
+        return self.root / "usr/lib/squid/security_file_certgen"
+
+    @property
+    def helpers_dir(self) -> Path:
+        return self.root / "usr/lib/squid"
+
+    @property
+    def share_dir(self) -> Path:
+        return self.root / "usr/share/squid"
+
+    def data_directives(self) -> str:
+        """squid.conf lines that point Squid at this root's data files.
+
+        Needed when the root is not "/": the compiled-in /usr/share/squid paths
+        do not exist on the test host.
+        """
+        if self.is_system:
+            return ""
+        share = self.share_dir
+        return (
+            f"error_directory {share}/errors/templates\n"
+            f"icon_directory {share}/icons\n"
+            f"mime_table {share}/mime.conf\n"
+        )
+
+
+def squid_under_test() -> SquidLayout:
+    return SquidLayout(resolve_root())
+
+
+def expected_version() -> str:
+    """The release //squid pins, read from squid/version.bzl (its one home)."""
+    text = (REPO_ROOT / "squid" / "version.bzl").read_text()
+    match = re.search(r'^SQUID_VERSION = "([^"]+)"', text, re.MULTILINE)
+    if not match:
+        raise AssertionError("squid/version.bzl has no SQUID_VERSION line")
+    return match.group(1)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def runtime_directives(state_dir: Path) -> str:
+    """Common lines: state in state_dir, loopback-only DNS, fast shutdown.
+
+    As root (the Debian build environment, CI), Squid refuses to keep root
+    and switches to cache_effective_user, so that user must exist and be able
+    to write state_dir.
+    """
+    lines = [
+        f"pid_filename {state_dir}/squid.pid",
+        f"cache_log {state_dir}/cache.log",
+        f"access_log stdio:{state_dir}/access.log",
+        "cache_store_log none",
+        f"coredump_dir {state_dir}",
+        "netdb_filename none",
+        "pinger_enable off",
+        "visible_hostname cephaloproxy-test",
+        # Never ask a real DNS server; tests use literal 127.0.0.1 URLs.
+        "dns_nameservers 127.0.0.1",
+        "shutdown_lifetime 1 seconds",
+    ]
+    state_dir.chmod(0o777 if os.geteuid() == 0 else 0o700)
+    return "\n".join(lines) + "\n" + privilege_directives()
+
+
+def privilege_directives() -> str:
+    """As root, the user Squid switches to; nothing otherwise.
+
+    Squid refuses to keep root and switches to cache_effective_user, whose
+    compiled-in default ("squid" for //squid, "proxy" for Debian) need not
+    exist where the tests run (the image has it; the build chroot does not).
+    """
+    if os.geteuid() != 0:
+        return ""
+    return f"cache_effective_user {pwd.getpwnam('nobody').pw_name}\n"
+
+
+@contextmanager
+def state_directory() -> Iterator[Path]:
+    """A fresh directory for Squid's pid, logs and databases, removed afterwards.
+
+    Under /tmp rather than pytest's tmp_path: as root, Squid drops to
+    "nobody", which cannot traverse pytest's 0700 base directories.
+    """
+    path = Path(tempfile.mkdtemp(prefix="squid-test-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"squid exited with {process.returncode} before listening:\n{read_log(log)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"squid did not listen on 127.0.0.1:{port} within {timeout} s:\n{read_log(log)}")
+
+
+def read_log(log: Path) -> str:
+    try:
+        return log.read_text(errors="replace")[-4000:]
+    except OSError:
+        return f"(no {log})"
+
+
+class RunningSquid:
+    """A Squid started in the foreground (-N) for one test."""
+
+    def __init__(self, layout: SquidLayout, config: Path, state_dir: Path, port: int) -> None:
+        self.layout = layout
+        self.config = config
+        self.state_dir = state_dir
+        self.port = port
+        self.log = state_dir / "cache.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "RunningSquid":
+        self.process = subprocess.Popen(
+            # A unique service name (-n) gives this Squid its own shared-memory
+            # segment names in /dev/shm, so concurrent or leftover Squids
+            # (other tests, a crashed run) cannot collide with it.
+            [str(self.layout.squid), "-N", "-n", f"sqt{os.getpid()}p{self.port}", "-f", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, self.process, self.log)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"squid ignored SIGTERM for 30 s:\n{read_log(self.log)}")
