@@ -25,6 +25,8 @@ from typing import Callable, Iterator, Mapping
 
 import pytest
 
+from tools.squid.squid_under_test import squid_under_test
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 # When the tests run as root, the entrypoint runs as this OpenShift-style user.
 UNPRIVILEGED_UID = 1000660000
@@ -32,57 +34,22 @@ UNPRIVILEGED_GID = 0
 
 
 # -- Squid under test ---------------------------------------------------------------------
-def _resolve_runfile(relative: str) -> Path | None:
-    for base_var in ("RUNFILES_DIR", "TEST_SRCDIR"):
-        base = os.environ.get(base_var)
-        if not base:
-            continue
-        for candidate in (relative, f"_main/{relative}", relative.removeprefix("_main/")):
-            path = Path(base) / candidate
-            if path.exists():
-                return path.resolve()
-    path = Path(relative)
-    return path.resolve() if path.exists() else None
-
-
+# Which Squid: the shared seam in //tools/squid (CEPHALOPROXY_SQUID_ROOT).
 def squid_root() -> Path:
-    raw = os.environ.get("CEPHALOPROXY_SQUID_ROOT", "/") or "/"
-    if raw.startswith("/"):
-        return Path(raw)
-    resolved = _resolve_runfile(raw)
-    if resolved is None:
-        raise RuntimeError(f"CEPHALOPROXY_SQUID_ROOT={raw!r} not found in runfiles")
-    return resolved
+    return squid_under_test().root
 
 
 def squid_bin() -> Path:
-    return squid_root() / "usr/sbin/squid"
+    return squid_under_test().squid
 
 
 def certgen_bin() -> Path:
-    return squid_root() / "usr/lib/squid/security_file_certgen"
+    return squid_under_test().certgen
 
 
 def squid_path_directives() -> str:
     """Directives pointing Squid at its data files when they are not at the compiled-in paths."""
-    root = squid_root()
-    if root == Path("/"):
-        return ""
-    share = root / "usr/share/squid"
-    lines = []
-    for errors in (share / "errors/templates", share / "errors/en", share / "errors"):
-        if errors.is_dir():
-            lines.append(f"error_directory {errors}")
-            break
-    lines.append(f"icon_directory {share / 'icons'}")
-    lines.append(f"mime_table {share / 'mime.conf'}")
-    unlinkd = root / "usr/lib/squid/unlinkd"
-    if unlinkd.exists():
-        lines.append(f"unlinkd_program {unlinkd}")
-    stylesheet = root / "etc/squid/errorpage.css"
-    if stylesheet.exists():
-        lines.append(f"err_page_stylesheet {stylesheet}")
-    return "\n".join(lines) + "\n"
+    return squid_under_test().data_directives()
 
 
 def squid_version() -> tuple[int, ...]:

@@ -19,100 +19,21 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-ROOT_ENV = "CEPHALOPROXY_SQUID_ROOT"
+# The seam itself (which Squid, where its files are) is shared with the
+# entrypoint tests; re-exported so the squid/ tests import from one place.
+from tools.squid.squid_under_test import (  # noqa: F401
+    SquidLayout,
+    SquidNotFound,
+    resolve_root,
+    resolve_runfile,
+    squid_under_test,
+)
+
 # Not resolve(): under Bazel this file is a runfiles symlink, and data files
 # (version.bzl, entrypoint/squid.conf.default) sit beside it in the runfiles.
 REPO_ROOT = Path(__file__).absolute().parent.parent
-
-
-class SquidNotFound(Exception):
-    """CEPHALOPROXY_SQUID_ROOT does not lead to a usable Squid; the message says why."""
-
-
-def _runfiles_candidates(relative: str) -> list[Path]:
-    bases = [os.environ.get("RUNFILES_DIR"), os.environ.get("TEST_SRCDIR")]
-    found: list[Path] = []
-    for base in bases:
-        if not base:
-            continue
-        for name in (relative, "_main/" + relative, relative.removeprefix("_main/")):
-            found.append(Path(base) / name)
-    found.append(REPO_ROOT / relative)
-    return found
-
-
-def resolve_root(value: str | None = None) -> Path:
-    """The image-like root directory that CEPHALOPROXY_SQUID_ROOT names."""
-    raw = os.environ.get(ROOT_ENV, "") if value is None else value
-    if raw in ("", "/"):
-        return Path("/")
-    if os.path.isabs(raw):
-        candidates = [Path(raw)]
-    else:
-        candidates = _runfiles_candidates(raw)
-    for candidate in candidates:
-        if (candidate / "usr/sbin/squid").is_file():
-            return candidate
-    tried = ", ".join(str(c) for c in candidates)
-    raise SquidNotFound(f"{ROOT_ENV}={raw!r}: no usr/sbin/squid under any of: {tried}")
-
-
-def resolve_runfile(value: str) -> Path:
-    """An absolute path, or a runfiles path as Bazel's $(rootpath) gives it."""
-    candidates = [Path(value)] if os.path.isabs(value) else _runfiles_candidates(value)
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate
-    raise SquidNotFound(f"{value!r} not found; tried: {', '.join(str(c) for c in candidates)}")
-
-
-@dataclass(frozen=True)
-class SquidLayout:
-    """Paths of one Squid installation laid out like the image."""
-
-    root: Path
-
-    @property
-    def is_system(self) -> bool:
-        return self.root == Path("/")
-
-    @property
-    def squid(self) -> Path:
-        return self.root / "usr/sbin/squid"
-
-    @property
-    def certgen(self) -> Path:
-        return self.root / "usr/lib/squid/security_file_certgen"
-
-    @property
-    def helpers_dir(self) -> Path:
-        return self.root / "usr/lib/squid"
-
-    @property
-    def share_dir(self) -> Path:
-        return self.root / "usr/share/squid"
-
-    def data_directives(self) -> str:
-        """squid.conf lines that point Squid at this root's data files.
-
-        Needed when the root is not "/": the compiled-in /usr/share/squid paths
-        do not exist on the test host.
-        """
-        if self.is_system:
-            return ""
-        share = self.share_dir
-        return (
-            f"error_directory {share}/errors/templates\n"
-            f"icon_directory {share}/icons\n"
-            f"mime_table {share}/mime.conf\n"
-        )
-
-
-def squid_under_test() -> SquidLayout:
-    return SquidLayout(resolve_root())
 
 
 def expected_version() -> str:
