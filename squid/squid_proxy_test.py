@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import subprocess
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from squid.squid_under_test import (
     free_port,
     privilege_directives,
     runtime_directives,
+    serving,
     squid_under_test,
     state_directory,
 )
@@ -68,13 +68,8 @@ def origin() -> Iterator[tuple[int, bytes]]:
     body = f"origin body {free_port()}".encode()
     handler = type("Handler", (_OriginHandler,), {"body": body})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1]), body
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(server) as port:
+        yield port, body
 
 
 def test_proxies_http_to_a_local_server(layout: SquidLayout, origin: tuple[int, bytes]) -> None:

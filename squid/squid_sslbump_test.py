@@ -12,7 +12,6 @@ import http.server
 import shutil
 import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from squid.squid_under_test import (
     SquidLayout,
     free_port,
     runtime_directives,
+    serving,
     squid_under_test,
     state_directory,
 )
@@ -104,13 +104,8 @@ def tls_origin(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     context.load_cert_chain(cert, key)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TlsOriginHandler)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1]), cert
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(server) as port:
+        yield port, cert
 
 
 def test_bumps_a_connect_with_the_test_ca(layout: SquidLayout, tls_origin: tuple[int, Path]) -> None:

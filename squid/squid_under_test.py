@@ -15,7 +15,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import socketserver
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -154,3 +156,15 @@ class RunningSquid:
             self.process.kill()
             self.process.wait()
             raise AssertionError(f"squid ignored SIGTERM for 30 s:\n{read_log(self.log)}")
+
+
+@contextmanager
+def serving(server: socketserver.TCPServer) -> Iterator[int]:
+    """Runs a local origin server in a daemon thread; yields its port, then stops it."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
