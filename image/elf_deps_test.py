@@ -1,0 +1,70 @@
+"""Every ELF file's shared libraries (DT_NEEDED) and loader exist in the image.
+
+Resolution follows glibc's order: DT_RUNPATH (or DT_RPATH) with $ORIGIN, then
+the multiarch and default directories, through the image's own symlinks
+(/lib -> usr/lib and friends). No container runtime or host loader involved.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from pathlib import Path
+
+import pytest
+
+from image import elf_needed
+from image.oci_layout import Image, image_layout_from_env, load_image
+
+
+def inspect(path: str, data: bytes) -> elf_needed.DynamicInfo | None:
+    try:
+        return elf_needed.parse(data)
+    except (elf_needed.ElfError, ValueError, IndexError):
+        return None
+
+
+@pytest.fixture(scope="module")
+def image() -> Image:
+    layout = image_layout_from_env()
+    if layout is None:
+        pytest.skip("no built image: run under Bazel or after `bazel build //image:image`")
+    return load_image(Path(layout), inspect_file=inspect, inspect_prefix_bytes=elf_needed.ELF_MAGIC)
+
+
+def find_library(image: Image, name: str, directories: list[str]) -> str | None:
+    for directory in directories:
+        real_dir = image.resolve(directory)
+        if real_dir is None:
+            continue
+        found = image.resolve(posixpath.join(real_dir, name))
+        if found is not None and image.entries[found].kind == "file":
+            return found
+    return None
+
+
+def test_every_elf_file_finds_its_libraries(image: Image) -> None:
+    dynamic = {p: info for p, info in image.file_facts.items() if isinstance(info, elf_needed.DynamicInfo) and info.is_dynamic}
+    assert dynamic, "no dynamically linked ELF file found in the image"
+    missing: list[str] = []
+    for path, info in sorted(dynamic.items()):
+        if info.interpreter and image.resolve(info.interpreter) is None:
+            missing.append(f"{path}: loader {info.interpreter}")
+        directories = elf_needed.candidate_dirs(info, path)
+        for library in info.needed:
+            if find_library(image, library, directories) is None:
+                missing.append(f"{path}: {library}")
+    assert missing == [], "unresolved shared libraries:\n" + "\n".join(missing)
+
+
+def test_checked_files_include_squid_and_python(image: Image) -> None:
+    """Guards the check above against silently skipping the programs that matter."""
+    for program in ("/usr/sbin/squid", "/usr/lib/squid/security_file_certgen", "/usr/bin/python3"):
+        real = image.resolve(program)
+        assert real is not None, f"{program} missing"
+        assert real in image.file_facts, f"{program} ({real}) was not parsed as ELF"
+
+
+def test_elf_files_match_the_image_architecture(image: Image) -> None:
+    expected = {"amd64": elf_needed.EM_X86_64, "arm64": elf_needed.EM_AARCH64}[str(image.config["architecture"])]
+    wrong = sorted(p for p, info in image.file_facts.items() if isinstance(info, elf_needed.DynamicInfo) and info.machine != expected)
+    assert wrong == []

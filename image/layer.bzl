@@ -1,0 +1,166 @@
+"""Reproducible image layers written by //image:layer_builder.
+
+image_layer: files, directories and symlinks with explicit owners and modes
+(the entrypoint, config dirs, Squid's runtime dirs).
+python_runtime_layer: the interpreter of the resolved Python toolchain, so the
+image ships exactly the interpreter that runs `bazel test`.
+gzip_layer: a plain tar layer from elsewhere (//squid:layer), gzipped so pulls
+download less; already gzipped input is passed through.
+"""
+
+_BUILDER = attr.label(
+    default = "//image:layer_builder",
+    executable = True,
+    cfg = "exec",
+)
+
+def _relative(path):
+    """Image paths in the spec are relative to /."""
+    return path.lstrip("/")
+
+def _write_layer(ctx, entries, inputs):
+    spec = ctx.actions.declare_file(ctx.label.name + ".spec.json")
+    output = ctx.actions.declare_file(ctx.label.name + ".tar.gz")
+    ctx.actions.write(spec, json.encode({"mtime": 0, "entries": entries}))
+    ctx.actions.run(
+        executable = ctx.executable._builder,
+        arguments = [spec.path, output.path],
+        inputs = depset([spec], transitive = [inputs]),
+        outputs = [output],
+        mnemonic = "ImageLayer",
+        progress_message = "Writing image layer %{label}",
+    )
+    return output
+
+def _parse_owner_mode(path, value):
+    parts = value.split(":")
+    if len(parts) != 3:
+        fail("dirs[%r] = %r: write it as 'UID:GID:MODE', e.g. '1000:0:0770'" % (path, value))
+    return int(parts[0]), int(parts[1]), parts[2]
+
+def _image_layer_impl(ctx):
+    entries = []
+    inputs = []
+    for target, destination in ctx.attr.files.items():
+        files = target[DefaultInfo].files.to_list()
+        if destination.endswith("/"):
+            for f in files:
+                entries.append({"type": "file", "path": _relative(destination + f.basename), "src": f.path, "mode": "auto"})
+        elif len(files) == 1:
+            entries.append({"type": "file", "path": _relative(destination), "src": files[0].path, "mode": "auto"})
+        else:
+            fail("files: %s has %d files; end its destination with '/' to copy them into a directory" % (target.label, len(files)))
+        inputs.extend(files)
+
+    for path, value in ctx.attr.dirs.items():
+        uid, gid, mode = _parse_owner_mode(path, value)
+        entries.append({"type": "dir", "path": _relative(path), "uid": uid, "gid": gid, "mode": mode})
+    for path, target_path in ctx.attr.symlinks.items():
+        entries.append({"type": "symlink", "path": _relative(path), "target": target_path})
+
+    layer = _write_layer(ctx, entries, depset(inputs))
+    return [DefaultInfo(files = depset([layer]))]
+
+image_layer = rule(
+    implementation = _image_layer_impl,
+    doc = "A gzipped tar layer with explicit owners, modes and a fixed mtime.",
+    attrs = {
+        "files": attr.label_keyed_string_dict(
+            allow_files = True,
+            doc = "target -> image path (a path ending in '/' copies all its files into that directory)",
+        ),
+        "dirs": attr.string_dict(doc = "image path -> 'UID:GID:MODE'"),
+        "symlinks": attr.string_dict(doc = "image path -> link target"),
+        "_builder": _BUILDER,
+    },
+)
+
+_PY_TOOLCHAIN = "@rules_python//python:toolchain_type"
+
+PythonRuntimeLayerInfo = provider(
+    doc = "Where python_runtime_layer placed the interpreter.",
+    fields = {"interpreter": "absolute image path of the interpreter"},
+)
+
+def _python_runtime_layer_impl(ctx):
+    toolchain = ctx.toolchains[_PY_TOOLCHAIN]
+    runtime = getattr(toolchain, "py3_runtime", None)
+    if runtime == None:
+        fail("The resolved Python toolchain has no py3_runtime; register a Python 3 toolchain.")
+    if runtime.interpreter == None:
+        fail(("The resolved Python toolchain uses a platform interpreter (%s), which cannot be " +
+              "copied into the image. Register an in-build runtime (rules_python's " +
+              "python.toolchain does) for the image's target platform.") % runtime.interpreter_path)
+
+    # The runtime's root is the directory above bin/: python-build-standalone
+    # and Debian's layout both keep lib/pythonX.Y beside bin/, so installing
+    # the root at a prefix keeps the interpreter's sys.prefix lookup working.
+    interpreter = runtime.interpreter
+    if interpreter.dirname.split("/")[-1] != "bin":
+        fail("Python interpreter %s is not in a bin/ directory; cannot tell the runtime's root" % interpreter.path)
+    root = interpreter.dirname.rpartition("/")[0]
+    prefix = ctx.attr.prefix.rstrip("/")
+
+    files = depset([interpreter], transitive = [runtime.files])
+    entries = []
+    for f in files.to_list():
+        if not f.path.startswith(root + "/"):
+            fail("Python runtime file %s is outside the runtime root %s" % (f.path, root))
+        relative = f.path[len(root) + 1:]
+        if any([relative.startswith(p) or ("/" + p) in relative for p in ctx.attr.exclude]):
+            continue
+        entries.append({"type": "file", "path": _relative(prefix + "/" + relative), "src": f.path, "mode": "auto"})
+
+    interpreter_image_path = prefix + "/" + interpreter.path[len(root) + 1:]
+    link = ctx.attr.python3_link
+    if link and link != interpreter_image_path:
+        if link.rpartition("/")[0] == interpreter_image_path.rpartition("/")[0]:
+            target = interpreter.basename
+        else:
+            target = interpreter_image_path
+        entries = [e for e in entries if e["path"] != _relative(link)]
+        entries.append({"type": "symlink", "path": _relative(link), "target": target})
+
+    layer = _write_layer(ctx, entries, files)
+    return [
+        DefaultInfo(files = depset([layer])),
+        PythonRuntimeLayerInfo(interpreter = interpreter_image_path),
+    ]
+
+python_runtime_layer = rule(
+    implementation = _python_runtime_layer_impl,
+    doc = "The resolved Python toolchain's interpreter and stdlib as an image layer.",
+    attrs = {
+        "prefix": attr.string(default = "/usr", doc = "image directory that receives the runtime's bin/, lib/, ..."),
+        "python3_link": attr.string(default = "/usr/bin/python3", doc = "symlink to the interpreter ('' for none)"),
+        "exclude": attr.string_list(
+            # No package manager in the image: python-build-standalone ships
+            # pip (bin/pip3*, site-packages/pip*) and ensurepip's bundled wheel.
+            default = ["include/", "share/", "lib/pkgconfig/", "__pycache__/", "bin/pip", "site-packages/pip", "ensurepip/"],
+            doc = "runtime-relative path prefixes (or path segments) left out of the image",
+        ),
+        "_builder": _BUILDER,
+    },
+    toolchains = [_PY_TOOLCHAIN],
+)
+
+def _gzip_layer_impl(ctx):
+    output = ctx.actions.declare_file(ctx.label.name + ".tar.gz")
+    ctx.actions.run(
+        executable = ctx.executable._builder,
+        arguments = ["--gzip", ctx.file.src.path, output.path],
+        inputs = [ctx.file.src],
+        outputs = [output],
+        mnemonic = "ImageLayerGzip",
+        progress_message = "Compressing image layer %{label}",
+    )
+    return [DefaultInfo(files = depset([output]))]
+
+gzip_layer = rule(
+    implementation = _gzip_layer_impl,
+    doc = "Deterministically gzips a tar layer (mtime 0, no file name).",
+    attrs = {
+        "src": attr.label(allow_single_file = [".tar", ".tar.gz", ".tgz"], mandatory = True),
+        "_builder": _BUILDER,
+    },
+)

@@ -1,0 +1,63 @@
+"""The image holds exactly the manifest's Debian packages, as the lock pins them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from image.debian_manifest import lock_packages, manifest_archs, manifest_packages
+from image.oci_layout import Image, find_runfile, image_layout_from_env, iter_entries, load_image
+
+STATUS_DIR = "/var/lib/dpkg/status.d/"
+
+
+def source_file(env_var: str, default: str) -> Path:
+    raw = os.environ.get(env_var)
+    return find_runfile(raw) if raw else Path(default)
+
+
+MANIFEST = source_file("CEPHALOPROXY_IMAGE_MANIFEST", "image/trixie.yaml")
+LOCK = source_file("CEPHALOPROXY_IMAGE_LOCK", "image/trixie.lock.json")
+
+
+@pytest.fixture(scope="module")
+def image() -> Image:
+    layout = image_layout_from_env()
+    if layout is None:
+        pytest.skip("no built image: run under Bazel or after `bazel build //image:image`")
+    return load_image(Path(layout))
+
+
+def status_records(image: Image) -> dict[str, dict[str, str]]:
+    records: dict[str, dict[str, str]] = {}
+    for entry in iter_entries(image, "file"):
+        if entry.path.startswith(STATUS_DIR) and not entry.path.endswith(".md5sums"):
+            text = image.read_file(entry.path).decode()
+            fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line and not line.startswith(" "))
+            records[entry.path[len(STATUS_DIR):]] = fields
+    return records
+
+
+def test_lock_pins_exactly_the_manifest_for_every_arch() -> None:
+    wanted = set(manifest_packages(MANIFEST))
+    locked = lock_packages(LOCK)
+    assert set(locked) == set(manifest_archs(MANIFEST))
+    for arch, packages in locked.items():
+        assert set(packages) == wanted, f"{arch}: lock has {sorted(set(packages) ^ wanted)} beyond/short of the manifest"
+
+
+def test_image_packages_equal_the_manifest(image: Image) -> None:
+    records = status_records(image)
+    assert set(records) == set(manifest_packages(MANIFEST))
+    for name, fields in records.items():
+        assert fields["Package"] == name
+
+
+def test_image_package_versions_match_the_lock(image: Image) -> None:
+    arch = str(image.config["architecture"])
+    pinned = lock_packages(LOCK)[arch]
+    for name, fields in status_records(image).items():
+        assert fields["Version"] == pinned[name], f"{name}: image has {fields['Version']}, lock pins {pinned[name]}"
+        assert fields["Architecture"] in (arch, "all")
