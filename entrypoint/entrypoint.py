@@ -14,6 +14,8 @@ import os
 import sys
 
 
+# The same few lines stand in healthcheck.py: nothing can be shared before they have run,
+# because they are what makes the shared package importable.
 def _locate_package() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     if os.path.isfile(os.path.join(here, "entrypoint", "__init__.py")):

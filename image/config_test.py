@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime
-from pathlib import Path
 
 import pytest
 
-from image.oci_layout import Image, image_layout_from_env, load_image
+from image.built_image import built_image_or_skip
+from image.oci_layout import Image
 
 LABEL_KEYS = [
     "org.opencontainers.image.title",
@@ -23,10 +23,7 @@ LABEL_KEYS = [
 
 @pytest.fixture(scope="module")
 def config() -> dict[str, object]:
-    layout = image_layout_from_env()
-    if layout is None:
-        pytest.skip("no built image: run under Bazel or after `bazel build //image:image`")
-    image: Image = load_image(Path(layout))
+    image: Image = built_image_or_skip()
     inner = image.config["config"]
     assert isinstance(inner, dict)
     return inner

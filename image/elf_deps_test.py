@@ -8,12 +8,12 @@ the multiarch and default directories, through the image's own symlinks
 from __future__ import annotations
 
 import posixpath
-from pathlib import Path
 
 import pytest
 
 from image import elf_needed
-from image.oci_layout import Image, image_layout_from_env, load_image
+from image.built_image import built_image_or_skip
+from image.oci_layout import Image
 
 
 def inspect(path: str, data: bytes) -> elf_needed.DynamicInfo | None:
@@ -25,10 +25,7 @@ def inspect(path: str, data: bytes) -> elf_needed.DynamicInfo | None:
 
 @pytest.fixture(scope="module")
 def image() -> Image:
-    layout = image_layout_from_env()
-    if layout is None:
-        pytest.skip("no built image: run under Bazel or after `bazel build //image:image`")
-    return load_image(Path(layout), inspect_file=inspect, inspect_prefix_bytes=elf_needed.ELF_MAGIC)
+    return built_image_or_skip(inspect_file=inspect, inspect_prefix_bytes=elf_needed.ELF_MAGIC)
 
 
 def find_library(image: Image, name: str, directories: list[str]) -> str | None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 import stat
-from pathlib import Path
 
 import pytest
 
-from image.oci_layout import Image, image_layout_from_env, iter_entries, load_image
+from image.built_image import built_image_or_skip
+from image.oci_layout import Image, iter_entries
 
 SHELL_NAMES = {"sh", "bash", "dash", "ash", "zsh", "ksh", "mksh", "csh", "tcsh", "busybox"}
 PACKAGE_MANAGER_NAMES = {"apt", "apt-get", "apt-cache", "apt-config", "apt-key", "apt-mark", "dpkg", "aptitude"}
@@ -19,10 +19,7 @@ RUNTIME_DIRS = ["/var/spool/squid", "/var/log/squid", "/var/lib/squid", "/var/ru
 
 @pytest.fixture(scope="module")
 def image() -> Image:
-    layout = image_layout_from_env()
-    if layout is None:
-        pytest.skip("no built image: run under Bazel or after `bazel build //image:image`")
-    return load_image(Path(layout))
+    return built_image_or_skip()
 
 
 def basename(path: str) -> str:

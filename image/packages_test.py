@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from image.built_image import built_image_or_skip
 from image.debian_manifest import lock_packages, manifest_archs, manifest_packages
-from image.oci_layout import Image, find_runfile, image_layout_from_env, iter_entries, load_image
+from image.oci_layout import Image, find_runfile, iter_entries
 
 STATUS_DIR = "/var/lib/dpkg/status.d/"
 
@@ -24,10 +25,7 @@ LOCK = source_file("CEPHALOPROXY_IMAGE_LOCK", "image/trixie.lock.json")
 
 @pytest.fixture(scope="module")
 def image() -> Image:
-    layout = image_layout_from_env()
-    if layout is None:
-        pytest.skip("no built image: run under Bazel or after `bazel build //image:image`")
-    return load_image(Path(layout))
+    return built_image_or_skip()
 
 
 def status_records(image: Image) -> dict[str, dict[str, str]]:

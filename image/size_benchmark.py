@@ -12,7 +12,6 @@ the entrypoint are added. A benchmark, not a test: it asserts nothing.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from image.oci_layout import LayoutError, find_runfile, gzip_uncompressed_size, load_image
 

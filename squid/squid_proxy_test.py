@@ -6,7 +6,6 @@ import http.server
 import subprocess
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -14,6 +13,7 @@ from squid.squid_under_test import (
     REPO_ROOT,
     RunningSquid,
     SquidLayout,
+    StaticBodyHandler,
     free_port,
     privilege_directives,
     runtime_directives,
@@ -49,24 +49,10 @@ def test_parses_the_packaged_default_config(layout: SquidLayout) -> None:
     assert "FATAL" not in output and "ERROR" not in output, output
 
 
-class _OriginHandler(http.server.BaseHTTPRequestHandler):
-    body = b""
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, *_: object) -> None:
-        pass
-
-
 @pytest.fixture()
 def origin() -> Iterator[tuple[int, bytes]]:
     body = f"origin body {free_port()}".encode()
-    handler = type("Handler", (_OriginHandler,), {"body": body})
+    handler = type("Handler", (StaticBodyHandler,), {"body": body})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     with serving(server) as port:
         yield port, body

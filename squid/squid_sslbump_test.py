@@ -20,6 +20,7 @@ import pytest
 from squid.squid_under_test import (
     RunningSquid,
     SquidLayout,
+    StaticBodyHandler,
     free_port,
     runtime_directives,
     serving,
@@ -82,17 +83,8 @@ def test_certgen_refuses_an_existing_db(layout: SquidLayout) -> None:
     assert str(db) in again.stdout + again.stderr
 
 
-class _TlsOriginHandler(http.server.BaseHTTPRequestHandler):
+class _TlsOriginHandler(StaticBodyHandler):
     body = b"bumped origin"
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, *_: object) -> None:
-        pass
 
 
 @pytest.fixture()

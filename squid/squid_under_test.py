@@ -8,6 +8,7 @@ a real Squid on a loopback port for a test and stops it again.
 
 from __future__ import annotations
 
+import http.server
 import os
 import pwd
 import re
@@ -168,3 +169,19 @@ def serving(server: socketserver.TCPServer) -> Iterator[int]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class StaticBodyHandler(http.server.BaseHTTPRequestHandler):
+    """A local origin that answers every GET with `body` (set it on a subclass)."""
+
+    body = b""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *_: object) -> None:
+        pass
