@@ -72,6 +72,9 @@ def test_squid_killed_exits_1_within_2_seconds(launch: Launcher) -> None:
     killed_at = time.monotonic()
     assert run.wait_exit(30) == 1
     elapsed = time.monotonic() - killed_at
+    # The contract (issue 2, README): Squid is watched at least every second,
+    # so its death ends the container within 2 s. A correctness bound, not a
+    # speed goal; the startup benchmark measures speed.
     assert elapsed < 2.0, f"entrypoint took {elapsed:.2f} s to notice"
     assert "Squid process died unexpectedly (signal SIGKILL)" in run.stderr
     assert run.descendants_left() == []
