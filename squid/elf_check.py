@@ -1,7 +1,8 @@
 """Reads what an ELF file needs from the dynamic linker, in pure Python.
 
-`read_dynamic_requirements(path)` returns the DT_NEEDED libraries and the
-symbol versions required per library (the .gnu.version_r / SHT_GNU_verneed
+`read_dynamic_requirements(path)` (or `parse(name, data)`) returns the
+DT_NEEDED libraries, the program interpreter, the RUNPATH/RPATH search paths
+and the symbol versions required per library (the .gnu.version_r / SHT_GNU_verneed
 section), which is what decides whether a binary starts on a given
 distribution: every required GLIBC_x.y, GLIBCXX_x.y.z or OPENSSL_x.y.z must be
 provided by the libraries there. Standard library only, so //image's checks can
@@ -20,8 +21,16 @@ from pathlib import Path
 _ELF_MAGIC = b"\x7fELF"
 _SHT_DYNAMIC = 6
 _SHT_GNU_VERNEED = 0x6FFFFFFE
+_PT_INTERP = 3
 _DT_NULL = 0
 _DT_NEEDED = 1
+_DT_RPATH = 15
+_DT_RUNPATH = 29
+
+# e_machine values of the architectures the image is built for.
+EM_X86_64 = 62
+EM_AARCH64 = 183
+ELF_MAGIC = _ELF_MAGIC
 
 
 class ElfError(Exception):
@@ -38,6 +47,13 @@ class DynamicRequirements:
     # library file name -> the version names required from it, e.g.
     # {"libc.so.6": ("GLIBC_2.2.5", "GLIBC_2.34")}
     versions: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # PT_INTERP: the dynamic loader the kernel starts (None for static files
+    # and shared libraries).
+    interpreter: str | None = None
+    # DT_RUNPATH, else DT_RPATH, split on ':' ($ORIGIN left unexpanded).
+    search_paths: tuple[str, ...] = ()
+    # Has a dynamic section at all (statically linked files do not).
+    is_dynamic: bool = True
 
     def versions_with_prefix(self, prefix: str) -> list[str]:
         """All required version names that start with prefix (e.g. "GLIBC_")."""
@@ -118,6 +134,24 @@ class _Reader:
             shentsize, shnum = self.unpack("HH", 46)
         return machine, shoff, shentsize, shnum
 
+    def interpreter(self) -> str | None:
+        """The PT_INTERP path, if the file has one."""
+        if self.is64:
+            phoff = self.unpack("Q", 32)[0]
+            phentsize, phnum = self.unpack("HH", 54)
+        else:
+            phoff = self.unpack("I", 28)[0]
+            phentsize, phnum = self.unpack("HH", 42)
+        for index in range(phnum):
+            base = phoff + index * phentsize
+            if self.is64:
+                p_type, _, offset, _, _, filesz = self.unpack("IIQQQQ", base)
+            else:
+                p_type, offset, _, _, filesz = self.unpack("IIIII", base)
+            if p_type == _PT_INTERP:
+                return self.data[offset : offset + filesz].split(b"\0", 1)[0].decode("utf-8", "replace")
+        return None
+
     def sections(self) -> list[_Section]:
         _, shoff, shentsize, shnum = self.header()
         if shoff == 0 or shnum == 0:
@@ -133,8 +167,9 @@ class _Reader:
         return result
 
 
-def _needed(reader: _Reader, sections: list[_Section]) -> list[str]:
-    needed: list[str] = []
+def _dynamic_strings(reader: _Reader, sections: list[_Section], wanted: int) -> list[str]:
+    """The strings of every dynamic entry tagged `wanted` (DT_NEEDED, DT_RUNPATH, ...)."""
+    found: list[str] = []
     for section in sections:
         if section.kind != _SHT_DYNAMIC:
             continue
@@ -145,9 +180,9 @@ def _needed(reader: _Reader, sections: list[_Section]) -> list[str]:
             tag, value = reader.unpack(entry_format, offset)
             if tag == _DT_NULL:
                 break
-            if tag == _DT_NEEDED:
-                needed.append(reader.string_at(strtab, value))
-    return needed
+            if tag == wanted:
+                found.append(reader.string_at(strtab, value))
+    return found
 
 
 def _verneed(reader: _Reader, sections: list[_Section]) -> dict[str, tuple[str, ...]]:
@@ -176,22 +211,31 @@ def _verneed(reader: _Reader, sections: list[_Section]) -> dict[str, tuple[str, 
     return versions
 
 
+def parse(name: str, data: bytes) -> DynamicRequirements:
+    """What the ELF file `data` (called `name` in messages) asks of the dynamic linker."""
+    reader = _Reader(name, data)
+    machine = reader.header()[0]
+    sections = reader.sections()
+    runpath = _dynamic_strings(reader, sections, _DT_RUNPATH) or _dynamic_strings(reader, sections, _DT_RPATH)
+    return DynamicRequirements(
+        path=name,
+        machine=machine,
+        needed=tuple(_dynamic_strings(reader, sections, _DT_NEEDED)),
+        versions=_verneed(reader, sections),
+        interpreter=reader.interpreter(),
+        search_paths=tuple(p for joined in runpath for p in joined.split(":") if p),
+        is_dynamic=any(section.kind == _SHT_DYNAMIC for section in sections),
+    )
+
+
 def read_dynamic_requirements(path: str | Path) -> DynamicRequirements:
-    """DT_NEEDED and required symbol versions of the ELF file at path."""
+    """What the ELF file at path asks of the dynamic linker."""
     name = str(path)
     try:
         data = Path(path).read_bytes()
     except OSError as error:
         raise ElfError(f"{name}: cannot read: {error.strerror}") from error
-    reader = _Reader(name, data)
-    machine = reader.header()[0]
-    sections = reader.sections()
-    return DynamicRequirements(
-        path=name,
-        machine=machine,
-        needed=tuple(_needed(reader, sections)),
-        versions=_verneed(reader, sections),
-    )
+    return parse(name, data)
 
 
 def is_elf(path: str | Path) -> bool:
