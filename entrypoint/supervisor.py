@@ -6,11 +6,11 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import entrypoint
 from entrypoint import runtime_dirs, squid_config, tls
@@ -158,7 +158,8 @@ class Supervisor:
             raise StartupError(str(error)) from None
         self._phase_done("cache_init")
 
-        await self.start_health_server(config, pid_file)
+        proxy_host, proxy_port = self._proxy_address(config)
+        await self.start_health_server(config, pid_file, proxy_host, proxy_port)
         self._phase_done("health_server")
 
         self.log.info("Starting Squid proxy...")
@@ -172,21 +173,18 @@ class Supervisor:
 
         # The pid file comes from the master before its worker listens: wait for the port
         # so "ready" means serving (and a stop request is not racing the worker's start).
-        proxy_host, proxy_port = self._proxy_address(config)
-        deadline = time.monotonic() + PROXY_ACCEPT_TIMEOUT
-        while not await self._port_accepts(proxy_port, proxy_host):
-            if self.squid.exited.done():
-                raise StartupError(
-                    f"Squid exited during startup ({describe_exit(self.squid.exited.result())});"
-                    " see its messages above"
-                )
-            if time.monotonic() > deadline:
-                self.log.warning(
-                    "Squid does not accept connections on %s:%d after %g s; /ready will report it",
-                    proxy_host, proxy_port, PROXY_ACCEPT_TIMEOUT,
-                )
-                break
-            await asyncio.sleep(0.05)
+        squid = self.squid
+
+        def squid_exit() -> str | None:
+            if not squid.exited.done():
+                return None
+            return f"Squid exited during startup ({describe_exit(squid.exited.result())}); see its messages above"
+
+        if not await self._wait_until_accepting(proxy_host, proxy_port, PROXY_ACCEPT_TIMEOUT, squid_exit):
+            self.log.warning(
+                "Squid does not accept connections on %s:%d after %g s; /ready will report it",
+                proxy_host, proxy_port, PROXY_ACCEPT_TIMEOUT,
+            )
         self._phase_done("squid_listening")
 
     def _proxy_address(self, config: ActiveConfig) -> tuple[str, int]:
@@ -196,9 +194,10 @@ class Supervisor:
         first = ports[0]
         return (first.host or "127.0.0.1"), first.port
 
-    async def start_health_server(self, config: ActiveConfig, pid_file: Path) -> None:
+    async def start_health_server(
+        self, config: ActiveConfig, pid_file: Path, proxy_host: str, proxy_port: int
+    ) -> None:
         settings = self.settings
-        proxy_host, proxy_port = self._proxy_address(config)
         cache_dirs = [d.path for d in config.disk_cache_dirs] or [settings.spool_dir]
         # Run the package by module name with the package's parent dir on PYTHONPATH:
         # this works from the source tree, Bazel runfiles and the image alike.
@@ -220,22 +219,17 @@ class Supervisor:
         environment["PYTHONPATH"] = package_parent + (os.pathsep + existing if existing else "")
         self.health_environment = environment
         self.log.info("Starting health server on port %d", settings.health_port)
-        self.health = self._spawn_health()
-        deadline = time.monotonic() + HEALTH_START_TIMEOUT
-        while True:
-            if self.children.returncode(self.health) is not None:
-                raise StartupError(
-                    f"Health server exited during startup"
-                    f" ({describe_exit(self.children.returncode(self.health) or 0)})"
-                )
-            if await self._port_accepts(settings.health_port):
-                return
-            if time.monotonic() > deadline:
-                raise StartupError(
-                    f"Health server did not accept connections on port {settings.health_port}"
-                    f" within {HEALTH_START_TIMEOUT:g} s"
-                )
-            await asyncio.sleep(0.05)
+        health = self.health = self._spawn_health()
+
+        def health_exit() -> str | None:
+            code = self.children.returncode(health)
+            return None if code is None else f"Health server exited during startup ({describe_exit(code)})"
+
+        if not await self._wait_until_accepting("127.0.0.1", settings.health_port, HEALTH_START_TIMEOUT, health_exit):
+            raise StartupError(
+                f"Health server did not accept connections on port {settings.health_port}"
+                f" within {HEALTH_START_TIMEOUT:g} s"
+            )
 
     def _spawn_health(self) -> subprocess.Popen[bytes]:
         return self.children.spawn(
@@ -245,6 +239,24 @@ class Supervisor:
             cwd="/",
             process_group=0,
         )
+
+    async def _wait_until_accepting(
+        self, host: str, port: int, timeout: float, child_exit: Callable[[], str | None]
+    ) -> bool:
+        """Polls host:port until it accepts (True) or `timeout` passes (False).
+
+        Raises StartupError with child_exit()'s message if the child that should
+        be listening exits first: no point waiting for a dead process.
+        """
+        deadline = time.monotonic() + timeout
+        while not await self._port_accepts(port, host):
+            reason = child_exit()
+            if reason is not None:
+                raise StartupError(reason)
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     @staticmethod
     async def _port_accepts(port: int, host: str = "127.0.0.1") -> bool:
