@@ -1,0 +1,147 @@
+"""Processes and TCP sockets as /proc shows them: a process tree, its states, the sockets it owns.
+
+Read-only and cheap (no subprocess, no connection to anyone): the health checks use it to see
+whether Squid's processes are alive and own the proxy port, and the shutdown uses it to see
+which client connections Squid still serves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterable
+
+# /proc/net/tcp `st` column (include/net/tcp_states.h).
+TCP_ESTABLISHED = 0x01
+TCP_LISTEN = 0x0A
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    ppid: int
+    comm: str
+    state: str  # R, S, D, T (stopped), t (traced), Z (zombie), X, I
+
+    @property
+    def runnable(self) -> bool:
+        """Not stopped, traced, a zombie or dead: a process that can still answer."""
+        return self.state not in ("T", "t", "Z", "X")
+
+
+@dataclasses.dataclass(frozen=True)
+class TcpSocket:
+    local_address: str
+    local_port: int
+    remote_address: str
+    remote_port: int
+    state: int
+    inode: int
+
+
+def read_process(pid: int) -> ProcessInfo | None:
+    """The process's /proc/<pid>/stat fields, or None when it does not exist (any more)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    # comm may contain spaces and parentheses: it runs from the first "(" to the last ")".
+    comm = data[data.index("(") + 1 : data.rindex(")")]
+    fields = data[data.rindex(")") + 2 :].split()
+    return ProcessInfo(pid=pid, ppid=int(fields[1]), comm=comm, state=fields[0])
+
+
+def all_processes() -> list[ProcessInfo]:
+    processes = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            info = read_process(int(name))
+            if info is not None:
+                processes.append(info)
+    return processes
+
+
+def process_tree(root_pid: int) -> list[ProcessInfo]:
+    """root_pid and every descendant of it (root first), as one snapshot of /proc."""
+    processes = all_processes()
+    children: dict[int, list[ProcessInfo]] = {}
+    root = None
+    for info in processes:
+        children.setdefault(info.ppid, []).append(info)
+        if info.pid == root_pid:
+            root = info
+    if root is None:
+        return []
+    tree, pending = [root], [root_pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            tree.append(child)
+            pending.append(child.pid)
+    return tree
+
+
+def socket_inodes(pids: Iterable[int]) -> set[int]:
+    """Inodes of every socket the processes hold open (from /proc/<pid>/fd links `socket:[N]`)."""
+    inodes: set[int] = set()
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            names = os.listdir(fd_dir)
+        except OSError:
+            continue  # gone, or not ours to read
+        for name in names:
+            try:
+                target = os.readlink(f"{fd_dir}/{name}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _decode_address(hex_address: str) -> str:
+    raw = bytes.fromhex(hex_address)
+    # The kernel prints each 32-bit word in host (little-endian) byte order.
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    if len(words) == 4:
+        return ".".join(str(b) for b in words)
+    import ipaddress  # only for IPv6 rows; keeps the common path import-free
+
+    return str(ipaddress.IPv6Address(words))
+
+
+def tcp_sockets() -> list[TcpSocket]:
+    """Every TCP socket of this network namespace, IPv4 and IPv6."""
+    sockets = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as handle:
+                rows = handle.read().splitlines()[1:]
+        except OSError:
+            continue  # no IPv6 in this namespace
+        for row in rows:
+            fields = row.split()
+            local, remote = fields[1].split(":"), fields[2].split(":")
+            sockets.append(
+                TcpSocket(
+                    local_address=_decode_address(local[0]),
+                    local_port=int(local[1], 16),
+                    remote_address=_decode_address(remote[0]),
+                    remote_port=int(remote[1], 16),
+                    state=int(fields[3], 16),
+                    inode=int(fields[9]),
+                )
+            )
+    return sockets
+
+
+def owned_sockets(pids: Iterable[int], ports: Iterable[int], state: int) -> list[TcpSocket]:
+    """Sockets in `state` on one of the local `ports` that one of `pids` holds open."""
+    inodes = socket_inodes(pids)
+    wanted_ports = set(ports)
+    return [
+        sock
+        for sock in tcp_sockets()
+        if sock.state == state and sock.local_port in wanted_ports and sock.inode in inodes
+    ]
