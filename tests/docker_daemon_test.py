@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -196,7 +195,7 @@ def test_containers_reach_a_server_on_the_gateway_address(engine: docker_daemon.
 
     token = f"gateway-{os.getpid()}"
     server = subprocess.Popen(
-        [engine._tools["nsenter"], f"--net={engine.netns}", sys.executable, "-c", GATEWAY_SERVER,
+        [engine.tool("nsenter"), f"--net={engine.netns}", sys.executable, "-c", GATEWAY_SERVER,
          gateway, token, str(timeouts.scaled(60))],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -284,9 +283,8 @@ def test_stop_after_dockerd_was_killed_removes_its_orphans(tiny_rootfs: Path) ->
         container_pid = _container_pid(daemon, "tiny-orphaned")
         pids = _engine_processes(daemon, container_pid)
         os.kill(daemon.pid, signal.SIGKILL)  # a crashed engine: no shutdown of its own
-        deadline = time.monotonic() + 30
-        while docker_daemon._is_running(daemon.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        # Wait for the whole process: dockerd's main thread turns zombie before its other threads end.
+        assert daemon.wait_for_daemon(timeouts.scaled(30)), "dockerd survived SIGKILL"
     finally:
         report = daemon.stop()
     assert not report.daemon_exited

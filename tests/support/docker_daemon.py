@@ -47,6 +47,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from entrypoint import proc_table
 from tests.support import timeouts
 from tests.support.runtime import RUNTIME_ENV, SYSTEM_DIRS
 
@@ -117,10 +118,12 @@ def find_tools(environ: Mapping[str, str] | None = None, extra_dirs: Sequence[st
 
 
 @dataclasses.dataclass(frozen=True)
-class ProcessInfo:
+class EngineProcess:
+    """A process with what ties it to an engine: its command line and network namespace."""
+
     pid: int
     ppid: int
-    state: str  # "R", "S", "Z", ...
+    state: str  # "R", "S", "Z", ... (entrypoint/proc_table.py)
     cmdline: str
     netns: tuple[int, int] | None  # (st_dev, st_ino) of /proc/<pid>/ns/net
 
@@ -128,34 +131,35 @@ class ProcessInfo:
         return f"pid {self.pid} ({self.state}): {self.cmdline[:200] or '[no cmdline]'}"
 
 
-def _process(pid: int) -> ProcessInfo | None:
-    base = Path("/proc") / str(pid)
+def _cmdline(pid: int) -> str | None:
     try:
-        stat = (base / "stat").read_text()
-        cmdline = (base / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        raw = (Path("/proc") / str(pid) / "cmdline").read_bytes()
     except OSError:
         return None  # gone meanwhile
-    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces and ")"
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def _with_details(info: proc_table.ProcessInfo) -> EngineProcess | None:
+    cmdline = _cmdline(info.pid)
+    if cmdline is None:
+        return None
     try:
-        ns = os.stat(base / "ns" / "net")
+        ns = os.stat(Path("/proc") / str(info.pid) / "ns" / "net")
         netns: tuple[int, int] | None = (ns.st_dev, ns.st_ino)
     except OSError:
         netns = None
-    return ProcessInfo(pid=pid, ppid=int(fields[1]), state=fields[0], cmdline=cmdline, netns=netns)
+    return EngineProcess(info.pid, info.ppid, info.state, cmdline, netns)
 
 
-def process_table() -> dict[int, ProcessInfo]:
-    table: dict[int, ProcessInfo] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (info := _process(int(entry))) is not None:
-            table[info.pid] = info
-    return table
+def process_table() -> dict[int, EngineProcess]:
+    found = (_with_details(info) for info in proc_table.all_processes())
+    return {process.pid: process for process in found if process is not None}
 
 
 def _is_running(pid: int) -> bool:
     """True while the process exists and is not a zombie (a zombie only waits to be reaped)."""
-    info = _process(pid)
-    return info is not None and info.state != "Z"
+    info = proc_table.read_process(pid)
+    return info is not None and info.state not in ("Z", "X")
 
 
 def _own_lineage() -> set[int]:
@@ -164,7 +168,7 @@ def _own_lineage() -> set[int]:
     pid = os.getpid()
     while pid > 1 and pid not in lineage:
         lineage.add(pid)
-        info = _process(pid)
+        info = proc_table.read_process(pid)
         if info is None:
             break
         pid = info.ppid
@@ -395,7 +399,7 @@ class DockerDaemon:
     def run_in_netns(self, argv: Sequence[str], timeout: float | None = None) -> subprocess.CompletedProcess[str]:
         """Run argv in the engine's network namespace (where published ports are) with environ()."""
         return subprocess.run(
-            [self._tools["nsenter"], f"--net={self.netns}", *argv],
+            [self.tool("nsenter"), f"--net={self.netns}", *argv],
             env=self.environ(),
             capture_output=True,
             text=True,
@@ -403,7 +407,7 @@ class DockerDaemon:
             check=False,
         )
 
-    def related_processes(self) -> list[ProcessInfo]:
+    def related_processes(self) -> list[EngineProcess]:
         """Processes tied to this engine: naming its runtime dir, in its namespace, and their descendants."""
         if self.runtime_dir is None:
             return []
@@ -457,21 +461,33 @@ class DockerDaemon:
         self.runtime_dir = None
         return report
 
+    def tool(self, name: str) -> str:
+        """The absolute path of one REQUIRED_TOOLS program (e.g. "nsenter")."""
+        tools = self._tools or find_tools(self._environ, self._extra_dirs)
+        return tools[name]
+
+    def wait_for_daemon(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for dockerd to end (without signalling it); True once it has."""
+        deadline = time.monotonic() + timeout
+        while self._daemon_running():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
     def _daemon_running(self) -> bool:
         if self._process is not None:
             return self._process.poll() is None
         # Attached from the CLI: make sure the pid is still our dockerd, not a reused one.
-        info = _process(self.pid) if self.pid is not None else None
-        return info is not None and info.state != "Z" and str(self.runtime_dir) in info.cmdline
+        if self.pid is None or not _is_running(self.pid):
+            return False
+        return str(self.runtime_dir) in (_cmdline(self.pid) or "")
 
     def _terminate_daemon(self, timeout: float) -> bool:
         if self.pid is None or not self._daemon_running():
             return False
         os.kill(self.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self._daemon_running() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not self._daemon_running():
+        if self.wait_for_daemon(timeout):
             return True
         os.kill(self.pid, signal.SIGKILL)
         if self._process is not None:
@@ -565,7 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             # Not run_in_netns(): the command's output goes straight to the terminal.
             code = subprocess.run(
-                [daemon._tools["nsenter"], f"--net={daemon.netns}", *cmd], env=daemon.environ(), check=False
+                [daemon.tool("nsenter"), f"--net={daemon.netns}", *cmd], env=daemon.environ(), check=False
             ).returncode
         finally:
             report = daemon.stop()
