@@ -318,6 +318,37 @@ def test_cli_run_passes_the_exit_code_and_runs_inside_the_engine_namespace() -> 
     assert not [info for info in docker_daemon.process_table().values() if str(runtime_dir) in info.cmdline]
 
 
+def _fake_dockerd(directory: Path, body: str) -> dict[str, str]:
+    """An environment whose PATH finds a stand-in dockerd first (the other tools stay real)."""
+    directory.mkdir()
+    fake = directory / "dockerd"
+    fake.write_text(f"#!{sys.executable}\nimport sys, time\n{body}\n", encoding="utf-8")
+    fake.chmod(0o755)
+    return {**os.environ, "PATH": f"{directory}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
+
+
+@needs_dockerd
+def test_a_dockerd_that_dies_at_start_is_reported_with_its_log(tmp_path: Path) -> None:
+    env = _fake_dockerd(tmp_path / "bin", 'print("failed to start daemon: planted failure"); sys.exit(1)')
+    daemon = docker_daemon.DockerDaemon(environ=env)
+    with pytest.raises(docker_daemon.DockerDaemonError) as raised:
+        daemon.start()
+    assert "exited with code 1" in str(raised.value) and "planted failure" in str(raised.value)
+    assert daemon.runtime_dir is None, "a failed start must clean up its runtime dir and namespace"
+
+
+@needs_dockerd
+def test_a_dockerd_that_never_answers_times_out_and_is_stopped(tmp_path: Path) -> None:
+    env = _fake_dockerd(tmp_path / "bin", "time.sleep(600)")
+    daemon = docker_daemon.DockerDaemon(environ=env, start_timeout=2)
+    with pytest.raises(docker_daemon.DockerDaemonError) as raised:
+        daemon.start()
+    assert "did not answer `docker info` within 2 s" in str(raised.value)
+    assert timeouts.SCALE_ENV in str(raised.value)
+    assert daemon.pid is not None and not docker_daemon._is_running(daemon.pid)
+    assert daemon.runtime_dir is None
+
+
 def test_missing_tools_are_named_with_their_packages(tmp_path: Path) -> None:
     with pytest.raises(docker_daemon.DockerDaemonError) as raised:
         docker_daemon.find_tools({"PATH": str(tmp_path)}, extra_dirs=())

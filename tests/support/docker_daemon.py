@@ -263,11 +263,10 @@ class DockerDaemon:
 
     def command_line(self) -> list[str]:
         """The exact argv that starts dockerd (nsenter into the namespace, then dockerd)."""
-        tools = self._tools or find_tools(self._environ, self._extra_dirs)
         return [
-            tools["nsenter"],
+            self.tool("nsenter"),
             f"--net={self.netns}",
-            tools["dockerd"],
+            self.tool("dockerd"),
             *DOCKERD_FLAGS,
             f"--data-root={self.data_root}",
             f"--exec-root={self._dir() / 'exec'}",
@@ -284,8 +283,7 @@ class DockerDaemon:
         return env
 
     def docker_argv(self, *args: str) -> list[str]:
-        tools = self._tools or find_tools(self._environ, self._extra_dirs)
-        return [tools["docker"], f"--host={self.docker_host}", *args]
+        return [self.tool("docker"), f"--host={self.docker_host}", *args]
 
     # Start ---------------------------------------------------------------------------
     def start(self) -> "DockerDaemon":
