@@ -8,6 +8,7 @@ image would reject (LOG_LEVEL "1", SHUTDOWN_TIMEOUT "soon") is a problem here to
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -321,5 +322,5 @@ def bind_sources(service: Mapping[str, Any], compose_dir: Path) -> list[Path]:
     for volume in service.get("volumes") or []:
         if isinstance(volume, Mapping) and volume.get("type") == "bind":
             source = re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", str(volume["source"]))
-            sources.append((compose_dir / source).resolve())
+            sources.append(Path(os.path.normpath(compose_dir / source)))
     return sources
