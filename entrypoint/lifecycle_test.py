@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import select
 import signal
+import socket
+import threading
 import time
 import uuid
 
@@ -176,3 +180,69 @@ def test_runs_as_openshift_uid_with_gid_0(workspace: Workspace, launch: Launcher
     assert process_uid(run.pid) == UNPRIVILEGED_UID
     assert process_uid(squid_pid) == UNPRIVILEGED_UID
     assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200)[0] == 200
+
+
+def proxied_traffic_with_long_urls(workspace: Workspace, requests: int) -> None:
+    """Enough access-log bytes (about 2 KB a line) to fill a pipe and PID 1's queue several times."""
+    origin = start_local_http_server("ok")
+    try:
+        proxy = f"http://127.0.0.1:{workspace.squid_port}"
+        for index in range(requests):
+            url = f"http://127.0.0.1:{origin.port}/{'a' * 2000}?{index}"
+            assert http_get(url, timeout=15, proxy=proxy)[0] == 200, f"request {index} failed"
+    finally:
+        origin.close()
+
+
+def test_stdout_nobody_reads_never_blocks_pid1(workspace: Workspace, launch: Launcher) -> None:
+    # The container runtime stops reading our stdout: the relay must keep reading Squid's
+    # output (else Squid blocks and stops answering) and PID 1 must still handle SIGTERM.
+    read_end, write_end = os.pipe()
+    try:
+        run = launch(stdout=write_end)
+        os.close(write_end)
+        health = f"http://127.0.0.1:{workspace.health_port}"
+        assert wait_for_status(f"{health}/ready", 200, 90)[0] == 200, run.stderr
+        proxied_traffic_with_long_urls(workspace, 300)
+        assert http_get(f"{health}/health")[0] == 200
+        run.process.send_signal(signal.SIGTERM)
+        # Contract bound: graceful stop of an idle proxy, far inside SHUTDOWN_TIMEOUT.
+        assert run.wait_exit(45) == 0, run.stderr
+        assert run.descendants_left() == []
+    finally:
+        os.close(read_end)
+
+
+def test_dropped_lines_are_counted_once_the_reader_is_back(workspace: Workspace, launch: Launcher) -> None:
+    read_end, write_end = os.pipe()
+    received: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            data = os.read(read_end, 1 << 16)
+            if not data:
+                return
+            received.append(data)
+
+    run = launch(stdout=write_end)
+    os.close(write_end)
+    reader = threading.Thread(target=drain, daemon=True)
+    try:
+        assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200, 90)[0] == 200
+        proxied_traffic_with_long_urls(workspace, 300)
+        reader.start()  # the reader comes back
+        pattern = re.compile(rb"\[WARNING\] dropped (\d+) log lines \(stdout reader stalled\)")
+        assert wait_until(lambda: pattern.search(b"".join(received)), 30), b"".join(received)[-2000:]
+        run.process.send_signal(signal.SIGTERM)
+        assert run.wait_exit(45) == 0
+        reader.join(10)
+        text = b"".join(received).decode("utf-8", "replace")
+        assert "Shutdown complete" in text
+        # Lines are relayed whole: every access-log line of a long URL is complete.
+        for line in text.splitlines():
+            if "/aaaa" in line:
+                assert re.search(r"/a{2000}\S* - HIER_DIRECT", line), f"mangled line: {line[:120]}..."
+        # cache.log is stderr in the default config: each of its lines appears once, not twice.
+        assert run.stderr.count("Accepting HTTP Socket connections at") == 1, run.stderr
+    finally:
+        os.close(read_end)
