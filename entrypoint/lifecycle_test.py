@@ -83,25 +83,6 @@ def test_squid_killed_exits_1_within_2_seconds(launch: Launcher) -> None:
     assert run.descendants_left() == []
 
 
-def test_sigterm_right_at_start_aborts_cleanly(launch: Launcher) -> None:
-    run = launch()
-    run.wait_for_output(r"CephaloProxy entrypoint starting")
-    run.process.send_signal(signal.SIGTERM)
-    assert run.wait_exit(60) == 0
-    assert "Container ready" not in run.stdout
-    assert "Shutdown complete" in run.stdout
-    assert run.descendants_left() == []
-
-
-def test_sigterm_while_squid_starts_stops_it(launch: Launcher) -> None:
-    run = launch()
-    run.wait_for_output(r"Starting Squid proxy\.\.\.")
-    run.process.send_signal(signal.SIGTERM)
-    assert run.wait_exit(60) == 0
-    assert "Shutdown complete" in run.stdout
-    assert run.descendants_left() == []
-
-
 def test_sighup_reconfigures_and_keeps_the_pid(workspace: Workspace, launch: Launcher) -> None:
     run = launch()
     squid_pid = run.wait_ready()
