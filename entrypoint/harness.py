@@ -421,3 +421,30 @@ def start_local_http_server(body: str) -> LocalHttpServer:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return LocalHttpServer(body, server, thread)
+
+
+# A stand-in for the Squid binary that writes a marker (its pid) and pauses in one mode, then
+# runs the real Squid (exec: the pid and the process name become Squid's own). Tests act while
+# that step is under way.
+PAUSING_SQUID = """#!{python}
+import os, sys, time
+REAL, MODE, MARKER, PAUSE = {real!r}, {mode!r}, {marker!r}, {pause!r}
+args = sys.argv[1:]
+if args[:len(MODE.split())] == MODE.split():
+    with open(MARKER + ".tmp", "w") as handle:
+        handle.write(str(os.getpid()))
+    os.rename(MARKER + ".tmp", MARKER)
+    time.sleep(PAUSE)
+os.execv(REAL, [REAL, *args])
+"""
+
+
+def pausing_squid(workspace: Workspace, mode: str, pause: float = 3.0) -> tuple[Path, Path]:
+    """(wrapper to use as CEPHALOPROXY_SQUID_BIN, marker written when `mode` starts)."""
+    marker = workspace.var / "paused"
+    wrapper = workspace.bin / "squid"
+    wrapper.write_text(PAUSING_SQUID.format(
+        python=python_for_child(), real=str(squid_bin()), mode=mode, marker=str(marker), pause=pause,
+    ))
+    os.chmod(wrapper, 0o775)
+    return wrapper, marker

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 import select
 import signal
 import socket
@@ -14,7 +16,7 @@ import uuid
 import pytest
 
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    UNPRIVILEGED_UID, Launcher, Workspace, http_get, launch, process_state, process_uid,
+    UNPRIVILEGED_UID, Launcher, Workspace, http_get, launch, pausing_squid, process_state, process_uid,
     python_for_child, running_as_root, squid_available, start_local_http_server, wait_for_status,
     wait_until, workspace,
 )
@@ -227,3 +229,59 @@ def test_dropped_lines_are_counted_once_the_reader_is_back(workspace: Workspace,
         assert run.stderr.count("Accepting HTTP Socket connections at") == 1, run.stderr
     finally:
         os.close(read_end)
+
+
+def squatter(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", port))
+    sock.listen(16)
+    return sock
+
+
+def test_a_squatter_on_the_proxy_port_exits_1_naming_it(workspace: Workspace, launch: Launcher) -> None:
+    taken = squatter(workspace.squid_port)  # it accepts connections: a connect() check is fooled
+    try:
+        run = launch()
+        assert run.wait_exit(60) == 1
+    finally:
+        taken.close()
+    assert f"port {workspace.squid_port}" in run.stderr
+    assert "Container ready" not in run.stdout
+    assert run.descendants_left() == []
+
+
+def test_a_squatter_arriving_while_squid_starts_is_not_taken_for_squid(workspace: Workspace, launch: Launcher) -> None:
+    # Past the check before Squid starts: only "Squid's own LISTEN socket" can tell them apart.
+    wrapper, marker = pausing_squid(workspace, "--foreground", pause=1.0)
+    run = launch(workspace.env(CEPHALOPROXY_SQUID_BIN=str(wrapper)))
+    assert wait_until(marker.exists, 60), run.output
+    taken = squatter(workspace.squid_port)
+    try:
+        assert run.wait_exit(60) == 1
+    finally:
+        taken.close()
+    assert f"port {workspace.squid_port}" in run.stderr
+    assert "Container ready" not in run.stdout
+    assert run.descendants_left() == []
+
+
+def test_a_stale_pid_file_naming_a_live_process_is_not_accepted(workspace: Workspace, launch: Launcher, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A live process called "squid" that is not ours (a copy of sleep): its pid in the pid file.
+    impostor_bin = tmp_path / "squid"
+    shutil.copy("/bin/sleep", impostor_bin)
+    impostor = subprocess.Popen([str(impostor_bin), "600"])
+    try:
+        pid_file = workspace.make_dir(workspace.runtime_dir("run")) / "squid.pid"
+        pid_file.write_text(f"{impostor.pid}\n")
+        os.chmod(pid_file, 0o664)
+        run = launch()
+        squid_pid = run.wait_ready()
+        assert squid_pid != impostor.pid
+        assert f"Removed stale pid file {pid_file} (PID {impostor.pid}" in run.stdout
+        assert f"PPid:\t{run.pid}" in open(f"/proc/{squid_pid}/status").read()  # our own child
+        assert pid_file.read_text().strip() == str(squid_pid)
+        assert impostor.poll() is None  # not ours to stop
+    finally:
+        impostor.kill()
+        impostor.wait()

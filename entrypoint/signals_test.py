@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    Launcher, Workspace, launch, process_state, python_for_child, squid_available, squid_bin,
+    Launcher, Workspace, launch, pausing_squid, process_state, python_for_child, squid_available,
     wait_until, workspace,
 )
 
@@ -64,27 +64,6 @@ def test_sigterm_as_soon_as_it_is_caught_aborts_startup_every_time(workspace: Wo
         assert wait_until(lambda: catches(run.pid, signal.SIGTERM), 30, interval=0.001), f"attempt {attempt}"
         run.process.send_signal(signal.SIGTERM)
         assert_aborted_cleanly(run)
-
-
-# A stand-in for the Squid binary that writes a marker and pauses in one mode, then runs the
-# real Squid: the test signals the entrypoint while that step is under way.
-PAUSING_SQUID = """#!{python}
-import os, subprocess, sys, time
-REAL, MODE, MARKER = {real!r}, {mode!r}, {marker!r}
-args = sys.argv[1:]
-if args[:2] == MODE.split():
-    open(MARKER, "w").write(str(os.getpid()))
-    time.sleep(3)
-os.execv(REAL, [REAL, *args])
-"""
-
-
-def pausing_squid(workspace: Workspace, mode: str) -> tuple[Path, Path]:
-    marker = workspace.var / "paused"
-    wrapper = workspace.bin / "squid"
-    wrapper.write_text(PAUSING_SQUID.format(python=python_for_child(), real=str(squid_bin()), mode=mode, marker=str(marker)))
-    os.chmod(wrapper, 0o775)
-    return wrapper, marker
 
 
 def test_sigterm_during_the_config_check_aborts_before_squid_starts(workspace: Workspace, launch: Launcher) -> None:

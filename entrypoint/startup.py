@@ -8,7 +8,7 @@ from entrypoint import runtime_dirs, squid_config
 from entrypoint.config_steps import install_tls, select_config, validate_tls
 from entrypoint.health_child import HealthServerError
 from entrypoint.squid_config import ActiveConfig, ConfigError
-from entrypoint.squid_process import SquidError, foreign_listeners, listen_ports
+from entrypoint.squid_process import SquidError, foreign_listeners, listen_ports, read_pid_file
 from entrypoint.state import ProxyState
 
 
@@ -46,6 +46,24 @@ def log_selection(state: ProxyState, config: ActiveConfig) -> None:
         )
 
 
+def remove_stale_pid_file(state: ProxyState, config: ActiveConfig) -> None:
+    """No Squid of ours runs yet, so a pid file now is left over (its pid may be anyone's now):
+    it must neither be taken for our Squid nor make Squid refuse to start."""
+    assert config.pid_file is not None
+    pid = read_pid_file(config.pid_file)
+    try:
+        config.pid_file.unlink()
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise StartupError(
+            f"cannot remove the stale pid file {config.pid_file}: {error.strerror}"
+        ) from None
+    state.log.warning(
+        "Removed stale pid file %s (PID %s is not a Squid started here)", config.pid_file, pid
+    )
+
+
 async def start_up(state: ProxyState) -> None:
     """Every step up to a Squid that owns its listening sockets and a health server that answers.
 
@@ -77,6 +95,7 @@ async def start_up(state: ProxyState) -> None:
         runtime_dirs.prepare_runtime_dirs(dirs)
         squid_config.write_rendered(config)
         log.info("Runtime directories are writable: %s", ", ".join(str(d) for d in dict.fromkeys(dirs)))
+        remove_stale_pid_file(state, config)
         phases.done("runtime_dirs")
         if ca_material is not None:
             await install_tls(ca_material, config, settings, state.children, log)

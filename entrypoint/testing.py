@@ -38,6 +38,7 @@ from entrypoint.harness import (  # noqa: F401 - re-exported for the tests
     wait_for_status,
     LocalHttpServer,
     start_local_http_server,
+    pausing_squid,
 )
 
 
