@@ -57,19 +57,6 @@ def test_sigterm_stops_gracefully_and_leaves_no_process(launch: Launcher) -> Non
     assert run.descendants_left() == []
 
 
-def test_second_sigterm_forces_the_kill(launch: Launcher) -> None:
-    run = launch()
-    run.wait_ready()
-    run.process.send_signal(signal.SIGTERM)
-    run.wait_for_output("initiating graceful shutdown")
-    run.process.send_signal(signal.SIGTERM)
-    # shutdown_lifetime is 5 s; a forced stop does not wait for it.
-    assert run.wait_exit(30) == 0
-    assert "again, killing Squid now" in run.stdout
-    assert "Shutdown complete" in run.stdout
-    assert run.descendants_left() == []
-
-
 def test_squid_killed_exits_1_within_2_seconds(launch: Launcher) -> None:
     run = launch()
     squid_pid = run.wait_ready()
