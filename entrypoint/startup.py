@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from entrypoint import runtime_dirs, squid_config
@@ -104,13 +105,24 @@ async def start_up(state: ProxyState) -> None:
         raise StartupError(str(error)) from None
 
     log.info("Checking Squid config %s", config.path)
+    # `squid -z` parses the config itself and only makes directories: it runs beside the
+    # check instead of after it; a rejected config still fails with the check's message.
+    check = asyncio.ensure_future(state.commands.check_config(config))
+    cache = asyncio.ensure_future(state.commands.initialise_cache(config))
     try:
-        await state.commands.check_config(config)
-        phases.done("config_check")
-        await state.commands.initialise_cache(config)
-        phases.done("cache_init")
+        await asyncio.wait({check, cache}, return_when=asyncio.FIRST_EXCEPTION)
+        if check.done() and check.exception() is not None:
+            cache.cancel()
+        await asyncio.gather(check, cache, return_exceptions=True)
+        for step in (check, cache):
+            if not step.cancelled() and step.exception() is not None:
+                raise step.exception()  # type: ignore[misc]
     except SquidError as error:
         raise StartupError(str(error)) from None
+    finally:
+        for step in (check, cache):
+            step.cancel()
+    phases.done("config_check_and_cache_init")
 
     ports = listen_ports(config)
     squatters = foreign_listeners(ports, [])
