@@ -12,7 +12,6 @@ exit <= 1.5 s after the download's end. Uses the real Squid from CEPHALOPROXY_SQ
 from __future__ import annotations
 
 import argparse
-import http.server
 import os
 import platform
 import re
@@ -30,41 +29,7 @@ if __package__ in (None, ""):
 
 from entrypoint import harness  # noqa: E402
 
-DOWNLOAD_SECONDS = 10.0
-CHUNK = b"x" * 1024
-
-
-class Origin:
-    """`/fast` answers at once; `/slow` sends 10 KiB a second for DOWNLOAD_SECONDS."""
-
-    def __init__(self) -> None:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                chunks = int(DOWNLOAD_SECONDS * 10) if self.path == "/slow" else 1
-                self.send_response(200)
-                self.send_header("Content-Length", str(chunks * len(CHUNK)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                try:
-                    for _ in range(chunks):
-                        self.wfile.write(CHUNK)
-                        self.wfile.flush()
-                        if chunks > 1:
-                            time.sleep(0.1)
-                except OSError:
-                    pass
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.port = int(self.server.server_address[1])
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+DOWNLOAD_SECONDS = 10
 
 
 def proxied_get(proxy_port: int, url: str, timeout: float) -> tuple[int, int]:
@@ -84,8 +49,8 @@ def proxied_get(proxy_port: int, url: str, timeout: float) -> tuple[int, int]:
     return (int(match.group(1)) if match else 0), len(body)
 
 
-def first_200(proxy_port: int, origin: Origin, started: float) -> float:
-    url = f"http://127.0.0.1:{origin.port}/fast"
+def first_200(proxy_port: int, origin: harness.LocalHttpServer, started: float) -> float:
+    url = f"http://127.0.0.1:{origin.port}/0"
     if not harness.wait_until(lambda: proxied_get(proxy_port, url, 2)[0] == 200, 120, interval=0.01):
         raise RuntimeError("no proxied 200 within 120 s")
     return time.monotonic() - started
@@ -111,7 +76,7 @@ def health_pid(entrypoint_pid: int) -> int | None:
     return None
 
 
-def entrypoint_run(origin: Origin, results: dict[str, float], download: bool) -> None:
+def entrypoint_run(origin: harness.LocalHttpServer, results: dict[str, float], download: bool) -> None:
     workspace = harness.Workspace()
     try:
         started = time.monotonic()
@@ -122,7 +87,7 @@ def entrypoint_run(origin: Origin, results: dict[str, float], download: bool) ->
                 outcome: dict[str, float] = {}
 
                 def fetch() -> None:
-                    _, size = proxied_get(workspace.squid_port, f"http://127.0.0.1:{origin.port}/slow", 60)
+                    _, size = proxied_get(workspace.squid_port, f"http://127.0.0.1:{origin.port}/{DOWNLOAD_SECONDS}", 60)
                     outcome["end"], outcome["size"] = time.monotonic(), size
 
                 fetcher = threading.Thread(target=fetch)
@@ -132,7 +97,7 @@ def entrypoint_run(origin: Origin, results: dict[str, float], download: bool) ->
                 run.wait_exit(120)
                 exited = time.monotonic()
                 fetcher.join(60)
-                complete = outcome.get("size") == DOWNLOAD_SECONDS * 10 * len(CHUNK)
+                complete = outcome.get("size") == DOWNLOAD_SECONDS * 10 * len(harness.PAYLOAD_CHUNK)
                 results["entrypoint: 10 s download at SIGTERM arrives complete (1 = yes)"] = float(complete)
                 results["entrypoint: exit after the download's end"] = exited - outcome.get("end", exited)
                 return
@@ -155,7 +120,7 @@ def entrypoint_run(origin: Origin, results: dict[str, float], download: bool) ->
         workspace.remove()
 
 
-def squid_alone(workspace: harness.Workspace, origin: Origin, results: dict[str, float]) -> None:
+def squid_alone(workspace: harness.Workspace, origin: harness.LocalHttpServer, results: dict[str, float]) -> None:
     """Baseline: Squid with the config the entrypoint rendered (cache already made)."""
     rendered = workspace.runtime_dir("run") / "squid.conf"
     text = rendered.read_text()
@@ -198,7 +163,7 @@ def main() -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 1
-    origin = Origin()
+    origin = harness.start_slow_origin()
     samples: dict[str, list[float]] = {}
     try:
         for index in range(args.runs):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
 import signal
 import socket
 import threading
@@ -12,51 +11,16 @@ from typing import Iterator
 import pytest
 
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    Launcher, Workspace, launch, squid_available, wait_until, workspace,
+    PAYLOAD_CHUNK, Launcher, LocalHttpServer, Workspace, launch, squid_available,
+    start_slow_origin, wait_until, workspace,
 )
-
-CHUNK = b"x" * 1024
-
-
-class SlowOrigin:
-    """An origin that sends `seconds * 10` KiB over `seconds` seconds (Content-Length set)."""
-
-    def __init__(self) -> None:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                seconds = float(self.path.strip("/") or "1")
-                chunks = int(seconds * 10)
-                self.send_response(200)
-                self.send_header("Content-Length", str(chunks * len(CHUNK)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                try:
-                    for _ in range(chunks):
-                        self.wfile.write(CHUNK)
-                        self.wfile.flush()
-                        time.sleep(0.1)
-                except OSError:
-                    pass
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.port = self.server.server_address[1]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 class Download(threading.Thread):
     """GET through the proxy on a raw socket; records how much of the body arrived."""
 
     def __init__(self, proxy_port: int, origin_port: int, seconds: float) -> None:
         super().__init__(daemon=True)
-        self.expected = int(seconds * 10) * len(CHUNK)
+        self.expected = int(seconds * 10) * len(PAYLOAD_CHUNK)
         self.request = (
             f"GET http://127.0.0.1:{origin_port}/{seconds} HTTP/1.1\r\n"
             f"Host: 127.0.0.1:{origin_port}\r\nConnection: close\r\n\r\n"
@@ -95,8 +59,8 @@ class Download(threading.Thread):
 
 
 @pytest.fixture
-def origin() -> Iterator[SlowOrigin]:
-    server = SlowOrigin()
+def origin() -> Iterator[LocalHttpServer]:
+    server = start_slow_origin()
     try:
         yield server
     finally:
@@ -114,7 +78,7 @@ def custom_config(workspace: Workspace, lifetime: str) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_download_in_flight_at_the_stop_signal_arrives_complete(workspace: Workspace, launch: Launcher, origin: SlowOrigin, signum: int) -> None:
+def test_a_download_in_flight_at_the_stop_signal_arrives_complete(workspace: Workspace, launch: Launcher, origin: LocalHttpServer, signum: int) -> None:
     run = launch()
     run.wait_ready()
     # 8 s: longer than any fixed few-second drain would allow.
@@ -141,7 +105,7 @@ def test_an_idle_proxy_takes_the_drained_path(workspace: Workspace, launch: Laun
     assert "Squid stopped (exit code 0)" in run.stdout and "Shutdown complete" in run.stdout
 
 
-def test_shutdown_timeout_shorter_than_a_transfer_cuts_it_and_exits_0(workspace: Workspace, launch: Launcher, origin: SlowOrigin) -> None:
+def test_shutdown_timeout_shorter_than_a_transfer_cuts_it_and_exits_0(workspace: Workspace, launch: Launcher, origin: LocalHttpServer) -> None:
     run = launch(workspace.env(SHUTDOWN_TIMEOUT="2"))
     run.wait_ready()
     download = Download(workspace.squid_port, origin.port, 30)
@@ -158,7 +122,7 @@ def test_shutdown_timeout_shorter_than_a_transfer_cuts_it_and_exits_0(workspace:
     assert run.descendants_left() == []
 
 
-def test_a_custom_shorter_shutdown_lifetime_bounds_the_drain_and_is_logged(workspace: Workspace, launch: Launcher, origin: SlowOrigin) -> None:
+def test_a_custom_shorter_shutdown_lifetime_bounds_the_drain_and_is_logged(workspace: Workspace, launch: Launcher, origin: LocalHttpServer) -> None:
     custom_config(workspace, "1 seconds")
     run = launch()
     run.wait_ready()
@@ -172,7 +136,7 @@ def test_a_custom_shorter_shutdown_lifetime_bounds_the_drain_and_is_logged(works
     assert not download.complete
 
 
-def test_a_second_sigterm_kills_at_once(workspace: Workspace, launch: Launcher, origin: SlowOrigin) -> None:
+def test_a_second_sigterm_kills_at_once(workspace: Workspace, launch: Launcher, origin: LocalHttpServer) -> None:
     # Squid and SHUTDOWN_TIMEOUT would both let the 60 s transfer finish: only the kill is fast.
     custom_config(workspace, "90 seconds")
     run = launch(workspace.env(SHUTDOWN_TIMEOUT="90"))

@@ -448,3 +448,34 @@ def pausing_squid(workspace: Workspace, mode: str, pause: float = 3.0) -> tuple[
     ))
     os.chmod(wrapper, 0o775)
     return wrapper, marker
+
+
+PAYLOAD_CHUNK = b"x" * 1024
+
+
+def start_slow_origin() -> LocalHttpServer:
+    """An origin where GET /<seconds> sends seconds * 10 KiB over that many seconds (Content-Length set)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            chunks = int(float(self.path.strip("/") or "0") * 10)
+            self.send_response(200)
+            self.send_header("Content-Length", str(chunks * len(PAYLOAD_CHUNK)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            try:
+                for _ in range(chunks):
+                    self.wfile.write(PAYLOAD_CHUNK)
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass  # the proxy cut the transfer: what the shutdown tests provoke
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return LocalHttpServer("", server, thread)

@@ -226,6 +226,12 @@ def squatter(port: int) -> socket.socket:
     return sock
 
 
+def assert_refused_naming_the_port(run, port: int) -> None:  # type: ignore[no-untyped-def]
+    assert f"port {port}" in run.stderr
+    assert "Container ready" not in run.stdout
+    assert run.descendants_left() == []
+
+
 def test_a_squatter_on_the_proxy_port_exits_1_naming_it(workspace: Workspace, launch: Launcher) -> None:
     taken = squatter(workspace.squid_port)  # it accepts connections: a connect() check is fooled
     try:
@@ -233,9 +239,7 @@ def test_a_squatter_on_the_proxy_port_exits_1_naming_it(workspace: Workspace, la
         assert run.wait_exit(60) == 1
     finally:
         taken.close()
-    assert f"port {workspace.squid_port}" in run.stderr
-    assert "Container ready" not in run.stdout
-    assert run.descendants_left() == []
+    assert_refused_naming_the_port(run, workspace.squid_port)
 
 
 def test_a_squatter_arriving_while_squid_starts_is_not_taken_for_squid(workspace: Workspace, launch: Launcher) -> None:
@@ -248,9 +252,7 @@ def test_a_squatter_arriving_while_squid_starts_is_not_taken_for_squid(workspace
         assert run.wait_exit(60) == 1
     finally:
         taken.close()
-    assert f"port {workspace.squid_port}" in run.stderr
-    assert "Container ready" not in run.stdout
-    assert run.descendants_left() == []
+    assert_refused_naming_the_port(run, workspace.squid_port)
 
 
 def test_a_stale_pid_file_naming_a_live_process_is_not_accepted(workspace: Workspace, launch: Launcher, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import time
-from typing import IO, Callable, Sequence, TypeVar
+from typing import IO, Callable, Iterator, Sequence, TypeVar
 
 from entrypoint import proc_table
 
@@ -100,14 +100,21 @@ def kill_descendants_now(timeout: float = 2.0) -> int:
     return killed
 
 
-def _reap_all_now() -> None:
+def exited_children() -> Iterator[tuple[int, int]]:
+    """(pid, Popen-style return code) of every child that has exited, without waiting."""
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        yield pid, os.waitstatus_to_exitcode(status)
+
+
+def _reap_all_now() -> None:
+    for _ in exited_children():
+        pass
 
 
 class ChildProcesses:
@@ -133,14 +140,7 @@ class ChildProcesses:
         return process
 
     def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            returncode = os.waitstatus_to_exitcode(status)
+        for pid, returncode in exited_children():
             future = self._exits.get(pid)
             if future is None:
                 self.orphans_reaped += 1

@@ -39,6 +39,8 @@ from entrypoint.harness import (  # noqa: F401 - re-exported for the tests
     LocalHttpServer,
     start_local_http_server,
     pausing_squid,
+    PAYLOAD_CHUNK,
+    start_slow_origin,
 )
 
 
