@@ -7,6 +7,7 @@ Only what the entrypoint needs is understood: `http_port`/`https_port`, SSL-bump
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tempfile
@@ -178,6 +179,13 @@ def render_default(settings: Settings) -> str:
     text = re.sub(
         rf"^(\s*http_port\s+){DEFAULT_SQUID_PORT}\b",
         rf"\g<1>{settings.squid_port}",
+        text,
+        flags=re.MULTILINE,
+    )
+    # Squid's own drain limit follows SHUTDOWN_TIMEOUT (whole seconds, rounded up).
+    text = re.sub(
+        r"^([ \t]*shutdown_lifetime[ \t]+)\S+(?:[ \t]+[A-Za-z]+)?",
+        lambda match: f"{match.group(1)}{math.ceil(settings.shutdown_timeout)} seconds",
         text,
         flags=re.MULTILINE,
     )
