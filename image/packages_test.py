@@ -9,7 +9,7 @@ import pytest
 
 from image.built_image import built_image_or_skip
 from image.debian_manifest import lock_packages, manifest_archs, manifest_packages
-from image.oci_layout import Image, find_runfile, iter_entries
+from image.layers.oci_layout import Image, find_runfile, iter_entries
 
 STATUS_DIR = "/var/lib/dpkg/status.d/"
 
