@@ -58,7 +58,9 @@ def _image_layer_impl(ctx):
             for f in files:
                 entries.append({"type": "file", "path": _relative(destination + f.basename), "src": f.path, "mode": "auto"})
         elif len(files) == 1:
-            entries.append({"type": "file", "path": _relative(destination), "src": files[0].path, "mode": "auto"})
+            # Bazel leaves generated files 0555, so "auto" would make them executable.
+            mode = ctx.attr.file_modes.get(destination, "auto")
+            entries.append({"type": "file", "path": _relative(destination), "src": files[0].path, "mode": mode})
         else:
             fail("files: %s has %d files; end its destination with '/' to copy them into a directory" % (target.label, len(files)))
         inputs.extend(files)
@@ -80,6 +82,7 @@ image_layer = rule(
             allow_files = True,
             doc = "target -> image path (a path ending in '/' copies all its files into that directory)",
         ),
+        "file_modes": attr.string_dict(doc = "image path of a `files` entry -> octal mode (default: 0755 if the source is executable, else 0644)"),
         "dirs": attr.string_dict(doc = "image path -> 'UID:GID:MODE'"),
         "symlinks": attr.string_dict(doc = "image path -> link target"),
         "_builder": _BUILDER,

@@ -97,7 +97,8 @@ def shebang_problem(image: Image, entry: Entry, line: bytes) -> str | None:
 
 def decide(rules: list[path_rules.Rule], path: str, letter: str) -> tuple[str, path_rules.Rule | None]:
     """The first rule that forbids the path or allows its kind decides; a
-    matching rule for other kinds only explains a refusal."""
+    matching rule for other kinds only explains a refusal (a directory that
+    only such rules match is judged by what is below it)."""
     wrong_kind: path_rules.Rule | None = None
     for rule in rules:
         if not rule.matches(path):
@@ -125,7 +126,7 @@ def check(image: Image, rules: list[path_rules.Rule]) -> list[str]:
             allowed.add(path)
         elif verdict == "forbidden" and rule is not None:
             problems[path] = f"is forbidden (allowlist line {rule.line}: - {rule.glob})"
-        elif verdict == "wrong kind" and rule is not None:
+        elif verdict == "wrong kind" and rule is not None and letter != "d":
             problems[path] = (
                 f"is a {entry.kind} (mode {oct(stat.S_IMODE(entry.mode))}), but allowlist line {rule.line} "
                 f"allows only {rule.verdict!r} for {rule.glob}"

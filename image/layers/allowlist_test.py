@@ -33,6 +33,9 @@ DEBIAN_UNWANTED = [
     symlink("usr/share/doc/libgcc-s1", "gcc-14-base"),
     script("etc/update-motd.d/10-uname", "#!/bin/sh"),
     file("usr/share/base-files/dot.bashrc", b"# ~/.bashrc\n"),
+    directory("etc/ca-certificates/update.d"),
+    symlink("usr/share/zoneinfo/localtime", "/etc/localtime"),
+    file("usr/lib/x86_64-linux-gnu/libmemusage.so", ELF),
 ]
 DEBIAN_WANTED = [
     symlink("bin", "usr/bin"),
@@ -50,7 +53,10 @@ DEBIAN_WANTED = [
     Member("usr/lib/x86_64-linux-gnu/libc.so.6", "file", 0o755, ELF),
     file("usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.33", ELF),
     symlink("usr/lib/x86_64-linux-gnu/libstdc++.so.6", "libstdc++.so.6.0.33"),
+    directory("usr/share/zoneinfo"),
+    directory("usr/share/zoneinfo/Europe"),
     file("usr/share/zoneinfo/UTC", b"TZif"),
+    file("usr/share/zoneinfo/Europe/Paris", b"TZif"),
     file("usr/share/doc/libc6/copyright", b"GPL\n"),
     file("usr/share/common-licenses/GPL-3", b"GPL\n"),
     symlink("usr/share/common-licenses/GPL", "GPL-3"),
