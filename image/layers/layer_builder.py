@@ -196,6 +196,15 @@ def tar_info(entry: Entry, mtime: int) -> tarfile.TarInfo:
     return info
 
 
+def write_gzip(tar: bytes, output: Path) -> None:
+    """Gzip with a zero header timestamp and no file name, written atomically."""
+    temporary = output.with_name(output.name + ".partial")
+    with open(temporary, "wb") as sink:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=6) as zipped:
+            zipped.write(tar)
+    temporary.replace(output)
+
+
 def write_layer(entries: list[Entry], mtime: int, output: Path) -> None:
     """Writes the tar into gzip with a zero header timestamp and no file name."""
     raw = io.BytesIO()
@@ -207,24 +216,18 @@ def write_layer(entries: list[Entry], mtime: int, output: Path) -> None:
                     archive.addfile(info, source)
             else:
                 archive.addfile(info)
-    temporary = output.with_name(output.name + ".partial")
-    with open(temporary, "wb") as sink:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=6) as zipped:
-            zipped.write(raw.getvalue())
-    temporary.replace(output)
+    write_gzip(raw.getvalue(), output)
 
 
 def gzip_layer(source: Path, output: Path) -> None:
     """Compresses a plain tar layer the same way; a gzipped one is copied as is."""
     data = source.read_bytes()
-    temporary = output.with_name(output.name + ".partial")
     if data[:2] == b"\x1f\x8b":
+        temporary = output.with_name(output.name + ".partial")
         temporary.write_bytes(data)
+        temporary.replace(output)
     else:
-        with open(temporary, "wb") as sink:
-            with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=6) as zipped:
-                zipped.write(data)
-    temporary.replace(output)
+        write_gzip(data, output)
 
 
 def filter_layer(rules: list[path_rules.Rule], source: Path, output: Path) -> int:
@@ -247,11 +250,7 @@ def filter_layer(rules: list[path_rules.Rule], source: Path, output: Path) -> in
                 if member.islnk() and path_rules.relative(member.linkname) in gone:
                     raise SpecError(f"/{name} is a hard link to /{path_rules.relative(member.linkname)}, which the rules drop; drop both or neither")
                 sink.addfile(member, archive.extractfile(member) if member.isfile() else None)
-    temporary = output.with_name(output.name + ".partial")
-    with open(temporary, "wb") as sink_file:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=sink_file, mtime=0, compresslevel=6) as zipped:
-            zipped.write(raw.getvalue())
-    temporary.replace(output)
+    write_gzip(raw.getvalue(), output)
     return len(gone)
 
 

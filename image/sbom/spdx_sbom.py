@@ -48,6 +48,15 @@ def purl_quote(value: str) -> str:
     return urllib.parse.quote(value, safe=".-_~")
 
 
+def external_refs(purl: str, cpe: str | None = None) -> list[dict[str, str]]:
+    """A purl (what package managers and Trivy match) and a CPE (what NVD-based
+    scanners such as Grype match)."""
+    refs = [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": purl}]
+    if cpe:
+        refs.append({"referenceCategory": "SECURITY", "referenceType": "cpe23Type", "referenceLocator": cpe})
+    return refs
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -93,7 +102,7 @@ def debian_package(package: dict[str, Any], arch: str) -> dict[str, Any]:
         "licenseConcluded": "NOASSERTION",
         "licenseDeclared": "NOASSERTION",
         "copyrightText": "NOASSERTION",
-        "externalRefs": [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": purl}],
+        "externalRefs": external_refs(purl),
         "comment": f"Debian 13 (trixie) package, {architecture}, pinned by image/trixie.lock.json; status record /var/lib/dpkg/status.d/{name}",
     }
 
@@ -117,10 +126,7 @@ def squid_package(squid: dict[str, Any]) -> dict[str, Any]:
         "licenseDeclared": "GPL-2.0-or-later",
         "copyrightText": "NOASSERTION",
         "sourceInfo": "compiled from the release tarball by //squid (rules_foreign_cc configure_make); checksum is the tarball's",
-        "externalRefs": [
-            {"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": f"pkg:generic/squid@{purl_quote(version)}"},
-            {"referenceCategory": "SECURITY", "referenceType": "cpe23Type", "referenceLocator": f"cpe:2.3:a:squid-cache:squid:{version}:*:*:*:*:*:*:*"},
-        ],
+        "externalRefs": external_refs(f"pkg:generic/squid@{purl_quote(version)}", f"cpe:2.3:a:squid-cache:squid:{version}:*:*:*:*:*:*:*"),
         "comment": f"/usr/sbin/squid, /usr/lib/squid. ./configure --prefix=/usr {flags}; make {make_args}".rstrip(),
     }
 
@@ -168,10 +174,7 @@ def python_package(python: dict[str, Any], version: str) -> dict[str, Any]:
         "licenseConcluded": "NOASSERTION",
         "licenseDeclared": "PSF-2.0",
         "copyrightText": "NOASSERTION",
-        "externalRefs": [
-            {"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": f"pkg:generic/python@{purl_quote(version)}"},
-            {"referenceCategory": "SECURITY", "referenceType": "cpe23Type", "referenceLocator": f"cpe:2.3:a:python:python:{version}:*:*:*:*:*:*:*"},
-        ],
+        "externalRefs": external_refs(f"pkg:generic/python@{purl_quote(version)}", f"cpe:2.3:a:python:python:{version}:*:*:*:*:*:*:*"),
         "comment": f"CPython of the resolved rules_python toolchain: {python.get('interpreter', '/usr/bin/python3')} and its standard library",
     }
 
@@ -212,11 +215,7 @@ def project_package(project: dict[str, Any], stamp: dict[str, str]) -> dict[str,
         "licenseDeclared": str(project.get("license", "NOASSERTION")),
         "copyrightText": "NOASSERTION",
         "primaryPackagePurpose": "CONTAINER",
-        "externalRefs": [{
-            "referenceCategory": "PACKAGE-MANAGER",
-            "referenceType": "purl",
-            "referenceLocator": f"pkg:github/{owner_repo}@{purl_quote(stamp['version'])}",
-        }],
+        "externalRefs": external_refs(f"pkg:github/{owner_repo}@{purl_quote(stamp['version'])}"),
         "comment": f"The container image: entrypoint, health check and configuration from revision {stamp['revision']}",
     }
 
