@@ -7,7 +7,7 @@ from typing import Callable
 
 import pytest
 
-from image.oci_layout import Image, image_layout_from_env, load_image
+from image.layers.oci_layout import Image, image_layout_from_env, load_image
 
 
 def built_image_or_skip(

@@ -7,7 +7,7 @@ import datetime
 import pytest
 
 from image.built_image import built_image_or_skip
-from image.oci_layout import Image
+from image.layers.oci_layout import Image
 
 LABEL_KEYS = [
     "org.opencontainers.image.title",

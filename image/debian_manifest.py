@@ -1,4 +1,5 @@
-"""Reads the rules_distroless manifest (trixie.yaml) and lock (trixie.lock.json).
+"""Reads the rules_distroless manifest (trixie.yaml) and lock (trixie.lock.json),
+and the dpkg status records a built image carries.
 
 The manifest uses a small, fixed YAML shape (see trixie.yaml), so the package
 and architecture lists are read line by line with the standard library only.
@@ -8,6 +9,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from image.layers.oci_layout import Image, iter_entries
+
+STATUS_DIR = "/var/lib/dpkg/status.d/"
 
 
 class ManifestError(Exception):
@@ -53,3 +58,14 @@ def lock_packages(path: Path) -> dict[str, dict[str, str]]:
     for package in lock.get("packages", []):
         by_arch.setdefault(package["arch"], {})[package["name"]] = package["version"]
     return by_arch
+
+
+def status_records(image: Image) -> dict[str, dict[str, str]]:
+    """package -> fields of its /var/lib/dpkg/status.d record (what scanners read)."""
+    records: dict[str, dict[str, str]] = {}
+    for entry in iter_entries(image, "file"):
+        if entry.path.startswith(STATUS_DIR) and not entry.path.endswith(".md5sums"):
+            text = image.read_file(entry.path).decode()
+            fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line and not line.startswith(" "))
+            records[entry.path[len(STATUS_DIR):]] = fields
+    return records

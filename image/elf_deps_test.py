@@ -13,7 +13,7 @@ import pytest
 
 from squid import elf_check
 from image.built_image import built_image_or_skip
-from image.oci_layout import Image
+from image.layers.oci_layout import Image
 
 
 # glibc's multiarch directories, per ELF machine (e_machine).

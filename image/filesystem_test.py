@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from image.built_image import built_image_or_skip
-from image.oci_layout import Image, iter_entries
+from image.layers.oci_layout import Image, iter_entries
 
 SHELL_NAMES = {"sh", "bash", "dash", "ash", "zsh", "ksh", "mksh", "csh", "tcsh", "busybox"}
 PACKAGE_MANAGER_NAMES = {"apt", "apt-get", "apt-cache", "apt-config", "apt-key", "apt-mark", "dpkg", "aptitude"}

@@ -3,13 +3,18 @@
 image_layer: files, directories and symlinks with explicit owners and modes
 (the entrypoint, config dirs, Squid's runtime dirs).
 python_runtime_layer: the interpreter of the resolved Python toolchain, so the
-image ships exactly the interpreter that runs `bazel test`.
-gzip_layer: a plain tar layer from elsewhere (//squid:layer), gzipped so pulls
-download less; already gzipped input is passed through.
+image ships exactly the interpreter that runs `bazel test`, without what cannot
+run there or is not needed (image/layers/python_runtime.exclude).
+gzip_layer: a tar layer from elsewhere (//squid:layer, the flattened .debs),
+gzipped so pulls download less, optionally without the paths `exclude` drops.
+
+Which paths go is decided by image/layers/layer_builder.py (path_rules
+syntax), so the logic is unit-tested offline; //image:contents_test checks the
+result against image/layers/allowlist.txt.
 """
 
 _BUILDER = attr.label(
-    default = "//image:layer_builder",
+    default = "//image/layers:layer_builder",
     executable = True,
     cfg = "exec",
 )
@@ -18,14 +23,20 @@ def _relative(path):
     """Image paths in the spec are relative to /."""
     return path.lstrip("/")
 
-def _write_layer(ctx, entries, inputs):
+def _write_layer(ctx, entries, inputs, exclude = None, exclude_prefix = "", link_duplicates = False):
     spec = ctx.actions.declare_file(ctx.label.name + ".spec.json")
     output = ctx.actions.declare_file(ctx.label.name + ".tar.gz")
-    ctx.actions.write(spec, json.encode({"mtime": 0, "entries": entries}))
+    ctx.actions.write(spec, json.encode({
+        "mtime": 0,
+        "exclude_rules": exclude.path if exclude else "",
+        "exclude_prefix": exclude_prefix,
+        "link_duplicates": link_duplicates,
+        "entries": entries,
+    }))
     ctx.actions.run(
         executable = ctx.executable._builder,
         arguments = [spec.path, output.path],
-        inputs = depset([spec], transitive = [inputs]),
+        inputs = depset([spec] + ([exclude] if exclude else []), transitive = [inputs]),
         outputs = [output],
         mnemonic = "ImageLayer",
         progress_message = "Writing image layer %{label}",
@@ -47,7 +58,9 @@ def _image_layer_impl(ctx):
             for f in files:
                 entries.append({"type": "file", "path": _relative(destination + f.basename), "src": f.path, "mode": "auto"})
         elif len(files) == 1:
-            entries.append({"type": "file", "path": _relative(destination), "src": files[0].path, "mode": "auto"})
+            # Bazel leaves generated files 0555, so "auto" would make them executable.
+            mode = ctx.attr.file_modes.get(destination, "auto")
+            entries.append({"type": "file", "path": _relative(destination), "src": files[0].path, "mode": mode})
         else:
             fail("files: %s has %d files; end its destination with '/' to copy them into a directory" % (target.label, len(files)))
         inputs.extend(files)
@@ -69,6 +82,7 @@ image_layer = rule(
             allow_files = True,
             doc = "target -> image path (a path ending in '/' copies all its files into that directory)",
         ),
+        "file_modes": attr.string_dict(doc = "image path of a `files` entry -> octal mode (default: 0755 if the source is executable, else 0644)"),
         "dirs": attr.string_dict(doc = "image path -> 'UID:GID:MODE'"),
         "symlinks": attr.string_dict(doc = "image path -> link target"),
         "_builder": _BUILDER,
@@ -107,9 +121,11 @@ def _python_runtime_layer_impl(ctx):
         if not f.path.startswith(root + "/"):
             fail("Python runtime file %s is outside the runtime root %s" % (f.path, root))
         relative = f.path[len(root) + 1:]
-        if any([relative.startswith(p) or ("/" + p) in relative for p in ctx.attr.exclude]):
-            continue
-        entries.append({"type": "file", "path": _relative(prefix + "/" + relative), "src": f.path, "mode": "auto"})
+
+        # Stdlib modules are imported, never executed: 0644 whatever the
+        # archive says, so no module's `#!` line is an executable script.
+        mode = "0644" if relative.startswith("lib/") and relative.endswith(".py") else "auto"
+        entries.append({"type": "file", "path": _relative(prefix + "/" + relative), "src": f.path, "mode": mode})
 
     interpreter_image_path = prefix + "/" + interpreter.path[len(root) + 1:]
     link = ctx.attr.python3_link
@@ -121,7 +137,17 @@ def _python_runtime_layer_impl(ctx):
         entries = [e for e in entries if e["path"] != _relative(link)]
         entries.append({"type": "symlink", "path": _relative(link), "target": target})
 
-    layer = _write_layer(ctx, entries, files)
+    # bin/python3 and bin/python3.X arrive as two identical files (Bazel
+    # follows the archive's symlink): link_duplicates keeps python3.X and links
+    # python3 to it.
+    layer = _write_layer(
+        ctx,
+        entries,
+        files,
+        exclude = ctx.file.exclude,
+        exclude_prefix = _relative(prefix),
+        link_duplicates = True,
+    )
     return [
         DefaultInfo(files = depset([layer])),
         PythonRuntimeLayerInfo(interpreter = interpreter_image_path),
@@ -133,11 +159,10 @@ python_runtime_layer = rule(
     attrs = {
         "prefix": attr.string(default = "/usr", doc = "image directory that receives the runtime's bin/, lib/, ..."),
         "python3_link": attr.string(default = "/usr/bin/python3", doc = "symlink to the interpreter ('' for none)"),
-        "exclude": attr.string_list(
-            # No package manager in the image: python-build-standalone ships
-            # pip (bin/pip3*, site-packages/pip*) and ensurepip's bundled wheel.
-            default = ["include/", "share/", "lib/pkgconfig/", "__pycache__/", "bin/pip", "site-packages/pip", "ensurepip/"],
-            doc = "runtime-relative path prefixes (or path segments) left out of the image",
+        "exclude": attr.label(
+            allow_single_file = True,
+            default = "//image/layers:python_runtime.exclude",
+            doc = "filter lines (image/layers/path_rules.py) relative to the runtime root",
         ),
         "_builder": _BUILDER,
     },
@@ -146,10 +171,16 @@ python_runtime_layer = rule(
 
 def _gzip_layer_impl(ctx):
     output = ctx.actions.declare_file(ctx.label.name + ".tar.gz")
+    inputs = [ctx.file.src]
+    if ctx.file.exclude:
+        arguments = ["--filter", ctx.file.exclude.path, ctx.file.src.path, output.path]
+        inputs.append(ctx.file.exclude)
+    else:
+        arguments = ["--gzip", ctx.file.src.path, output.path]
     ctx.actions.run(
         executable = ctx.executable._builder,
-        arguments = ["--gzip", ctx.file.src.path, output.path],
-        inputs = [ctx.file.src],
+        arguments = arguments,
+        inputs = inputs,
         outputs = [output],
         mnemonic = "ImageLayerGzip",
         progress_message = "Compressing image layer %{label}",
@@ -158,9 +189,13 @@ def _gzip_layer_impl(ctx):
 
 gzip_layer = rule(
     implementation = _gzip_layer_impl,
-    doc = "Deterministically gzips a tar layer (mtime 0, no file name).",
+    doc = "Deterministically gzips a tar layer (mtime 0, no file name), optionally filtered.",
     attrs = {
         "src": attr.label(allow_single_file = [".tar", ".tar.gz", ".tgz"], mandatory = True),
+        "exclude": attr.label(
+            allow_single_file = True,
+            doc = "filter lines (image/layers/path_rules.py): '-GLOB' drops, '+GLOB' keeps; first match wins",
+        ),
         "_builder": _BUILDER,
     },
 )

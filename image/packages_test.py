@@ -8,10 +8,8 @@ from pathlib import Path
 import pytest
 
 from image.built_image import built_image_or_skip
-from image.debian_manifest import lock_packages, manifest_archs, manifest_packages
-from image.oci_layout import Image, find_runfile, iter_entries
-
-STATUS_DIR = "/var/lib/dpkg/status.d/"
+from image.debian_manifest import lock_packages, manifest_archs, manifest_packages, status_records
+from image.layers.oci_layout import Image, find_runfile
 
 
 def source_file(env_var: str, default: str) -> Path:
@@ -26,16 +24,6 @@ LOCK = source_file("CEPHALOPROXY_IMAGE_LOCK", "image/trixie.lock.json")
 @pytest.fixture(scope="module")
 def image() -> Image:
     return built_image_or_skip()
-
-
-def status_records(image: Image) -> dict[str, dict[str, str]]:
-    records: dict[str, dict[str, str]] = {}
-    for entry in iter_entries(image, "file"):
-        if entry.path.startswith(STATUS_DIR) and not entry.path.endswith(".md5sums"):
-            text = image.read_file(entry.path).decode()
-            fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line and not line.startswith(" "))
-            records[entry.path[len(STATUS_DIR):]] = fields
-    return records
 
 
 def test_lock_pins_exactly_the_manifest_for_every_arch() -> None:

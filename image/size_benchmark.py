@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from image.oci_layout import LayoutError, find_runfile, gzip_uncompressed_size, load_image
+from image.layers.oci_layout import LayoutError, find_runfile, gzip_uncompressed_size, load_image
 
 
 def megabytes(size: int) -> str:

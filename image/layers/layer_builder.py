@@ -1,13 +1,18 @@
 """Writes one reproducible OCI layer (a gzipped tar) from a JSON spec.
 
 Used by the `image_layer`, `python_runtime_layer` and `gzip_layer` rules in
-image/layer.bzl (`--gzip IN OUT` only compresses an existing tar layer).
-Every entry gets a fixed owner, mode and mtime, entries are sorted and parent
-directories are added, so the same inputs always give the same bytes: the image
-digest must not depend on the build machine, its umask or the time of day.
+image/layer.bzl. `--gzip IN OUT` only compresses an existing tar layer;
+`--filter RULES IN OUT` also drops the members that RULES (path_rules filter
+lines, one per line) drop. Every entry gets a fixed owner, mode and mtime,
+entries are sorted and parent directories are added, so the same inputs always
+give the same bytes: the image digest must not depend on the build machine, its
+umask or the time of day.
 
 Spec (written by the rules, never by hand):
   {"mtime": 0,
+   "exclude_rules": "image/layers/python_runtime.exclude",  # optional filter file
+   "exclude_prefix": "usr",                # its globs are relative to this dir
+   "link_duplicates": true,                # optional, see link_duplicates()
    "entries": [
      {"type": "file", "path": "usr/bin/x", "src": "bazel-out/...", "mode": "auto",
       "uid": 0, "gid": 0},
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -28,6 +34,8 @@ import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from image.layers import path_rules
 
 DEFAULT_DIR_MODE = 0o755
 
@@ -68,15 +76,33 @@ def file_mode(raw_mode: str, src: str) -> int:
     return 0o755 if executable else 0o644
 
 
+def exclude_rules(rules_file: str, prefix: str) -> list[path_rules.Rule]:
+    """The filter rules of rules_file, their globs moved below prefix."""
+    if not rules_file:
+        return []
+    try:
+        lines = Path(rules_file).read_text(encoding="utf-8").splitlines()
+        rules = path_rules.parse_filter(lines)
+    except (OSError, path_rules.RuleError) as error:
+        raise SpecError(f"exclude rules {rules_file}: {error}") from error
+    base = path_rules.relative(prefix)
+    if not base:
+        return rules
+    return [path_rules.Rule(glob=f"{base}/{path_rules.relative(r.glob)}", verdict=r.verdict, line=r.line) for r in rules]
+
+
 def parse_entries(spec: dict[str, object]) -> list[Entry]:
     """Turns the JSON spec into entries; duplicates must agree exactly."""
     by_path: dict[str, Entry] = {}
     raw_entries = spec.get("entries", [])
     if not isinstance(raw_entries, list):
         raise SpecError("spec 'entries' must be a list")
+    rules = exclude_rules(str(spec.get("exclude_rules") or ""), str(spec.get("exclude_prefix") or ""))
     for raw in raw_entries:
         kind = raw["type"]
         path = normalize_path(raw["path"])
+        if path_rules.dropped(rules, path):
+            continue
         uid = int(raw.get("uid", 0))
         gid = int(raw.get("gid", 0))
         if kind == "file":
@@ -94,8 +120,46 @@ def parse_entries(spec: dict[str, object]) -> list[Entry]:
         if previous is not None and previous != entry:
             raise SpecError(f"/{path} is given twice with different contents: {previous} and {entry}")
         by_path[path] = entry
+    if spec.get("link_duplicates"):
+        link_duplicates(by_path)
     add_missing_parents(by_path)
     return [by_path[path] for path in sorted(by_path)]
+
+
+def _digest(src: str) -> str:
+    with open(src, "rb") as source:
+        return hashlib.file_digest(source, "sha256").hexdigest()
+
+
+def link_duplicates(by_path: dict[str, Entry]) -> None:
+    """Identical files in one directory become one file and relative symlinks.
+
+    Bazel hands a toolchain's symlinks (bin/python3 -> python3.13) to rules as
+    plain files, so without this the layer would hold two full interpreters.
+    The longest name is kept as the file (python3.13, libpython3.13.so.1.0):
+    that is the versioned, real name that scanners and the loader look for.
+    """
+    # Same directory and size first, so only real candidates are hashed.
+    groups: dict[tuple[str, int], list[str]] = {}
+    for path, entry in by_path.items():
+        if entry.kind == "file" and entry.src is not None:
+            size = os.stat(entry.src).st_size
+            if size:  # empty files (py.typed, __init__.py) are not copies of each other
+                groups.setdefault((str(PurePosixPath(path).parent), size), []).append(path)
+    for _, paths in sorted(groups.items()):
+        if len(paths) < 2:
+            continue
+        by_digest: dict[str, list[str]] = {}
+        for path in paths:
+            by_digest.setdefault(_digest(by_path[path].src or ""), []).append(path)
+        for same in by_digest.values():
+            if len(same) < 2:
+                continue
+            keep = max(same, key=lambda p: (len(PurePosixPath(p).name), p))
+            for path in same:
+                if path != keep:
+                    old = by_path[path]
+                    by_path[path] = Entry("symlink", path, 0o777, old.uid, old.gid, target=PurePosixPath(keep).name)
 
 
 def add_missing_parents(by_path: dict[str, Entry]) -> None:
@@ -132,6 +196,15 @@ def tar_info(entry: Entry, mtime: int) -> tarfile.TarInfo:
     return info
 
 
+def write_gzip(tar: bytes, output: Path) -> None:
+    """Gzip with a zero header timestamp and no file name, written atomically."""
+    temporary = output.with_name(output.name + ".partial")
+    with open(temporary, "wb") as sink:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=6) as zipped:
+            zipped.write(tar)
+    temporary.replace(output)
+
+
 def write_layer(entries: list[Entry], mtime: int, output: Path) -> None:
     """Writes the tar into gzip with a zero header timestamp and no file name."""
     raw = io.BytesIO()
@@ -143,27 +216,56 @@ def write_layer(entries: list[Entry], mtime: int, output: Path) -> None:
                     archive.addfile(info, source)
             else:
                 archive.addfile(info)
-    temporary = output.with_name(output.name + ".partial")
-    with open(temporary, "wb") as sink:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=6) as zipped:
-            zipped.write(raw.getvalue())
-    temporary.replace(output)
+    write_gzip(raw.getvalue(), output)
 
 
 def gzip_layer(source: Path, output: Path) -> None:
     """Compresses a plain tar layer the same way; a gzipped one is copied as is."""
     data = source.read_bytes()
-    temporary = output.with_name(output.name + ".partial")
     if data[:2] == b"\x1f\x8b":
+        temporary = output.with_name(output.name + ".partial")
         temporary.write_bytes(data)
+        temporary.replace(output)
     else:
-        with open(temporary, "wb") as sink:
-            with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=6) as zipped:
-                zipped.write(data)
-    temporary.replace(output)
+        write_gzip(data, output)
+
+
+def filter_layer(rules: list[path_rules.Rule], source: Path, output: Path) -> int:
+    """Copies a tar layer without the members the rules drop; returns how many
+    were dropped. A directory stays while anything below it stays, and a kept
+    hard link to a dropped file is an error (it would point at nothing)."""
+    with tarfile.open(source, mode="r:*") as archive:
+        members = archive.getmembers()
+        names = [path_rules.relative(m.name) for m in members]
+        gone = {name for name in names if name and path_rules.dropped(rules, name)}
+        kept_names = [name for name in names if name not in gone]
+        for name in kept_names:
+            for parent in PurePosixPath(name).parents:
+                gone.discard(str(parent))
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w", format=archive.format) as sink:
+            for member, name in zip(members, names):
+                if name in gone:
+                    continue
+                if member.islnk() and path_rules.relative(member.linkname) in gone:
+                    raise SpecError(f"/{name} is a hard link to /{path_rules.relative(member.linkname)}, which the rules drop; drop both or neither")
+                sink.addfile(member, archive.extractfile(member) if member.isfile() else None)
+    write_gzip(raw.getvalue(), output)
+    return len(gone)
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--filter"]:
+        if len(argv) != 4:
+            print("usage: layer_builder --filter RULES LAYER.tar[.gz] OUTPUT.tar.gz", file=sys.stderr)
+            return 2
+        try:
+            rules = path_rules.parse_filter(Path(argv[1]).read_text(encoding="utf-8").splitlines())
+            filter_layer(rules, Path(argv[2]), Path(argv[3]))
+        except (OSError, tarfile.TarError, path_rules.RuleError, SpecError) as error:
+            print(f"layer_builder: {argv[1]}: {error}", file=sys.stderr)
+            return 1
+        return 0
     if argv[:1] == ["--gzip"]:
         if len(argv) != 3:
             print("usage: layer_builder --gzip LAYER.tar OUTPUT.tar.gz", file=sys.stderr)

@@ -1,0 +1,115 @@
+"""spdx_sbom: the image's SPDX 2.3 JSON SBOM, generated from the image's own inputs.
+
+The rule writes the facts Starlark knows (the project, Squid's version, hash,
+URLs and configure flags loaded from //squid, the resolved Python toolchain's
+interpreter_version_info) to a JSON file and runs //image/sbom:spdx_sbom on it
+with the rules_distroless lock, the toolchain's patchlevel.h and the stamp
+file. See spdx_sbom.py for the document's shape.
+"""
+
+load("@rules_python//python:defs.bzl", "PyRuntimeInfo")
+
+_PY_TOOLCHAIN = "@rules_python//python:toolchain_type"
+
+def _python_runtime(ctx):
+    if ctx.attr.python_runtime:
+        return ctx.attr.python_runtime[PyRuntimeInfo]
+    toolchain = ctx.toolchains[_PY_TOOLCHAIN]
+    runtime = getattr(toolchain, "py3_runtime", None) if toolchain else None
+    if runtime == None:
+        fail("%s: the resolved Python toolchain has no py3_runtime; register a Python 3 toolchain." % ctx.label)
+    return runtime
+
+def _version_info(runtime):
+    """'X.Y.Z' from the provider's interpreter_version_info, '' when it has none."""
+    info = getattr(runtime, "interpreter_version_info", None)
+    if not info or not getattr(info, "micro", None):
+        return ""
+    version = "%s.%s.%s" % (info.major, info.minor, info.micro)
+    level = getattr(info, "releaselevel", "final")
+    if level and level != "final":
+        version += {"alpha": "a", "beta": "b", "candidate": "rc"}.get(level, level) + str(info.serial)
+    return version
+
+def _spdx_sbom_impl(ctx):
+    runtime = _python_runtime(ctx)
+    runtime_files = runtime.files.to_list() if runtime.files else []
+    patchlevel = [
+        f
+        for f in runtime_files
+        if f.basename == "patchlevel.h" and f.dirname.split("/")[-1].startswith("python3") and
+           f.dirname.split("/")[-2] == "include"
+    ]
+    if len(patchlevel) > 1:
+        fail("%s: the Python toolchain has several patchlevel.h: %s" % (ctx.label, [f.path for f in patchlevel]))
+
+    facts = ctx.actions.declare_file(ctx.label.name + ".facts.json")
+    ctx.actions.write(facts, json.encode({
+        "project": {
+            "name": ctx.attr.project_name,
+            "source_url": ctx.attr.source_url,
+            "license": ctx.attr.license,
+            "supplier": ctx.attr.supplier,
+        },
+        "squid": {
+            "version": ctx.attr.squid_version,
+            "sha256": ctx.attr.squid_sha256,
+            "urls": ctx.attr.squid_urls,
+            "configure_flags": ctx.attr.squid_configure_flags,
+            "make_args": ctx.attr.squid_make_args,
+        },
+        "python": {
+            "version_info": _version_info(runtime),
+            "interpreter": ctx.attr.python_interpreter,
+        },
+    }))
+
+    output = ctx.actions.declare_file(ctx.attr.out or ctx.label.name + ".spdx.json")
+    args = ctx.actions.args()
+    args.add("--lock", ctx.file.lock)
+    args.add("--arch", ctx.attr.arch)
+    args.add("--facts", facts)
+    args.add("--output", output)
+    inputs = [ctx.file.lock, facts]
+    if patchlevel:
+        args.add("--python-patchlevel", patchlevel[0])
+        inputs.append(patchlevel[0])
+    if ctx.file.stamp:
+        args.add("--stamp", ctx.file.stamp)
+        inputs.append(ctx.file.stamp)
+    ctx.actions.run(
+        executable = ctx.executable._generator,
+        arguments = [args],
+        inputs = inputs,
+        outputs = [output],
+        mnemonic = "SpdxSbom",
+        progress_message = "Writing the SPDX SBOM %{label}",
+    )
+    return [DefaultInfo(files = depset([output]))]
+
+spdx_sbom = rule(
+    implementation = _spdx_sbom_impl,
+    doc = "The image's SPDX 2.3 JSON SBOM: Debian packages of the lock, Squid, the toolchain's CPython, the project.",
+    attrs = {
+        "lock": attr.label(allow_single_file = [".json"], mandatory = True, doc = "the rules_distroless lock (image/trixie.lock.json)"),
+        "arch": attr.string(mandatory = True, doc = "the image's Debian architecture (amd64, arm64)"),
+        "stamp": attr.label(allow_single_file = True, doc = "version=, revision=, created= lines (stamped or their unstamped values)"),
+        "out": attr.string(doc = "output file name (default NAME.spdx.json)"),
+        "project_name": attr.string(mandatory = True),
+        "source_url": attr.string(mandatory = True),
+        "license": attr.string(mandatory = True, doc = "SPDX licence expression of the project"),
+        "supplier": attr.string(default = "CephaloProxy"),
+        "squid_version": attr.string(mandatory = True),
+        "squid_sha256": attr.string(mandatory = True),
+        "squid_urls": attr.string_list(mandatory = True),
+        "squid_configure_flags": attr.string_list(),
+        "squid_make_args": attr.string_list(),
+        "python_interpreter": attr.string(default = "/usr/bin/python3", doc = "where the image has the interpreter"),
+        "python_runtime": attr.label(
+            providers = [PyRuntimeInfo],
+            doc = "a py_runtime to describe instead of the resolved toolchain's (tests)",
+        ),
+        "_generator": attr.label(default = "//image/sbom:spdx_sbom", executable = True, cfg = "exec"),
+    },
+    toolchains = [config_common.toolchain_type(_PY_TOOLCHAIN, mandatory = False)],
+)

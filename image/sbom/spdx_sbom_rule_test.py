@@ -1,0 +1,28 @@
+"""The spdx_sbom rule wires the lock, the facts and the runtime's patchlevel.h into the generator."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, object]:
+    raw = os.environ.get("CEPHALOPROXY_TEST_SBOM")
+    if not raw:
+        pytest.skip("run under Bazel: bazel test //image/sbom:spdx_sbom_rule_test")
+    return json.loads(Path(raw).read_text())
+
+
+def test_rule_output_describes_lock_squid_and_the_runtime(document: dict[str, object]) -> None:
+    packages = {p["name"]: p for p in document["packages"]}  # type: ignore[index, union-attr]
+    assert sorted(packages) == ["cephaloproxy", "libstdc++6", "python", "squid", "tzdata"]
+    # patchlevel.h of the runtime's files, found by the rule.
+    assert packages["python"]["versionInfo"] == "3.13.9"
+    assert packages["squid"]["versionInfo"] == "7.7"
+    assert "--with-openssl" in packages["squid"]["comment"]
+    assert packages["cephaloproxy"]["versionInfo"] == "0.0.0-unstamped"
+    assert document["creationInfo"]["created"] == "1970-01-01T00:00:00Z"  # type: ignore[index]
