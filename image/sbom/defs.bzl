@@ -7,6 +7,7 @@ with the rules_distroless lock, the toolchain's patchlevel.h and the stamp
 file. See spdx_sbom.py for the document's shape.
 """
 
+load("@bazel_skylib//rules:common_settings.bzl", "BuildSettingInfo")
 load("@rules_python//python:defs.bzl", "PyRuntimeInfo")
 
 _PY_TOOLCHAIN = "@rules_python//python:toolchain_type"
@@ -47,7 +48,7 @@ def _spdx_sbom_impl(ctx):
     ctx.actions.write(facts, json.encode({
         "project": {
             "name": ctx.attr.project_name,
-            "source_url": ctx.attr.source_url,
+            "source_url": ctx.attr.source_url[BuildSettingInfo].value.strip(),
             "license": ctx.attr.license,
             "supplier": ctx.attr.supplier,
         },
@@ -96,7 +97,11 @@ spdx_sbom = rule(
         "stamp": attr.label(allow_single_file = True, doc = "version=, revision=, created= lines (stamped or their unstamped values)"),
         "out": attr.string(doc = "output file name (default NAME.spdx.json)"),
         "project_name": attr.string(mandatory = True),
-        "source_url": attr.string(mandatory = True),
+        "source_url": attr.label(
+            default = "//image/labels:source",
+            providers = [BuildSettingInfo],
+            doc = "the builder's repository URL (--//image/labels:source); empty: none is claimed",
+        ),
         "license": attr.string(mandatory = True, doc = "SPDX licence expression of the project"),
         "supplier": attr.string(default = "CephaloProxy"),
         "squid_version": attr.string(mandatory = True),

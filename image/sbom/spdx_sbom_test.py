@@ -184,3 +184,14 @@ def test_a_changed_input_changes_the_namespace(tmp_path: Path) -> None:
     one = load(generate(tmp_path, name="one.json"))
     other = load(generate(tmp_path, name="two.json", facts=dict(FACTS, squid=dict(FACTS["squid"], version="7.8"))))
     assert one["documentNamespace"] != other["documentNamespace"]
+
+
+def test_no_repository_is_claimed_unless_the_builder_names_one(tmp_path: Path) -> None:
+    facts = json.loads(json.dumps(FACTS))
+    facts["project"]["source_url"] = ""
+    document = load(generate(tmp_path, facts))
+    top = document["packages"][0]
+    assert top["downloadLocation"] == "NOASSERTION"
+    assert "homepage" not in top and "externalRefs" not in top
+    assert document["documentNamespace"].startswith("https://spdx.org/spdxdocs/spdx/cephaloproxy-")
+    assert "github.com/cephaloproxy" not in json.dumps(document)

@@ -40,7 +40,7 @@ def checkout_facts(python_version: str) -> dict[str, object]:
     version = starlark_constants(REPO / "squid" / "version.bzl")
     flags = starlark_constants(REPO / "squid" / "configure_flags.bzl")
     return {
-        "project": {"name": "cephaloproxy", "source_url": "https://github.com/cephaloproxy/cephaloproxy", "license": "GPL-2.0-or-later", "supplier": "CephaloProxy"},
+        "project": {"name": "cephaloproxy", "source_url": "", "license": "GPL-2.0-or-later", "supplier": "CephaloProxy"},
         "squid": {
             "version": version["SQUID_VERSION"],
             "sha256": version["SQUID_SHA256"],
