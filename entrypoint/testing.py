@@ -243,6 +243,12 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:  # ty
     return bool(predicate())
 
 
+def describe_returncode(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    return f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+
+
 class _Collector(threading.Thread):
     def __init__(self, stream, sink: list[str], changed: threading.Condition) -> None:  # type: ignore[no-untyped-def]
         super().__init__(daemon=True)
@@ -258,7 +264,10 @@ class _Collector(threading.Thread):
 class EntrypointRun:
     """The real entrypoint (image layout) as a child in its own session, output collected."""
 
-    def __init__(self, workspace: Workspace, env: Mapping[str, str], argv: list[str] | None = None) -> None:
+    def __init__(
+        self, workspace: Workspace, env: Mapping[str, str], argv: list[str] | None = None,
+        user: tuple[int, int] | None = None,
+    ) -> None:
         self.workspace = workspace
         self.stdout_lines: list[str] = []
         self.stderr_lines: list[str] = []
@@ -272,7 +281,8 @@ class EntrypointRun:
             stderr=subprocess.PIPE,
             start_new_session=True,
             cwd=str(workspace.root),
-            **_child_user_options(),  # type: ignore[arg-type]
+            # user=(uid, gid) runs as exactly that (root only); default: the unprivileged user.
+            **(_child_user_options() if user is None else {"user": user[0], "group": user[1], "extra_groups": []}),  # type: ignore[arg-type]
         )
         self.started_at = time.monotonic()
         self._readers = [
@@ -303,20 +313,33 @@ class EntrypointRun:
     def wait_for_output(self, pattern: str, timeout: float = 60.0, stream: str = "stdout") -> re.Match[str]:
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
+        exited_at: float | None = None
         with self._changed:
             while True:
                 lines = self.stdout_lines if stream == "stdout" else self.stderr_lines
                 match = regex.search("".join(lines))
                 if match:
                     return match
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.process.poll() is not None and not any(r.is_alive() for r in self._readers)):
+                now = time.monotonic()
+                code = self.process.poll()
+                if code is not None and exited_at is None:
+                    exited_at = now
+                # Dead entrypoint: report at once, after a short grace for its last output
+                # (an orphaned grandchild may hold the pipes open forever).
+                if exited_at is not None and (
+                    not any(r.is_alive() for r in self._readers) or now - exited_at > 2.0
+                ):
                     raise AssertionError(
-                        f"{pattern!r} not seen in {stream} within {timeout} s"
-                        f" (exit code {self.process.poll()})\nSTDOUT:\n{''.join(self.stdout_lines)}"
-                        f"\nSTDERR:\n{''.join(self.stderr_lines)}"
+                        f"{pattern!r} not seen in {stream}: the entrypoint exited"
+                        f" ({describe_returncode(code)}) while the test waited"
+                        f"\nSTDOUT:\n{''.join(self.stdout_lines)}\nSTDERR:\n{''.join(self.stderr_lines)}"
                     )
-                self._changed.wait(min(remaining, 0.2))
+                if now >= deadline:
+                    raise AssertionError(
+                        f"{pattern!r} not seen in {stream} within {timeout} s (entrypoint still running)"
+                        f"\nSTDOUT:\n{''.join(self.stdout_lines)}\nSTDERR:\n{''.join(self.stderr_lines)}"
+                    )
+                self._changed.wait(min(deadline - now, 0.2))
 
     def wait_ready(self, timeout: float = 90.0) -> int:
         """Waits for `Container ready`; returns the Squid pid from `Squid started with PID`."""
@@ -495,8 +518,10 @@ Launcher = Callable[..., EntrypointRun]
 def launch(workspace: Workspace, squid_available: None) -> Iterator[Launcher]:
     runs: list[EntrypointRun] = []
 
-    def start(env: Mapping[str, str] | None = None, argv: list[str] | None = None) -> EntrypointRun:
-        run = EntrypointRun(workspace, env if env is not None else workspace.env(), argv)
+    def start(
+        env: Mapping[str, str] | None = None, argv: list[str] | None = None, user: tuple[int, int] | None = None
+    ) -> EntrypointRun:
+        run = EntrypointRun(workspace, env if env is not None else workspace.env(), argv, user)
         runs.append(run)
         return run
 
