@@ -6,10 +6,13 @@ import os
 import re
 import uuid
 
+import pytest
+
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    Launcher, Workspace, http_get, launch, squid_available, start_local_http_server,
+    Launcher, Workspace, free_port, http_get, launch, squid_available, start_local_http_server,
     wait_for_status, workspace,
 )
+from tools.squid.squid_under_test import squid_under_test
 
 
 def minimal_config(workspace: Workspace, port: int) -> str:
@@ -94,3 +97,53 @@ def test_unwritable_runtime_dir_exits_1_naming_it(workspace: Workspace, launch: 
 
 def run_uid(run) -> int:  # type: ignore[no-untyped-def]
     return int(re.search(r"UID: (\d+)", run.stdout).group(1))  # type: ignore[union-attr]
+
+
+# Secrets a config may carry: a cache_peer login and auth helper arguments.
+PEER_SECRET, HELPER_PASSWORD, HELPER_SECRET = "HUNTER2SECRET", "LDAPPW1x", "AUTHSECRET7"
+
+
+def secret_config(workspace: Workspace, broken_peer: bool) -> tuple[str, int]:
+    """minimal_config plus an auth helper and a cache_peer; returns (text, cache_peer line)."""
+    helper = squid_under_test().helpers_dir / "basic_ncsa_auth"
+    peer_port = "notaport" if broken_peer else str(free_port())
+    text = minimal_config(workspace, workspace.squid_port) + (
+        f"auth_param basic program {helper} {workspace.etc}/htpasswd -w {HELPER_PASSWORD}"
+        f" --client_secret={HELPER_SECRET}\n"
+        "auth_param basic children 1 startup=0 idle=1\n"
+        f"cache_peer 127.0.0.1 parent {peer_port} 0 no-query login=admin:{PEER_SECRET}\n"
+    )
+    line = text.splitlines().index(next(l for l in text.splitlines() if l.startswith("cache_peer"))) + 1
+    return text, line
+
+
+def assert_no_secret(output: str) -> None:
+    for secret in (PEER_SECRET, HELPER_PASSWORD, HELPER_SECRET):
+        assert secret not in output, f"{secret} leaked:\n{output}"
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_rejected_config_shows_directive_and_line_but_no_secret(
+    workspace: Workspace, launch: Launcher, level: str
+) -> None:
+    text, peer_line = secret_config(workspace, broken_peer=True)
+    workspace.write_custom_config(text)
+    run = launch(workspace.env(LOG_LEVEL=level))
+    assert run.wait_exit(60) == 1
+    assert "Squid rejected the config" in run.stderr
+    # Squid's own error line keeps the file, the line number and the directive name.
+    assert re.search(rf"line {peer_line}: cache_peer 127\.0\.0\.1 parent notaport .*login=<redacted>", run.stderr), run.stderr
+    if level == "DEBUG":  # the whole `squid -k parse` output, which echoes every line
+        assert re.search(r"Processing: auth_param basic program \S+ \S+ -w <redacted> --client_secret=<redacted>", run.stdout), run.stdout
+    assert_no_secret(run.output)
+
+
+def test_debug_start_echoes_config_without_secrets(workspace: Workspace, launch: Launcher) -> None:
+    text, _ = secret_config(workspace, broken_peer=False)
+    workspace.write_custom_config(text)
+    run = launch(workspace.env(LOG_LEVEL="DEBUG"))
+    run.wait_ready()
+    assert re.search(r"Processing: cache_peer 127\.0\.0\.1 parent \d+ 0 no-query login=<redacted>", run.stdout), run.stdout
+    run.process.terminate()
+    assert run.wait_exit(60) == 0
+    assert_no_secret(run.output)

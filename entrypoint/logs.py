@@ -5,8 +5,19 @@ from __future__ import annotations
 import logging
 import sys
 
+from entrypoint.redact import redact_text
+
 LOG_FORMAT = "%(asctime)s [%(levelname)s] %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+class _RedactFilter(logging.Filter):
+    """Last line of defence: no log record carries a credential, whatever its source."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact_text(record.getMessage())
+        record.args = None
+        return True
 
 
 class _BelowErrorFilter(logging.Filter):
@@ -19,9 +30,11 @@ def configure_logging(level_name: str) -> logging.Logger:
     formatter = logging.Formatter(LOG_FORMAT, DATE_FORMAT)
     to_stdout = logging.StreamHandler(sys.stdout)
     to_stdout.setFormatter(formatter)
+    to_stdout.addFilter(_RedactFilter())
     to_stdout.addFilter(_BelowErrorFilter())
     to_stderr = logging.StreamHandler(sys.stderr)
     to_stderr.setFormatter(formatter)
+    to_stderr.addFilter(_RedactFilter())
     to_stderr.setLevel(logging.ERROR)
     root = logging.getLogger()
     for handler in list(root.handlers):

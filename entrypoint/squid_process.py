@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from entrypoint.processes import ChildProcesses, _PipeReader, describe_exit
+from entrypoint.redact import redact, redact_text
 from entrypoint.squid_config import ActiveConfig
 
 PARSE_TIMEOUT = 60.0
@@ -53,8 +54,9 @@ def read_pid_file(path: Path) -> int | None:
 
 
 def problem_lines(output: str) -> list[str]:
+    """Squid's error lines (or its last 20), redacted: Squid echoes config lines verbatim."""
     lines = [line for line in output.splitlines() if _PROBLEM_LINE.search(line)]
-    return lines or output.strip().splitlines()[-20:]
+    return [redact(line) for line in lines or output.strip().splitlines()[-20:]]
 
 
 class SquidProcess:
@@ -115,7 +117,7 @@ class SquidCommands:
         self._check_binary()
         argv = [str(self.squid_bin), "-k", "parse", "-f", str(config.path)]
         returncode, output = await self.children.run(argv, timeout=PARSE_TIMEOUT)
-        self.log.debug("squid -k parse output:\n%s", output.rstrip())
+        self.log.debug("squid -k parse output:\n%s", redact_text(output.rstrip()))
         if returncode != 0:
             details = "\n".join(problem_lines(output))
             raise SquidError(
@@ -133,7 +135,7 @@ class SquidCommands:
         # -N: without it `squid -z` backgrounds itself and returns before the dirs exist.
         argv = [str(self.squid_bin), "-N", "-z", "-f", str(config.path)]
         returncode, output = await self.children.run(argv, timeout=CACHE_INIT_TIMEOUT)
-        self.log.debug("squid -z output:\n%s", output.rstrip())
+        self.log.debug("squid -z output:\n%s", redact_text(output.rstrip()))
         if returncode != 0 or any(not d.is_initialised() for d in missing):
             details = "\n".join(problem_lines(output))
             raise SquidError(f"Squid cache initialisation failed ({describe_exit(returncode)}):\n{details}")

@@ -12,6 +12,7 @@ import ssl
 from pathlib import Path
 
 from entrypoint.processes import ChildProcesses, describe_exit
+from entrypoint.redact import redact_text
 from entrypoint.squid_config import CertDb, write_atomically
 
 
@@ -98,6 +99,6 @@ async def ensure_cert_db(
         shutil.rmtree(temporary, ignore_errors=True)
         raise TlsError(
             f"{certgen_bin} failed to initialise {db.path} ({describe_exit(returncode)}):"
-            f" {output.strip()}"
+            f" {redact_text(output.strip())}"
         )
     os.rename(temporary, db.path)
