@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import uuid
+from pathlib import Path
 
 import pytest
 
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    Launcher, Workspace, free_port, http_get, launch, squid_available, start_local_http_server,
+    Launcher, Workspace, free_port, http_get, launch, running_as_root, squid_available, start_local_http_server,
     wait_for_status, workspace,
 )
 from tools.squid.squid_under_test import squid_under_test
@@ -147,3 +149,57 @@ def test_debug_start_echoes_config_without_secrets(workspace: Workspace, launch:
     run.process.terminate()
     assert run.wait_exit(60) == 0
     assert_no_secret(run.output)
+
+
+def _break_mount(path: Path, kind: str) -> str:
+    """Put a broken mount of `kind` at `path`; returns what the message must call it."""
+    if kind == "dangling symlink":
+        path.symlink_to(path.parent / "..data" / "squid.conf")
+    elif kind == "symlink loop":
+        path.symlink_to(path.parent / "loop-b")
+        (path.parent / "loop-b").symlink_to(path)
+    elif kind == "directory":
+        Workspace.make_dir(path, 0o775)
+    elif kind == "FIFO":
+        os.mkfifo(path, 0o664)
+    elif kind == "character device":
+        if running_as_root():
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero
+        else:
+            path.symlink_to("/dev/zero")
+    return kind
+
+
+@pytest.mark.parametrize("kind", ["dangling symlink", "symlink loop", "directory", "FIFO", "character device"])
+def test_broken_config_mount_fails_closed_naming_path_and_kind(
+    workspace: Workspace, launch: Launcher, kind: str
+) -> None:
+    what = _break_mount(workspace.custom_config, kind)
+    run = launch()
+    # A FIFO or /dev/zero read the ordinary way would hang or never end: 60 s is a contract bound.
+    assert run.wait_exit(60) == 1
+    assert f"{workspace.custom_config} is a {what}" in run.stderr or f"{workspace.custom_config} is {what}" in run.stderr, run.stderr
+    assert "packaged default" not in run.stdout
+    assert "Traceback" not in run.output
+    assert run.descendants_left() == []
+
+
+def test_kubernetes_configmap_layout_is_used(workspace: Workspace, launch: Launcher) -> None:
+    # kubelet: squid.conf -> ..data/squid.conf, ..data -> ..2025_01_01_00_00_00.1/ (a real dir).
+    version = workspace.make_dir(workspace.etc / "..2025_01_01_00_00_00.1", 0o775)
+    (version / "squid.conf").write_text(minimal_config(workspace, workspace.squid_port))
+    os.chmod(version / "squid.conf", 0o644)
+    (workspace.etc / "..data").symlink_to(version.name)
+    workspace.custom_config.symlink_to("..data/squid.conf")
+    run = launch()
+    run.wait_ready()
+    assert f"Using custom Squid config {workspace.custom_config}" in run.stdout
+
+
+def test_oversized_config_is_refused(workspace: Workspace, launch: Launcher) -> None:
+    with open(workspace.custom_config, "wb") as handle:
+        handle.truncate(64 * 1024 * 1024)  # sparse: 64 MiB of nothing
+    os.chmod(workspace.custom_config, 0o664)
+    run = launch()
+    assert run.wait_exit(60) == 1
+    assert f"{workspace.custom_config} is 67108864 bytes, more than the" in run.stderr

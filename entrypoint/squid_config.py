@@ -12,6 +12,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from entrypoint.mounted_files import CONFIG_SIZE_LIMIT, FileProblem, check_file, read_bounded
 from entrypoint.settings import DEFAULT_SQUID_PORT, Settings
 
 DISK_CACHE_TYPES = frozenset({"ufs", "aufs", "diskd", "rock"})
@@ -160,21 +161,23 @@ def parse_listen_address(directive: Directive) -> ListenAddress:
 
 def read_config(path: Path) -> tuple[Directive, ...]:
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as error:
-        raise ConfigError(f"cannot read Squid config {path}: {error.strerror}") from None
+        text = read_bounded(path, CONFIG_SIZE_LIMIT).decode("utf-8", errors="replace")
+    except FileProblem as error:
+        raise ConfigError(f"Squid config: {error}") from None
     return parse_directives(text)
 
 
-def render_default(settings: Settings) -> str:
-    """The packaged default with SQUID_PORT and the configured runtime dirs applied."""
+def _read_default(settings: Settings) -> str:
     try:
-        text = settings.default_config.read_text(encoding="utf-8")
-    except OSError as error:
+        return read_bounded(settings.default_config, CONFIG_SIZE_LIMIT).decode("utf-8")
+    except (FileProblem, UnicodeDecodeError) as error:
         raise ConfigError(
             f"cannot read the packaged default config {settings.default_config}:"
-            f" {error.strerror} (set CEPHALOPROXY_DEFAULT_CONFIG or mount /etc/squid/squid.conf)"
+            f" {error} (set CEPHALOPROXY_DEFAULT_CONFIG or mount /etc/squid/squid.conf)"
         ) from None
+
+
+def _render(text: str, settings: Settings) -> str:
     text = re.sub(
         rf"^(\s*http_port\s+){DEFAULT_SQUID_PORT}\b",
         rf"\g<1>{settings.squid_port}",
@@ -185,6 +188,11 @@ def render_default(settings: Settings) -> str:
         if str(actual_dir) != default_dir:
             text = re.sub(re.escape(default_dir) + r"(?=/|\s|$)", str(actual_dir), text)
     return text
+
+
+def render_default(settings: Settings) -> str:
+    """The packaged default with SQUID_PORT and the configured runtime dirs applied."""
+    return _render(_read_default(settings), settings)
 
 
 def write_atomically(path: Path, data: bytes, mode: int) -> None:
@@ -211,12 +219,19 @@ def select_config(settings: Settings) -> ActiveConfig:
     Nothing is written here (runtime dirs may not exist yet): `write_rendered` does that.
     Never writes under the config dirs, so a read-only root filesystem works.
     """
-    if settings.config.exists():
+    try:
+        custom = check_file(settings.config)
+    except FileProblem as error:
+        # Only a truly absent path selects the default: a broken mount must fail closed.
+        raise ConfigError(
+            f"Squid config: {error} (remove it to use the packaged default)"
+        ) from None
+    if custom:
         directives = read_config(settings.config)
         return ActiveConfig(settings.config, settings.config, True, directives)
-    rendered = render_default(settings)
+    original = _read_default(settings)
+    rendered = _render(original, settings)
     directives = parse_directives(rendered)
-    original = settings.default_config.read_text(encoding="utf-8")
     if rendered == original:
         return ActiveConfig(settings.default_config, settings.default_config, False, directives)
     target = settings.run_dir / "squid.conf"

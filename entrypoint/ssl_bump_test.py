@@ -115,3 +115,40 @@ def test_commented_ssl_bump_lines_do_not_require_a_ca(workspace: Workspace, laun
     run = launch()
     run.wait_ready()
     assert "SSL-bump configured" not in run.stdout
+
+
+def test_tls_secret_in_kubernetes_layout_is_used(workspace: Workspace, launch: Launcher, tmp_path: Path) -> None:
+    # kubelet: tls.crt -> ..data/tls.crt, ..data -> ..<timestamp>/ holding the real files.
+    cert, key = make_ca(tmp_path, "Bump CA")
+    workspace.make_dir(workspace.tls_dir, 0o775)
+    version = workspace.make_dir(workspace.tls_dir / "..2025_01_01_00_00_00.1", 0o775)
+    for source, name in ((cert, "tls.crt"), (key, "tls.key")):
+        shutil.copy(source, version / name)
+        os.chmod(version / name, 0o644)
+        (workspace.tls_dir / name).symlink_to(f"..data/{name}")
+    (workspace.tls_dir / "..data").symlink_to(version.name)
+    workspace.write_custom_config(ssl_bump_config(workspace))
+    run = launch()
+    run.wait_ready()
+    assert (workspace.runtime_dir("lib") / "squid-ca.pem").read_bytes() == cert.read_bytes() + key.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["directory", "FIFO", "dangling symlink"])
+def test_broken_tls_key_mount_is_named_not_called_missing(
+    workspace: Workspace, launch: Launcher, tmp_path: Path, kind: str
+) -> None:
+    cert, key = make_ca(tmp_path, "Bump CA")
+    install_ca(workspace, cert, None)
+    target = workspace.tls_dir / "tls.key"
+    if kind == "directory":
+        workspace.make_dir(target, 0o775)
+    elif kind == "FIFO":
+        os.mkfifo(target, 0o664)
+    else:
+        target.symlink_to("..data/tls.key")
+    workspace.write_custom_config(ssl_bump_config(workspace))
+    run = launch()
+    assert run.wait_exit(60) == 1  # a FIFO read the ordinary way would hang: contract bound
+    assert f"{target} is a {kind}" in run.stderr, run.stderr
+    assert "is missing" not in run.stderr
+    assert not (workspace.runtime_dir("lib") / "squid-ca.pem").exists()

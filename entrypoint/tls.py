@@ -11,6 +11,7 @@ import shutil
 import ssl
 from pathlib import Path
 
+from entrypoint.mounted_files import TLS_SIZE_LIMIT, FileAbsent, FileProblem, read_bounded
 from entrypoint.processes import ChildProcesses, describe_exit
 from entrypoint.redact import redact_text
 from entrypoint.squid_config import CertDb, write_atomically
@@ -26,16 +27,16 @@ def _refuse_passphrase() -> bytes:
 
 
 def _read(path: Path, what: str, tls_dir: Path) -> bytes:
-    if not path.is_file():
+    try:
+        return read_bounded(path, TLS_SIZE_LIMIT)
+    except FileAbsent:
         raise TlsError(
             f"SSL-bump is configured but the CA {what} {path} is missing: mount the CA"
             f" certificate and key as a Kubernetes TLS secret at {tls_dir}"
             " (files tls.crt and tls.key)"
-        )
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        raise TlsError(f"cannot read the CA {what} {path}: {error.strerror}") from None
+        ) from None
+    except FileProblem as error:
+        raise TlsError(f"cannot use the CA {what}: {error}") from None
 
 
 def validate_ca_pair(cert: Path, key: Path, tls_dir: Path) -> tuple[bytes, bytes]:
