@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 import uuid
 from pathlib import Path
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    Launcher, Workspace, free_port, http_get, launch, running_as_root, squid_available, start_local_http_server,
-    wait_for_status, workspace,
+    UNPRIVILEGED_GID, UNPRIVILEGED_UID, Launcher, Workspace, free_port, http_get, launch, python_for_child,
+    running_as_root, squid_available, start_local_http_server, wait_for_status, workspace,
 )
 from tools.squid.squid_under_test import squid_under_test
 
@@ -203,3 +204,89 @@ def test_oversized_config_is_refused(workspace: Workspace, launch: Launcher) -> 
     run = launch()
     assert run.wait_exit(60) == 1
     assert f"{workspace.custom_config} is 67108864 bytes, more than the" in run.stderr
+
+
+def test_bad_http_port_is_a_message_not_a_traceback(workspace: Workspace, launch: Launcher) -> None:
+    config = minimal_config(workspace, workspace.squid_port).replace(f"127.0.0.1:{workspace.squid_port}", "3128abc")
+    workspace.write_custom_config(config)
+    run = launch()
+    assert run.wait_exit(60) == 1
+    assert f"{workspace.custom_config} line 1: cannot read the port of 'http_port 3128abc'" in run.stderr, run.stderr
+    assert "Traceback" not in run.output and "Unexpected error" not in run.output
+
+
+def test_pid_filename_in_an_included_file_is_used(workspace: Workspace, launch: Launcher) -> None:
+    conf_d = workspace.make_dir(workspace.etc / "conf.d", 0o775)
+    lines = minimal_config(workspace, workspace.squid_port).splitlines()
+    (conf_d / "10-pid.conf").write_text("".join(f"{line}\n" for line in lines if line.startswith("pid_filename")))
+    os.chmod(conf_d / "10-pid.conf", 0o664)
+    main = "\n".join(line for line in lines if not line.startswith("pid_filename"))
+    workspace.write_custom_config(f"{main}\ninclude {conf_d}/*.conf\n")
+    run = launch()
+    run.wait_ready()
+    assert (workspace.runtime_dir("run") / "custom.pid").exists()
+
+
+def test_ssl_bump_in_an_included_file_requires_the_ca(workspace: Workspace, launch: Launcher) -> None:
+    conf_d = workspace.make_dir(workspace.etc / "conf.d", 0o775)
+    (conf_d / "bump.conf").write_text("ssl_bump bump all\n")
+    os.chmod(conf_d / "bump.conf", 0o664)
+    workspace.write_custom_config(minimal_config(workspace, workspace.squid_port) + f"include {conf_d}/*.conf\n")
+    run = launch()
+    assert run.wait_exit(60) == 1
+    assert "SSL-bump configured" in run.stdout
+    assert f"{workspace.tls_dir / 'tls.crt'} is missing" in run.stderr
+
+
+def test_relative_pid_filename_says_it_must_be_absolute(workspace: Workspace, launch: Launcher) -> None:
+    config = re.sub(r"(?m)^pid_filename .*$", "pid_filename squid.pid", minimal_config(workspace, workspace.squid_port))
+    workspace.write_custom_config(config)
+    run = launch()
+    assert run.wait_exit(60) == 1
+    assert "pid_filename squid.pid must be an absolute path" in run.stderr
+    assert "Runtime directory . is not writable" not in run.stderr
+
+
+def test_untraversable_config_dir_is_explained(workspace: Workspace, launch: Launcher) -> None:
+    hidden = workspace.make_dir(workspace.root / "hidden")
+    (hidden / "squid.conf").write_text(minimal_config(workspace, workspace.squid_port))
+    # As root the files are root:0 and the entrypoint runs as another UID: 0700 shuts it out.
+    os.chmod(hidden, 0o700 if running_as_root() else 0o000)
+    try:
+        run = launch(workspace.env(CEPHALOPROXY_CONFIG=str(hidden / "squid.conf")))
+        assert run.wait_exit(60) == 1
+    finally:
+        os.chmod(hidden, 0o770)
+    assert f"directory {hidden} cannot be traversed by UID" in run.stderr, run.stderr
+    assert "Traceback" not in run.output and "Unexpected error" not in run.output
+
+
+def test_created_dirs_are_group_writable(workspace: Workspace, launch: Launcher) -> None:
+    pid_dir = workspace.runtime_dir("run") / "nested" / "deeper"
+    config = re.sub(r"(?m)^pid_filename .*$", f"pid_filename {pid_dir}/squid.pid", minimal_config(workspace, workspace.squid_port))
+    workspace.write_custom_config(config)
+    run = launch()
+    run.wait_ready()
+    created = [workspace.runtime_dir(name) for name in ("run", "log", "lib", "spool", "cache")]
+    created += [pid_dir.parent, pid_dir]
+    assert {str(d): oct(stat.S_IMODE(d.stat().st_mode)) for d in created} == {str(d): "0o770" for d in created}
+
+
+def test_stale_write_probe_of_pid_1_does_not_block_a_restart(workspace: Workspace, launch: Launcher) -> None:
+    # In a container the entrypoint is always PID 1: a probe named after the pid, left by a
+    # crash on a persistent volume, used to make every later start fail. Run it as PID 1.
+    if not running_as_root() or not (shutil.which("unshare") and shutil.which("setpriv")):
+        pytest.skip("needs root, unshare and setpriv to run the entrypoint as PID 1 of a pid namespace")
+    run_dir = workspace.make_dir(workspace.runtime_dir("run"))
+    stale = run_dir / ".cephaloproxy-write-probe-1"
+    stale.write_text("left by a crash\n")
+    argv = [
+        shutil.which("unshare"), "--pid", "--fork", "--mount-proc",  # type: ignore[list-item]
+        shutil.which("setpriv"), f"--reuid={UNPRIVILEGED_UID}", f"--regid={UNPRIVILEGED_GID}", "--clear-groups", "--",
+        python_for_child(), str(workspace.bin / "entrypoint.py"),
+    ]
+    run = launch(argv=argv, user=(0, 0))
+    run.wait_ready()
+    assert "(UID: 1000660000" in run.stdout
+    leftovers = sorted(p.name for d in workspace.var.iterdir() for p in d.iterdir() if p.name.startswith(".cephaloproxy-write-probe-"))
+    assert leftovers == [stale.name]  # ours are removed; the stale one is not ours to judge

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -15,6 +16,10 @@ DEFAULT_SQUID_PORT = 3128
 DEFAULT_HEALTH_PORT = 8080
 DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+
+# ASCII only: int()/float() also take "٨٠٨١", "3_128" and "1e3".
+_ASCII_INTEGER = re.compile(r"[0-9]+")
+_ASCII_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
 
 # Environment variable -> container default, for every path the runtime touches.
 PATH_DEFAULTS: dict[str, str] = {
@@ -101,10 +106,8 @@ def _parse_port(env: Mapping[str, str], name: str, default: int, warnings: list[
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
-    try:
-        value = int(raw.strip(), 10)
-    except ValueError:
-        value = -1
+    text = raw.strip()
+    value = int(text) if _ASCII_INTEGER.fullmatch(text) else -1
     if not 1 <= value <= 65535:
         warnings.append(
             f"Invalid {name}={raw!r}: expected a TCP port number 1-65535; using default {default}"
@@ -134,10 +137,7 @@ def _parse_timeout(env: Mapping[str, str], warnings: list[str]) -> float:
     text = raw.strip()
     if text.endswith("s"):  # accept "30s" as well as "30"
         text = text[:-1]
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = float(text) if _ASCII_DECIMAL.fullmatch(text) else math.nan
     if not (math.isfinite(value) and value > 0):
         warnings.append(
             f"Invalid SHUTDOWN_TIMEOUT={raw!r}: expected a positive number of seconds;"

@@ -38,6 +38,12 @@ def test_valid_values_and_path_overrides_are_used() -> None:
         ("SQUID_PORT", "abc", "squid_port", 3128),
         ("SQUID_PORT", "0", "squid_port", 3128),
         ("SQUID_PORT", "70000", "squid_port", 3128),
+        ("SQUID_PORT", "\u0668\u0660\u0668\u0661", "squid_port", 3128),  # Arabic-Indic 8081
+        ("SQUID_PORT", "3_128", "squid_port", 3128),
+        ("HEALTH_PORT", "\uff18\uff10\uff18\uff11", "health_port", 8080),  # fullwidth 8081
+        ("SHUTDOWN_TIMEOUT", "\u0663\u0660", "shutdown_timeout", 30.0),  # Arabic-Indic 30
+        ("SHUTDOWN_TIMEOUT", "1_0", "shutdown_timeout", 30.0),
+        ("SHUTDOWN_TIMEOUT", "1e1", "shutdown_timeout", 30.0),
         ("HEALTH_PORT", "-1", "health_port", 8080),
         ("LOG_LEVEL", "verbose", "log_level", "INFO"),
         ("SHUTDOWN_TIMEOUT", "soon", "shutdown_timeout", 30.0),

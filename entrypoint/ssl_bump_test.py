@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import shutil
 import ssl
 import stat
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -152,3 +154,51 @@ def test_broken_tls_key_mount_is_named_not_called_missing(
     assert f"{target} is a {kind}" in run.stderr, run.stderr
     assert "is missing" not in run.stderr
     assert not (workspace.runtime_dir("lib") / "squid-ca.pem").exists()
+
+
+def make_expired_ca(directory: Path) -> tuple[Path, Path]:
+    """A CA valid only on 2020-01-01 (`openssl ca` can set past dates; `req -x509` cannot)."""
+    work = directory / "expired-ca"
+    work.mkdir()
+    (work / "index.txt").write_text("")
+    (work / "serial").write_text("01\n")
+    (work / "ca.cnf").write_text(
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n"
+        "default_md = sha256\npolicy = p\nunique_subject = no\nx509_extensions = ext\n"
+        "[p]\ncommonName = supplied\n"
+        "[ext]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n"
+    )
+    run = lambda *args: subprocess.run([openssl(), *args], cwd=work, check=True, capture_output=True, timeout=120)  # noqa: E731
+    run("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.csr", "-subj", "/CN=Expired CA")
+    run("ca", "-batch", "-config", "ca.cnf", "-selfsign", "-keyfile", "ca.key", "-in", "ca.csr", "-out", "ca.crt",
+        "-notext", "-startdate", "20200101000000Z", "-enddate", "20200102000000Z")
+    return work / "ca.crt", work / "ca.key"
+
+
+@pytest.mark.parametrize("problem", ["not a CA", "expired"])
+def test_unfit_signing_certificate_is_warned_about(
+    workspace: Workspace, launch: Launcher, tmp_path: Path, problem: str
+) -> None:
+    if problem == "not a CA":
+        ca, ca_key = make_ca(tmp_path, "Issuer CA")
+        cert, key = make_server_cert(tmp_path, ca, ca_key, "leaf.example")
+        expected = f"{workspace.tls_dir / 'tls.crt'} is not a CA certificate"
+    else:
+        cert, key = make_expired_ca(tmp_path)
+        expected = f"{workspace.tls_dir / 'tls.crt'} expired on Jan  2 00:00:00 2020 GMT"
+    install_ca(workspace, cert, key)
+    workspace.write_custom_config(ssl_bump_config(workspace))
+    run = launch()
+    # Only a warning: whether Squid then accepts the certificate is Squid's business.
+    run.wait_for_output(r"\[WARNING\] SSL-bump CA: " + re.escape(expected))
+    run.wait_for_output(r"Merged CA certificate and key")
+    assert_no_key_material(run.output, key)
+
+
+def test_fit_ca_gives_no_certificate_warning(workspace: Workspace, launch: Launcher, tmp_path: Path) -> None:
+    cert, key = make_ca(tmp_path, "Good CA")
+    install_ca(workspace, cert, key)
+    workspace.write_custom_config(ssl_bump_config(workspace))
+    run = launch()
+    run.wait_ready()
+    assert "SSL-bump CA:" not in run.output
