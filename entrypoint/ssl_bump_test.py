@@ -202,3 +202,31 @@ def test_fit_ca_gives_no_certificate_warning(workspace: Workspace, launch: Launc
     run = launch()
     run.wait_ready()
     assert "SSL-bump CA:" not in run.output
+
+
+def test_merged_pem_replaces_an_old_world_readable_file_by_rename(
+    workspace: Workspace, launch: Launcher, tmp_path: Path
+) -> None:
+    cert, key = make_ca(tmp_path, "Bump CA")
+    install_ca(workspace, cert, key)
+    workspace.write_custom_config(ssl_bump_config(workspace))
+    lib = workspace.make_dir(workspace.runtime_dir("lib"))
+    merged = lib / "squid-ca.pem"
+    merged.write_bytes(b"an old CA from an earlier start\n")
+    os.chmod(merged, 0o666)  # writable for the entrypoint's UID too: rewriting in place would work
+    old_inode = merged.stat().st_ino
+    holder = open(merged, "rb")  # keeps the old inode alive, so a new file cannot reuse its number
+    try:
+        run = launch(workspace.env(LOG_LEVEL="DEBUG"))
+        run.wait_ready()
+    finally:
+        holder.close()
+    info = merged.stat()
+    assert info.st_ino != old_inode, "squid-ca.pem was rewritten in place, not replaced"
+    assert stat.S_IMODE(info.st_mode) == 0o600
+    assert merged.read_bytes() == cert.read_bytes() + key.read_bytes()
+    assert [name for name in os.listdir(lib) if name.startswith(".squid-ca.pem")] == []  # no temp left
+    run.process.terminate()
+    assert run.wait_exit(60) == 0
+    assert "[DEBUG]" in run.stdout  # DEBUG really was on
+    assert_no_key_material(run.output, key)
