@@ -290,3 +290,16 @@ def test_stale_write_probe_of_pid_1_does_not_block_a_restart(workspace: Workspac
     assert "(UID: 1000660000" in run.stdout
     leftovers = sorted(p.name for d in workspace.var.iterdir() for p in d.iterdir() if p.name.startswith(".cephaloproxy-write-probe-"))
     assert leftovers == [stale.name]  # ours are removed; the stale one is not ours to judge
+
+
+def test_unexecutable_auth_helper_is_refused_naming_directive_and_path(workspace: Workspace, launch: Launcher) -> None:
+    helper = workspace.etc / "my_auth"
+    helper.write_text("#!/bin/sh\n")
+    os.chmod(helper, 0o644)
+    workspace.write_custom_config(
+        minimal_config(workspace, workspace.squid_port) + f"auth_param basic program {helper}\n"
+    )
+    run = launch()
+    assert run.wait_exit(60) == 1
+    assert f"auth_param program {helper} is not executable by UID {run_uid(run)}" in run.stderr, run.stderr
+    assert f"helpers are in {squid_under_test().helpers_dir}" in run.stderr

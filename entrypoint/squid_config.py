@@ -11,6 +11,7 @@ import dataclasses
 import glob
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -212,7 +213,68 @@ def parse_listen_address(directive: Directive) -> ListenAddress:
     return ListenAddress(host, int(port_text))
 
 
-def validate(active: ActiveConfig) -> None:
+# Directives naming a helper program: name -> index of the program among the arguments
+# (None: the first absolute path after the ACL name, as in external_acl_type).
+_HELPER_DIRECTIVES: dict[str, int | None] = {
+    "sslcrtd_program": 0,
+    "url_rewrite_program": 0,
+    "store_id_program": 0,
+    "logfile_daemon": 0,
+    "external_acl_type": None,
+}
+
+
+def helper_programs(directives: tuple[Directive, ...]) -> list[tuple[Directive, str]]:
+    """(directive, program path) for every helper the config names."""
+    helpers: list[tuple[Directive, str]] = []
+    for directive in directives:
+        args = directive.args
+        program: str | None = None
+        if directive.name == "auth_param":
+            if len(args) >= 3 and args[1] == "program":
+                program = args[2]
+        elif directive.name in _HELPER_DIRECTIVES:
+            index = _HELPER_DIRECTIVES[directive.name]
+            if index is not None:
+                program = args[index] if len(args) > index else None
+            else:
+                program = next((a for a in args[1:] if a.startswith("/")), None)
+        if program is not None and program != "none":
+            helpers.append((directive, program))
+    return helpers
+
+
+def _helper_problem(program: str) -> str | None:
+    path = program if os.path.isabs(program) else os.path.join(os.getcwd(), program)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as error:
+        return f"cannot be checked ({error.strerror})"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file"
+    if not os.access(path, os.X_OK):
+        return f"is not executable by UID {os.getuid()} GID {os.getgid()} (mode {stat.filemode(info.st_mode)})"
+    return None
+
+
+def check_helpers(directives: tuple[Directive, ...], helpers_dir: Path) -> None:
+    """Every helper program exists and is executable: `squid -k parse` does not check, and a
+    wrong path only shows later as `helpers are crashing too rapidly`."""
+    for directive, program in helper_programs(directives):
+        problem = _helper_problem(program)
+        if problem is None:
+            continue
+        candidate = helpers_dir / os.path.basename(program)
+        hint = f" (did you mean {candidate}?)" if candidate.is_file() and str(candidate) != program else ""
+        raise ConfigError(
+            f"Squid config {directive.where}: {directive.name} program {program} {problem}{hint};"
+            f" the image's Squid helpers are in {helpers_dir}"
+        )
+
+
+def validate(active: ActiveConfig, helpers_dir: Path | None = None) -> None:
     """What the entrypoint relies on, checked before anything starts (a message, not a traceback)."""
     for directive in active.named("http_port") + active.named("https_port"):
         if directive.args:
@@ -224,6 +286,8 @@ def validate(active: ActiveConfig) -> None:
             f"Squid config {last.where}: pid_filename {last.args[0]} must be an absolute path"
             " (for example /var/run/squid/squid.pid)"
         )
+    if helpers_dir is not None:
+        check_helpers(active.directives, helpers_dir)
 
 
 def read_config(path: Path) -> tuple[Directive, ...]:
@@ -301,7 +365,8 @@ def select_config(settings: Settings) -> ActiveConfig:
             target = settings.run_dir / "squid.conf"
             directives = load_directives(target, rendered)
             active = ActiveConfig(target, settings.default_config, False, directives, rendered)
-    validate(active)
+    # Squid's helpers live beside security_file_certgen (/usr/lib/squid in the image).
+    validate(active, settings.certgen_bin.parent)
     return active
 
 

@@ -180,3 +180,46 @@ def test_ports_need_ascii_digits_in_range(tmp_path: Path, spec: str) -> None:
 def test_relative_pid_filename_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"line 1: pid_filename squid.pid must be an absolute path"):
         _select(_custom(tmp_path, "pid_filename squid.pid\nhttp_port 3128\n"))
+
+
+def test_helper_programs_of_every_helper_directive() -> None:
+    from entrypoint.squid_config import helper_programs
+
+    directives = parse_directives(
+        "sslcrtd_program /h/certgen -s /db -M 4MB\n"
+        "auth_param basic program /h/basic_ncsa_auth /etc/pw\n"
+        "auth_param basic children 5\n"
+        "url_rewrite_program /h/rewrite\n"
+        "store_id_program /h/storeid\n"
+        "external_acl_type grp ttl=60 children-max=3 %LOGIN %SRC /h/ext_acl -x\n"
+        "logfile_daemon /h/log_file_daemon\n"
+    )
+    assert [(d.name, program) for d, program in helper_programs(directives)] == [
+        ("sslcrtd_program", "/h/certgen"),
+        ("auth_param", "/h/basic_ncsa_auth"),
+        ("url_rewrite_program", "/h/rewrite"),
+        ("store_id_program", "/h/storeid"),
+        ("external_acl_type", "/h/ext_acl"),
+        ("logfile_daemon", "/h/log_file_daemon"),
+    ]
+
+
+def test_missing_or_unexecutable_helper_is_refused_with_the_real_location(tmp_path: Path) -> None:
+    from entrypoint.squid_config import check_helpers
+
+    helpers = tmp_path / "usr-lib-squid"
+    helpers.mkdir()
+    (helpers / "security_file_certgen").write_text("#!/bin/true\n")
+    os.chmod(helpers / "security_file_certgen", 0o755)
+    wrong = parse_directives("\nsslcrtd_program /usr/libexec/squid/security_file_certgen -s /db\n", tmp_path / "squid.conf")
+    with pytest.raises(ConfigError) as failure:
+        check_helpers(wrong, helpers)
+    message = str(failure.value)
+    assert "squid.conf line 2: sslcrtd_program program /usr/libexec/squid/security_file_certgen does not exist" in message
+    assert f"did you mean {helpers}/security_file_certgen?" in message and f"helpers are in {helpers}" in message
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    os.chmod(plain, 0o644)
+    with pytest.raises(ConfigError, match="is not executable by UID"):
+        check_helpers(parse_directives(f"url_rewrite_program {plain}\n"), helpers)
+    check_helpers(parse_directives(f"sslcrtd_program {helpers}/security_file_certgen\n"), helpers)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    ORIGIN_HOSTNAME, Launcher, Workspace, key_body_lines, launch, make_ca, make_server_cert, openssl,
+    ORIGIN_HOSTNAME, Launcher, Workspace, certgen_bin, key_body_lines, launch, make_ca, make_server_cert, openssl,
     squid_available, ssl_bump_config, start_local_https_server, workspace,
 )
 
@@ -230,3 +230,20 @@ def test_merged_pem_replaces_an_old_world_readable_file_by_rename(
     assert run.wait_exit(60) == 0
     assert "[DEBUG]" in run.stdout  # DEBUG really was on
     assert_no_key_material(run.output, key)
+
+
+def test_wrong_sslcrtd_program_path_is_refused_before_squid_starts(
+    workspace: Workspace, launch: Launcher, tmp_path: Path
+) -> None:
+    # `squid -k parse` accepts it; Squid would only later die of "helpers are crashing too rapidly".
+    cert, key = make_ca(tmp_path, "Bump CA")
+    install_ca(workspace, cert, key)
+    wrong = "/usr/libexec/squid/security_file_certgen"
+    config = ssl_bump_config(workspace).replace(f"sslcrtd_program {certgen_bin()}", f"sslcrtd_program {wrong}")
+    workspace.write_custom_config(config)
+    run = launch()
+    assert run.wait_exit(60) == 1
+    line = config.splitlines().index(next(l for l in config.splitlines() if l.startswith("sslcrtd_program"))) + 1
+    assert f"{workspace.custom_config} line {line}: sslcrtd_program program {wrong} does not exist" in run.stderr, run.stderr
+    assert f"the image's Squid helpers are in {certgen_bin().parent}" in run.stderr
+    assert "Starting Squid proxy" not in run.stdout
