@@ -303,3 +303,23 @@ def test_unexecutable_auth_helper_is_refused_naming_directive_and_path(workspace
     assert run.wait_exit(60) == 1
     assert f"auth_param program {helper} is not executable by UID {run_uid(run)}" in run.stderr, run.stderr
     assert f"helpers are in {squid_under_test().helpers_dir}" in run.stderr
+
+
+@pytest.mark.parametrize("mount_options", ["ro,size=1m", "mode=0755,size=1m"])
+def test_unwritable_dev_shm_is_refused_with_the_fix(workspace: Workspace, launch: Launcher, mount_options: str) -> None:
+    # The real /dev/shm, replaced in a private mount namespace by a read-only or a root-owned
+    # 0755 tmpfs; the entrypoint then runs as the unprivileged UID as usual.
+    if not running_as_root() or not all(shutil.which(tool) for tool in ("unshare", "setpriv", "mount")):
+        pytest.skip("needs root, unshare, mount and setpriv for a private /dev/shm")
+    inner = [
+        shutil.which("setpriv"), f"--reuid={UNPRIVILEGED_UID}", f"--regid={UNPRIVILEGED_GID}", "--clear-groups", "--",
+        python_for_child(), str(workspace.bin / "entrypoint.py"),
+    ]
+    script = f"mount -t tmpfs -o {mount_options} tmpfs /dev/shm && exec \"$@\""  # test-side only
+    argv = [shutil.which("unshare"), "--mount", "--propagation", "private", "/bin/sh", "-c", script, "sh", *inner]
+    run = launch(argv=argv, user=(0, 0))  # type: ignore[arg-type]
+    assert run.wait_exit(60) == 1
+    assert "/dev/shm is not writable" in run.stderr, run.stderr
+    assert "medium: Memory" in run.stderr
+    assert "Starting Squid proxy" not in run.stdout
+    assert "Ipc::Mem::Segment" not in run.output

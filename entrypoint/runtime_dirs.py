@@ -12,6 +12,8 @@ from typing import Iterable
 # Group-writable: OpenShift runs the next start as another UID in group 0.
 DIR_MODE = 0o770
 PROBE_PREFIX = ".cephaloproxy-write-probe-"
+# Squid's shared memory segments (shm_open) live here; it is never created, only checked.
+SHM_DIR = Path("/dev/shm")
 
 
 class RuntimeDirError(Exception):
@@ -72,8 +74,33 @@ def probe_writable(path: Path) -> None:
         os.unlink(name)
 
 
-def prepare_runtime_dirs(paths: Iterable[Path]) -> list[Path]:
-    """Create and probe each dir; returns them in order, raises RuntimeDirError on the first failure."""
+def check_shared_memory(shm_dir: Path = SHM_DIR) -> None:
+    """/dev/shm is a writable directory, or Squid dies with `Ipc::Mem::Segment::create failed`."""
+    fix = (
+        f"Squid needs a writable {shm_dir} for its shared memory: give the container one"
+        " (Docker provides it by default; --shm-size sets its size; in Kubernetes mount an"
+        f" emptyDir with medium: Memory at {shm_dir})"
+    )
+    try:
+        info = os.stat(shm_dir)
+    except OSError as error:
+        raise RuntimeDirError(f"{shm_dir} is not usable ({error.strerror}). {fix}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise RuntimeDirError(f"{shm_dir} is not a directory. {fix}")
+    try:
+        probe_writable(shm_dir)
+    except OSError as error:
+        raise RuntimeDirError(
+            f"{shm_dir} is not writable: {error.strerror} (running as UID {os.getuid()} GID {os.getgid()};"
+            f" it is owned by UID {info.st_uid} GID {info.st_gid}, mode {stat.filemode(info.st_mode)}). {fix}"
+        ) from None
+
+
+def prepare_runtime_dirs(paths: Iterable[Path], shm_dir: Path = SHM_DIR) -> list[Path]:
+    """Create and probe each dir, then check shared memory; returns the dirs in order.
+
+    Raises RuntimeDirError on the first failure.
+    """
     prepared: list[Path] = []
     for path in paths:
         if path in prepared:
@@ -84,4 +111,5 @@ def prepare_runtime_dirs(paths: Iterable[Path]) -> list[Path]:
         except OSError as error:
             raise RuntimeDirError(describe_unwritable(path, error)) from None
         prepared.append(path)
+    check_shared_memory(shm_dir)
     return prepared
