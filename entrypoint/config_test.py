@@ -323,3 +323,10 @@ def test_unwritable_dev_shm_is_refused_with_the_fix(workspace: Workspace, launch
     assert "medium: Memory" in run.stderr
     assert "Starting Squid proxy" not in run.stdout
     assert "Ipc::Mem::Segment" not in run.output
+
+
+def test_upstream_numeric_log_level_2_means_debug(workspace: Workspace, launch: Launcher) -> None:
+    run = launch(workspace.env(LOG_LEVEL="2"))
+    run.wait_ready()
+    assert "[WARNING] LOG_LEVEL='2' is the upstream image's numeric Squid debug level; using DEBUG" in run.stdout
+    assert "[DEBUG] Phase config_selection took" in run.stdout

@@ -53,6 +53,11 @@ LOG_LEVEL_ALIASES: dict[str, str] = {
     "ERROR": "ERROR",
 }
 
+# The upstream CephaloProxy image's LOG_LEVEL was Squid's debug level (0 critical, 1 important,
+# its default, 2 verbose ... 9 all). Accepted with a warning, for drop-in compatibility. 0 maps
+# to WARNING, not ERROR, so that warnings (an expired CA, a port mismatch) are never hidden.
+NUMERIC_LOG_LEVELS: dict[str, str] = {"0": "WARNING", "1": "INFO", **{str(n): "DEBUG" for n in range(2, 10)}}
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -121,9 +126,16 @@ def _parse_log_level(env: Mapping[str, str], warnings: list[str]) -> str:
     if raw is None or raw.strip() == "":
         return DEFAULT_LOG_LEVEL
     level = LOG_LEVEL_ALIASES.get(raw.strip().upper())
+    numeric = NUMERIC_LOG_LEVELS.get(raw.strip())
+    if numeric is not None:
+        warnings.append(
+            f"LOG_LEVEL={raw!r} is the upstream image's numeric Squid debug level; using {numeric}"
+            f" (0 -> WARNING, 1 -> INFO, 2-9 -> DEBUG). Set LOG_LEVEL={numeric} to silence this warning"
+        )
+        return numeric
     if level is None:
         warnings.append(
-            f"Invalid LOG_LEVEL={raw!r}: expected one of DEBUG, INFO, WARNING (WARN), ERROR;"
+            f"Invalid LOG_LEVEL={raw!r}: expected one of DEBUG, INFO, WARNING (WARN), ERROR (or 0-9);"
             f" using default {DEFAULT_LOG_LEVEL}"
         )
         return DEFAULT_LOG_LEVEL
