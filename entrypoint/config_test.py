@@ -330,3 +330,48 @@ def test_upstream_numeric_log_level_2_means_debug(workspace: Workspace, launch: 
     run.wait_ready()
     assert "[WARNING] LOG_LEVEL='2' is the upstream image's numeric Squid debug level; using DEBUG" in run.stdout
     assert "[DEBUG] Phase config_selection took" in run.stdout
+
+
+def _as_root(workspace: Workspace) -> None:
+    if not running_as_root():
+        pytest.skip("needs root to start the entrypoint as 0:0")
+    # Like the image (/var is 0755): the user Squid switches to must reach the runtime dirs.
+    for directory in (workspace.root, workspace.var):
+        os.chmod(directory, 0o755)
+
+
+def test_default_config_works_as_root(workspace: Workspace, launch: Launcher) -> None:
+    # docker run --user 0:0: Squid switches to its cache_effective_user, which used to loop on
+    # "FATAL: Cannot open '/dev/stdout' for writing".
+    _as_root(workspace)
+    run = launch(user=(0, 0))
+    run.wait_ready()
+    assert "(UID: 0, GID: 0)" in run.stdout
+    origin = start_local_http_server(f"as root {uuid.uuid4()}")
+    try:
+        status, body, _ = http_get(f"http://127.0.0.1:{origin.port}/", proxy=f"http://127.0.0.1:{workspace.squid_port}")
+    finally:
+        origin.close()
+    assert (status, body) == (200, origin.body)
+    # Squid's access log line reached our stdout through the handed-over pipe.
+    run.wait_for_output(rf"GET http://127\.0\.0\.1:{origin.port}/", timeout=30)
+    assert "Cannot open" not in run.output and "FATAL" not in run.output
+    run.process.terminate()
+    assert run.wait_exit(60) == 0
+
+
+def test_custom_config_with_root_effective_user_is_refused_at_once(workspace: Workspace, launch: Launcher) -> None:
+    _as_root(workspace)
+    workspace.write_custom_config(minimal_config(workspace, workspace.squid_port) + "cache_effective_user root\n")
+    run = launch(user=(0, 0))
+    assert run.wait_exit(60) == 1
+    assert "cache_effective_user root" in run.stderr and "refuses to run as root" in run.stderr, run.stderr
+    assert "Starting Squid proxy" not in run.stdout
+
+
+def test_custom_config_with_unknown_effective_user_is_refused_at_once(workspace: Workspace, launch: Launcher) -> None:
+    _as_root(workspace)
+    workspace.write_custom_config(minimal_config(workspace, workspace.squid_port) + "cache_effective_user nosuchuser42\n")
+    run = launch(user=(0, 0))
+    assert run.wait_exit(60) == 1
+    assert "cache_effective_user nosuchuser42" in run.stderr and "no such user" in run.stderr, run.stderr

@@ -101,6 +101,8 @@ class SquidCommands:
         self.squid_bin = squid_bin
         self.children = children
         self.log = log
+        # Started as root, Squid's effective user reopens /dev/stdout and /dev/stderr: it must own the pipes.
+        self.stdio_owner: int | None = None
 
     @property
     def comm(self) -> str:
@@ -150,6 +152,9 @@ class SquidCommands:
         out_fd, out_relay = await self.children.open_pipe(sys.stdout.fileno())
         err_fd, err_relay = await self.children.open_pipe(sys.stderr.fileno())
         try:
+            if self.stdio_owner is not None:
+                os.fchown(out_fd, self.stdio_owner, -1)
+                os.fchown(err_fd, self.stdio_owner, -1)
             process = self.children.spawn(
                 [str(self.squid_bin), "--foreground", "-d", "0", "-f", str(config.path)],
                 stdin=subprocess.DEVNULL,

@@ -37,6 +37,27 @@ def assert_no_key_material(output: str, *keys: Path) -> None:
             assert line not in output
 
 
+def bumped_get(workspace: Workspace, bump_cert: Path, origin_cert: Path, origin_key: Path) -> tuple[str, int, str, str]:
+    """GET through the proxy's CONNECT, trusting only the bump CA: (issuer CN, status, body, origin's body)."""
+    origin = start_local_https_server(f"secret origin {uuid.uuid4()}", origin_cert, origin_key)
+    try:
+        context = ssl.create_default_context(cafile=str(bump_cert))
+        context.check_hostname = False
+        context.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
+        connection = http.client.HTTPSConnection("127.0.0.1", workspace.squid_port, context=context, timeout=60)
+        connection.set_tunnel(ORIGIN_HOSTNAME, origin.port)  # a name: Squid 5.7 ignores IP SANs
+        try:
+            connection.request("GET", "/bumped")
+            issuer = dict(item[0] for item in connection.sock.getpeercert()["issuer"])
+            response = connection.getresponse()
+            body = response.read().decode()
+        finally:
+            connection.close()
+    finally:
+        origin.close()
+    return issuer["commonName"], response.status, body, origin.body
+
+
 def test_bumped_connect_presents_a_certificate_from_the_mounted_ca(
     workspace: Workspace, launch: Launcher, tmp_path: Path
 ) -> None:
@@ -55,25 +76,10 @@ def test_bumped_connect_presents_a_certificate_from_the_mounted_ca(
     assert merged.read_bytes() == bump_cert.read_bytes() + bump_key.read_bytes()
     assert (workspace.runtime_dir("lib") / "ssl_db").is_dir()
 
-    origin = start_local_https_server(f"secret origin {uuid.uuid4()}", origin_cert, origin_key)
-    try:
-        context = ssl.create_default_context(cafile=str(bump_cert))
-        context.check_hostname = False
-        context.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
-        connection = http.client.HTTPSConnection("127.0.0.1", workspace.squid_port, context=context, timeout=60)
-        connection.set_tunnel(ORIGIN_HOSTNAME, origin.port)  # a name: Squid 5.7 ignores IP SANs
-        try:
-            connection.request("GET", "/bumped")
-            issuer = dict(item[0] for item in connection.sock.getpeercert()["issuer"])
-            response = connection.getresponse()
-            body = response.read().decode()
-        finally:
-            connection.close()
-    finally:
-        origin.close()
+    issuer, status, body, expected = bumped_get(workspace, bump_cert, origin_cert, origin_key)
     # Verification against the bump CA alone succeeded, so Squid re-signed the origin's cert.
-    assert issuer["commonName"] == "CephaloProxy Test Bump CA"
-    assert (response.status, body) == (200, origin.body), run.stderr[-2500:] + body[-1500:]
+    assert issuer == "CephaloProxy Test Bump CA"
+    assert (status, body) == (200, expected), run.stderr[-2500:] + body[-1500:]
     run.process.terminate()
     assert run.wait_exit(60) == 0
     assert_no_key_material(run.output, bump_key, origin_key)
@@ -247,3 +253,30 @@ def test_wrong_sslcrtd_program_path_is_refused_before_squid_starts(
     assert f"{workspace.custom_config} line {line}: sslcrtd_program program {wrong} does not exist" in run.stderr, run.stderr
     assert f"the image's Squid helpers are in {certgen_bin().parent}" in run.stderr
     assert "Starting Squid proxy" not in run.stdout
+
+
+def test_ssl_bump_works_as_root(workspace: Workspace, launch: Launcher, tmp_path: Path) -> None:
+    # Started as root, Squid's certgen helpers run as its effective user and write the cert DB.
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start the entrypoint as 0:0")
+    for directory in (workspace.root, workspace.var):
+        os.chmod(directory, 0o755)  # like the image's /var
+    bump_cert, bump_key = make_ca(tmp_path, "CephaloProxy Test Bump CA")
+    origin_ca, origin_ca_key = make_ca(tmp_path, "Origin Test CA")
+    origin_cert, origin_key = make_server_cert(tmp_path, origin_ca, origin_ca_key, ORIGIN_HOSTNAME)
+    shutil.copy(origin_ca, workspace.etc / "origin-ca.crt")
+    os.chmod(workspace.etc / "origin-ca.crt", 0o664)
+    install_ca(workspace, bump_cert, bump_key)
+    workspace.write_custom_config(ssl_bump_config(workspace, workspace.etc / "origin-ca.crt"))
+    run = launch(user=(0, 0))
+    run.wait_ready()
+    squid_uid = int(re.search(r"Squid switches to user \S+ \(UID (\d+)\)", run.stdout).group(1))  # type: ignore[union-attr]
+    assert squid_uid != 0
+    db = workspace.runtime_dir("lib") / "ssl_db"
+    assert {p.stat().st_uid for p in [db, *db.rglob("*")]} == {squid_uid}
+    issuer, status, body, expected = bumped_get(workspace, bump_cert, origin_cert, origin_key)
+    assert issuer == "CephaloProxy Test Bump CA"
+    assert (status, body) == (200, expected), run.stderr[-2500:]
+    run.process.terminate()
+    assert run.wait_exit(60) == 0
+    assert_no_key_material(run.output, bump_key, origin_key)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import entrypoint
-from entrypoint import runtime_dirs, squid_config, tls
+from entrypoint import runtime_dirs, squid_config, squid_user, tls
 from entrypoint.processes import ChildProcesses, describe_exit
 from entrypoint.settings import Settings
 from entrypoint.squid_config import ActiveConfig
@@ -90,6 +90,14 @@ class Supervisor:
         except squid_config.ConfigError as error:
             raise StartupError(str(error)) from None
         self.config = config
+        try:  # as root: who Squid becomes, refused at once if Squid would refuse it
+            squid_owner = await squid_user.when_root(self.children, settings.squid_bin, config.directives)
+        except squid_config.ConfigError as error:
+            raise StartupError(str(error)) from None
+        if squid_owner is not None:
+            self.log.info("Running as root: Squid switches to user %s (UID %d), which gets its runtime dirs and stdio",
+                          squid_owner.pw_name, squid_owner.pw_uid)
+            self.squid_commands.stdio_owner = squid_owner.pw_uid
         if config.is_custom:
             self.log.info("Using custom Squid config %s", config.source)
             ports = [address.port for address in config.http_ports]
@@ -127,6 +135,8 @@ class Supervisor:
         dirs += [cache_dir.path for cache_dir in config.disk_cache_dirs]
         try:
             runtime_dirs.prepare_runtime_dirs(dirs)
+            if squid_owner is not None:
+                squid_user.hand_over(dirs, squid_owner.pw_uid)
             squid_config.write_rendered(config)
         except (runtime_dirs.RuntimeDirError, squid_config.ConfigError) as error:
             raise StartupError(str(error)) from None
@@ -136,12 +146,16 @@ class Supervisor:
         if ca_material is not None:
             try:
                 tls.merge_ca_pem(*ca_material, settings.merged_ca_pem)
+                if squid_owner is not None:
+                    squid_user.hand_over([settings.merged_ca_pem], squid_owner.pw_uid)
                 self.log.info("Merged CA certificate and key into %s (mode 0600)", settings.merged_ca_pem)
                 for db in config.cert_dbs(settings.default_ssl_db):
                     await tls.ensure_cert_db(self.children, settings.certgen_bin, db, self.log)
+                    if squid_owner is not None:
+                        squid_user.hand_over([db.path], squid_owner.pw_uid, recursive=True)
             except OSError as error:
                 raise StartupError(f"cannot write {settings.merged_ca_pem}: {error.strerror}") from None
-            except tls.TlsError as error:
+            except (tls.TlsError, squid_config.ConfigError) as error:
                 raise StartupError(str(error)) from None
         self._phase_done("tls_setup")
 
