@@ -1,117 +1,192 @@
-"""Benchmark (not a test): entrypoint start-to-/ready time by phase, SIGTERM-to-exit time,
-beside Squid alone (same config, same machine, same run) as the baseline.
+"""Benchmark (not a test): the entrypoint against Squid alone, same config, same machine, same run.
 
     python3 entrypoint/benchmark_startup.py [--runs N]      (or bazel run //entrypoint:benchmark_startup)
 
-Uses the real Squid from CEPHALOPROXY_SQUID_ROOT (default "/"). Prints mean/min/max.
+Rows: start -> first proxied 200; SIGTERM -> exit when idle; SIGTERM with a 10 s download in
+flight (does it arrive in full, how soon after its end does the entrypoint exit); RSS of PID 1
+and of the health server. Goals (printed, never asserted): start ratio <= 1.5, idle stop <= 1.5 s,
+exit <= 1.5 s after the download's end. Uses the real Squid from CEPHALOPROXY_SQUID_ROOT
+(default "/"); needs no pytest.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import re
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from entrypoint import testing  # noqa: E402
+from entrypoint import harness  # noqa: E402
+
+DOWNLOAD_SECONDS = 10
 
 
-def accepts(port: int) -> bool:
+def proxied_get(proxy_port: int, url: str, timeout: float) -> tuple[int, int]:
+    """(status, body bytes) of a GET through the proxy; (0, 0) when it fails."""
+    request = f"GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
     try:
-        with socket.create_connection(("127.0.0.1", port), 0.5):
-            return True
+        with socket.create_connection(("127.0.0.1", proxy_port), timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(request)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
     except OSError:
-        return False
+        return 0, 0
+    head, _, body = data.partition(b"\r\n\r\n")
+    match = re.match(rb"HTTP/\d\.\d (\d+)", head)
+    return (int(match.group(1)) if match else 0), len(body)
 
 
-def ready(url: str) -> bool:
+def first_200(proxy_port: int, origin: harness.LocalHttpServer, started: float) -> float:
+    url = f"http://127.0.0.1:{origin.port}/0"
+    if not harness.wait_until(lambda: proxied_get(proxy_port, url, 2)[0] == 200, 120, interval=0.01):
+        raise RuntimeError("no proxied 200 within 120 s")
+    return time.monotonic() - started
+
+
+def rss_kib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return float(line.split()[1])
+    return 0.0
+
+
+def health_pid(entrypoint_pid: int) -> int | None:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if b"healthcheck_cli" in cmdline and int(stat[stat.rindex(")") + 2 :].split()[1]) == entrypoint_pid:
+                return int(entry)
+    return None
+
+
+def entrypoint_run(origin: harness.LocalHttpServer, results: dict[str, float], download: bool) -> None:
+    workspace = harness.Workspace()
     try:
-        return testing.http_get(url, timeout=2)[0] == 200
-    except OSError:
-        return False
-
-
-def one_run() -> dict[str, float]:
-    workspace = testing.Workspace()
-    results: dict[str, float] = {}
-    try:
-        env = workspace.env(LOG_LEVEL="DEBUG")
         started = time.monotonic()
-        run = testing.EntrypointRun(workspace, env)
+        run = harness.EntrypointRun(workspace, workspace.env())
         try:
-            url = f"http://127.0.0.1:{workspace.health_port}/ready"
-            if not testing.wait_until(lambda: ready(url), 120, interval=0.01):
-                raise RuntimeError(f"entrypoint never became ready:\n{run.output}")
-            results["entrypoint: start -> /ready 200"] = time.monotonic() - started
+            if download:
+                run.wait_for_output(r"Container ready", 120)
+                outcome: dict[str, float] = {}
+
+                def fetch() -> None:
+                    _, size = proxied_get(workspace.squid_port, f"http://127.0.0.1:{origin.port}/{DOWNLOAD_SECONDS}", 60)
+                    outcome["end"], outcome["size"] = time.monotonic(), size
+
+                fetcher = threading.Thread(target=fetch)
+                fetcher.start()
+                time.sleep(1.0)
+                run.process.send_signal(signal.SIGTERM)
+                run.wait_exit(120)
+                exited = time.monotonic()
+                fetcher.join(60)
+                complete = outcome.get("size") == DOWNLOAD_SECONDS * 10 * len(harness.PAYLOAD_CHUNK)
+                results["entrypoint: 10 s download at SIGTERM arrives complete (1 = yes)"] = float(complete)
+                results["entrypoint: exit after the download's end"] = exited - outcome.get("end", exited)
+                return
+            results["entrypoint: start -> first proxied 200"] = first_200(workspace.squid_port, origin, started)
+            run.wait_for_output(r"Container ready", 120)
+            time.sleep(0.5)
+            results["RSS PID 1 (KiB)"] = rss_kib(run.pid)
+            health = health_pid(run.pid)
+            if health is not None:
+                results["RSS health server (KiB)"] = rss_kib(health)
             signalled = time.monotonic()
             run.process.send_signal(signal.SIGTERM)
             run.wait_exit(120)
-            results["entrypoint: SIGTERM -> exit"] = time.monotonic() - signalled
-            for name, seconds in re.findall(r"Phase (\w+) took ([\d.]+) s", run.stdout):
-                results[f"  phase {name}"] = float(seconds)
+            results["entrypoint: SIGTERM -> exit, idle"] = time.monotonic() - signalled
         finally:
             run.cleanup()
+        if not download:
+            squid_alone(workspace, origin, results)
+    finally:
+        workspace.remove()
 
-        # Baseline: Squid alone with the config the entrypoint rendered (cache already made).
-        config = workspace.runtime_dir("run") / "squid.conf"
+
+def squid_alone(workspace: harness.Workspace, origin: harness.LocalHttpServer, results: dict[str, float]) -> None:
+    """Baseline: Squid with the config the entrypoint rendered (cache already made)."""
+    rendered = workspace.runtime_dir("run") / "squid.conf"
+    text = rendered.read_text()
+    for name, lifetime, stop in (("SIGTERM", "5 seconds", signal.SIGTERM), ("SIGINT", None, signal.SIGINT)):
+        config = rendered
+        if lifetime is not None:  # Squid alone waits its whole lifetime: use the old default 5 s
+            config = workspace.runtime_dir("run") / "squid-alone.conf"
+            config.write_text(re.sub(r"(?m)^shutdown_lifetime .*$", f"shutdown_lifetime {lifetime}", text))
+            os.chmod(config, 0o664)
         started = time.monotonic()
         squid = subprocess.Popen(
-            [str(testing.squid_bin()), "--foreground", "-d", "0", "-f", str(config)],
+            [str(harness.squid_bin()), "--foreground", "-f", str(config)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, **testing._child_user_options(),  # type: ignore[arg-type]
+            start_new_session=True, **harness._child_user_options(),  # type: ignore[arg-type]
         )
         try:
-            if not testing.wait_until(lambda: accepts(workspace.squid_port), 120, interval=0.01):
-                raise RuntimeError("Squid alone never accepted connections")
-            results["squid alone: start -> accepts"] = time.monotonic() - started
+            if stop == signal.SIGTERM:
+                results["squid alone: start -> first proxied 200"] = first_200(workspace.squid_port, origin, started)
+            else:
+                first_200(workspace.squid_port, origin, started)
+            time.sleep(0.5)
             signalled = time.monotonic()
-            squid.send_signal(signal.SIGTERM)
+            squid.send_signal(stop)
             squid.wait(120)
-            results["squid alone: SIGTERM -> exit"] = time.monotonic() - signalled
+            label = f"squid alone: {name} -> exit, idle" + (f" (shutdown_lifetime {lifetime})" if lifetime else "")
+            results[label] = time.monotonic() - signalled
         finally:
-            for pid in testing.session_processes(squid.pid):
+            for pid in harness.session_processes(squid.pid):
                 os.kill(pid, signal.SIGKILL)
             if squid.poll() is None:
                 squid.kill()
                 squid.wait()
-        results["ratio start (entrypoint / squid alone)"] = (
-            results["entrypoint: start -> /ready 200"] / results["squid alone: start -> accepts"]
-        )
-        results["ratio stop (entrypoint / squid alone)"] = (
-            results["entrypoint: SIGTERM -> exit"] / results["squid alone: SIGTERM -> exit"]
-        )
-    finally:
-        workspace.remove()
-    return results
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    problem = testing.unprivileged_access_problem()
+    problem = harness.unprivileged_access_problem()
     if problem:
         print(problem, file=sys.stderr)
         return 1
+    origin = harness.start_slow_origin()
     samples: dict[str, list[float]] = {}
-    for index in range(args.runs):
-        for key, value in one_run().items():
-            samples.setdefault(key, []).append(value)
-        print(f"run {index + 1}/{args.runs} done", file=sys.stderr)
-    print(f"Squid {'.'.join(map(str, testing.squid_version()))} from {testing.squid_root()}, {args.runs} runs")
-    print(f"{'measure':44} {'mean':>9} {'min':>9} {'max':>9}")
-    for key, values in samples.items():
-        unit = "" if key.startswith("ratio") else " s"
-        print(f"{key:44} {statistics.mean(values):9.3f} {min(values):9.3f} {max(values):9.3f}{unit}")
+    try:
+        for index in range(args.runs):
+            for download in (False, True):
+                results: dict[str, float] = {}
+                entrypoint_run(origin, results, download)
+                for key, value in results.items():
+                    samples.setdefault(key, []).append(value)
+            print(f"run {index + 1}/{args.runs} done", file=sys.stderr)
+    finally:
+        origin.close()
+    start = samples.get("entrypoint: start -> first proxied 200", [])
+    alone = samples.get("squid alone: start -> first proxied 200", [])
+    ratios = [a / b for a, b in zip(start, alone)]
+    print(
+        f"Squid {'.'.join(map(str, harness.squid_version()))} from {harness.squid_root()},"
+        f" Python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}"
+    )
+    print(f"{'measure':66} {'n':>3} {'mean':>9} {'min':>9} {'max':>9}")
+    rows = list(samples.items()) + [("ratio start -> 200 (entrypoint / squid alone), goal <= 1.5", ratios)]
+    for key, values in rows:
+        if values:
+            print(f"{key:66} {len(values):3d} {statistics.mean(values):9.3f} {min(values):9.3f} {max(values):9.3f}")
     return 0
 
 

@@ -10,8 +10,22 @@ shadow the package on sys.path. The package is found, in this order:
   4. /usr/lib/cephaloproxy as a last resort.
 """
 
-import os
+import signal
 import sys
+
+# Before anything that takes time: a SIGTERM/SIGINT from now on is recorded (startup then
+# aborts cleanly) instead of killing us with the default action or being ignored as PID 1.
+_received: list[int] = []
+
+
+def _remember(signum: int, frame: object) -> None:
+    _received.append(signum)
+
+
+for _signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(_signum, _remember)
+
+import os  # noqa: E402
 
 
 # The same few lines stand in healthcheck.py: nothing can be shared before they have run,
@@ -31,4 +45,4 @@ _locate_package()
 from entrypoint.main import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(_received))

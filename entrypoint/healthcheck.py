@@ -11,8 +11,25 @@ shadow the package on sys.path. The package is found, in this order:
   4. /usr/lib/cephaloproxy as a last resort.
 """
 
-import os
+import signal
 import sys
+
+# Before anything that takes time: a SIGTERM/SIGINT during the imports is recorded, and the
+# server then exits 0 instead of dying of the signal mid-import.
+_received: list[int] = []
+
+
+def _remember(signum: int, frame: object) -> None:
+    _received.append(signum)
+    if _imported:
+        raise SystemExit(0)
+
+
+_imported = False
+for _signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(_signum, _remember)
+
+import os  # noqa: E402
 
 
 # The same few lines stand in entrypoint.py: nothing can be shared before they have run,
@@ -31,5 +48,6 @@ _locate_package()
 
 from entrypoint.healthcheck_cli import main  # noqa: E402
 
+_imported = True
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(0 if _received else main())

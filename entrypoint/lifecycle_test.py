@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
+import select
 import signal
+import socket
+import threading
 import time
 import uuid
 
 import pytest
 
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    UNPRIVILEGED_UID, Launcher, Workspace, http_get, launch, process_state, process_uid,
+    UNPRIVILEGED_UID, Launcher, Workspace, http_get, launch, pausing_squid, process_state, process_uid,
     python_for_child, running_as_root, squid_available, start_local_http_server, wait_for_status,
     wait_until, workspace,
 )
@@ -51,19 +57,6 @@ def test_sigterm_stops_gracefully_and_leaves_no_process(launch: Launcher) -> Non
     assert run.descendants_left() == []
 
 
-def test_second_sigterm_forces_the_kill(launch: Launcher) -> None:
-    run = launch()
-    run.wait_ready()
-    run.process.send_signal(signal.SIGTERM)
-    run.wait_for_output("initiating graceful shutdown")
-    run.process.send_signal(signal.SIGTERM)
-    # shutdown_lifetime is 5 s; a forced stop does not wait for it.
-    assert run.wait_exit(30) == 0
-    assert "again, killing Squid now" in run.stdout
-    assert "Shutdown complete" in run.stdout
-    assert run.descendants_left() == []
-
-
 def test_squid_killed_exits_1_within_2_seconds(launch: Launcher) -> None:
     run = launch()
     squid_pid = run.wait_ready()
@@ -76,25 +69,6 @@ def test_squid_killed_exits_1_within_2_seconds(launch: Launcher) -> None:
     # speed goal; the startup benchmark measures speed.
     assert elapsed < 2.0, f"entrypoint took {elapsed:.2f} s to notice"
     assert "Squid process died unexpectedly (signal SIGKILL)" in run.stderr
-    assert run.descendants_left() == []
-
-
-def test_sigterm_right_at_start_aborts_cleanly(launch: Launcher) -> None:
-    run = launch()
-    run.wait_for_output(r"CephaloProxy entrypoint starting")
-    run.process.send_signal(signal.SIGTERM)
-    assert run.wait_exit(60) == 0
-    assert "Container ready" not in run.stdout
-    assert "Shutdown complete" in run.stdout
-    assert run.descendants_left() == []
-
-
-def test_sigterm_while_squid_starts_stops_it(launch: Launcher) -> None:
-    run = launch()
-    run.wait_for_output(r"Starting Squid proxy\.\.\.")
-    run.process.send_signal(signal.SIGTERM)
-    assert run.wait_exit(60) == 0
-    assert "Shutdown complete" in run.stdout
     assert run.descendants_left() == []
 
 
@@ -176,3 +150,127 @@ def test_runs_as_openshift_uid_with_gid_0(workspace: Workspace, launch: Launcher
     assert process_uid(run.pid) == UNPRIVILEGED_UID
     assert process_uid(squid_pid) == UNPRIVILEGED_UID
     assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200)[0] == 200
+
+
+def proxied_traffic_with_long_urls(workspace: Workspace, requests: int) -> None:
+    """Enough access-log bytes (about 2 KB a line) to fill a pipe and PID 1's queue several times."""
+    origin = start_local_http_server("ok")
+    try:
+        proxy = f"http://127.0.0.1:{workspace.squid_port}"
+        for index in range(requests):
+            url = f"http://127.0.0.1:{origin.port}/{'a' * 2000}?{index}"
+            assert http_get(url, timeout=15, proxy=proxy)[0] == 200, f"request {index} failed"
+    finally:
+        origin.close()
+
+
+def test_stdout_nobody_reads_never_blocks_pid1(workspace: Workspace, launch: Launcher) -> None:
+    # The container runtime stops reading our stdout: the relay must keep reading Squid's
+    # output (else Squid blocks and stops answering) and PID 1 must still handle SIGTERM.
+    read_end, write_end = os.pipe()
+    try:
+        run = launch(stdout=write_end)
+        os.close(write_end)
+        health = f"http://127.0.0.1:{workspace.health_port}"
+        assert wait_for_status(f"{health}/ready", 200, 90)[0] == 200, run.stderr
+        proxied_traffic_with_long_urls(workspace, 300)
+        assert http_get(f"{health}/health")[0] == 200
+        run.process.send_signal(signal.SIGTERM)
+        # Contract bound: graceful stop of an idle proxy, far inside SHUTDOWN_TIMEOUT.
+        assert run.wait_exit(45) == 0, run.stderr
+        assert run.descendants_left() == []
+    finally:
+        os.close(read_end)
+
+
+def test_dropped_lines_are_counted_once_the_reader_is_back(workspace: Workspace, launch: Launcher) -> None:
+    read_end, write_end = os.pipe()
+    received: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            data = os.read(read_end, 1 << 16)
+            if not data:
+                return
+            received.append(data)
+
+    run = launch(stdout=write_end)
+    os.close(write_end)
+    reader = threading.Thread(target=drain, daemon=True)
+    try:
+        assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200, 90)[0] == 200
+        proxied_traffic_with_long_urls(workspace, 300)
+        reader.start()  # the reader comes back
+        pattern = re.compile(rb"\[WARNING\] dropped (\d+) log lines \(stdout reader stalled\)")
+        assert wait_until(lambda: pattern.search(b"".join(received)), 30), b"".join(received)[-2000:]
+        run.process.send_signal(signal.SIGTERM)
+        assert run.wait_exit(45) == 0
+        reader.join(10)
+        text = b"".join(received).decode("utf-8", "replace")
+        assert "Shutdown complete" in text
+        # Lines are relayed whole: every access-log line of a long URL is complete.
+        for line in text.splitlines():
+            if "/aaaa" in line:
+                assert re.search(r"/a{2000}\S* - HIER_DIRECT", line), f"mangled line: {line[:120]}..."
+        # cache.log is stderr in the default config: each of its lines appears once, not twice.
+        assert run.stderr.count("Accepting HTTP Socket connections at") == 1, run.stderr
+    finally:
+        os.close(read_end)
+
+
+def squatter(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", port))
+    sock.listen(16)
+    return sock
+
+
+def assert_refused_naming_the_port(run, port: int) -> None:  # type: ignore[no-untyped-def]
+    assert f"port {port}" in run.stderr
+    assert "Container ready" not in run.stdout
+    assert run.descendants_left() == []
+
+
+def test_a_squatter_on_the_proxy_port_exits_1_naming_it(workspace: Workspace, launch: Launcher) -> None:
+    taken = squatter(workspace.squid_port)  # it accepts connections: a connect() check is fooled
+    try:
+        run = launch()
+        assert run.wait_exit(60) == 1
+    finally:
+        taken.close()
+    assert_refused_naming_the_port(run, workspace.squid_port)
+
+
+def test_a_squatter_arriving_while_squid_starts_is_not_taken_for_squid(workspace: Workspace, launch: Launcher) -> None:
+    # Past the check before Squid starts: only "Squid's own LISTEN socket" can tell them apart.
+    wrapper, marker = pausing_squid(workspace, "--foreground", pause=1.0)
+    run = launch(workspace.env(CEPHALOPROXY_SQUID_BIN=str(wrapper)))
+    assert wait_until(marker.exists, 60), run.output
+    taken = squatter(workspace.squid_port)
+    try:
+        assert run.wait_exit(60) == 1
+    finally:
+        taken.close()
+    assert_refused_naming_the_port(run, workspace.squid_port)
+
+
+def test_a_stale_pid_file_naming_a_live_process_is_not_accepted(workspace: Workspace, launch: Launcher, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A live process called "squid" that is not ours (a copy of sleep): its pid in the pid file.
+    impostor_bin = tmp_path / "squid"
+    shutil.copy("/bin/sleep", impostor_bin)
+    impostor = subprocess.Popen([str(impostor_bin), "600"])
+    try:
+        pid_file = workspace.make_dir(workspace.runtime_dir("run")) / "squid.pid"
+        pid_file.write_text(f"{impostor.pid}\n")
+        os.chmod(pid_file, 0o664)
+        run = launch()
+        squid_pid = run.wait_ready()
+        assert squid_pid != impostor.pid
+        assert f"Removed stale pid file {pid_file} (PID {impostor.pid}" in run.stdout
+        assert f"PPid:\t{run.pid}" in open(f"/proc/{squid_pid}/status").read()  # our own child
+        assert pid_file.read_text().strip() == str(squid_pid)
+        assert impostor.poll() is None  # not ours to stop
+    finally:
+        impostor.kill()
+        impostor.wait()

@@ -1,10 +1,15 @@
-"""Logging setup: `YYYY-MM-DD HH:MM:SS [LEVEL] message`, INFO/WARNING on stdout, ERROR on stderr."""
+"""Logging setup: `YYYY-MM-DD HH:MM:SS [LEVEL] message`, INFO/WARNING on stdout, ERROR on stderr.
+
+PID 1 logs through non-blocking OutputSinks (see output_sink), so a stalled log reader never
+blocks it; other processes (the health server) may use plain streams.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 
+from entrypoint.output_sink import OutputSink
 from entrypoint.redact import redact_text
 
 LOG_FORMAT = "%(asctime)s [%(levelname)s] %(message)s"
@@ -25,14 +30,37 @@ class _BelowErrorFilter(logging.Filter):
         return record.levelno < logging.ERROR
 
 
-def configure_logging(level_name: str) -> logging.Logger:
-    """Configure the root logger once; returns the project logger."""
+class SinkHandler(logging.Handler):
+    """Writes each formatted record as one line to an OutputSink (never blocks)."""
+
+    def __init__(self, sink: OutputSink) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sink.write_line(self.format(record).encode("utf-8", errors="replace"))
+        except Exception:
+            self.handleError(record)
+
+
+def configure_logging(
+    level_name: str, sinks: tuple[OutputSink, OutputSink] | None = None
+) -> logging.Logger:
+    """Configure the root logger once; returns the project logger.
+
+    With `sinks` (stdout, stderr), records go to them; otherwise to sys.stdout/sys.stderr.
+    """
     formatter = logging.Formatter(LOG_FORMAT, DATE_FORMAT)
-    to_stdout = logging.StreamHandler(sys.stdout)
+    to_stdout: logging.Handler
+    to_stderr: logging.Handler
+    if sinks is not None:
+        to_stdout, to_stderr = SinkHandler(sinks[0]), SinkHandler(sinks[1])
+    else:
+        to_stdout, to_stderr = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
     to_stdout.setFormatter(formatter)
     to_stdout.addFilter(_RedactFilter())
     to_stdout.addFilter(_BelowErrorFilter())
-    to_stderr = logging.StreamHandler(sys.stderr)
     to_stderr.setFormatter(formatter)
     to_stderr.addFilter(_RedactFilter())
     to_stderr.setLevel(logging.ERROR)

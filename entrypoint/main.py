@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import sys
-from types import FrameType
 
 from entrypoint.logs import configure_logging
+from entrypoint.output_sink import OutputSink
+from entrypoint.processes import kill_descendants_now
 from entrypoint.settings import load_settings
-from entrypoint.supervisor import Supervisor
+from entrypoint.signals import record_early
 
-_early_signals: list[int] = []
-
-
-def _remember_signal(signum: int, frame: FrameType | None) -> None:
-    _early_signals.append(signum)
+FINAL_FLUSH_TIMEOUT = 1.0
 
 
-def main() -> int:
-    # Before anything can take time: a signal that arrives now must abort startup
-    # cleanly, not kill us with the default action (or be ignored, as PID 1).
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, _remember_signal)
+def main(early_signals: list[int] | None = None) -> int:
+    """Run PID 1. `early_signals`: what entrypoint.py recorded before its imports finished."""
+    pending: list[int] = early_signals if early_signals is not None else []
+    if early_signals is None:
+        record_early(pending)  # started without entrypoint.py (python -m entrypoint.main)
+    sinks = (OutputSink(1, "stdout"), OutputSink(2, "stderr"))
     settings, warnings = load_settings(os.environ)
-    log = configure_logging(settings.log_level)
+    log = configure_logging(settings.log_level, sinks)
     log.info("CephaloProxy entrypoint starting (UID: %d, GID: %d)", os.getuid(), os.getgid())
     for warning in warnings:
         log.warning("%s", warning)
@@ -33,14 +29,27 @@ def main() -> int:
         "Settings: SQUID_PORT=%d HEALTH_PORT=%d LOG_LEVEL=%s SHUTDOWN_TIMEOUT=%gs",
         settings.squid_port, settings.health_port, settings.log_level, settings.shutdown_timeout,
     )
+    import asyncio  # after the first log line: nothing above needs it
+
+    from entrypoint.supervisor import Supervisor
 
     async def supervise() -> int:
-        return await Supervisor(settings, log).run(_early_signals)
+        loop = asyncio.get_running_loop()
+        for sink in sinks:
+            sink.attach(loop)
+        try:
+            return await Supervisor(settings, log, sinks).run(pending)
+        finally:
+            for sink in sinks:
+                sink.attach(None)
 
-    code = asyncio.run(supervise())
-    sys.stdout.flush()
-    sys.stderr.flush()
-    return code
+    try:
+        return asyncio.run(supervise())
+    finally:
+        # Whatever way we leave (exception included), no descendant outlives us.
+        kill_descendants_now()
+        for sink in sinks:
+            sink.flush_for(FINAL_FLUSH_TIMEOUT)
 
 
 if __name__ == "__main__":

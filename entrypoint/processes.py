@@ -13,9 +13,13 @@ import logging
 import os
 import signal
 import subprocess
-from typing import IO, Sequence
+import time
+from typing import IO, Callable, Iterator, Sequence, TypeVar
+
+from entrypoint import proc_table
 
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
 def become_child_subreaper() -> bool:
@@ -40,11 +44,10 @@ def describe_exit(returncode: int) -> str:
     return f"exit code {returncode}"
 
 
-class _PipeReader(asyncio.Protocol):
-    """Collects a child's output; optionally forwards it unchanged to one of our fds."""
+class _Capture(asyncio.Protocol):
+    """Collects a short-lived child's combined output (`squid -k parse`, certgen)."""
 
-    def __init__(self, forward_fd: int | None) -> None:
-        self.forward_fd = forward_fd
+    def __init__(self) -> None:
         self.chunks: list[bytes] = []
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.BaseTransport | None = None
@@ -53,18 +56,7 @@ class _PipeReader(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        if self.forward_fd is None:
-            self.chunks.append(data)
-            return
-        view = memoryview(data)
-        while view:
-            try:
-                written = os.write(self.forward_fd, view)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return  # our own stdout is gone; nothing sensible left to do with the bytes
-            view = view[written:]
+        self.chunks.append(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
@@ -76,6 +68,53 @@ class _PipeReader(asyncio.Protocol):
 
     def text(self) -> str:
         return b"".join(self.chunks).decode("utf-8", errors="replace")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (orphans re-parented to a subreaper included)."""
+    return [p.pid for p in proc_table.process_tree(pid)[1:] if p.state not in ("Z", "X")]
+
+
+def kill_descendants_now(timeout: float = 2.0) -> int:
+    """SIGKILL every descendant of this process until none is left (or `timeout`); reaps them.
+
+    Used on every way out of PID 1: whatever Squid, its kids, the health server or an orphan
+    that called setsid() left behind is stopped, not only Squid's process group.
+    """
+    me = os.getpid()
+    killed = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        left = descendants(me)
+        if not left or time.monotonic() > deadline:
+            break
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except (ProcessLookupError, PermissionError):
+                pass
+        _reap_all_now()
+        time.sleep(0.01)
+    _reap_all_now()
+    return killed
+
+
+def exited_children() -> Iterator[tuple[int, int]]:
+    """(pid, Popen-style return code) of every child that has exited, without waiting."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, os.waitstatus_to_exitcode(status)
+
+
+def _reap_all_now() -> None:
+    for _ in exited_children():
+        pass
 
 
 class ChildProcesses:
@@ -101,14 +140,7 @@ class ChildProcesses:
         return process
 
     def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            returncode = os.waitstatus_to_exitcode(status)
+        for pid, returncode in exited_children():
             future = self._exits.get(pid)
             if future is None:
                 self.orphans_reaped += 1
@@ -149,14 +181,15 @@ class ChildProcesses:
         except ProcessLookupError:
             pass
 
-    async def open_pipe(self, forward_fd: int | None) -> tuple[int, _PipeReader]:
-        """A pipe whose write end (returned) goes to a child; we read the other end.
+    async def open_pipe(self, protocol: Callable[[], P]) -> tuple[int, P]:
+        """A pipe whose write end (returned) goes to a child; `protocol()` reads the other end.
 
         The pipe belongs to our UID, so a child can reopen it as /dev/stdout or /dev/stderr
         (Squid's `stdio:/dev/stdout`), which fails for a pipe owned by the container runtime.
         """
         read_fd, write_fd = os.pipe()
-        reader = _PipeReader(forward_fd)
+        os.set_inheritable(write_fd, False)
+        reader = protocol()
         read_file: IO[bytes] = os.fdopen(read_fd, "rb", buffering=0)
         await self.loop.connect_read_pipe(lambda: reader, read_file)
         return write_fd, reader
@@ -166,7 +199,7 @@ class ChildProcesses:
 
         Cancelled (signal during startup) or timed out: its whole process group is killed.
         """
-        write_fd, reader = await self.open_pipe(None)
+        write_fd, reader = await self.open_pipe(_Capture)
         try:
             process = self.spawn(
                 argv,

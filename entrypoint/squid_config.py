@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import math
 import os
 import re
 import stat
@@ -308,6 +309,13 @@ def _render(text: str, settings: Settings) -> str:
     text = re.sub(
         rf"^(\s*http_port\s+){DEFAULT_SQUID_PORT}\b",
         rf"\g<1>{settings.squid_port}",
+        text,
+        flags=re.MULTILINE,
+    )
+    # Squid's own drain limit follows SHUTDOWN_TIMEOUT (whole seconds, rounded up).
+    text = re.sub(
+        r"^([ \t]*shutdown_lifetime[ \t]+)\S+(?:[ \t]+[A-Za-z]+)?",
+        lambda match: f"{match.group(1)}{math.ceil(settings.shutdown_timeout)} seconds",
         text,
         flags=re.MULTILINE,
     )

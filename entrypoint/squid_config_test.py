@@ -72,7 +72,7 @@ def test_packaged_default_has_the_contracted_directives() -> None:
     names = {d.name: d.args for d in active.directives}
     assert names["access_log"] == ("stdio:/dev/stdout",)
     assert names["cache_log"] == ("/dev/stderr",)
-    assert names["shutdown_lifetime"] == ("5", "seconds")
+    assert names["shutdown_lifetime"] == ("30", "seconds")  # follows SHUTDOWN_TIMEOUT when rendered
     assert "visible_hostname" in names and "cache_effective_user" not in names
 
 

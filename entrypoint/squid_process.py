@@ -1,4 +1,4 @@
-"""Squid commands: config check, cache init, start in the foreground, stop, reconfigure."""
+"""Squid commands: config check, cache init, start in the foreground, identity, sockets, signals."""
 
 from __future__ import annotations
 
@@ -8,17 +8,22 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from entrypoint.processes import ChildProcesses, _PipeReader, describe_exit
+from entrypoint import proc_table
+from entrypoint.log_relay import LineFilter, LineRelay, identity
+from entrypoint.output_sink import OutputSink
+from entrypoint.processes import ChildProcesses, describe_exit
 from entrypoint.redact import redact, redact_text
 from entrypoint.squid_config import ActiveConfig
 
 PARSE_TIMEOUT = 60.0
 CACHE_INIT_TIMEOUT = 600.0
 START_TIMEOUT = 30.0
+LISTEN_TIMEOUT = 30.0
+POLL_INTERVAL = 0.01
+_STDERR_PATHS = frozenset({"/dev/stderr", "/dev/fd/2", "/proc/self/fd/2"})
 
 # Lines of `squid -k parse` output worth showing: errors, warnings, and line references.
 _PROBLEM_LINE = re.compile(r"FATAL|ERROR|Bungled|WARNING|line \d+", re.IGNORECASE)
@@ -53,6 +58,23 @@ def read_pid_file(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def cache_log_is_stderr(config: ActiveConfig) -> bool:
+    values = [d.args[0] for d in config.named("cache_log") if d.args]
+    return bool(values) and values[-1].removeprefix("stdio:") in _STDERR_PATHS
+
+
+def listen_ports(config: ActiveConfig) -> list[int]:
+    """The client ports the config opens (http_port, https_port)."""
+    ports = [address.port for address in config.http_ports]
+    for directive in config.named("https_port"):
+        if directive.args:
+            spec = directive.args[0]
+            tail = spec.rsplit(":", 1)[-1]
+            if tail.isdigit():
+                ports.append(int(tail))
+    return list(dict.fromkeys(ports))
+
+
 def problem_lines(output: str) -> list[str]:
     """Squid's error lines (or its last 20), redacted: Squid echoes config lines verbatim."""
     lines = [line for line in output.splitlines() if _PROBLEM_LINE.search(line)]
@@ -65,7 +87,7 @@ class SquidProcess:
     def __init__(
         self,
         process: subprocess.Popen[bytes],
-        relays: list[_PipeReader],
+        relays: list[LineRelay],
         children: ChildProcesses,
     ) -> None:
         self.process = process
@@ -80,13 +102,32 @@ class SquidProcess:
     def exited(self) -> asyncio.Future[int]:
         return self.children.exit_future(self.process)
 
-    def request_graceful_stop(self) -> None:
-        # Exactly what `squid -k shutdown` does, without starting another process.
-        self.children.signal(self.process, signal.SIGTERM)
+    def tree(self) -> list[int]:
+        """The master and every live process below it (kids, helpers)."""
+        return [p.pid for p in proc_table.process_tree(self.pid) if p.state not in ("Z", "X")]
+
+    def send(self, signum: int) -> None:
+        """Signal the master (it forwards shutdown/reconfigure signals to its kids)."""
+        if not self.exited.done():
+            self.children.signal(self.process, signum)
+
+    def listening(self, ports: list[int]) -> set[int]:
+        """Which of `ports` Squid itself (master or a kid) holds a LISTEN socket on."""
+        owned = proc_table.owned_sockets(self.tree(), ports, proc_table.TCP_LISTEN)
+        return {sock.local_port for sock in owned}
+
+    def client_connections(self, ports: list[int]) -> int:
+        """ESTABLISHED client connections Squid still serves on `ports`."""
+        return len(proc_table.owned_sockets(self.tree(), ports, proc_table.TCP_ESTABLISHED))
 
     def kill_all(self) -> None:
-        """SIGKILL the master and whatever remains of its group (kids, helpers)."""
+        """SIGKILL the master, its group and every process below it."""
         self.children.kill_group(self.process, signal.SIGKILL)
+        for pid in self.tree():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     async def drain_output(self, timeout: float) -> None:
         pending = [relay.closed for relay in self.relays]
@@ -94,6 +135,16 @@ class SquidProcess:
             await asyncio.wait(pending, timeout=timeout)
         for relay in self.relays:
             relay.close()
+
+
+def foreign_listeners(ports: list[int], own_pids: list[int]) -> list[proc_table.TcpSocket]:
+    """LISTEN sockets on `ports` that none of `own_pids` holds: a squatter on the proxy port."""
+    own = proc_table.socket_inodes(own_pids)
+    wanted = set(ports)
+    return [
+        sock for sock in proc_table.tcp_sockets()
+        if sock.state == proc_table.TCP_LISTEN and sock.local_port in wanted and sock.inode not in own
+    ]
 
 
 class SquidCommands:
@@ -143,14 +194,22 @@ class SquidCommands:
             raise SquidError(f"Squid cache initialisation failed ({describe_exit(returncode)}):\n{details}")
         return True
 
-    async def start(self, config: ActiveConfig) -> SquidProcess:
+    async def start(
+        self, config: ActiveConfig, sinks: tuple[OutputSink, OutputSink], line_filter: LineFilter = identity
+    ) -> SquidProcess:
         """Start Squid in the foreground as our direct child, in its own process group.
 
-        Its stdout/stderr are pipes we own and relay to ours (see ChildProcesses.open_pipe).
+        Its stdout/stderr are pipes we own, relayed line by line to our sinks (see log_relay).
         """
         self._check_binary()
-        out_fd, out_relay = await self.children.open_pipe(sys.stdout.fileno())
-        err_fd, err_relay = await self.children.open_pipe(sys.stderr.fileno())
+        out_fd, out_relay = await self.children.open_pipe(lambda: LineRelay(sinks[0], line_filter))
+        # `-d 0` keeps Squid's stderr open (without it Squid points fds 0-2 at /dev/null) and
+        # copies each important message there; when cache.log is stderr too, each such
+        # message arrives twice in a row: the relay collapses those pairs.
+        collapse = cache_log_is_stderr(config)
+        err_fd, err_relay = await self.children.open_pipe(
+            lambda: LineRelay(sinks[1], line_filter, collapse_pairs=collapse)
+        )
         try:
             if self.stdio_owner is not None:
                 os.fchown(out_fd, self.stdio_owner, -1)
@@ -167,25 +226,49 @@ class SquidCommands:
             os.close(err_fd)
         return SquidProcess(process, [out_relay, err_relay], self.children)
 
+    @staticmethod
+    def _exited_error(squid: SquidProcess) -> SquidError:
+        return SquidError(
+            f"Squid exited during startup ({describe_exit(squid.exited.result())});"
+            " see its messages above"
+        )
+
     async def wait_until_running(self, squid: SquidProcess, pid_file: Path) -> int:
-        """Wait for the pid file naming a live squid process; returns that pid."""
+        """Wait for the pid file naming the Squid we started (not a stale pid); returns it."""
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if squid.exited.done():
-                raise SquidError(
-                    f"Squid exited during startup ({describe_exit(squid.exited.result())});"
-                    " see its messages above"
-                )
+                raise self._exited_error(squid)
             pid = read_pid_file(pid_file)
-            if pid is not None and is_live_process(pid, self.comm):
+            # A left-over pid file may name any live process, even another squid: only our
+            # child (or a process below it) counts.
+            if pid is not None and is_live_process(pid, self.comm) and pid in squid.tree():
                 return pid
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(POLL_INTERVAL)
         raise SquidError(
-            f"Squid did not write a pid file {pid_file} naming a running squid process"
-            f" within {START_TIMEOUT:g} s"
+            f"Squid did not write a pid file {pid_file} naming the Squid started here (PID"
+            f" {squid.pid}) within {START_TIMEOUT:g} s"
         )
 
-    async def reconfigure(self, squid: SquidProcess, config: ActiveConfig) -> None:
-        """Check the config first (a bad one would kill Squid), then `-k reconfigure` (SIGHUP)."""
-        await self.check_config(config)
-        self.children.signal(squid.process, signal.SIGHUP)
+    async def wait_until_listening(self, squid: SquidProcess, ports: list[int]) -> None:
+        """Wait until Squid itself holds a LISTEN socket on every port (proc_table, not a connect)."""
+        deadline = time.monotonic() + LISTEN_TIMEOUT
+        while True:
+            if squid.exited.done():
+                raise self._exited_error(squid)
+            missing = [port for port in ports if port not in squid.listening(ports)]
+            if not missing:
+                return
+            squatters = foreign_listeners(missing, squid.tree())
+            if squatters or time.monotonic() > deadline:
+                taken = sorted({sock.local_port for sock in squatters})
+                what = (
+                    f"another process already listens on port {', '.join(map(str, taken))}"
+                    if taken else f"Squid does not listen on port {', '.join(map(str, missing))}"
+                    f" after {LISTEN_TIMEOUT:g} s"
+                )
+                raise SquidError(
+                    f"{what}: free the port or change SQUID_PORT / the config's http_port"
+                    " (see Squid's messages above)"
+                )
+            await asyncio.sleep(POLL_INTERVAL)

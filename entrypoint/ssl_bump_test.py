@@ -16,7 +16,7 @@ import pytest
 
 from entrypoint.testing import (  # noqa: F401 - fixtures
     ORIGIN_HOSTNAME, Launcher, Workspace, certgen_bin, key_body_lines, launch, make_ca, make_server_cert, openssl,
-    squid_available, ssl_bump_config, start_local_https_server, workspace,
+    python_for_child, squid_available, ssl_bump_config, start_local_https_server, with_private_shm, workspace,
 )
 
 pytestmark = pytest.mark.skipif(openssl() is None, reason="the openssl CLI is needed to make test CAs")
@@ -268,7 +268,7 @@ def test_ssl_bump_works_as_root(workspace: Workspace, launch: Launcher, tmp_path
     os.chmod(workspace.etc / "origin-ca.crt", 0o664)
     install_ca(workspace, bump_cert, bump_key)
     workspace.write_custom_config(ssl_bump_config(workspace, workspace.etc / "origin-ca.crt"))
-    run = launch(user=(0, 0))
+    run = launch(argv=with_private_shm([python_for_child(), str(workspace.bin / "entrypoint.py")]), user=(0, 0))
     run.wait_ready()
     squid_uid = int(re.search(r"Squid switches to user \S+ \(UID (\d+)\)", run.stdout).group(1))  # type: ignore[union-attr]
     assert squid_uid != 0

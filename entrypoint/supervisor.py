@@ -1,4 +1,4 @@
-"""The PID 1 lifecycle: ordered startup, asyncio monitoring loop, signals, graceful shutdown."""
+"""PID 1's lifecycle, composed: signals, startup, readiness, monitoring, reload, shutdown."""
 
 from __future__ import annotations
 
@@ -6,390 +6,95 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-from typing import Callable
 
-import entrypoint
-from entrypoint import runtime_dirs, squid_config, squid_user, tls
-from entrypoint.processes import ChildProcesses, describe_exit
+from entrypoint import monitor, reload, shutdown
+from entrypoint.health_child import HealthServerChild
+from entrypoint.output_sink import OutputSink
+from entrypoint.processes import ChildProcesses, kill_descendants_now
+from entrypoint.redact import redact
 from entrypoint.settings import Settings
-from entrypoint.squid_config import ActiveConfig
-from entrypoint.squid_process import SquidCommands, SquidError, SquidProcess, is_live_process
+from entrypoint.signals import SignalRouter
+from entrypoint.squid_process import SquidCommands
+from entrypoint.startup import StartupError, start_up
+from entrypoint.state import ProxyState
 
-HEALTH_START_TIMEOUT = 5.0
-MONITOR_INTERVAL = 0.5
-CHILD_STOP_TIMEOUT = 5.0
-PROXY_ACCEPT_TIMEOUT = 30.0
-
-
-class StartupError(Exception):
-    """Startup cannot continue; the message is logged as the reason for exit 1."""
+FATAL_FLUSH_TIMEOUT = 0.5
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, log: logging.Logger) -> None:
-        self.settings = settings
-        self.log = log
-        self.children = ChildProcesses(log)
-        self.squid_commands = SquidCommands(settings.squid_bin, self.children, log)
-        self.config: ActiveConfig | None = None
-        self.squid: SquidProcess | None = None
-        self.squid_pid: int | None = None
-        self.health: subprocess.Popen[bytes] | None = None
-        self.health_argv: list[str] = []
-        self.signals_received = 0
-        self.shutdown_requested = asyncio.Event()
-        self.force_kill = asyncio.Event()
-        self.startup_task: asyncio.Task[None] | None = None
-        self.ready = False
-        self.phase_started = time.monotonic()
-
-    # -- signals -----------------------------------------------------------------------
-    def install_signal_handlers(self, pending: list[int]) -> None:
-        loop = asyncio.get_running_loop()
-        self.children.install()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(signum, self.on_signal, signum)
-        for signum in pending:  # arrived before the event loop took over
-            self.on_signal(signum)
-
-    def on_signal(self, signum: int) -> None:
-        name = signal.Signals(signum).name
-        if signum == signal.SIGHUP:
-            if self.ready and not self.shutdown_requested.is_set():
-                self.log.info("Received signal SIGHUP, reconfiguring Squid...")
-                asyncio.get_running_loop().create_task(self.reconfigure())
-            else:
-                self.log.warning("Received signal SIGHUP while Squid is starting or stopping; ignored")
-            return
-        self.signals_received += 1
-        if self.signals_received == 1:
-            self.log.info("Received signal %s, initiating graceful shutdown...", name)
-            self.shutdown_requested.set()
-            if self.startup_task is not None and not self.startup_task.done():
-                self.startup_task.cancel()
-        else:
-            self.log.warning("Received signal %s again, killing Squid now", name)
-            self.force_kill.set()
-
-    # -- startup -----------------------------------------------------------------------
-    def _phase_done(self, name: str) -> None:
-        now = time.monotonic()
-        self.log.debug("Phase %s took %.3f s", name, now - self.phase_started)
-        self.phase_started = now
-
-    async def start_up(self) -> None:
-        settings = self.settings
-        self.phase_started = time.monotonic()
-
-        try:
-            config = squid_config.select_config(settings)
-        except squid_config.ConfigError as error:
-            raise StartupError(str(error)) from None
-        self.config = config
-        try:  # as root: who Squid becomes, refused at once if Squid would refuse it
-            squid_owner = await squid_user.when_root(self.children, settings.squid_bin, config.directives)
-        except squid_config.ConfigError as error:
-            raise StartupError(str(error)) from None
-        if squid_owner is not None:
-            self.log.info("Running as root: Squid switches to user %s (UID %d), which gets its runtime dirs and stdio",
-                          squid_owner.pw_name, squid_owner.pw_uid)
-            self.squid_commands.stdio_owner = squid_owner.pw_uid
-        if config.is_custom:
-            self.log.info("Using custom Squid config %s", config.source)
-            ports = [address.port for address in config.http_ports]
-            if settings.squid_port not in ports:
-                self.log.warning(
-                    "SQUID_PORT=%d does not match the custom config's http_port %s;"
-                    " Squid listens where the config says",
-                    settings.squid_port,
-                    ", ".join(str(p) for p in ports) or "(none)",
-                )
-        else:
-            self.log.info(
-                "No custom config at %s; using the packaged default %s (http_port %d)",
-                settings.config, config.source, settings.squid_port,
-            )
-        pid_file = config.pid_file
-        if pid_file is None:
-            raise StartupError(
-                f"Squid config {config.source} sets no pid_filename: add"
-                f" 'pid_filename {settings.run_dir}/squid.pid' (the entrypoint and the health"
-                " checks need to know where Squid writes its pid)"
-            )
-        self._phase_done("config_selection")
-
-        ca_material: tuple[bytes, bytes] | None = None
-        if config.uses_ssl_bump:
-            self.log.info("SSL-bump configured; validating CA %s and %s", settings.tls_cert, settings.tls_key)
-            try:
-                ca_material = tls.validate_ca_pair(settings.tls_cert, settings.tls_key, settings.tls_dir)
-            except tls.TlsError as error:
-                raise StartupError(str(error)) from None
-        self._phase_done("tls_validation")
-
-        dirs = list(settings.runtime_dirs) + [pid_file.parent]
-        dirs += [cache_dir.path for cache_dir in config.disk_cache_dirs]
-        try:
-            runtime_dirs.prepare_runtime_dirs(dirs)
-            if squid_owner is not None:
-                squid_user.hand_over(dirs, squid_owner.pw_uid)
-            squid_config.write_rendered(config)
-        except (runtime_dirs.RuntimeDirError, squid_config.ConfigError) as error:
-            raise StartupError(str(error)) from None
-        self.log.info("Runtime directories are writable: %s", ", ".join(str(d) for d in dict.fromkeys(dirs)))
-        self._phase_done("runtime_dirs")
-
-        if ca_material is not None:
-            try:
-                tls.merge_ca_pem(*ca_material, settings.merged_ca_pem)
-                if squid_owner is not None:
-                    squid_user.hand_over([settings.merged_ca_pem], squid_owner.pw_uid)
-                self.log.info("Merged CA certificate and key into %s (mode 0600)", settings.merged_ca_pem)
-                for db in config.cert_dbs(settings.default_ssl_db):
-                    await tls.ensure_cert_db(self.children, settings.certgen_bin, db, self.log)
-                    if squid_owner is not None:
-                        squid_user.hand_over([db.path], squid_owner.pw_uid, recursive=True)
-            except OSError as error:
-                raise StartupError(f"cannot write {settings.merged_ca_pem}: {error.strerror}") from None
-            except (tls.TlsError, squid_config.ConfigError) as error:
-                raise StartupError(str(error)) from None
-        self._phase_done("tls_setup")
-
-        self.log.info("Checking Squid config %s", config.path)
-        try:
-            await self.squid_commands.check_config(config)
-        except SquidError as error:
-            raise StartupError(str(error)) from None
-        self._phase_done("config_check")
-
-        try:
-            await self.squid_commands.initialise_cache(config)
-        except SquidError as error:
-            raise StartupError(str(error)) from None
-        self._phase_done("cache_init")
-
-        proxy_host, proxy_port = self._proxy_address(config)
-        await self.start_health_server(config, pid_file, proxy_host, proxy_port)
-        self._phase_done("health_server")
-
-        self.log.info("Starting Squid proxy...")
-        self.squid = await self.squid_commands.start(config)
-        try:
-            self.squid_pid = await self.squid_commands.wait_until_running(self.squid, pid_file)
-        except SquidError as error:
-            raise StartupError(str(error)) from None
-        self.log.info("Squid started with PID %d", self.squid_pid)
-        self._phase_done("squid_start")
-
-        # The pid file comes from the master before its worker listens: wait for the port
-        # so "ready" means serving (and a stop request is not racing the worker's start).
-        squid = self.squid
-
-        def squid_exit() -> str | None:
-            if not squid.exited.done():
-                return None
-            return f"Squid exited during startup ({describe_exit(squid.exited.result())}); see its messages above"
-
-        if not await self._wait_until_accepting(proxy_host, proxy_port, PROXY_ACCEPT_TIMEOUT, squid_exit):
-            self.log.warning(
-                "Squid does not accept connections on %s:%d after %g s; /ready will report it",
-                proxy_host, proxy_port, PROXY_ACCEPT_TIMEOUT,
-            )
-        self._phase_done("squid_listening")
-
-    def _proxy_address(self, config: ActiveConfig) -> tuple[str, int]:
-        ports = config.http_ports
-        if not ports:
-            return "127.0.0.1", self.settings.squid_port
-        first = ports[0]
-        return (first.host or "127.0.0.1"), first.port
-
-    async def start_health_server(
-        self, config: ActiveConfig, pid_file: Path, proxy_host: str, proxy_port: int
-    ) -> None:
-        settings = self.settings
-        cache_dirs = [d.path for d in config.disk_cache_dirs] or [settings.spool_dir]
-        # Run the package by module name with the package's parent dir on PYTHONPATH:
-        # this works from the source tree, Bazel runfiles and the image alike.
-        package_parent = str(Path(entrypoint.__file__).resolve().parent.parent)
-        self.health_argv = [
-            sys.executable, "-P", "-m", "entrypoint.healthcheck_cli",
-            "--port", str(settings.health_port),
-            "--pid-file", str(pid_file),
-            "--squid-comm", settings.squid_bin.name,
-            "--proxy-host", proxy_host,
-            "--proxy-port", str(proxy_port),
-            "--config", str(config.path),
-            "--log-level", settings.log_level,
-        ]
-        for cache_dir in cache_dirs:
-            self.health_argv += ["--cache-dir", str(cache_dir)]
-        environment = dict(os.environ)
-        existing = environment.get("PYTHONPATH")
-        environment["PYTHONPATH"] = package_parent + (os.pathsep + existing if existing else "")
-        self.health_environment = environment
-        self.log.info("Starting health server on port %d", settings.health_port)
-        health = self.health = self._spawn_health()
-
-        def health_exit() -> str | None:
-            code = self.children.returncode(health)
-            return None if code is None else f"Health server exited during startup ({describe_exit(code)})"
-
-        if not await self._wait_until_accepting("127.0.0.1", settings.health_port, HEALTH_START_TIMEOUT, health_exit):
-            raise StartupError(
-                f"Health server did not accept connections on port {settings.health_port}"
-                f" within {HEALTH_START_TIMEOUT:g} s"
-            )
-
-    def _spawn_health(self) -> subprocess.Popen[bytes]:
-        return self.children.spawn(
-            self.health_argv,
-            stdin=subprocess.DEVNULL,
-            env=self.health_environment,
-            cwd="/",
-            process_group=0,
+    def __init__(self, settings: Settings, log: logging.Logger, sinks: tuple[OutputSink, OutputSink]) -> None:
+        children = ChildProcesses(log)
+        self.state = ProxyState(
+            settings=settings,
+            log=log,
+            children=children,
+            commands=SquidCommands(settings.squid_bin, children, log),
+            health=HealthServerChild(settings, children, log, sinks),
+            sinks=sinks,
+            line_filter=redact,  # Squid echoes config lines (login=...) verbatim
         )
+        self.log = log
+        self.signals = SignalRouter(log, on_reload=self.request_reload, on_fatal=self.fatal)
+        self.reloads = reload.Serializer(lambda: reload.reload_config(self.state))
+        self.ready = False
+        self.reload_when_ready = False
 
-    async def _wait_until_accepting(
-        self, host: str, port: int, timeout: float, child_exit: Callable[[], str | None]
-    ) -> bool:
-        """Polls host:port until it accepts (True) or `timeout` passes (False).
+    def request_reload(self) -> None:
+        if self.signals.shutdown_requested.is_set():
+            self.log.warning("Received signal SIGHUP while stopping; ignored")
+        elif not self.ready:
+            self.log.info("Received signal SIGHUP during startup; reloading once Squid is ready")
+            self.reload_when_ready = True
+        else:
+            self.log.info("Received signal SIGHUP, reloading the config...")
+            self.reloads.request()
 
-        Raises StartupError with child_exit()'s message if the child that should
-        be listening exits first: no point waiting for a dead process.
-        """
-        deadline = time.monotonic() + timeout
-        while not await self._port_accepts(port, host):
-            reason = child_exit()
-            if reason is not None:
-                raise StartupError(reason)
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
+    def fatal(self, signum: int) -> None:
+        """A signal that would end us without cleanup: stop every descendant, then die of it."""
+        self.log.error(
+            "Received signal %s; stopping Squid, the health server and every other child now",
+            signal.Signals(signum).name,
+        )
+        kill_descendants_now()
+        for sink in self.state.sinks:
+            sink.flush_for(FATAL_FLUSH_TIMEOUT)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
-    @staticmethod
-    async def _port_accepts(port: int, host: str = "127.0.0.1") -> bool:
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
-        except (OSError, asyncio.TimeoutError):
-            return False
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except OSError:
-            pass
-        return True
-
-    # -- running -----------------------------------------------------------------------
-    async def reconfigure(self) -> None:
-        if self.squid is None or self.config is None:
-            return
-        try:
-            await self.squid_commands.reconfigure(self.squid, self.config)
-        except SquidError as error:
-            self.log.error("Reconfigure skipped, Squid keeps its current config: %s", error)
-            return
-        self.log.info("Squid reconfigured (PID %d kept)", self.squid_pid or self.squid.pid)
-
-    async def monitor(self) -> int:
-        assert self.squid is not None
-        squid_exit = self.squid.exited
-        shutdown = asyncio.ensure_future(self.shutdown_requested.wait())
-        try:
-            while True:
-                await asyncio.wait({squid_exit, shutdown}, timeout=MONITOR_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
-                self.children.reap()
-                if self.shutdown_requested.is_set():
-                    await self.shut_down()
-                    return 0
-                if squid_exit.done() or not self._squid_alive():
-                    code = squid_exit.result() if squid_exit.done() else None
-                    what = describe_exit(code) if code is not None else "process vanished"
-                    self.log.error("Squid process died unexpectedly (%s)", what)
-                    await self.stop_everything_now()
-                    return 1
-                self._restart_health_if_dead()
-        finally:
-            shutdown.cancel()
-
-    def _squid_alive(self) -> bool:
-        pid = self.squid_pid or (self.squid.pid if self.squid else None)
-        return pid is not None and is_live_process(pid, self.squid_commands.comm)
-
-    def _restart_health_if_dead(self) -> None:
-        if self.health is None:
-            return
-        code = self.children.returncode(self.health)
-        if code is not None:
-            self.log.error("Health server exited unexpectedly (%s); restarting it", describe_exit(code))
-            self.health = self._spawn_health()
-
-    # -- stopping ----------------------------------------------------------------------
     async def shut_down(self) -> None:
-        """Graceful: SIGTERM Squid, wait up to SHUTDOWN_TIMEOUT (or a second signal), then kill."""
-        squid = self.squid
-        if squid is not None and not squid.exited.done():
-            squid.request_graceful_stop()
-            force = asyncio.ensure_future(self.force_kill.wait())
-            try:
-                await asyncio.wait(
-                    {squid.exited, force},
-                    timeout=self.settings.shutdown_timeout,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            finally:
-                force.cancel()
-            if not squid.exited.done():
-                if not self.force_kill.is_set():
-                    self.log.warning(
-                        "Squid did not stop within %g s (SHUTDOWN_TIMEOUT); killing it",
-                        self.settings.shutdown_timeout,
-                    )
-            else:
-                self.log.info("Squid stopped (%s)", describe_exit(squid.exited.result()))
-        await self.stop_everything_now()
+        self.reloads.cancel()
+        await shutdown.stop_squid(self.state, self.signals.force)
+        await shutdown.stop_everything(self.state)
         self.log.info("Shutdown complete")
 
-    async def stop_everything_now(self) -> None:
-        """SIGKILL what is left of Squid's group, stop the health server, reap everything."""
-        squid = self.squid
-        if squid is not None:
-            squid.kill_all()
-            await self.children.wait(squid.process, CHILD_STOP_TIMEOUT)
-        health = self.health
-        if health is not None and self.children.returncode(health) is None:
-            self.children.signal(health, signal.SIGTERM)
-            if await self.children.wait(health, CHILD_STOP_TIMEOUT) is None:
-                self.children.kill_group(health)
-                await self.children.wait(health, CHILD_STOP_TIMEOUT)
-        if squid is not None:
-            await squid.drain_output(2.0)
-        self.children.reap()
-
     async def run(self, pending_signals: list[int]) -> int:
-        self.install_signal_handlers(pending_signals)
-        self.startup_task = asyncio.ensure_future(self.start_up())
+        self.state.children.install()
+        startup = asyncio.ensure_future(start_up(self.state))
+        self.signals.listeners.append(startup.cancel)
+        self.signals.install(pending_signals)
         try:
-            if self.shutdown_requested.is_set():
-                self.startup_task.cancel()
-            await self.startup_task
+            await startup
         except asyncio.CancelledError:
             self.log.info("Startup aborted by signal; stopping what was started")
             await self.shut_down()
             return 0
         except StartupError as error:
             self.log.error("%s", error)
-            await self.stop_everything_now()
+            await shutdown.stop_everything(self.state)
             return 1
         except Exception:
             self.log.exception("Unexpected error during startup")
-            await self.stop_everything_now()
+            await shutdown.stop_everything(self.state)
             return 1
         self.ready = True
         self.log.info("Container ready, entering monitoring loop")
-        return await self.monitor()
+        if self.reload_when_ready:
+            self.reloads.request()
+        reason = await monitor.watch(self.state, self.signals.shutdown_requested)
+        if reason is None:
+            await self.shut_down()
+            return 0
+        self.log.error("Squid process died unexpectedly (%s)", reason)
+        self.reloads.cancel()
+        await shutdown.stop_everything(self.state)
+        return 1

@@ -69,6 +69,10 @@ def main(argv: list[str]) -> int:
         if base.exists():
             print(f"reproducibility_check: {base} exists; give an empty --output-base-root", file=sys.stderr)
             return 2
+    if shutil.which(shlex.split(args.bazel)[0]) is None:
+        print(f"reproducibility_check: {args.bazel!r} is not on PATH: install bazelisk as `bazel` "
+              "(https://github.com/bazelbuild/bazelisk), or pass --bazel tools/debian-bazel/run (offline)", file=sys.stderr)
+        return 2
     bazel = shlex.split(args.bazel)
     build_args = list(args.build_args) if args.allow_cache else ["--disk_cache=", "--remote_cache=", *args.build_args]
     try:

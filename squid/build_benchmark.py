@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,6 +87,10 @@ def main(argv: list[str]) -> int:
     if "cold" in phases and disk_cache.exists() and any(disk_cache.iterdir()):
         parser.error(f"--disk-cache {disk_cache} is not empty; a cold build needs an empty one")
 
+    if shutil.which(shlex.split(args.bazel)[0]) is None:
+        print(f"build_benchmark: {args.bazel!r} is not on PATH: install bazelisk as `bazel` "
+              "(https://github.com/bazelbuild/bazelisk), or pass --bazel tools/debian-bazel/run (offline)", file=sys.stderr)
+        return 2
     print(f"target {args.target}, disk cache {disk_cache}, log {args.log}", flush=True)
     timings = measure(shlex.split(args.bazel), args.target, phases, disk_cache, args.log)
     print(report(timings))

@@ -1,8 +1,8 @@
 """Every ./configure flag //squid passes, each with the reason it is there.
 
---prefix is not in this list: //squid:configure_wrapper.sh replaces
-rules_foreign_cc's sandbox --prefix with --prefix=/usr and installs with
-DESTDIR, so no sandbox path is compiled in (see that script).
+--prefix is not in this list: autotools_build (//squid:autotools.bzl) passes
+--prefix=/usr and installs with DESTDIR, so no sandbox path is compiled in.
+A cross toolchain adds --host=<triplet> (see autotools.bzl).
 """
 
 SQUID_CONFIGURE_FLAGS = [
@@ -74,4 +74,35 @@ SQUID_MAKE_ARGS = [
     # Debian's place for mime.conf; Squid's default would be /etc/squid/mime.conf.
     # A make variable, not a configure flag: Squid derives it from --sysconfdir.
     "DEFAULT_MIME_TABLE=/usr/share/squid/mime.conf",
+]
+
+# Compiler flags on top of the C/C++ toolchain's (both C and C++).
+SQUID_COPTS = [
+    # Optimised, no debug info, Squid's own assertions kept (as Debian builds it).
+    "-O2",
+    "-g0",
+    "-UNDEBUG",
+    # Debian's hardening flags.
+    "-U_FORTIFY_SOURCE",
+    "-D_FORTIFY_SOURCE=2",
+    "-fstack-protector-strong",
+    # reproducible_dates.h redefines __DATE__/__TIME__/__TIMESTAMP__ (force-included).
+    "-Wno-builtin-macro-redefined",
+]
+
+SQUID_CXXOPTS = [
+    "-std=c++17",  # Squid 7 is C++17; the toolchain's own -std= is dropped.
+]
+
+SQUID_LINKOPTS = [
+    # The C++ runtime comes from the build host's GCC; linked in, the binary does not
+    # depend on the image's libstdc++ version (see BUILD.bazel, "glibc/libstdc++ baseline").
+    "-static-libstdc++",
+    "-static-libgcc",
+    # Debian's hardening: full RELRO.
+    "-Wl,-z,relro",
+    "-Wl,-z,now",
+    # Last, after the toolchain's -no-as-needed: Squid's configure adds libraries (libcrypt,
+    # ...) to every program; each binary should name only what it uses (Debian links so).
+    "-Wl,--as-needed",
 ]

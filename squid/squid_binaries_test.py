@@ -27,7 +27,7 @@ TRIXIE_CEILINGS = {
 _LOADERS = {62: "ld-linux-x86-64.so.2", 183: "ld-linux-aarch64.so.1"}
 
 # Exactly what each binary needs, and why (plus the dynamic loader, below).
-# libstdc++ and libgcc_s are absent: they are linked in (configure_wrapper.sh).
+# libstdc++ and libgcc_s are absent: they are linked in (SQUID_LINKOPTS in configure_flags.bzl).
 _EXPECTED_NEEDED = {
     # Debian's OpenSSL (libssl3t64) for TLS; libm for fmod() & co.
     "usr/sbin/squid": {"libssl.so.3", "libcrypto.so.3", "libm.so.6", "libc.so.6"},

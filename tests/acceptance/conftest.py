@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import certs, harness, image_source, netutil
+from tests.support import certs, harness, image_source, netutil, timeouts
 from tests.support.runtime import ContainerRuntime, detect_runtime
 
 _FACTORIES = pytest.StashKey[list[harness.ContainerFactory]]()
@@ -25,7 +25,11 @@ def pytest_report_header(config: pytest.Config) -> str:
         return f"cephaloproxy acceptance: ERROR {error}"
     if choice is None:
         return f"cephaloproxy acceptance: will SKIP, {image_source.NO_IMAGE_REASON}"
-    return f"cephaloproxy acceptance: testing {choice.describe()}"
+    try:
+        scale = f"waits x{timeouts.scale():g} (${timeouts.SCALE_ENV})"
+    except timeouts.TimeoutScaleError as error:
+        scale = f"ERROR {error}"
+    return f"cephaloproxy acceptance: testing {choice.describe()}, {scale}"
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +47,10 @@ def image_choice() -> image_source.ImageChoice:
 def container_runtime(
     image_choice: image_source.ImageChoice, tmp_path_factory: pytest.TempPathFactory
 ) -> ContainerRuntime:
+    try:
+        timeouts.scale()
+    except timeouts.TimeoutScaleError as error:
+        pytest.fail(str(error), pytrace=False)
     detection = detect_runtime(conf_dir=tmp_path_factory.mktemp("podman-conf"))
     if detection.spec is None:
         pytest.skip(f"no usable container runtime (docker or podman): {detection.reason()}")

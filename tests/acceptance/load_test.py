@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.support import harness, netutil
+from tests.support import harness, netutil, timeouts
 
 TOTAL_REQUESTS = 2000
 CONNECTIONS = 20
@@ -21,6 +21,8 @@ def test_burst_without_errors_while_healthy(
             expected_body=lambda i: host_server.expected_body(f"/burst/{i}"),
             total=TOTAL_REQUESTS,
             connections=CONNECTIONS,
+            request_timeout=timeouts.scaled(30),
+            deadline_s=timeouts.scaled(300),
         )
     assert result.error_count == 0, result.errors
     assert result.succeeded == TOTAL_REQUESTS

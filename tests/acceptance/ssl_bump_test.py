@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.support import certs, harness, netutil
+from tests.support import certs, harness, netutil, timeouts
 from tests.support.runtime import Mount
 
 TARGET_NAME = "secure.test"
@@ -52,6 +52,7 @@ def test_connect_is_bumped_with_the_test_ca(
             server.port,
             "/bumped",
             netutil.client_tls_context(str(test_ca.cert)),
+            timeout=timeouts.scaled(30),
         )
         assert result.status == 200
         assert result.body == server.expected_body("/bumped")

@@ -6,9 +6,9 @@ import http.client
 import threading
 import time
 
-from tests.support import harness, logs, netutil
+from tests.support import harness, logs, netutil, timeouts
 
-GRACE_S = 30
+GRACE_S = 30  # the contract (`stop --time 30`): not scaled; the waits below are
 
 
 def _assert_clean_shutdown(proxy: harness.ProxyContainer, elapsed: float) -> None:
@@ -41,7 +41,7 @@ class _Download(threading.Thread):
         self.ended = threading.Event()
 
     def run(self) -> None:
-        connection = http.client.HTTPConnection(netutil.LOOPBACK, self.proxy_port, timeout=60)
+        connection = http.client.HTTPConnection(netutil.LOOPBACK, self.proxy_port, timeout=timeouts.scaled(60))
         try:
             connection.request("GET", self.url)
             response = connection.getresponse()
@@ -62,7 +62,7 @@ def test_stop_during_active_downloads(
     downloads = [_Download(proxy.proxy_port, host_server.url(f"/slow?seconds=120&n={n}", host=host_address)) for n in range(3)]
     for download in downloads:
         download.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeouts.scaled(30)
     while not all(d.received > 0 for d in downloads) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert all(d.received > 0 for d in downloads), [d.received for d in downloads]
@@ -71,4 +71,4 @@ def test_stop_during_active_downloads(
     elapsed = proxy.stop(GRACE_S)
     _assert_clean_shutdown(proxy, elapsed)
     for download in downloads:
-        assert download.ended.wait(30), "client connections must be closed once the container is gone"
+        assert download.ended.wait(timeouts.scaled(30)), "client connections must be closed once the container is gone"

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.support import netutil
+from tests.support import netutil, timeouts
 from tests.support.runtime import (
     ContainerLogs,
     ContainerRuntime,
@@ -39,7 +39,8 @@ PYTHON = "/usr/bin/python3"
 
 # Override the address containers use to reach servers the tests run on the host.
 HOST_ADDRESS_ENV = "CEPHALOPROXY_TEST_HOST_ADDRESS"
-READY_TIMEOUT_S = 90.0
+READY_TIMEOUT_S = 90.0  # waits here are scaled by $CEPHALOPROXY_TEST_TIMEOUT_SCALE
+HTTP_TIMEOUT_S = 10.0
 
 
 @dataclasses.dataclass
@@ -61,20 +62,20 @@ class ProxyContainer:
         return self.state().running
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> float:
-        """Seconds until /ready answered 200; raises with the container's logs otherwise."""
+        """Seconds until /ready answered 200 (within `timeout`, scaled); raises with the container's logs otherwise."""
         try:
             return netutil.wait_for_status(
-                netutil.LOOPBACK, self.health_port, "/ready", 200, timeout, still_alive=self.is_running
+                netutil.LOOPBACK, self.health_port, "/ready", 200, timeouts.scaled(timeout), still_alive=self.is_running
             )
         except TimeoutError as error:
             logs = self.logs()
             raise AssertionError(f"{self.name} never became ready: {error}\n{logs.combined}") from error
 
     def health(self, path: str = "/health") -> netutil.HttpResult:
-        return netutil.http_get(netutil.LOOPBACK, self.health_port, path)
+        return netutil.http_get(netutil.LOOPBACK, self.health_port, path, timeouts.scaled(HTTP_TIMEOUT_S))
 
     def get_via_proxy(self, url: str, timeout: float = 30.0) -> netutil.HttpResult:
-        return netutil.proxy_get(netutil.LOOPBACK, self.proxy_port, url, timeout)
+        return netutil.proxy_get(netutil.LOOPBACK, self.proxy_port, url, timeouts.scaled(timeout))
 
     def stop(self, grace_seconds: int = 30) -> float:
         """`stop` with the grace period; returns the seconds it took."""

@@ -9,6 +9,7 @@ hanging it.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -18,6 +19,8 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+from tests.support import timeouts
 
 # Force a runtime: "docker", "podman" or a path to either binary.
 RUNTIME_ENV = "CEPHALOPROXY_CONTAINER_RUNTIME"
@@ -32,8 +35,15 @@ PODMAN_CONTAINERS_CONF = "[containers]\ndefault_ulimits = []\n"
 # so the usual system dirs are searched after $PATH.
 SYSTEM_DIRS: tuple[str, ...] = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/sbin", "/sbin")
 
+# Wait bounds before $CEPHALOPROXY_TEST_TIMEOUT_SCALE (tests/support/timeouts.py) is applied.
 DEFAULT_TIMEOUT_S = 120.0
 PROBE_TIMEOUT_S = 30.0
+
+# `exec` of a program the image does not have. docker 20.10 (runc) exits 126 ("OCI runtime
+# exec failed: ... no such file or directory"), podman 127 ("OCI runtime attempted to
+# invoke a command that was not found"); both measured on this machine, docker's by
+# tests/docker_daemon_test.py. `run` with a missing entrypoint is 127 on both.
+EXEC_NOT_FOUND_EXIT_CODES: Mapping[str, int] = {"docker": 126, "podman": 127}
 
 
 class ContainerRuntimeError(RuntimeError):
@@ -94,13 +104,14 @@ def build_spec(
     return RuntimeSpec(name=kind, base_argv=tuple(argv), env=env, notes=tuple(notes))
 
 
-def probe(spec: RuntimeSpec, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+def probe(spec: RuntimeSpec, timeout: float | None = None) -> str | None:
     """Return None when the runtime's engine answers `info`, else a reason string.
 
     A docker CLI without a reachable daemon is common (it is the case here), so the
     binary being on PATH is not enough.
     """
     argv = [*spec.base_argv, "info"]
+    timeout = timeouts.scaled(PROBE_TIMEOUT_S) if timeout is None else timeout
     try:
         done = subprocess.run(
             argv, env=dict(spec.env), capture_output=True, text=True, timeout=timeout, check=False
@@ -119,7 +130,7 @@ def probe(spec: RuntimeSpec, timeout: float = PROBE_TIMEOUT_S) -> str | None:
 def detect_runtime(
     environ: Mapping[str, str] | None = None,
     conf_dir: Path | None = None,
-    probe_timeout: float = PROBE_TIMEOUT_S,
+    probe_timeout: float | None = None,
     extra_dirs: tuple[str, ...] = SYSTEM_DIRS,
 ) -> Detection:
     """Pick the first runtime whose engine answers: $CEPHALOPROXY_CONTAINER_RUNTIME, else docker, then podman."""
@@ -233,13 +244,20 @@ def parse_loaded_refs(output: str) -> list[str]:
 class ContainerRuntime:
     """A docker/podman CLI wrapper; every call has a timeout and raises with context on failure."""
 
-    def __init__(self, spec: RuntimeSpec, default_timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, spec: RuntimeSpec, default_timeout: float | None = None) -> None:
         self.spec = spec
-        self.default_timeout = default_timeout
+        self.default_timeout = timeouts.scaled(DEFAULT_TIMEOUT_S) if default_timeout is None else default_timeout
+        # Every per-call bound below is a wait, scaled the same way.
+        self.scale = timeouts.scale()
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def exec_not_found_exit_code(self) -> int:
+        """What `exec` of a missing program exits with under this runtime (see EXEC_NOT_FOUND_EXIT_CODES)."""
+        return EXEC_NOT_FOUND_EXIT_CODES[self.name]
 
     def command(
         self,
@@ -249,7 +267,7 @@ class ContainerRuntime:
         check: bool = True,
     ) -> subprocess.CompletedProcess[str]:
         argv = [*self.spec.base_argv, *args]
-        limit = self.default_timeout if timeout is None else timeout
+        limit = self.default_timeout if timeout is None else timeout * self.scale
         try:
             done = subprocess.run(
                 argv,
@@ -344,7 +362,8 @@ class ContainerRuntime:
         )
 
     def wait_for_exit(self, name: str, timeout: float, poll_s: float = 0.2) -> ContainerState:
-        """Poll until the container is no longer running; raise after `timeout` seconds."""
+        """Poll until the container is no longer running; raise after `timeout` (scaled) seconds."""
+        timeout *= self.scale
         deadline = time.monotonic() + timeout
         while True:
             state = self.state(name)
@@ -357,21 +376,30 @@ class ContainerRuntime:
     def gateway_address(self) -> str | None:
         """The host's address on the default bridge network, as seen from containers."""
         if self.name == "podman":
-            done = self.command(
-                ["network", "inspect", "podman", "--format", "{{range .Subnets}}{{.Gateway}} {{end}}"],
-                check=False,
-                timeout=60,
-            )
+            argv = ["network", "inspect", "podman", "--format", "{{range .Subnets}}{{.Gateway}}|{{.Subnet}} {{end}}"]
         else:
-            done = self.command(
-                ["network", "inspect", "bridge", "--format", "{{range .IPAM.Config}}{{.Gateway}} {{end}}"],
-                check=False,
-                timeout=60,
-            )
-        for word in done.stdout.split():
-            if re.fullmatch(r"\d+\.\d+\.\d+\.\d+", word):
-                return word
-        return None
+            argv = ["network", "inspect", "bridge", "--format", "{{range .IPAM.Config}}{{.Gateway}}|{{.Subnet}} {{end}}"]
+        return gateway_from_inspect(self.command(argv, check=False, timeout=60).stdout)
+
+
+def gateway_from_inspect(output: str) -> str | None:
+    """The first IPv4 gateway in `GATEWAY|SUBNET ...` words; an empty gateway means the subnet's first host.
+
+    docker leaves IPAM.Config's Gateway empty for a default bridge it numbered itself
+    (docker.io 20.10 here: `{"Subnet": "172.17.0.0/16"}` only) and gives docker0 the
+    subnet's first address; podman always names its gateway.
+    """
+    for word in output.split():
+        gateway, _, subnet = word.partition("|")
+        if re.fullmatch(r"\d+\.\d+\.\d+\.\d+", gateway):
+            return gateway
+        try:
+            network = ipaddress.ip_network(subnet, strict=False)
+        except ValueError:
+            continue
+        if network.version == 4 and network.num_addresses > 2:
+            return str(network.network_address + 1)
+    return None
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, poll_s: float = 0.25) -> bool:

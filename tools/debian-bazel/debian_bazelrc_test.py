@@ -41,3 +41,11 @@ def test_offline_config_hides_dev_dependencies_and_writes_no_lockfile() -> None:
     assert "common:debian --ignore_dev_dependency" in lines
     assert "common:debian --lockfile_mode=off" in lines
     assert "common:debian --noenable_workspace" in lines
+
+
+def test_offline_tests_run_the_squid_that_ships() -> None:
+    # //squid is built offline and the Squid seam stays at //squid:rootfs: a line that hid
+    # //squid or switched every test to Debian's Squid would make CI test another Squid
+    # than the image ships.
+    assert "squid" not in _deleted_packages()
+    assert not [line for line in _rc_lines() if "use_system_squid" in line and not line.startswith("#")]

@@ -46,6 +46,13 @@ def resolve_root(value: str | None = None) -> Path:
     """The image-like root directory that CEPHALOPROXY_SQUID_ROOT names."""
     raw = os.environ.get(ROOT_ENV, "") if value is None else value
     if raw in ("", "/"):
+        if not Path("/usr/sbin/squid").is_file():
+            raise SquidNotFound(
+                f"{ROOT_ENV}={raw!r} means the system's Squid, but /usr/sbin/squid does not exist: "
+                "install one (Debian: apt-get install squid-openssl), or point "
+                f"{ROOT_ENV} at a tree laid out like the image (`bazel build //squid:rootfs`, "
+                "then bazel-bin/squid/rootfs); `bazel test` uses //squid by itself"
+            )
         return Path("/")
     candidates = [Path(raw)] if os.path.isabs(raw) else _runfiles_candidates(raw)
     for candidate in candidates:

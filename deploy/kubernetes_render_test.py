@@ -1,0 +1,279 @@
+"""Every rendered kustomization (base, overlays, base + each example component) is valid and restricted.
+
+Renders with `kubectl kustomize` (offline), validates every object against the Kubernetes
+OpenAPI schemas of KUBERNETES_VERSION (kubernetes-validate, strict: unknown fields fail)
+and checks what a namespace enforcing the restricted Pod Security Standard would reject,
+plus the image's own contract (deploy/checks.py). Not a Bazel test: kubectl and
+kubernetes-validate exist on the host, not in the offline build environment; .ci/run's
+deploy phase runs it from a venv made from deploy/requirements_lock.txt. It never skips:
+without kubectl or kubernetes-validate it fails and says what to install.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deploy import checks
+
+try:
+    import kubernetes_validate
+except ImportError:  # pragma: no cover - the failure message is the point
+    kubernetes_validate = None
+
+KUBERNETES_VERSION = "1.32.0"
+REPO = Path(__file__).absolute().parent.parent
+KUBERNETES_DIR = REPO / "deploy" / "kubernetes"
+EXAMPLES_DIR = REPO / "examples"
+OVERLAYS = ("openshift", "ssl-bump", "cache", "autoscaling")
+EXAMPLE_COMPONENTS = tuple(sorted(p.parent.name for p in EXAMPLES_DIR.glob("*/kustomization.yaml")))
+# Secrets the operator creates (never in git); the overlays name them.
+OPERATOR_SECRETS = {"cephaloproxy-tls", "cephaloproxy-htpasswd"}
+TARGETS = ("base", *OVERLAYS, *(f"base+{name}" for name in EXAMPLE_COMPONENTS))
+
+
+def kubectl() -> str:
+    found = shutil.which("kubectl")
+    if found is None:
+        pytest.fail("kubectl is required to render deploy/kubernetes (kubectl >= 1.27 has kustomize built in)", pytrace=False)
+    return found
+
+
+def validator() -> Any:
+    if kubernetes_validate is None:
+        pytest.fail(
+            "kubernetes-validate is missing: python3 -m pip install --require-hashes -r deploy/requirements_lock.txt",
+            pytrace=False,
+        )
+    return kubernetes_validate
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    done = subprocess.run([kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, f"kubectl kustomize {directory} failed:\n{done.stderr}"
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def with_component(component: str, scratch: Path) -> Path:
+    """A kustomization in `scratch` of the base plus one example component (kustomize wants relative paths)."""
+    directory = scratch / component
+    directory.mkdir()
+    base = os.path.relpath(KUBERNETES_DIR / "base", directory)
+    example = os.path.relpath(EXAMPLES_DIR / component, directory)
+    (directory / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {base}\ncomponents:\n  - {example}\n"
+    )
+    return directory
+
+
+@pytest.fixture(scope="module")
+def rendered() -> Iterator[dict[str, list[dict[str, Any]]]]:
+    # Beside the repository, not in /tmp: relative paths must reach it from the scratch dir.
+    scratch = Path(tempfile.mkdtemp(prefix=".render-", dir=REPO / "deploy"))
+    try:
+        result = {"base": kustomize(KUBERNETES_DIR / "base")}
+        for overlay in OVERLAYS:
+            result[overlay] = kustomize(KUBERNETES_DIR / "overlays" / overlay)
+        for component in EXAMPLE_COMPONENTS:
+            result[f"base+{component}"] = kustomize(with_component(component, scratch))
+        yield result
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc.get("kind") == kind]
+
+
+def the(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = of_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def configmap_named(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    matches = [cm for cm in of_kind(docs, "ConfigMap") if cm["metadata"]["name"] == name]
+    assert len(matches) == 1, f"no rendered ConfigMap named {name}"
+    return matches[0]
+
+
+def volume(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(v for v in pod["volumes"] if v["name"] == name)
+
+
+def mount_at(pod: dict[str, Any], path: str) -> dict[str, Any] | None:
+    container = checks.proxy_container(pod)
+    return next((m for m in container.get("volumeMounts", []) if m["mountPath"] == path), None)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_object_validates_against_the_kubernetes_schema(
+    rendered: dict[str, list[dict[str, Any]]], target: str
+) -> None:
+    validate = validator().validate
+    docs = rendered[target]
+    assert docs, f"{target} rendered nothing"
+    for doc in docs:
+        try:
+            validate(doc, KUBERNETES_VERSION, strict=True)
+        except Exception as error:  # noqa: BLE001 - report which object, then fail
+            pytest.fail(f"{target}: {doc['kind']}/{doc['metadata'].get('name')}: {error}", pytrace=False)
+
+
+def test_the_schema_check_can_fail(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """A typo'd field and a wrong type are rejected, so the test above means something."""
+    validate = validator().validate
+    deployment = the(rendered["base"], "Deployment")
+    typo = copy.deepcopy(deployment)
+    typo["spec"]["template"]["spec"]["containers"][0]["securityContex"] = {}
+    wrong_type = copy.deepcopy(deployment)
+    wrong_type["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = "45s"
+    for broken in (typo, wrong_type):
+        with pytest.raises(Exception):
+            validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_pod_meets_the_restricted_pod_security_standard(
+    rendered: dict[str, list[dict[str, Any]]], target: str
+) -> None:
+    templates = [d["spec"]["template"]["spec"] for d in rendered[target] if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet")]
+    assert templates, f"{target} has no workload"
+    for pod in templates:
+        assert checks.restricted_problems(pod, target) == []
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_deployment_keeps_the_image_contract(rendered: dict[str, list[dict[str, Any]]], target: str) -> None:
+    """Runtime dirs writable, config in a ConfigMap dir, probes, resources, grace = SHUTDOWN_TIMEOUT + margin."""
+    assert checks.deployment_problems(the(rendered[target], "Deployment"), target) == []
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_reference_resolves(rendered: dict[str, list[dict[str, Any]]], target: str) -> None:
+    docs = rendered[target]
+    deployment = the(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    configmaps = {cm["metadata"]["name"] for cm in of_kind(docs, "ConfigMap")}
+    claims = {pvc["metadata"]["name"] for pvc in of_kind(docs, "PersistentVolumeClaim")}
+    for item in pod["volumes"]:
+        if "configMap" in item:
+            assert item["configMap"]["name"] in configmaps, item
+        if "secret" in item:
+            assert item["secret"]["secretName"] in OPERATOR_SECRETS, item
+        if "persistentVolumeClaim" in item:
+            assert item["persistentVolumeClaim"]["claimName"] in claims, item
+    for kind, selector in (
+        ("Service", lambda d: d["spec"]["selector"]),
+        ("PodDisruptionBudget", lambda d: d["spec"]["selector"]["matchLabels"]),
+        ("NetworkPolicy", lambda d: d["spec"]["podSelector"]["matchLabels"]),
+    ):
+        chosen = selector(the(docs, kind))
+        assert chosen and all(labels.get(k) == v for k, v in chosen.items()), (kind, chosen, labels)
+    port_names = {p["name"] for p in checks.proxy_container(pod)["ports"]}
+    service = the(docs, "Service")
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+    assert [p["port"] for p in service["spec"]["ports"]] == [3128]
+    for rule in the(docs, "NetworkPolicy")["spec"]["ingress"]:
+        assert {p["port"] for p in rule["ports"]} <= port_names
+    for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
+        assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+        assert "replicas" not in deployment["spec"], "the HPA owns replicas; apply must not reset it"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_each_config_drains_within_shutdown_timeout(rendered: dict[str, list[dict[str, Any]]], target: str) -> None:
+    docs = rendered[target]
+    pod = the(docs, "Deployment")["spec"]["template"]["spec"]
+    settings, _ = checks.settings_from_env(checks.container_env(checks.proxy_container(pod)), target)
+    config = configmap_named(docs, volume(pod, "config")["configMap"]["name"])
+    text = config["data"][settings.config.name]
+    assert checks.config_shutdown_problems(text, settings.shutdown_timeout, target) == []
+    assert "pid_filename /var/run/squid/" in text  # the entrypoint refuses a config without it
+
+
+EXPECTED_CONFIG = {
+    "base": KUBERNETES_DIR / "base" / "squid.conf",
+    "openshift": KUBERNETES_DIR / "base" / "squid.conf",
+    "autoscaling": KUBERNETES_DIR / "base" / "squid.conf",
+    "ssl-bump": EXAMPLES_DIR / "ssl-bump" / "squid.conf",
+    "cache": EXAMPLES_DIR / "disk-cache" / "squid.conf",
+    **{f"base+{name}": EXAMPLES_DIR / name / "squid.conf" for name in EXAMPLE_COMPONENTS},
+}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_configmaps_are_the_repository_files(rendered: dict[str, list[dict[str, Any]]], target: str) -> None:
+    """Generated from examples/ and base/ (byte for byte), with each example's conf.d lists."""
+    docs = rendered[target]
+    pod = the(docs, "Deployment")["spec"]["template"]["spec"]
+    config = configmap_named(docs, volume(pod, "config")["configMap"]["name"])
+    assert config["data"] == {"squid.conf": EXPECTED_CONFIG[target].read_text()}
+    conf_d = configmap_named(docs, volume(pod, "conf-d")["configMap"]["name"])
+    example_dir = EXPECTED_CONFIG[target].parent / "conf.d"
+    expected = {p.name: p.read_text() for p in example_dir.iterdir()} if example_dir.is_dir() else {}
+    assert (conf_d.get("data") or {}) == expected
+
+
+def test_no_overlay_keeps_a_copy_of_a_config() -> None:
+    copies = [p for p in (KUBERNETES_DIR / "overlays").rglob("*") if p.name.endswith((".conf", ".txt"))]
+    assert copies == [], "overlays must use examples/ through components, not copies"
+
+
+def test_base_runs_two_spread_replicas_and_never_drops_below_them(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    spec = the(rendered["base"], "Deployment")["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    spread = spec["template"]["spec"]["topologySpreadConstraints"]
+    assert [c["topologyKey"] for c in spread] == ["kubernetes.io/hostname"]
+    assert the(rendered["base"], "PodDisruptionBudget")["spec"] == {
+        "maxUnavailable": 1,
+        "selector": spec["selector"],
+    }
+
+
+def test_openshift_leaves_uid_gid_and_fsgroup_to_the_scc(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    pod = the(rendered["openshift"], "Deployment")["spec"]["template"]["spec"]
+    contexts = [pod.get("securityContext") or {}] + [c.get("securityContext") or {} for c in pod["containers"]]
+    for context in contexts:
+        for field in ("runAsUser", "runAsGroup", "fsGroup", "fsGroupChangePolicy"):
+            assert field not in context, (field, context)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    base_pod = the(rendered["base"], "Deployment")["spec"]["template"]["spec"]
+    assert (base_pod["securityContext"]["runAsUser"], base_pod["securityContext"]["runAsGroup"]) == (1000, 0)
+
+
+def test_ssl_bump_mounts_the_tls_secret_as_a_directory(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    pod = the(rendered["ssl-bump"], "Deployment")["spec"]["template"]["spec"]
+    mount = mount_at(pod, "/etc/squid/ssl_cert")
+    assert mount is not None and mount.get("readOnly") is True and "subPath" not in mount
+    secret = volume(pod, mount["name"])["secret"]
+    assert secret["secretName"] == "cephaloproxy-tls"
+    assert secret["defaultMode"] & 0o007 == 0, "the CA key must not be world-readable"
+
+
+def test_cache_puts_the_cache_dir_on_a_claim(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["cache"]
+    deployment = the(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    spool = volume(pod, mount_at(pod, "/var/spool/squid")["name"])
+    assert set(spool) == {"name", "persistentVolumeClaim"}, spool
+    assert (deployment["spec"]["replicas"], deployment["spec"]["strategy"]) == (1, {"type": "Recreate"})
+    claim = the(docs, "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    text = configmap_named(docs, volume(pod, "config")["configMap"]["name"])["data"]["squid.conf"]
+    cache_dirs = [line.split() for line in text.splitlines() if line.startswith("cache_dir ")]
+    assert [words[2] for words in cache_dirs] == ["/var/spool/squid"]
+    size_mb = int(cache_dirs[0][3])
+    assert size_mb * 1.2 <= int(claim["spec"]["resources"]["requests"]["storage"].removesuffix("Gi")) * 1024

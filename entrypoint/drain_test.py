@@ -1,0 +1,160 @@
+"""Drain-aware shutdown end to end: in-flight downloads finish, idle stops at once, the deadline cuts."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from typing import Iterator
+
+import pytest
+
+from entrypoint.testing import (  # noqa: F401 - fixtures
+    PAYLOAD_CHUNK, Launcher, LocalHttpServer, Workspace, launch, squid_available,
+    start_slow_origin, wait_until, workspace,
+)
+
+class Download(threading.Thread):
+    """GET through the proxy on a raw socket; records how much of the body arrived."""
+
+    def __init__(self, proxy_port: int, origin_port: int, seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.expected = int(seconds * 10) * len(PAYLOAD_CHUNK)
+        self.request = (
+            f"GET http://127.0.0.1:{origin_port}/{seconds} HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{origin_port}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        self.proxy_port = proxy_port
+        self.body = 0
+        self.status = b""
+        self.ended_at = 0.0
+        self.started = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.proxy_port), 10) as sock:
+            sock.settimeout(60)
+            sock.sendall(self.request)
+            data = b""
+            try:
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                    if b"\r\n\r\n" in data:
+                        head, _, rest = data.partition(b"\r\n\r\n")
+                        self.status = head.split(b"\r\n", 1)[0]
+                        self.body = len(rest)
+                        if self.body > 0:
+                            self.started.set()
+            except OSError:
+                pass
+        self.ended_at = time.monotonic()
+
+    @property
+    def complete(self) -> bool:
+        return self.body == self.expected and b" 200 " in self.status
+
+
+@pytest.fixture
+def origin() -> Iterator[LocalHttpServer]:
+    server = start_slow_origin()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def custom_config(workspace: Workspace, lifetime: str) -> None:
+    workspace.write_custom_config(
+        f"http_port 127.0.0.1:{workspace.squid_port}\n"
+        f"pid_filename {workspace.runtime_dir('run')}/squid.pid\n"
+        "http_access allow localhost\nhttp_access deny all\ncache_log /dev/stderr\n"
+        "access_log stdio:/dev/stdout\nlogfile_rotate 0\nvisible_hostname drain-test\n"
+        f"shutdown_lifetime {lifetime}\npinger_enable off\nnetdb_filename none\n"
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_download_in_flight_at_the_stop_signal_arrives_complete(workspace: Workspace, launch: Launcher, origin: LocalHttpServer, signum: int) -> None:
+    run = launch()
+    run.wait_ready()
+    # 8 s: longer than any fixed few-second drain would allow.
+    download = Download(workspace.squid_port, origin.port, 8)
+    assert download.started.wait(30)
+    run.process.send_signal(signum)
+    # Contract bound: SHUTDOWN_TIMEOUT (30 s) plus Squid's finish.
+    assert run.wait_exit(45) == 0, run.output
+    download.join(30)
+    assert download.complete, f"{download.body} of {download.expected} bytes ({download.status!r})"
+    assert f"Received signal {signal.Signals(signum).name}, initiating graceful shutdown..." in run.stdout
+    assert "Draining 1 client connections (up to 30 s)..." in run.stdout
+    assert "Drained after" in run.stdout and "Squid stopped (exit code 0)" in run.stdout
+    assert run.descendants_left() == []
+
+
+def test_an_idle_proxy_takes_the_drained_path(workspace: Workspace, launch: Launcher) -> None:
+    run = launch()
+    run.wait_ready()
+    run.process.send_signal(signal.SIGTERM)
+    assert run.wait_exit(45) == 0
+    assert "Drained after 0." in run.stdout  # nothing to wait for: not Squid's 30 s lifetime
+    assert "Draining" not in run.stdout
+    assert "Squid stopped (exit code 0)" in run.stdout and "Shutdown complete" in run.stdout
+
+
+def test_shutdown_timeout_shorter_than_a_transfer_cuts_it_and_exits_0(workspace: Workspace, launch: Launcher, origin: LocalHttpServer) -> None:
+    run = launch(workspace.env(SHUTDOWN_TIMEOUT="2"))
+    run.wait_ready()
+    download = Download(workspace.squid_port, origin.port, 30)
+    assert download.started.wait(30)
+    signalled = time.monotonic()
+    run.process.send_signal(signal.SIGTERM)
+    assert run.wait_exit(30) == 0
+    download.join(30)
+    assert not download.complete
+    # Contract bound: the deadline, then Squid's finish margin (5 s) and a little slack.
+    assert download.ended_at - signalled < 2 + 5 + 3, "the transfer outlived SHUTDOWN_TIMEOUT"
+    assert "Draining 1 client connections (up to 2 s)..." in run.stdout
+    assert "still open after 2 s (SHUTDOWN_TIMEOUT); stopping Squid now" in run.stdout
+    assert run.descendants_left() == []
+
+
+def test_a_custom_shorter_shutdown_lifetime_bounds_the_drain_and_is_logged(workspace: Workspace, launch: Launcher, origin: LocalHttpServer) -> None:
+    custom_config(workspace, "1 seconds")
+    run = launch()
+    run.wait_ready()
+    download = Download(workspace.squid_port, origin.port, 30)
+    assert download.started.wait(30)
+    run.process.send_signal(signal.SIGTERM)
+    assert run.wait_exit(30) == 0
+    assert "shutdown_lifetime (1 s) is shorter than SHUTDOWN_TIMEOUT (30 s)" in run.stdout
+    assert "Draining 1 client connections (up to 1 s)..." in run.stdout
+    download.join(30)
+    assert not download.complete
+
+
+def test_a_second_sigterm_kills_at_once(workspace: Workspace, launch: Launcher, origin: LocalHttpServer) -> None:
+    # Squid and SHUTDOWN_TIMEOUT would both let the 60 s transfer finish: only the kill is fast.
+    custom_config(workspace, "90 seconds")
+    run = launch(workspace.env(SHUTDOWN_TIMEOUT="90"))
+    run.wait_ready()
+    download = Download(workspace.squid_port, origin.port, 60)
+    assert download.started.wait(30)
+    run.process.send_signal(signal.SIGTERM)
+    run.wait_for_output(r"Draining 1 client connections \(up to 90 s\)")
+    run.process.send_signal(signal.SIGTERM)
+    assert run.wait_exit(20) == 0
+    assert "again, killing Squid now" in run.stdout and "Shutdown complete" in run.stdout
+    assert run.descendants_left() == []
+
+
+@pytest.mark.parametrize(("timeout", "rendered"), [("7", "7 seconds"), ("2.5s", "3 seconds")])
+def test_the_rendered_default_carries_shutdown_timeout(workspace: Workspace, launch: Launcher, timeout: str, rendered: str) -> None:
+    run = launch(workspace.env(SHUTDOWN_TIMEOUT=timeout))
+    run.wait_ready()
+    text = (workspace.runtime_dir("run") / "squid.conf").read_text()
+    lines = [line for line in text.splitlines() if line.startswith("shutdown_lifetime")]
+    assert lines == [f"shutdown_lifetime {rendered}"]

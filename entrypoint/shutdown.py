@@ -1,0 +1,125 @@
+"""Stopping: drain Squid's client connections within SHUTDOWN_TIMEOUT, then stop everything.
+
+SIGTERM makes Squid close its listening sockets; it then waits its whole shutdown_lifetime
+even when idle. So we watch Squid's own ESTABLISHED client connections (proc_table) and, once
+none is left or the deadline has passed, tell it to finish now (SIGINT: "wait 0 seconds").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+
+from entrypoint.processes import describe_exit, kill_descendants_now
+from entrypoint.squid_config import ActiveConfig
+from entrypoint.squid_process import listen_ports
+from entrypoint.state import ProxyState
+
+DRAIN_POLL_INTERVAL = 0.05
+# After "finish now" Squid still needs its own second or two; then SIGKILL.
+FINISH_MARGIN = 5.0
+CHILD_STOP_TIMEOUT = 5.0
+SQUID_DEFAULT_SHUTDOWN_LIFETIME = 30.0
+_UNITS = {
+    "ms": 0.001, "millisecond": 0.001, "milliseconds": 0.001,
+    "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0,
+    "min": 60.0, "minute": 60.0, "minutes": 60.0,
+    "hour": 3600.0, "hours": 3600.0,
+}
+
+
+def shutdown_lifetime(config: ActiveConfig) -> float:
+    """Squid's shutdown_lifetime in seconds (its default when unset or unreadable)."""
+    values = [d.args for d in config.named("shutdown_lifetime") if d.args]
+    if not values:
+        return SQUID_DEFAULT_SHUTDOWN_LIFETIME
+    args = values[-1]
+    match = re.fullmatch(r"([\d.]+)([a-z]*)", args[0])
+    if match is None:
+        return SQUID_DEFAULT_SHUTDOWN_LIFETIME
+    unit = match.group(2) or (args[1] if len(args) > 1 else "seconds")
+    try:
+        return float(match.group(1)) * _UNITS.get(unit.lower(), 1.0)
+    except ValueError:
+        return SQUID_DEFAULT_SHUTDOWN_LIFETIME
+
+
+def drain_limit(state: ProxyState) -> float:
+    """How long transfers may run: SHUTDOWN_TIMEOUT, or less when the config's lifetime is shorter."""
+    limit = state.settings.shutdown_timeout
+    config = state.config
+    if config is not None and config.is_custom:
+        lifetime = shutdown_lifetime(config)
+        if lifetime < limit:
+            state.log.info(
+                "The custom config's shutdown_lifetime (%g s) is shorter than SHUTDOWN_TIMEOUT"
+                " (%g s): Squid ends transfers after %g s", lifetime, limit, lifetime,
+            )
+            limit = lifetime
+    return limit
+
+
+async def stop_squid(state: ProxyState, force: asyncio.Event) -> None:
+    """Graceful, drain-aware stop of Squid; `force` (a second signal) kills it at once."""
+    squid, log = state.squid, state.log
+    if squid is None or squid.exited.done():
+        return
+    started = time.monotonic()
+    limit = drain_limit(state)
+    deadline = started + limit
+    ports = listen_ports(state.config) if state.config is not None else []
+    squid.send(signal.SIGTERM)  # stop accepting; in-flight transfers continue
+    announced = False
+    finish_reason = ""
+    while not squid.exited.done() and not force.is_set():
+        clients = squid.client_connections(ports)
+        now = time.monotonic()
+        if clients == 0:
+            finish_reason = f"Drained after {now - started:.1f} s; stopping Squid"
+            break
+        if now >= deadline:
+            finish_reason = (
+                f"{clients} client connection(s) still open after {limit:g} s"
+                " (SHUTDOWN_TIMEOUT); stopping Squid now"
+            )
+            break
+        if not announced:
+            log.info("Draining %d client connections (up to %g s)...", clients, limit)
+            announced = True
+        await _wait_any(squid.exited, force, DRAIN_POLL_INTERVAL)
+    if finish_reason and not squid.exited.done() and not force.is_set():
+        if finish_reason.startswith("Drained"):
+            log.info("%s", finish_reason)
+        else:
+            log.warning("%s", finish_reason)
+        squid.send(signal.SIGINT)  # shut down with no further wait
+        await _wait_any(squid.exited, force, FINISH_MARGIN)
+    if squid.exited.done():
+        log.info("Squid stopped (%s)", describe_exit(squid.exited.result()))
+        return
+    if not force.is_set():
+        log.warning("Squid did not finish within %g s of being told to; killing it", FINISH_MARGIN)
+    squid.kill_all()
+
+
+async def _wait_any(future: asyncio.Future[int], event: asyncio.Event, timeout: float) -> None:
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({future, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+
+
+async def stop_everything(state: ProxyState) -> None:
+    """SIGKILL what is left of Squid, stop the health server, then every other descendant."""
+    squid = state.squid
+    if squid is not None:
+        squid.kill_all()
+        await state.children.wait(squid.process, CHILD_STOP_TIMEOUT)
+    await state.health.stop()
+    kill_descendants_now()  # before draining: an orphan may hold Squid's output pipes open
+    if squid is not None:
+        await squid.drain_output(2.0)
+    state.children.reap()

@@ -1,0 +1,164 @@
+"""The startup sequence: config, health server (in parallel), TLS, dirs, checks, Squid up and listening."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from entrypoint import runtime_dirs, squid_config, squid_user
+from entrypoint.config_steps import install_tls, select_config, validate_tls
+from entrypoint.health_child import HealthServerError
+from entrypoint.squid_config import ActiveConfig, ConfigError
+from entrypoint.squid_process import SquidError, foreign_listeners, listen_ports, read_pid_file
+from entrypoint.state import ProxyState
+
+
+class StartupError(Exception):
+    """Startup cannot continue; the message is logged as the reason for exit 1."""
+
+
+class _Phases:
+    def __init__(self, state: ProxyState) -> None:
+        self.log = state.log
+        self.started = time.monotonic()
+
+    def done(self, name: str) -> None:
+        now = time.monotonic()
+        self.log.debug("Phase %s took %.3f s", name, now - self.started)
+        self.started = now
+
+
+def log_selection(state: ProxyState, config: ActiveConfig) -> None:
+    settings, log = state.settings, state.log
+    if config.is_custom:
+        log.info("Using custom Squid config %s", config.source)
+        ports = [address.port for address in config.http_ports]
+        if settings.squid_port not in ports:
+            log.warning(
+                "SQUID_PORT=%d does not match the custom config's http_port %s;"
+                " Squid listens where the config says",
+                settings.squid_port,
+                ", ".join(str(p) for p in ports) or "(none)",
+            )
+    else:
+        log.info(
+            "No custom config at %s; using the packaged default %s (http_port %d)",
+            settings.config, config.source, settings.squid_port,
+        )
+
+
+def remove_stale_pid_file(state: ProxyState, config: ActiveConfig) -> None:
+    """No Squid of ours runs yet, so a pid file now is left over (its pid may be anyone's now):
+    it must neither be taken for our Squid nor make Squid refuse to start."""
+    assert config.pid_file is not None
+    pid = read_pid_file(config.pid_file)
+    try:
+        config.pid_file.unlink()
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise StartupError(
+            f"cannot remove the stale pid file {config.pid_file}: {error.strerror}"
+        ) from None
+    state.log.warning(
+        "Removed stale pid file %s (PID %s is not a Squid started here)", config.pid_file, pid
+    )
+
+
+async def start_up(state: ProxyState) -> None:
+    """Every step up to a Squid that owns its listening sockets and a health server that answers.
+
+    Raises StartupError; a signal cancels it at any await (the caller stops what was started).
+    """
+    settings, log = state.settings, state.log
+    phases = _Phases(state)
+    try:
+        config = select_config(settings)
+    except ConfigError as error:
+        raise StartupError(str(error)) from None
+    state.config = config
+    log_selection(state, config)
+    try:  # as root: who Squid becomes, refused at once if Squid would refuse it
+        squid_owner = await squid_user.when_root(state.children, settings.squid_bin, config.directives)
+    except ConfigError as error:
+        raise StartupError(str(error)) from None
+    if squid_owner is not None:
+        log.info("Running as root: Squid switches to user %s (UID %d), which gets its runtime dirs and stdio",
+                 squid_owner.pw_name, squid_owner.pw_uid)
+        state.commands.stdio_owner = squid_owner.pw_uid
+    phases.done("config_selection")
+
+    # The health server only needs to know where to look; it starts now and answers 503
+    # until Squid is up, while the checks below run.
+    health_started = time.monotonic()
+    await state.health.start(config)
+    phases.done("health_server_spawn")
+
+    try:
+        ca_material = validate_tls(config, settings)
+        if ca_material is not None:
+            log.info("SSL-bump configured; validated CA %s and %s", settings.tls_cert, settings.tls_key)
+        assert config.pid_file is not None  # select_config refuses a config without one
+        dirs = list(settings.runtime_dirs) + [config.pid_file.parent]
+        dirs += [cache_dir.path for cache_dir in config.disk_cache_dirs]
+        runtime_dirs.prepare_runtime_dirs(dirs)
+        if squid_owner is not None:
+            squid_user.hand_over(dirs, squid_owner.pw_uid)
+        squid_config.write_rendered(config)
+        log.info("Runtime directories are writable: %s", ", ".join(str(d) for d in dict.fromkeys(dirs)))
+        remove_stale_pid_file(state, config)
+        phases.done("runtime_dirs")
+        if ca_material is not None:
+            await install_tls(ca_material, config, settings, state.children, log, state.commands.stdio_owner)
+        phases.done("tls_setup")
+    except (runtime_dirs.RuntimeDirError, ConfigError) as error:
+        raise StartupError(str(error)) from None
+
+    log.info("Checking Squid config %s", config.path)
+    # `squid -z` parses the config itself and only makes directories: it runs beside the
+    # check instead of after it; a rejected config still fails with the check's message.
+    check = asyncio.ensure_future(state.commands.check_config(config))
+    cache = asyncio.ensure_future(state.commands.initialise_cache(config))
+    try:
+        await asyncio.wait({check, cache}, return_when=asyncio.FIRST_EXCEPTION)
+        if check.done() and check.exception() is not None:
+            cache.cancel()
+        await asyncio.gather(check, cache, return_exceptions=True)
+        for step in (check, cache):
+            if not step.cancelled() and step.exception() is not None:
+                raise step.exception()  # type: ignore[misc]
+    except SquidError as error:
+        raise StartupError(str(error)) from None
+    finally:
+        for step in (check, cache):
+            step.cancel()
+    phases.done("config_check_and_cache_init")
+
+    ports = listen_ports(config)
+    squatters = foreign_listeners(ports, [])
+    if squatters:
+        taken = ", ".join(str(p) for p in sorted({s.local_port for s in squatters}))
+        raise StartupError(
+            f"Proxy port {taken} is already in use by another process: free it or change"
+            " SQUID_PORT / the config's http_port"
+        )
+
+    log.info("Starting Squid proxy...")
+    squid = state.squid = await state.commands.start(config, state.sinks, state.line_filter)
+    try:
+        assert config.pid_file is not None
+        state.squid_pid = await state.commands.wait_until_running(squid, config.pid_file)
+        log.info("Squid started with PID %d", state.squid_pid)
+        phases.done("squid_start")
+        # The pid file comes from the master before its worker listens, and something else
+        # may hold the port: ready means Squid's own socket listens (read from /proc).
+        await state.commands.wait_until_listening(squid, ports)
+        phases.done("squid_listening")
+    except SquidError as error:
+        raise StartupError(str(error)) from None
+
+    try:
+        await state.health.wait_accepting(health_started)
+    except HealthServerError as error:
+        raise StartupError(str(error)) from None
+    phases.done("health_server_ready")

@@ -1,0 +1,28 @@
+"""What PID 1 knows about the proxy it runs: settings, children, active config, Squid, health server."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from entrypoint.health_child import HealthServerChild
+from entrypoint.log_relay import LineFilter, identity
+from entrypoint.output_sink import OutputSink
+from entrypoint.processes import ChildProcesses
+from entrypoint.settings import Settings
+from entrypoint.squid_config import ActiveConfig
+from entrypoint.squid_process import SquidCommands, SquidProcess
+
+
+@dataclasses.dataclass
+class ProxyState:
+    settings: Settings
+    log: logging.Logger
+    children: ChildProcesses
+    commands: SquidCommands
+    health: HealthServerChild
+    sinks: tuple[OutputSink, OutputSink]
+    line_filter: LineFilter = identity  # applied to every line Squid writes (a redactor plugs in here)
+    config: ActiveConfig | None = None
+    squid: SquidProcess | None = None
+    squid_pid: int | None = None
