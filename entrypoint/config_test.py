@@ -29,6 +29,17 @@ def minimal_config(workspace: Workspace, port: int) -> str:
     )
 
 
+def assert_proxies(workspace: Workspace) -> int:
+    """One GET through the proxy to a fresh local origin returns its body; returns the origin's port."""
+    origin = start_local_http_server(f"origin {uuid.uuid4()}")
+    try:
+        status, body, _ = http_get(f"http://127.0.0.1:{origin.port}/", proxy=f"http://127.0.0.1:{workspace.squid_port}")
+    finally:
+        origin.close()
+    assert (status, body) == (200, origin.body)
+    return origin.port
+
+
 def test_custom_config_wins_and_port_mismatch_is_a_warning(workspace: Workspace, launch: Launcher) -> None:
     workspace.write_custom_config(minimal_config(workspace, workspace.squid_port))
     env = workspace.env(SQUID_PORT=str(workspace.squid_port + 1 if workspace.squid_port < 65535 else 1024))
@@ -38,12 +49,7 @@ def test_custom_config_wins_and_port_mismatch_is_a_warning(workspace: Workspace,
     assert re.search(r"\[WARNING\] SQUID_PORT=\d+ does not match the custom config's http_port", run.stdout)
     # The health server follows the config's port, not SQUID_PORT.
     assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200)[0] == 200
-    origin = start_local_http_server(f"custom {uuid.uuid4()}")
-    try:
-        status, body, _ = http_get(f"http://127.0.0.1:{origin.port}/", proxy=f"http://127.0.0.1:{workspace.squid_port}")
-    finally:
-        origin.close()
-    assert (status, body) == (200, origin.body)
+    assert_proxies(workspace)
     assert not (workspace.runtime_dir("run") / "squid.conf").exists()
 
 
@@ -281,7 +287,8 @@ def test_stale_write_probe_of_pid_1_does_not_block_a_restart(workspace: Workspac
     stale = run_dir / ".cephaloproxy-write-probe-1"
     stale.write_text("left by a crash\n")
     argv = [
-        shutil.which("unshare"), "--pid", "--fork", "--mount-proc",  # type: ignore[list-item]
+        # --propagation unchanged: with_private_shm has already made the mounts private.
+        shutil.which("unshare"), "--pid", "--fork", "--mount-proc", "--propagation", "unchanged",  # type: ignore[list-item]
         shutil.which("setpriv"), f"--reuid={UNPRIVILEGED_UID}", f"--regid={UNPRIVILEGED_GID}", "--clear-groups", "--",
         python_for_child(), str(workspace.bin / "entrypoint.py"),
     ]
@@ -346,14 +353,9 @@ def test_default_config_works_as_root(workspace: Workspace, launch: Launcher) ->
     run = _launch_as_root(workspace, launch)
     run.wait_ready()
     assert "(UID: 0, GID: 0)" in run.stdout
-    origin = start_local_http_server(f"as root {uuid.uuid4()}")
-    try:
-        status, body, _ = http_get(f"http://127.0.0.1:{origin.port}/", proxy=f"http://127.0.0.1:{workspace.squid_port}")
-    finally:
-        origin.close()
-    assert (status, body) == (200, origin.body)
+    origin_port = assert_proxies(workspace)
     # Squid's access log line reached our stdout through the handed-over pipe.
-    run.wait_for_output(rf"GET http://127\.0\.0\.1:{origin.port}/", timeout=30)
+    run.wait_for_output(rf"GET http://127\.0\.0\.1:{origin_port}/", timeout=30)
     assert "Cannot open" not in run.output and "FATAL" not in run.output
     run.process.terminate()
     assert run.wait_exit(60) == 0

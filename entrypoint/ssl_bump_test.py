@@ -37,6 +37,19 @@ def assert_no_key_material(output: str, *keys: Path) -> None:
             assert line not in output
 
 
+def bump_with_origin(workspace: Workspace, tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """A mounted bump CA, an origin certificate from another CA that Squid trusts, and the
+    SSL-bump config: (bump cert, bump key, origin cert, origin key)."""
+    bump_cert, bump_key = make_ca(tmp_path, "CephaloProxy Test Bump CA")
+    origin_ca, origin_ca_key = make_ca(tmp_path, "Origin Test CA")
+    origin_cert, origin_key = make_server_cert(tmp_path, origin_ca, origin_ca_key, ORIGIN_HOSTNAME)
+    shutil.copy(origin_ca, workspace.etc / "origin-ca.crt")
+    os.chmod(workspace.etc / "origin-ca.crt", 0o664)
+    install_ca(workspace, bump_cert, bump_key)
+    workspace.write_custom_config(ssl_bump_config(workspace, workspace.etc / "origin-ca.crt"))
+    return bump_cert, bump_key, origin_cert, origin_key
+
+
 def bumped_get(workspace: Workspace, bump_cert: Path, origin_cert: Path, origin_key: Path) -> tuple[str, int, str, str]:
     """GET through the proxy's CONNECT, trusting only the bump CA: (issuer CN, status, body, origin's body)."""
     origin = start_local_https_server(f"secret origin {uuid.uuid4()}", origin_cert, origin_key)
@@ -61,13 +74,7 @@ def bumped_get(workspace: Workspace, bump_cert: Path, origin_cert: Path, origin_
 def test_bumped_connect_presents_a_certificate_from_the_mounted_ca(
     workspace: Workspace, launch: Launcher, tmp_path: Path
 ) -> None:
-    bump_cert, bump_key = make_ca(tmp_path, "CephaloProxy Test Bump CA")
-    origin_ca, origin_ca_key = make_ca(tmp_path, "Origin Test CA")
-    origin_cert, origin_key = make_server_cert(tmp_path, origin_ca, origin_ca_key, ORIGIN_HOSTNAME)
-    shutil.copy(origin_ca, workspace.etc / "origin-ca.crt")
-    os.chmod(workspace.etc / "origin-ca.crt", 0o664)
-    install_ca(workspace, bump_cert, bump_key)
-    workspace.write_custom_config(ssl_bump_config(workspace, workspace.etc / "origin-ca.crt"))
+    bump_cert, bump_key, origin_cert, origin_key = bump_with_origin(workspace, tmp_path)
 
     run = launch()
     run.wait_ready()
@@ -261,13 +268,7 @@ def test_ssl_bump_works_as_root(workspace: Workspace, launch: Launcher, tmp_path
         pytest.skip("needs root to start the entrypoint as 0:0")
     for directory in (workspace.root, workspace.var):
         os.chmod(directory, 0o755)  # like the image's /var
-    bump_cert, bump_key = make_ca(tmp_path, "CephaloProxy Test Bump CA")
-    origin_ca, origin_ca_key = make_ca(tmp_path, "Origin Test CA")
-    origin_cert, origin_key = make_server_cert(tmp_path, origin_ca, origin_ca_key, ORIGIN_HOSTNAME)
-    shutil.copy(origin_ca, workspace.etc / "origin-ca.crt")
-    os.chmod(workspace.etc / "origin-ca.crt", 0o664)
-    install_ca(workspace, bump_cert, bump_key)
-    workspace.write_custom_config(ssl_bump_config(workspace, workspace.etc / "origin-ca.crt"))
+    bump_cert, bump_key, origin_cert, origin_key = bump_with_origin(workspace, tmp_path)
     run = launch(argv=with_private_shm([python_for_child(), str(workspace.bin / "entrypoint.py")]), user=(0, 0))
     run.wait_ready()
     squid_uid = int(re.search(r"Squid switches to user \S+ \(UID (\d+)\)", run.stdout).group(1))  # type: ignore[union-attr]

@@ -51,7 +51,15 @@ def with_private_shm(argv: list[str], mount_options: str = "size=64m") -> list[s
     if os.geteuid() != 0 or None in tools:
         pytest.skip("needs root, unshare and mount for a private /dev/shm")
     script = f"mount -t tmpfs -o {mount_options} tmpfs /dev/shm && exec \"$@\""  # test-side only
-    return [tools[0], "--mount", "--propagation", "private", "/bin/sh", "-c", script, "sh", *argv]  # type: ignore[list-item]
+    return [tools[0], "--mount", "--propagation", _propagation(tools[0]), "/bin/sh", "-c", script, "sh", *argv]  # type: ignore[list-item]
+
+
+def _propagation(unshare: str) -> str:
+    # "private" keeps the tmpfs from propagating to the host. In a chroot "/" is no mount point
+    # and unshare cannot make it private: there (tools/debian-bazel) the chroot already lives
+    # in a private mount namespace whose mounts are private, so "unchanged" stays contained.
+    probe = subprocess.run([unshare, "--mount", "--propagation", "private", "true"], capture_output=True, timeout=30)
+    return "private" if probe.returncode == 0 else "unchanged"
 
 
 # -- certificates (openssl CLI, tests only) --------------------------------------------------------
