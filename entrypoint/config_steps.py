@@ -36,16 +36,23 @@ def validate_tls(config: ActiveConfig, settings: Settings) -> tuple[bytes, bytes
 
 async def install_tls(
     material: tuple[bytes, bytes], config: ActiveConfig, settings: Settings,
-    children: ChildProcesses, log: logging.Logger,
+    children: ChildProcesses, log: logging.Logger, owner_uid: int | None = None,
 ) -> None:
-    """Merge the pair atomically into squid-ca.pem; create missing certificate DBs."""
-    from entrypoint import tls
+    """Merge the pair atomically into squid-ca.pem; create missing certificate DBs.
+
+    `owner_uid`: started as root, the user Squid switches to, which must own both.
+    """
+    from entrypoint import squid_user, tls
 
     try:
         tls.merge_ca_pem(*material, settings.merged_ca_pem)
+        if owner_uid is not None:
+            squid_user.hand_over([settings.merged_ca_pem], owner_uid)
         log.info("Merged CA certificate and key into %s (mode 0600)", settings.merged_ca_pem)
         for db in config.cert_dbs(settings.default_ssl_db):
             await tls.ensure_cert_db(children, settings.certgen_bin, db, log)
+            if owner_uid is not None:
+                squid_user.hand_over([db.path], owner_uid, recursive=True)
     except OSError as error:
         raise ConfigError(f"cannot write {settings.merged_ca_pem}: {error.strerror}") from None
     except tls.TlsError as error:

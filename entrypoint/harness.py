@@ -253,14 +253,23 @@ class _Collector(threading.Thread):
                 self.changed.notify_all()
 
 
+def describe_returncode(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    return f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+
+
 class EntrypointRun:
     """The real entrypoint (image layout) as a child in its own session, output collected."""
 
     def __init__(
         self, workspace: Workspace, env: Mapping[str, str], argv: list[str] | None = None,
-        stdout: int | None = None,
+        stdout: int | None = None, user: tuple[int, int] | None = None,
     ) -> None:
-        """`stdout`: an fd to give the entrypoint as its stdout instead of a collected pipe."""
+        """`stdout`: an fd to give the entrypoint as its stdout instead of a collected pipe.
+
+        `user`: (uid, gid) to run as exactly (root only); by default the unprivileged user.
+        """
         self.workspace = workspace
         self.stdout_lines: list[str] = []
         self.stderr_lines: list[str] = []
@@ -274,7 +283,7 @@ class EntrypointRun:
             stderr=subprocess.PIPE,
             start_new_session=True,
             cwd=str(workspace.root),
-            **_child_user_options(),  # type: ignore[arg-type]
+            **(_child_user_options() if user is None else {"user": user[0], "group": user[1], "extra_groups": []}),  # type: ignore[arg-type]
         )
         self.started_at = time.monotonic()
         self._readers = [_Collector(self.process.stderr, self.stderr_lines, self._changed)]
@@ -304,20 +313,33 @@ class EntrypointRun:
     def wait_for_output(self, pattern: str, timeout: float = 60.0, stream: str = "stdout") -> re.Match[str]:
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
+        exited_at: float | None = None
         with self._changed:
             while True:
                 lines = self.stdout_lines if stream == "stdout" else self.stderr_lines
                 match = regex.search("".join(lines))
                 if match:
                     return match
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.process.poll() is not None and not any(r.is_alive() for r in self._readers)):
+                now = time.monotonic()
+                code = self.process.poll()
+                if code is not None and exited_at is None:
+                    exited_at = now
+                # Dead entrypoint: report at once, after a short grace for its last output
+                # (an orphaned grandchild may hold the pipes open forever).
+                if exited_at is not None and (
+                    not any(r.is_alive() for r in self._readers) or now - exited_at > 2.0
+                ):
                     raise AssertionError(
-                        f"{pattern!r} not seen in {stream} within {timeout} s"
-                        f" (exit code {self.process.poll()})\nSTDOUT:\n{''.join(self.stdout_lines)}"
-                        f"\nSTDERR:\n{''.join(self.stderr_lines)}"
+                        f"{pattern!r} not seen in {stream}: the entrypoint exited"
+                        f" ({describe_returncode(code)}) while the test waited"
+                        f"\nSTDOUT:\n{''.join(self.stdout_lines)}\nSTDERR:\n{''.join(self.stderr_lines)}"
                     )
-                self._changed.wait(min(remaining, 0.2))
+                if now >= deadline:
+                    raise AssertionError(
+                        f"{pattern!r} not seen in {stream} within {timeout} s (entrypoint still running)"
+                        f"\nSTDOUT:\n{''.join(self.stdout_lines)}\nSTDERR:\n{''.join(self.stderr_lines)}"
+                    )
+                self._changed.wait(min(deadline - now, 0.2))
 
     def wait_ready(self, timeout: float = 90.0) -> int:
         """Waits for `Container ready`; returns the Squid pid from `Squid started with PID`."""

@@ -10,9 +10,19 @@ import logging
 import sys
 
 from entrypoint.output_sink import OutputSink
+from entrypoint.redact import redact_text
 
 LOG_FORMAT = "%(asctime)s [%(levelname)s] %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+class _RedactFilter(logging.Filter):
+    """Last line of defence: no log record carries a credential, whatever its source."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact_text(record.getMessage())
+        record.args = None
+        return True
 
 
 class _BelowErrorFilter(logging.Filter):
@@ -49,8 +59,10 @@ def configure_logging(
     else:
         to_stdout, to_stderr = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
     to_stdout.setFormatter(formatter)
+    to_stdout.addFilter(_RedactFilter())
     to_stdout.addFilter(_BelowErrorFilter())
     to_stderr.setFormatter(formatter)
+    to_stderr.addFilter(_RedactFilter())
     to_stderr.setLevel(logging.ERROR)
     root = logging.getLogger()
     for handler in list(root.handlers):

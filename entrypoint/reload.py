@@ -68,7 +68,7 @@ async def reload_config(state: ProxyState) -> None:
         await state.commands.check_config(config)
         material = validate_tls(config, settings)
         if material is not None:
-            await install_tls(material, config, settings, state.children, log)
+            await install_tls(material, config, settings, state.children, log, state.commands.stdio_owner)
     except (ConfigError, SquidError) as error:
         log.error("Reload skipped, Squid keeps its current config: %s", error)
         return

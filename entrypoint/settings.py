@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -15,6 +16,10 @@ DEFAULT_SQUID_PORT = 3128
 DEFAULT_HEALTH_PORT = 8080
 DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+
+# ASCII only: int()/float() also take "٨٠٨١", "3_128" and "1e3".
+_ASCII_INTEGER = re.compile(r"[0-9]+")
+_ASCII_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
 
 # Environment variable -> container default, for every path the runtime touches.
 PATH_DEFAULTS: dict[str, str] = {
@@ -47,6 +52,11 @@ LOG_LEVEL_ALIASES: dict[str, str] = {
     "WARN": "WARNING",
     "ERROR": "ERROR",
 }
+
+# The upstream CephaloProxy image's LOG_LEVEL was Squid's debug level (0 critical, 1 important,
+# its default, 2 verbose ... 9 all). Accepted with a warning, for drop-in compatibility. 0 maps
+# to WARNING, not ERROR, so that warnings (an expired CA, a port mismatch) are never hidden.
+NUMERIC_LOG_LEVELS: dict[str, str] = {"0": "WARNING", "1": "INFO", **{str(n): "DEBUG" for n in range(2, 10)}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,10 +111,8 @@ def _parse_port(env: Mapping[str, str], name: str, default: int, warnings: list[
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
-    try:
-        value = int(raw.strip(), 10)
-    except ValueError:
-        value = -1
+    text = raw.strip()
+    value = int(text) if _ASCII_INTEGER.fullmatch(text) else -1
     if not 1 <= value <= 65535:
         warnings.append(
             f"Invalid {name}={raw!r}: expected a TCP port number 1-65535; using default {default}"
@@ -118,9 +126,16 @@ def _parse_log_level(env: Mapping[str, str], warnings: list[str]) -> str:
     if raw is None or raw.strip() == "":
         return DEFAULT_LOG_LEVEL
     level = LOG_LEVEL_ALIASES.get(raw.strip().upper())
+    numeric = NUMERIC_LOG_LEVELS.get(raw.strip())
+    if numeric is not None:
+        warnings.append(
+            f"LOG_LEVEL={raw!r} is the upstream image's numeric Squid debug level; using {numeric}"
+            f" (0 -> WARNING, 1 -> INFO, 2-9 -> DEBUG). Set LOG_LEVEL={numeric} to silence this warning"
+        )
+        return numeric
     if level is None:
         warnings.append(
-            f"Invalid LOG_LEVEL={raw!r}: expected one of DEBUG, INFO, WARNING (WARN), ERROR;"
+            f"Invalid LOG_LEVEL={raw!r}: expected one of DEBUG, INFO, WARNING (WARN), ERROR (or 0-9);"
             f" using default {DEFAULT_LOG_LEVEL}"
         )
         return DEFAULT_LOG_LEVEL
@@ -134,10 +149,7 @@ def _parse_timeout(env: Mapping[str, str], warnings: list[str]) -> float:
     text = raw.strip()
     if text.endswith("s"):  # accept "30s" as well as "30"
         text = text[:-1]
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = float(text) if _ASCII_DECIMAL.fullmatch(text) else math.nan
     if not (math.isfinite(value) and value > 0):
         warnings.append(
             f"Invalid SHUTDOWN_TIMEOUT={raw!r}: expected a positive number of seconds;"

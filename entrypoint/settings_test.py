@@ -38,6 +38,12 @@ def test_valid_values_and_path_overrides_are_used() -> None:
         ("SQUID_PORT", "abc", "squid_port", 3128),
         ("SQUID_PORT", "0", "squid_port", 3128),
         ("SQUID_PORT", "70000", "squid_port", 3128),
+        ("SQUID_PORT", "\u0668\u0660\u0668\u0661", "squid_port", 3128),  # Arabic-Indic 8081
+        ("SQUID_PORT", "3_128", "squid_port", 3128),
+        ("HEALTH_PORT", "\uff18\uff10\uff18\uff11", "health_port", 8080),  # fullwidth 8081
+        ("SHUTDOWN_TIMEOUT", "\u0663\u0660", "shutdown_timeout", 30.0),  # Arabic-Indic 30
+        ("SHUTDOWN_TIMEOUT", "1_0", "shutdown_timeout", 30.0),
+        ("SHUTDOWN_TIMEOUT", "1e1", "shutdown_timeout", 30.0),
         ("HEALTH_PORT", "-1", "health_port", 8080),
         ("LOG_LEVEL", "verbose", "log_level", "INFO"),
         ("SHUTDOWN_TIMEOUT", "soon", "shutdown_timeout", 30.0),
@@ -58,3 +64,18 @@ def test_health_port_equal_to_squid_port_is_refused() -> None:
     settings, warnings = load_settings({"SQUID_PORT": "8080", "HEALTH_PORT": "8080"})
     assert settings.squid_port == 8080 and settings.health_port != 8080
     assert "equals SQUID_PORT" in warnings[0]
+
+
+@pytest.mark.parametrize(("value", "level"), [("0", "WARNING"), ("1", "INFO"), ("2", "DEBUG"), (" 9 ", "DEBUG")])
+def test_upstream_numeric_log_level_is_mapped_with_a_warning(value: str, level: str) -> None:
+    settings, warnings = load_settings({"LOG_LEVEL": value})
+    assert settings.log_level == level
+    assert len(warnings) == 1
+    assert f"LOG_LEVEL={value!r} is the upstream image's numeric Squid debug level; using {level}" in warnings[0]
+
+
+@pytest.mark.parametrize("value", ["10", "-1", "\u0662", "1.0"])
+def test_other_numbers_are_invalid_log_levels(value: str) -> None:
+    settings, warnings = load_settings({"LOG_LEVEL": value})
+    assert settings.log_level == "INFO"
+    assert f"Invalid LOG_LEVEL={value!r}" in warnings[0]

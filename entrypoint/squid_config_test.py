@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,113 @@ def test_cert_db_location_comes_from_sslcrtd_program() -> None:
     active = ActiveConfig(Path("/c"), Path("/c"), True, directives)
     (db,) = active.cert_dbs(Path("/var/lib/squid/ssl_db"))
     assert (db.path, db.size) == (Path("/data/db"), "16MB")
+
+
+def _custom(tmp_path: Path, text: str) -> Path:
+    custom = tmp_path / "squid.conf"
+    custom.write_text(text)
+    return custom
+
+
+def _select(custom: Path):  # type: ignore[no-untyped-def]
+    settings, _ = load_settings({"CEPHALOPROXY_CONFIG": str(custom), "CEPHALOPROXY_DEFAULT_CONFIG": str(PACKAGED_DEFAULT)})
+    return select_config(settings)
+
+
+def test_includes_are_followed_with_globs_in_order_from_the_working_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    (conf_d / "20-pid.conf").write_text("pid_filename /run/included.pid\n")
+    (conf_d / "10-bump.conf").write_text("\n\nssl_bump bump all\n")
+    (conf_d / "ignored.txt").write_text("pid_filename /run/wrong.pid\n")
+    (tmp_path / "nested.conf").write_text(f"include {conf_d}/*.conf\n")
+    monkeypatch.chdir(tmp_path)  # Squid resolves relative includes from its working dir
+    active = _select(_custom(tmp_path, "http_port 3128\ninclude nested.conf\n"))
+    assert active.pid_file == Path("/run/included.pid")
+    assert active.uses_ssl_bump
+    (bump,) = active.named("ssl_bump")
+    assert (bump.source, bump.line_number) == (conf_d / "10-bump.conf", 3)
+    assert [d.name for d in active.directives] == ["http_port", "ssl_bump", "pid_filename"]
+
+
+def test_relative_include_beside_the_config_is_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config_dir = tmp_path / "etc"
+    (config_dir / "conf.d").mkdir(parents=True)
+    (config_dir / "conf.d" / "a.conf").write_text("pid_filename /run/a.pid\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"line 2: include conf.d/\*.conf matches no file; Squid resolves relative include paths from its working directory"):
+        _select(_custom(config_dir, "http_port 3128\ninclude conf.d/*.conf\n"))
+
+
+def test_include_cycle_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "b.conf").write_text(f"include {tmp_path}/squid.conf\n")
+    with pytest.raises(ConfigError, match="include cycle"):
+        _select(_custom(tmp_path, f"http_port 3128\ninclude {tmp_path}/b.conf\n"))
+
+
+def test_include_depth_is_bounded(tmp_path: Path) -> None:
+    for level in range(30):  # a chain, not a cycle: distinct files
+        (tmp_path / f"{level}.conf").write_text(f"include {tmp_path}/{level + 1}.conf\n")
+    (tmp_path / "30.conf").write_text("pid_filename /run/deep.pid\n")
+    with pytest.raises(ConfigError, match="deeper than 16 levels"):
+        _select(_custom(tmp_path, f"include {tmp_path}/0.conf\n"))
+
+
+def test_included_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo.conf")
+    with pytest.raises(ConfigError, match=r"line 1: include .*fifo.conf: .* is a FIFO"):
+        _select(_custom(tmp_path, f"include {tmp_path}/fifo.conf\n"))
+
+
+@pytest.mark.parametrize("spec", ["\u0668\u0660\u0668\u0661", "3128abc", "3_128", "0", "70000", "127.0.0.1:\uff18\uff10", "[::1]:"])
+def test_ports_need_ascii_digits_in_range(tmp_path: Path, spec: str) -> None:
+    with pytest.raises(ConfigError, match=rf"squid.conf line 2: cannot read the port of 'http_port {re.escape(spec)}'"):
+        _select(_custom(tmp_path, f"pid_filename /run/x.pid\nhttp_port {spec}\n"))
+
+
+def test_relative_pid_filename_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"line 1: pid_filename squid.pid must be an absolute path"):
+        _select(_custom(tmp_path, "pid_filename squid.pid\nhttp_port 3128\n"))
+
+
+def test_helper_programs_of_every_helper_directive() -> None:
+    from entrypoint.squid_config import helper_programs
+
+    directives = parse_directives(
+        "sslcrtd_program /h/certgen -s /db -M 4MB\n"
+        "auth_param basic program /h/basic_ncsa_auth /etc/pw\n"
+        "auth_param basic children 5\n"
+        "url_rewrite_program /h/rewrite\n"
+        "store_id_program /h/storeid\n"
+        "external_acl_type grp ttl=60 children-max=3 %LOGIN %SRC /h/ext_acl -x\n"
+        "logfile_daemon /h/log_file_daemon\n"
+    )
+    assert [(d.name, program) for d, program in helper_programs(directives)] == [
+        ("sslcrtd_program", "/h/certgen"),
+        ("auth_param", "/h/basic_ncsa_auth"),
+        ("url_rewrite_program", "/h/rewrite"),
+        ("store_id_program", "/h/storeid"),
+        ("external_acl_type", "/h/ext_acl"),
+        ("logfile_daemon", "/h/log_file_daemon"),
+    ]
+
+
+def test_missing_or_unexecutable_helper_is_refused_with_the_real_location(tmp_path: Path) -> None:
+    from entrypoint.squid_config import check_helpers
+
+    helpers = tmp_path / "usr-lib-squid"
+    helpers.mkdir()
+    (helpers / "security_file_certgen").write_text("#!/bin/true\n")
+    os.chmod(helpers / "security_file_certgen", 0o755)
+    wrong = parse_directives("\nsslcrtd_program /usr/libexec/squid/security_file_certgen -s /db\n", tmp_path / "squid.conf")
+    with pytest.raises(ConfigError) as failure:
+        check_helpers(wrong, helpers)
+    message = str(failure.value)
+    assert "squid.conf line 2: sslcrtd_program program /usr/libexec/squid/security_file_certgen does not exist" in message
+    assert f"did you mean {helpers}/security_file_certgen?" in message and f"helpers are in {helpers}" in message
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    os.chmod(plain, 0o644)
+    with pytest.raises(ConfigError, match="is not executable by UID"):
+        check_helpers(parse_directives(f"url_rewrite_program {plain}\n"), helpers)
+    check_helpers(parse_directives(f"sslcrtd_program {helpers}/security_file_certgen\n"), helpers)

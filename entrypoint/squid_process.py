@@ -15,6 +15,7 @@ from entrypoint import proc_table
 from entrypoint.log_relay import LineFilter, LineRelay, identity
 from entrypoint.output_sink import OutputSink
 from entrypoint.processes import ChildProcesses, describe_exit
+from entrypoint.redact import redact, redact_text
 from entrypoint.squid_config import ActiveConfig
 
 PARSE_TIMEOUT = 60.0
@@ -75,8 +76,9 @@ def listen_ports(config: ActiveConfig) -> list[int]:
 
 
 def problem_lines(output: str) -> list[str]:
+    """Squid's error lines (or its last 20), redacted: Squid echoes config lines verbatim."""
     lines = [line for line in output.splitlines() if _PROBLEM_LINE.search(line)]
-    return lines or output.strip().splitlines()[-20:]
+    return [redact(line) for line in lines or output.strip().splitlines()[-20:]]
 
 
 class SquidProcess:
@@ -150,6 +152,8 @@ class SquidCommands:
         self.squid_bin = squid_bin
         self.children = children
         self.log = log
+        # Started as root, Squid's effective user reopens /dev/stdout and /dev/stderr: it must own the pipes.
+        self.stdio_owner: int | None = None
 
     @property
     def comm(self) -> str:
@@ -166,7 +170,7 @@ class SquidCommands:
         self._check_binary()
         argv = [str(self.squid_bin), "-k", "parse", "-f", str(config.path)]
         returncode, output = await self.children.run(argv, timeout=PARSE_TIMEOUT)
-        self.log.debug("squid -k parse output:\n%s", output.rstrip())
+        self.log.debug("squid -k parse output:\n%s", redact_text(output.rstrip()))
         if returncode != 0:
             details = "\n".join(problem_lines(output))
             raise SquidError(
@@ -184,7 +188,7 @@ class SquidCommands:
         # -N: without it `squid -z` backgrounds itself and returns before the dirs exist.
         argv = [str(self.squid_bin), "-N", "-z", "-f", str(config.path)]
         returncode, output = await self.children.run(argv, timeout=CACHE_INIT_TIMEOUT)
-        self.log.debug("squid -z output:\n%s", output.rstrip())
+        self.log.debug("squid -z output:\n%s", redact_text(output.rstrip()))
         if returncode != 0 or any(not d.is_initialised() for d in missing):
             details = "\n".join(problem_lines(output))
             raise SquidError(f"Squid cache initialisation failed ({describe_exit(returncode)}):\n{details}")
@@ -207,6 +211,9 @@ class SquidCommands:
             lambda: LineRelay(sinks[1], line_filter, collapse_pairs=collapse)
         )
         try:
+            if self.stdio_owner is not None:
+                os.fchown(out_fd, self.stdio_owner, -1)
+                os.fchown(err_fd, self.stdio_owner, -1)
             process = self.children.spawn(
                 [str(self.squid_bin), "--foreground", "-d", "0", "-f", str(config.path)],
                 stdin=subprocess.DEVNULL,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from entrypoint import runtime_dirs, squid_config
+from entrypoint import runtime_dirs, squid_config, squid_user
 from entrypoint.config_steps import install_tls, select_config, validate_tls
 from entrypoint.health_child import HealthServerError
 from entrypoint.squid_config import ActiveConfig, ConfigError
@@ -78,6 +78,14 @@ async def start_up(state: ProxyState) -> None:
         raise StartupError(str(error)) from None
     state.config = config
     log_selection(state, config)
+    try:  # as root: who Squid becomes, refused at once if Squid would refuse it
+        squid_owner = await squid_user.when_root(state.children, settings.squid_bin, config.directives)
+    except ConfigError as error:
+        raise StartupError(str(error)) from None
+    if squid_owner is not None:
+        log.info("Running as root: Squid switches to user %s (UID %d), which gets its runtime dirs and stdio",
+                 squid_owner.pw_name, squid_owner.pw_uid)
+        state.commands.stdio_owner = squid_owner.pw_uid
     phases.done("config_selection")
 
     # The health server only needs to know where to look; it starts now and answers 503
@@ -94,12 +102,14 @@ async def start_up(state: ProxyState) -> None:
         dirs = list(settings.runtime_dirs) + [config.pid_file.parent]
         dirs += [cache_dir.path for cache_dir in config.disk_cache_dirs]
         runtime_dirs.prepare_runtime_dirs(dirs)
+        if squid_owner is not None:
+            squid_user.hand_over(dirs, squid_owner.pw_uid)
         squid_config.write_rendered(config)
         log.info("Runtime directories are writable: %s", ", ".join(str(d) for d in dict.fromkeys(dirs)))
         remove_stale_pid_file(state, config)
         phases.done("runtime_dirs")
         if ca_material is not None:
-            await install_tls(ca_material, config, settings, state.children, log)
+            await install_tls(ca_material, config, settings, state.children, log, state.commands.stdio_owner)
         phases.done("tls_setup")
     except (runtime_dirs.RuntimeDirError, ConfigError) as error:
         raise StartupError(str(error)) from None

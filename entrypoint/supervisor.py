@@ -11,6 +11,7 @@ from entrypoint import monitor, reload, shutdown
 from entrypoint.health_child import HealthServerChild
 from entrypoint.output_sink import OutputSink
 from entrypoint.processes import ChildProcesses, kill_descendants_now
+from entrypoint.redact import redact
 from entrypoint.settings import Settings
 from entrypoint.signals import SignalRouter
 from entrypoint.squid_process import SquidCommands
@@ -30,6 +31,7 @@ class Supervisor:
             commands=SquidCommands(settings.squid_bin, children, log),
             health=HealthServerChild(settings, children, log, sinks),
             sinks=sinks,
+            line_filter=redact,  # Squid echoes config lines (login=...) verbatim
         )
         self.log = log
         self.signals = SignalRouter(log, on_reload=self.request_reload, on_fatal=self.fatal)

@@ -44,6 +44,24 @@ from entrypoint.harness import (  # noqa: F401 - re-exported for the tests
 )
 
 
+def with_private_shm(argv: list[str], mount_options: str = "size=64m") -> list[str]:
+    """`argv` run (as root) in its own mount namespace with a fresh tmpfs at /dev/shm: Squids of
+    concurrent runs on the host cannot collide there, and a test can make it unusable."""
+    tools = [shutil.which(tool) for tool in ("unshare", "mount")]
+    if os.geteuid() != 0 or None in tools:
+        pytest.skip("needs root, unshare and mount for a private /dev/shm")
+    script = f"mount -t tmpfs -o {mount_options} tmpfs /dev/shm && exec \"$@\""  # test-side only
+    return [tools[0], "--mount", "--propagation", _propagation(tools[0]), "/bin/sh", "-c", script, "sh", *argv]  # type: ignore[list-item]
+
+
+def _propagation(unshare: str) -> str:
+    # "private" keeps the tmpfs from propagating to the host. In a chroot "/" is no mount point
+    # and unshare cannot make it private: there (tools/debian-bazel) the chroot already lives
+    # in a private mount namespace whose mounts are private, so "unchanged" stays contained.
+    probe = subprocess.run([unshare, "--mount", "--propagation", "private", "true"], capture_output=True, timeout=30)
+    return "private" if probe.returncode == 0 else "unchanged"
+
+
 # -- certificates (openssl CLI, tests only) --------------------------------------------------------
 def openssl() -> str | None:
     return shutil.which("openssl")
@@ -118,9 +136,10 @@ def launch(workspace: Workspace, squid_available: None) -> Iterator[Launcher]:
     runs: list[EntrypointRun] = []
 
     def start(
-        env: Mapping[str, str] | None = None, argv: list[str] | None = None, stdout: int | None = None
+        env: Mapping[str, str] | None = None, argv: list[str] | None = None, stdout: int | None = None,
+        user: tuple[int, int] | None = None,
     ) -> EntrypointRun:
-        run = EntrypointRun(workspace, env if env is not None else workspace.env(), argv, stdout)
+        run = EntrypointRun(workspace, env if env is not None else workspace.env(), argv, stdout, user)
         runs.append(run)
         return run
 

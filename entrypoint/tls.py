@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import ssl
+import time
 from pathlib import Path
 
+from entrypoint.mounted_files import TLS_SIZE_LIMIT, FileAbsent, FileProblem, read_bounded
 from entrypoint.processes import ChildProcesses, describe_exit
+from entrypoint.redact import redact_text
 from entrypoint.squid_config import CertDb, write_atomically
+
+
+_FIRST_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
 class TlsError(Exception):
@@ -25,20 +32,64 @@ def _refuse_passphrase() -> bytes:
 
 
 def _read(path: Path, what: str, tls_dir: Path) -> bytes:
-    if not path.is_file():
+    try:
+        return read_bounded(path, TLS_SIZE_LIMIT)
+    except FileAbsent:
         raise TlsError(
             f"SSL-bump is configured but the CA {what} {path} is missing: mount the CA"
             f" certificate and key as a Kubernetes TLS secret at {tls_dir}"
             " (files tls.crt and tls.key)"
-        )
+        ) from None
+    except FileProblem as error:
+        raise TlsError(f"cannot use the CA {what}: {error}") from None
+
+
+def certificate_problems(cert: Path, cert_bytes: bytes, now: float | None = None) -> list[str]:
+    """What makes the signing certificate unfit for SSL-bump although Squid may accept it.
+
+    The image has no openssl CLI, so this uses only the ssl module: OpenSSL's own CA check
+    (X509_check_ca, counted by cert_store_stats) and the validity dates from
+    ssl._ssl._test_decode_cert (private but present since Python 3.0; skipped if absent).
+    """
+    problems: list[str] = []
+    first = _FIRST_PEM_CERT.search(cert_bytes)
+    if first is None:
+        return problems
+    store = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        return path.read_bytes()
-    except OSError as error:
-        raise TlsError(f"cannot read the CA {what} {path}: {error.strerror}") from None
+        store.load_verify_locations(cadata=first.group(0).decode("ascii"))
+    except (ssl.SSLError, UnicodeDecodeError, ValueError):
+        return problems  # load_cert_chain reports unreadable certificates
+    if store.cert_store_stats().get("x509_ca", 0) == 0:
+        problems.append(
+            f"{cert} is not a CA certificate (no basicConstraints CA:TRUE / keyCertSign):"
+            " clients will reject the certificates Squid signs with it; mount a CA certificate"
+        )
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
+    if decode is None:
+        return problems
+    try:
+        fields = decode(str(cert))
+        not_before = ssl.cert_time_to_seconds(fields["notBefore"])
+        not_after = ssl.cert_time_to_seconds(fields["notAfter"])
+    except (ssl.SSLError, OSError, KeyError, ValueError):
+        return problems
+    now = time.time() if now is None else now
+    if not_after < now:
+        problems.append(
+            f"{cert} expired on {fields['notAfter']}: clients will reject the certificates"
+            " Squid signs with it; renew the CA"
+        )
+    elif not_before > now:
+        problems.append(f"{cert} is not valid before {fields['notBefore']}: check the CA or the clock")
+    return problems
 
 
 def validate_ca_pair(cert: Path, key: Path, tls_dir: Path) -> tuple[bytes, bytes]:
-    """Both files exist and form a matching certificate/private key pair; returns their bytes."""
+    """Both files exist and form a matching certificate/private key pair; returns their bytes.
+
+    A pair Squid can use but clients will not trust (not a CA, expired) is logged as a warning.
+    """
     cert_bytes = _read(cert, "certificate", tls_dir)
     key_bytes = _read(key, "private key", tls_dir)
     if b"-----BEGIN CERTIFICATE-----" not in cert_bytes:
@@ -62,6 +113,8 @@ def validate_ca_pair(cert: Path, key: Path, tls_dir: Path) -> tuple[bytes, bytes
         raise TlsError(
             f"{cert} / {key} cannot be loaded as a certificate/key pair ({reason})"
         ) from None
+    for problem in certificate_problems(cert, cert_bytes):
+        logging.getLogger("cephaloproxy").warning("SSL-bump CA: %s", problem)
     return cert_bytes, key_bytes
 
 
@@ -98,6 +151,6 @@ async def ensure_cert_db(
         shutil.rmtree(temporary, ignore_errors=True)
         raise TlsError(
             f"{certgen_bin} failed to initialise {db.path} ({describe_exit(returncode)}):"
-            f" {output.strip()}"
+            f" {redact_text(output.strip())}"
         )
     os.rename(temporary, db.path)

@@ -1,0 +1,145 @@
+"""Mounted files (config, TLS secret): tell absent from broken, and read them bounded, never blocking.
+
+Only a path that truly does not exist counts as absent. A dangling or looping symlink, a
+directory, a FIFO, a device or a socket is a broken mount and is reported as such, naming the
+path and what it is. Kubernetes ConfigMap/Secret mounts (`name -> ..data/name`, `..data ->
+..<timestamp>/`) are symlinks to regular files and read like any file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+CONFIG_SIZE_LIMIT = 8 * 1024 * 1024
+TLS_SIZE_LIMIT = 1024 * 1024
+
+
+class FileProblem(Exception):
+    """The path exists but cannot be used as a file; the message names it and what it is."""
+
+
+class FileAbsent(FileProblem):
+    """Nothing exists at the path (not even a broken symlink)."""
+
+
+def describe_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _ids() -> str:
+    return f"UID {os.getuid()} GID {os.getgid()}"
+
+
+def _untraversable(path: Path) -> str:
+    """Which ancestor dir the current user cannot search, with its owner and mode."""
+    for parent in reversed(path.parents):
+        if not os.access(parent, os.X_OK):
+            try:
+                info = os.stat(parent)
+                facts = f"owned by UID {info.st_uid} GID {info.st_gid}, mode {stat.filemode(info.st_mode)}"
+            except OSError:
+                facts = "owner and mode unknown"
+            return (
+                f"directory {parent} cannot be traversed by {_ids()} ({facts}):"
+                f" make it searchable for the container's user or group (chmod g+x {parent})"
+            )
+    return f"{_ids()} may not read it: make it readable for the container's user or group (chmod g+r {path})"
+
+
+def _symlink_problem(path: Path) -> FileProblem | None:
+    """A problem if `path` is a symlink that cannot be followed, else None."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return None  # not a symlink
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return FileProblem(f"{path} is a dangling symlink (to '{target}', which does not exist): fix the mount")
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return FileProblem(f"{path} is a symlink loop (to '{target}'): fix the mount")
+        return None
+    return None
+
+
+def _problem(path: Path, error: OSError) -> FileProblem:
+    if error.errno == errno.ELOOP:
+        return FileProblem(f"{path} is a symlink loop: fix the mount")
+    if error.errno == errno.ENOTDIR:
+        return FileProblem(f"{path}: a parent of it is not a directory: fix the mount")
+    if error.errno == errno.EACCES or error.errno == errno.EPERM:
+        return FileProblem(f"cannot read {path}: {error.strerror}; {_untraversable(path)}")
+    return FileProblem(f"cannot read {path}: {error.strerror}")
+
+
+def check_file(path: Path) -> bool:
+    """True for a (symlink to a) regular file, False when truly absent; FileProblem otherwise."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        # Absent, unless it is absent because a parent is a broken symlink (a broken mount).
+        for parent in path.parents:
+            problem = _symlink_problem(parent)
+            if problem is not None:
+                raise FileProblem(f"{path} cannot be reached: {problem}") from None
+        return False
+    except OSError as error:
+        raise _problem(path, error) from None
+    problem = _symlink_problem(path)
+    if problem is not None:
+        raise problem
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        raise _problem(path, error) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise FileProblem(f"{path} is {describe_kind(info.st_mode)}, not a regular file: fix the mount")
+    return True
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; never blocks on a FIFO or device."""
+    if not check_file(path):
+        raise FileAbsent(f"{path} does not exist")
+    try:
+        # O_NONBLOCK: a FIFO swapped in after the check must not hang the open or the read.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise FileAbsent(f"{path} does not exist") from None
+    except OSError as error:
+        raise _problem(path, error) from None
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise FileProblem(f"{path} is {describe_kind(info.st_mode)}, not a regular file: fix the mount")
+        if info.st_size > limit:
+            raise FileProblem(f"{path} is {info.st_size} bytes, more than the {limit} bytes allowed")
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(descriptor, min(65536, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise FileProblem(f"{path} grew beyond the {limit} bytes allowed while being read")
+        return b"".join(chunks)
+    except OSError as error:
+        raise _problem(path, error) from None
+    finally:
+        os.close(descriptor)
