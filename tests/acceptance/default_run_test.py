@@ -13,8 +13,10 @@ def test_default_run(containers: harness.ContainerFactory, host_server: netutil.
         proxy.logs().stdout,
         [
             "CephaloProxy entrypoint starting (UID: 1000, GID: 0)",
-            "Checking Squid config",
+            # README's startup contract: the health server starts right after config
+            # selection and the config check runs while it comes up.
             "Starting health server on port 8080",
+            "Checking Squid config",
             "Starting Squid proxy...",
             "Squid started with PID",
             "Container ready, entering monitoring loop",

@@ -9,6 +9,9 @@ import time
 from tests.support import harness, logs, netutil, timeouts
 
 GRACE_S = 30  # the contract (`stop --time 30`): not scaled; the waits below are
+# Transfers in flight drain until SHUTDOWN_TIMEOUT, which must be shorter than the runtime's
+# grace period (README: grace = SHUTDOWN_TIMEOUT + a margin); a 120 s download is cut then.
+BUSY_SHUTDOWN_TIMEOUT_S = 12
 
 
 def _assert_clean_shutdown(proxy: harness.ProxyContainer, elapsed: float) -> None:
@@ -57,7 +60,7 @@ class _Download(threading.Thread):
 def test_stop_during_active_downloads(
     containers: harness.ContainerFactory, host_server: netutil.LocalServer, host_address: str
 ) -> None:
-    proxy = containers.start("stop-busy")
+    proxy = containers.start("stop-busy", env={"SHUTDOWN_TIMEOUT": str(BUSY_SHUTDOWN_TIMEOUT_S)})
     proxy.wait_ready()
     downloads = [_Download(proxy.proxy_port, host_server.url(f"/slow?seconds=120&n={n}", host=host_address)) for n in range(3)]
     for download in downloads:
@@ -70,5 +73,11 @@ def test_stop_during_active_downloads(
 
     elapsed = proxy.stop(GRACE_S)
     _assert_clean_shutdown(proxy, elapsed)
+    # The downloads were drained, not cut at once: the stop waited for SHUTDOWN_TIMEOUT.
+    assert elapsed >= BUSY_SHUTDOWN_TIMEOUT_S, f"stop took only {elapsed:.1f} s: transfers were not drained"
+    logs.assert_in_order(
+        proxy.logs().stdout,
+        ["Received signal SIGTERM", "Draining 3 client connections (up to 12 s)..."],
+    )
     for download in downloads:
         assert download.ended.wait(timeouts.scaled(30)), "client connections must be closed once the container is gone"
