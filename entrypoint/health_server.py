@@ -14,10 +14,9 @@ import socket
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from entrypoint.squid_process import is_live_process, read_pid_file
+from entrypoint.squid_serving import SquidWatch
 
 CLIENT_TIMEOUT = 5.0
-PROXY_CONNECT_TIMEOUT = 1.0
 
 log = logging.getLogger("cephaloproxy.health")
 
@@ -32,29 +31,8 @@ class HealthTargets:
     config: Path
 
 
-def squid_alive(targets: HealthTargets) -> str | None:
-    """None when Squid runs, else the reason."""
-    pid = read_pid_file(targets.pid_file)
-    if pid is None:
-        return f"no pid in {targets.pid_file}"
-    if not is_live_process(pid, targets.squid_comm):
-        return f"squid pid {pid} is not running"
-    return None
-
-
-def failed_readiness_checks(targets: HealthTargets) -> list[str]:
-    failures: list[str] = []
-    reason = squid_alive(targets)
-    if reason is not None:
-        failures.append(f"squid process: {reason}")
-    try:
-        with socket.create_connection((targets.proxy_host, targets.proxy_port), PROXY_CONNECT_TIMEOUT):
-            pass
-    except OSError as error:
-        failures.append(
-            f"proxy port: {targets.proxy_host}:{targets.proxy_port} does not accept connections"
-            f" ({error.strerror or error})"
-        )
+def failed_readiness_checks(targets: HealthTargets, watch: SquidWatch) -> list[str]:
+    failures = watch.readiness_problems()
     for cache_dir in targets.cache_dirs:
         if not os.access(cache_dir, os.W_OK | os.X_OK):
             failures.append(f"cache dir: {cache_dir} is not writable")
@@ -71,14 +49,15 @@ class HealthHandler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = CLIENT_TIMEOUT  # a client that stalls mid-request is dropped
     targets: HealthTargets  # set on the subclass made by `make_server`
+    watch: SquidWatch  # likewise
 
     def _respond(self, include_body: bool) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/health":
-            reason = squid_alive(self.targets)
+            reason = self.watch.liveness_problem()
             status, body = (200, "OK\n") if reason is None else (503, f"NOT OK: {reason}\n")
         elif path == "/ready":
-            failures = failed_readiness_checks(self.targets)
+            failures = failed_readiness_checks(self.targets, self.watch)
             if failures:
                 status, body = 503, "NOT READY\n" + "".join(f"- {f}\n" for f in failures)
             else:
@@ -119,9 +98,9 @@ class _HealthServerIPv6(HealthServer):
     address_family = socket.AF_INET6
 
 
-def make_server(port: int, targets: HealthTargets) -> HealthServer:
+def make_server(port: int, targets: HealthTargets, watch: SquidWatch) -> HealthServer:
     """Listen on every address, IPv6 and IPv4 when the host has IPv6, else IPv4 only."""
-    handler = type("BoundHealthHandler", (HealthHandler,), {"targets": targets})
+    handler = type("BoundHealthHandler", (HealthHandler,), {"targets": targets, "watch": watch})
     if socket.has_ipv6:
         try:
             return _HealthServerIPv6(("::", port), handler)

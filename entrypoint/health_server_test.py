@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +13,9 @@ from typing import Iterator
 
 import pytest
 
-from entrypoint.testing import free_port, http_get, session_processes, wait_for_status, wait_until
+from entrypoint.testing import (
+    free_port, http_get, process_state, session_processes, wait_for_status, wait_until,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
@@ -39,17 +42,24 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         os.kill(pid, 9)
 
 
+# A stand-in Squid: one process that listens on the proxy port and sleeps (like `squid -N`).
+STAND_IN = (
+    "import socket, sys, time\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(16)\n"
+    "print(s.getsockname()[1], flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
 class Scene:
-    """A stand-in 'squid' (a sleeping python child), a listening proxy socket, dirs and a config."""
+    """A stand-in 'squid' holding the proxy's LISTEN socket, its pid file, dirs, a config, the server."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        self.sleeper = subprocess.Popen([sys.executable, "-c", STAND_IN], stdout=subprocess.PIPE)
+        self.proxy_port = int(self.sleeper.stdout.readline())  # type: ignore[union-attr]
         self.comm = Path(f"/proc/{self.sleeper.pid}/comm").read_text().strip()
         self.pid_file = tmp_path / "squid.pid"
         self.pid_file.write_text(f"{self.sleeper.pid}\n")
-        self.proxy = socket.socket()
-        self.proxy.bind(("127.0.0.1", 0))
-        self.proxy.listen(16)
         self.cache_dir = tmp_path / "cache"
         self.cache_dir.mkdir()
         self.config = tmp_path / "squid.conf"
@@ -57,7 +67,7 @@ class Scene:
         self.port = free_port()
         self.server = healthcheck(
             "--port", str(self.port), "--pid-file", str(self.pid_file), "--squid-comm", self.comm,
-            "--proxy-port", str(self.proxy.getsockname()[1]), "--cache-dir", str(self.cache_dir),
+            "--proxy-port", str(self.proxy_port), "--cache-dir", str(self.cache_dir),
             "--config", str(self.config), "--log-level", "DEBUG",
         )
         self.url = f"http://127.0.0.1:{self.port}"
@@ -65,9 +75,10 @@ class Scene:
 
     def close(self) -> None:
         stop(self.server)
-        self.sleeper.kill()
+        if self.sleeper.poll() is None:
+            os.kill(self.sleeper.pid, signal.SIGCONT)
+            self.sleeper.kill()
         self.sleeper.wait(10)
-        self.proxy.close()
 
 
 @pytest.fixture
@@ -94,7 +105,6 @@ def test_head_and_unknown_paths(scene: Scene) -> None:
 
 
 def test_ready_lists_every_failed_check(scene: Scene) -> None:
-    scene.proxy.close()
     os.chmod(scene.config, 0)
     os.chmod(scene.cache_dir, 0o500)
     scene.sleeper.kill()
@@ -146,3 +156,34 @@ def test_sigterm_stops_the_server(scene: Scene) -> None:
     scene.server.terminate()
     assert scene.server.wait(10) == 0
     assert wait_until(lambda: not session_processes(scene.server.pid), 10)
+
+
+def test_a_stopped_squid_fails_ready_at_once(scene: Scene) -> None:
+    os.kill(scene.sleeper.pid, signal.SIGSTOP)
+    assert wait_until(lambda: process_state(scene.sleeper.pid) == "T", 10)
+    status, body, _ = http_get(f"{scene.url}/ready")
+    assert status == 503
+    assert f"- proxy port: no runnable Squid process listens on port {scene.proxy_port}" in body
+    assert f"pid {scene.sleeper.pid} stopped" in body
+    os.kill(scene.sleeper.pid, signal.SIGCONT)
+    assert http_get(f"{scene.url}/ready")[:2] == (200, "READY\n")
+
+
+def test_another_process_on_the_proxy_port_is_not_squid(scene: Scene, tmp_path: Path) -> None:
+    # Squid gone, someone else listens on its port: the kernel would accept a connect, /proc says no.
+    scene.sleeper.kill()
+    scene.sleeper.wait(10)
+    impostor = socket.socket()
+    impostor.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    impostor.bind(("127.0.0.1", scene.proxy_port))
+    impostor.listen(4)
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        scene.pid_file.write_text(f"{stand_in.pid}\n")  # a live 'squid' that does not listen
+        status, body, _ = http_get(f"{scene.url}/ready")
+        assert status == 503
+        assert f"- proxy port: no Squid process listens on port {scene.proxy_port}" in body
+    finally:
+        stand_in.kill()
+        stand_in.wait(10)
+        impostor.close()

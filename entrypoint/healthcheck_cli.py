@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,6 +14,7 @@ from types import FrameType
 from typing import Sequence
 
 from entrypoint.health_server import HealthTargets, make_server
+from entrypoint.squid_serving import SquidWatch
 from entrypoint.logs import configure_logging
 from entrypoint.settings import load_settings
 
@@ -42,12 +44,14 @@ def serve(port: int, targets: HealthTargets, log_level: str) -> int:
     log = configure_logging(log_level)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    watch = SquidWatch(targets.pid_file, targets.squid_comm, [targets.proxy_port])
     try:
-        server = make_server(port, targets)
+        server = make_server(port, targets, watch)
     except OSError as error:
         log.error("Health server cannot listen on port %d: %s", port, error.strerror or error)
         return 1
     log.info("Health server listening on port %d", port)
+    threading.Thread(target=watch.run_sampler, args=(threading.Event(),), daemon=True).start()
     try:
         server.serve_forever(poll_interval=0.5)
     finally:
