@@ -21,13 +21,28 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
 
 
-def healthcheck(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def healthcheck(
+    *args: str, env: dict[str, str] | None = None, python_options: tuple[str, ...] = (), output: object = subprocess.PIPE,
+) -> subprocess.Popen[bytes]:
     environment = dict(os.environ if env is None else env)
     environment["PYTHONPATH"] = str(REPO_ROOT)
-    return subprocess.Popen(
-        [sys.executable, str(PACKAGE_DIR / "healthcheck.py"), *args],
-        env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    return subprocess.Popen(  # type: ignore[call-overload]
+        [sys.executable, *python_options, str(PACKAGE_DIR / "healthcheck.py"), *args],
+        env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
     )
+
+
+def raw_request(port: int, request: bytes, host: str = "127.0.0.1") -> tuple[str, dict[str, str], bytes]:
+    """Send `request` as is; returns (status line, headers, body) of the answer."""
+    with socket.create_connection((host, port), 10) as conn:
+        conn.sendall(request)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    return status, headers, body
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -65,16 +80,18 @@ class Scene:
         self.config = tmp_path / "squid.conf"
         self.config.write_text("http_port 3128\n")
         self.port = free_port()
+        self.log = open(tmp_path / "health.log", "wb")
         self.server = healthcheck(
             "--port", str(self.port), "--pid-file", str(self.pid_file), "--squid-comm", self.comm,
             "--proxy-port", str(self.proxy_port), "--cache-dir", str(self.cache_dir),
-            "--config", str(self.config), "--log-level", "DEBUG",
+            "--config", str(self.config), "--log-level", "DEBUG", output=self.log,
         )
         self.url = f"http://127.0.0.1:{self.port}"
         assert wait_for_status(f"{self.url}/health", 200, 30)[0] == 200
 
     def close(self) -> None:
         stop(self.server)
+        self.log.close()
         if self.sleeper.poll() is None:
             os.kill(self.sleeper.pid, signal.SIGCONT)
             self.sleeper.kill()
@@ -187,3 +204,117 @@ def test_another_process_on_the_proxy_port_is_not_squid(scene: Scene, tmp_path: 
         stand_in.kill()
         stand_in.wait(10)
         impostor.close()
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "BREW"])
+@pytest.mark.parametrize("path", ["/health", "/ready"])
+def test_other_methods_get_405_with_allow_in_text_plain(scene: Scene, method: str, path: str) -> None:
+    request = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello".encode()
+    status, headers, body = raw_request(scene.port, request)
+    assert status == "HTTP/1.1 405 Method Not Allowed"
+    assert headers["Allow"] == "GET, HEAD"
+    assert headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert body == b"Method Not Allowed: use GET, HEAD\n"
+    assert int(headers["Content-Length"]) == len(body)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status_line", "body"),
+    [
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 404 Not Found", b"Not Found\n"),
+        (b"POST /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 404 Not Found", b"Not Found\n"),
+        (b"GET /health?verbose=1 HTTP/1.0\r\n\r\n", "HTTP/1.1 200 OK", b"OK\n"),
+        (b"garbage\r\n\r\n", "HTTP/1.1 400 Bad Request", b"Bad Request\n"),
+        (b"GET /health\r\n\r\n", "HTTP/1.1 400 Bad Request", b"Bad Request\n"),
+        (b"GET /health HTTP/2.0\r\n\r\n", "HTTP/1.1 505 HTTP Version Not Supported", b"HTTP Version Not Supported\n"),
+        (b"GET /health HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n", "HTTP/1.1 431 Request Header Fields Too Large",
+         b"Request Header Fields Too Large\n"),
+    ],
+    ids=["unknown-path", "unknown-path-post", "query", "garbage", "http-0.9", "http-2", "huge-head"],
+)
+def test_every_answer_is_text_plain(scene: Scene, request_bytes: bytes, status_line: str, body: bytes) -> None:
+    status, headers, answer = raw_request(scene.port, request_bytes)
+    assert (status, answer) == (status_line, body)
+    assert headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert headers["Connection"] == "close"
+    assert "Allow" not in headers
+
+
+def test_a_stalled_client_gets_408_in_text_plain(scene: Scene) -> None:
+    with socket.create_connection(("127.0.0.1", scene.port), 30) as stalled:
+        stalled.sendall(b"GET /health HT")
+        data = b""
+        while chunk := stalled.recv(4096):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert b"Content-Type: text/plain; charset=utf-8\r\n" in data
+
+
+def test_the_kernel_queues_a_burst_while_the_server_is_busy(scene: Scene) -> None:
+    # The server is stopped: only the listen backlog holds the connections. With a backlog
+    # of 5 the 7th connect's SYN is dropped (accept queue full) and the connect times out.
+    burst = 100
+    os.kill(scene.server.pid, signal.SIGSTOP)
+    clients: list[socket.socket] = []
+    try:
+        assert wait_until(lambda: process_state(scene.server.pid) == "T", 10)
+        for index in range(burst):
+            try:
+                clients.append(socket.create_connection(("127.0.0.1", scene.port), 3))
+            except OSError as error:
+                pytest.fail(f"connect {index + 1} of {burst} failed while the server was busy: {error}")
+            clients[-1].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    finally:
+        os.kill(scene.server.pid, signal.SIGCONT)
+    answers = []
+    for client in clients:
+        client.settimeout(30)
+        data = b""
+        while chunk := client.recv(4096):
+            data += chunk
+        client.close()
+        answers.append(data.split(b"\r\n", 1)[0])
+    assert answers == [b"HTTP/1.1 200 OK"] * burst
+
+
+def test_a_burst_of_concurrent_probes_is_answered(scene: Scene) -> None:
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=100) as pool:
+        results = list(pool.map(lambda _: http_get(f"{scene.url}/ready", timeout=30)[:2], range(300)))
+    assert results == [(200, "READY\n")] * 300
+
+
+def imported_modules(stderr: str) -> set[str]:
+    return {line.split("|")[2].strip() for line in stderr.splitlines() if line.startswith("import time:") and "|" in line}
+
+
+HEAVY_MODULES = {"asyncio", "ssl", "_ssl", "http.server", "http.client", "urllib.request", "email", "subprocess"}
+
+
+def test_the_server_imports_only_what_serving_needs(scene: Scene, tmp_path: Path) -> None:
+    port = free_port()
+    trace = tmp_path / "imports.txt"
+    with open(trace, "wb") as output:
+        server = healthcheck(
+            "--port", str(port), "--pid-file", str(scene.pid_file), "--squid-comm", scene.comm,
+            "--proxy-port", str(scene.proxy_port), "--cache-dir", str(scene.cache_dir), "--config", str(scene.config),
+            python_options=("-X", "importtime"), output=output,
+        )
+        try:
+            assert wait_for_status(f"http://127.0.0.1:{port}/ready", 200, 30) == (200, "READY\n")
+        finally:
+            stop(server)
+    modules = imported_modules(trace.read_text())
+    assert "entrypoint.health_server" in modules  # the trace is real
+    assert modules & HEAVY_MODULES == set()
+
+
+def test_check_does_not_import_the_server(scene: Scene) -> None:
+    env = dict(os.environ, HEALTH_PORT=str(scene.port))
+    checker = healthcheck("--check", env=env, python_options=("-X", "importtime"))
+    output = checker.communicate(timeout=30)[0].decode()
+    assert checker.returncode == 0, output
+    modules = imported_modules(output)
+    assert "entrypoint.healthcheck_cli" in modules
+    assert modules & ({"entrypoint.health_server", "entrypoint.squid_serving"} | HEAVY_MODULES) == set()
