@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import time
 import uuid
 
+from entrypoint.health_process import HEALTH_START_TIMEOUT
 from entrypoint.proc_table import process_tree
 from entrypoint.squid_serving import CRASH_LOOP_EXITS, LIVENESS_BOUND
 from entrypoint.testing import (  # noqa: F401 - fixtures
@@ -126,3 +128,84 @@ def test_probes_leave_no_line_in_the_access_log(workspace: Workspace, launch: La
     between = run.stdout.split(first, 1)[1].split(last, 1)[0].splitlines()[1:-1]
     traces = [line for line in between if ACCESS_LINE.match(line) or "transaction-end-before-headers" in line]
     assert traces == [], f"probes left access log lines: {traces}"
+
+
+# -- the health server is ours, or startup fails ------------------------------------------------
+def test_health_port_taken_by_another_listener_fails_startup(workspace: Workspace, launch: Launcher) -> None:
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("0.0.0.0", workspace.health_port))
+    squatter.listen(16)
+    try:
+        run = launch()
+        assert run.wait_exit(60) == 1
+    finally:
+        squatter.close()
+    assert f"HEALTH_PORT {workspace.health_port} is already in use" in run.stderr
+    assert "Container ready" not in run.stdout
+    assert "Starting Squid proxy" not in run.stdout
+    assert run.descendants_left() == []
+
+
+def test_a_health_server_that_never_reports_is_killed_after_the_start_limit(workspace: Workspace, launch: Launcher) -> None:
+    # The entrypoint's copy of the server stops itself before it binds (a hung child).
+    (workspace.lib / "entrypoint" / "healthcheck_cli.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)\n"
+    )
+    run = launch()
+    run.wait_for_output(r"Starting health server on port")
+    started = time.monotonic()
+    assert run.wait_exit(60) == 1
+    elapsed = time.monotonic() - started
+    assert f"did not report listening on HEALTH_PORT {workspace.health_port} within {HEALTH_START_TIMEOUT:g} s" in run.stderr
+    # The contract bound (5 s limit), with slack for a loaded machine; never before the limit.
+    assert HEALTH_START_TIMEOUT - 0.5 <= elapsed <= HEALTH_START_TIMEOUT + SLACK, elapsed
+    assert "Starting Squid proxy" not in run.stdout
+    assert run.descendants_left() == []
+
+
+def health_server_pid(entrypoint_pid: int) -> int:
+    (pid,) = [
+        p.pid for p in process_tree(entrypoint_pid)
+        if b"entrypoint.healthcheck_cli" in open(f"/proc/{p.pid}/cmdline", "rb").read()
+    ]
+    return pid
+
+
+def test_a_dying_health_server_is_restarted_with_backoff_and_counted(workspace: Workspace, launch: Launcher) -> None:
+    run = launch()
+    run.wait_ready()
+    base = f"http://127.0.0.1:{workspace.health_port}"
+    for restart, delay in ((1, "0.5"), (2, "1"), (3, "2")):
+        os.kill(health_server_pid(run.pid), signal.SIGKILL)
+        run.wait_for_output(
+            rf"Health server exited unexpectedly \(signal SIGKILL\); restart {restart} in {delay} s", 30, stream="stderr"
+        )
+        run.wait_for_output(rf"Health server restarted \(restart {restart}\), listening on port", 30)
+        assert wait_for_status(f"{base}/ready", 200, 30) == (200, "READY\n")
+    assert run.process.poll() is None
+
+
+def test_a_health_server_that_cannot_bind_again_ends_the_container(workspace: Workspace, launch: Launcher) -> None:
+    run = launch()
+    run.wait_ready()
+    os.kill(health_server_pid(run.pid), signal.SIGKILL)
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        # Take the port in the restart's backoff (0.5 s): the dead server's socket is gone at once.
+        assert wait_until(lambda: _try_bind(squatter, workspace.health_port), 0.4, interval=0.01)
+        squatter.listen(4)
+        assert run.wait_exit(60) == 1
+    finally:
+        squatter.close()
+    assert f"Health server cannot be restarted: HEALTH_PORT {workspace.health_port} is already in use" in run.stderr
+    assert run.descendants_left() == []
+
+
+def _try_bind(sock: socket.socket, port: int) -> bool:
+    try:
+        sock.bind(("0.0.0.0", port))
+    except OSError:
+        return False
+    return True

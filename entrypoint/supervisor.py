@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-import entrypoint
 from entrypoint import runtime_dirs, squid_config, tls
+from entrypoint.health_process import HealthError, HealthProcess, health_argv
 from entrypoint.processes import ChildProcesses, describe_exit
 from entrypoint.settings import Settings
 from entrypoint.squid_config import ActiveConfig
 from entrypoint.squid_process import SquidCommands, SquidError, SquidProcess, is_live_process
 
-HEALTH_START_TIMEOUT = 5.0
 MONITOR_INTERVAL = 0.5
 CHILD_STOP_TIMEOUT = 5.0
 PROXY_ACCEPT_TIMEOUT = 30.0
@@ -38,8 +34,7 @@ class Supervisor:
         self.config: ActiveConfig | None = None
         self.squid: SquidProcess | None = None
         self.squid_pid: int | None = None
-        self.health: subprocess.Popen[bytes] | None = None
-        self.health_argv: list[str] = []
+        self.health: HealthProcess | None = None
         self.signals_received = 0
         self.shutdown_requested = asyncio.Event()
         self.force_kill = asyncio.Event()
@@ -199,46 +194,13 @@ class Supervisor:
     ) -> None:
         settings = self.settings
         cache_dirs = [d.path for d in config.disk_cache_dirs] or [settings.spool_dir]
-        # Run the package by module name with the package's parent dir on PYTHONPATH:
-        # this works from the source tree, Bazel runfiles and the image alike.
-        package_parent = str(Path(entrypoint.__file__).resolve().parent.parent)
-        self.health_argv = [
-            sys.executable, "-P", "-m", "entrypoint.healthcheck_cli",
-            "--port", str(settings.health_port),
-            "--pid-file", str(pid_file),
-            "--squid-comm", settings.squid_bin.name,
-            "--proxy-host", proxy_host,
-            "--proxy-port", str(proxy_port),
-            "--config", str(config.path),
-            "--log-level", settings.log_level,
-        ]
-        for cache_dir in cache_dirs:
-            self.health_argv += ["--cache-dir", str(cache_dir)]
-        environment = dict(os.environ)
-        existing = environment.get("PYTHONPATH")
-        environment["PYTHONPATH"] = package_parent + (os.pathsep + existing if existing else "")
-        self.health_environment = environment
+        argv = health_argv(settings, config.path, pid_file, proxy_host, proxy_port, cache_dirs)
         self.log.info("Starting health server on port %d", settings.health_port)
-        health = self.health = self._spawn_health()
-
-        def health_exit() -> str | None:
-            code = self.children.returncode(health)
-            return None if code is None else f"Health server exited during startup ({describe_exit(code)})"
-
-        if not await self._wait_until_accepting("127.0.0.1", settings.health_port, HEALTH_START_TIMEOUT, health_exit):
-            raise StartupError(
-                f"Health server did not accept connections on port {settings.health_port}"
-                f" within {HEALTH_START_TIMEOUT:g} s"
-            )
-
-    def _spawn_health(self) -> subprocess.Popen[bytes]:
-        return self.children.spawn(
-            self.health_argv,
-            stdin=subprocess.DEVNULL,
-            env=self.health_environment,
-            cwd="/",
-            process_group=0,
-        )
+        self.health = HealthProcess(self.children, self.log, settings.health_port, argv)
+        try:
+            await self.health.start()
+        except HealthError as error:
+            raise StartupError(str(error)) from None
 
     async def _wait_until_accepting(
         self, host: str, port: int, timeout: float, child_exit: Callable[[], str | None]
@@ -299,21 +261,19 @@ class Supervisor:
                     self.log.error("Squid process died unexpectedly (%s)", what)
                     await self.stop_everything_now()
                     return 1
-                self._restart_health_if_dead()
+                if self.health is not None:
+                    try:
+                        self.health.keep_alive()
+                    except HealthError as error:
+                        self.log.error("%s; stopping", error)
+                        await self.stop_everything_now()
+                        return 1
         finally:
             shutdown.cancel()
 
     def _squid_alive(self) -> bool:
         pid = self.squid_pid or (self.squid.pid if self.squid else None)
         return pid is not None and is_live_process(pid, self.squid_commands.comm)
-
-    def _restart_health_if_dead(self) -> None:
-        if self.health is None:
-            return
-        code = self.children.returncode(self.health)
-        if code is not None:
-            self.log.error("Health server exited unexpectedly (%s); restarting it", describe_exit(code))
-            self.health = self._spawn_health()
 
     # -- stopping ----------------------------------------------------------------------
     async def shut_down(self) -> None:
@@ -347,12 +307,8 @@ class Supervisor:
         if squid is not None:
             squid.kill_all()
             await self.children.wait(squid.process, CHILD_STOP_TIMEOUT)
-        health = self.health
-        if health is not None and self.children.returncode(health) is None:
-            self.children.signal(health, signal.SIGTERM)
-            if await self.children.wait(health, CHILD_STOP_TIMEOUT) is None:
-                self.children.kill_group(health)
-                await self.children.wait(health, CHILD_STOP_TIMEOUT)
+        if self.health is not None:
+            await self.health.stop()
         if squid is not None:
             await squid.drain_output(2.0)
         self.children.reap()
