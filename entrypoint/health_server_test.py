@@ -318,3 +318,23 @@ def test_check_does_not_import_the_server(scene: Scene) -> None:
     modules = imported_modules(output)
     assert "entrypoint.healthcheck_cli" in modules
     assert modules & ({"entrypoint.health_server", "entrypoint.squid_serving"} | HEAVY_MODULES) == set()
+
+
+def host_has_ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_health_answers_on_ipv6_and_ipv4_loopback(scene: Scene) -> None:
+    if not host_has_ipv6_loopback():
+        pytest.skip("this host has no IPv6 loopback (::1)")
+    for host in ("::1", "127.0.0.1"):
+        status, headers, body = raw_request(scene.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", host=host)
+        assert (status, body) == ("HTTP/1.1 200 OK", b"OK\n"), host
+        assert headers["Content-Type"] == "text/plain; charset=utf-8"
