@@ -209,3 +209,17 @@ def _try_bind(sock: socket.socket, port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_cache_dir_unwritable_for_squids_user_fails_ready(workspace: Workspace, launch: Launcher) -> None:
+    # As root the entrypoint, Squid and the health server run as UID 1000660000 GID 0: group
+    # r-x takes writing away from them (root could still write: the check must not run as root).
+    squid_pid, base = ready_run(workspace, launch)
+    spool = workspace.runtime_dir("spool")
+    os.chmod(spool, 0o550)
+    try:
+        status, body, _ = http_get(f"{base}/ready")
+        assert (status, body) == (503, f"NOT READY\n- cache dir: {spool} is not writable\n")
+    finally:
+        os.chmod(spool, 0o770)
+    assert http_get(f"{base}/ready")[:2] == (200, "READY\n")

@@ -6,29 +6,36 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from entrypoint.testing import (
-    free_port, http_get, process_state, session_processes, wait_for_status, wait_until,
+from entrypoint.testing import (  # noqa: F401 - fixtures
+    UNPRIVILEGED_GID, UNPRIVILEGED_UID, Workspace, free_port, http_get, process_state, process_uid, python_for_child,
+    running_as_root, session_processes, unprivileged_access_problem, wait_for_status, wait_until, workspace,
 )
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parent
+def as_entrypoint_user() -> dict[str, object]:
+    """Popen options: as root, the entrypoint's (and so Squid's and the health server's) UID and GID."""
+    if not running_as_root():
+        return {}
+    return {"user": UNPRIVILEGED_UID, "group": UNPRIVILEGED_GID, "extra_groups": []}
 
 
 def healthcheck(
-    *args: str, env: dict[str, str] | None = None, python_options: tuple[str, ...] = (), output: object = subprocess.PIPE,
+    workspace: Workspace, *args: str, env: dict[str, str] | None = None, python_options: tuple[str, ...] = (),
+    output: object = subprocess.PIPE,
 ) -> subprocess.Popen[bytes]:
+    """The image's healthcheck.py (a workspace copy) as the entrypoint's user."""
     environment = dict(os.environ if env is None else env)
-    environment["PYTHONPATH"] = str(REPO_ROOT)
+    environment["PYTHONPATH"] = str(workspace.lib)
+    environment["PYTHONDONTWRITEBYTECODE"] = "1"
     return subprocess.Popen(  # type: ignore[call-overload]
-        [sys.executable, *python_options, str(PACKAGE_DIR / "healthcheck.py"), *args],
+        [python_for_child(), *python_options, str(workspace.bin / "healthcheck.py"), *args],
         env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=str(workspace.root), **as_entrypoint_user(),
     )
 
 
@@ -67,27 +74,38 @@ STAND_IN = (
 
 
 class Scene:
-    """A stand-in 'squid' holding the proxy's LISTEN socket, its pid file, dirs, a config, the server."""
+    """A stand-in 'squid' holding the proxy's LISTEN socket, its pid file, dirs, a config, the server.
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.sleeper = subprocess.Popen([sys.executable, "-c", STAND_IN], stdout=subprocess.PIPE)
-        self.proxy_port = int(self.sleeper.stdout.readline())  # type: ignore[union-attr]
-        self.comm = Path(f"/proc/{self.sleeper.pid}/comm").read_text().strip()
-        self.pid_file = tmp_path / "squid.pid"
-        self.pid_file.write_text(f"{self.sleeper.pid}\n")
-        self.cache_dir = tmp_path / "cache"
-        self.cache_dir.mkdir()
-        self.config = tmp_path / "squid.conf"
-        self.config.write_text("http_port 3128\n")
-        self.port = free_port()
-        self.log = open(tmp_path / "health.log", "wb")
-        self.server = healthcheck(
-            "--port", str(self.port), "--pid-file", str(self.pid_file), "--squid-comm", self.comm,
-            "--proxy-port", str(self.proxy_port), "--cache-dir", str(self.cache_dir),
-            "--config", str(self.config), "--log-level", "DEBUG", output=self.log,
+    All of it runs as the entrypoint's user (when the tests run as root), so the checks are
+    made with the permissions the health server has in the container.
+    """
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+        self.sleeper = subprocess.Popen(
+            [python_for_child(), "-c", STAND_IN], stdout=subprocess.PIPE, cwd=str(workspace.root), **as_entrypoint_user(),  # type: ignore[call-overload]
         )
+        self.proxy_port = int(self.sleeper.stdout.readline())
+        self.comm = Path(f"/proc/{self.sleeper.pid}/comm").read_text().strip()
+        self.pid_file = workspace.var / "squid.pid"
+        self.pid_file.write_text(f"{self.sleeper.pid}\n")
+        self.cache_dir = workspace.make_dir(workspace.var / "cache")
+        self.config = workspace.etc / "squid.conf"
+        self.config.write_text("http_port 3128\n")
+        os.chmod(self.config, 0o664)
+        self.port = free_port()
+        self.log = open(workspace.var / "health.log", "wb")
+        self.server = self.start_server(self.port, output=self.log)
         self.url = f"http://127.0.0.1:{self.port}"
         assert wait_for_status(f"{self.url}/health", 200, 30)[0] == 200
+
+    def start_server(self, port: int, output: object, python_options: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+        return healthcheck(
+            self.workspace,
+            "--port", str(port), "--pid-file", str(self.pid_file), "--squid-comm", self.comm,
+            "--proxy-port", str(self.proxy_port), "--cache-dir", str(self.cache_dir),
+            "--config", str(self.config), "--log-level", "DEBUG", output=output, python_options=python_options,
+        )
 
     def close(self) -> None:
         stop(self.server)
@@ -99,8 +117,11 @@ class Scene:
 
 
 @pytest.fixture
-def scene(tmp_path: Path) -> Iterator[Scene]:
-    created = Scene(tmp_path)
+def scene(workspace: Workspace) -> Iterator[Scene]:
+    problem = unprivileged_access_problem()
+    if problem:
+        pytest.skip(problem)
+    created = Scene(workspace)
     try:
         yield created
     finally:
@@ -133,14 +154,27 @@ def test_ready_lists_every_failed_check(scene: Scene) -> None:
         assert lines[0] == "NOT READY"
         assert any(line.startswith("- squid process:") for line in lines)
         assert any(line.startswith("- proxy port:") for line in lines)
-        if os.geteuid() != 0:  # root may write and read anything
-            assert any(line.startswith("- cache dir:") for line in lines)
-            assert any(line.startswith("- config:") for line in lines)
+        # Checked as the entrypoint's user: root could still write and read both.
+        assert f"- cache dir: {scene.cache_dir} is not writable" in lines
+        assert any(line.startswith(f"- config: {scene.config} is not readable") for line in lines)
         status, body, _ = http_get(f"{scene.url}/health")
         assert status == 503 and body.startswith("NOT OK: squid pid")
     finally:
         os.chmod(scene.config, 0o644)
         os.chmod(scene.cache_dir, 0o755)
+
+
+def test_cache_dir_unwritable_for_the_servers_user_fails_ready(scene: Scene) -> None:
+    if running_as_root():
+        assert process_uid(scene.server.pid) == UNPRIVILEGED_UID
+    os.chmod(scene.cache_dir, 0o550)  # group 0 may read and search, not write
+    try:
+        status, body, _ = http_get(f"{scene.url}/ready")
+        assert (status, body) == (503, f"NOT READY\n- cache dir: {scene.cache_dir} is not writable\n")
+        assert http_get(f"{scene.url}/health")[:2] == (200, "OK\n")  # liveness is about Squid only
+    finally:
+        os.chmod(scene.cache_dir, 0o770)
+    assert http_get(f"{scene.url}/ready")[:2] == (200, "READY\n")
 
 
 def test_a_slow_client_does_not_block_others(scene: Scene) -> None:
@@ -158,14 +192,14 @@ def test_a_slow_client_does_not_block_others(scene: Scene) -> None:
 
 def test_check_exits_0_when_healthy_and_1_otherwise(scene: Scene) -> None:
     env = dict(os.environ, HEALTH_PORT=str(scene.port))
-    checker = healthcheck("--check", env=env)
+    checker = healthcheck(scene.workspace, "--check", env=env)
     assert checker.wait(30) == 0
     scene.pid_file.write_text("999999999\n")
-    checker = healthcheck("--check", env=env)
+    checker = healthcheck(scene.workspace, "--check", env=env)
     assert checker.wait(30) == 1
     assert b"503" in checker.stdout.read()  # type: ignore[union-attr]
     closed = dict(os.environ, HEALTH_PORT=str(free_port()))
-    checker = healthcheck("--check", env=closed)
+    checker = healthcheck(scene.workspace, "--check", env=closed)
     assert checker.wait(30) == 1
 
 
@@ -186,7 +220,7 @@ def test_a_stopped_squid_fails_ready_at_once(scene: Scene) -> None:
     assert http_get(f"{scene.url}/ready")[:2] == (200, "READY\n")
 
 
-def test_another_process_on_the_proxy_port_is_not_squid(scene: Scene, tmp_path: Path) -> None:
+def test_another_process_on_the_proxy_port_is_not_squid(scene: Scene) -> None:
     # Squid gone, someone else listens on its port: the kernel would accept a connect, /proc says no.
     scene.sleeper.kill()
     scene.sleeper.wait(10)
@@ -194,7 +228,7 @@ def test_another_process_on_the_proxy_port_is_not_squid(scene: Scene, tmp_path: 
     impostor.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     impostor.bind(("127.0.0.1", scene.proxy_port))
     impostor.listen(4)
-    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    stand_in = subprocess.Popen([python_for_child(), "-c", "import time; time.sleep(600)"], **as_entrypoint_user())  # type: ignore[call-overload]
     try:
         scene.pid_file.write_text(f"{stand_in.pid}\n")  # a live 'squid' that does not listen
         status, body, _ = http_get(f"{scene.url}/ready")
@@ -296,11 +330,7 @@ def test_the_server_imports_only_what_serving_needs(scene: Scene, tmp_path: Path
     port = free_port()
     trace = tmp_path / "imports.txt"
     with open(trace, "wb") as output:
-        server = healthcheck(
-            "--port", str(port), "--pid-file", str(scene.pid_file), "--squid-comm", scene.comm,
-            "--proxy-port", str(scene.proxy_port), "--cache-dir", str(scene.cache_dir), "--config", str(scene.config),
-            python_options=("-X", "importtime"), output=output,
-        )
+        server = scene.start_server(port, output, python_options=("-X", "importtime"))
         try:
             assert wait_for_status(f"http://127.0.0.1:{port}/ready", 200, 30) == (200, "READY\n")
         finally:
@@ -312,7 +342,7 @@ def test_the_server_imports_only_what_serving_needs(scene: Scene, tmp_path: Path
 
 def test_check_does_not_import_the_server(scene: Scene) -> None:
     env = dict(os.environ, HEALTH_PORT=str(scene.port))
-    checker = healthcheck("--check", env=env, python_options=("-X", "importtime"))
+    checker = healthcheck(scene.workspace, "--check", env=env, python_options=("-X", "importtime"))
     output = checker.communicate(timeout=30)[0].decode()
     assert checker.returncode == 0, output
     modules = imported_modules(output)
