@@ -26,7 +26,7 @@ def as_entrypoint_user() -> dict[str, object]:
 
 def healthcheck(
     workspace: Workspace, *args: str, env: dict[str, str] | None = None, python_options: tuple[str, ...] = (),
-    output: object = subprocess.PIPE,
+    output: object = subprocess.PIPE, stderr: object = subprocess.STDOUT,
 ) -> subprocess.Popen[bytes]:
     """The image's healthcheck.py (a workspace copy) as the entrypoint's user."""
     environment = dict(os.environ if env is None else env)
@@ -34,7 +34,7 @@ def healthcheck(
     environment["PYTHONDONTWRITEBYTECODE"] = "1"
     return subprocess.Popen(  # type: ignore[call-overload]
         [python_for_child(), *python_options, str(workspace.bin / "healthcheck.py"), *args],
-        env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        env=environment, stdout=output, stderr=stderr, start_new_session=True,
         cwd=str(workspace.root), **as_entrypoint_user(),
     )
 
@@ -368,3 +368,19 @@ def test_health_answers_on_ipv6_and_ipv4_loopback(scene: Scene) -> None:
         status, headers, body = raw_request(scene.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", host=host)
         assert (status, body) == ("HTTP/1.1 200 OK", b"OK\n"), host
         assert headers["Content-Type"] == "text/plain; charset=utf-8"
+
+
+def test_check_warns_about_an_invalid_health_port_and_asks_127_0_0_1_on_the_default(scene: Scene) -> None:
+    env = scene.workspace.env(HEALTH_PORT="abc")
+    checker = healthcheck(scene.workspace, "--check", env=env, output=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = (stream.decode() for stream in checker.communicate(timeout=30))
+    assert stderr == "Invalid HEALTH_PORT='abc': expected a TCP port number 1-65535; using default 8080\n"
+    assert stdout.startswith("http://127.0.0.1:8080/health: "), stdout
+    assert checker.returncode in (0, 1)  # whatever listens on 8080 here, if anything
+
+
+def test_check_prints_nothing_on_stderr_when_the_settings_are_valid(scene: Scene) -> None:
+    env = scene.workspace.env(HEALTH_PORT=str(scene.port))
+    checker = healthcheck(scene.workspace, "--check", env=env, output=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = (stream.decode() for stream in checker.communicate(timeout=30))
+    assert (checker.returncode, stdout, stderr) == (0, f"http://127.0.0.1:{scene.port}/health: 200 OK\n", "")

@@ -102,7 +102,7 @@ def serve(args: argparse.Namespace, cache_dirs: tuple[Path, ...]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings, _ = load_settings(os.environ)
+    settings, warnings = load_settings(os.environ)
     parser = argparse.ArgumentParser(prog="healthcheck", description=__doc__)
     parser.add_argument("--check", action="store_true", help="query /health and exit 0/1")
     parser.add_argument("--port", type=int, default=settings.health_port)
@@ -116,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ready-fd", type=int, default=None, help="pipe to report `listening PORT` or `error CODE ...` on")
     args = parser.parse_args(argv)
     if args.check:
+        for warning in warnings:  # the entrypoint logs them for the server; the check is on its own
+            print(warning, file=sys.stderr)
         return check(args.port)
     return serve(args, tuple(args.cache_dir or [settings.spool_dir]))
 
