@@ -45,6 +45,7 @@ class Observation:
 
 
 def read_pid(path: Path) -> int | None:
+    # squid_process.read_pid_file does the same, but importing it would load asyncio into the server.
     try:
         text = path.read_text(encoding="ascii", errors="replace").strip()
     except OSError:
