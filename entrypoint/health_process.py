@@ -190,7 +190,7 @@ class HealthProcess:
                 await self.start()
             except HealthBindError as error:
                 raise HealthBindError(f"Health server cannot be restarted: {error}") from None
-            except HealthError as error:
+            except (HealthError, OSError) as error:  # OSError: fork/exec failed (EAGAIN, ENOMEM)
                 what = f"restart failed: {error}"
                 continue
             self.log.info("Health server restarted (restart %d), listening on port %d", self.restarts, self.port)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from entrypoint.proc_table import TCP_LISTEN, ProcessInfo, process_tree, socket_inodes, tcp_sockets
+from entrypoint.proc_table import ProcessInfo, process_tree
 
 # /health fails when no Squid worker has served for this long (sampled every SAMPLE_INTERVAL):
 # long enough for a kid that crashed once to be respawned and listen again.
@@ -42,6 +43,7 @@ class Observation:
     master_problem: str | None  # no pid file, master gone or a zombie
     serving_problem: str | None  # no runnable worker holds the LISTEN socket
     kids: frozenset[int]
+    holder: tuple[int, str, str] | None = None  # (pid, fd, "socket:[inode]") of the worker seen serving
 
 
 def read_pid(path: Path) -> int | None:
@@ -66,12 +68,70 @@ def _kid_name(pid: int) -> str | None:
     return None
 
 
+def listening_inodes(ports: Iterable[int]) -> set[int]:
+    """Inodes of the LISTEN sockets on `ports` (IPv4 and IPv6).
+
+    Not proc_table.tcp_sockets: that decodes every row, and a busy proxy has tens of thousands
+    of them; only LISTEN rows (state 0A) are looked at here.
+    """
+    wanted = {f"{port:04X}" for port in ports}
+    inodes: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as handle:
+                handle.readline()  # the header
+                for row in handle:
+                    fields = row.split(None, 10)
+                    if fields[3] == "0A" and fields[1].rsplit(":", 1)[1] in wanted:
+                        inodes.add(int(fields[9]))
+        except OSError:
+            continue  # no IPv6 in this namespace
+    return inodes
+
+
+def held_socket(pid: int, inodes: set[int]) -> tuple[str, str] | None:
+    """(fd, link) of the first of the socket `inodes` the process has open, else None (fds in
+    order, and a listening socket is opened long before the client connections: it stops early)."""
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return None  # gone, or not ours to read
+    for name in names:
+        try:
+            target = os.readlink(f"{fd_dir}/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and int(target[8:-1]) in inodes:
+            return name, target
+    return None
+
+
+def still_holds(pid: int, fd: str, link: str) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}") == link
+    except OSError:
+        return False
+
+
 def _describe(process: ProcessInfo) -> str:
     return f"pid {process.pid} {_STATE_NAMES.get(process.state, process.state)}"
 
 
-def observe(pid_file: Path, comm: str, ports: Iterable[int], clock: Callable[[], float] = time.monotonic) -> Observation:
-    """Squid's processes (the pid file's master and its tree) and whether a runnable worker listens."""
+def observe(
+    pid_file: Path,
+    comm: str,
+    ports: Iterable[int],
+    clock: Callable[[], float] = time.monotonic,
+    hint: tuple[int, str, str] | None = None,
+) -> Observation:
+    """Squid's processes (the pid file's master and its tree) and whether a runnable worker listens.
+
+    `hint` is the previous observation's (worker pid, fd, socket): while that runnable worker
+    still has that socket on that fd, it is still listening (a socket leaves LISTEN only by being
+    closed), and the costly looks at every TCP socket (/proc/net/tcp grows with the connections)
+    and every fd are skipped.
+    """
     now = clock()
     wanted = set(ports)
     port_list = ", ".join(str(port) for port in sorted(wanted))
@@ -83,24 +143,28 @@ def observe(pid_file: Path, comm: str, ports: Iterable[int], clock: Callable[[],
     tree = process_tree(pid)
     if not tree or tree[0].comm != name or tree[0].state in ("Z", "X"):
         return Observation(now, pid, f"squid pid {pid} is not running", nobody, frozenset())
-    squids = [p for p in tree if p.comm == name]
+    # The master and its direct children only: a kid's own fork (before it execs a helper such
+    # as unlinkd) briefly looks like a Squid kid too, and would count as a kid exit.
+    squids = [p for p in tree if p.comm == name and (p.pid == pid or p.ppid == pid)]
     kid_names = {p.pid: _kid_name(p.pid) for p in squids}
     kids = frozenset(p for p, kid in kid_names.items() if kid is not None)
-    listening = {s.inode for s in tcp_sockets() if s.state == TCP_LISTEN and s.local_port in wanted}
-    holders = [
-        p for p in squids
-        if not any(role in (kid_names[p.pid] or "") for role in _NON_SERVING_KID_ROLES)
-        and socket_inodes([p.pid]) & listening
+    candidates = [
+        p for p in squids if not any(role in (kid_names[p.pid] or "") for role in _NON_SERVING_KID_ROLES)
     ]
-    if any(p.runnable for p in holders):
-        problem = None
-    elif holders:
-        problem = (
-            f"no runnable Squid process listens on port {port_list}"
-            f" ({', '.join(_describe(p) for p in holders)})"
-        )
-    else:
-        problem = nobody
+    if hint is not None:
+        for process in candidates:
+            if process.pid == hint[0] and process.runnable and still_holds(*hint):
+                return Observation(now, pid, None, None, kids, hint)
+    listening = listening_inodes(wanted)
+    for process in candidates if listening else []:  # runnable ones settle it; a stopped one does not
+        held = held_socket(process.pid, listening) if process.runnable else None
+        if held is not None:
+            return Observation(now, pid, None, None, kids, (process.pid, *held))
+    holders = [p for p in candidates if not p.runnable and held_socket(p.pid, listening) is not None]
+    problem = (
+        f"no runnable Squid process listens on port {port_list} ({', '.join(_describe(p) for p in holders)})"
+        if holders else nobody
+    )
     return Observation(now, pid, None, problem, kids)
 
 
@@ -120,7 +184,8 @@ class SquidWatch:
     def sample(self) -> Observation:
         """Look now and fold the observation into the history."""
         with self._lock:  # one look at a time, folded in the order taken
-            seen = observe(self.pid_file, self.comm, self.ports, self.clock)
+            hint = self._previous.holder if self._previous is not None else None
+            seen = observe(self.pid_file, self.comm, self.ports, self.clock, hint)
             previous = self._previous
             same_master = previous is not None and previous.master_pid == seen.master_pid
             if seen.master_problem is not None or not same_master:
