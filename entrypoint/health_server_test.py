@@ -97,7 +97,9 @@ class Scene:
         self.log = open(workspace.var / "health.log", "wb")
         self.server = self.start_server(self.port, output=self.log)
         self.url = f"http://127.0.0.1:{self.port}"
-        assert wait_for_status(f"{self.url}/health", 200, 30)[0] == 200
+        if wait_for_status(f"{self.url}/health", 200, 30)[0] != 200:
+            self.close()  # the fixture never yields: nothing else would stop them
+            raise AssertionError(f"the health server does not answer 200 on {self.url}/health")
 
     def start_server(self, port: int, output: object, python_options: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         return healthcheck(
