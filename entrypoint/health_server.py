@@ -1,7 +1,8 @@
-"""HTTP health endpoints for Kubernetes/Docker probes (`/health`, `/ready`), text/plain.
+"""HTTP health endpoints for Kubernetes/Docker probes (`/health`, `/ready`): a minimal text/plain HTTP/1.1 server.
 
-Runs in its own process (started by the entrypoint), so a stuck probe never blocks PID 1,
-and one thread per client, so a slow client never blocks the others.
+Runs in its own process (started by the entrypoint), so a stuck probe never blocks PID 1, and one
+thread per client (at most MAX_CLIENTS at once), so a slow client never blocks the others. It imports
+only what answering GET/HEAD on two paths needs: no http.server, email, urllib, ssl or asyncio.
 """
 
 from __future__ import annotations
@@ -11,13 +12,30 @@ import errno
 import logging
 import os
 import socket
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import threading
+import time
 from pathlib import Path
 
-from entrypoint.squid_process import is_live_process, read_pid_file
+from entrypoint.squid_serving import SquidWatch
 
-CLIENT_TIMEOUT = 5.0
-PROXY_CONNECT_TIMEOUT = 1.0
+LISTEN_BACKLOG = 128  # a burst of probes waits in the kernel's queue, not in SYN retries
+CLIENT_TIMEOUT = 5.0  # a client that stalls mid-request is dropped after this
+MAX_CLIENTS = 64
+MAX_REQUEST_HEAD = 8192
+ALLOW = "GET, HEAD"
+
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 log = logging.getLogger("cephaloproxy.health")
 
@@ -32,29 +50,15 @@ class HealthTargets:
     config: Path
 
 
-def squid_alive(targets: HealthTargets) -> str | None:
-    """None when Squid runs, else the reason."""
-    pid = read_pid_file(targets.pid_file)
-    if pid is None:
-        return f"no pid in {targets.pid_file}"
-    if not is_live_process(pid, targets.squid_comm):
-        return f"squid pid {pid} is not running"
-    return None
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    status: int
+    body: str
+    allow: bool = False  # send `Allow: GET, HEAD` (405)
 
 
-def failed_readiness_checks(targets: HealthTargets) -> list[str]:
-    failures: list[str] = []
-    reason = squid_alive(targets)
-    if reason is not None:
-        failures.append(f"squid process: {reason}")
-    try:
-        with socket.create_connection((targets.proxy_host, targets.proxy_port), PROXY_CONNECT_TIMEOUT):
-            pass
-    except OSError as error:
-        failures.append(
-            f"proxy port: {targets.proxy_host}:{targets.proxy_port} does not accept connections"
-            f" ({error.strerror or error})"
-        )
+def failed_readiness_checks(targets: HealthTargets, watch: SquidWatch) -> list[str]:
+    failures = watch.readiness_problems()
     for cache_dir in targets.cache_dirs:
         if not os.access(cache_dir, os.W_OK | os.X_OK):
             failures.append(f"cache dir: {cache_dir} is not writable")
@@ -66,66 +70,165 @@ def failed_readiness_checks(targets: HealthTargets) -> list[str]:
     return failures
 
 
-class HealthHandler(BaseHTTPRequestHandler):
-    server_version = "CephaloProxyHealth"
-    sys_version = ""
-    timeout = CLIENT_TIMEOUT  # a client that stalls mid-request is dropped
-    targets: HealthTargets  # set on the subclass made by `make_server`
+def answer(method: str, target: str, targets: HealthTargets, watch: SquidWatch) -> Answer:
+    """What a request gets: unknown path 404, other method 405, else the check's 200/503."""
+    path = target.split("?", 1)[0]
+    if path not in ("/health", "/ready"):
+        return Answer(404, "Not Found\n")
+    if method not in ("GET", "HEAD"):
+        return Answer(405, f"Method Not Allowed: use {ALLOW}\n", allow=True)
+    if path == "/health":
+        reason = watch.liveness_problem()
+        return Answer(200, "OK\n") if reason is None else Answer(503, f"NOT OK: {reason}\n")
+    failures = failed_readiness_checks(targets, watch)
+    if failures:
+        return Answer(503, "NOT READY\n" + "".join(f"- {failure}\n" for failure in failures))
+    return Answer(200, "READY\n")
 
-    def _respond(self, include_body: bool) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/health":
-            reason = squid_alive(self.targets)
-            status, body = (200, "OK\n") if reason is None else (503, f"NOT OK: {reason}\n")
-        elif path == "/ready":
-            failures = failed_readiness_checks(self.targets)
-            if failures:
-                status, body = 503, "NOT READY\n" + "".join(f"- {f}\n" for f in failures)
-            else:
-                status, body = 200, "READY\n"
+
+def _http_date() -> str:
+    # Not time.strftime: %a and %b follow the locale.
+    now = time.gmtime()
+    return (
+        f"{_DAYS[now.tm_wday]}, {now.tm_mday:02d} {_MONTHS[now.tm_mon - 1]} {now.tm_year}"
+        f" {now.tm_hour:02d}:{now.tm_min:02d}:{now.tm_sec:02d} GMT"
+    )
+
+
+def render(result: Answer, include_body: bool) -> bytes:
+    body = result.body.encode("utf-8")
+    head = [
+        f"HTTP/1.1 {result.status} {REASONS[result.status]}",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Cache-Control: no-store",
+        "Connection: close",
+        f"Date: {_http_date()}",
+    ]
+    if result.allow:
+        head.append(f"Allow: {ALLOW}")
+    data = ("\r\n".join(head) + "\r\n\r\n").encode("ascii")
+    return data + body if include_body else data
+
+
+def read_request_head(conn: socket.socket, deadline: float) -> bytes | None:
+    """Bytes up to the blank line that ends the head; None when the client is too slow."""
+    data = b""
+    while b"\r\n\r\n" not in data and b"\n\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        conn.settimeout(remaining)
+        try:
+            chunk = conn.recv(4096)
+        except socket.timeout:
+            return None
+        if not chunk:
+            break  # the client closed its side: answer what we have
+        data += chunk
+        if len(data) > MAX_REQUEST_HEAD:
+            break
+    return data
+
+
+def respond(conn: socket.socket, targets: HealthTargets, watch: SquidWatch) -> None:
+    """Read one request and answer it; every answer is text/plain, then the connection closes."""
+    deadline = time.monotonic() + CLIENT_TIMEOUT
+    head = read_request_head(conn, deadline)
+    method = ""
+    if head is None:
+        result = Answer(408, "Request Timeout\n")
+    elif len(head) > MAX_REQUEST_HEAD:
+        result = Answer(431, "Request Header Fields Too Large\n")
+    else:
+        request_line = head.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
+        parts = request_line.split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            result = Answer(400, "Bad Request\n")
+        elif parts[2] not in ("HTTP/1.0", "HTTP/1.1"):
+            result = Answer(505, "HTTP Version Not Supported\n")
         else:
-            status, body = 404, "Not Found\n"
-        data = body.encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if include_body:
-            self.wfile.write(data)
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
-        self._respond(include_body=True)
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._respond(include_body=False)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        log.debug("health %s - %s", self.address_string(), format % args)
+            method = parts[0]
+            result = answer(method, parts[1], targets, watch)
+        log.debug("health %s -> %d", request_line[:200], result.status)
+    conn.settimeout(max(deadline - time.monotonic(), 0.5))
+    conn.sendall(render(result, include_body=method != "HEAD"))
+    # Closing with unread request bytes (a POST body) would reset the connection and could
+    # destroy the answer in flight: end our side, then drain until the client closes.
+    conn.shutdown(socket.SHUT_WR)
+    drained = 0
+    while drained < 65536:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        drained += len(chunk)
 
 
-class HealthServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6:
-            # One socket for IPv4 and IPv6 probes.
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
-
-
-class _HealthServerIPv6(HealthServer):
-    address_family = socket.AF_INET6
-
-
-def make_server(port: int, targets: HealthTargets) -> HealthServer:
-    """Listen on every address, IPv6 and IPv4 when the host has IPv6, else IPv4 only."""
-    handler = type("BoundHealthHandler", (HealthHandler,), {"targets": targets})
+def make_listener(port: int) -> socket.socket:
+    """Listen on every address: IPv6 and IPv4 (one dual-stack socket) when the host has IPv6, else IPv4."""
     if socket.has_ipv6:
         try:
-            return _HealthServerIPv6(("::", port), handler)
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         except OSError as error:
-            if error.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            if error.errno not in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
                 raise
-    return HealthServer(("0.0.0.0", port), handler)
+        else:
+            try:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("::", port))
+                sock.listen(LISTEN_BACKLOG)
+                return sock
+            except OSError as error:
+                sock.close()
+                if error.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                    raise
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("0.0.0.0", port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class HealthServer:
+    """Accepts on `listener` and answers each client in its own thread."""
+
+    def __init__(self, listener: socket.socket, targets: HealthTargets, watch: SquidWatch) -> None:
+        self.listener = listener
+        self.targets = targets
+        self.watch = watch
+        self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
+
+    def _client(self, conn: socket.socket) -> None:
+        try:
+            respond(conn, self.targets, self.watch)
+        except OSError as error:
+            log.debug("health client dropped: %s", error)
+        except Exception:  # noqa: BLE001 - one bad answer must not end the server
+            log.exception("Health check failed unexpectedly")
+        finally:
+            conn.close()
+            self.slots.release()
+
+    def serve_forever(self) -> None:
+        """Until a signal handler raises (SIGTERM); at most MAX_CLIENTS answered at once."""
+        while True:
+            self.slots.acquire()
+            try:
+                conn, _ = self.listener.accept()
+            except OSError as error:
+                self.slots.release()
+                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    time.sleep(0.1)  # out of descriptors: let clients finish
+                continue
+            except BaseException:
+                self.slots.release()
+                raise
+            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()

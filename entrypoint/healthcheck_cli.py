@@ -1,62 +1,108 @@
-"""`healthcheck`: `--check` probes /health for Docker's HEALTHCHECK; otherwise serves the endpoints."""
+"""`healthcheck`: `--check` probes /health for Docker's HEALTHCHECK; otherwise serves the endpoints.
+
+The two halves import apart: `--check` never loads the server, the server never loads a client.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
+import socket
 import sys
-import urllib.error
-import urllib.request
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Sequence
 
-from entrypoint.health_server import HealthTargets, make_server
-from entrypoint.logs import configure_logging
 from entrypoint.settings import load_settings
 
 CHECK_TIMEOUT = 3.0
+CHECK_HOST = "127.0.0.1"
 
 
 def check(port: int) -> int:
-    """0 when http://127.0.0.1:PORT/health answers 200, else 1."""
-    url = f"http://127.0.0.1:{port}/health"
+    """0 when http://127.0.0.1:PORT/health answers 200, else 1 (one line on stdout says what came back)."""
+    url = f"http://{CHECK_HOST}:{port}/health"
+    deadline = time.monotonic() + CHECK_TIMEOUT
     try:
-        with urllib.request.urlopen(url, timeout=CHECK_TIMEOUT) as response:
-            body = response.read(200).decode("utf-8", errors="replace").strip()
-            print(f"{url}: {response.status} {body}")
-            return 0 if response.status == 200 else 1
-    except urllib.error.HTTPError as error:
-        print(f"{url}: {error.code} {error.read(200).decode('utf-8', 'replace').strip()}")
-    except (OSError, ValueError) as error:
+        with socket.create_connection((CHECK_HOST, port), CHECK_TIMEOUT) as conn:
+            conn.sendall(f"GET /health HTTP/1.0\r\nHost: {CHECK_HOST}:{port}\r\n\r\n".encode("ascii"))
+            data = b""
+            while len(data) < 4096:
+                conn.settimeout(max(deadline - time.monotonic(), 0.01))
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as error:
         print(f"{url}: unreachable ({error})")
-    return 1
+        return 1
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        print(f"{url}: not an HTTP answer ({status_line[:80]!r})")
+        return 1
+    print(f"{url}: {parts[1]} {body[:200].decode('utf-8', 'replace').strip()}")
+    return 0 if parts[1] == "200" else 1
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def serve(port: int, targets: HealthTargets, log_level: str) -> int:
-    log = configure_logging(log_level)
+def _report(ready_fd: int | None, line: str) -> None:
+    """Tell the entrypoint (through the pipe it passed) whether we listen: it trusts nothing else."""
+    if ready_fd is None:
+        return
+    try:
+        os.write(ready_fd, line.encode("utf-8") + b"\n")
+        os.close(ready_fd)
+    except OSError:
+        pass  # the entrypoint is gone or stopped waiting; serving is still right
+
+
+def serve(args: argparse.Namespace, cache_dirs: tuple[Path, ...]) -> int:
+    import threading
+
+    from entrypoint.health_server import HealthServer, HealthTargets, make_listener
+    from entrypoint.logs import configure_logging
+    from entrypoint.squid_serving import SquidWatch
+
+    log = configure_logging(args.log_level)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    targets = HealthTargets(
+        pid_file=args.pid_file,
+        squid_comm=args.squid_comm,
+        proxy_host=args.proxy_host,
+        proxy_port=args.proxy_port,
+        cache_dirs=cache_dirs,
+        config=args.config,
+    )
     try:
-        server = make_server(port, targets)
+        listener = make_listener(args.port)
     except OSError as error:
-        log.error("Health server cannot listen on port %d: %s", port, error.strerror or error)
+        code = errno.errorcode.get(error.errno or 0, "EUNKNOWN")
+        _report(args.ready_fd, f"error {code} {error.strerror or error}")
+        log.error("Health server cannot listen on port %d: %s", args.port, error.strerror or error)
         return 1
-    log.info("Health server listening on port %d", port)
+    watch = SquidWatch(targets.pid_file, targets.squid_comm, [targets.proxy_port])
+    server = HealthServer(listener, targets, watch)
+    threading.Thread(target=watch.run_sampler, args=(threading.Event(),), daemon=True).start()
+    log.info("Health server listening on port %d", args.port)
+    _report(args.ready_fd, f"listening {args.port}")
     try:
-        server.serve_forever(poll_interval=0.5)
+        server.serve_forever()
     finally:
-        server.server_close()
+        server.close()
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings, _ = load_settings(os.environ)
+    settings, warnings = load_settings(os.environ)
     parser = argparse.ArgumentParser(prog="healthcheck", description=__doc__)
     parser.add_argument("--check", action="store_true", help="query /health and exit 0/1")
     parser.add_argument("--port", type=int, default=settings.health_port)
@@ -67,18 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, action="append", default=None)
     parser.add_argument("--config", type=Path, default=settings.config)
     parser.add_argument("--log-level", default=settings.log_level)
+    parser.add_argument("--ready-fd", type=int, default=None, help="pipe to report `listening PORT` or `error CODE ...` on")
     args = parser.parse_args(argv)
     if args.check:
+        for warning in warnings:  # the entrypoint logs them for the server; the check is on its own
+            print(warning, file=sys.stderr)
         return check(args.port)
-    targets = HealthTargets(
-        pid_file=args.pid_file,
-        squid_comm=args.squid_comm,
-        proxy_host=args.proxy_host,
-        proxy_port=args.proxy_port,
-        cache_dirs=tuple(args.cache_dir or [settings.spool_dir]),
-        config=args.config,
-    )
-    return serve(args.port, targets, args.log_level)
+    return serve(args, tuple(args.cache_dir or [settings.spool_dir]))
 
 
 if __name__ == "__main__":

@@ -8,9 +8,12 @@ line (without its newline) before it is written: a redactor plugs in there.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+import os
+import subprocess
+from typing import Any, Awaitable, Callable, Sequence
 
 from entrypoint.output_sink import OutputSink
+from entrypoint.processes import ChildProcesses
 
 LineFilter = Callable[[str], str]
 MAX_LINE_BYTES = 64 * 1024  # a longer "line" is passed on in pieces
@@ -72,3 +75,23 @@ class LineRelay(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+def relayed_spawn(
+    children: ChildProcesses, sinks: tuple[OutputSink, OutputSink]
+) -> Callable[..., Awaitable[subprocess.Popen[bytes]]]:
+    """A spawner whose children write stdout/stderr into pipes relayed line by line to `sinks`.
+
+    Nobody but PID 1's sinks writes to the container's stdout/stderr, so no child can block on them.
+    """
+
+    async def spawn(argv: Sequence[str], **popen_options: Any) -> subprocess.Popen[bytes]:
+        out_fd, _ = await children.open_pipe(lambda: LineRelay(sinks[0]))
+        err_fd, _ = await children.open_pipe(lambda: LineRelay(sinks[1]))
+        try:
+            return children.spawn(argv, stdout=out_fd, stderr=err_fd, **popen_options)
+        finally:
+            os.close(out_fd)
+            os.close(err_fd)
+
+    return spawn

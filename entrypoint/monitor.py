@@ -12,7 +12,10 @@ MONITOR_INTERVAL = 0.5
 
 
 async def watch(state: ProxyState, shutdown_requested: asyncio.Event) -> str | None:
-    """Returns None when a shutdown was requested, else why Squid is gone."""
+    """Returns None when a shutdown was requested, else why Squid is gone.
+
+    Raises HealthError when the health server cannot be restarted (its port was taken).
+    """
     squid = state.squid
     assert squid is not None
     shutdown = asyncio.ensure_future(shutdown_requested.wait())
@@ -29,6 +32,6 @@ async def watch(state: ProxyState, shutdown_requested: asyncio.Event) -> str | N
                 return describe_exit(squid.exited.result())
             if not is_live_process(pid, state.commands.comm):
                 return "process vanished"
-            await state.health.restart_if_dead()
+            state.health.keep_alive()
     finally:
         shutdown.cancel()

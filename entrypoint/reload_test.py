@@ -56,6 +56,31 @@ def test_sighup_moves_squid_and_the_readiness_check_to_a_new_port(workspace: Wor
     assert process_state(squid_pid) not in (None, "Z")
 
 
+def test_a_health_server_restarted_by_a_reload_must_report_listening_again(workspace: Workspace, launch: Launcher) -> None:
+    workspace.write_custom_config(port_config(workspace, workspace.squid_port))
+    run = launch()
+    run.wait_ready()
+    # From now on the entrypoint's copy of the server stops itself before it binds (a hung child).
+    server = workspace.lib / "entrypoint" / "healthcheck_cli.py"
+    original = server.read_text()
+    server.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)\n")
+    workspace.write_custom_config(port_config(workspace, free_port()))
+    run.process.send_signal(signal.SIGHUP)
+    run.wait_for_output(r"Health server follows the new config \(restarting it\)")
+    run.wait_for_output(
+        rf"Health server restart failed: Health server did not report listening on HEALTH_PORT"
+        rf" {workspace.health_port} within 5 s \(it was killed\); restart 1 in 0.5 s",
+        30, stream="stderr",
+    )
+    assert run.process.poll() is None  # a silent server is retried, not fatal
+    restored = server.with_suffix(".restored")
+    restored.write_text(original)
+    restored.replace(server)  # atomically: a restart must never read half a file
+    run.wait_for_output(rf"Health server restarted \(restart \d+\), listening on port {workspace.health_port}", 30)
+    assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200, 30) == (200, "READY\n")
+    assert run.process.poll() is None
+
+
 def test_invalid_config_on_sighup_keeps_squid_and_never_reconfigures(workspace: Workspace, launch: Launcher) -> None:
     good = port_config(workspace, workspace.squid_port)
     workspace.write_custom_config(good)

@@ -14,6 +14,7 @@ from pathlib import Path
 from entrypoint import proc_table
 from entrypoint.log_relay import LineFilter, LineRelay, identity
 from entrypoint.output_sink import OutputSink
+from entrypoint.pid_file import read_pid_file
 from entrypoint.processes import ChildProcesses, describe_exit
 from entrypoint.redact import redact, redact_text
 from entrypoint.squid_config import ActiveConfig
@@ -48,14 +49,6 @@ def process_name(pid: int) -> tuple[str, str] | None:
 def is_live_process(pid: int, expected_comm: str) -> bool:
     info = process_name(pid)
     return info is not None and info[1] not in ("Z", "X") and info[0] == expected_comm[:15]
-
-
-def read_pid_file(path: Path) -> int | None:
-    try:
-        text = path.read_text(encoding="ascii", errors="replace").strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
 
 
 def cache_log_is_stderr(config: ActiveConfig) -> bool:

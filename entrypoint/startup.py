@@ -7,9 +7,10 @@ import time
 
 from entrypoint import runtime_dirs, squid_config, squid_user
 from entrypoint.config_steps import install_tls, select_config, validate_tls
-from entrypoint.health_child import HealthServerError
+from entrypoint.health_process import HealthError
 from entrypoint.squid_config import ActiveConfig, ConfigError
-from entrypoint.squid_process import SquidError, foreign_listeners, listen_ports, read_pid_file
+from entrypoint.pid_file import read_pid_file
+from entrypoint.squid_process import SquidError, foreign_listeners, listen_ports
 from entrypoint.state import ProxyState
 
 
@@ -89,9 +90,9 @@ async def start_up(state: ProxyState) -> None:
     phases.done("config_selection")
 
     # The health server only needs to know where to look; it starts now and answers 503
-    # until Squid is up, while the checks below run.
-    health_started = time.monotonic()
-    await state.health.start(config)
+    # until Squid is up, while the checks below run. Its report that it listens is awaited
+    # before Squid starts: a taken HEALTH_PORT ends the startup before Squid is ever run.
+    state.health.start(config)
     phases.done("health_server_spawn")
 
     try:
@@ -143,6 +144,12 @@ async def start_up(state: ProxyState) -> None:
             " SQUID_PORT / the config's http_port"
         )
 
+    try:
+        await state.health.wait_listening()
+    except HealthError as error:
+        raise StartupError(str(error)) from None
+    phases.done("health_server_listening")
+
     log.info("Starting Squid proxy...")
     squid = state.squid = await state.commands.start(config, state.sinks, state.line_filter)
     try:
@@ -156,9 +163,3 @@ async def start_up(state: ProxyState) -> None:
         phases.done("squid_listening")
     except SquidError as error:
         raise StartupError(str(error)) from None
-
-    try:
-        await state.health.wait_accepting(health_started)
-    except HealthServerError as error:
-        raise StartupError(str(error)) from None
-    phases.done("health_server_ready")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from entrypoint.health_child import HealthServerChild
+from entrypoint.health_process import HealthProcess
 from entrypoint.log_relay import LineFilter, identity
 from entrypoint.output_sink import OutputSink
 from entrypoint.processes import ChildProcesses
@@ -20,7 +20,7 @@ class ProxyState:
     log: logging.Logger
     children: ChildProcesses
     commands: SquidCommands
-    health: HealthServerChild
+    health: HealthProcess
     sinks: tuple[OutputSink, OutputSink]
     line_filter: LineFilter = identity  # applied to every line Squid writes (a redactor plugs in here)
     config: ActiveConfig | None = None

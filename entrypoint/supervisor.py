@@ -8,7 +8,8 @@ import os
 import signal
 
 from entrypoint import monitor, reload, shutdown
-from entrypoint.health_child import HealthServerChild
+from entrypoint.health_process import HealthError, HealthProcess
+from entrypoint.log_relay import relayed_spawn
 from entrypoint.output_sink import OutputSink
 from entrypoint.processes import ChildProcesses, kill_descendants_now
 from entrypoint.redact import redact
@@ -29,7 +30,7 @@ class Supervisor:
             log=log,
             children=children,
             commands=SquidCommands(settings.squid_bin, children, log),
-            health=HealthServerChild(settings, children, log, sinks),
+            health=HealthProcess(settings, children, log, relayed_spawn(children, sinks)),
             sinks=sinks,
             line_filter=redact,  # Squid echoes config lines (login=...) verbatim
         )
@@ -90,11 +91,15 @@ class Supervisor:
         self.log.info("Container ready, entering monitoring loop")
         if self.reload_when_ready:
             self.reloads.request()
-        reason = await monitor.watch(self.state, self.signals.shutdown_requested)
-        if reason is None:
-            await self.shut_down()
-            return 0
-        self.log.error("Squid process died unexpectedly (%s)", reason)
+        try:
+            reason = await monitor.watch(self.state, self.signals.shutdown_requested)
+        except HealthError as error:  # a restart that cannot bind HEALTH_PORT: no probe can pass
+            self.log.error("%s; stopping", error)
+        else:
+            if reason is None:
+                await self.shut_down()
+                return 0
+            self.log.error("Squid process died unexpectedly (%s)", reason)
         self.reloads.cancel()
         await shutdown.stop_everything(self.state)
         return 1
