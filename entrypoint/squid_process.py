@@ -106,8 +106,16 @@ class SquidProcess:
 
     def listening(self, ports: list[int]) -> set[int]:
         """Which of `ports` Squid itself (master or a kid) holds a LISTEN socket on."""
-        owned = proc_table.owned_sockets(self.tree(), ports, proc_table.TCP_LISTEN)
-        return {sock.local_port for sock in owned}
+        tree = self.tree()
+        found = {sock.local_port for sock in proc_table.owned_sockets(tree, ports, proc_table.TCP_LISTEN)}
+        if not all_fds_readable(tree):
+            # Started as root, Squid's kids switch UID and their fds cannot be read (no
+            # CAP_SYS_PTRACE): any listener counts; the check before the start found none.
+            found |= {
+                sock.local_port for sock in proc_table.tcp_sockets()
+                if sock.state == proc_table.TCP_LISTEN and sock.local_port in ports
+            }
+        return found
 
     def client_connections(self, ports: list[int]) -> int:
         """ESTABLISHED client connections Squid still serves on `ports`."""
@@ -130,14 +138,35 @@ class SquidProcess:
             relay.close()
 
 
-def foreign_listeners(ports: list[int], own_pids: list[int]) -> list[proc_table.TcpSocket]:
-    """LISTEN sockets on `ports` that none of `own_pids` holds: a squatter on the proxy port."""
-    own = proc_table.socket_inodes(own_pids)
+def all_fds_readable(pids: list[int]) -> bool:
+    for pid in pids:
+        try:
+            os.listdir(f"/proc/{pid}/fd")
+        except PermissionError:
+            return False
+        except OSError:
+            pass  # gone meanwhile
+    return True
+
+
+def foreign_listeners(ports: list[int], squid_pid: int | None) -> list[proc_table.TcpSocket]:
+    """LISTEN sockets on `ports` that no process of Squid's tree holds: a squatter on the port.
+
+    The socket table is read before the tree and its fds, so a socket Squid opens meanwhile
+    is either missing from the table or found among Squid's fds, never taken for a squatter.
+    """
     wanted = set(ports)
-    return [
+    listening = [
         sock for sock in proc_table.tcp_sockets()
-        if sock.state == proc_table.TCP_LISTEN and sock.local_port in wanted and sock.inode not in own
+        if sock.state == proc_table.TCP_LISTEN and sock.local_port in wanted
     ]
+    if not listening:
+        return []
+    tree = [] if squid_pid is None else [p.pid for p in proc_table.process_tree(squid_pid)]
+    if not all_fds_readable(tree):
+        return []  # cannot tell; `listening` accepts any listener then
+    own = proc_table.socket_inodes(tree)
+    return [sock for sock in listening if sock.inode not in own]
 
 
 class SquidCommands:
@@ -252,7 +281,11 @@ class SquidCommands:
             missing = [port for port in ports if port not in squid.listening(ports)]
             if not missing:
                 return
-            squatters = foreign_listeners(missing, squid.tree())
+            squatters = foreign_listeners(missing, squid.pid)
+            if squatters:
+                # Seen twice in a row: a socket that changes hands mid-read is not a squatter.
+                await asyncio.sleep(POLL_INTERVAL)
+                squatters = foreign_listeners(missing, squid.pid)
             if squatters or time.monotonic() > deadline:
                 taken = sorted({sock.local_port for sock in squatters})
                 what = (

@@ -136,7 +136,7 @@ async def start_up(state: ProxyState) -> None:
     phases.done("config_check_and_cache_init")
 
     ports = listen_ports(config)
-    squatters = foreign_listeners(ports, [])
+    squatters = foreign_listeners(ports, None)
     if squatters:
         taken = ", ".join(str(p) for p in sorted({s.local_port for s in squatters}))
         raise StartupError(
