@@ -139,9 +139,13 @@ class SquidProcess:
 
 
 def all_fds_readable(pids: list[int]) -> bool:
+    """Whether every process's fd links can be read (not so for kids that switched UID when
+    we lack CAP_SYS_PTRACE: the directory may list, but each readlink is refused)."""
     for pid in pids:
         try:
-            os.listdir(f"/proc/{pid}/fd")
+            names = os.listdir(f"/proc/{pid}/fd")
+            if names:
+                os.readlink(f"/proc/{pid}/fd/{names[0]}")
         except PermissionError:
             return False
         except OSError:
