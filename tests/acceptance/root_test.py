@@ -14,6 +14,7 @@ def test_runs_as_root(
     tmpfs = harness.tmpfs_runtime_dirs() if read_only else ()
     proxy = containers.start(f"root-{'ro' if read_only else 'rw'}", user="0:0", read_only=read_only, tmpfs=tmpfs)
     proxy.wait_ready()
+    proxy.wait_for_log("Container ready, entering monitoring loop")
     output = proxy.logs()
     logs.assert_in_order(
         output.stdout,

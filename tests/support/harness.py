@@ -71,6 +71,15 @@ class ProxyContainer:
             logs = self.logs()
             raise AssertionError(f"{self.name} never became ready: {error}\n{logs.combined}") from error
 
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> None:
+        """Until `text` is in the container's stdout: /ready can answer 200 a moment before
+        the entrypoint's own `Container ready` line reaches the runtime's log."""
+        deadline = time.monotonic() + timeouts.scaled(timeout)
+        while text not in self.logs().stdout:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: {text!r} not logged within {timeout:g} s:\n{self.logs().combined}")
+            time.sleep(0.1)
+
     def health(self, path: str = "/health") -> netutil.HttpResult:
         return netutil.http_get(netutil.LOOPBACK, self.health_port, path, timeouts.scaled(HTTP_TIMEOUT_S))
 
