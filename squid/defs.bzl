@@ -36,11 +36,11 @@ def _squid_rootfs_impl(ctx):
         arguments = [args],
         inputs = inputs,
         outputs = [out],
-        # A cheap copy, and never from the disk/remote cache: files Bazel downloads from a
-        # cache come back r-xr--r--, and a Squid started as root switches to its own user,
-        # who must be able to run the helpers (Permission denied otherwise). Built locally,
-        # Bazel leaves the tree r-xr-xr-x.
-        execution_requirements = {"no-remote-cache": "1"},
+        # A cheap copy, and never from a cache (no-cache: "no-remote-cache" still uses the
+        # disk cache): files Bazel takes from the disk cache come back r-xr--r--, and a Squid
+        # started as root switches to its own user, who must be able to run the helpers
+        # (Permission denied otherwise). Built here, Bazel leaves the tree r-xr-xr-x.
+        execution_requirements = {"no-cache": "1"},
         mnemonic = "SquidRootfs",
         progress_message = "Laying out the Squid root tree %{label}",
     )
