@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
@@ -50,8 +51,13 @@ def with_private_shm(argv: list[str], mount_options: str = "size=64m") -> list[s
     tools = [shutil.which(tool) for tool in ("unshare", "mount")]
     if os.geteuid() != 0 or None in tools:
         pytest.skip("needs root, unshare and mount for a private /dev/shm")
-    script = f"mount -t tmpfs -o {mount_options} tmpfs /dev/shm && exec \"$@\""  # test-side only
-    return [tools[0], "--mount", "--propagation", _propagation(tools[0]), "/bin/sh", "-c", script, "sh", *argv]  # type: ignore[list-item]
+    # A Python step, not a shell: mount the tmpfs, then become `argv`.
+    step = (
+        "import os, subprocess, sys; "
+        f"subprocess.run([{tools[1]!r}, '-t', 'tmpfs', '-o', {mount_options!r}, 'tmpfs', '/dev/shm'], check=True); "
+        "os.execvp(sys.argv[1], sys.argv[1:])"
+    )
+    return [tools[0], "--mount", "--propagation", _propagation(tools[0]), sys.executable, "-c", step, *argv]  # type: ignore[list-item]
 
 
 def _propagation(unshare: str) -> str:
