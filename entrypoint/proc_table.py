@@ -100,6 +100,21 @@ def socket_inodes(pids: Iterable[int]) -> set[int]:
     return inodes
 
 
+def fds_readable(pid: int) -> bool:
+    """Whether we may read the process's fd links. Not so for Squid's kids after they switched
+    from root to Squid's user, seen by a root without CAP_SYS_PTRACE (a container's root): the
+    directory may list, but each readlink is refused. A process that is gone counts as readable."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+        if names:
+            os.readlink(f"/proc/{pid}/fd/{names[0]}")
+    except PermissionError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
 def _decode_address(hex_address: str) -> str:
     raw = bytes.fromhex(hex_address)
     # The kernel prints each 32-bit word in host (little-endian) byte order.

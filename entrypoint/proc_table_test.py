@@ -83,3 +83,28 @@ def test_comm_with_spaces_and_parentheses_is_read_whole() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_fd_links_of_a_process_we_may_not_trace_count_as_unreadable() -> None:
+    # Our own fds are readable; a process that is gone counts as readable (nothing to refuse).
+    assert proc_table.fds_readable(os.getpid())
+    assert proc_table.fds_readable(2**22 + 1)
+    if os.geteuid() != 0:
+        import pytest
+
+        pytest.skip("needs root to run the two processes as two other UIDs")
+    # The real refusal: a process of one UID looking at another UID's process (the same
+    # ptrace check that stops a container's root without CAP_SYS_PTRACE).
+    # An interpreter those UIDs may run (a pyenv one under /root is not).
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    target = subprocess.Popen([python, "-c", "import time; time.sleep(30)"], user=65534, group=65534)
+    try:
+        probe = subprocess.run(
+            [python, "-c", f"from entrypoint import proc_table; print(proc_table.fds_readable({target.pid}))"],
+            user=65533, group=65533, capture_output=True, text=True, timeout=30,
+            cwd=os.path.dirname(os.path.dirname(proc_table.__file__)),
+        )
+        assert probe.stdout.strip() == "False", probe.stderr
+    finally:
+        target.kill()
+        target.wait()

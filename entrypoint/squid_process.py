@@ -108,7 +108,7 @@ class SquidProcess:
         """Which of `ports` Squid itself (master or a kid) holds a LISTEN socket on."""
         tree = self.tree()
         found = {sock.local_port for sock in proc_table.owned_sockets(tree, ports, proc_table.TCP_LISTEN)}
-        if not all_fds_readable(tree):
+        if not all(proc_table.fds_readable(pid) for pid in tree):
             # Started as root, Squid's kids switch UID and their fds cannot be read (no
             # CAP_SYS_PTRACE): any listener counts; the check before the start found none.
             found |= {
@@ -138,21 +138,6 @@ class SquidProcess:
             relay.close()
 
 
-def all_fds_readable(pids: list[int]) -> bool:
-    """Whether every process's fd links can be read (not so for kids that switched UID when
-    we lack CAP_SYS_PTRACE: the directory may list, but each readlink is refused)."""
-    for pid in pids:
-        try:
-            names = os.listdir(f"/proc/{pid}/fd")
-            if names:
-                os.readlink(f"/proc/{pid}/fd/{names[0]}")
-        except PermissionError:
-            return False
-        except OSError:
-            pass  # gone meanwhile
-    return True
-
-
 def foreign_listeners(ports: list[int], squid_pid: int | None) -> list[proc_table.TcpSocket]:
     """LISTEN sockets on `ports` that no process of Squid's tree holds: a squatter on the port.
 
@@ -167,7 +152,7 @@ def foreign_listeners(ports: list[int], squid_pid: int | None) -> list[proc_tabl
     if not listening:
         return []
     tree = [] if squid_pid is None else [p.pid for p in proc_table.process_tree(squid_pid)]
-    if not all_fds_readable(tree):
+    if not all(proc_table.fds_readable(pid) for pid in tree):
         return []  # cannot tell; `listening` accepts any listener then
     own = proc_table.socket_inodes(tree)
     return [sock for sock in listening if sock.inode not in own]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from entrypoint.pid_file import read_pid_file
-from entrypoint.proc_table import ProcessInfo, process_tree
+from entrypoint.proc_table import ProcessInfo, fds_readable, process_tree
 
 # /health fails when no Squid worker has served for this long (sampled every SAMPLE_INTERVAL):
 # long enough for a kid that crashed once to be respawned and listen again.
@@ -99,20 +99,6 @@ def held_socket(pid: int, inodes: set[int]) -> tuple[str, str] | None:
     return None
 
 
-def fds_unreadable(pid: int) -> bool:
-    """A process whose fd links we may not read: Squid's kids after they switched from root to
-    Squid's user, seen by a root without CAP_SYS_PTRACE (a container's root)."""
-    try:
-        names = os.listdir(f"/proc/{pid}/fd")
-        if names:
-            os.readlink(f"/proc/{pid}/fd/{names[0]}")
-    except PermissionError:
-        return True
-    except OSError:
-        pass
-    return False
-
-
 def still_holds(pid: int, fd: str, link: str) -> bool:
     try:
         return os.readlink(f"/proc/{pid}/fd/{fd}") == link
@@ -166,7 +152,7 @@ def observe(
         held = held_socket(process.pid, listening) if process.runnable else None
         if held is not None:
             return Observation(now, pid, None, None, kids, (process.pid, *held))
-    if listening and any(p.runnable and fds_unreadable(p.pid) for p in candidates):
+    if listening and any(p.runnable and not fds_readable(p.pid) for p in candidates):
         # Cannot tell which process holds the socket: a runnable worker and a listener on the
         # port is the best evidence left (startup already refused a squatter on the port).
         return Observation(now, pid, None, None, kids)
