@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from squid.elf_check import DynamicRequirements, read_dynamic_requirements, version_at_most
-from squid.squid_under_test import SquidLayout, resolve_runfile, squid_under_test
+from squid.elf_check import EM_AARCH64, EM_X86_64, DynamicRequirements, read_dynamic_requirements, version_at_most
+from squid.squid_under_test import SquidLayout, expected_arch, resolve_runfile, squid_under_test
 
 TRIXIE_CEILINGS = {
     "GLIBC_": "GLIBC_2.41",
@@ -51,6 +51,15 @@ def layout() -> SquidLayout:
 
 def requirements(layout: SquidLayout, relative: str) -> DynamicRequirements:
     return read_dynamic_requirements(layout.root / relative)
+
+
+_MACHINES = {"amd64": EM_X86_64, "arm64": EM_AARCH64}
+
+
+@pytest.mark.parametrize("relative", sorted(_EXPECTED_NEEDED) + ["usr/lib/squid/log_file_daemon", "usr/lib/squid/unlinkd"])
+def test_binaries_are_built_for_the_expected_architecture(layout: SquidLayout, relative: str) -> None:
+    arch = expected_arch()
+    assert requirements(layout, relative).machine == _MACHINES[arch], f"{relative} is not a linux/{arch} program"
 
 
 @pytest.mark.parametrize("relative", sorted(_EXPECTED_NEEDED))

@@ -18,7 +18,7 @@ from squid.squid_under_test import (
     privilege_directives,
     runtime_directives,
     serving,
-    squid_under_test,
+    runnable_squid,
     state_directory,
 )
 
@@ -27,7 +27,7 @@ DEFAULT_CONFIG = REPO_ROOT / "entrypoint" / "squid.conf.default"
 
 @pytest.fixture(scope="module")
 def layout() -> SquidLayout:
-    return squid_under_test()
+    return runnable_squid()
 
 
 def test_parses_the_packaged_default_config(layout: SquidLayout) -> None:

@@ -24,7 +24,7 @@ from squid.squid_under_test import (
     free_port,
     runtime_directives,
     serving,
-    squid_under_test,
+    runnable_squid,
     state_directory,
 )
 
@@ -52,7 +52,7 @@ def make_self_signed(directory: Path, stem: str, subject: str, extensions: list[
 
 @pytest.fixture(scope="module")
 def layout() -> SquidLayout:
-    return squid_under_test()
+    return runnable_squid()
 
 
 def init_certificate_db(layout: SquidLayout, db: Path) -> subprocess.CompletedProcess[str]:

@@ -8,8 +8,10 @@ a real Squid on a loopback port for a test and stops it again.
 
 from __future__ import annotations
 
+import errno
 import http.server
 import os
+import platform
 import pwd
 import re
 import shutil
@@ -23,6 +25,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 # The seam itself (which Squid, where its files are) is shared with the
 # entrypoint tests; re-exported so the squid/ tests import from one place.
@@ -46,6 +50,41 @@ def expected_version() -> str:
     if not match:
         raise AssertionError("squid/version.bzl has no SQUID_VERSION line")
     return match.group(1)
+
+
+# `uname -m` -> the image's architecture names (CEPHALOPROXY_SQUID_ARCH, //squid's variants).
+_MACHINE_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+# The GNU triplet a cross build passes as --host (//tools/cc).
+ARCH_TRIPLET = {"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
+
+
+def host_arch() -> str:
+    return _MACHINE_ARCH.get(platform.machine(), platform.machine())
+
+
+def expected_arch() -> str:
+    """The architecture the Squid under test was built for (set per variant by squid/BUILD.bazel)."""
+    return os.environ.get("CEPHALOPROXY_SQUID_ARCH", "") or host_arch()
+
+
+def runnable_squid() -> SquidLayout:
+    """The Squid under test, skipping (or failing, under CEPHALOPROXY_REQUIRE_EMULATION=1) when the
+    kernel cannot run its binaries: another architecture's Squid needs qemu-user-static
+    registered with binfmt_misc (README "Platforms")."""
+    layout = squid_under_test()
+    try:
+        subprocess.run([str(layout.squid), "-v"], capture_output=True, timeout=120, check=False)
+    except OSError as error:
+        if error.errno != errno.ENOEXEC:
+            raise
+        problem = (
+            f"{layout.squid} is a linux/{expected_arch()} program and this {host_arch()} kernel cannot run it"
+            " (Exec format error): register qemu-user-static with binfmt_misc (README \"Platforms\")"
+        )
+        if os.environ.get("CEPHALOPROXY_REQUIRE_EMULATION") == "1":
+            pytest.fail(problem + "; CEPHALOPROXY_REQUIRE_EMULATION=1 requires it")
+        pytest.skip(problem)
+    return layout
 
 
 def free_port() -> int:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import shlex
 import subprocess
 
 import pytest
 
-from squid.squid_under_test import expected_version, squid_under_test
+from squid.squid_under_test import ARCH_TRIPLET, REPO_ROOT, expected_arch, expected_version, host_arch, runnable_squid
 
 # Fragments of the places a build sandbox lives; none may reach `squid -v`.
 SANDBOX_MARKERS = ("execroot", "bazel-out", "sandbox", ".build_tmpdir", "_main~", "/tmp/")
@@ -14,7 +16,7 @@ SANDBOX_MARKERS = ("execroot", "bazel-out", "sandbox", ".build_tmpdir", "_main~"
 
 @pytest.fixture(scope="module")
 def version_output() -> str:
-    layout = squid_under_test()
+    layout = runnable_squid()
     if layout.is_system:
         pytest.skip("checks the Squid //squid builds; CEPHALOPROXY_SQUID_ROOT is unset or '/' (system Squid)")
     result = subprocess.run([str(layout.squid), "-v"], capture_output=True, text=True, timeout=30)
@@ -40,3 +42,20 @@ def test_was_configured_for_ssl_bump(version_output: str) -> None:
 def test_names_no_build_sandbox_path(version_output: str) -> None:
     for marker in SANDBOX_MARKERS:
         assert marker not in version_output, f"`squid -v` mentions {marker!r}:\n{version_output}"
+
+
+def configure_flags() -> list[str]:
+    """SQUID_CONFIGURE_FLAGS as squid/configure_flags.bzl lists them (Starlark list literal)."""
+    tree = ast.parse((REPO_ROOT / "squid" / "configure_flags.bzl").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "SQUID_CONFIGURE_FLAGS":
+            return list(ast.literal_eval(node.value))
+    raise AssertionError("squid/configure_flags.bzl has no SQUID_CONFIGURE_FLAGS")
+
+
+def test_was_configured_with_exactly_the_pinned_flags(version_output: str) -> None:
+    # The same flags for every architecture; a cross build adds only configure's --host.
+    recorded = shlex.split(version_output.split("configure options:", 1)[1].strip().splitlines()[0])
+    arch = expected_arch()
+    cross = [f"--host={ARCH_TRIPLET[arch]}"] if arch != host_arch() else []
+    assert recorded == ["--prefix=/usr"] + cross + configure_flags()
