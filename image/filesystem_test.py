@@ -138,3 +138,24 @@ def test_squid_is_packaged(image: Image) -> None:
 def test_ca_bundle_is_present(image: Image) -> None:
     bundle = image.read_file("/etc/ssl/certs/ca-certificates.crt")
     assert bundle.count(b"BEGIN CERTIFICATE") > 100
+
+
+def test_the_python_the_entrypoint_imports_is_precompiled(image: Image) -> None:
+    # A read-only root with PYTHONDONTWRITEBYTECODE cannot cache bytecode, so a module
+    # without its .pyc is compiled at every start (image/layers/layer_builder.py add_bytecode).
+    files = {e.path for e in iter_entries(image) if e.kind == "file"}
+    tags = {m.group(1) for p in files if (m := re.search(r"/__pycache__/[^/]+\.(cpython-3\d+)\.pyc$", p))}
+    assert len(tags) == 1, f"bytecode for exactly one Python expected, found {sorted(tags)}"
+    tag = tags.pop()
+
+    def compiled(source: str) -> bool:
+        directory, _, name = source.rpartition("/")
+        return f"{directory}/__pycache__/{name[:-3]}.{tag}.pyc" in files
+
+    package = sorted(p for p in files if p.startswith("/usr/lib/cephaloproxy/entrypoint/") and p.endswith(".py"))
+    assert package and not [p for p in package if not compiled(p)]
+    stdlib = sorted(p for p in files if re.match(r"/usr/lib/python3\.\d+/", p) and p.endswith(".py"))
+    for module in ("asyncio/__init__.py", "asyncio/base_events.py", "logging/__init__.py", "subprocess.py", "http/server.py", "json/decoder.py", "re/_compiler.py", "pathlib/_local.py"):
+        assert [p for p in stdlib if p.endswith("/" + module) and compiled(p)], f"no bytecode for {module}"
+    missing = [p for p in stdlib if not compiled(p)]
+    assert len(missing) <= len(stdlib) // 100, f"{len(missing)} stdlib modules without bytecode: {missing[:10]}"

@@ -23,7 +23,7 @@ def _relative(path):
     """Image paths in the spec are relative to /."""
     return path.lstrip("/")
 
-def _write_layer(ctx, entries, inputs, exclude = None, exclude_prefix = "", link_duplicates = False):
+def _write_layer(ctx, entries, inputs, exclude = None, exclude_prefix = "", link_duplicates = False, bytecode = None):
     spec = ctx.actions.declare_file(ctx.label.name + ".spec.json")
     output = ctx.actions.declare_file(ctx.label.name + ".tar.gz")
     ctx.actions.write(spec, json.encode({
@@ -31,6 +31,7 @@ def _write_layer(ctx, entries, inputs, exclude = None, exclude_prefix = "", link
         "exclude_rules": exclude.path if exclude else "",
         "exclude_prefix": exclude_prefix,
         "link_duplicates": link_duplicates,
+        "bytecode": bytecode,
         "entries": entries,
     }))
     ctx.actions.run(
@@ -71,7 +72,15 @@ def _image_layer_impl(ctx):
     for path, target_path in ctx.attr.symlinks.items():
         entries.append({"type": "symlink", "path": _relative(path), "target": target_path})
 
-    layer = _write_layer(ctx, entries, depset(inputs))
+    bytecode = None
+    if ctx.attr.bytecode_under:
+        if not ctx.attr.python_runtime:
+            fail("bytecode_under needs python_runtime (the python_runtime_layer whose Python imports them)")
+        bytecode = {
+            "cache_tag": ctx.attr.python_runtime[PythonRuntimeLayerInfo].cache_tag,
+            "under": [_relative(p) for p in ctx.attr.bytecode_under],
+        }
+    layer = _write_layer(ctx, entries, depset(inputs), bytecode = bytecode)
     return [DefaultInfo(files = depset([layer]))]
 
 image_layer = rule(
@@ -85,6 +94,8 @@ image_layer = rule(
         "file_modes": attr.string_dict(doc = "image path of a `files` entry -> octal mode (default: 0755 if the source is executable, else 0644)"),
         "dirs": attr.string_dict(doc = "image path -> 'UID:GID:MODE'"),
         "symlinks": attr.string_dict(doc = "image path -> link target"),
+        "bytecode_under": attr.string_list(doc = "image dirs whose .py files get __pycache__ bytecode for python_runtime's Python"),
+        "python_runtime": attr.label(doc = "the python_runtime_layer whose interpreter imports bytecode_under"),
         "_builder": _BUILDER,
     },
 )
@@ -92,9 +103,16 @@ image_layer = rule(
 _PY_TOOLCHAIN = "@rules_python//python:toolchain_type"
 
 PythonRuntimeLayerInfo = provider(
-    doc = "Where python_runtime_layer placed the interpreter.",
-    fields = {"interpreter": "absolute image path of the interpreter"},
+    doc = "Where python_runtime_layer placed the interpreter, and its bytecode tag.",
+    fields = {
+        "interpreter": "absolute image path of the interpreter",
+        "cache_tag": "the interpreter's sys.implementation.cache_tag (cpython-313): names its .pyc files",
+    },
 )
+
+def _cache_tag(runtime):
+    version = runtime.interpreter_version_info
+    return "cpython-%d%d" % (version.major, version.minor)
 
 def _python_runtime_layer_impl(ctx):
     toolchain = ctx.toolchains[_PY_TOOLCHAIN]
@@ -140,6 +158,9 @@ def _python_runtime_layer_impl(ctx):
     # bin/python3 and bin/python3.X arrive as two identical files (Bazel
     # follows the archive's symlink): link_duplicates keeps python3.X and links
     # python3 to it.
+    # The stdlib's bytecode, compiled here (layer_builder add_bytecode): the archive's own
+    # __pycache__ is dropped by `exclude` (timestamp pycs of the build machine).
+    cache_tag = _cache_tag(runtime)
     layer = _write_layer(
         ctx,
         entries,
@@ -147,10 +168,11 @@ def _python_runtime_layer_impl(ctx):
         exclude = ctx.file.exclude,
         exclude_prefix = _relative(prefix),
         link_duplicates = True,
+        bytecode = {"cache_tag": cache_tag, "under": [_relative(prefix + "/lib")]},
     )
     return [
         DefaultInfo(files = depset([layer])),
-        PythonRuntimeLayerInfo(interpreter = interpreter_image_path),
+        PythonRuntimeLayerInfo(interpreter = interpreter_image_path, cache_tag = cache_tag),
     ]
 
 python_runtime_layer = rule(

@@ -13,7 +13,8 @@ What the action does (squid/autotools_build.sh, which explains each step):
      CXXFLAGS and LDFLAGS taken from the C/C++ toolchain Bazel resolved for the target
      platform (cc_common), so the toolchain, not the host's PATH, decides the compiler; a
      toolchain whose target_gnu_system_name is a GNU triplet (a cross toolchain) adds
-     `--host=<triplet>`, which puts configure in cross mode;
+     `--host=<triplet>`, which puts configure in cross mode, and sets the `build_cxx_env`
+     variables to the exec platform's C++ compiler for the package's compile-time tools;
   3. runs the optional `fixup` tool in the configured tree (Squid rewrites the configure
      options it records for `squid -v`);
   4. `make -j$(nproc) <make_args>` and `make <install_target> DESTDIR=<staging> <make_args>`;
@@ -104,6 +105,12 @@ def _autotools_build_impl(ctx):
     args.add("TOOLCHAIN_CFLAGS=" + _joined(ctx.label, "C", _command_line(feature_configuration, ACTION_NAMES.c_compile, c_variables)))
     args.add("TOOLCHAIN_CXXFLAGS=" + _joined(ctx.label, "C++", _command_line(feature_configuration, ACTION_NAMES.cpp_compile, cxx_variables)))
     args.add("TOOLCHAIN_LDFLAGS=" + _joined(ctx.label, "link", _command_line(feature_configuration, ACTION_NAMES.cpp_link_executable, link_variables)))
+    if host_flags and ctx.attr.build_cxx_env:
+        # Cross mode: a package's compile-time tools (Squid's cf_gen) must run on the build
+        # machine, so they get the exec platform's compiler (configure's precious variables).
+        build_toolchain = ctx.attr._build_cc_toolchain[cc_common.CcToolchainInfo]
+        args.add("BUILD_CC=" + build_toolchain.compiler_executable)
+        args.add("BUILD_CXX_ENV=" + " ".join(ctx.attr.build_cxx_env))
     args.add("COPTS=" + " ".join(ctx.attr.copts))
     args.add("CXXOPTS=" + " ".join(ctx.attr.cxxopts))
     args.add("LINKOPTS=" + " ".join(ctx.attr.linkopts))
@@ -126,7 +133,10 @@ def _autotools_build_impl(ctx):
     ctx.actions.run(
         executable = ctx.executable._build_script,
         arguments = [args],
-        inputs = depset(ctx.files.srcs + ctx.files.force_includes, transitive = [cc_toolchain.all_files]),
+        inputs = depset(
+            ctx.files.srcs + ctx.files.force_includes,
+            transitive = [cc_toolchain.all_files, ctx.attr._build_cc_toolchain[cc_common.CcToolchainInfo].all_files],
+        ),
         tools = tools,
         outputs = out_files + out_dirs,
         # PATH for make, sed, awk and the rest of configure's tools on the build host.
@@ -145,6 +155,7 @@ autotools_build = rule(
         "prefix": attr.string(default = "/usr", doc = "--prefix: the installed paths compiled into the program."),
         "make_args": attr.string_list(doc = "Variables/arguments for both make runs."),
         "install_target": attr.string(default = "install", doc = "The make target that installs into DESTDIR (e.g. install-strip)."),
+        "build_cxx_env": attr.string_list(doc = "In a cross build, environment variables set to the build machine's C++ compiler for configure (e.g. Squid's BUILDCXX, which compiles cf_gen); unset in native builds."),
         "copts": attr.string_list(doc = "Appended to the toolchain's CFLAGS and CXXFLAGS."),
         "cxxopts": attr.string_list(doc = "Appended to CXXFLAGS only."),
         "linkopts": attr.string_list(doc = "Appended to the toolchain's LDFLAGS."),
@@ -153,6 +164,8 @@ autotools_build = rule(
         "out_files": attr.string_list(mandatory = True, allow_empty = False, doc = "Installed files (paths below DESTDIR, e.g. usr/sbin/squid) to declare as outputs."),
         "out_dirs": attr.string_list(doc = "Installed directories (below DESTDIR) to declare as outputs."),
         "_build_script": attr.label(default = ":autotools_build.sh", executable = True, cfg = "exec", allow_single_file = True),
+        # The C/C++ toolchain of the machine that runs the build (for build_cxx_env).
+        "_build_cc_toolchain": attr.label(default = "@rules_cc//cc:current_cc_toolchain", cfg = "exec"),
     },
     fragments = ["cpp"],
     toolchains = use_cc_toolchain(),

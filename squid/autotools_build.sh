@@ -5,7 +5,8 @@
 # Arguments (all from the rule): NAME=value settings, then
 #   --configure <configure flags...> --make <make args...> --outputs <paths below DESTDIR...>
 # Settings: SRCDIR PREFIX CC CXX AR STRIP TOOLCHAIN_CFLAGS TOOLCHAIN_CXXFLAGS TOOLCHAIN_LDFLAGS
-#           COPTS CXXOPTS LINKOPTS FORCE_INCLUDES FIXUP INSTALL_TARGET OUT_ROOT, ENV:NAME=value
+#           COPTS CXXOPTS LINKOPTS FORCE_INCLUDES FIXUP INSTALL_TARGET OUT_ROOT [BUILD_CC BUILD_CXX_ENV],
+#           ENV:NAME=value
 #
 # Why each step:
 #  - The build runs in a scratch copy of the sources: configure and make write into the tree,
@@ -86,13 +87,16 @@ log="$scratch/build.log"
 cp -R -L -p "$srcdir" "$build"
 mkdir "$staging"
 
+# The C++ driver beside a C compiler (gcc -> g++, clang -> clang++), else the given fallback.
+cxx_driver() {
+  case "$1" in
+    *gcc) printf '%s' "${1%gcc}g++" ;;
+    *clang) printf '%s' "${1}++" ;;
+    *) printf '%s' "$2" ;;
+  esac
+}
 cc=$(absolute "${setting[CC]}")
-cxx=$cc
-case "$cc" in
-  *gcc) cxx="${cc%gcc}g++" ;;
-  *clang) cxx="${cc}++" ;;
-  *) cxx=$(absolute "${setting[CXX]}") ;;
-esac
+cxx=$(cxx_driver "$cc" "$(absolute "${setting[CXX]}")")
 
 includes=""
 for header in ${setting[FORCE_INCLUDES]:-}; do includes+=" -include $execroot/$header"; done
@@ -107,6 +111,13 @@ export CFLAGS; CFLAGS=$(flags "${setting[TOOLCHAIN_CFLAGS]:-}" "$common")
 export CXXFLAGS; CXXFLAGS=$(flags "${setting[TOOLCHAIN_CXXFLAGS]:-}" "$common ${setting[CXXOPTS]:-}")
 export LDFLAGS; LDFLAGS=$(flags "${setting[TOOLCHAIN_LDFLAGS]:-}" "${setting[LINKOPTS]:-}")
 for assignment in "${toolchain_env[@]}"; do export "${assignment?}"; done
+# Cross builds: the build machine's C++ compiler for compile-time tools (BUILD_CXX_ENV names
+# the variables, e.g. Squid's BUILDCXX); their flags default to CXXFLAGS, which are generic.
+if [ -n "${setting[BUILD_CC]:-}" ]; then
+  build_cc=$(absolute "${setting[BUILD_CC]}")
+  build_cxx=$(cxx_driver "$build_cc" "$build_cc")
+  for name in ${setting[BUILD_CXX_ENV]:-}; do export "$name=$build_cxx"; done
+fi
 
 # Shows the end of the log (and of config.log) when a step fails: the error is there.
 fail_with_log() {

@@ -63,7 +63,9 @@ SQUID_CONFIGURE_FLAGS = [
     # --- Portable, reproducible builds ---
     "--disable-arch-native",  # no -march=native: the binary runs on any x86-64/arm64 CPU.
     "--with-filedescriptors=65536",  # else configure bakes in the build sandbox's `ulimit -n`.
-    "--with-large-files",  # 64-bit file offsets for logs and caches.
+    # (No --with-large-files: off_t is 64-bit on both of the image's 64-bit targets already, and
+    # the flag makes configure prepend the *build host's* `getconf` build-model flags (-m64 on
+    # x86-64), which the arm64 cross compiler rejects.)
     "--disable-strict-error-checking",  # a newer host compiler's new warnings must not fail the build (-Werror).
     "--disable-dependency-tracking",  # one-shot build: skip .deps bookkeeping.
     "--disable-maintainer-mode",  # never rerun autotools on the release tarball's timestamps.

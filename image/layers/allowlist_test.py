@@ -76,7 +76,8 @@ PYTHON_UNWANTED = [
     file("lib/python3.13/idlelib/idle.py", b"#! /usr/bin/env python3\n"),
     file("lib/python3.13/ensurepip/__init__.py", b""),
     file("lib/python3.13/site-packages/pip/__init__.py", b""),
-    file("lib/python3.13/__pycache__/os.cpython-313.pyc", b"\0"),
+    # The archive's own bytecode (dropped); an optimised .pyc is nothing the layer builder makes.
+    file("lib/python3.13/__pycache__/os.cpython-313.opt-1.pyc", b"\0"),
     file("lib/tcl8.6/init.tcl", b"# tcl\n"),
 ]
 PYTHON_WANTED = [

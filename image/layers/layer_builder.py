@@ -13,6 +13,8 @@ Spec (written by the rules, never by hand):
    "exclude_rules": "image/layers/python_runtime.exclude",  # optional filter file
    "exclude_prefix": "usr",                # its globs are relative to this dir
    "link_duplicates": true,                # optional, see link_duplicates()
+   "bytecode": {"cache_tag": "cpython-313",  # optional, see add_bytecode()
+                "under": ["usr/lib/python3.13"]},
    "entries": [
      {"type": "file", "path": "usr/bin/x", "src": "bazel-out/...", "mode": "auto",
       "uid": 0, "gid": 0},
@@ -29,9 +31,11 @@ import hashlib
 import io
 import json
 import os
+import py_compile
 import stat
 import sys
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -55,6 +59,7 @@ class Entry:
     gid: int
     src: str | None = None
     target: str | None = None
+    data: bytes | None = None  # generated content (bytecode), instead of src
 
 
 def normalize_path(raw: str) -> str:
@@ -120,10 +125,55 @@ def parse_entries(spec: dict[str, object]) -> list[Entry]:
         if previous is not None and previous != entry:
             raise SpecError(f"/{path} is given twice with different contents: {previous} and {entry}")
         by_path[path] = entry
+    bytecode = spec.get("bytecode")
+    if bytecode:
+        if not isinstance(bytecode, dict):
+            raise SpecError("spec 'bytecode' must be an object with 'cache_tag' and 'under'")
+        add_bytecode(by_path, str(bytecode["cache_tag"]), [normalize_path(p) for p in bytecode.get("under", [])])
     if spec.get("link_duplicates"):
         link_duplicates(by_path)
     add_missing_parents(by_path)
     return [by_path[path] for path in sorted(by_path)]
+
+
+def add_bytecode(by_path: dict[str, Entry], cache_tag: str, under: list[str]) -> None:
+    """Adds DIR/__pycache__/NAME.<cache_tag>.pyc for every .py file below `under`.
+
+    The image runs with PYTHONDONTWRITEBYTECODE and a read-only root, so without these every
+    start compiles each module it imports again (measured: importing the entrypoint took
+    1.0 s instead of 0.2 s on the 2-core CI machine). Unchecked-hash pycs (PEP 552) carry no
+    timestamp, so they are reproducible and valid whatever mtime the layer gives the sources;
+    the image is immutable, so the source need not be re-hashed at import. The code objects
+    name the image path, as tracebacks should. Bytecode is specific to the Python minor
+    version, not to the CPU, so this builder's interpreter must be the image's version.
+    """
+    own_tag = sys.implementation.cache_tag
+    if own_tag != cache_tag:
+        raise SpecError(
+            f"bytecode for {cache_tag} asked for, but the layer builder runs {own_tag}: the image's"
+            " Python would ignore it; build with the same Python minor version for the build tools"
+            " and the image (one python.toolchain version in MODULE.bazel)"
+        )
+    prefixes = [prefix.rstrip("/") + "/" for prefix in under]
+    sources = [
+        entry
+        for path, entry in sorted(by_path.items())
+        if entry.kind == "file" and path.endswith(".py") and any(path.startswith(p) for p in prefixes)
+    ]
+    with tempfile.TemporaryDirectory(prefix="layer-bytecode-") as scratch:
+        for number, entry in enumerate(sources):
+            module = PurePosixPath(entry.path)
+            output = os.path.join(scratch, f"{number}.pyc")
+            try:
+                py_compile.compile(
+                    entry.src or "", cfile=output, dfile="/" + entry.path, doraise=True,
+                    invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+                )
+            except py_compile.PyCompileError:
+                continue  # not Python 3 source (test fixtures with bad syntax): nothing to cache
+            cached = str(module.parent / "__pycache__" / f"{module.stem}.{cache_tag}.pyc")
+            with open(output, "rb") as compiled:
+                by_path[cached] = Entry("file", cached, 0o644, entry.uid, entry.gid, data=compiled.read())
 
 
 def _digest(src: str) -> str:
@@ -142,7 +192,7 @@ def link_duplicates(by_path: dict[str, Entry]) -> None:
     # Same directory and size first, so only real candidates are hashed.
     groups: dict[tuple[str, int], list[str]] = {}
     for path, entry in by_path.items():
-        if entry.kind == "file" and entry.src is not None:
+        if entry.kind == "file" and entry.src is not None and entry.data is None:
             size = os.stat(entry.src).st_size
             if size:  # empty files (py.typed, __init__.py) are not copies of each other
                 groups.setdefault((str(PurePosixPath(path).parent), size), []).append(path)
@@ -192,7 +242,7 @@ def tar_info(entry: Entry, mtime: int) -> tarfile.TarInfo:
         info.linkname = entry.target or ""
     else:
         info.type = tarfile.REGTYPE
-        info.size = os.stat(entry.src or "").st_size
+        info.size = len(entry.data) if entry.data is not None else os.stat(entry.src or "").st_size
     return info
 
 
@@ -211,7 +261,9 @@ def write_layer(entries: list[Entry], mtime: int, output: Path) -> None:
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
         for entry in entries:
             info = tar_info(entry, mtime)
-            if entry.kind == "file":
+            if entry.kind == "file" and entry.data is not None:
+                archive.addfile(info, io.BytesIO(entry.data))
+            elif entry.kind == "file":
                 with open(entry.src or "", "rb") as source:
                     archive.addfile(info, source)
             else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import marshal
 import os
 import tarfile
 from pathlib import Path
@@ -189,3 +190,69 @@ def test_filter_refuses_a_hard_link_to_a_dropped_file(tmp_path: Path, capsys: py
     assert layer_builder.main(["--filter", str(rules), str(source), str(tmp_path / "out.tar.gz")]) == 1
     assert "hard link" in capsys.readouterr().err
     assert not (tmp_path / "out.tar.gz").exists()
+
+
+def _bytecode_spec(tmp_path: Path, sources: dict[str, Path], cache_tag: str) -> Path:
+    package = tmp_path / "pkg"
+    package.mkdir(exist_ok=True)
+    (package / "greet.py").write_text("def where():\n    return __file__\n\nVALUE = 'from source'\n")
+    (package / "broken.py").write_text("def (:\n")  # not Python: no bytecode, no failure
+    spec = tmp_path / "bytecode.json"
+    spec.write_text(json.dumps({"bytecode": {"cache_tag": cache_tag, "under": ["usr/lib/app"]}, "entries": [
+        {"type": "file", "path": "usr/lib/app/mod/greet.py", "src": str(package / "greet.py"), "mode": "0644"},
+        {"type": "file", "path": "usr/lib/app/mod/broken.py", "src": str(package / "broken.py"), "mode": "0644"},
+        {"type": "file", "path": "usr/local/bin/tool.py", "src": str(sources["script"])},  # outside `under`
+    ]}))
+    return spec
+
+
+def test_bytecode_is_compiled_for_the_image_and_used_by_python(tmp_path: Path, sources: dict[str, Path]) -> None:
+    import subprocess
+    import sys
+
+    spec = _bytecode_spec(tmp_path, sources, sys.implementation.cache_tag)
+    output = tmp_path / "out.tar.gz"
+    assert layer_builder.main([str(spec), str(output)]) == 0
+    found = members(output)
+    pyc = f"usr/lib/app/mod/__pycache__/greet.{sys.implementation.cache_tag}.pyc"
+    assert found[pyc].isfile() and found[pyc].mode == 0o644 and found[pyc].mtime == 0
+    assert found["usr/lib/app/mod/__pycache__"].isdir()
+    assert not [name for name in found if "broken." in name and name.endswith(".pyc")]
+    assert not [name for name in found if name.startswith("usr/local/bin/__pycache__")]
+
+    root = tmp_path / "root"
+    with tarfile.open(output, "r:gz") as archive:
+        archive.extractall(root, filter="data")
+    # Unchecked-hash bytecode is used as is: a changed source is not even read, so the value
+    # proves the import ran the layer's .pyc (and -B writes no new one).
+    (root / "usr/lib/app/mod/greet.py").write_text("VALUE = 'recompiled'\n")
+    done = subprocess.run(
+        [sys.executable, "-B", "-c", "import greet; print(greet.VALUE)"],
+        cwd=root / "usr/lib/app/mod", capture_output=True, text=True, check=True,
+        env={"PYTHONPATH": str(root / "usr/lib/app/mod"), "PATH": os.environ.get("PATH", "")},
+    )
+    assert done.stdout.strip() == "from source"
+    # The code names the image path (tracebacks in the container), not the build sandbox.
+    code = marshal.loads((root / pyc).read_bytes()[16:])
+    assert code.co_filename == "/usr/lib/app/mod/greet.py"
+
+
+def test_bytecode_is_reproducible(tmp_path: Path, sources: dict[str, Path]) -> None:
+    import sys
+
+    spec = _bytecode_spec(tmp_path, sources, sys.implementation.cache_tag)
+    first, second = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
+    assert layer_builder.main([str(spec), str(first)]) == 0
+    assert layer_builder.main([str(spec), str(second)]) == 0
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_bytecode_for_another_python_is_refused(tmp_path: Path, sources: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    spec = _bytecode_spec(tmp_path, sources, "cpython-39")
+    output = tmp_path / "out.tar.gz"
+    assert layer_builder.main([str(spec), str(output)]) == 1
+    error = capsys.readouterr().err
+    assert "cpython-39" in error and sys.implementation.cache_tag in error and "same Python minor version" in error
+    assert not output.exists()

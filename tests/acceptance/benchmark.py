@@ -3,28 +3,33 @@
     python3 tests/acceptance/benchmark.py --runs 5 [--image REF | --tarball PATH]
     bazel run //tests/acceptance:benchmark -- --runs 5
 
-Each run starts a fresh container. Baselines are measured in the same run so the numbers
+Each run starts fresh containers. Baselines are measured in the same run so the numbers
 read as ratios on whatever machine this is: the runtime's own start cost (a container
-running `python3 -c pass`) for the startup time, and the same burst sent straight to
-the server for the proxied throughput.
+running `python3 -c pass`), Squid alone in the same image (`--entrypoint /usr/sbin/squid`
+with the packaged default config, stopped with SIGINT, its fastest clean stop) for start ->
+first proxied 200 and the idle stop, and the same burst sent straight to the server for the
+proxied throughput. Goals (issue 11): start <= 1.5x Squid alone, idle stop <= 1.5 s, a 10 s
+download in flight at `stop` arrives complete and the exit follows within 1.5 s of its end.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
-from tests.support import harness, image_source, netutil  # noqa: E402
-from tests.support.runtime import ContainerRuntime, RunOptions, detect_runtime  # noqa: E402
+from tests.support import harness, image_source, netutil, timeouts  # noqa: E402
+from tests.support.runtime import ContainerRuntime, PortMapping, RunOptions, detect_runtime  # noqa: E402
 
 
 def _spread(name: str, unit: str, values: Sequence[float]) -> str:
@@ -45,6 +50,93 @@ def _runtime_start_baseline(factory: harness.ContainerFactory) -> float:
     if done.returncode != 0:
         raise SystemExit(f"baseline container failed: {done.stderr.strip()}")
     return time.monotonic() - started
+
+
+DOWNLOAD_SECONDS = 10
+
+
+def _first_proxied_200(port: int, url: str, started: float, still_running: Callable[[], bool]) -> float:
+    """Seconds from `started` until a GET of `url` through 127.0.0.1:`port` answers 200."""
+    deadline = started + timeouts.scaled(harness.READY_TIMEOUT_S)
+    while time.monotonic() < deadline:
+        try:
+            if netutil.proxy_get(netutil.LOOPBACK, port, url, 2.0).status == 200:
+                return time.monotonic() - started
+        except (OSError, http.client.HTTPException):
+            pass  # not listening yet
+        if not still_running():
+            raise SystemExit("benchmark: the container exited before proxying")
+        time.sleep(0.01)
+    raise SystemExit(f"benchmark: no proxied 200 from port {port} within {harness.READY_TIMEOUT_S:g} s")
+
+
+def _squid_alone(factory: harness.ContainerFactory, url: str) -> tuple[float, float]:
+    """(run -> first proxied 200, SIGINT -> exit) of Squid alone in the image."""
+    proxy_port = netutil.free_port()
+    name = factory.unique_name("squid-alone")
+    options = RunOptions(
+        name=name,
+        publish=(PortMapping(netutil.LOOPBACK, proxy_port, harness.SQUID_CONTAINER_PORT),),
+        entrypoint="/usr/sbin/squid",
+        command=("--foreground", "-d", "0", "-f", harness.DEFAULT_CONFIG_PATH),
+        extra_args=("--stop-signal", "SIGINT"),
+    )
+    started = time.monotonic()
+    factory.runtime.run_detached(factory.image, options)
+    first = _first_proxied_200(proxy_port, url, started, lambda: factory.runtime.state(name).running)
+    time.sleep(0.5)
+    stopped = time.monotonic()
+    factory.runtime.stop(name, 30)
+    return first, time.monotonic() - stopped
+
+
+def _rss_kib(factory: harness.ContainerFactory, name: str) -> tuple[float, float]:
+    """VmRSS of PID 1 and of the health server, read inside the container by its own Python."""
+    code = (
+        "import os\n"
+        "def rss(pid):\n"
+        "    for line in open(f'/proc/{pid}/status'):\n"
+        "        if line.startswith('VmRSS:'): return int(line.split()[1])\n"
+        "    return 0\n"
+        "health = [p for p in os.listdir('/proc') if p.isdigit() and b'healthcheck' in open(f'/proc/{p}/cmdline','rb').read()]\n"
+        "print(rss(1), rss(health[0]) if health else 0)\n"
+    )
+    done = factory.runtime.exec(name, [harness.PYTHON, "-c", code])
+    if done.returncode != 0:
+        return 0.0, 0.0
+    pid1, health = done.stdout.split()
+    return float(pid1), float(health)
+
+
+def _stop_during_download(factory: harness.ContainerFactory, url: str) -> tuple[bool, float]:
+    """(the 10 s download arrived complete, seconds from its end to the container's exit)."""
+    proxy = factory.start("download")
+    proxy.wait_ready()
+    proxy.wait_for_log("Container ready")
+    received: dict[str, float] = {}
+
+    def download() -> None:
+        connection = http.client.HTTPConnection(netutil.LOOPBACK, proxy.proxy_port, timeout=timeouts.scaled(60))
+        size = 0
+        try:
+            connection.request("GET", url)
+            response = connection.getresponse()
+            while chunk := response.read(65536):
+                size += len(chunk)
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            received["size"], received["end"] = size, time.monotonic()
+            connection.close()
+
+    fetcher = threading.Thread(target=download, daemon=True)
+    fetcher.start()
+    time.sleep(1.0)
+    proxy.stop(60)
+    exited = time.monotonic()
+    fetcher.join(timeouts.scaled(60))
+    complete = received.get("size") == DOWNLOAD_SECONDS * 10 * 1024  # /slow: 1 KiB every 0.1 s
+    return complete, exited - received.get("end", exited)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,6 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"runs:    {options.runs}; burst {options.requests} requests over {options.connections} connections\n")
 
     ready_s: list[float] = []
+    first_200_s: list[float] = []
+    alone_first_200_s: list[float] = []
+    alone_stop_s: list[float] = []
+    rss_pid1_kib: list[float] = []
+    rss_health_kib: list[float] = []
+    download_complete: list[float] = []
+    exit_after_download_s: list[float] = []
     baseline_s: list[float] = []
     stop_s: list[float] = []
     proxied_rps: list[float] = []
@@ -98,10 +197,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         with netutil.LocalServer(address, freebind=True) as server:
             for run in range(1, options.runs + 1):
                 baseline_s.append(_runtime_start_baseline(factory))
+                probe_url = server.url("/first", host=address)
+                alone_first, alone_stop = _squid_alone(factory, probe_url)
+                alone_first_200_s.append(alone_first)
+                alone_stop_s.append(alone_stop)
                 started = time.monotonic()
                 proxy = factory.start(f"run{run}")
+                first_200_s.append(_first_proxied_200(proxy.proxy_port, probe_url, started, proxy.is_running))
                 proxy.wait_ready()
                 ready_s.append(time.monotonic() - started)
+                # Stop only after the entrypoint said so: /ready can answer a moment earlier.
+                proxy.wait_for_log("Container ready")
+                pid1, health = _rss_kib(factory, proxy.name)
+                rss_pid1_kib.append(pid1)
+                rss_health_kib.append(health)
 
                 burst = netutil.run_burst(
                     netutil.LOOPBACK, proxy.proxy_port,
@@ -125,16 +234,40 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"  proxied {burst.requests_per_second:7.0f} req/s ({burst.error_count} errors)"
                     f"  direct {direct.requests_per_second:7.0f} req/s"
                 )
+                complete, after_end = _stop_during_download(
+                    factory, server.url(f"/slow?seconds={DOWNLOAD_SECONDS}&run={run}", host=address)
+                )
+                download_complete.append(float(complete))
+                if complete:
+                    exit_after_download_s.append(after_end)
+                print(
+                    f"run {run}: squid alone first 200 {alone_first:5.2f} s, SIGINT->exit {alone_stop:5.2f} s;"
+                    f" entrypoint first 200 {first_200_s[-1]:5.2f} s; 10 s download {'complete' if complete else 'CUT'},"
+                    f" exit {after_end:5.2f} s after its end"
+                )
                 factory.cleanup()
     finally:
         factory.cleanup()
 
     print()
+    print(_spread("run -> first proxied 200", "s", first_200_s))
+    print(_spread("squid alone: run -> first proxied 200", "s", alone_first_200_s))
     print(_spread("run -> /ready 200", "s", ready_s))
     print(_spread("runtime baseline (python3 -c pass)", "s", baseline_s))
-    print(_spread("stop -> exit", "s", stop_s))
+    print(_spread("stop -> exit, idle", "s", stop_s))
+    print(_spread("squid alone: stop (SIGINT) -> exit", "s", alone_stop_s))
+    print(_spread("10 s download complete (1 = yes)", "", download_complete))
+    print(_spread("exit after the download's end", "s", exit_after_download_s))
+    print(_spread("RSS PID 1", "KiB", rss_pid1_kib))
+    print(_spread("RSS health server", "KiB", rss_health_kib))
     print(_spread("proxied burst", "req/s", proxied_rps))
     print(_spread("direct burst (no proxy)", "req/s", direct_rps))
+    if first_200_s and alone_first_200_s:
+        ratio = statistics.median(first_200_s) / statistics.median(alone_first_200_s)
+        print(f"{'start / squid alone (goal <= 1.5)':<34} {ratio:.2f}x (medians, n={len(first_200_s)})")
+    if stop_s and alone_stop_s:
+        ratio = statistics.median(stop_s) / statistics.median(alone_stop_s)
+        print(f"{'idle stop / squid alone SIGINT':<34} {ratio:.2f}x (medians, n={len(stop_s)}; goal: stop <= 1.5 s)")
     if ready_s and baseline_s:
         print(f"{'startup / runtime baseline':<34} {statistics.median(ready_s) / statistics.median(baseline_s):.2f}x (medians)")
     if proxied_rps and direct_rps:
