@@ -45,6 +45,8 @@ def test_each_cross_list_brings_the_cross_compiler_and_the_foreign_libraries(hos
     assert names.get(f"gcc-{triplet}", "missing") is None and names.get(f"g++-{triplet}", "missing") is None
     # Squid links the target's OpenSSL; configure --host=<triplet> asks for <triplet>-pkg-config.
     assert names.get("libssl-dev") == foreign and names.get("pkgconf") == foreign
+    # libc6-dev brings libcrypt-dev natively; basic_ncsa_auth needs crypt(3) on both.
+    assert names.get("libcrypt-dev") == foreign
     assert {m.group("arch") for m in pins if m.group("arch")} == {foreign}
 
 
