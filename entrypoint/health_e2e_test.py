@@ -155,10 +155,10 @@ def test_a_health_server_that_never_reports_is_killed_after_the_start_limit(work
     run = launch()
     run.wait_for_output(r"Starting health server on port")
     started = time.monotonic()
-    assert run.wait_exit(60) == 1
+    assert run.wait_exit(HEALTH_START_TIMEOUT + 60) == 1
     elapsed = time.monotonic() - started
     assert f"did not report listening on HEALTH_PORT {workspace.health_port} within {HEALTH_START_TIMEOUT:g} s" in run.stderr
-    # The contract bound (5 s limit), with slack for a loaded machine; never before the limit.
+    # The contract bound (the 30 s limit), with slack for a loaded machine; never before the limit.
     assert HEALTH_START_TIMEOUT - 0.5 <= elapsed <= HEALTH_START_TIMEOUT + SLACK, elapsed
     assert "Starting Squid proxy" not in run.stdout
     assert run.descendants_left() == []

@@ -21,7 +21,10 @@ from entrypoint.processes import ChildProcesses, describe_exit
 from entrypoint.settings import Settings
 from entrypoint.squid_config import ActiveConfig
 
-HEALTH_START_TIMEOUT = 5.0  # spawn -> "listening" report, each start and restart
+# Spawn -> "listening" report, each start and restart. A server that cannot bind reports that
+# at once, so only a hung one waits this out; an interpreter on a CPU-throttled pod or under
+# arm64 emulation (qemu) needs seconds just to start, so the limit is Squid's own (30 s).
+HEALTH_START_TIMEOUT = 30.0
 CHILD_STOP_TIMEOUT = 5.0
 RESTART_BACKOFF_FIRST = 0.5  # seconds before the first restart; doubled for each one after
 RESTART_BACKOFF_MAX = 30.0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from entrypoint.health_process import HEALTH_START_TIMEOUT
 from entrypoint.testing import (  # noqa: F401 - fixtures
     Launcher, Workspace, free_port, http_get, key_body_lines, launch, make_ca, openssl,
     process_state, python_for_child, squid_available, squid_bin, ssl_bump_config,
@@ -69,8 +70,8 @@ def test_a_health_server_restarted_by_a_reload_must_report_listening_again(works
     run.wait_for_output(r"Health server follows the new config \(restarting it\)")
     run.wait_for_output(
         rf"Health server restart failed: Health server did not report listening on HEALTH_PORT"
-        rf" {workspace.health_port} within 5 s \(it was killed\); restart 1 in 0.5 s",
-        30, stream="stderr",
+        rf" {workspace.health_port} within {HEALTH_START_TIMEOUT:g} s \(it was killed\); restart 1 in 0.5 s",
+        HEALTH_START_TIMEOUT + 30, stream="stderr",
     )
     assert run.process.poll() is None  # a silent server is retried, not fatal
     restored = server.with_suffix(".restored")
