@@ -30,6 +30,9 @@ def _runfiles_candidates(relative: str) -> list[Path]:
             for name in (relative, "_main/" + relative, relative.removeprefix("_main/")):
                 found.append(Path(base) / name)
     found.append(REPO_ROOT / relative)
+    # `bazel run` starts a binary in its runfiles tree (a script that imports this file from
+    # the source tree then still finds its data there).
+    found.append(Path.cwd() / relative)
     return found
 
 
