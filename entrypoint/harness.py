@@ -116,7 +116,8 @@ def unprivileged_access_problem() -> str | None:
 class Workspace:
     """A temp dir laid out like the image (bin/, lib/entrypoint, etc/squid, var/...), GID-0 writable."""
 
-    def __init__(self) -> None:
+    def __init__(self, bytecode: bool = False) -> None:
+        """`bytecode`: precompile the package as the image does (benchmarks); tests import source."""
         # As root the files must be reachable by the unprivileged user: Bazel's TEST_TMPDIR
         # may live under /root, so use /tmp then.
         base = "/tmp" if running_as_root() else None
@@ -131,6 +132,12 @@ class Workspace:
         shutil.copytree(PACKAGE_DIR, self.lib / "entrypoint", ignore=shutil.ignore_patterns("__pycache__", "*_test.py"))
         for script in ("entrypoint.py", "healthcheck.py"):
             shutil.copy2(PACKAGE_DIR / script, self.bin / script)
+        if bytecode:  # unchecked-hash .pyc, like the image's layer, by the interpreter that imports them
+            subprocess.run(
+                [python_for_child(), "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash",
+                 str(self.lib / "entrypoint")],
+                check=True, timeout=120,
+            )
         default = (PACKAGE_DIR / "squid.conf.default").read_text() + squid_path_directives()
         self.default_config = self.etc / "squid.conf.default"
         self.default_config.write_text(default)

@@ -143,7 +143,7 @@ def test_health_port_taken_by_another_listener_fails_startup(workspace: Workspac
         squatter.close()
     assert f"HEALTH_PORT {workspace.health_port} is already in use" in run.stderr
     assert "Container ready" not in run.stdout
-    assert "Starting Squid proxy" not in run.stdout
+    # The report races the config check: Squid may have started, but none is left running.
     assert run.descendants_left() == []
 
 
@@ -160,7 +160,9 @@ def test_a_health_server_that_never_reports_is_killed_after_the_start_limit(work
     assert f"did not report listening on HEALTH_PORT {workspace.health_port} within {HEALTH_START_TIMEOUT:g} s" in run.stderr
     # The contract bound (the 30 s limit), with slack for a loaded machine; never before the limit.
     assert HEALTH_START_TIMEOUT - 0.5 <= elapsed <= HEALTH_START_TIMEOUT + SLACK, elapsed
-    assert "Starting Squid proxy" not in run.stdout
+    # Squid does not wait for the health server: it was up, never declared ready, and is stopped.
+    assert re.search(r"Squid started with PID \d+", run.stdout), run.output
+    assert "Container ready" not in run.stdout
     assert run.descendants_left() == []
 
 

@@ -113,6 +113,11 @@ class HealthProcess:
         assert pending is not None, "start() first"
         await pending
 
+    def start_failed(self) -> bool:
+        """Whether the start has already ended without listening (`wait_listening` would raise at once)."""
+        pending = self._pending
+        return pending is not None and pending.done() and (pending.cancelled() or pending.exception() is not None)
+
     async def _launch(self) -> None:
         """Spawn and wait (HEALTH_START_TIMEOUT) for its own report that it listens; else HealthError."""
         read_fd, write_fd = os.pipe()

@@ -121,6 +121,19 @@ class SquidProcess:
         """ESTABLISHED client connections Squid still serves on `ports`."""
         return len(proc_table.owned_sockets(self.tree(), ports, proc_table.TCP_ESTABLISHED))
 
+    def wake_workers(self) -> None:
+        """SIGCHLD to Squid's own processes below the master (its kids), to wake their event loops.
+
+        Squid's handler only reaps exited helpers, so the signal changes nothing else.
+        """
+        tree = [p for p in proc_table.process_tree(self.pid) if p.state not in ("Z", "X")]
+        for info in tree[1:]:
+            if tree[0].comm == info.comm:
+                try:
+                    os.kill(info.pid, signal.SIGCHLD)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
     def kill_all(self) -> None:
         """SIGKILL the master, its group and every process below it."""
         self.children.kill_group(self.process, signal.SIGKILL)

@@ -90,8 +90,9 @@ async def start_up(state: ProxyState) -> None:
     phases.done("config_selection")
 
     # The health server only needs to know where to look; it starts now and answers 503
-    # until Squid is up, while the checks below run. Its report that it listens is awaited
-    # before Squid starts: a taken HEALTH_PORT ends the startup before Squid is ever run.
+    # until Squid is up, while the checks below and Squid's own start run. Its report that it
+    # listens is awaited once Squid listens (a report of failure that is in already, like a
+    # taken HEALTH_PORT, ends the startup before Squid is started).
     state.health.start(config)
     phases.done("health_server_spawn")
 
@@ -144,11 +145,8 @@ async def start_up(state: ProxyState) -> None:
             " SQUID_PORT / the config's http_port"
         )
 
-    try:
-        await state.health.wait_listening()
-    except HealthError as error:
-        raise StartupError(str(error)) from None
-    phases.done("health_server_listening")
+    if state.health.start_failed():
+        await health_listening(state)
 
     log.info("Starting Squid proxy...")
     squid = state.squid = await state.commands.start(config, state.sinks, state.line_filter)
@@ -162,4 +160,15 @@ async def start_up(state: ProxyState) -> None:
         await state.commands.wait_until_listening(squid, ports)
         phases.done("squid_listening")
     except SquidError as error:
+        raise StartupError(str(error)) from None
+    # Ready needs both; a server that fails now ends the startup, and the caller stops Squid.
+    await health_listening(state)
+    phases.done("health_server_listening")
+
+
+async def health_listening(state: ProxyState) -> None:
+    """The health server's report that it listens (HEALTH_START_TIMEOUT from its start), else StartupError."""
+    try:
+        await state.health.wait_listening()
+    except HealthError as error:
         raise StartupError(str(error)) from None
