@@ -277,13 +277,19 @@ class SquidCommands:
     async def wait_until_listening(self, squid: SquidProcess, ports: list[int]) -> None:
         """Wait until Squid itself holds a LISTEN socket on every port (proc_table, not a connect)."""
         deadline = time.monotonic() + LISTEN_TIMEOUT
+        wanted = set(ports)
         while True:
             if squid.exited.done():
                 raise self._exited_error(squid)
-            missing = [port for port in ports if port not in squid.listening(ports)]
+            # Until anything listens on the ports, the socket table alone says so: the process
+            # tree and its fds are read only then (a cheaper poll leaves the CPU to Squid).
+            anything = any(
+                sock.state == proc_table.TCP_LISTEN and sock.local_port in wanted for sock in proc_table.tcp_sockets()
+            )
+            missing = [port for port in ports if port not in squid.listening(ports)] if anything else list(ports)
             if not missing:
                 return
-            squatters = foreign_listeners(missing, squid.pid)
+            squatters = foreign_listeners(missing, squid.pid) if anything else []
             if squatters:
                 # Seen twice in a row: a socket that changes hands mid-read is not a squatter.
                 await asyncio.sleep(POLL_INTERVAL)

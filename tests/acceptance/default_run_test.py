@@ -8,6 +8,7 @@ from tests.support import harness, logs, netutil
 def test_default_run(containers: harness.ContainerFactory, host_server: netutil.LocalServer, host_address: str) -> None:
     proxy = containers.start("default")
     proxy.wait_ready()
+    proxy.wait_for_log("Container ready, entering monitoring loop")
 
     logs.assert_in_order(
         proxy.logs().stdout,
