@@ -179,6 +179,11 @@ UNWANTED_IN_IMAGE = [pytest.param(m, id=m.path) for m in DEBIAN_UNWANTED] + [
     pytest.param(Member("usr/bin/python3", "file", 0o755, INTERPRETER), id="second-full-python3"),
     pytest.param(script("usr/bin/pydoc3", "#!/usr/bin/python3"), id="pydoc3-with-valid-shebang"),
     pytest.param(file("usr/bin/python3.13-config", b"#!/bin/sh\n"), id="python-config-not-executable"),
+    # Bytecode only as add_bytecode writes it: this Python's tag, beside the stdlib or the package.
+    pytest.param(file("usr/lib/python3.13/__pycache__/base64.pyc", b"\xf3\r\r\n"), id="pyc-without-tag"),
+    pytest.param(file("usr/lib/python3.13/__pycache__/base64.cpython-313.opt-1.pyc", b"\xf3\r\r\n"), id="pyc-optimized"),
+    pytest.param(file("usr/local/bin/__pycache__/healthcheck.cpython-313.pyc", b"\xf3\r\r\n"), id="pyc-outside-the-libs"),
+    pytest.param(directory("etc/__pycache__"), id="pycache-dir-outside-the-libs"),
 ]
 
 
@@ -233,6 +238,30 @@ def test_a_later_whiteout_removes_an_unwanted_file(tmp_path: Path, rules: list[p
     whiteout = write_tar(tmp_path / "wh.tar.gz", [file("usr/sbin/.wh.update-ca-certificates")])
     layers = [raw, whiteout, python_layer(tmp_path, PYTHON_WANTED), write_tar(tmp_path / "app.tar.gz", APP)]
     assert allowlist.check(image_of(tmp_path, layers), rules) == []
+
+
+def test_bytecode_beside_its_source_is_allowed_with_its_directories(
+    tmp_path: Path, built_layers: list[Path], rules: list[path_rules.Rule]
+) -> None:
+    # What add_bytecode writes: the __pycache__ directory entries too, not only the .pyc files.
+    extra = write_tar(tmp_path / "extra.tar.gz", [
+        directory("usr/lib/python3.13/__pycache__"),
+        file("usr/lib/python3.13/__pycache__/base64.cpython-313.pyc", b"\xf3\r\r\n"),
+        directory("usr/lib/python3.13/asyncio/__pycache__"),
+        file("usr/lib/python3.13/asyncio/__pycache__/events.cpython-313.pyc", b"\xf3\r\r\n"),
+        directory("usr/lib/cephaloproxy/entrypoint/__pycache__"),
+        file("usr/lib/cephaloproxy/entrypoint/__pycache__/main.cpython-313.pyc", b"\xf3\r\r\n"),
+    ])
+    assert allowlist.check(image_of(tmp_path, built_layers + [extra]), rules) == []
+
+
+def test_the_arm64_loader_link_is_allowed(tmp_path: Path, built_layers: list[Path], rules: list[path_rules.Rule]) -> None:
+    # Debian arm64's PT_INTERP is /lib/ld-linux-aarch64.so.1: a link in usr/lib, not usr/lib64.
+    extra = write_tar(tmp_path / "extra.tar.gz", [
+        Member("usr/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1", "file", 0o755, ELF),
+        symlink("usr/lib/ld-linux-aarch64.so.1", "aarch64-linux-gnu/ld-linux-aarch64.so.1"),
+    ])
+    assert allowlist.check(image_of(tmp_path, built_layers + [extra]), rules) == []
 
 
 @pytest.mark.parametrize("line", ["q usr/bin/x", "f", "f a b", "f a[b"])
