@@ -9,11 +9,13 @@ import socket
 import time
 import uuid
 
+import pytest
+
 from entrypoint.health_process import HEALTH_START_TIMEOUT
 from entrypoint.proc_table import process_tree
 from entrypoint.squid_serving import CRASH_LOOP_EXITS, LIVENESS_BOUND
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    Launcher, Workspace, http_get, launch, process_state, squid_available, start_local_http_server,
+    Launcher, Workspace, http_get, launch, pausing_squid, process_state, squid_available, start_local_http_server,
     wait_for_status, wait_until, workspace,
 )
 
@@ -131,19 +133,27 @@ def test_probes_leave_no_line_in_the_access_log(workspace: Workspace, launch: La
 
 
 # -- the health server is ours, or startup fails ------------------------------------------------
-def test_health_port_taken_by_another_listener_fails_startup(workspace: Workspace, launch: Launcher) -> None:
+@pytest.mark.parametrize("slow_check", [False, True], ids=["racing-the-check", "check-takes-3s"])
+def test_health_port_taken_by_another_listener_fails_startup(workspace: Workspace, launch: Launcher, slow_check: bool) -> None:
     squatter = socket.socket()
     squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     squatter.bind(("0.0.0.0", workspace.health_port))
     squatter.listen(16)
     try:
-        run = launch()
+        env = workspace.env()
+        if slow_check:  # the health server's report is then in before Squid's turn
+            wrapper, marker = pausing_squid(workspace, "-k parse")
+            env = workspace.env(CEPHALOPROXY_SQUID_BIN=str(wrapper))
+        run = launch(env)
         assert run.wait_exit(60) == 1
     finally:
         squatter.close()
     assert f"HEALTH_PORT {workspace.health_port} is already in use" in run.stderr
     assert "Container ready" not in run.stdout
-    # The report races the config check: Squid may have started, but none is left running.
+    if slow_check:
+        assert marker.exists(), run.output  # the check did run, slowly
+        assert "Starting Squid proxy" not in run.stdout
+    # Otherwise the report races the config check: Squid may have started, but none is left.
     assert run.descendants_left() == []
 
 
