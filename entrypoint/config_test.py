@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import stat
+import time
 import uuid
 from pathlib import Path
 
@@ -335,6 +336,9 @@ def test_upstream_numeric_log_level_2_means_debug(workspace: Workspace, launch: 
     run.wait_ready()
     assert "[WARNING] LOG_LEVEL='2' is the upstream image's numeric Squid debug level; using DEBUG" in run.stdout
     assert "[DEBUG] Phase config_selection took" in run.stdout
+    # The process's age at its first log line: more than nothing, less than the run so far.
+    imports = float(re.search(r"\[DEBUG\] Phase interpreter_and_imports took ([\d.]+) s", run.stdout).group(1))
+    assert 0 < imports < time.monotonic() - run.started_at, imports
 
 
 def _launch_as_root(workspace: Workspace, launch: Launcher):  # type: ignore[no-untyped-def]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -33,7 +34,8 @@ def main(early_signals: list[int] | None = None) -> int:
     settings, warnings = load_settings(os.environ)
     log = configure_logging(settings.log_level, sinks)
     log.info("CephaloProxy entrypoint starting (UID: %d, GID: %d)", os.getuid(), os.getgid())
-    log.debug("Phase interpreter_and_imports took %.3f s", seconds_since_exec())
+    if log.isEnabledFor(logging.DEBUG):  # the /proc read only when the line is logged
+        log.debug("Phase interpreter_and_imports took %.3f s", seconds_since_exec())
     for warning in warnings:
         log.warning("%s", warning)
     log.info(

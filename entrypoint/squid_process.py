@@ -286,7 +286,8 @@ class SquidCommands:
             anything = any(
                 sock.state == proc_table.TCP_LISTEN and sock.local_port in wanted for sock in proc_table.tcp_sockets()
             )
-            missing = [port for port in ports if port not in squid.listening(ports)] if anything else list(ports)
+            held = squid.listening(ports) if anything else set()  # one read of the tree per poll
+            missing = [port for port in ports if port not in held]
             if not missing:
                 return
             squatters = foreign_listeners(missing, squid.pid) if anything else []
