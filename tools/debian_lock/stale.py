@@ -78,7 +78,8 @@ class Version:
         upstream, hyphen, revision = rest.rpartition("-")
         if not hyphen:
             upstream, revision = rest, ""
-        if not upstream or not re.fullmatch(r"[0-9A-Za-z.+~:-]+", upstream) or not re.fullmatch(r"[0-9A-Za-z.+~]*", revision):
+        if not upstream or (hyphen and not revision) or not re.fullmatch(r"[0-9A-Za-z.+~:-]+", upstream) \
+                or not re.fullmatch(r"[0-9A-Za-z.+~]*", revision):
             raise ValueError(f"not a Debian version: {text!r}")
         return cls(int(epoch_text), upstream, revision)
 
