@@ -350,7 +350,7 @@ else:
         lambda epoch, upstream, revision: f"{epoch}{upstream}{revision}",
         st.sampled_from(["", "", "0:", "1:", "2:"]),
         _upstream,
-        st.sampled_from(["", ""]) | st.text(alphabet="019a.+~", min_size=1, max_size=4).map(lambda r: f"-{r}"),
+        st.just("") | st.text(alphabet="019a.+~", min_size=1, max_size=4).map(lambda r: f"-{r}"),
     )
 
     @given(versions, versions)
