@@ -8,10 +8,11 @@ CI runs it against deb.debian.org (.ci/run); anyone can run it on demand:
 
     python3 tools/debian_lock/stale.py        # or: bazel run //tools/debian_lock:stale
 
-It is our own tool because nothing else does this: apt and python-debian read indices for an
-installed system, not against a rules_distroless lock, and rules_distroless itself only
-rewrites the lock (README: "Refreshing the Debian package lock"). Standard library only, so
-CI runs it with the host's python3 before anything is installed.
+It is our own tool because no library reads Debian's Packages indices against a
+rules_distroless lock: python-debian parses indices but knows no lock, apt answers for an
+installed system, and rules_distroless only rewrites the lock (README: "Refreshing the Debian
+package lock"). Standard library only, so CI runs it with the host's python3 before anything
+is installed.
 
 Prints one line per stale package, e.g.
 
@@ -35,6 +36,7 @@ from this report, not put anything into the image (the build checks every .deb's
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import lzma
 import os
@@ -47,6 +49,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence, TextIO
 
+DESCRIPTION = "Says which Debian packages of image/trixie.lock.json Debian has superseded."
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 README_SECTION = 'README "Refreshing the Debian package lock"'
@@ -226,7 +229,7 @@ def read_index(url: str, wanted: set[str], timeout: float) -> dict[str, list[tup
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             compressed = response.read()
-    except (urllib.error.URLError, OSError, ValueError) as error:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
         raise InputError(f"cannot download {url}: {reason}") from error
     try:
@@ -240,7 +243,7 @@ def read_index(url: str, wanted: set[str], timeout: float) -> dict[str, list[tup
             if stanza:
                 raise InputError(f"cannot read {url}: a stanza does not start with 'Package:'")
             continue
-        name = stanza[len(b"Package: "):stanza.find(b"\n") if b"\n" in stanza else None].decode().strip()
+        name = stanza.split(b"\n", 1)[0][len(b"Package: "):].decode().strip()
         if name not in wanted:
             continue
         fields = dict(
@@ -333,7 +336,7 @@ def _repository_root() -> Path:
 
 def run(argv: Sequence[str], out: TextIO, err: TextIO, now: datetime | None = None) -> int:
     root = _repository_root()
-    parser = argparse.ArgumentParser(prog="stale.py", description=__doc__.split("\n\n", 1)[0])
+    parser = argparse.ArgumentParser(prog="stale.py", description=DESCRIPTION)
     parser.add_argument("--lock", type=Path, default=root / "image" / "trixie.lock.json")
     parser.add_argument("--manifest", type=Path, default=root / "image" / "trixie.yaml")
     parser.add_argument("--mirror", default=os.environ.get("DEBIAN_MIRROR") or DEFAULT_MIRROR,

@@ -130,6 +130,11 @@ class Fixture:
         return code, out.getvalue(), err.getvalue()
 
 
+def stale_report(*lines: str) -> tuple[int, str, str]:
+    """What run() returns for these stale lines: exit 1, the lines and the refresh hint."""
+    return 1, "".join(f"{line}\n" for line in (*lines, HINT)), ""
+
+
 @pytest.fixture
 def fake(tmp_path: Path) -> Fixture:
     return Fixture(tmp_path)
@@ -145,11 +150,10 @@ def test_current_lock(fake: Fixture) -> None:
 def test_security_update_supersedes_the_locked_version(fake: Fixture) -> None:
     for arch in ARCHS:
         fake.index("trixie-security", arch, [stanza("libssl3t64", "3.5.10-1~deb13u1", arch)])
-    assert fake.run() == (1, (
-        "stale: libssl3t64 (amd64) locked 3.5.9-1~deb13u1, current 3.5.10-1~deb13u1 from trixie-security\n"
-        "stale: libssl3t64 (arm64) locked 3.5.9-1~deb13u1, current 3.5.10-1~deb13u1 from trixie-security\n"
-        f"{HINT}\n"
-    ), "")
+    assert fake.run() == stale_report(
+        "stale: libssl3t64 (amd64) locked 3.5.9-1~deb13u1, current 3.5.10-1~deb13u1 from trixie-security",
+        "stale: libssl3t64 (arm64) locked 3.5.9-1~deb13u1, current 3.5.10-1~deb13u1 from trixie-security",
+    )
 
 
 def test_point_release_removed_the_locked_version_from_the_pool(fake: Fixture) -> None:
@@ -158,21 +162,19 @@ def test_point_release_removed_the_locked_version_from_the_pool(fake: Fixture) -
         stanza("tzdata", "2026f-0+deb13u1", "arm64"),
         stanza("libssl3t64", "3.5.9-1~deb13u1", "arm64"),
     ])
-    assert fake.run() == (1, (
-        "stale: base-files (arm64) locked 13.8+deb13u8, no longer in the pool, current 13.8+deb13u9 from trixie\n"
-        f"{HINT}\n"
-    ), "")
+    assert fake.run() == stale_report(
+        "stale: base-files (arm64) locked 13.8+deb13u8, no longer in the pool, current 13.8+deb13u9 from trixie",
+    )
 
 
 def test_update_in_trixie_updates_and_a_package_gone_from_every_channel(fake: Fixture) -> None:
     fake.index("trixie-updates", "amd64", [stanza("tzdata", "2026g-0+deb13u1", "amd64")])
     fake.index("trixie", "arm64", [stanza("base-files", "13.8+deb13u8", "arm64"), stanza("tzdata", "2026f-0+deb13u1", "arm64")])
     fake.index("trixie-security", "arm64", [])
-    assert fake.run() == (1, (
-        "stale: tzdata (amd64) locked 2026f-0+deb13u1, current 2026g-0+deb13u1 from trixie-updates\n"
-        "stale: libssl3t64 (arm64) locked 3.5.9-1~deb13u1, no longer in the pool, and no channel has libssl3t64 any more\n"
-        f"{HINT}\n"
-    ), "")
+    assert fake.run() == stale_report(
+        "stale: tzdata (amd64) locked 2026f-0+deb13u1, current 2026g-0+deb13u1 from trixie-updates",
+        "stale: libssl3t64 (arm64) locked 3.5.9-1~deb13u1, no longer in the pool, and no channel has libssl3t64 any more",
+    )
 
 
 def test_version_in_two_channels_names_both(fake: Fixture) -> None:
