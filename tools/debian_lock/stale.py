@@ -158,8 +158,10 @@ def read_lock(path: Path) -> list[Locked]:
             Locked(str(p["name"]), str(p["arch"]), str(p["version"]), str(p["sha256"]))
             for p in document["packages"]
         ]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise InputError(f"cannot read the lock {path}: {error!r}") from error
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read the lock {path}: {error}") from error
+    except (KeyError, TypeError) as error:
+        raise InputError(f"cannot read the lock {path}: not a rules_distroless lock ({error!r})") from error
     for entry in entries:
         try:
             Version.parse(entry.version)
