@@ -310,7 +310,7 @@ def write_gzip(tar: bytes, output: Path) -> None:
 def write_layer(entries: list[Entry], mtime: int, output: Path) -> None:
     """Writes the tar into gzip with a zero header timestamp and no file name."""
     raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as archive:
         for entry in entries:
             info = tar_info(entry, mtime)
             if entry.kind == "file" and entry.data is not None:
@@ -338,7 +338,9 @@ def filter_layer(rules: list[path_rules.Rule], source: Path, output: Path) -> in
     """Copies a tar layer without the members the rules drop; returns how many
     were dropped. A directory stays while anything below it stays, and a kept
     hard link to a dropped file is an error (it would point at nothing)."""
-    with tarfile.open(source, mode="r:*") as archive:
+    # utf-8, not tarfile's default (the locale's encoding): under an ASCII locale a non-ASCII
+    # name of a GNU or ustar input came back out as a pax hdrcharset=BINARY record.
+    with tarfile.open(source, mode="r:*", encoding="utf-8") as archive:
         members = archive.getmembers()
         names = [path_rules.relative(m.name) for m in members]
         gone = {name for name in names if name and path_rules.dropped(rules, name)}
@@ -347,7 +349,7 @@ def filter_layer(rules: list[path_rules.Rule], source: Path, output: Path) -> in
             for parent in PurePosixPath(name).parents:
                 gone.discard(str(parent))
         raw = io.BytesIO()
-        with tarfile.open(fileobj=raw, mode="w", format=archive.format) as sink:
+        with tarfile.open(fileobj=raw, mode="w", format=archive.format, encoding="utf-8") as sink:
             for member, name in zip(members, names):
                 if name in gone:
                     continue
