@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import os
 import sys
 import tarfile
 from dataclasses import dataclass
@@ -127,6 +128,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("first", type=Path, help="layer .tar/.tar.gz or OCI layout directory")
     parser.add_argument("second", type=Path, help="the same kind as FIRST")
     args = parser.parse_args(argv)
+    # `bazel run` starts in the runfiles; relative paths mean the caller's directory.
+    caller = Path(os.environ.get("BUILD_WORKING_DIRECTORY", "."))
+    args.first, args.second = caller / args.first, caller / args.second
     if args.first.is_dir() != args.second.is_dir():
         print("layer_diff: give two layer files or two OCI layout directories", file=sys.stderr)
         return 2

@@ -116,3 +116,10 @@ def test_unreadable_or_mixed_inputs_exit_2(tmp_path: Path, capsys: pytest.Captur
     (tmp_path / "junk.tar.gz").write_bytes(b"\x1f\x8bnot gzip")
     assert layer_diff.main([str(layer), str(tmp_path / "junk.tar.gz")]) == 2
     assert capsys.readouterr().err.startswith("layer_diff: ")
+
+
+def test_relative_paths_are_the_callers_under_bazel_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    oci_testing.write_tar(tmp_path / "a.tar.gz", [oci_testing.file("a")])
+    monkeypatch.setenv("BUILD_WORKING_DIRECTORY", str(tmp_path))
+    assert layer_diff.main(["a.tar.gz", "a.tar.gz"]) == 0
+    assert capsys.readouterr().out.startswith("identical sha256:")
