@@ -31,8 +31,8 @@ import hashlib
 import io
 import json
 import os
-import py_compile
 import stat
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -160,20 +160,72 @@ def add_bytecode(by_path: dict[str, Entry], cache_tag: str, under: list[str]) ->
         for path, entry in sorted(by_path.items())
         if entry.kind == "file" and path.endswith(".py") and any(path.startswith(p) for p in prefixes)
     ]
+    for entry, data in zip(sources, compile_bytecode([(entry.src or "", "/" + entry.path) for entry in sources])):
+        if data is None:
+            continue  # not Python 3 source (test fixtures with bad syntax): nothing to cache
+        module = PurePosixPath(entry.path)
+        cached = str(module.parent / "__pycache__" / f"{module.stem}.{cache_tag}.pyc")
+        by_path[cached] = Entry("file", cached, 0o644, entry.uid, entry.gid, data=data)
+
+
+# Runs in the child of compile_bytecode(): builtins and already-loaded modules only, so it
+# imports nothing that a cache could supply. Reads NUL-separated fields from stdin: the
+# output directory, then (source, image path) pairs; writes N.pyc for the Nth pair that
+# compiles (what py_compile writes with UNCHECKED_HASH, at optimization level 0).
+_COMPILER = """
+import sys, _imp, _frozen_importlib_external as external
+fields = sys.stdin.buffer.read().split(b"\\0")
+out = fields[0]
+for number in range((len(fields) - 1) // 2):
+    source, dfile = fields[1 + 2 * number], fields[2 + 2 * number].decode("utf-8", "surrogateescape")
+    with open(source, "rb") as handle:
+        data = handle.read()
+    try:
+        code = compile(data, dfile, "exec", dont_inherit=True, optimize=0)
+    except Exception:
+        continue
+    pyc = external._code_to_hash_pyc(code, _imp.source_hash(external._RAW_MAGIC_NUMBER, data), False)
+    with open(out + b"/%d.pyc" % number, "wb") as handle:
+        handle.write(pyc)
+"""
+
+
+def compile_bytecode(sources: list[tuple[str, str]]) -> list[bytes | None]:
+    """Unchecked-hash .pyc bytes for each (source file, image path); None where not Python.
+
+    A module's .pyc depends on the state of the process that compiles it: marshal marks
+    objects by refcount and interning (FLAG_REF, interned strings), and those depend on where
+    that process had loaded its own modules from. Compiling functools.py in a builder that had
+    loaded functools from a warm rules_python pycache (not an action input) gave other bytes
+    than with that cache empty (issue 28). So one fresh interpreter compiles every file,
+    importing nothing: no site (-S -s), no script dir on sys.path (-P), an empty private
+    pycache prefix and no writes (-B), so its few startup modules come from the interpreter
+    itself; the environment is only a fixed locale and hash seed (no -I: it would ignore
+    PYTHONHASHSEED), nothing from the host.
+    """
+    if not sources:
+        return []
+    if not sys.executable:
+        raise SpecError("bytecode asked for, but the layer builder cannot find its own interpreter (sys.executable)")
     with tempfile.TemporaryDirectory(prefix="layer-bytecode-") as scratch:
-        for number, entry in enumerate(sources):
-            module = PurePosixPath(entry.path)
-            output = os.path.join(scratch, f"{number}.pyc")
-            try:
-                py_compile.compile(
-                    entry.src or "", cfile=output, dfile="/" + entry.path, doraise=True,
-                    invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
-                )
-            except py_compile.PyCompileError:
-                continue  # not Python 3 source (test fixtures with bad syntax): nothing to cache
-            cached = str(module.parent / "__pycache__" / f"{module.stem}.{cache_tag}.pyc")
-            with open(output, "rb") as compiled:
-                by_path[cached] = Entry("file", cached, 0o644, entry.uid, entry.gid, data=compiled.read())
+        empty_cache = os.path.join(scratch, "pycache")
+        os.mkdir(empty_cache)
+        fields = [os.fsencode(scratch)]
+        for src, dfile in sources:
+            fields += [os.fsencode(src), dfile.encode("utf-8", "surrogateescape")]
+        done = subprocess.run(
+            [sys.executable, "-S", "-s", "-P", "-B", "-X", f"pycache_prefix={empty_cache}", "-c", _COMPILER],
+            input=b"\0".join(fields), capture_output=True, check=False,
+            env={"LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0"},
+        )
+        if done.returncode != 0:
+            error = done.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise SpecError(f"compiling bytecode failed: {error[-1] if error else f'exit {done.returncode}'}")
+        results: list[bytes | None] = []
+        for number in range(len(sources)):
+            output = Path(scratch, f"{number}.pyc")
+            results.append(output.read_bytes() if output.exists() else None)
+        return results
 
 
 def _digest(src: str) -> str:
@@ -258,7 +310,7 @@ def write_gzip(tar: bytes, output: Path) -> None:
 def write_layer(entries: list[Entry], mtime: int, output: Path) -> None:
     """Writes the tar into gzip with a zero header timestamp and no file name."""
     raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as archive:
         for entry in entries:
             info = tar_info(entry, mtime)
             if entry.kind == "file" and entry.data is not None:
@@ -286,7 +338,9 @@ def filter_layer(rules: list[path_rules.Rule], source: Path, output: Path) -> in
     """Copies a tar layer without the members the rules drop; returns how many
     were dropped. A directory stays while anything below it stays, and a kept
     hard link to a dropped file is an error (it would point at nothing)."""
-    with tarfile.open(source, mode="r:*") as archive:
+    # utf-8, not tarfile's default (the locale's encoding): under an ASCII locale a non-ASCII
+    # name of a GNU or ustar input came back out as a pax hdrcharset=BINARY record.
+    with tarfile.open(source, mode="r:*", encoding="utf-8") as archive:
         members = archive.getmembers()
         names = [path_rules.relative(m.name) for m in members]
         gone = {name for name in names if name and path_rules.dropped(rules, name)}
@@ -295,7 +349,7 @@ def filter_layer(rules: list[path_rules.Rule], source: Path, output: Path) -> in
             for parent in PurePosixPath(name).parents:
                 gone.discard(str(parent))
         raw = io.BytesIO()
-        with tarfile.open(fileobj=raw, mode="w", format=archive.format) as sink:
+        with tarfile.open(fileobj=raw, mode="w", format=archive.format, encoding="utf-8") as sink:
             for member, name in zip(members, names):
                 if name in gone:
                     continue

@@ -256,3 +256,8 @@ def test_bytecode_for_another_python_is_refused(tmp_path: Path, sources: dict[st
     error = capsys.readouterr().err
     assert "cpython-39" in error and sys.implementation.cache_tag in error and "same Python minor version" in error
     assert not output.exists()
+
+
+def test_bytecode_compiler_failures_name_the_cause(tmp_path: Path) -> None:
+    with pytest.raises(layer_builder.SpecError, match="compiling bytecode failed: FileNotFoundError"):
+        layer_builder.compile_bytecode([(str(tmp_path / "gone.py"), "/usr/lib/app/gone.py")])

@@ -117,7 +117,8 @@ def _blob(layout: Path, digest: str) -> Path:
     return layout / "blobs" / algorithm / hex_digest
 
 
-def _kind(member: tarfile.TarInfo) -> str:
+def member_kind(member: tarfile.TarInfo) -> str:
+    """file, dir, symlink, hardlink or other."""
     if member.isdir():
         return "dir"
     if member.issym():
@@ -135,6 +136,19 @@ def _remove_tree(entries: dict[str, Entry], path: str) -> None:
         del entries[name]
 
 
+def read_manifest(layout: Path) -> tuple[str, dict[str, object], dict[str, object], list[Path]]:
+    """The layout's one manifest: its digest, the manifest, the config and the layer blobs."""
+    index = _read_json(layout / "index.json")
+    manifests = index.get("manifests")
+    if not isinstance(manifests, list) or len(manifests) != 1:
+        raise LayoutError(f"{layout}/index.json should list exactly one image manifest")
+    digest = str(manifests[0]["digest"])
+    manifest = _read_json(_blob(layout, digest))
+    config = _read_json(_blob(layout, manifest["config"]["digest"]))  # type: ignore[index]
+    blobs = [_blob(layout, layer["digest"]) for layer in manifest["layers"]]  # type: ignore[index, union-attr]
+    return digest, manifest, config, blobs
+
+
 def load_image(
     layout: Path,
     inspect_file: Callable[[str, bytes], object | None] | None = None,
@@ -142,13 +156,7 @@ def load_image(
 ) -> Image:
     """Reads the layout; inspect_file(path, data) runs on regular files whose
     contents start with inspect_prefix_bytes and its non-None results are kept."""
-    index = _read_json(layout / "index.json")
-    manifests = index.get("manifests")
-    if not isinstance(manifests, list) or len(manifests) != 1:
-        raise LayoutError(f"{layout}/index.json should list exactly one image manifest")
-    manifest = _read_json(_blob(layout, manifests[0]["digest"]))
-    config = _read_json(_blob(layout, manifest["config"]["digest"]))  # type: ignore[index]
-    blobs = [_blob(layout, layer["digest"]) for layer in manifest["layers"]]  # type: ignore[index, union-attr]
+    _, manifest, config, blobs = read_manifest(layout)
     image = Image(layout=layout, manifest=manifest, config=config, layer_blobs=blobs)
     for layer_index, blob in enumerate(blobs):
         _apply_layer(image, layer_index, blob, inspect_file, inspect_prefix_bytes)
@@ -174,7 +182,7 @@ def _apply_layer(
                 continue
             if path == "/":
                 continue
-            kind = _kind(member)
+            kind = member_kind(member)
             if kind != "dir":
                 _remove_tree(image.entries, path)
             image.entries[path] = Entry(
