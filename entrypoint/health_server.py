@@ -125,8 +125,8 @@ def printable(text: str) -> str:
     return "".join(char if char.isprintable() and char != "\\" else ascii(char)[1:-1] for char in text)
 
 
-def request_line_of(head: bytes) -> str:
-    return head.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
+def request_line_of(head: bytes) -> bytes:
+    return head.split(b"\n", 1)[0].rstrip(b"\r")
 
 
 def parse_request(head: bytes | None) -> tuple[str, str] | Answer:
@@ -136,7 +136,8 @@ def parse_request(head: bytes | None) -> tuple[str, str] | Answer:
         return Answer(408, "Request Timeout\n")
     if len(head) > MAX_REQUEST_HEAD:
         return Answer(431, "Request Header Fields Too Large\n")
-    parts = request_line_of(head).split()
+    # Split on ASCII whitespace only (bytes.split): NEL or NBSP inside the target is no separator.
+    parts = [part.decode("latin-1") for part in request_line_of(head).split()]
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
         return Answer(400, "Bad Request\n")
     if parts[2] not in ("HTTP/1.0", "HTTP/1.1"):
@@ -154,7 +155,7 @@ def respond(head: bytes | None, targets: HealthTargets, watch: SquidWatch) -> by
         method = parsed[0]
         result = answer(method, parsed[1], targets, watch)
     if head is not None and len(head) <= MAX_REQUEST_HEAD and log.isEnabledFor(logging.DEBUG):
-        log.debug("health %s -> %d", printable(request_line_of(head)[:200]), result.status)
+        log.debug("health %s -> %d", printable(request_line_of(head)[:200].decode("latin-1")), result.status)
     return render(result, include_body=method != "HEAD")
 
 
