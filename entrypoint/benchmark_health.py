@@ -24,6 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from entrypoint.harness import free_port  # noqa: E402
 from entrypoint.health_attack import Attack, process_status, raise_fd_limit, run_probes  # noqa: E402
 
 STAND_IN = (
@@ -32,14 +33,6 @@ STAND_IN = (
     "print(s.getsockname()[1], flush=True)\n"
     "time.sleep(3600)\n"
 )
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_server(root: Path, port: int) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:

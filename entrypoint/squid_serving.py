@@ -102,11 +102,6 @@ def listen_backlogs(ports: Iterable[int]) -> dict[int, int]:
     return found
 
 
-def listening_inodes(ports: Iterable[int]) -> set[int]:
-    """Inodes of the LISTEN sockets on `ports` (IPv4 and IPv6)."""
-    return set(listen_backlogs(ports))
-
-
 def held_socket(pid: int, inodes: Iterable[int]) -> tuple[str, str] | None:
     """(fd, link) of the first of the socket `inodes` the process has open, else None (fds in
     order, and a listening socket is opened long before the client connections: it stops early)."""
