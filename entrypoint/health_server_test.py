@@ -15,11 +15,12 @@ from typing import Iterator
 import pytest
 from hypothesis import given, strategies as st
 
+from entrypoint.freezer import freeze_problem, frozen
 from entrypoint.health_attack import Attack, probe, process_status, raise_fd_limit, run_probes
 from entrypoint.health_server import (
     EXCHANGE_TIMEOUT, MAX_CONNECTIONS, HealthTargets, printable, respond,
 )
-from entrypoint.squid_serving import SquidWatch
+from entrypoint.squid_serving import LIVENESS_BOUND, STALL_READY, SquidWatch
 
 from entrypoint.testing import (  # noqa: F401 - fixtures
     UNPRIVILEGED_GID, UNPRIVILEGED_UID, Workspace, free_port, http_get, process_state, process_uid, python_for_child,
@@ -568,3 +569,18 @@ def test_a_request_line_with_control_characters_reaches_the_log_escaped(scene: S
     assert b"health GET /\\x1b[2J\\x85\\xa0\\x9b HTTP/1.1 -> 404" in logged, logged
     assert b"health GET /a\\rb\\x1b] HTTP/1.1 -> 400" in logged, logged
     assert (not_found, bad) == ("HTTP/1.1 404 Not Found", "HTTP/1.1 400 Bad Request")
+
+
+def test_a_squid_frozen_in_state_d_fails_ready_then_health_within_the_bound(scene: Scene) -> None:
+    problem = freeze_problem()
+    if problem:
+        pytest.skip(problem)
+    with frozen(scene.sleeper.pid):
+        frozen_at = time.monotonic()
+        assert process_state(scene.sleeper.pid) == "D"
+        status, body = wait_for_status(f"{scene.url}/ready", 503, STALL_READY + 5)
+        assert f"- proxy port: squid worker pid {scene.sleeper.pid} made no progress in uninterruptible sleep (D)" in body
+        status, body = wait_for_status(f"{scene.url}/health", 503, LIVENESS_BOUND + 5)
+        assert status == 503, f"/health still {status} {body!r} {time.monotonic() - frozen_at:.1f} s after the freeze"
+        assert time.monotonic() - frozen_at <= LIVENESS_BOUND + 1.0  # the contract, plus this test's own polling
+    assert http_get(f"{scene.url}/health")[:2] == (200, "OK\n")
