@@ -11,9 +11,10 @@ import uuid
 
 import pytest
 
+from entrypoint.freezer import freeze_problem, frozen
 from entrypoint.health_process import HEALTH_START_TIMEOUT
 from entrypoint.proc_table import process_tree
-from entrypoint.squid_serving import CRASH_LOOP_EXITS, LIVENESS_BOUND
+from entrypoint.squid_serving import CRASH_LOOP_EXITS, LIVENESS_BOUND, STALL_READY
 from entrypoint.testing import (  # noqa: F401 - fixtures
     Launcher, Workspace, http_get, launch, pausing_squid, process_state, squid_available, start_local_http_server,
     wait_for_status, wait_until, workspace,
@@ -235,3 +236,24 @@ def test_cache_dir_unwritable_for_squids_user_fails_ready(workspace: Workspace, 
     finally:
         os.chmod(spool, 0o770)
     assert http_get(f"{base}/ready")[:2] == (200, "READY\n")
+
+
+def test_a_kid_frozen_in_state_d_fails_ready_and_health_within_the_bound(workspace: Workspace, launch: Launcher) -> None:
+    # Hung storage, emulated with the cgroup freezer on the kid only: /proc shows it in state D,
+    # "runnable" to a check that looks at the state alone.
+    problem = freeze_problem()
+    if problem:
+        pytest.skip(problem)
+    squid_pid, base = ready_run(workspace, launch)
+    (kid,) = squid_kids(squid_pid)
+    with frozen(kid):
+        frozen_at = time.monotonic()
+        assert process_state(kid) == "D"
+        status, body = wait_for_status(f"{base}/ready", 503, STALL_READY + SLACK)
+        assert status == 503, f"/ready still {status} {body!r} {time.monotonic() - frozen_at:.1f} s after the freeze"
+        assert f"- proxy port: squid worker pid {kid} made no progress in uninterruptible sleep (D)" in body
+        status, body = wait_for_status(f"{base}/health", 503, LIVENESS_BOUND + SLACK)
+        assert status == 503, f"/health still {status} {body!r} {time.monotonic() - frozen_at:.1f} s after the freeze"
+        assert body.startswith(f"NOT OK: squid worker pid {kid} made no progress in uninterruptible sleep (D) for 1"), body
+    assert wait_for_status(f"{base}/health", 200, 10) == (200, "OK\n")
+    assert wait_for_status(f"{base}/ready", 200, 10) == (200, "READY\n")

@@ -1,27 +1,35 @@
 """HTTP health endpoints for Kubernetes/Docker probes (`/health`, `/ready`): a minimal text/plain HTTP/1.1 server.
 
-Runs in its own process (started by the entrypoint), so a stuck probe never blocks PID 1, and one
-thread per client (at most MAX_CLIENTS at once), so a slow client never blocks the others. It imports
-only what answering GET/HEAD on two paths needs: no http.server, email, urllib, ssl or asyncio.
+Runs in its own process (started by the entrypoint), so a stuck probe never blocks PID 1. One
+thread answers every client from a `selectors` event loop: threads and memory are bounded by
+construction, and every connection has a fixed deadline no client can stretch. It imports only
+what answering GET/HEAD on two paths needs: no http.server, email, urllib, ssl or asyncio.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import logging
 import os
+import resource
+import selectors
 import socket
-import threading
 import time
 from pathlib import Path
 
 from entrypoint.squid_serving import SquidWatch
 
-LISTEN_BACKLOG = 128  # a burst of probes waits in the kernel's queue, not in SYN retries
-CLIENT_TIMEOUT = 5.0  # a client that stalls mid-request is dropped after this
-MAX_CLIENTS = 64
+LISTEN_BACKLOG = 1024  # a burst of probes waits in the kernel's queue, not in SYN retries
+HEAD_TIMEOUT = 5.0  # the request head must be complete this long after the accept, else 408
+CLOSE_TIMEOUT = 1.0  # after the answer: how long the client's own close is awaited at most
+EXCHANGE_TIMEOUT = HEAD_TIMEOUT + CLOSE_TIMEOUT  # no connection is held longer, whatever the client does
+MAX_CONNECTIONS = 256  # held at once; at the limit a new connection drops the oldest one
+ACCEPT_BATCH = 32  # accepts per loop turn, so connections accepted just before are read first
+FD_RESERVE = 32  # descriptors kept for /proc reads, the log and the listener
 MAX_REQUEST_HEAD = 8192
+DRAIN_LIMIT = 65536  # bytes read and discarded after the answer (a request body) before closing
 ALLOW = "GET, HEAD"
 
 REASONS = {
@@ -111,57 +119,50 @@ def render(result: Answer, include_body: bool) -> bytes:
     return data + body if include_body else data
 
 
-def read_request_head(conn: socket.socket, deadline: float) -> bytes | None:
-    """Bytes up to the blank line that ends the head; None when the client is too slow."""
-    data = b""
-    while b"\r\n\r\n" not in data and b"\n\n" not in data:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        conn.settimeout(remaining)
-        try:
-            chunk = conn.recv(4096)
-        except socket.timeout:
-            return None
-        if not chunk:
-            break  # the client closed its side: answer what we have
-        data += chunk
-        if len(data) > MAX_REQUEST_HEAD:
-            break
-    return data
+def printable(text: str) -> str:
+    """`text` with every non-printable character and the backslash escaped repr-style (`\\x1b`, `\\x85`,
+    `\\u2028`): what a client sent stays on one log line and cannot drive a terminal."""
+    return "".join(char if char.isprintable() and char != "\\" else ascii(char)[1:-1] for char in text)
 
 
-def respond(conn: socket.socket, targets: HealthTargets, watch: SquidWatch) -> None:
-    """Read one request and answer it; every answer is text/plain, then the connection closes."""
-    deadline = time.monotonic() + CLIENT_TIMEOUT
-    head = read_request_head(conn, deadline)
-    method = ""
+def request_line_of(head: bytes) -> bytes:
+    return head.split(b"\n", 1)[0].rstrip(b"\r")
+
+
+def parse_request(head: bytes | None) -> tuple[str, str] | Answer:
+    """(method, target) of a request head, or the error answer: 408 when the head did not
+    arrive in time (None), 431 when too large, 400 when not `METHOD target HTTP/x.y`, 505."""
     if head is None:
-        result = Answer(408, "Request Timeout\n")
-    elif len(head) > MAX_REQUEST_HEAD:
-        result = Answer(431, "Request Header Fields Too Large\n")
+        return Answer(408, "Request Timeout\n")
+    if len(head) > MAX_REQUEST_HEAD:
+        return Answer(431, "Request Header Fields Too Large\n")
+    # Split on ASCII whitespace only (bytes.split): NEL or NBSP inside the target is no separator.
+    parts = [part.decode("latin-1") for part in request_line_of(head).split()]
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        return Answer(400, "Bad Request\n")
+    if parts[2] not in ("HTTP/1.0", "HTTP/1.1"):
+        return Answer(505, "HTTP Version Not Supported\n")
+    return parts[0], parts[1]
+
+
+def respond(head: bytes | None, targets: HealthTargets, watch: SquidWatch) -> bytes:
+    """The whole answer (head and body; no body for HEAD) to a request head, None meaning too late."""
+    parsed = parse_request(head)
+    method = ""
+    if isinstance(parsed, Answer):
+        result = parsed
     else:
-        request_line = head.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
-        parts = request_line.split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            result = Answer(400, "Bad Request\n")
-        elif parts[2] not in ("HTTP/1.0", "HTTP/1.1"):
-            result = Answer(505, "HTTP Version Not Supported\n")
-        else:
-            method = parts[0]
-            result = answer(method, parts[1], targets, watch)
-        log.debug("health %s -> %d", request_line[:200], result.status)
-    conn.settimeout(max(deadline - time.monotonic(), 0.5))
-    conn.sendall(render(result, include_body=method != "HEAD"))
-    # Closing with unread request bytes (a POST body) would reset the connection and could
-    # destroy the answer in flight: end our side, then drain until the client closes.
-    conn.shutdown(socket.SHUT_WR)
-    drained = 0
-    while drained < 65536:
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        drained += len(chunk)
+        method = parsed[0]
+        result = answer(method, parsed[1], targets, watch)
+    if head is not None and len(head) <= MAX_REQUEST_HEAD and log.isEnabledFor(logging.DEBUG):
+        log.debug("health %s -> %d", printable(request_line_of(head)[:200].decode("latin-1")), result.status)
+    return render(result, include_body=method != "HEAD")
+
+
+def head_complete(head: bytearray, new: int) -> bool:
+    """Whether the blank line that ends a head arrived (looked for in the `new` bytes and the 3 before)."""
+    tail = head[-(new + 3) :]
+    return b"\r\n\r\n" in tail or b"\n\n" in tail
 
 
 def make_listener(port: int) -> socket.socket:
@@ -194,41 +195,193 @@ def make_listener(port: int) -> socket.socket:
     return sock
 
 
+class Connection:
+    """One client: the request head read so far, then the answer left to send, and its deadline."""
+
+    __slots__ = ("sock", "head", "out", "deadline", "drained")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.head = bytearray()
+        self.out = b""
+        self.deadline = deadline
+        self.drained = 0
+
+
+def connection_limit() -> int:
+    """MAX_CONNECTIONS, fewer when the descriptor limit would not leave FD_RESERVE for the rest."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, soft - FD_RESERVE))
+
+
 class HealthServer:
-    """Accepts on `listener` and answers each client in its own thread."""
+    """Accepts on `listener` and answers every client from one event loop.
+
+    A connection is `reading` (its head must be complete HEAD_TIMEOUT after the accept, else 408)
+    and then `closing` (answer sent, our side shut, the client's close awaited CLOSE_TIMEOUT at
+    most). Both are kept in arrival order, so deadlines expire from the front. New connections are
+    always accepted: at the limit (or out of descriptors) the oldest answered connection is
+    dropped, else the oldest still reading, never the new one (a probe is answered at once).
+    """
 
     def __init__(self, listener: socket.socket, targets: HealthTargets, watch: SquidWatch) -> None:
         self.listener = listener
         self.targets = targets
         self.watch = watch
-        self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
-
-    def _client(self, conn: socket.socket) -> None:
-        try:
-            respond(conn, self.targets, self.watch)
-        except OSError as error:
-            log.debug("health client dropped: %s", error)
-        except Exception:  # noqa: BLE001 - one bad answer must not end the server
-            log.exception("Health check failed unexpectedly")
-        finally:
-            conn.close()
-            self.slots.release()
+        self.limit = connection_limit()
+        self.reading: collections.OrderedDict[int, Connection] = collections.OrderedDict()
+        self.closing: collections.OrderedDict[int, Connection] = collections.OrderedDict()
+        listener.setblocking(False)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(listener, selectors.EVENT_READ, None)
 
     def serve_forever(self) -> None:
-        """Until a signal handler raises (SIGTERM); at most MAX_CLIENTS answered at once."""
+        """Until a signal handler raises (SIGTERM)."""
         while True:
-            self.slots.acquire()
+            for key, events in self.selector.select(self._timeout()):
+                if key.data is None:
+                    self._accept()
+                else:
+                    self._ready(key.data, events)
+            self._expire(time.monotonic())
+
+    def _timeout(self) -> float | None:
+        deadlines = [next(iter(held.values())).deadline for held in (self.reading, self.closing) if held]
+        return max(min(deadlines) - time.monotonic(), 0.0) if deadlines else None
+
+    # -- accepting ---------------------------------------------------------------------
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
             try:
                 conn, _ = self.listener.accept()
+            except BlockingIOError:
+                return
             except OSError as error:
-                self.slots.release()
-                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    time.sleep(0.1)  # out of descriptors: let clients finish
+                if error.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    continue  # ECONNABORTED and the like: that client is gone
+                if not self._evict():
+                    time.sleep(0.05)  # out of descriptors with no client to drop: others hold them
+                    return
                 continue
-            except BaseException:
-                self.slots.release()
-                raise
-            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
+            if len(self.reading) + len(self.closing) >= self.limit:
+                self._evict()
+            self._admit(conn)
+
+    def _admit(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        self.selector.register(conn, selectors.EVENT_READ, conn.fileno())
+        self.reading[conn.fileno()] = Connection(conn, time.monotonic() + HEAD_TIMEOUT)
+
+    def _evict(self) -> bool:
+        """Drop the oldest answered connection, else the oldest still reading; False when none is held."""
+        for held in (self.closing, self.reading):
+            if held:
+                self._drop(next(iter(held.values())))
+                return True
+        return False
+
+    def _drop(self, conn: Connection) -> None:
+        fd = conn.sock.fileno()
+        self.reading.pop(fd, None)
+        self.closing.pop(fd, None)
+        self.selector.unregister(conn.sock)
+        conn.sock.close()
+
+    # -- one connection ----------------------------------------------------------------
+    def _ready(self, fd: int, events: int) -> None:
+        conn = self.reading.get(fd)
+        if conn is not None:
+            self._read(conn)
+            return
+        conn = self.closing.get(fd)
+        if conn is None:
+            return
+        if events & selectors.EVENT_WRITE:
+            self._flush(conn)
+        elif events & selectors.EVENT_READ:
+            self._drain(conn)
+
+    def _read(self, conn: Connection) -> None:
+        try:
+            chunk = conn.sock.recv(MAX_REQUEST_HEAD + 1 - len(conn.head))
+        except BlockingIOError:
+            return
+        except OSError as error:
+            log.debug("health client dropped: %s", error)
+            self._drop(conn)
+            return
+        conn.head += chunk
+        if chunk and len(conn.head) <= MAX_REQUEST_HEAD and not head_complete(conn.head, len(chunk)):
+            return
+        self._answer(conn, bytes(conn.head))  # complete, too large, or the client closed its side
+
+    def _answer(self, conn: Connection, head: bytes | None) -> None:
+        try:
+            conn.out = respond(head, self.targets, self.watch)
+        except Exception:  # noqa: BLE001 - one bad answer must not end the server
+            log.exception("Health check failed unexpectedly")
+            self._drop(conn)
+            return
+        fd = conn.sock.fileno()
+        del self.reading[fd]
+        conn.head = bytearray()
+        conn.deadline = time.monotonic() + CLOSE_TIMEOUT
+        self.closing[fd] = conn
+        self._flush(conn)
+
+    def _flush(self, conn: Connection) -> None:
+        """Send what is left of the answer; once all is sent, shut our side and drain."""
+        try:
+            sent = conn.sock.send(conn.out)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._drop(conn)
+            return
+        conn.out = conn.out[sent:]
+        if conn.out:
+            self.selector.modify(conn.sock, selectors.EVENT_WRITE, conn.sock.fileno())
+            return
+        self.selector.modify(conn.sock, selectors.EVENT_READ, conn.sock.fileno())
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._drop(conn)
+            return
+        self._drain(conn)
+
+    def _drain(self, conn: Connection) -> None:
+        """Read and discard what the client still sends (closing with unread bytes would reset the
+        connection and could destroy the answer in flight) until it closes, at most DRAIN_LIMIT bytes."""
+        while True:
+            try:
+                chunk = conn.sock.recv(4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            conn.drained += len(chunk)
+            if not chunk or conn.drained > DRAIN_LIMIT:
+                self._drop(conn)
+                return
+
+    def _expire(self, now: float) -> None:
+        """408 for heads not complete in time; drop answered connections whose client did not close."""
+        while self.reading:
+            conn = next(iter(self.reading.values()))
+            if conn.deadline > now:
+                break
+            self._answer(conn, None)
+        while self.closing:
+            conn = next(iter(self.closing.values()))
+            if conn.deadline > now:
+                break
+            self._drop(conn)
 
     def close(self) -> None:
+        for conn in [*self.reading.values(), *self.closing.values()]:
+            self._drop(conn)
+        self.selector.close()
         self.listener.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -11,6 +13,14 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from hypothesis import given, strategies as st
+
+from entrypoint.freezer import freeze_problem, frozen
+from entrypoint.health_attack import Attack, probe, process_status, raise_fd_limit, run_probes
+from entrypoint.health_server import (
+    EXCHANGE_TIMEOUT, MAX_CONNECTIONS, HealthTargets, printable, respond,
+)
+from entrypoint.squid_serving import LIVENESS_BOUND, STALL_READY, SquidWatch
 
 from entrypoint.testing import (  # noqa: F401 - fixtures
     UNPRIVILEGED_GID, UNPRIVILEGED_UID, Workspace, free_port, http_get, process_state, process_uid, python_for_child,
@@ -386,3 +396,191 @@ def test_check_prints_nothing_on_stderr_when_the_settings_are_valid(scene: Scene
     checker = healthcheck(scene.workspace, "--check", env=env, output=subprocess.PIPE, stderr=subprocess.PIPE)
     stdout, stderr = (stream.decode() for stream in checker.communicate(timeout=30))
     assert (checker.returncode, stdout, stderr) == (0, f"http://127.0.0.1:{scene.port}/health: 200 OK\n", "")
+
+
+# -- the health port under attack (issue 21 item 1) ------------------------------------------
+ATTACK_PROBES = 100
+ATTACK_DRIBBLERS = 64
+
+
+def test_probes_are_answered_while_thousands_of_idle_and_64_dribbling_clients_hold_connections(
+    scene: Scene, tmp_path: Path,
+) -> None:
+    soft, hard = raise_fd_limit()  # the server started below inherits it too
+    try:
+        idle = max(min(10_000, hard - 1024), 0)
+        assert idle >= 1000, f"RLIMIT_NOFILE hard limit {hard} leaves too few descriptors for the attack"
+        port = free_port()
+        with open(tmp_path / "attacked.log", "wb") as output:
+            server = scene.start_server(port, output)
+            attack = Attack(port, idle=idle, dribblers=ATTACK_DRIBBLERS)
+            try:
+                assert wait_for_status(f"http://127.0.0.1:{port}/health", 200, 30)[0] == 200
+                before = process_status(server.pid)
+                attack.start()
+                time.sleep(3.0)  # every dribbler has sent its first bytes; the old server's slots are full
+                peaks: list[dict[str, int]] = []
+                results = run_probes(
+                    port, ATTACK_PROBES, interval=0.1, timeout=1.0, give_up_after=ATTACK_PROBES // 100,
+                    on_probe=lambda: peaks.append(process_status(server.pid)),
+                )
+            finally:
+                attack.stop()
+                stop(server)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    answered = sum(result is not None for result in results)
+    assert answered >= ATTACK_PROBES * 99 // 100, (
+        f"{answered} of {len(results)} probes answered 200 within 1 s under {idle} idle and"
+        f" {ATTACK_DRIBBLERS} dribbling connections (gave up after {len(results)})"
+    )
+    assert attack.connects >= idle + ATTACK_DRIBBLERS and attack.dribbled >= ATTACK_DRIBBLERS  # the attack was real
+    # The event loop and the Squid sampler, whatever the clients do; memory bounded by the connection limit.
+    assert max(peak["Threads"] for peak in peaks) <= 2, peaks[-1]
+    assert max(peak["VmRSS"] for peak in peaks) - before["VmRSS"] < 16 * 1024, (before, peaks[-1])
+
+
+def test_a_dribbling_client_is_cut_off_at_the_exchange_deadline(scene: Scene) -> None:
+    # One byte every 0.4 s forever: 408 at the head deadline, and the connection is closed at
+    # the exchange deadline although the client keeps sending (no drain it can stretch).
+    data, cut_off = b"", None
+    with socket.create_connection(("127.0.0.1", scene.port), 30) as client:
+        client.sendall(b"GET /health HTTP/1.1\r\nX: ")
+        started = time.monotonic()
+        client.settimeout(0.4)
+        while cut_off is None and time.monotonic() - started < EXCHANGE_TIMEOUT + 6:
+            try:
+                chunk = client.recv(4096)
+            except socket.timeout:
+                chunk = None
+            except OSError:
+                cut_off = time.monotonic() - started
+                break
+            data += chunk or b""
+            if chunk == b"":
+                time.sleep(0.4)  # our side still open: keep sending, as the attack does
+            try:
+                client.send(b"x")
+            except OSError:
+                cut_off = time.monotonic() - started
+    assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), data
+    assert cut_off is not None and cut_off < EXCHANGE_TIMEOUT + 1.5, f"still connected after {cut_off or 'the whole test'} s"
+
+
+def test_a_new_connection_is_never_refused_at_the_limit(scene: Scene) -> None:
+    # Twice as many silent connections as the server holds: each new one drops the oldest.
+    held = [socket.create_connection(("127.0.0.1", scene.port), 5) for _ in range(2 * MAX_CONNECTIONS)]
+    try:
+        assert probe(scene.port, timeout=1.0) is not None
+        time.sleep(0.5)
+        dropped = 0
+        for conn in held[:MAX_CONNECTIONS]:
+            conn.settimeout(0.01)
+            try:
+                dropped += conn.recv(1) == b""
+            except socket.timeout:
+                pass
+            except ConnectionResetError:
+                dropped += 1
+        assert dropped >= MAX_CONNECTIONS // 2, f"only {dropped} of the oldest {MAX_CONNECTIONS} were dropped"
+    finally:
+        for conn in held:
+            conn.close()
+
+
+# -- the request head parser and its log line ------------------------------------------------
+DOCUMENTED_STATUSES = {200, 400, 404, 405, 408, 431, 503, 505}
+
+
+def unit_targets(tmp_path: Path) -> tuple[HealthTargets, SquidWatch]:
+    pid_file = tmp_path / "no-squid.pid"
+    targets = HealthTargets(pid_file, "squid", "127.0.0.1", 3128, (tmp_path,), tmp_path / "squid.conf")
+    return targets, SquidWatch(pid_file, "squid", [3128])
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+REQUEST_PIECES = st.sampled_from([
+    b"GET", b"HEAD", b"POST", b" ", b"\t", b"/health", b"/ready", b"?x", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2",
+    b"\r\n", b"\n", b"\r", b"\x1b[31m", b"\x85", b"\x00", b"\xff", b"\\", b"\xe2\x80\xa8", b":", b"Host: x",
+])
+REQUEST_HEADS = st.one_of(
+    st.none(),
+    st.binary(max_size=9000),
+    st.lists(REQUEST_PIECES, max_size=40).map(b"".join),
+    st.tuples(st.lists(REQUEST_PIECES, max_size=12).map(b"".join), st.binary(max_size=64)).map(lambda t: t[0] + b"\r\n\r\n" + t[1]),
+)
+
+
+@given(head=REQUEST_HEADS)
+def test_any_request_head_gets_a_documented_status_and_a_one_line_printable_log(head: bytes | None) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        targets, watch = unit_targets(Path(tmp))
+        records = Records()
+        health_log = logging.getLogger("cephaloproxy.health")
+        level = health_log.level
+        health_log.addHandler(records)
+        health_log.setLevel(logging.DEBUG)
+        try:
+            data = respond(head, targets, watch)
+        finally:
+            health_log.removeHandler(records)
+            health_log.setLevel(level)
+    status_line = data.split(b"\r\n", 1)[0].decode("ascii")
+    assert int(status_line.split(" ")[1]) in DOCUMENTED_STATUSES, status_line
+    for line in records.lines:
+        assert all(char.isprintable() for char in line), repr(line)
+
+
+@pytest.mark.parametrize(
+    ("sent", "logged"),
+    [
+        ("GET /\x1b[2J HTTP/1.1", "GET /\\x1b[2J HTTP/1.1"),
+        ("GET /a\rb HTTP/1.1", "GET /a\\rb HTTP/1.1"),
+        ("GET /\x85next HTTP/1.1", "GET /\\x85next HTTP/1.1"),
+        ("GET /\\x1b HTTP/1.1", "GET /\\\\x1b HTTP/1.1"),  # an escape sent as text stays distinguishable
+        ("GET /caf\xe9 HTTP/1.1", "GET /caf\xe9 HTTP/1.1"),
+    ],
+    ids=["esc", "cr", "nel", "backslash", "latin-1"],
+)
+def test_the_logged_request_line_escapes_control_characters(sent: str, logged: str) -> None:
+    assert printable(sent) == logged
+
+
+def test_a_request_line_with_control_characters_reaches_the_log_escaped(scene: Scene) -> None:
+    log_file = scene.workspace.var / "health.log"
+    # NEL and NBSP are no separators (404); a bare CR is (400): both lines are logged escaped.
+    not_found = raw_request(scene.port, b"GET /\x1b[2J\x85\xa0\x9b HTTP/1.1\r\nHost: x\r\n\r\n")[0]
+    bad = raw_request(scene.port, b"GET /a\rb\x1b] HTTP/1.1\r\nHost: x\r\n\r\n")[0]
+    assert wait_until(lambda: log_file.read_bytes().count(b" -> 40") >= 2, 10), log_file.read_bytes()
+    logged = log_file.read_bytes()
+    assert not any(byte < 0x20 and byte != 0x0A for byte in logged), logged
+    text = logged.decode("utf-8", "replace")
+    assert not any(0x7F <= ord(char) <= 0x9F for char in text), logged
+    assert b"health GET /\\x1b[2J\\x85\\xa0\\x9b HTTP/1.1 -> 404" in logged, logged
+    assert b"health GET /a\\rb\\x1b] HTTP/1.1 -> 400" in logged, logged
+    assert (not_found, bad) == ("HTTP/1.1 404 Not Found", "HTTP/1.1 400 Bad Request")
+
+
+def test_a_squid_frozen_in_state_d_fails_ready_then_health_within_the_bound(scene: Scene) -> None:
+    problem = freeze_problem()
+    if problem:
+        pytest.skip(problem)
+    with frozen(scene.sleeper.pid):
+        frozen_at = time.monotonic()
+        assert process_state(scene.sleeper.pid) == "D"
+        status, body = wait_for_status(f"{scene.url}/ready", 503, STALL_READY + 5)
+        assert f"- proxy port: squid worker pid {scene.sleeper.pid} made no progress in uninterruptible sleep (D)" in body
+        status, body = wait_for_status(f"{scene.url}/health", 503, LIVENESS_BOUND + 5)
+        assert status == 503, f"/health still {status} {body!r} {time.monotonic() - frozen_at:.1f} s after the freeze"
+        assert time.monotonic() - frozen_at <= LIVENESS_BOUND + 1.0  # the contract, plus this test's own polling
+    assert http_get(f"{scene.url}/health")[:2] == (200, "OK\n")

@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from entrypoint.pid_file import read_pid_file
 from entrypoint.proc_table import ProcessInfo, fds_readable, process_tree
@@ -27,12 +27,18 @@ CRASH_LOOP_EXITS = 3
 CRASH_LOOP_WINDOW = 60.0
 # The bound README promises: a Squid that stops serving fails /health within this time.
 LIVENESS_BOUND = LIVENESS_GRACE + SAMPLE_INTERVAL
+# A worker that makes no progress (in uninterruptible sleep without a context switch, or with
+# connections waiting unaccepted) fails /ready once that lasted this long, /health after the grace.
+STALL_READY = 2.0
 
 # Kids that hold the listening socket without ever accepting on it (SMP): the coordinator
 # passes it to the workers; diskers do disk I/O only.
 _NON_SERVING_KID_ROLES = ("-coord-", "-disk-")
 
 _STATE_NAMES = {"T": "stopped", "t": "traced", "Z": "zombie", "X": "dead"}
+_TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
+
+Holder = tuple[int, str, str]  # (pid, fd, "socket:[inode]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +50,9 @@ class Observation:
     master_problem: str | None  # no pid file, master gone or a zombie
     serving_problem: str | None  # no runnable worker holds the LISTEN socket
     kids: frozenset[int]
-    holder: tuple[int, str, str] | None = None  # (pid, fd, "socket:[inode]") of the worker seen serving
+    holder: Holder | None = None  # of the worker seen serving (not in uninterruptible sleep)
+    asleep: tuple[tuple[int, int], ...] = ()  # (pid, context switches): the holders, all in state D
+    backlog: int = 0  # connections waiting in the proxy port's accept queue(s)
 
 
 def _kid_name(pid: int) -> str | None:
@@ -60,28 +68,41 @@ def _kid_name(pid: int) -> str | None:
     return None
 
 
-def listening_inodes(ports: Iterable[int]) -> set[int]:
-    """Inodes of the LISTEN sockets on `ports` (IPv4 and IPv6).
+def _listen_rows(table: str, wanted: set[str]) -> dict[int, int]:
+    """{inode: accept queue} of one table's LISTEN rows on the `wanted` (hex) ports. The kernel
+    lists LISTEN sockets before all others: once found, the first other row ends the read."""
+    rows: dict[int, int] = {}
+    try:
+        with open(table, encoding="ascii") as handle:
+            handle.readline()  # the header
+            for row in handle:
+                fields = row.split(None, 10)
+                if fields[3] != "0A":
+                    if rows:
+                        break
+                    continue
+                if fields[1].rsplit(":", 1)[1] in wanted:
+                    # `tx_queue:rx_queue`; for a LISTEN socket rx_queue is its accept backlog.
+                    rows[int(fields[9])] = int(fields[4].split(":")[1], 16)
+    except OSError:
+        pass  # no IPv6 in this namespace
+    return rows
+
+
+def listen_backlogs(ports: Iterable[int]) -> dict[int, int]:
+    """{inode: connections waiting to be accepted} of the LISTEN sockets on `ports` (IPv4 and IPv6).
 
     Not proc_table.tcp_sockets: that decodes every row, and a busy proxy has tens of thousands
-    of them; only LISTEN rows (state 0A) are looked at here.
+    of them; only LISTEN rows (state 0A), which come first, are looked at here.
     """
     wanted = {f"{port:04X}" for port in ports}
-    inodes: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table, encoding="ascii") as handle:
-                handle.readline()  # the header
-                for row in handle:
-                    fields = row.split(None, 10)
-                    if fields[3] == "0A" and fields[1].rsplit(":", 1)[1] in wanted:
-                        inodes.add(int(fields[9]))
-        except OSError:
-            continue  # no IPv6 in this namespace
-    return inodes
+    found: dict[int, int] = {}
+    for table in _TCP_TABLES:
+        found.update(_listen_rows(table, wanted))
+    return found
 
 
-def held_socket(pid: int, inodes: set[int]) -> tuple[str, str] | None:
+def held_socket(pid: int, inodes: Iterable[int]) -> tuple[str, str] | None:
     """(fd, link) of the first of the socket `inodes` the process has open, else None (fds in
     order, and a listening socket is opened long before the client connections: it stops early)."""
     fd_dir = f"/proc/{pid}/fd"
@@ -106,8 +127,100 @@ def still_holds(pid: int, fd: str, link: str) -> bool:
         return False
 
 
+def context_switches(pid: int) -> int:
+    """Voluntary and involuntary context switches of the process's main thread so far (-1: gone).
+    A process in uninterruptible sleep whose count stays the same has not woken up in between."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return -1
+    total = 0
+    for line in lines:
+        name, _, value = line.partition(b":")
+        if name in (b"voluntary_ctxt_switches", b"nonvoluntary_ctxt_switches"):
+            total += int(value)
+    return total
+
+
 def _describe(process: ProcessInfo) -> str:
     return f"pid {process.pid} {_STATE_NAMES.get(process.state, process.state)}"
+
+
+def _squid_processes(tree: list[ProcessInfo], master: int, comm: str) -> dict[int, str | None] | None:
+    """{pid: kid name (None: the master)} of the master and its kids; None when the master does not run.
+
+    The master and its direct children only: a kid's own fork (before it execs a helper such as
+    unlinkd) briefly looks like a Squid kid too, and would count as a kid exit.
+    """
+    name = comm[:15]  # /proc's comm is truncated to 15 characters
+    if not tree or tree[0].comm != name or tree[0].state in ("Z", "X"):
+        return None
+    return {p.pid: _kid_name(p.pid) for p in tree if p.comm == name and (p.pid == master or p.ppid == master)}
+
+
+def _serving_candidates(tree: list[ProcessInfo], names: dict[int, str | None]) -> list[ProcessInfo]:
+    """The master and the worker kids (not the SMP coordinator or diskers)."""
+    return [
+        p for p in tree
+        if p.pid in names and not any(role in (names[p.pid] or "") for role in _NON_SERVING_KID_ROLES)
+    ]
+
+
+def _awake_holder(awake: list[ProcessInfo], listening: dict[int, int], hint: Holder | None) -> Holder | None:
+    """(pid, fd, link) of a runnable, not sleeping-uninterruptibly candidate holding a listening socket.
+
+    `hint` is the previous observation's holder: while that worker still has that socket on that
+    fd, it is still listening (a socket leaves LISTEN only by being closed) and no fd is read.
+    """
+    if hint is not None and any(p.pid == hint[0] for p in awake) and still_holds(*hint):
+        return hint
+    for process in awake if listening else []:
+        held = held_socket(process.pid, listening)
+        if held is not None:
+            return (process.pid, *held)
+    return None
+
+
+def _unreadable(processes: list[ProcessInfo], listening: dict[int, int]) -> bool:
+    return bool(listening) and any(not fds_readable(p.pid) for p in processes)
+
+
+def _asleep_holders(candidates: list[ProcessInfo], listening: dict[int, int]) -> tuple[tuple[int, int], ...]:
+    """(pid, context switches) of the candidates in state D that hold a listening socket (or
+    whose fds we may not read)."""
+    asleep = [p for p in candidates if p.state == "D"]
+    holding = [p for p in asleep if _unreadable([p], listening) or held_socket(p.pid, listening)]
+    return tuple((p.pid, context_switches(p.pid)) for p in holding)
+
+
+def _nobody_serves(candidates: list[ProcessInfo], listening: dict[int, int], port_list: str) -> str:
+    holders = [p for p in candidates if not p.runnable and held_socket(p.pid, listening) is not None]
+    if holders:
+        return f"no runnable Squid process listens on port {port_list} ({', '.join(_describe(p) for p in holders)})"
+    return f"no Squid process listens on port {port_list}"
+
+
+class Serving(NamedTuple):
+    problem: str | None
+    holder: Holder | None = None
+    asleep: tuple[tuple[int, int], ...] = ()
+
+
+def _serving(candidates: list[ProcessInfo], listening: dict[int, int], hint: Holder | None, port_list: str) -> Serving:
+    """Whether a candidate serves: awake and holding the socket, else asleep (state D) holding it, else the problem."""
+    awake = [p for p in candidates if p.runnable and p.state != "D"]
+    holder = _awake_holder(awake, listening, hint)
+    if holder is not None:
+        return Serving(None, holder)
+    if _unreadable(awake, listening):
+        # Cannot tell which process holds the socket: a runnable worker and a listener on the
+        # port is the best evidence left (startup already refused a squatter on the port).
+        return Serving(None)
+    asleep = _asleep_holders(candidates, listening)
+    if asleep:
+        return Serving(None, asleep=asleep)  # serving unless it stays so (SquidWatch)
+    return Serving(_nobody_serves(candidates, listening, port_list))
 
 
 def observe(
@@ -115,15 +228,10 @@ def observe(
     comm: str,
     ports: Iterable[int],
     clock: Callable[[], float] = time.monotonic,
-    hint: tuple[int, str, str] | None = None,
+    hint: Holder | None = None,
 ) -> Observation:
-    """Squid's processes (the pid file's master and its tree) and whether a runnable worker listens.
-
-    `hint` is the previous observation's (worker pid, fd, socket): while that runnable worker
-    still has that socket on that fd, it is still listening (a socket leaves LISTEN only by being
-    closed), and the costly looks at every TCP socket (/proc/net/tcp grows with the connections)
-    and every fd are skipped.
-    """
+    """Squid's processes (the pid file's master and its tree), whether a runnable worker listens,
+    and the proxy port's accept queue. `hint`: see `_awake_holder`."""
     now = clock()
     wanted = set(ports)
     port_list = ", ".join(str(port) for port in sorted(wanted))
@@ -131,37 +239,31 @@ def observe(
     pid = read_pid_file(pid_file)
     if pid is None:
         return Observation(now, None, f"no pid in {pid_file}", nobody, frozenset())
-    name = comm[:15]  # /proc's comm is truncated to 15 characters
     tree = process_tree(pid)
-    if not tree or tree[0].comm != name or tree[0].state in ("Z", "X"):
+    names = _squid_processes(tree, pid, comm)
+    if names is None:
         return Observation(now, pid, f"squid pid {pid} is not running", nobody, frozenset())
-    # The master and its direct children only: a kid's own fork (before it execs a helper such
-    # as unlinkd) briefly looks like a Squid kid too, and would count as a kid exit.
-    squids = [p for p in tree if p.comm == name and (p.pid == pid or p.ppid == pid)]
-    kid_names = {p.pid: _kid_name(p.pid) for p in squids}
-    kids = frozenset(p for p, kid in kid_names.items() if kid is not None)
-    candidates = [
-        p for p in squids if not any(role in (kid_names[p.pid] or "") for role in _NON_SERVING_KID_ROLES)
-    ]
-    if hint is not None:
-        for process in candidates:
-            if process.pid == hint[0] and process.runnable and still_holds(*hint):
-                return Observation(now, pid, None, None, kids, hint)
-    listening = listening_inodes(wanted)
-    for process in candidates if listening else []:  # runnable ones settle it; a stopped one does not
-        held = held_socket(process.pid, listening) if process.runnable else None
-        if held is not None:
-            return Observation(now, pid, None, None, kids, (process.pid, *held))
-    if listening and any(p.runnable and not fds_readable(p.pid) for p in candidates):
-        # Cannot tell which process holds the socket: a runnable worker and a listener on the
-        # port is the best evidence left (startup already refused a squatter on the port).
-        return Observation(now, pid, None, None, kids)
-    holders = [p for p in candidates if not p.runnable and held_socket(p.pid, listening) is not None]
-    problem = (
-        f"no runnable Squid process listens on port {port_list} ({', '.join(_describe(p) for p in holders)})"
-        if holders else nobody
-    )
-    return Observation(now, pid, None, problem, kids)
+    kids = frozenset(p for p, kid in names.items() if kid is not None)
+    listening = listen_backlogs(wanted)
+    serving = _serving(_serving_candidates(tree, names), listening, hint, port_list)
+    return Observation(now, pid, None, serving.problem, kids, serving.holder, serving.asleep, sum(listening.values()))
+
+
+class Stall:
+    """Since when a condition has held without a break (None: it does not hold now)."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def fold(self, holds: bool, continues: bool, at: float) -> None:
+        """`holds` now; `continues`: and it is the same condition as at the previous look."""
+        if not holds:
+            self.since = None
+        elif self.since is None or not continues:
+            self.since = at
+
+    def lasted(self, at: float) -> float:
+        return 0.0 if self.since is None else at - self.since
 
 
 class SquidWatch:
@@ -174,37 +276,58 @@ class SquidWatch:
         self.clock = clock
         self._lock = threading.Lock()
         self._previous: Observation | None = None
-        self._not_serving_since: float | None = None
+        self._not_serving = Stall()
+        self._asleep = Stall()  # the same holders in state D, none of them woken up
+        self._queued = Stall()  # connections waiting in the accept queue, never fewer
         self._kid_exits: collections.deque[float] = collections.deque()
 
     def sample(self) -> Observation:
         """Look now and fold the observation into the history."""
         with self._lock:  # one look at a time, folded in the order taken
-            hint = self._previous.holder if self._previous is not None else None
-            seen = observe(self.pid_file, self.comm, self.ports, self.clock, hint)
             previous = self._previous
-            same_master = previous is not None and previous.master_pid == seen.master_pid
-            if seen.master_problem is not None or not same_master:
-                # A new (or no) master starts a new history: its start-up is not a crash loop.
-                self._kid_exits.clear()
-                self._not_serving_since = None if seen.master_problem else seen.at
-            elif previous is not None:
+            seen = observe(self.pid_file, self.comm, self.ports, self.clock, previous.holder if previous else None)
+            if seen.master_problem is not None or previous is None or previous.master_pid != seen.master_pid:
+                self._new_history()  # a new (or no) master: its start-up is not a crash loop
+            else:
                 self._kid_exits.extend(seen.at for _ in previous.kids - seen.kids)
-            if seen.master_problem is None:
-                if seen.serving_problem is None:
-                    self._not_serving_since = None
-                elif self._not_serving_since is None:
-                    self._not_serving_since = seen.at
-            while self._kid_exits and self._kid_exits[0] < seen.at - CRASH_LOOP_WINDOW:
-                self._kid_exits.popleft()
+            self._fold(previous, seen)
             self._previous = seen
         return seen
+
+    def _new_history(self) -> None:
+        self._kid_exits.clear()
+        self._not_serving, self._asleep, self._queued = Stall(), Stall(), Stall()
+
+    def _fold(self, previous: Observation | None, seen: Observation) -> None:
+        alive = seen.master_problem is None
+        self._not_serving.fold(alive and seen.serving_problem is not None, True, seen.at)
+        self._asleep.fold(bool(seen.asleep), previous is not None and previous.asleep == seen.asleep, seen.at)
+        draining = previous is None or not 0 < previous.backlog <= seen.backlog
+        serving = alive and seen.serving_problem is None
+        self._queued.fold(serving and seen.backlog > 0, not draining, seen.at)
+        while self._kid_exits and self._kid_exits[0] < seen.at - CRASH_LOOP_WINDOW:
+            self._kid_exits.popleft()
 
     def crash_loop(self) -> str | None:
         with self._lock:
             exits = len(self._kid_exits)
         if exits >= CRASH_LOOP_EXITS:
             return f"squid kids keep exiting ({exits} exits within {CRASH_LOOP_WINDOW:g} s)"
+        return None
+
+    def _stalled(self, seen: Observation, bound: float) -> str | None:
+        """Why no worker made progress for `bound` s although one holds the socket, else None."""
+        with self._lock:
+            asleep, queued = self._asleep.lasted(seen.at), self._queued.lasted(seen.at)
+        if seen.asleep and asleep >= bound:
+            pids = ", ".join(str(pid) for pid, _ in seen.asleep)
+            return f"squid worker pid {pids} made no progress in uninterruptible sleep (D) for {asleep:.0f} s"
+        if queued >= bound:
+            ports = ", ".join(str(port) for port in sorted(set(self.ports)))
+            return (
+                f"{seen.backlog} connections to port {ports} wait unaccepted"
+                f" (accept queue not draining) for {queued:.0f} s"
+            )
         return None
 
     def liveness_problem(self) -> str | None:
@@ -216,20 +339,22 @@ class SquidWatch:
         if loop is not None:
             return loop
         with self._lock:
-            since = self._not_serving_since
-        if since is not None and seen.at - since >= LIVENESS_GRACE:
-            return f"{seen.serving_problem} for {seen.at - since:.0f} s"
-        return None
+            not_serving = self._not_serving.lasted(seen.at)
+        if seen.serving_problem is not None and not_serving >= LIVENESS_GRACE:
+            return f"{seen.serving_problem} for {not_serving:.0f} s"
+        return self._stalled(seen, LIVENESS_GRACE)
 
     def readiness_problems(self) -> list[str]:
-        """Every reason Squid cannot take traffic right now (no grace), as `check: reason`."""
+        """Every reason Squid cannot take traffic right now, as `check: reason` (no grace; a
+        worker that makes no progress after STALL_READY)."""
         seen = self.sample()
         problems = []
         squid = seen.master_problem or self.crash_loop()
         if squid is not None:
             problems.append(f"squid process: {squid}")
-        if seen.serving_problem is not None:
-            problems.append(f"proxy port: {seen.serving_problem}")
+        port = seen.serving_problem or (None if squid else self._stalled(seen, STALL_READY))
+        if port is not None:
+            problems.append(f"proxy port: {port}")
         return problems
 
     def run_sampler(self, stop: threading.Event) -> None:

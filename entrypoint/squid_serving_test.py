@@ -1,0 +1,177 @@
+"""SquidWatch's decisions on real /proc: a stand-in Squid that never accepts, or is frozen in state D, fails /health after the grace."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from entrypoint.freezer import freeze_problem, frozen
+from entrypoint.squid_serving import LIVENESS_GRACE, STALL_READY, SquidWatch, listen_backlogs
+
+# A stand-in Squid master: listens on a port and never accepts, except one connection per line
+# on stdin; the other busy one sleeps 10 ms at a time (so it wakes up often when it may).
+NEVER_ACCEPTS = (
+    "import socket, sys\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(64)\n"
+    "print(s.getsockname()[1], flush=True)\n"
+    "for line in sys.stdin:\n"
+    "    s.accept()\n"
+)
+BUSY = (
+    "import socket, time\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(64)\n"
+    "print(s.getsockname()[1], flush=True)\n"
+    "while True:\n"
+    "    time.sleep(0.01)\n"
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class StandIn:
+    """A stand-in Squid with its pid file, and a SquidWatch on it driven by a fake clock."""
+
+    def __init__(self, tmp_path: Path, program: str) -> None:
+        self.process = subprocess.Popen([sys.executable, "-c", program], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.process.stdout is not None
+        self.port = int(self.process.stdout.readline())
+        comm = Path(f"/proc/{self.process.pid}/comm").read_text().strip()
+        pid_file = tmp_path / "squid.pid"
+        pid_file.write_text(f"{self.process.pid}\n")
+        self.clock = FakeClock()
+        self.watch = SquidWatch(pid_file, comm, [self.port], clock=self.clock)
+        self.clients: list[socket.socket] = []
+
+    def queue(self, count: int) -> None:
+        """`count` connections that the kernel completes and queues (nobody accepts them)."""
+        self.clients += [socket.create_connection(("127.0.0.1", self.port), 5) for _ in range(count)]
+
+    def at(self, seconds: float) -> SquidWatch:
+        self.clock.now = 1000.0 + seconds
+        return self.watch
+
+    def accept_one(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(b"\n")
+        self.process.stdin.flush()
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.process.kill()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def never_accepts(tmp_path: Path) -> Iterator[StandIn]:
+    stand_in = StandIn(tmp_path, NEVER_ACCEPTS)
+    yield stand_in
+    stand_in.close()
+
+
+@pytest.fixture
+def busy(tmp_path: Path) -> Iterator[StandIn]:
+    problem = freeze_problem()
+    if problem:
+        pytest.skip(problem)
+    stand_in = StandIn(tmp_path, BUSY)
+    yield stand_in
+    stand_in.close()
+
+
+def backlog(port: int) -> int:
+    return sum(listen_backlogs([port]).values())
+
+
+def test_the_accept_queue_is_read_from_the_listen_row(never_accepts: StandIn) -> None:
+    assert backlog(never_accepts.port) == 0
+    never_accepts.queue(3)
+    assert backlog(never_accepts.port) == 3
+    never_accepts.accept_one()
+    assert _wait(lambda: backlog(never_accepts.port) == 2)
+
+
+def test_connections_never_accepted_fail_ready_then_health_after_the_grace(never_accepts: StandIn) -> None:
+    assert never_accepts.at(0).liveness_problem() is None
+    never_accepts.queue(3)
+    assert never_accepts.at(0.5).liveness_problem() is None
+    assert never_accepts.at(0.5).readiness_problems() == []  # one look proves nothing
+    problems = never_accepts.at(0.5 + STALL_READY).readiness_problems()
+    assert problems == [
+        f"proxy port: 3 connections to port {never_accepts.port} wait unaccepted (accept queue not draining) for 2 s"
+    ]
+    for second in range(3, 11):  # sampled every second, as the sampler does
+        assert never_accepts.at(second).liveness_problem() is None, second
+    problem = never_accepts.at(0.5 + LIVENESS_GRACE).liveness_problem()
+    assert problem == f"3 connections to port {never_accepts.port} wait unaccepted (accept queue not draining) for 10 s"
+    never_accepts.queue(1)  # more waiting is no progress either
+    assert never_accepts.at(12).liveness_problem() is not None
+
+
+def test_a_draining_accept_queue_is_progress(never_accepts: StandIn) -> None:
+    never_accepts.queue(3)
+    assert never_accepts.at(0).liveness_problem() is None
+    never_accepts.accept_one()  # slow, but it accepts: the queue shrinks
+    assert _wait(lambda: backlog(never_accepts.port) == 2)
+    assert never_accepts.at(6).liveness_problem() is None
+    assert never_accepts.at(12).liveness_problem() is None  # 6 s since it last drained
+    never_accepts.accept_one()
+    never_accepts.accept_one()
+    assert _wait(lambda: backlog(never_accepts.port) == 0)
+    assert never_accepts.at(20).liveness_problem() is None
+    assert never_accepts.at(20).readiness_problems() == []
+
+
+def test_a_worker_frozen_in_state_d_fails_ready_then_health_after_the_grace(busy: StandIn) -> None:
+    assert busy.at(0).liveness_problem() is None
+    with frozen(busy.process.pid):
+        assert _state(busy.process.pid) == "D"  # what hung storage (or the freezer) shows
+        assert busy.at(1).liveness_problem() is None
+        assert busy.at(1).readiness_problems() == []
+        problems = busy.at(1 + STALL_READY).readiness_problems()
+        assert len(problems) == 1 and problems[0].startswith(
+            f"proxy port: squid worker pid {busy.process.pid} made no progress in uninterruptible sleep (D)"
+        ), problems
+        assert busy.at(1 + LIVENESS_GRACE - 0.5).liveness_problem() is None
+        problem = busy.at(1 + LIVENESS_GRACE).liveness_problem()
+        assert problem == f"squid worker pid {busy.process.pid} made no progress in uninterruptible sleep (D) for 10 s"
+    assert _wait(lambda: _state(busy.process.pid) != "D")
+    assert busy.at(12).liveness_problem() is None  # awake again: serving at once
+    assert busy.at(12).readiness_problems() == []
+
+
+def test_a_worker_in_state_d_that_wakes_up_in_between_is_progress(busy: StandIn) -> None:
+    with frozen(busy.process.pid):
+        assert busy.at(0).liveness_problem() is None
+    time.sleep(0.2)  # it runs: ~20 sleeps, each a context switch
+    with frozen(busy.process.pid):
+        assert busy.at(6).liveness_problem() is None
+        assert busy.at(12).liveness_problem() is None  # 6 s without a switch, not 12
+        assert busy.at(16.5).liveness_problem() is not None
+
+
+def _state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()[0]
+
+
+def _wait(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
