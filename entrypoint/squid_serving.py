@@ -53,6 +53,7 @@ class Observation:
     holder: Holder | None = None  # of the worker seen serving (not in uninterruptible sleep)
     asleep: tuple[tuple[int, int], ...] = ()  # (pid, context switches): the holders, all in state D
     backlog: int = 0  # connections waiting in the proxy port's accept queue(s)
+    activity: int | None = None  # the candidates' I/O syscalls so far, while a backlog waits (None: unknown)
 
 
 def _kid_name(pid: int) -> str | None:
@@ -140,6 +141,23 @@ def context_switches(pid: int) -> int:
         name, _, value = line.partition(b":")
         if name in (b"voluntary_ctxt_switches", b"nonvoluntary_ctxt_switches"):
             total += int(value)
+    return total
+
+
+def io_syscalls(pids: Iterable[int]) -> int | None:
+    """The processes' read and write syscalls so far (/proc/<pid>/io syscr + syscw); None when
+    any cannot be read (not ours to read: then nothing may count as 'no progress')."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/io", "rb") as handle:
+                lines = handle.read().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            name, _, value = line.partition(b":")
+            if name in (b"syscr", b"syscw"):
+                total += int(value)
     return total
 
 
@@ -245,8 +263,20 @@ def observe(
         return Observation(now, pid, f"squid pid {pid} is not running", nobody, frozenset())
     kids = frozenset(p for p, kid in names.items() if kid is not None)
     listening = listen_backlogs(wanted)
-    serving = _serving(_serving_candidates(tree, names), listening, hint, port_list)
-    return Observation(now, pid, None, serving.problem, kids, serving.holder, serving.asleep, sum(listening.values()))
+    candidates = _serving_candidates(tree, names)
+    serving = _serving(candidates, listening, hint, port_list)
+    backlog = sum(listening.values())
+    # Only with connections waiting: a worker that still reads and writes is working (an
+    # overloaded Squid keeps a full queue), so a queue counts as stuck only without I/O.
+    activity = io_syscalls(p.pid for p in candidates) if backlog else None
+    return Observation(now, pid, None, serving.problem, kids, serving.holder, serving.asleep, backlog, activity)
+
+
+def _queue_stuck(previous: Observation | None, seen: Observation) -> bool:
+    """Since the previous look, the accept queue did not shrink and no candidate did any I/O."""
+    if previous is None or not 0 < previous.backlog <= seen.backlog:
+        return False
+    return seen.activity is not None and seen.activity == previous.activity
 
 
 class Stall:
@@ -302,9 +332,8 @@ class SquidWatch:
         alive = seen.master_problem is None
         self._not_serving.fold(alive and seen.serving_problem is not None, True, seen.at)
         self._asleep.fold(bool(seen.asleep), previous is not None and previous.asleep == seen.asleep, seen.at)
-        draining = previous is None or not 0 < previous.backlog <= seen.backlog
         serving = alive and seen.serving_problem is None
-        self._queued.fold(serving and seen.backlog > 0, not draining, seen.at)
+        self._queued.fold(serving and seen.backlog > 0, _queue_stuck(previous, seen), seen.at)
         while self._kid_exits and self._kid_exits[0] < seen.at - CRASH_LOOP_WINDOW:
             self._kid_exits.popleft()
 

@@ -23,6 +23,15 @@ NEVER_ACCEPTS = (
     "for line in sys.stdin:\n"
     "    s.accept()\n"
 )
+# Never accepts, but keeps doing I/O: an overloaded Squid busy with the connections it has.
+WORKING = (
+    "import socket, time\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(64)\n"
+    "print(s.getsockname()[1], flush=True)\n"
+    "zero = open('/dev/zero', 'rb', buffering=0)\n"
+    "while True:\n"
+    "    zero.read(1); time.sleep(0.01)\n"
+)
 BUSY = (
     "import socket, time\n"
     "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(64)\n"
@@ -132,6 +141,20 @@ def test_a_draining_accept_queue_is_progress(never_accepts: StandIn) -> None:
     assert _wait(lambda: backlog(never_accepts.port) == 0)
     assert never_accepts.at(20).liveness_problem() is None
     assert never_accepts.at(20).readiness_problems() == []
+
+
+def test_a_full_queue_while_the_worker_keeps_working_is_not_a_stall(tmp_path: Path) -> None:
+    """A queue that stays full is what an overloaded (or flooded) Squid shows too: as long as a
+    worker does I/O it is working, and failing /health would only restart it under load."""
+    working = StandIn(tmp_path, WORKING)
+    try:
+        working.queue(3)
+        for second in range(0, 15):
+            time.sleep(0.05)  # ~5 reads between looks
+            assert working.at(second).liveness_problem() is None, second
+        assert working.at(15).readiness_problems() == []
+    finally:
+        working.close()
 
 
 def test_a_worker_frozen_in_state_d_fails_ready_then_health_after_the_grace(busy: StandIn) -> None:
