@@ -20,6 +20,10 @@ class PidFileError(Exception):
 class NoPidInFile(PidFileError):
     """A regular file that names no pid (empty, too big, not a number): stale or half-written, safe to remove."""
 
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"pid file {path} holds no pid ({reason})")
+        self.reason = reason
+
 
 def parse_pid(data: bytes) -> int | None:
     """The pid in the bytes of a pid file (1..PID_MAX), else None; never raises."""
@@ -36,12 +40,12 @@ def read_pid_file(path: Path) -> int | None:
         data = read_bounded(path, PID_FILE_LIMIT, follow_symlinks=False)
     except FileAbsent:
         return None
-    except FileTooBig as error:
-        raise NoPidInFile(f"pid file {error}") from None
+    except FileTooBig:
+        raise NoPidInFile(path, f"it is larger than the {PID_FILE_LIMIT} bytes a pid file holds") from None
     except FileProblem as error:
         raise PidFileError(f"pid file {error}") from None
     pid = parse_pid(data)
     if pid is None:
         what = "it is empty" if not data.strip() else f"{len(data)} bytes that are not a pid 1-{PID_MAX}"
-        raise NoPidInFile(f"pid file {path} holds no pid ({what})")
+        raise NoPidInFile(path, what)
     return pid

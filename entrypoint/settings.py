@@ -115,9 +115,10 @@ def ascii_integer(text: str, max_digits: int) -> int | None:
 
     Never int()'s ValueError: it refuses strings of more than 4300 digits.
     """
-    if not _ASCII_INTEGER.fullmatch(text) or len(text.lstrip("0")) > max_digits:
+    significant = text.lstrip("0")
+    if not _ASCII_INTEGER.fullmatch(text) or len(significant) > max_digits:
         return None
-    return int(text)
+    return int(significant or "0")  # int() counts leading zeros against its limit too
 
 
 def port_number(text: str) -> int | None:

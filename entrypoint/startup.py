@@ -55,7 +55,7 @@ def remove_stale_pid_file(state: ProxyState, config: ActiveConfig) -> None:
     try:
         what = f"PID {read_pid_file(config.pid_file)} is not a Squid started here"
     except NoPidInFile as error:
-        what = str(error)
+        what = f"it holds no pid: {error.reason}"
     except PidFileError as error:  # a FIFO, symlink, directory, socket: not Squid's, not ours to remove
         raise StartupError(f"{error}: remove it (Squid writes its pid there as a regular file)") from None
     try:
