@@ -1,0 +1,135 @@
+"""Numbers past int()'s 4300-digit limit (env, config, `healthcheck --check`, SIGHUP) and a real RLIMIT_NPROC
+that refuses PID 1's forks (startup, reload): a warning, an exit 1 or a `Reload skipped`, never a traceback."""
+
+from __future__ import annotations
+
+import resource
+import signal
+import subprocess
+
+import pytest
+
+from entrypoint.testing import (  # noqa: F401 - fixtures
+    Launcher, Workspace, EntrypointRun, _child_user_options, launch, python_for_child, running_as_root,
+    squid_available, wait_for_status, workspace,
+)
+
+LONG = "1" * 5000
+PROCESS_LIMIT_MESSAGE = "the container's process limit (RLIMIT_NPROC / pids.max) is reached: raise it"
+EXIT_BOUND = 60.0
+
+
+def port_config(workspace: Workspace, listen: str) -> str:
+    return (
+        f"http_port {listen}\n"
+        f"pid_filename {workspace.runtime_dir('run')}/squid.pid\n"
+        "http_access allow localhost\nhttp_access deny all\n"
+        "cache_log /dev/stderr\naccess_log stdio:/dev/stdout\nlogfile_rotate 0\n"
+        "visible_hostname limits-test\nshutdown_lifetime 1 seconds\npinger_enable off\n"
+        "netdb_filename none\n"
+    )
+
+
+def exit_within(run: EntrypointRun, bound: float = EXIT_BOUND) -> int:
+    try:
+        return run.wait_exit(bound)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the entrypoint did not exit within {bound} s\nSTDOUT:\n{run.stdout}\nSTDERR:\n{run.stderr}")
+
+
+def assert_no_traceback(run: EntrypointRun) -> None:
+    assert "Traceback" not in run.output and "Unexpected error" not in run.output, run.output
+
+
+# -- over-long numbers ---------------------------------------------------------------------------------
+def test_a_5000_digit_squid_port_warns_and_is_ignored(workspace: Workspace, launch: Launcher) -> None:
+    workspace.write_custom_config(port_config(workspace, f"127.0.0.1:{workspace.squid_port}"))
+    run = launch(workspace.env(SQUID_PORT=LONG))
+    run.wait_ready()
+    assert f"[WARNING] Invalid SQUID_PORT={'1' * 80!r}... (5000 characters): expected a TCP port number 1-65535;" in run.stdout
+    assert_no_traceback(run)
+
+
+def test_a_5000_digit_http_port_in_the_config_exits_1_with_a_config_error(workspace: Workspace, launch: Launcher) -> None:
+    workspace.write_custom_config(port_config(workspace, f"127.0.0.1:{LONG}"))
+    run = launch()
+    assert exit_within(run) == 1, run.output
+    assert (
+        f"{workspace.custom_config} line 1: cannot read the port of 'http_port 127.0.0.1:{'1' * 70}...' (5010 characters)"
+    ) in run.stderr, run.output
+    assert_no_traceback(run)
+    assert run.descendants_left() == []
+
+
+def test_a_reload_to_a_5000_digit_port_is_skipped(workspace: Workspace, launch: Launcher) -> None:
+    workspace.write_custom_config(port_config(workspace, f"127.0.0.1:{workspace.squid_port}"))
+    run = launch()
+    squid_pid = run.wait_ready()
+    workspace.write_custom_config(port_config(workspace, f"127.0.0.1:{LONG}"))
+    run.process.send_signal(signal.SIGHUP)
+    run.wait_for_output(r"Reload skipped, Squid keeps its current config: Squid config .* cannot read the port of", 60, "stderr")
+    assert_no_traceback(run)
+    assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200, 30)[0] == 200
+    assert f"Squid reconfigured (PID {squid_pid} kept)" not in run.stdout
+
+
+def healthcheck_check(workspace: Workspace, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**workspace.env(**env), "PYTHONPATH": str(workspace.lib)}
+    return subprocess.run(  # type: ignore[call-overload]
+        [python_for_child(), str(workspace.bin / "healthcheck.py"), "--check", *args],
+        env=environment, capture_output=True, text=True, timeout=60, cwd=str(workspace.root), **_child_user_options(),
+    )
+
+
+def test_check_with_a_5000_digit_health_port_warns_and_asks_the_default(workspace: Workspace, squid_available: None) -> None:
+    result = healthcheck_check(workspace, HEALTH_PORT=LONG)
+    assert result.stderr == f"Invalid HEALTH_PORT={'1' * 80!r}... (5000 characters): expected a TCP port number 1-65535; using default 8080\n"
+    assert result.stdout.startswith("http://127.0.0.1:8080/health: "), result.stdout
+    assert result.returncode in (0, 1)
+
+
+def test_check_with_a_5000_digit_port_argument_is_a_usage_error(workspace: Workspace, squid_available: None) -> None:
+    result = healthcheck_check(workspace, "--port", LONG)
+    assert result.returncode == 2, result
+    assert "argument --port: '" + "1" * 80 + "'... (5000 characters) is not a TCP port number 1-65535" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- a real process limit --------------------------------------------------------------------------
+def process_limited(workspace: Workspace, limit: int) -> list[str]:
+    """The entrypoint's command line, started with RLIMIT_NPROC = `limit` (its user's processes)."""
+    step = (
+        "import os, resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_NPROC, ({limit}, {limit})); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    python = python_for_child()
+    return [python, "-c", step, python, str(workspace.bin / "entrypoint.py")]
+
+
+def test_a_refused_fork_at_startup_exits_1_naming_the_process_limit(workspace: Workspace, launch: Launcher) -> None:
+    # Limit 1: the entrypoint is its user's one process, so every fork it makes is refused (EAGAIN).
+    run = launch(argv=process_limited(workspace, 1))
+    assert exit_within(run) == 1, run.output
+    assert PROCESS_LIMIT_MESSAGE in run.stderr, run.output
+    assert "[ERROR] cannot start " in run.stderr, run.output
+    assert_no_traceback(run)
+    assert "Starting Squid proxy" not in run.stdout
+
+
+def test_a_refused_fork_at_reload_skips_it_and_the_next_reload_works(workspace: Workspace, launch: Launcher) -> None:
+    workspace.write_custom_config(port_config(workspace, f"127.0.0.1:{workspace.squid_port}"))
+    run = launch()
+    squid_pid = run.wait_ready()
+    before = resource.prlimit(run.pid, resource.RLIMIT_NPROC)
+    resource.prlimit(run.pid, resource.RLIMIT_NPROC, (1, before[1]))  # Squid and the health server run on
+    run.process.send_signal(signal.SIGHUP)
+    run.wait_for_output(
+        r"Reload skipped, Squid keeps its current config: cannot start squid -k parse: "
+        + r"the container's process limit \(RLIMIT_NPROC / pids\.max\) is reached: raise it", 60, "stderr",
+    )
+    assert_no_traceback(run)
+    resource.prlimit(run.pid, resource.RLIMIT_NPROC, before)
+    run.process.send_signal(signal.SIGHUP)
+    run.wait_for_output(rf"Squid reconfigured \(PID {squid_pid} kept\)", 60)
+    assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/health", 200, 30)[0] == 200
