@@ -9,8 +9,9 @@ import subprocess
 
 import pytest
 
+from entrypoint.harness import entrypoint_with_rlimit
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    Launcher, Workspace, EntrypointRun, _child_user_options, launch, python_for_child, running_as_root,
+    Launcher, Workspace, EntrypointRun, _child_user_options, launch, python_for_child,
     squid_available, wait_for_status, workspace,
 )
 
@@ -96,20 +97,9 @@ def test_check_with_a_5000_digit_port_argument_is_a_usage_error(workspace: Works
 
 
 # -- a real process limit --------------------------------------------------------------------------
-def process_limited(workspace: Workspace, limit: int) -> list[str]:
-    """The entrypoint's command line, started with RLIMIT_NPROC = `limit` (its user's processes)."""
-    step = (
-        "import os, resource, sys; "
-        f"resource.setrlimit(resource.RLIMIT_NPROC, ({limit}, {limit})); "
-        "os.execv(sys.argv[1], sys.argv[1:])"
-    )
-    python = python_for_child()
-    return [python, "-c", step, python, str(workspace.bin / "entrypoint.py")]
-
-
 def test_a_refused_fork_at_startup_exits_1_naming_the_process_limit(workspace: Workspace, launch: Launcher) -> None:
     # Limit 1: the entrypoint is its user's one process, so every fork it makes is refused (EAGAIN).
-    run = launch(argv=process_limited(workspace, 1))
+    run = launch(argv=entrypoint_with_rlimit(workspace, "RLIMIT_NPROC", 1))
     assert exit_within(run) == 1, run.output
     assert PROCESS_LIMIT_MESSAGE in run.stderr, run.output
     assert "[ERROR] cannot start " in run.stderr, run.output

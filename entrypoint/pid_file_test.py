@@ -17,8 +17,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 from entrypoint.pid_file import PID_MAX, NoPidInFile, PidFileError, parse_pid, read_pid_file
+from entrypoint.harness import entrypoint_with_rlimit
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    Launcher, Workspace, EntrypointRun, free_port, http_get, launch, python_for_child, running_as_root,
+    Launcher, Workspace, EntrypointRun, free_port, http_get, launch, python_for_child,
     squid_available, wait_until, workspace, _child_user_options,
 )
 
@@ -205,17 +206,6 @@ def test_the_health_server_answers_503_naming_a_hostile_pid_file_in_bounded_time
 
 
 # -- the entrypoint --------------------------------------------------------------------------------
-def _memory_capped(workspace: Workspace) -> list[str]:
-    """The entrypoint's command line with its address space capped (a /dev/zero read fails, not the host)."""
-    step = (
-        "import os, resource, sys; "
-        f"resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_CAP}, {MEMORY_CAP})); "
-        "os.execv(sys.argv[1], sys.argv[1:])"
-    )
-    python = python_for_child()
-    return [python, "-c", step, python, str(workspace.bin / "entrypoint.py")]
-
-
 def _exit_within(run: EntrypointRun, bound: float) -> int:
     try:
         return run.wait_exit(bound)
@@ -230,7 +220,7 @@ def test_startup_exits_1_naming_a_pid_file_that_is_not_a_regular_file(
     pid_file = workspace.make_dir(workspace.runtime_dir("run")) / "squid.pid"
     HOSTILE[kind][0](pid_file)
     try:
-        run = launch(argv=_memory_capped(workspace))
+        run = launch(argv=entrypoint_with_rlimit(workspace, "RLIMIT_AS", MEMORY_CAP))
         assert _exit_within(run, STARTUP_BOUND) == 1, run.output
     finally:
         _unblock(pid_file)
