@@ -3,7 +3,6 @@ that refuses PID 1's forks (startup, reload): a warning, an exit 1 or a `Reload 
 
 from __future__ import annotations
 
-import resource
 import signal
 import subprocess
 
@@ -107,19 +106,34 @@ def test_a_refused_fork_at_startup_exits_1_naming_the_process_limit(workspace: W
     assert "Starting Squid proxy" not in run.stdout
 
 
+def set_process_limit(pid: int, soft: int) -> int:
+    """Set RLIMIT_NPROC's soft limit of a running process; returns the old one.
+
+    Set as the process's own user: root here may lack CAP_SYS_RESOURCE, which prlimit() on
+    another user's process needs.
+    """
+    step = (
+        f"import resource; old, hard = resource.prlimit({pid}, resource.RLIMIT_NPROC); "
+        f"resource.prlimit({pid}, resource.RLIMIT_NPROC, ({soft}, hard)); print(old)"
+    )
+    result = subprocess.run(  # type: ignore[call-overload]
+        [python_for_child(), "-c", step], check=True, timeout=60, capture_output=True, text=True, **_child_user_options(),
+    )
+    return int(result.stdout)
+
+
 def test_a_refused_fork_at_reload_skips_it_and_the_next_reload_works(workspace: Workspace, launch: Launcher) -> None:
     workspace.write_custom_config(port_config(workspace, f"127.0.0.1:{workspace.squid_port}"))
     run = launch()
     squid_pid = run.wait_ready()
-    before = resource.prlimit(run.pid, resource.RLIMIT_NPROC)
-    resource.prlimit(run.pid, resource.RLIMIT_NPROC, (1, before[1]))  # Squid and the health server run on
+    before = set_process_limit(run.pid, 1)  # Squid and the health server run on; PID 1 may not fork
     run.process.send_signal(signal.SIGHUP)
     run.wait_for_output(
         r"Reload skipped, Squid keeps its current config: cannot start squid -k parse: "
         + r"the container's process limit \(RLIMIT_NPROC / pids\.max\) is reached: raise it", 60, "stderr",
     )
     assert_no_traceback(run)
-    resource.prlimit(run.pid, resource.RLIMIT_NPROC, before)
+    set_process_limit(run.pid, before)
     run.process.send_signal(signal.SIGHUP)
     run.wait_for_output(rf"Squid reconfigured \(PID {squid_pid} kept\)", 60)
     assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/health", 200, 30)[0] == 200
