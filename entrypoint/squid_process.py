@@ -17,7 +17,7 @@ from entrypoint.output_sink import OutputSink
 from entrypoint.pid_file import NoPidInFile, PidFileError, read_pid_file
 from entrypoint.processes import ChildProcesses, ForkError, describe_exit
 from entrypoint.redact import redact, redact_text
-from entrypoint.squid_config import ActiveConfig
+from entrypoint.squid_config import ActiveConfig, parse_listen_address
 
 PARSE_TIMEOUT = 60.0
 CACHE_INIT_TIMEOUT = 600.0
@@ -59,12 +59,7 @@ def cache_log_is_stderr(config: ActiveConfig) -> bool:
 def listen_ports(config: ActiveConfig) -> list[int]:
     """The client ports the config opens (http_port, https_port)."""
     ports = [address.port for address in config.http_ports]
-    for directive in config.named("https_port"):
-        if directive.args:
-            spec = directive.args[0]
-            tail = spec.rsplit(":", 1)[-1]
-            if tail.isdigit():
-                ports.append(int(tail))
+    ports += [parse_listen_address(d).port for d in config.named("https_port") if d.args]  # validated: no ConfigError
     return list(dict.fromkeys(ports))
 
 
