@@ -10,7 +10,7 @@ import pytest
 
 from entrypoint.harness import entrypoint_with_rlimit
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    Launcher, Workspace, EntrypointRun, _child_user_options, launch, python_for_child,
+    Launcher, Workspace, EntrypointRun, _child_user_options, certgen_bin, launch, python_for_child, squid_bin,
     squid_available, wait_for_status, workspace,
 )
 
@@ -137,3 +137,75 @@ def test_a_refused_fork_at_reload_skips_it_and_the_next_reload_works(workspace: 
     run.process.send_signal(signal.SIGHUP)
     run.wait_for_output(rf"Squid reconfigured \(PID {squid_pid} kept\)", 60)
     assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/health", 200, 30)[0] == 200
+
+
+# Every way PID 1 forks, each with RLIMIT_NPROC at 1 (as the entrypoint's user): the error type its
+# caller turns into an exit 1 or a `Reload skipped`, a message naming the limit, and no pipe left open.
+FORK_STEPS = r'''
+import asyncio, logging, os, resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))
+from entrypoint import tls
+from entrypoint.health_process import HealthError, HealthProcess
+from entrypoint.log_relay import relayed_spawn
+from entrypoint.output_sink import OutputSink
+from entrypoint.processes import ChildProcesses
+from entrypoint.settings import load_settings
+from entrypoint.squid_config import ActiveConfig, CertDb, Directive
+from entrypoint.squid_process import SquidCommands, SquidError
+
+async def main():
+    squid, certgen, scratch = (Path(arg) for arg in sys.argv[1:4])
+    log = logging.getLogger("fork-steps")
+    children = ChildProcesses(log)
+    children.install()
+    sinks = (OutputSink(1, "stdout"), OutputSink(2, "stderr"))
+    cache = Directive(1, "cache_dir", ("ufs", str(scratch / "cache"), "10", "16", "256"))
+    config = ActiveConfig(scratch / "squid.conf", scratch / "squid.conf", True, (cache,))
+    commands = SquidCommands(squid, children, log)
+    fds = len(os.listdir("/proc/self/fd"))
+    steps = {
+        "squid -k parse": commands.check_config(config),
+        "squid -z": commands.initialise_cache(config),
+        "Squid": commands.start(config, sinks),
+        "certgen": tls.ensure_cert_db(children, certgen, CertDb(scratch / "ssl_db", "4MB"), log),
+    }
+    for name, step in steps.items():
+        try:
+            await step
+            print(f"{name}: started")
+        except (SquidError, tls.TlsError) as error:
+            print(f"{name}: {type(error).__name__}: {error}")
+    health = HealthProcess(load_settings({})[0], children, log, relayed_spawn(children, sinks))
+    health.start(config)
+    try:
+        await health.wait_listening()
+        print("health server: started")
+    except HealthError as error:
+        print(f"health server: {type(error).__name__}: {error}")
+    await asyncio.sleep(0.1)  # transports close on the next loop iterations
+    print(f"fds left open: {len(os.listdir('/proc/self/fd')) - fds}")
+
+asyncio.run(main())
+'''
+
+
+def test_every_fork_of_pid_1_refused_by_rlimit_nproc_names_the_limit(workspace: Workspace, squid_available: None) -> None:
+    scratch = workspace.make_dir(workspace.var / "scratch")
+    result = subprocess.run(  # type: ignore[call-overload]
+        [python_for_child(), "-c", FORK_STEPS, str(squid_bin()), str(certgen_bin()), str(scratch)],
+        env={"PYTHONPATH": str(workspace.lib), "PYTHONDONTWRITEBYTECODE": "1"}, capture_output=True, text=True,
+        timeout=60, cwd=str(workspace.root), **_child_user_options(),
+    )
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+    assert lines.pop("fds left open") == "0", result.stdout
+    expected_types = {
+        "squid -k parse": "SquidError", "squid -z": "SquidError", "Squid": "SquidError",
+        "certgen": "TlsError", "health server": "HealthError",
+    }
+    assert {name: line.split(":", 1)[0] for name, line in lines.items()} == expected_types, result.stdout
+    for name, line in lines.items():
+        assert PROCESS_LIMIT_MESSAGE in line, line
+    assert "cannot start squid -k parse: " in lines["squid -k parse"] and "cannot start Squid: " in lines["Squid"]
+    assert "cannot start the health server: " in lines["health server"]
