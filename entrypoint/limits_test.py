@@ -10,7 +10,7 @@ import pytest
 
 from entrypoint.harness import entrypoint_with_rlimit
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    Launcher, Workspace, EntrypointRun, _child_user_options, certgen_bin, launch, python_for_child, squid_bin,
+    Launcher, Workspace, EntrypointRun, _child_user_options, certgen_bin, free_port, launch, python_for_child, squid_bin,
     squid_available, wait_for_status, workspace,
 )
 
@@ -209,3 +209,21 @@ def test_every_fork_of_pid_1_refused_by_rlimit_nproc_names_the_limit(workspace: 
         assert PROCESS_LIMIT_MESSAGE in line, line
     assert "cannot start squid -k parse: " in lines["squid -k parse"] and "cannot start Squid: " in lines["Squid"]
     assert "cannot start the health server: " in lines["health server"]
+
+
+def _one_process() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))
+
+
+def test_a_health_server_that_cannot_start_its_sampler_thread_says_why(workspace: Workspace, squid_available: None) -> None:
+    # Threads count against RLIMIT_NPROC: at 1 the server's sampler thread is refused.
+    result = subprocess.run(  # type: ignore[call-overload]
+        [python_for_child(), str(workspace.bin / "healthcheck.py"), "--port", str(free_port()), "--pid-file", str(workspace.var / "squid.pid")],
+        env={"PYTHONPATH": str(workspace.lib), "PYTHONDONTWRITEBYTECODE": "1"}, capture_output=True, text=True,
+        timeout=60, cwd=str(workspace.root), preexec_fn=_one_process, **_child_user_options(),
+    )
+    assert result.returncode == 1, result
+    assert "Health server cannot start its sampler thread" in result.stderr and PROCESS_LIMIT_MESSAGE in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
