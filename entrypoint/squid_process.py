@@ -274,7 +274,7 @@ class SquidCommands:
             except NoPidInFile:
                 pid = None  # being written
             except PidFileError as error:
-                raise SquidError(f"{error}: remove it (Squid writes its pid there as a regular file)") from None
+                raise SquidError(str(error)) from None
             # A left-over pid file may name any live process, even another squid: only our
             # child (or a process below it) counts.
             if pid is not None and is_live_process(pid, self.comm) and pid in squid.tree():

@@ -57,7 +57,7 @@ def remove_stale_pid_file(state: ProxyState, config: ActiveConfig) -> None:
     except NoPidInFile as error:
         what = f"it holds no pid: {error.reason}"
     except PidFileError as error:  # a FIFO, symlink, directory, socket: not Squid's, not ours to remove
-        raise StartupError(f"{error}: remove it (Squid writes its pid there as a regular file)") from None
+        raise StartupError(str(error)) from None
     try:
         config.pid_file.unlink()
     except FileNotFoundError:
