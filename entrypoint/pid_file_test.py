@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -66,6 +67,13 @@ def _plant_socket(path: Path) -> None:
         server.bind(str(path))  # the socket file stays after the close
 
 
+def _plant_zero_device(path: Path) -> None:
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 5))  # what /dev/zero is
+    except PermissionError:
+        pytest.skip("needs CAP_MKNOD to make a device node")
+
+
 # kind -> (how to make it at the path, what the message must say, removable as a stale pid file)
 HOSTILE: dict[str, tuple[Callable[[Path], None], str, bool]] = {
     "fifo": (lambda p: (os.mkfifo(p), os.chmod(p, 0o666)), r"is a FIFO \(named pipe\), not a regular file", False),
@@ -76,6 +84,7 @@ HOSTILE: dict[str, tuple[Callable[[Path], None], str, bool]] = {
     ),
     "directory": (lambda p: (p.mkdir(), os.chmod(p, 0o775)), r"is a directory, not a regular file", False),
     "socket": (_plant_socket, r"is a socket, not a regular file", False),
+    "zero_device": (_plant_zero_device, r"is a character device, not a regular file", False),
     "ten_megabytes": (
         lambda p: (p.write_bytes(b"1" * (10 * 1024 * 1024)), os.chmod(p, 0o664)),
         r"holds no pid \(it is larger than the 64 bytes a pid file holds\)", True,
