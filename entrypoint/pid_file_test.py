@@ -25,7 +25,7 @@ from entrypoint.testing import (  # noqa: F401 - fixtures
 )
 
 # Any read of a hostile pid file takes milliseconds; a hang fails by assertion after this.
-READ_BOUND = 5.0
+READ_BOUND = 10.0
 # The entrypoint's own start (an interpreter on 2 shared cores) up to its exit 1.
 STARTUP_BOUND = 30.0
 # The most a process reading /dev/zero may map before it fails (old code grew to 6.9 GB).
