@@ -239,7 +239,7 @@ def process_uid(pid: int) -> int:
     raise RuntimeError(f"no Uid in /proc/{pid}/status")
 
 
-def entrypoint_with_rlimit(workspace: "Workspace", name: str, value: int) -> list[str]:
+def entrypoint_with_rlimit(workspace: Workspace, name: str, value: int) -> list[str]:
     """The entrypoint's command line, started with the resource limit `name` (e.g. "RLIMIT_NPROC") at `value`."""
     step = (
         "import os, resource, sys; "
