@@ -239,6 +239,17 @@ def process_uid(pid: int) -> int:
     raise RuntimeError(f"no Uid in /proc/{pid}/status")
 
 
+def entrypoint_with_rlimit(workspace: Workspace, name: str, value: int) -> list[str]:
+    """The entrypoint's command line, started with the resource limit `name` (e.g. "RLIMIT_NPROC") at `value`."""
+    step = (
+        "import os, resource, sys; "
+        f"resource.setrlimit(resource.{name}, ({value}, {value})); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    python = python_for_child()
+    return [python, "-c", step, python, str(workspace.bin / "entrypoint.py")]
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Protocol, Sequence
 
 import entrypoint
-from entrypoint.processes import ChildProcesses, describe_exit
+from entrypoint.processes import ChildProcesses, ForkError, describe_exit
 from entrypoint.settings import Settings
 from entrypoint.squid_config import ActiveConfig
 
@@ -125,9 +125,11 @@ class HealthProcess:
             os.set_blocking(read_fd, False)
             try:
                 self.process = await self._spawn(
-                    [*self.argv, "--ready-fd", str(write_fd)],
+                    [*self.argv, "--ready-fd", str(write_fd)], what="the health server",
                     stdin=subprocess.DEVNULL, env=self.environment, cwd="/", process_group=0, pass_fds=(write_fd,),
                 )
+            except ForkError as error:
+                raise HealthError(str(error)) from None
             finally:
                 os.close(write_fd)  # the child's copy is the only one left: EOF when it dies
             self.started_at = time.monotonic()

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Sequence
 
-from entrypoint.settings import load_settings
+from entrypoint.settings import ascii_integer, load_settings, port_number, shown
 
 CHECK_TIMEOUT = 3.0
 CHECK_HOST = "127.0.0.1"
@@ -47,6 +47,21 @@ def check(port: int) -> int:
         return 1
     print(f"{url}: {parts[1]} {body[:200].decode('utf-8', 'replace').strip()}")
     return 0 if parts[1] == "200" else 1
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port in ASCII digits (never int()'s ValueError on 4300+ digits)."""
+    port = port_number(text)
+    if port is None:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a TCP port number 1-65535")
+    return port
+
+
+def _fd(text: str) -> int:
+    descriptor = ascii_integer(text, 9)
+    if descriptor is None:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a file descriptor number")
+    return descriptor
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
@@ -91,7 +106,13 @@ def serve(args: argparse.Namespace, cache_dirs: tuple[Path, ...]) -> int:
         return 1
     watch = SquidWatch(targets.pid_file, targets.squid_comm, [targets.proxy_port])
     server = HealthServer(listener, targets, watch)
-    threading.Thread(target=watch.run_sampler, args=(threading.Event(),), daemon=True).start()
+    try:
+        threading.Thread(target=watch.run_sampler, args=(threading.Event(),), daemon=True).start()
+    except RuntimeError as error:  # "can't start new thread": the kernel refused it (EAGAIN)
+        log.error("Health server cannot start its sampler thread (%s): the container's process limit"
+                  " (RLIMIT_NPROC / pids.max) is reached: raise it", error)
+        listener.close()
+        return 1
     log.info("Health server listening on port %d", args.port)
     _report(args.ready_fd, f"listening {args.port}")
     try:
@@ -105,15 +126,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings, warnings = load_settings(os.environ)
     parser = argparse.ArgumentParser(prog="healthcheck", description=__doc__)
     parser.add_argument("--check", action="store_true", help="query /health and exit 0/1")
-    parser.add_argument("--port", type=int, default=settings.health_port)
+    parser.add_argument("--port", type=_port, default=settings.health_port)
     parser.add_argument("--pid-file", type=Path, default=settings.run_dir / "squid.pid")
     parser.add_argument("--squid-comm", default=settings.squid_bin.name)
     parser.add_argument("--proxy-host", default="127.0.0.1")
-    parser.add_argument("--proxy-port", type=int, default=settings.squid_port)
+    parser.add_argument("--proxy-port", type=_port, default=settings.squid_port)
     parser.add_argument("--cache-dir", type=Path, action="append", default=None)
     parser.add_argument("--config", type=Path, default=settings.config)
     parser.add_argument("--log-level", default=settings.log_level)
-    parser.add_argument("--ready-fd", type=int, default=None, help="pipe to report `listening PORT` or `error CODE ...` on")
+    parser.add_argument("--ready-fd", type=_fd, default=None, help="pipe to report `listening PORT` or `error CODE ...` on")
     args = parser.parse_args(argv)
     if args.check:
         for warning in warnings:  # the entrypoint logs them for the server; the check is on its own

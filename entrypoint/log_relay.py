@@ -86,10 +86,14 @@ def relayed_spawn(
     """
 
     async def spawn(argv: Sequence[str], **popen_options: Any) -> subprocess.Popen[bytes]:
-        out_fd, _ = await children.open_pipe(lambda: LineRelay(sinks[0]))
-        err_fd, _ = await children.open_pipe(lambda: LineRelay(sinks[1]))
+        out_fd, out_relay = await children.open_pipe(lambda: LineRelay(sinks[0]))
+        err_fd, err_relay = await children.open_pipe(lambda: LineRelay(sinks[1]))
         try:
             return children.spawn(argv, stdout=out_fd, stderr=err_fd, **popen_options)
+        except BaseException:
+            out_relay.close()  # no child: the read ends would leak with every failed restart
+            err_relay.close()
+            raise
         finally:
             os.close(out_fd)
             os.close(err_fd)

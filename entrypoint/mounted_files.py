@@ -1,9 +1,10 @@
-"""Mounted files (config, TLS secret): tell absent from broken, and read them bounded, never blocking.
+"""Mounted and runtime files (config, TLS secret, pid file): tell absent from broken, read them bounded, never blocking.
 
 Only a path that truly does not exist counts as absent. A dangling or looping symlink, a
 directory, a FIFO, a device or a socket is a broken mount and is reported as such, naming the
 path and what it is. Kubernetes ConfigMap/Secret mounts (`name -> ..data/name`, `..data ->
-..<timestamp>/`) are symlinks to regular files and read like any file.
+..<timestamp>/`) are symlinks to regular files and read like any file; a runtime file (the pid
+file) is read with `follow_symlinks=False`: a symlink there is refused, never followed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ class FileProblem(Exception):
 
 class FileAbsent(FileProblem):
     """Nothing exists at the path (not even a broken symlink)."""
+
+
+class FileTooBig(FileProblem):
+    """A regular file larger than the reader's limit (it was not read)."""
 
 
 def describe_kind(mode: int) -> str:
@@ -111,23 +116,51 @@ def check_file(path: Path) -> bool:
     return True
 
 
-def read_bounded(path: Path, limit: int) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes; never blocks on a FIFO or device."""
-    if not check_file(path):
-        raise FileAbsent(f"{path} does not exist")
+def _check_unfollowed(path: Path) -> None:
+    """FileAbsent, or FileProblem unless `path` itself (no symlink followed) is a regular file."""
     try:
-        # O_NONBLOCK: a FIFO swapped in after the check must not hang the open or the read.
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        info = os.lstat(path)
     except FileNotFoundError:
         raise FileAbsent(f"{path} does not exist") from None
     except OSError as error:
         raise _problem(path, error) from None
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        raise FileProblem(f"{path} is a symlink (to {target!r}), not a regular file: refused, never followed")
+    if not stat.S_ISREG(info.st_mode):
+        raise FileProblem(f"{path} is {describe_kind(info.st_mode)}, not a regular file")
+
+
+def read_bounded(path: Path, limit: int, follow_symlinks: bool = True) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; never blocks on a FIFO or device.
+
+    `follow_symlinks=False` (runtime files such as the pid file): a symlink at `path` is refused.
+    """
+    remedy = ": fix the mount" if follow_symlinks else ""
+    if not follow_symlinks:
+        _check_unfollowed(path)
+    elif not check_file(path):
+        raise FileAbsent(f"{path} does not exist")
+    # O_NONBLOCK: a FIFO swapped in after the check must not hang the open or the read;
+    # O_NOFOLLOW: nor may a symlink swapped in after the lstat be followed.
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        descriptor = os.open(path, flags)
+    except FileNotFoundError:
+        raise FileAbsent(f"{path} does not exist") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP and not follow_symlinks:
+            raise FileProblem(f"{path} is a symlink, not a regular file: refused, never followed") from None
+        raise _problem(path, error) from None
     try:
         info = os.fstat(descriptor)
         if not stat.S_ISREG(info.st_mode):
-            raise FileProblem(f"{path} is {describe_kind(info.st_mode)}, not a regular file: fix the mount")
+            raise FileProblem(f"{path} is {describe_kind(info.st_mode)}, not a regular file{remedy}")
         if info.st_size > limit:
-            raise FileProblem(f"{path} is {info.st_size} bytes, more than the {limit} bytes allowed")
+            raise FileTooBig(f"{path} is {info.st_size} bytes, more than the {limit} bytes allowed")
         chunks: list[bytes] = []
         total = 0
         while True:
@@ -137,7 +170,7 @@ def read_bounded(path: Path, limit: int) -> bytes:
             chunks.append(chunk)
             total += len(chunk)
             if total > limit:
-                raise FileProblem(f"{path} grew beyond the {limit} bytes allowed while being read")
+                raise FileTooBig(f"{path} grew beyond the {limit} bytes allowed while being read")
         return b"".join(chunks)
     except OSError as error:
         raise _problem(path, error) from None

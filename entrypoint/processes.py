@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import logging
 import os
 import signal
@@ -117,6 +118,21 @@ def _reap_all_now() -> None:
         pass
 
 
+class ForkError(OSError):
+    """The kernel refused a new process (EAGAIN, ENOMEM): nothing is wrong with the program itself."""
+
+    def __init__(self, what: str, error: OSError) -> None:
+        if error.errno == errno.EAGAIN:
+            reason = "the container's process limit (RLIMIT_NPROC / pids.max) is reached: raise it"
+        else:
+            reason = "the container is out of memory: raise its memory limit"
+        super().__init__(error.errno, f"{reason} ({error.strerror})")
+        self.what = what
+
+    def __str__(self) -> str:
+        return f"cannot start {self.what}: {self.strerror}"
+
+
 class ChildProcesses:
     def __init__(self, log: logging.Logger) -> None:
         self.log = log
@@ -129,11 +145,20 @@ class ChildProcesses:
         become_child_subreaper()
         self.loop.add_signal_handler(signal.SIGCHLD, self.reap)
 
-    def spawn(self, argv: Sequence[str], **popen_options: object) -> subprocess.Popen[bytes]:
-        """Start a child (never through a shell); its exit is collected by `reap`."""
-        process: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
-            list(argv), shell=False, **popen_options
-        )
+    def spawn(self, argv: Sequence[str], what: str | None = None, **popen_options: object) -> subprocess.Popen[bytes]:
+        """Start a child (never through a shell); its exit is collected by `reap`.
+
+        ForkError when the kernel refuses a new process (an OSError: callers that handle a
+        program that cannot run handle it too, but its message names the limit to raise).
+        """
+        try:
+            process: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+                list(argv), shell=False, **popen_options
+            )
+        except OSError as error:
+            if error.errno in (errno.EAGAIN, errno.ENOMEM):
+                raise ForkError(what or " ".join([os.path.basename(argv[0]), *argv[1:3]]), error) from None
+            raise
         self._exits[process.pid] = self.loop.create_future()
         self._popens[process.pid] = process
         self.loop.call_soon(self.reap)  # it may already have exited before we registered it
@@ -208,6 +233,9 @@ class ChildProcesses:
                 stderr=write_fd,
                 process_group=0,
             )
+        except BaseException:
+            reader.close()  # no child: the read end would leak (a reload retried under a process limit)
+            raise
         finally:
             os.close(write_fd)
         try:

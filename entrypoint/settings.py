@@ -17,9 +17,12 @@ DEFAULT_HEALTH_PORT = 8080
 DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 
+MAX_SHUTDOWN_TIMEOUT = 86400.0  # a day: anything longer is a typo (and Squid's shutdown_lifetime must hold it)
+
 # ASCII only: int()/float() also take "٨٠٨١", "3_128" and "1e3".
 _ASCII_INTEGER = re.compile(r"[0-9]+")
 _ASCII_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
+_SHOWN_LENGTH = 80  # a longer bad value is shown cut, with its length
 
 # Environment variable -> container default, for every path the runtime touches.
 PATH_DEFAULTS: dict[str, str] = {
@@ -107,15 +110,38 @@ class Settings:
         }
 
 
+def ascii_integer(text: str, max_digits: int) -> int | None:
+    """The value of ASCII digits with at most `max_digits` significant ones, else None.
+
+    Never int()'s ValueError: it refuses strings of more than 4300 digits.
+    """
+    significant = text.lstrip("0")
+    if not _ASCII_INTEGER.fullmatch(text) or len(significant) > max_digits:
+        return None
+    return int(significant or "0")  # int() counts leading zeros against its limit too
+
+
+def port_number(text: str) -> int | None:
+    """A TCP port 1-65535 written in ASCII digits, else None."""
+    value = ascii_integer(text, 5)
+    return value if value is not None and 1 <= value <= 65535 else None
+
+
+def shown(raw: str) -> str:
+    """A bad value for a message: quoted with every control character escaped, cut when long."""
+    if len(raw) <= _SHOWN_LENGTH:
+        return repr(raw)
+    return f"{raw[:_SHOWN_LENGTH]!r}... ({len(raw)} characters)"
+
+
 def _parse_port(env: Mapping[str, str], name: str, default: int, warnings: list[str]) -> int:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
-    text = raw.strip()
-    value = int(text) if _ASCII_INTEGER.fullmatch(text) else -1
-    if not 1 <= value <= 65535:
+    value = port_number(raw.strip())
+    if value is None:
         warnings.append(
-            f"Invalid {name}={raw!r}: expected a TCP port number 1-65535; using default {default}"
+            f"Invalid {name}={shown(raw)}: expected a TCP port number 1-65535; using default {default}"
         )
         return default
     return value
@@ -129,13 +155,13 @@ def _parse_log_level(env: Mapping[str, str], warnings: list[str]) -> str:
     numeric = NUMERIC_LOG_LEVELS.get(raw.strip())
     if numeric is not None:
         warnings.append(
-            f"LOG_LEVEL={raw!r} is the upstream image's numeric Squid debug level; using {numeric}"
+            f"LOG_LEVEL={shown(raw)} is the upstream image's numeric Squid debug level; using {numeric}"
             f" (0 -> WARNING, 1 -> INFO, 2-9 -> DEBUG). Set LOG_LEVEL={numeric} to silence this warning"
         )
         return numeric
     if level is None:
         warnings.append(
-            f"Invalid LOG_LEVEL={raw!r}: expected one of DEBUG, INFO, WARNING (WARN), ERROR (or 0-9);"
+            f"Invalid LOG_LEVEL={shown(raw)}: expected one of DEBUG, INFO, WARNING (WARN), ERROR (or 0-9);"
             f" using default {DEFAULT_LOG_LEVEL}"
         )
         return DEFAULT_LOG_LEVEL
@@ -150,10 +176,10 @@ def _parse_timeout(env: Mapping[str, str], warnings: list[str]) -> float:
     if text.endswith("s"):  # accept "30s" as well as "30"
         text = text[:-1]
     value = float(text) if _ASCII_DECIMAL.fullmatch(text) else math.nan
-    if not (math.isfinite(value) and value > 0):
+    if not 0 < value <= MAX_SHUTDOWN_TIMEOUT:  # NaN fails too
         warnings.append(
-            f"Invalid SHUTDOWN_TIMEOUT={raw!r}: expected a positive number of seconds;"
-            f" using default {DEFAULT_SHUTDOWN_TIMEOUT:g}"
+            f"Invalid SHUTDOWN_TIMEOUT={shown(raw)}: expected a positive number of seconds"
+            f" up to {MAX_SHUTDOWN_TIMEOUT:g}; using default {DEFAULT_SHUTDOWN_TIMEOUT:g}"
         )
         return DEFAULT_SHUTDOWN_TIMEOUT
     return value
@@ -166,7 +192,7 @@ def _parse_path(env: Mapping[str, str], name: str, warnings: list[str]) -> Path:
         return Path(default)
     if not raw.startswith("/") or "\n" in raw or "\0" in raw:
         warnings.append(
-            f"Invalid {name}={raw!r}: expected an absolute path; using default {default}"
+            f"Invalid {name}={shown(raw)}: expected an absolute path; using default {default}"
         )
         return Path(default)
     return Path(raw)
@@ -180,7 +206,7 @@ def load_settings(env: Mapping[str, str]) -> tuple[Settings, list[str]]:
     if health_port == squid_port:
         fallback = DEFAULT_HEALTH_PORT if squid_port != DEFAULT_HEALTH_PORT else DEFAULT_HEALTH_PORT + 1
         warnings.append(
-            f"Invalid HEALTH_PORT={env.get('HEALTH_PORT', '')!r}: equals SQUID_PORT {squid_port};"
+            f"Invalid HEALTH_PORT={shown(env.get('HEALTH_PORT', ''))}: equals SQUID_PORT {squid_port};"
             f" using {fallback}"
         )
         health_port = fallback

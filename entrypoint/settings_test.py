@@ -79,3 +79,55 @@ def test_other_numbers_are_invalid_log_levels(value: str) -> None:
     settings, warnings = load_settings({"LOG_LEVEL": value})
     assert settings.log_level == "INFO"
     assert f"Invalid LOG_LEVEL={value!r}" in warnings[0]
+
+
+# -- property: any environment gives valid Settings and escaped warnings ---------------------------
+from hypothesis import given, strategies as st  # noqa: E402
+
+from entrypoint.settings import LOG_LEVEL_ALIASES, MAX_SHUTDOWN_TIMEOUT, Settings  # noqa: E402
+
+_VARIABLES = ["SQUID_PORT", "HEALTH_PORT", "LOG_LEVEL", "SHUTDOWN_TIMEOUT", *PATH_DEFAULTS]
+_values = st.one_of(
+    st.text(),
+    st.text("0123456789", min_size=4290, max_size=5000),  # int()'s digit limit is 4300
+    st.builds(lambda zeros, n: "0" * zeros + str(n), st.integers(0, 5000), st.integers(0, 70000)),
+    st.from_regex(r"[ \t]*[0-9]{0,9}(\.[0-9]{0,4})?s?[ \t]*", fullmatch=True),
+    st.sampled_from(["DEBUG", "warn", "0", "9", "10", "\x1b[31m", "/x\n", "/x\0", "inf", "nan", "1e400", "86400.5"]),
+    st.text(st.characters(codec="utf-8", categories=["Cc", "Zl", "Zp", "Nd"]), max_size=20),
+    st.text(min_size=1).map(lambda text: "/" + text),
+)
+
+
+@given(st.dictionaries(st.sampled_from(_VARIABLES), _values))
+def test_any_environment_gives_valid_settings_and_escaped_warnings(env: dict[str, str]) -> None:
+    settings, warnings = load_settings(env)
+    assert isinstance(settings, Settings)
+    assert 1 <= settings.squid_port <= 65535 and 1 <= settings.health_port <= 65535
+    assert settings.health_port != settings.squid_port
+    assert settings.log_level in LOG_LEVEL_ALIASES.values()
+    assert 0 < settings.shutdown_timeout <= MAX_SHUTDOWN_TIMEOUT
+    for name in PATH_DEFAULTS:
+        path = str(getattr(settings, {"CEPHALOPROXY_SQUID_BIN": "squid_bin", "CEPHALOPROXY_CERTGEN_BIN": "certgen_bin",
+                                       "CEPHALOPROXY_CONFIG": "config", "CEPHALOPROXY_DEFAULT_CONFIG": "default_config",
+                                       "CEPHALOPROXY_TLS_DIR": "tls_dir"}.get(name, name.removeprefix("CEPHALOPROXY_").lower())))
+        assert path.startswith("/") and "\n" not in path and "\0" not in path
+    for warning in warnings:
+        named = [name for name in _VARIABLES if f"{name}=" in warning]
+        assert named, warning
+        assert all(character.isprintable() for character in warning), repr(warning)
+        assert len(warning) < 400, warning  # a long value is shown cut
+
+
+@pytest.mark.parametrize("name", ["SQUID_PORT", "HEALTH_PORT", "SHUTDOWN_TIMEOUT"])
+def test_numbers_over_the_4300_digit_limit_warn_and_use_the_default(name: str) -> None:
+    settings, warnings = load_settings({name: "1" * 5000})
+    assert (settings.squid_port, settings.health_port, settings.shutdown_timeout) == (3128, 8080, 30.0)
+    assert warnings == [
+        f"Invalid {name}={'1' * 80!r}... (5000 characters): expected a"
+        + (" TCP port number 1-65535; using default " + ("3128" if name == "SQUID_PORT" else "8080")
+           if name != "SHUTDOWN_TIMEOUT" else " positive number of seconds up to 86400; using default 30")
+    ]
+
+
+def test_leading_zeros_are_still_a_port() -> None:
+    assert load_settings({"SQUID_PORT": "0" * 5000 + "3129"})[0].squid_port == 3129

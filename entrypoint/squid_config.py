@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from entrypoint.mounted_files import CONFIG_SIZE_LIMIT, FileProblem, check_file, read_bounded
-from entrypoint.settings import DEFAULT_SQUID_PORT, Settings
+from entrypoint.settings import DEFAULT_SQUID_PORT, Settings, port_number
 
 DISK_CACHE_TYPES = frozenset({"ufs", "aufs", "diskd", "rock"})
 MAX_INCLUDE_DEPTH = 16  # Squid's own limit (MAX_INCLUDE_DEPTH in cache_cf.cc)
@@ -196,6 +196,7 @@ _ASCII_DIGITS = re.compile(r"[0-9]+")  # not \d or int() alone: they take "٨٠�
 
 
 def parse_listen_address(directive: Directive) -> ListenAddress:
+    """The address of an http_port/https_port line; ConfigError (never another exception) if unreadable."""
     spec = directive.args[0]
     host: str | None
     if _ASCII_DIGITS.fullmatch(spec):
@@ -204,14 +205,16 @@ def parse_listen_address(directive: Directive) -> ListenAddress:
         host, _, port_text = spec[1:].partition("]:")
     else:
         host, _, port_text = spec.rpartition(":")
-    if not _ASCII_DIGITS.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
+    port = port_number(port_text)  # over-long digit strings too: int() would raise ValueError
+    if port is None:
+        line = f"'{directive.name} {spec}'" if len(spec) <= 80 else f"'{directive.name} {spec[:80]}...' ({len(spec)} characters)"
         raise ConfigError(
-            f"Squid config {directive.where}: cannot read the port of '{directive.name} {spec}':"
+            f"Squid config {directive.where}: cannot read the port of {line}:"
             " expected [host:]port with a port 1-65535 in ASCII digits"
         )
     if host in ("", "0.0.0.0", "::"):
         host = None
-    return ListenAddress(host, int(port_text))
+    return ListenAddress(host, port)
 
 
 # Directives naming a helper program: name -> index of the program among the arguments

@@ -223,3 +223,35 @@ def test_missing_or_unexecutable_helper_is_refused_with_the_real_location(tmp_pa
     with pytest.raises(ConfigError, match="is not executable by UID"):
         check_helpers(parse_directives(f"url_rewrite_program {plain}\n"), helpers)
     check_helpers(parse_directives(f"sslcrtd_program {helpers}/security_file_certgen\n"), helpers)
+
+
+# -- property: any http_port argument is a ListenAddress or a ConfigError --------------------------
+from hypothesis import given, strategies as st  # noqa: E402
+
+from entrypoint.squid_config import Directive, ListenAddress, parse_listen_address  # noqa: E402
+
+_digits = st.text("0123456789", min_size=1, max_size=6) | st.text("0123456789", min_size=4290, max_size=5000)
+_specs = st.one_of(
+    st.text(),
+    _digits,
+    st.tuples(st.sampled_from(["", "127.0.0.1:", "[::1]:", "[::]:", "host:", "a:b:", "[", "]:"]), _digits).map("".join),
+    st.text("0123456789:[].\u0660\uff11_ab", max_size=12),
+)
+
+
+@given(st.sampled_from(["http_port", "https_port"]), _specs)
+def test_any_port_argument_is_an_address_or_a_config_error(name: str, spec: str) -> None:
+    directive = Directive(7, name, (spec,), Path("/etc/squid/squid.conf"))
+    try:
+        address = parse_listen_address(directive)
+    except ConfigError as error:
+        assert str(error).startswith(f"Squid config /etc/squid/squid.conf line 7: cannot read the port of '{name} ")
+        assert len(str(error)) < 300
+        return
+    assert isinstance(address, ListenAddress) and 1 <= address.port <= 65535
+    assert spec.endswith(str(address.port))
+
+
+def test_a_port_of_5000_digits_is_a_config_error_not_a_value_error() -> None:
+    with pytest.raises(ConfigError, match=r"cannot read the port of 'http_port 127\.0\.0\.1:1{60}.*\.\.\.' \(5010 characters\)"):
+        parse_listen_address(Directive(1, "http_port", ("127.0.0.1:" + "1" * 5000,)))

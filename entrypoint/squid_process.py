@@ -14,10 +14,10 @@ from pathlib import Path
 from entrypoint import proc_table
 from entrypoint.log_relay import LineFilter, LineRelay, identity
 from entrypoint.output_sink import OutputSink
-from entrypoint.pid_file import read_pid_file
-from entrypoint.processes import ChildProcesses, describe_exit
+from entrypoint.pid_file import NoPidInFile, PidFileError, read_pid_file
+from entrypoint.processes import ChildProcesses, ForkError, describe_exit
 from entrypoint.redact import redact, redact_text
-from entrypoint.squid_config import ActiveConfig
+from entrypoint.squid_config import ActiveConfig, parse_listen_address
 
 PARSE_TIMEOUT = 60.0
 CACHE_INIT_TIMEOUT = 600.0
@@ -59,12 +59,7 @@ def cache_log_is_stderr(config: ActiveConfig) -> bool:
 def listen_ports(config: ActiveConfig) -> list[int]:
     """The client ports the config opens (http_port, https_port)."""
     ports = [address.port for address in config.http_ports]
-    for directive in config.named("https_port"):
-        if directive.args:
-            spec = directive.args[0]
-            tail = spec.rsplit(":", 1)[-1]
-            if tail.isdigit():
-                ports.append(int(tail))
+    ports += [parse_listen_address(d).port for d in config.named("https_port") if d.args]  # validated: no ConfigError
     return list(dict.fromkeys(ports))
 
 
@@ -193,7 +188,10 @@ class SquidCommands:
     async def check_config(self, config: ActiveConfig) -> None:
         self._check_binary()
         argv = [str(self.squid_bin), "-k", "parse", "-f", str(config.path)]
-        returncode, output = await self.children.run(argv, timeout=PARSE_TIMEOUT)
+        try:
+            returncode, output = await self.children.run(argv, timeout=PARSE_TIMEOUT)
+        except ForkError as error:
+            raise SquidError(str(error)) from None
         self.log.debug("squid -k parse output:\n%s", redact_text(output.rstrip()))
         if returncode != 0:
             details = "\n".join(problem_lines(output))
@@ -211,7 +209,10 @@ class SquidCommands:
         )
         # -N: without it `squid -z` backgrounds itself and returns before the dirs exist.
         argv = [str(self.squid_bin), "-N", "-z", "-f", str(config.path)]
-        returncode, output = await self.children.run(argv, timeout=CACHE_INIT_TIMEOUT)
+        try:
+            returncode, output = await self.children.run(argv, timeout=CACHE_INIT_TIMEOUT)
+        except ForkError as error:
+            raise SquidError(str(error)) from None
         self.log.debug("squid -z output:\n%s", redact_text(output.rstrip()))
         if returncode != 0 or any(not d.is_initialised() for d in missing):
             details = "\n".join(problem_lines(output))
@@ -240,11 +241,16 @@ class SquidCommands:
                 os.fchown(err_fd, self.stdio_owner, -1)
             process = self.children.spawn(
                 [str(self.squid_bin), "--foreground", "-d", "0", "-f", str(config.path)],
+                what="Squid",
                 stdin=subprocess.DEVNULL,
                 stdout=out_fd,
                 stderr=err_fd,
                 process_group=0,
             )
+        except ForkError as error:
+            out_relay.close()
+            err_relay.close()
+            raise SquidError(str(error)) from None
         finally:
             os.close(out_fd)
             os.close(err_fd)
@@ -263,7 +269,12 @@ class SquidCommands:
         while time.monotonic() < deadline:
             if squid.exited.done():
                 raise self._exited_error(squid)
-            pid = read_pid_file(pid_file)
+            try:
+                pid = read_pid_file(pid_file)
+            except NoPidInFile:
+                pid = None  # being written
+            except PidFileError as error:
+                raise SquidError(str(error)) from None
             # A left-over pid file may name any live process, even another squid: only our
             # child (or a process below it) counts.
             if pid is not None and is_live_process(pid, self.comm) and pid in squid.tree():

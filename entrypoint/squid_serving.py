@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
-from entrypoint.pid_file import read_pid_file
+from entrypoint.pid_file import PidFileError, read_pid_file
 from entrypoint.proc_table import ProcessInfo, fds_readable, process_tree
 
 # /health fails when no Squid worker has served for this long (sampled every SAMPLE_INTERVAL):
@@ -254,7 +254,10 @@ def observe(
     wanted = set(ports)
     port_list = ", ".join(str(port) for port in sorted(wanted))
     nobody = f"no Squid process listens on port {port_list}"
-    pid = read_pid_file(pid_file)
+    try:
+        pid = read_pid_file(pid_file)
+    except PidFileError as error:  # never a hang or a huge read: a FIFO, symlink, 10 MB of digits
+        return Observation(now, None, str(error), nobody, frozenset())
     if pid is None:
         return Observation(now, None, f"no pid in {pid_file}", nobody, frozenset())
     tree = process_tree(pid)

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from entrypoint.processes import ChildProcesses
+from entrypoint.processes import ChildProcesses, ForkError
 from entrypoint.squid_config import ConfigError, Directive
 
 SQUID_BUILTIN_DEFAULT_USER = "nobody"  # Squid's own default without --with-default-user
@@ -58,6 +58,8 @@ async def when_root(children: ChildProcesses, squid_bin: Path, directives: tuple
         return None
     try:
         _, version_output = await children.run([str(squid_bin), "-v"], timeout=30)
+    except ForkError as error:
+        raise ConfigError(str(error)) from None
     except OSError as error:
         raise ConfigError(f"cannot run {squid_bin} -v: {error.strerror} (set CEPHALOPROXY_SQUID_BIN)") from None
     return effective_user(directives, version_output)

@@ -9,7 +9,7 @@ from entrypoint import runtime_dirs, squid_config, squid_user
 from entrypoint.config_steps import install_tls, select_config, validate_tls
 from entrypoint.health_process import HealthError
 from entrypoint.squid_config import ActiveConfig, ConfigError
-from entrypoint.pid_file import read_pid_file
+from entrypoint.pid_file import NoPidInFile, PidFileError, read_pid_file
 from entrypoint.squid_process import SquidError, foreign_listeners, listen_ports
 from entrypoint.state import ProxyState
 
@@ -52,7 +52,12 @@ def remove_stale_pid_file(state: ProxyState, config: ActiveConfig) -> None:
     """No Squid of ours runs yet, so a pid file now is left over (its pid may be anyone's now):
     it must neither be taken for our Squid nor make Squid refuse to start."""
     assert config.pid_file is not None
-    pid = read_pid_file(config.pid_file)
+    try:
+        what = f"PID {read_pid_file(config.pid_file)} is not a Squid started here"
+    except NoPidInFile as error:
+        what = f"it holds no pid: {error.reason}"
+    except PidFileError as error:  # a FIFO, symlink, directory, socket: not Squid's, not ours to remove
+        raise StartupError(str(error)) from None
     try:
         config.pid_file.unlink()
     except FileNotFoundError:
@@ -61,9 +66,7 @@ def remove_stale_pid_file(state: ProxyState, config: ActiveConfig) -> None:
         raise StartupError(
             f"cannot remove the stale pid file {config.pid_file}: {error.strerror}"
         ) from None
-    state.log.warning(
-        "Removed stale pid file %s (PID %s is not a Squid started here)", config.pid_file, pid
-    )
+    state.log.warning("Removed stale pid file %s (%s)", config.pid_file, what)
 
 
 async def start_up(state: ProxyState) -> None:
