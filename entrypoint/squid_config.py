@@ -273,7 +273,8 @@ def _read_tree(
         for pattern in directive.args:
             for target in _include_targets(directive, pattern, budget):
                 targets.append(_read_tree(target, None, (*stack, real), budget, directives, files))
-        includes.append(IncludeLine(first, last, tuple(targets)))
+        if targets:  # a bare `include` is no include to Squid either: left as it is
+            includes.append(IncludeLine(first, last, tuple(targets)))
     files[index] = ConfigFile(path, data, tuple(includes))
     return index
 
