@@ -2,12 +2,13 @@
 
 Order: re-read the config (a worker thread: the event loop keeps relaying and handling
 signals), refuse what needs a restart (another config, another pid_filename) or cannot work
-(a new port held by another process), snapshot it into the run dir and `squid -k parse` the
-snapshot, re-validate the TLS secret and merge it atomically, make the snapshot the file Squid
-reads, point the health server at the new ports, then `squid -k reconfigure` (SIGHUP to the
-master). Any failure before that leaves Squid, its config file and what the health server
-checks as they were; so does an unexpected error (logged in one line, its traceback at DEBUG).
-At most one reload runs; SIGHUPs meanwhile collapse into one pending reload.
+(a new port held by another process), re-validate the TLS secret, snapshot the config into
+the run dir and `squid -k parse` the snapshot, merge the TLS secret atomically, make the
+snapshot the file Squid reads, point the health server at the new ports, then
+`squid -k reconfigure` (SIGHUP to the master). Any failure before that leaves Squid, its
+config file and what the health server checks as they were; so does an unexpected error
+(logged in one line, its traceback at DEBUG). At most one reload runs; SIGHUPs meanwhile
+collapse into one pending reload.
 """
 
 from __future__ import annotations
@@ -108,11 +109,11 @@ async def prepare(state: ProxyState, squid: SquidProcess, old: ActiveConfig) -> 
             f"port {', '.join(map(str, taken))} is in use by another process: free it or choose"
             " another http_port; Squid keeps listening on its current ports"
         )
+    material = validate_tls(config, settings)
     log.info("Reloading: checking Squid config %s", config.source)
     snapshot = await write_snapshot(config, state.commands.names)
     try:
         await state.commands.check_config(config, snapshot.candidate)
-        material = validate_tls(config, settings)
         if material is not None:
             await install_tls(material, config, settings, state.children, log, state.commands.stdio_owner)
         activate_snapshot(snapshot)
