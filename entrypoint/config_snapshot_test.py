@@ -218,12 +218,18 @@ def test_include_lines_point_at_copies_on_the_same_line(tmp_path: Path, monkeypa
         assert mode == (0o750 if path.is_dir() else 0o640), path
 
 
-def test_activation_renames_and_keeps_two_generations(tmp_path: Path) -> None:
+def one_include(tmp_path: Path, run_name: str = "run") -> tuple[Path, Path]:
+    """A config including one file, and an empty run dir: (config, run dir)."""
     (tmp_path / "inc.conf").write_text("acl a src all\n")
     main = tmp_path / "squid.conf"
     main.write_text(f"include {tmp_path}/inc.conf\n")
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / run_name
     run_dir.mkdir()
+    return main, run_dir
+
+
+def test_activation_renames_and_keeps_two_generations(tmp_path: Path) -> None:
+    main, run_dir = one_include(tmp_path)
     (run_dir / ".squid.conf.7").write_text("left over by a crash\n")
     (run_dir / "squid.pid").write_text("1\n")
     inodes = []
@@ -240,11 +246,7 @@ def test_activation_renames_and_keeps_two_generations(tmp_path: Path) -> None:
 
 
 def test_a_run_dir_squids_include_cannot_name_is_refused_only_with_includes(tmp_path: Path) -> None:
-    (tmp_path / "inc.conf").write_text("acl a src all\n")
-    main = tmp_path / "squid.conf"
-    main.write_text(f"include {tmp_path}/inc.conf\n")
-    run_dir = tmp_path / "run dir"
-    run_dir.mkdir()
+    main, run_dir = one_include(tmp_path, "run dir")
     with pytest.raises(ConfigError, match=r"run dir .*run dir contains a space.*CEPHALOPROXY_RUN_DIR"):
         snapshot_of(main, run_dir)
     assert os.listdir(run_dir) == []
@@ -254,11 +256,7 @@ def test_a_run_dir_squids_include_cannot_name_is_refused_only_with_includes(tmp_
 
 
 def test_squids_messages_name_the_operators_files(tmp_path: Path) -> None:
-    (tmp_path / "inc.conf").write_text("acl a src all\n")
-    main = tmp_path / "squid.conf"
-    main.write_text(f"include {tmp_path}/inc.conf\n")
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
+    main, run_dir = one_include(tmp_path)
     names = SnapshotNames()
     assert names.restore(f"{run_dir}/squid.conf line 1") == f"{run_dir}/squid.conf line 1"
     _, snapshot = snapshot_of(main, run_dir)
