@@ -6,8 +6,9 @@ order). Each include line is rewritten in place to `include <run dir>/config-<n>
 which globs to exactly those files in that order; its continuation lines are left empty, so
 every line number stays the operator's. Once `squid -k parse` accepted the candidate it is
 renamed over `squid.conf`, the path Squid is started with: a reconfigure re-reads that new
-snapshot, and nothing written to the mounted files later reaches Squid unchecked. Two
-generations are kept (a Squid may still be reading the previous one); older ones are removed.
+snapshot, and nothing written to the mounted files later reaches Squid unchecked. Three
+generations are kept (a Squid slow to re-read may still be reading an earlier one); older
+ones are removed.
 Files are not fsynced: they are rebuilt on every start, and a rename shows other processes
 the whole file. `SnapshotNames` maps snapshot paths in Squid's messages back to the originals.
 """
@@ -27,7 +28,8 @@ DIR_MODE = 0o750
 _GENERATION = re.compile(rf"config-([0-9]+)|\.{re.escape(ACTIVE_CONFIG_NAME)}\.([0-9]+)")
 # What Squid's include cannot name without quoting (strwordtok) or globbing.
 _UNSAFE_PATH = re.compile(r'[\s"\\*?\[]')
-NAMES_KEPT = 3  # generations whose paths are mapped back (active, previous, candidate)
+GENERATIONS_KEPT = 3  # the active one and the two before it
+NAMES_KEPT = GENERATIONS_KEPT + 1  # generations whose paths are mapped back (and a candidate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,9 +145,9 @@ def discard(snapshot: Snapshot) -> None:
 
 
 def activate(snapshot: Snapshot) -> None:
-    """Rename the candidate over the active path (atomic), then remove all but two generations."""
+    """Rename the candidate over the active path (atomic), then remove older generations."""
     os.replace(snapshot.candidate, snapshot.active)
-    kept = (snapshot.generation, snapshot.generation - 1)
+    kept = range(snapshot.generation - GENERATIONS_KEPT + 1, snapshot.generation + 1)
     for generation, paths in _generations(snapshot.active.parent).items():
         # Candidates left over (a crash mid-write) go whatever their number.
         discard_paths(*(path for path in paths if generation not in kept or path.name.startswith(".")))

@@ -228,21 +228,21 @@ def one_include(tmp_path: Path, run_name: str = "run") -> tuple[Path, Path]:
     return main, run_dir
 
 
-def test_activation_renames_and_keeps_two_generations(tmp_path: Path) -> None:
+def test_activation_renames_and_keeps_three_generations(tmp_path: Path) -> None:
     main, run_dir = one_include(tmp_path)
     (run_dir / ".squid.conf.7").write_text("left over by a crash\n")
     (run_dir / "squid.pid").write_text("1\n")
     inodes = []
-    for generation in (8, 9, 10):
+    for generation in (8, 9, 10, 11):
         _, snapshot = snapshot_of(main, run_dir)
         assert snapshot.generation == generation
         inodes.append(snapshot.candidate.stat().st_ino)
         config_snapshot.activate(snapshot)
         assert (run_dir / "squid.conf").stat().st_ino == inodes[-1]  # renamed, never rewritten
-    assert sorted(os.listdir(run_dir)) == ["config-10", "config-9", "squid.conf", "squid.pid"]
+    assert sorted(os.listdir(run_dir)) == ["config-10", "config-11", "config-9", "squid.conf", "squid.pid"]
     _, refused = snapshot_of(main, run_dir)
     config_snapshot.discard(refused)
-    assert sorted(os.listdir(run_dir)) == ["config-10", "config-9", "squid.conf", "squid.pid"]
+    assert sorted(os.listdir(run_dir)) == ["config-10", "config-11", "config-9", "squid.conf", "squid.pid"]
 
 
 def test_a_run_dir_squids_include_cannot_name_is_refused_only_with_includes(tmp_path: Path) -> None:
