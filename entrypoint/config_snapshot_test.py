@@ -62,6 +62,16 @@ def test_any_text_parses_into_directives_on_real_lines(text: str) -> None:
         assert not lines[directive.line_number - 1].lstrip(" \t").startswith("#")
 
 
+@given(st.lists(st.sampled_from(["a", " ", "\n", "\\", "#", "include ", "/nonexistent/*", "\udc80", "\ud800", "\x00"]), max_size=30).map("".join))
+def test_any_text_loads_or_fails_with_a_config_error(text: str) -> None:
+    try:
+        directives = squid_config.load_directives(Path("/nonexistent/squid.conf"), text)
+    except ConfigError as error:
+        assert "include" in str(error)
+    else:
+        assert all(d.name != "include" or not d.args for d in directives)
+
+
 # -- include trees: only ConfigError, bounded; the snapshot parses to the same directives ------
 FILE_NAMES = [f"f{n}.conf" for n in range(4)]
 

@@ -292,7 +292,7 @@ def read_tree(
 
 def load_directives(path: Path, text: str | None = None) -> tuple[Directive, ...]:
     """The directives of `path` (or of `text`, its content) with each `include` expanded in place."""
-    data = None if text is None else text.encode("utf-8", errors="surrogateescape")
+    data = None if text is None else text.encode("utf-8", errors="surrogatepass")
     return read_tree(path, data)[0]
 
 
