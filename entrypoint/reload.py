@@ -14,7 +14,9 @@ collapse into one pending reload.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
+import traceback
 import unicodedata
 from typing import Awaitable, Callable
 
@@ -87,14 +89,26 @@ def taken_ports(config: ActiveConfig, old: ActiveConfig, squid: SquidProcess) ->
     })
 
 
+def escape_controls(text: str, keep: str = "") -> str:
+    """`text` with control (and other unprintable) characters but those in `keep` escaped."""
+    return "".join(
+        char if char in keep or unicodedata.category(char)[0] != "C" else ascii(char)[1:-1] for char in text
+    )
+
+
 def one_line(error: BaseException) -> str:
     """An exception as one short log line: its type and message, control characters escaped."""
     text = f"{type(error).__name__}: {error}"
     if len(text) > UNEXPECTED_MESSAGE_LIMIT:
         text = text[:UNEXPECTED_MESSAGE_LIMIT] + "..."
-    return "".join(
-        char if unicodedata.category(char)[0] != "C" else ascii(char)[1:-1] for char in text
-    )
+    return escape_controls(text)
+
+
+def log_unexpected(state: ProxyState, what: str, error: BaseException) -> None:
+    """One line at ERROR; the traceback (escaped too) at DEBUG only."""
+    state.log.error("%s: unexpected error %s", what, one_line(error))
+    if state.log.isEnabledFor(logging.DEBUG):
+        state.log.debug("The unexpected error:\n%s", escape_controls("".join(traceback.format_exception(error)), "\n"))
 
 
 async def prepare(state: ProxyState, squid: SquidProcess, old: ActiveConfig) -> ActiveConfig:
@@ -135,14 +149,12 @@ async def reload_config(state: ProxyState) -> None:
         log.error("Reload skipped, Squid keeps its current config: %s", error)
         return
     except Exception as error:  # a bug or a fault nobody foresaw must not end PID 1 or Squid
-        log.error("Reload skipped, Squid keeps its current config: unexpected error %s", one_line(error))
-        log.debug("The unexpected reload error", exc_info=True)
+        log_unexpected(state, "Reload skipped, Squid keeps its current config", error)
         return
     state.config = config
     try:
         await state.health.follow(config)
     except Exception as error:
-        log.error("Health server did not follow the new config: unexpected error %s", one_line(error))
-        log.debug("The unexpected error", exc_info=True)
+        log_unexpected(state, "Health server did not follow the new config", error)
     squid.send(signal.SIGHUP)  # what `squid -k reconfigure` does, without another process
     log.info("Squid reconfigured (PID %d kept)", state.squid_pid or squid.pid)
