@@ -425,11 +425,8 @@ def test_a_huge_include_fan_out_is_refused_at_reload_and_at_startup(workspace: W
     assert re.search(message.removeprefix(SKIPPED), run.stderr) and "Starting Squid" not in run.stdout
 
 
-def test_sigterm_during_a_slow_reload_is_handled_at_once(workspace: Workspace, launch: Launcher) -> None:
-    good = port_config(workspace, workspace.squid_port)
-    workspace.write_custom_config(good)
-    run = launch()
-    run.wait_ready()
+def test_a_slow_reload_keeps_relaying_squids_output_and_sigterm_is_handled_at_once(workspace: Workspace, launch: Launcher) -> None:
+    good, run, _ = started_on_port_config(workspace, launch)
     # Large but allowed: about 8 MB in 1000 files (the limits are 8 MiB and 1024 files).
     conf_d = workspace.make_dir(workspace.etc / "conf.d", 0o775)
     body = "acl big src 10.0.0.1\n" * 380
@@ -437,19 +434,31 @@ def test_sigterm_during_a_slow_reload_is_handled_at_once(workspace: Workspace, l
         (conf_d / f"{n:04d}.conf").write_text(body)
     workspace.share_tree(conf_d)
     workspace.write_custom_config(good + f"include {conf_d}/*.conf\n")
-    relayed = run.stdout.count("\n")
-    run.process.send_signal(signal.SIGHUP)
-    run.wait_for_output(r"Received signal SIGHUP, reloading the config")
-    time.sleep(0.05)  # the include tree is being read now (about 1.3 s of work)
+    origin = start_local_http_server("during")
+    try:
+        run.process.send_signal(signal.SIGHUP)
+        run.wait_for_output(r"Received signal SIGHUP, reloading the config")
+        time.sleep(0.05)  # the include tree is being read now (about 1.3 s of work here)
+        # Squid's access log line (its stdout) is relayed meanwhile.
+        asked = time.monotonic()
+        proxy = f"http://127.0.0.1:{workspace.squid_port}"
+        assert http_get(f"http://127.0.0.1:{origin.port}/during", timeout=10, proxy=proxy)[:2] == (200, "during")
+        run.wait_for_output(rf"GET http://127\.0\.0\.1:{origin.port}/during", 30)
+        relay = time.monotonic() - asked
+    finally:
+        origin.close()
+    still_reading = "Reloading: checking Squid config" not in run.stdout
     sent = time.monotonic()
     run.process.send_signal(signal.SIGTERM)
     run.wait_for_output(r"Received signal SIGTERM, initiating graceful shutdown", 30)
     handled = time.monotonic() - sent
     code = run.wait_exit(30)
     stopped = time.monotonic() - sent
-    print(f"SIGTERM handled after {handled:.2f} s, exit after {stopped:.2f} s; {relayed} lines before")
-    assert "Squid reconfigured" not in run.stdout
+    print(f"access log relayed {relay:.2f} s after the request; SIGTERM handled after {handled:.2f} s, exit after {stopped:.2f} s")
+    assert relay < 0.5, f"Squid's output waited {relay:.2f} s for the include expansion"
     assert handled < 0.5, f"SIGTERM waited {handled:.2f} s for the include expansion"
+    assert still_reading, "the include tree was read before the SIGTERM: make it larger"
+    assert "Squid reconfigured" not in run.stdout
     assert code == 0 and stopped < 10
     assert run.descendants_left() == []
 
