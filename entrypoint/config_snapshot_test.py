@@ -278,6 +278,20 @@ def test_squids_messages_name_the_operators_files(tmp_path: Path) -> None:
         assert names.restore(other) == other
 
 
+@given(st.lists(st.sampled_from(["/run/", "config-1/0/00000.conf", "squid.conf", ".squid.conf.1", ".", "x", " ", "\n", "/etc/inc.conf"]), max_size=12).map("".join))
+def test_mapping_back_changes_only_known_snapshot_paths(text: str) -> None:
+    names = SnapshotNames()
+    names.remember(config_snapshot.Snapshot(1, Path("/run/.squid.conf.1"), Path("/run/squid.conf"), {
+        "/run/.squid.conf.1": "/etc/squid.conf", "/run/squid.conf": "/etc/squid.conf", "/run/config-1/0/00000.conf": "/etc/inc.conf",
+    }))
+    restored = names.restore(text)
+    if "/run/" not in text:
+        assert restored == text
+    # What is left of the run dir's paths is none of the snapshot's (each is followed by more name).
+    for match in re.finditer(r"/run/(config-1/0/00000\.conf|\.squid\.conf\.1|squid\.conf)", restored):
+        assert re.match(r"[\w-]|\.\w", restored[match.end():match.end() + 2]), restored
+
+
 # -- the worker thread ------------------------------------------------------------------------
 def test_in_worker_keeps_the_loop_running_and_gives_up_on_cancel_or_timeout() -> None:
     async def scenario() -> None:
