@@ -1,18 +1,69 @@
-"""The config-derived steps startup and SIGHUP share: select the config, check and merge the TLS secret."""
+"""The config-derived steps startup and SIGHUP share: read the config, snapshot it, check and merge the TLS secret."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+from typing import Callable, TypeVar
 
-from entrypoint import squid_config
+from entrypoint import config_snapshot, squid_config
+from entrypoint.config_snapshot import Snapshot, SnapshotNames
 from entrypoint.processes import ChildProcesses
 from entrypoint.settings import Settings
 from entrypoint.squid_config import ActiveConfig, ConfigError
 
+T = TypeVar("T")
+# The worker's own bounds (squid_config.READ_TIME_LIMIT) come first; this one holds even
+# when a file system hangs a read.
+WORKER_TIMEOUT = squid_config.READ_TIME_LIMIT + 10.0
 
-def select_config(settings: Settings) -> ActiveConfig:
+
+async def in_worker(job: Callable[[threading.Event], T], what: str, timeout: float = WORKER_TIMEOUT) -> T:
+    """`job(cancel)` in a daemon thread, so the event loop (signals, output relays) keeps running.
+
+    Cancelled or timed out, the job is told to stop (`cancel` is set) and left behind: a
+    daemon thread never holds up PID 1's exit. No thread to be had (RLIMIT_NPROC): run here.
+    """
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[T] = loop.create_future()
+    cancel = threading.Event()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if outcome.done():
+            return
+        if error is not None:
+            outcome.set_exception(error)
+        else:
+            outcome.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = job(cancel)
+        except BaseException as failure:  # handed to the awaiting task, raised there
+            error = failure
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits any more
+
+    try:
+        threading.Thread(target=work, name="cephaloproxy-config", daemon=True).start()
+    except RuntimeError:
+        return job(cancel)
+    try:
+        return await asyncio.wait_for(outcome, timeout)
+    except asyncio.TimeoutError:
+        raise ConfigError(f"{what} took longer than {timeout:g} s (a hung file system?)") from None
+    finally:
+        cancel.set()
+
+
+def select_config(settings: Settings, cancel: threading.Event | None = None) -> ActiveConfig:
     """The active config (mounted wins, else the packaged default); ConfigError when unusable."""
-    config = squid_config.select_config(settings)
+    config = squid_config.select_config(settings, cancel)
     if config.pid_file is None:
         raise ConfigError(
             f"Squid config {config.source} sets no pid_filename: add"
@@ -20,6 +71,32 @@ def select_config(settings: Settings) -> ActiveConfig:
             " checks need to know where Squid writes its pid)"
         )
     return config
+
+
+async def read_config(settings: Settings) -> ActiveConfig:
+    """`select_config` off the event loop (a large include tree takes its time)."""
+    return await in_worker(lambda cancel: select_config(settings, cancel), f"reading the Squid config {settings.config}")
+
+
+async def write_snapshot(config: ActiveConfig, names: SnapshotNames) -> Snapshot:
+    """The next snapshot of `config` in the run dir, not active yet; its paths go into `names`."""
+    try:
+        snapshot = await in_worker(lambda cancel: config_snapshot.write(config), "writing the config snapshot")
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write the config snapshot for Squid in {config.path.parent}: {error.strerror}"
+        ) from None
+    names.remember(snapshot)
+    return snapshot
+
+
+def activate_snapshot(snapshot: Snapshot) -> None:
+    """Make `snapshot` what Squid reads (rename over the active path); ConfigError when it fails."""
+    try:
+        config_snapshot.activate(snapshot)
+    except OSError as error:
+        config_snapshot.discard(snapshot)
+        raise ConfigError(f"cannot make {snapshot.candidate} Squid's config {snapshot.active}: {error.strerror}") from None
 
 
 def validate_tls(config: ActiveConfig, settings: Settings) -> tuple[bytes, bytes] | None:

@@ -51,7 +51,8 @@ def test_custom_config_wins_and_port_mismatch_is_a_warning(workspace: Workspace,
     # The health server follows the config's port, not SQUID_PORT.
     assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200)[0] == 200
     assert_proxies(workspace)
-    assert not (workspace.runtime_dir("run") / "squid.conf").exists()
+    # Squid reads the snapshot of what was checked: the mounted bytes, unrendered.
+    assert (workspace.runtime_dir("run") / "squid.conf").read_bytes() == workspace.custom_config.read_bytes()
 
 
 def test_invalid_config_exits_1_with_squids_error_line(workspace: Workspace, launch: Launcher) -> None:

@@ -1,21 +1,32 @@
 """SIGHUP: re-derive everything from the config, serialized, keeping the running Squid on any error.
 
-Order: re-select and parse the config (`squid -k parse`), re-validate the TLS secret, merge it
-atomically, point the health server at the new ports, then `squid -k reconfigure` (SIGHUP to
-the master). Any failure before the reconfigure leaves Squid and what the health server checks
-as they were. At most one reload runs; SIGHUPs meanwhile collapse into one pending reload.
+Order: re-read the config (a worker thread: the event loop keeps relaying and handling
+signals), refuse what needs a restart (another config, another pid_filename) or cannot work
+(a new port held by another process), re-validate the TLS secret, snapshot the config into
+the run dir and `squid -k parse` the snapshot, merge the TLS secret atomically, make the
+snapshot the file Squid reads, point the health server at the new ports, then
+`squid -k reconfigure` (SIGHUP to the master). Any failure before that leaves Squid, its
+config file and what the health server checks as they were; so does an unexpected error
+(logged in one line, its traceback at DEBUG). At most one reload runs; SIGHUPs meanwhile
+collapse into one pending reload.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
+import traceback
+import unicodedata
 from typing import Awaitable, Callable
 
-from entrypoint.config_steps import install_tls, select_config, validate_tls
-from entrypoint.squid_config import ConfigError
-from entrypoint.squid_process import SquidError
+from entrypoint import config_snapshot, proc_table
+from entrypoint.config_steps import activate_snapshot, install_tls, read_config, validate_tls, write_snapshot
+from entrypoint.squid_config import ActiveConfig, ConfigError
+from entrypoint.squid_process import SquidError, SquidProcess, foreign_listeners, listen_ports
 from entrypoint.state import ProxyState
+
+UNEXPECTED_MESSAGE_LIMIT = 300
 
 
 class Serializer:
@@ -49,30 +60,101 @@ class Serializer:
             self.task.cancel()
 
 
+def refuse_restart_changes(config: ActiveConfig, old: ActiveConfig) -> None:
+    """What Squid cannot take on a reconfigure: ConfigError saying a restart is needed."""
+    if config.source != old.source:
+        kind = {True: "mounted config", False: "packaged default"}
+        raise ConfigError(
+            f"the config changed from the {kind[old.is_custom]} {old.source} to the"
+            f" {kind[config.is_custom]} {config.source}: switching needs a restart (restart the container)"
+        )
+    if config.pid_file != old.pid_file:
+        raise ConfigError(
+            f"pid_filename changed from {old.pid_file} to {config.pid_file}: Squid keeps writing"
+            f" {old.pid_file} until it is restarted, so this needs a restart (restart the container)"
+        )
+
+
+def taken_ports(config: ActiveConfig, old: ActiveConfig, squid: SquidProcess) -> list[int]:
+    """The config's ports another process listens on (Squid would fail to open them and die)."""
+    ports = listen_ports(config)
+    if all(proc_table.fds_readable(pid) for pid in squid.tree()):
+        return sorted({sock.local_port for sock in foreign_listeners(ports, squid.pid)})
+    # Squid's kids (another UID) cannot be looked into: any listener on a port Squid was not
+    # configured for is someone else's.
+    added = set(ports) - set(listen_ports(old))
+    return sorted({
+        sock.local_port for sock in proc_table.tcp_sockets()
+        if sock.state == proc_table.TCP_LISTEN and sock.local_port in added
+    })
+
+
+def escape_controls(text: str, keep: str = "") -> str:
+    """`text` with control (and other unprintable) characters but those in `keep` escaped."""
+    return "".join(
+        char if char in keep or unicodedata.category(char)[0] != "C" else ascii(char)[1:-1] for char in text
+    )
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one short log line: its type and message, control characters escaped."""
+    text = f"{type(error).__name__}: {error}"
+    if len(text) > UNEXPECTED_MESSAGE_LIMIT:
+        text = text[:UNEXPECTED_MESSAGE_LIMIT] + "..."
+    return escape_controls(text)
+
+
+def log_unexpected(state: ProxyState, what: str, error: BaseException) -> None:
+    """One line at ERROR; the traceback (escaped too) at DEBUG only."""
+    state.log.error("%s: unexpected error %s", what, one_line(error))
+    if state.log.isEnabledFor(logging.DEBUG):
+        state.log.debug("The unexpected error:\n%s", escape_controls("".join(traceback.format_exception(error)), "\n"))
+
+
+async def prepare(state: ProxyState, squid: SquidProcess, old: ActiveConfig) -> ActiveConfig:
+    """Everything up to the snapshot becoming Squid's config; ConfigError/SquidError to skip."""
+    settings, log = state.settings, state.log
+    log.info("Reloading: reading Squid config %s", old.source)
+    config = await read_config(settings)
+    refuse_restart_changes(config, old)
+    taken = taken_ports(config, old, squid)
+    if taken:
+        raise ConfigError(
+            f"port {', '.join(map(str, taken))} is in use by another process: free it or choose"
+            " another http_port; Squid keeps listening on its current ports"
+        )
+    material = validate_tls(config, settings)
+    log.info("Reloading: checking Squid config %s", config.source)
+    snapshot = await write_snapshot(config, state.commands.names)
+    try:
+        await state.commands.check_config(config, snapshot.candidate)
+        if material is not None:
+            await install_tls(material, config, settings, state.children, log, state.commands.stdio_owner)
+        activate_snapshot(snapshot)
+    except BaseException:
+        config_snapshot.discard(snapshot)
+        raise
+    return config
+
+
 async def reload_config(state: ProxyState) -> None:
-    """One reload; logs its outcome, never raises for a bad config or secret."""
-    log, settings = state.log, state.settings
+    """One reload; logs its outcome, never raises but CancelledError (a stop)."""
+    log = state.log
     squid, old = state.squid, state.config
     if squid is None or old is None or squid.exited.done():
         return
     try:
-        config = select_config(settings)
-        if config.path != old.path:
-            raise ConfigError(
-                f"the active config changed from {old.path} to {config.path}; Squid can only"
-                " re-read the file it was started with: restart the container to switch"
-            )
-        if config.rendered is not None and config.rendered != old.rendered:
-            raise ConfigError(f"the packaged default {config.source} changed; restart the container")
-        log.info("Reloading: checking Squid config %s", config.path)
-        await state.commands.check_config(config)
-        material = validate_tls(config, settings)
-        if material is not None:
-            await install_tls(material, config, settings, state.children, log, state.commands.stdio_owner)
+        config = await prepare(state, squid, old)
     except (ConfigError, SquidError) as error:
         log.error("Reload skipped, Squid keeps its current config: %s", error)
         return
+    except Exception as error:  # a bug or a fault nobody foresaw must not end PID 1 or Squid
+        log_unexpected(state, "Reload skipped, Squid keeps its current config", error)
+        return
     state.config = config
-    await state.health.follow(config)
+    try:
+        await state.health.follow(config)
+    except Exception as error:
+        log_unexpected(state, "Health server did not follow the new config", error)
     squid.send(signal.SIGHUP)  # what `squid -k reconfigure` does, without another process
     log.info("Squid reconfigured (PID %d kept)", state.squid_pid or squid.pid)

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from entrypoint.health_process import HEALTH_START_TIMEOUT
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    Launcher, Workspace, free_port, http_get, key_body_lines, launch, make_ca, openssl,
-    process_state, python_for_child, squid_available, squid_bin, ssl_bump_config,
-    start_local_http_server, wait_for_status, wait_until, workspace,
+    EntrypointRun, Launcher, Workspace, free_port, http_get, key_body_lines, launch, make_ca, openssl,
+    process_state, python_for_child, running_as_root, session_processes, squid_available, squid_bin,
+    ssl_bump_config, start_local_http_server, wait_for_status, wait_until, with_private_shm, workspace,
 )
+
+SKIPPED = "Reload skipped, Squid keeps its current config: "
 
 
 def port_config(workspace: Workspace, port: int) -> str:
@@ -28,6 +34,14 @@ def port_config(workspace: Workspace, port: int) -> str:
         "visible_hostname reload-test\nshutdown_lifetime 1 seconds\npinger_enable off\n"
         "netdb_filename none\n"
     )
+
+
+def started_on_port_config(workspace: Workspace, launch: Launcher, **env: str) -> tuple[str, EntrypointRun, int]:
+    """(the config, the run, Squid's pid) of an entrypoint started and ready on `port_config`."""
+    good = port_config(workspace, workspace.squid_port)
+    workspace.write_custom_config(good)
+    run = launch(workspace.env(**env))
+    return good, run, run.wait_ready()
 
 
 def proxies_through(port: int) -> bool:
@@ -83,10 +97,7 @@ def test_a_health_server_restarted_by_a_reload_must_report_listening_again(works
 
 
 def test_invalid_config_on_sighup_keeps_squid_and_never_reconfigures(workspace: Workspace, launch: Launcher) -> None:
-    good = port_config(workspace, workspace.squid_port)
-    workspace.write_custom_config(good)
-    run = launch()
-    squid_pid = run.wait_ready()
+    good, run, squid_pid = started_on_port_config(workspace, launch)
     workspace.write_custom_config(good + "http_access allow no_such_acl\n")
     run.process.send_signal(signal.SIGHUP)
     run.wait_for_output(r"(?s)Reload skipped, Squid keeps its current config: .*no_such_acl", stream="stderr")
@@ -182,3 +193,301 @@ def test_a_storm_of_sighups_runs_one_reload_at_a_time_and_at_most_one_more(works
     assert run.stdout.count("Squid reconfigured") == len(runs)
     run.process.send_signal(signal.SIGTERM)
     assert run.wait_exit(60) == 0
+
+
+# -- refusals: what a reconfigure cannot do ---------------------------------------------------
+def outcomes(run: EntrypointRun) -> int:
+    """Reloads finished so far (reconfigured or skipped)."""
+    return run.stdout.count("Squid reconfigured (PID") + run.stderr.count(SKIPPED)
+
+
+def reload_and_wait(run: EntrypointRun, timeout: float = 60) -> None:
+    before = outcomes(run)
+    run.process.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: outcomes(run) > before or run.process.poll() is not None, timeout), "the reload never ended"
+
+
+def test_a_reload_onto_a_port_another_process_holds_is_skipped_and_squid_keeps_its_port(workspace: Workspace, launch: Launcher) -> None:
+    workspace.write_custom_config(port_config(workspace, workspace.squid_port))
+    run = launch()
+    squid_pid = run.wait_ready()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        workspace.write_custom_config(port_config(workspace, taken))
+        run.process.send_signal(signal.SIGHUP)
+        run.wait_for_output(
+            rf"{SKIPPED}port {taken} is in use by another process: free it or choose another http_port", 30, stream="stderr"
+        )
+        time.sleep(2)  # a reconfigure onto a taken port kills Squid's kid within this
+        assert "Squid reconfigured" not in run.stdout and "Unable to open HTTP Socket" not in run.stderr
+        assert process_state(squid_pid) not in (None, "Z") and proxies_through(workspace.squid_port)
+        assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200, 30)[0] == 200
+    # Freed, the same config goes through.
+    run.process.send_signal(signal.SIGHUP)
+    run.wait_for_output(rf"Squid reconfigured \(PID {squid_pid} kept\)")
+    assert wait_until(lambda: proxies_through(taken), 30)
+    assert run.process.poll() is None
+
+
+def test_as_root_squid_rereads_the_snapshot_and_a_taken_port_is_still_refused(workspace: Workspace, launch: Launcher) -> None:
+    # As root, Squid's kid runs as another user: its fds cannot be read, and it reads the
+    # snapshot (mode 0640, root's) as root on a reconfigure.
+    if not running_as_root():
+        pytest.skip("needs root to start the entrypoint as 0:0")
+    for directory in (workspace.root, workspace.var):
+        os.chmod(directory, 0o755)  # like the image: Squid's user must reach the runtime dirs
+    conf_d = workspace.make_dir(workspace.etc / "conf.d", 0o775)
+    (conf_d / "acl.conf").write_text("acl included src 127.0.0.1\n")
+    workspace.share_tree(conf_d)
+    include = f"include {conf_d}/*.conf\n"
+    workspace.write_custom_config(port_config(workspace, workspace.squid_port) + include)
+    run = launch(argv=with_private_shm([python_for_child(), str(workspace.bin / "entrypoint.py")]), user=(0, 0))
+    squid_pid = run.wait_ready()
+    moved = free_port()
+    workspace.write_custom_config(port_config(workspace, moved) + include)
+    run.process.send_signal(signal.SIGHUP)
+    run.wait_for_output(rf"Squid reconfigured \(PID {squid_pid} kept\)")
+    assert wait_until(lambda: proxies_through(moved), 30)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        workspace.write_custom_config(port_config(workspace, taken) + include)
+        run.process.send_signal(signal.SIGHUP)
+        run.wait_for_output(rf"{SKIPPED}port {taken} is in use by another process", 30, stream="stderr")
+    assert proxies_through(moved) and "FATAL" not in run.output
+
+
+def test_a_reload_changing_pid_filename_is_skipped_as_needing_a_restart(workspace: Workspace, launch: Launcher) -> None:
+    good, run, squid_pid = started_on_port_config(workspace, launch)
+    old_pid_file = workspace.runtime_dir("run") / "squid.pid"
+    new_pid_file = workspace.runtime_dir("run") / "moved.pid"
+    workspace.write_custom_config(good.replace(str(old_pid_file), str(new_pid_file)))
+    run.process.send_signal(signal.SIGHUP)
+    run.wait_for_output(
+        rf"{SKIPPED}pid_filename changed from {old_pid_file} to {new_pid_file}: Squid keeps writing {old_pid_file}"
+        r" until it is restarted, so this needs a restart", 30, stream="stderr",
+    )
+    # The health server still reads the pid file Squid writes: alive, for as long as we look.
+    health = f"http://127.0.0.1:{workspace.health_port}/health"
+    for _ in range(6):
+        assert http_get(health, timeout=5)[:2] == (200, "OK\n")
+        time.sleep(0.5)
+    assert "Squid reconfigured" not in run.stdout and process_state(squid_pid) not in (None, "Z")
+
+
+def test_a_reload_cannot_switch_between_the_packaged_default_and_a_mounted_config(workspace: Workspace, launch: Launcher) -> None:
+    run = launch()  # no mounted config: the packaged default on SQUID_PORT
+    squid_pid = run.wait_ready()
+    mounted_port = free_port()
+    workspace.write_custom_config(port_config(workspace, mounted_port))
+    run.process.send_signal(signal.SIGHUP)
+    run.wait_for_output(
+        rf"{SKIPPED}the config changed from the packaged default {workspace.default_config} to the mounted config"
+        rf" {workspace.custom_config}: switching needs a restart", 30, stream="stderr",
+    )
+    assert proxies_through(workspace.squid_port) and not proxies_through(mounted_port)
+    assert "Squid reconfigured" not in run.stdout and process_state(squid_pid) not in (None, "Z")
+    run.cleanup()
+
+    # The reverse: started on the mounted config, which then goes away.
+    run = launch()
+    squid_pid = run.wait_ready()
+    workspace.custom_config.unlink()
+    run.process.send_signal(signal.SIGHUP)
+    run.wait_for_output(
+        rf"{SKIPPED}the config changed from the mounted config {workspace.custom_config} to the packaged default"
+        rf" {workspace.default_config}: switching needs a restart", 30, stream="stderr",
+    )
+    assert proxies_through(mounted_port) and not proxies_through(workspace.squid_port)
+    assert "Squid reconfigured" not in run.stdout and process_state(squid_pid) not in (None, "Z")
+
+
+# -- Squid reads exactly what was checked -----------------------------------------------------
+def squid_pids(run: EntrypointRun) -> set[int]:
+    """Squid's processes (master and kid) in the run's session."""
+    pids = set()
+    for pid in session_processes(run.pid):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == squid_bin().name[:15]:
+                pids.add(pid)
+        except OSError:
+            pass
+    return pids
+
+
+def served_variant(port: int, origin_port: int) -> str | None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{port}"}))
+    try:
+        with opener.open(f"http://127.0.0.1:{origin_port}/", timeout=10) as response:
+            return response.headers.get("X-Variant")
+    except OSError:
+        return None
+
+
+def test_a_config_rewritten_during_a_reload_storm_reaches_squid_only_as_checked(workspace: Workspace, launch: Launcher) -> None:
+    conf_d = workspace.make_dir(workspace.etc / "conf.d", 0o775)
+    variant = conf_d / "variant.conf"
+
+    def write_variant(text: str) -> None:
+        with open(variant, "w") as handle:  # in place, as an editor or a careless sync does
+            handle.write(text)
+
+    write_variant('reply_header_add X-Variant "start" all\n')
+    os.chmod(variant, 0o664)
+    main = port_config(workspace, workspace.squid_port) + f"include {conf_d}/*.conf\n"
+    workspace.write_custom_config(main)
+    run = launch()
+    run.wait_ready()
+    squids = squid_pids(run)
+    assert len(squids) >= 2, "a master and a kid"
+    stop = threading.Event()
+    writes = 0
+
+    def writer() -> None:
+        nonlocal writes
+        while not stop.is_set():
+            writes += 1
+            if writes % 3 == 0:  # momentarily invalid
+                write_variant(f"http_access allow no_such_acl_{writes}\n")
+            else:
+                write_variant(f'reply_header_add X-Variant "v{writes}" all\n')
+            if writes % 7 == 0:  # the main config too (same meaning, other bytes)
+                workspace.write_custom_config(main + f"# rewrite {writes}\n")
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        for _ in range(40):
+            reload_and_wait(run)
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(10)
+    write_variant('reply_header_add X-Variant "final" all\n')
+    reload_and_wait(run)
+    origin = start_local_http_server("through")
+    try:
+        assert wait_until(lambda: served_variant(workspace.squid_port, origin.port) == "final", 30)
+    finally:
+        origin.close()
+    reconfigured = run.stdout.count("Squid reconfigured (PID")
+    skipped = run.stderr.count(SKIPPED)
+    print(f"{writes} writes, {reconfigured} reconfigures, {skipped} reloads skipped")
+    assert reconfigured >= 2 and run.process.poll() is None
+    # Squid never read a config that was not checked: the running Squid (its kid's lines say
+    # `kidN|`; `squid -k parse` lines in a skip message do not) never FATALed or restarted.
+    assert not re.search(r"kid\d+\|.*FATAL", run.stderr), run.stderr[-3000:]
+    assert squid_pids(run) == squids, "Squid's kid was restarted"
+    assert f"{workspace.runtime_dir('run')}/config-" not in run.output  # Squid's messages name the real files
+
+
+def test_a_bad_included_file_is_named_with_its_line_not_the_snapshot(workspace: Workspace, launch: Launcher) -> None:
+    conf_d = workspace.make_dir(workspace.etc / "conf.d", 0o775)
+    (conf_d / "10-ok.conf").write_text("acl ok src 127.0.0.1\n")
+    main = port_config(workspace, workspace.squid_port) + f"include {conf_d}/*.conf\n"
+    workspace.write_custom_config(main)
+    workspace.share_tree(conf_d)
+    run = launch()
+    run.wait_ready()
+    (conf_d / "20-bad.conf").write_text("# second line is wrong\nhttp_access allow no_such_acl\n")
+    run.process.send_signal(signal.SIGHUP)
+    run.wait_for_output(rf"(?s){SKIPPED}.*{conf_d}/20-bad.conf line 2: http_access allow no_such_acl", 30, stream="stderr")
+    snapshot_paths = re.compile(rf"{workspace.runtime_dir('run')}/(config-|\.?squid\.conf)")
+    assert not snapshot_paths.search(run.output), run.output
+    assert f"Processing Configuration File: {conf_d}/10-ok.conf (depth 1)" in run.stderr
+
+
+# -- include expansion: bounded, off the event loop --------------------------------------------
+def test_a_huge_include_fan_out_is_refused_at_reload_and_at_startup(workspace: Workspace, launch: Launcher) -> None:
+    conf_d = workspace.make_dir(workspace.etc / "conf.d", 0o775)
+    for n in range(1500):
+        (conf_d / f"{n:05d}.conf").write_text(f"acl a{n} src 127.0.0.1\n")
+    workspace.share_tree(conf_d)
+    good, run, squid_pid = started_on_port_config(workspace, launch)
+    workspace.write_custom_config(good + f"include {conf_d}/*.conf\n")
+    line = good.count("\n") + 1
+    sent = time.monotonic()
+    run.process.send_signal(signal.SIGHUP)
+    message = (
+        rf"{SKIPPED}Squid config {workspace.custom_config} line {line}: include {conf_d}/\*.conf: the config and its"
+        r" includes come to more than 1024 files \(the limit; each inclusion counts\)"
+    )
+    run.wait_for_output(message, 30, stream="stderr")
+    print(f"refused 1500 includes {time.monotonic() - sent:.2f} s after SIGHUP")
+    assert process_state(squid_pid) not in (None, "Z") and proxies_through(workspace.squid_port)
+    run.cleanup()
+    run = launch()
+    assert run.wait_exit(60) == 1
+    assert re.search(message.removeprefix(SKIPPED), run.stderr) and "Starting Squid" not in run.stdout
+
+
+def test_a_slow_reload_keeps_relaying_squids_output_and_sigterm_is_handled_at_once(workspace: Workspace, launch: Launcher) -> None:
+    good, run, _ = started_on_port_config(workspace, launch)
+    # Large but allowed: about 8 MB in 1000 files (the limits are 8 MiB and 1024 files).
+    conf_d = workspace.make_dir(workspace.etc / "conf.d", 0o775)
+    body = "acl big src 10.0.0.1\n" * 380
+    for n in range(1000):
+        (conf_d / f"{n:04d}.conf").write_text(body)
+    workspace.share_tree(conf_d)
+    workspace.write_custom_config(good + f"include {conf_d}/*.conf\n")
+    origin = start_local_http_server("during")
+    try:
+        run.process.send_signal(signal.SIGHUP)
+        run.wait_for_output(r"Received signal SIGHUP, reloading the config")
+        time.sleep(0.05)  # the include tree is being read now (about 1.3 s of work here)
+        # Squid's access log line (its stdout) is relayed meanwhile.
+        asked = time.monotonic()
+        proxy = f"http://127.0.0.1:{workspace.squid_port}"
+        assert http_get(f"http://127.0.0.1:{origin.port}/during", timeout=10, proxy=proxy)[:2] == (200, "during")
+        run.wait_for_output(rf"GET http://127\.0\.0\.1:{origin.port}/during", 30)
+        relay = time.monotonic() - asked
+    finally:
+        origin.close()
+    still_reading = "Reloading: checking Squid config" not in run.stdout
+    sent = time.monotonic()
+    run.process.send_signal(signal.SIGTERM)
+    run.wait_for_output(r"Received signal SIGTERM, initiating graceful shutdown", 30)
+    handled = time.monotonic() - sent
+    code = run.wait_exit(30)
+    stopped = time.monotonic() - sent
+    print(f"access log relayed {relay:.2f} s after the request; SIGTERM handled after {handled:.2f} s, exit after {stopped:.2f} s")
+    assert relay < 0.5, f"Squid's output waited {relay:.2f} s for the include expansion"
+    assert handled < 0.5, f"SIGTERM waited {handled:.2f} s for the include expansion"
+    assert still_reading, "the include tree was read before the SIGTERM: make it larger"
+    assert "Squid reconfigured" not in run.stdout
+    assert code == 0 and stopped < 10
+    assert run.descendants_left() == []
+
+
+# -- nothing unexpected ends PID 1 --------------------------------------------------------------
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_an_unexpected_reload_error_is_one_line_and_squid_keeps_serving(workspace: Workspace, launch: Launcher, level: str) -> None:
+    good, run, squid_pid = started_on_port_config(workspace, launch, LOG_LEVEL=level)
+    # A fault nobody foresaw: the module SSL-bump needs (imported at its first use) is broken.
+    tls_module = workspace.lib / "entrypoint" / "tls.py"
+    original = tls_module.read_text()
+    tls_module.write_text('raise RuntimeError("planted fault \\x1b[31m in the TLS module")\n')
+    workspace.write_custom_config(good + "ssl_bump splice all\n")
+    run.process.send_signal(signal.SIGHUP)
+    match = run.wait_for_output(rf"{SKIPPED}unexpected error RuntimeError: .*", 30, stream="stderr")
+    assert match.group(0) == f"{SKIPPED}unexpected error RuntimeError: planted fault \\x1b[31m in the TLS module"
+    if level == "DEBUG":  # the traceback too, at DEBUG only
+        run.wait_for_output(r"(?s)The unexpected error:\n.*Traceback.*RuntimeError: planted fault \\x1b")
+    assert ("Traceback" in run.output) == (level == "DEBUG")
+    assert process_state(squid_pid) not in (None, "Z") and proxies_through(workspace.squid_port)
+    # A port of 5000 digits: a ConfigError or an unexpected error, never the end of PID 1.
+    workspace.write_custom_config(good.replace(f"127.0.0.1:{workspace.squid_port}", "127.0.0.1:" + "9" * 5000))
+    reload_and_wait(run)
+    assert run.stderr.count(SKIPPED) == 2 and ("Traceback" in run.output) == (level == "DEBUG")
+    # Reloads still work.
+    restored = tls_module.with_suffix(".restored")
+    restored.write_text(original)
+    restored.replace(tls_module)
+    workspace.write_custom_config(good)
+    run.process.send_signal(signal.SIGHUP)
+    run.wait_for_output(rf"Squid reconfigured \(PID {squid_pid} kept\)")
+    assert run.process.poll() is None and "\x1b" not in run.output

@@ -1,8 +1,10 @@
 """Squid config selection, parsing of uncommented directives, and rendering of the default.
 
 Only what the entrypoint needs is understood: `http_port`/`https_port`, SSL-bump markers,
-`pid_filename`, `cache_dir`, helper programs and `sslcrtd_program`. `include` is followed
-as Squid does (globs; relative paths from the working directory), to a bounded depth.
+`pid_filename`, `cache_dir`, helper programs and `sslcrtd_program`. Lines are joined and split
+as Squid's preprocessor does (cache_cf.cc). `include` is followed as Squid does (globs;
+relative paths from the working directory), within bounds (depth, files, bytes, time), and
+every file is read once: `files` keeps those bytes for the snapshot Squid is pointed at.
 """
 
 from __future__ import annotations
@@ -14,20 +16,27 @@ import os
 import re
 import stat
 import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Iterator
 
 from entrypoint.mounted_files import CONFIG_SIZE_LIMIT, FileProblem, check_file, read_bounded
 from entrypoint.settings import DEFAULT_SQUID_PORT, Settings, port_number
 
 DISK_CACHE_TYPES = frozenset({"ufs", "aufs", "diskd", "rock"})
-MAX_INCLUDE_DEPTH = 16  # Squid's own limit (MAX_INCLUDE_DEPTH in cache_cf.cc)
+MAX_INCLUDE_DEPTH = 16  # Squid's own limit (parseOneConfigFile in cache_cf.cc)
+MAX_CONFIG_FILES = 1024  # files read for one config: the config itself and every inclusion
+MAX_CONFIG_BYTES = CONFIG_SIZE_LIMIT  # the config and all its includes together
+READ_TIME_LIMIT = 20.0  # seconds to read and expand one config tree
+ACTIVE_CONFIG_NAME = "squid.conf"  # in the run dir: the snapshot Squid is started with
 
 
 class ConfigError(Exception):
     """A config problem the operator must fix; the message says what and where."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Directive:
     line_number: int
     name: str
@@ -63,12 +72,32 @@ class CertDb:
 
 
 @dataclasses.dataclass(frozen=True)
+class IncludeLine:
+    """One `include` directive: its physical lines and the files it names, in Squid's order."""
+
+    first: int
+    last: int  # > first when continued with `\\`
+    targets: tuple[int, ...]  # indices into ActiveConfig.files
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigFile:
+    """One file of the config tree as read (once): where it is, its bytes, its includes."""
+
+    path: Path
+    data: bytes
+    includes: tuple[IncludeLine, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class ActiveConfig:
-    path: Path  # the file Squid is started with
+    path: Path  # the file Squid is started with: the snapshot in the run dir (config_snapshot)
     source: Path  # the file the operator provided (or the packaged default)
     is_custom: bool
     directives: tuple[Directive, ...]
-    rendered: str | None = None  # text to write to `path` before use (rendered default)
+    # The tree as read: files[0] is the config (the rendered default's text), then every
+    # included file, once per inclusion. Empty for an ActiveConfig made by hand.
+    files: tuple[ConfigFile, ...] = ()
 
     def named(self, name: str) -> list[Directive]:
         return [d for d in self.directives if d.name == name]
@@ -110,77 +139,161 @@ class ActiveConfig:
         return dbs
 
 
+def _squid_lines(text: str) -> Iterator[tuple[int, int, list[str]]]:
+    """(first line, last line, words) of each directive, joined as Squid's preprocessor does.
+
+    Lines end at LF only (a CR or NUL ends a line's content); leading spaces/tabs are dropped; a
+    line starting with `#` and an empty line are skipped (inside a continuation too); a
+    trailing `\\` joins the next line directly; a continuation still open at the end is
+    dropped, as Squid drops it.
+    """
+    parts: list[str] = []
+    first = 0
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.split("\r", 1)[0].split("\0", 1)[0].lstrip(" \t")  # C strings end at NUL
+        if not line or line[0] == "#":
+            continue
+        if not parts:
+            first = number
+        if line[-1] == "\\":
+            parts.append(line[:-1])
+            continue
+        parts.append(line)
+        # Words are separated by spaces and tabs only (Squid's w_space; CR/LF are gone).
+        words = [word for word in "".join(parts).replace("\t", " ").split(" ") if word]
+        parts = []
+        if words:
+            yield first, number, words
+
+
 def parse_directives(text: str, source: Path | None = None) -> tuple[Directive, ...]:
     """Uncommented directives with their (first) line numbers; `\\` continues a line."""
-    directives: list[Directive] = []
-    pending = ""
-    pending_line = 0
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.rstrip()
-        if not pending:
-            pending_line = number
-            if line.lstrip().startswith("#"):
-                continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        full = (pending + line).strip()
-        pending = ""
-        if not full:
-            continue
-        words = full.split()
-        directives.append(Directive(pending_line, words[0], tuple(words[1:]), source))
-    if pending.strip():
-        words = pending.split()
-        directives.append(Directive(pending_line, words[0], tuple(words[1:]), source))
-    return tuple(directives)
+    return tuple(
+        Directive(first, words[0], tuple(words[1:]), source) for first, _, words in _squid_lines(text)
+    )
 
 
-def _include_targets(directive: Directive, pattern: str) -> list[Path]:
+class _Budget:
+    """What reading one config tree may cost: files, bytes, time; and a flag to give up early."""
+
+    def __init__(self, cancel: threading.Event | None) -> None:
+        self.files = 0
+        self.bytes = 0
+        self.deadline = time.monotonic() + READ_TIME_LIMIT
+        self.cancel = cancel
+
+    def check_time(self, where: object) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise ConfigError(f"Squid config {where}: reading the config was abandoned")
+        if time.monotonic() > self.deadline:
+            raise ConfigError(
+                f"Squid config {where}: reading the config and its includes took longer than"
+                f" {READ_TIME_LIMIT:g} s (the limit): include fewer or smaller files"
+            )
+
+    def add_files(self, where: object, count: int) -> None:
+        self.files += count
+        if self.files > MAX_CONFIG_FILES:
+            raise ConfigError(
+                f"Squid config {where}: the config and its includes come to more than"
+                f" {MAX_CONFIG_FILES} files (the limit; each inclusion counts): include fewer files"
+            )
+
+    def add_bytes(self, path: Path, count: int) -> None:
+        self.bytes += count
+        if self.bytes > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"Squid config {path}: the config and its includes come to more than"
+                f" {MAX_CONFIG_BYTES} bytes (the limit for all files together)"
+            )
+
+
+def _include_targets(directive: Directive, pattern: str, budget: _Budget) -> list[Path]:
     """The files one `include` argument names, in Squid's order (glob() sorts)."""
     # Squid opens relative include paths from its working directory, which is ours.
     full = pattern if os.path.isabs(pattern) else os.path.join(os.getcwd(), pattern)
+    where = f"{directive.where}: include {pattern}"
     if glob.has_magic(full):
-        matches = sorted(glob.glob(full))
+        matches: list[str] = []
+        for match in glob.iglob(full):  # stops at the limit, however many files would match
+            matches.append(match)
+            if budget.files + len(matches) > MAX_CONFIG_FILES:
+                budget.add_files(where, len(matches))
+            if len(matches) % 64 == 0:
+                budget.check_time(where)
+        matches.sort()
     else:
         try:
             matches = [full] if check_file(Path(full)) else []
         except FileProblem as error:
-            raise ConfigError(f"Squid config {directive.where}: include {pattern}: {error}") from None
+            raise ConfigError(f"Squid config {where}: {error}") from None
+    budget.add_files(where, len(matches))
     if matches:
         return [Path(match) for match in matches]
     hint = ""
     if not os.path.isabs(pattern) and directive.source is not None:
         beside = directive.source.parent / pattern
-        if glob.glob(str(beside)):
+        if next(glob.iglob(str(beside)), None) is not None:
             hint = (
                 "; Squid resolves relative include paths from its working directory"
                 f" {os.getcwd()}, not from the config's directory: write 'include {beside}'"
             )
-    raise ConfigError(f"Squid config {directive.where}: include {pattern} matches no file{hint}")
+    raise ConfigError(f"Squid config {where} matches no file{hint}")
 
 
-def load_directives(path: Path, text: str | None = None, stack: tuple[str, ...] = ()) -> tuple[Directive, ...]:
-    """The directives of `path` (or of `text`, its content) with each `include` expanded in place."""
+def _read_tree(
+    path: Path, data: bytes | None, stack: tuple[str, ...], budget: _Budget,
+    directives: list[Directive], files: list[ConfigFile],
+) -> int:
+    """Read `path` (or take `data`, its bytes), expanding includes; returns its index in `files`."""
     real = os.path.realpath(path)
     if real in stack:
         raise ConfigError(f"Squid config include cycle: {' -> '.join((*stack, real))}")
     if len(stack) > MAX_INCLUDE_DEPTH:
         raise ConfigError(f"Squid config {path}: includes nest deeper than {MAX_INCLUDE_DEPTH} levels")
-    if text is None:
+    budget.check_time(path)
+    if data is None:
         try:
-            text = read_bounded(path, CONFIG_SIZE_LIMIT).decode("utf-8", errors="replace")
+            data = read_bounded(path, CONFIG_SIZE_LIMIT)
         except FileProblem as error:
             raise ConfigError(f"Squid config: {error}") from None
-    directives: list[Directive] = []
-    for directive in parse_directives(text, path):
+    budget.add_bytes(path, len(data))
+    index = len(files)
+    files.append(ConfigFile(path, data))
+    includes: list[IncludeLine] = []
+    # A newline byte stays a newline whatever the decoding replaces: line numbers hold.
+    for count, (first, last, words) in enumerate(_squid_lines(data.decode("utf-8", errors="replace"))):
+        directive = Directive(first, words[0], tuple(words[1:]), path)
+        if count % 4096 == 4095:
+            budget.check_time(directive.where)
         if directive.name != "include":
             directives.append(directive)
             continue
+        targets: list[int] = []
         for pattern in directive.args:
-            for target in _include_targets(directive, pattern):
-                directives.extend(load_directives(target, None, (*stack, real)))
-    return tuple(directives)
+            for target in _include_targets(directive, pattern, budget):
+                targets.append(_read_tree(target, None, (*stack, real), budget, directives, files))
+        if targets:  # a bare `include` is no include to Squid either: left as it is
+            includes.append(IncludeLine(first, last, tuple(targets)))
+    files[index] = ConfigFile(path, data, tuple(includes))
+    return index
+
+
+def read_tree(
+    path: Path, data: bytes | None = None, cancel: threading.Event | None = None
+) -> tuple[tuple[Directive, ...], tuple[ConfigFile, ...]]:
+    """The directives of `path` (or of `data`, its bytes) with every `include` expanded in
+    place, and every file as read; ConfigError past a limit (depth, files, bytes, time)."""
+    directives: list[Directive] = []
+    files: list[ConfigFile] = []
+    _read_tree(path, data, (), _Budget(cancel), directives, files)
+    return tuple(directives), tuple(files)
+
+
+def load_directives(path: Path, text: str | None = None) -> tuple[Directive, ...]:
+    """The directives of `path` (or of `text`, its content) with each `include` expanded in place."""
+    data = None if text is None else text.encode("utf-8", errors="surrogatepass")
+    return read_tree(path, data)[0]
 
 
 def uses_ssl_bump(directives: tuple[Directive, ...]) -> bool:
@@ -294,10 +407,6 @@ def validate(active: ActiveConfig, helpers_dir: Path | None = None) -> None:
         check_helpers(active.directives, helpers_dir)
 
 
-def read_config(path: Path) -> tuple[Directive, ...]:
-    return load_directives(path)
-
-
 def _read_default(settings: Settings) -> str:
     try:
         return read_bounded(settings.default_config, CONFIG_SIZE_LIMIT).decode("utf-8")
@@ -351,11 +460,12 @@ def write_atomically(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def select_config(settings: Settings) -> ActiveConfig:
-    """A mounted config wins; otherwise the packaged default (rendered into the run dir if needed).
+def select_config(settings: Settings, cancel: threading.Event | None = None) -> ActiveConfig:
+    """A mounted config wins; otherwise the packaged default, rendered (SQUID_PORT, dirs).
 
-    Nothing is written here (runtime dirs may not exist yet): `write_rendered` does that.
-    Never writes under the config dirs, so a read-only root filesystem works.
+    Every file is read once, here; nothing is written (runtime dirs may not exist yet):
+    config_snapshot writes what was read into the run dir, never under the config dirs, so
+    a read-only root filesystem works. `cancel`: set to make a read in a worker thread stop.
     """
     try:
         custom = check_file(settings.config)
@@ -364,29 +474,10 @@ def select_config(settings: Settings) -> ActiveConfig:
         raise ConfigError(
             f"Squid config: {error} (remove it to use the packaged default)"
         ) from None
-    if custom:
-        active = ActiveConfig(settings.config, settings.config, True, read_config(settings.config))
-    else:
-        original = _read_default(settings)
-        rendered = _render(original, settings)
-        if rendered == original:
-            directives = load_directives(settings.default_config, original)
-            active = ActiveConfig(settings.default_config, settings.default_config, False, directives)
-        else:
-            target = settings.run_dir / "squid.conf"
-            directives = load_directives(target, rendered)
-            active = ActiveConfig(target, settings.default_config, False, directives, rendered)
+    source = settings.config if custom else settings.default_config
+    data = None if custom else _render(_read_default(settings), settings).encode("utf-8")
+    directives, files = read_tree(source, data, cancel)
+    active = ActiveConfig(settings.run_dir / ACTIVE_CONFIG_NAME, source, custom, directives, files)
     # Squid's helpers live beside security_file_certgen (/usr/lib/squid in the image).
     validate(active, settings.certgen_bin.parent)
     return active
-
-
-def write_rendered(active: ActiveConfig) -> None:
-    if active.rendered is None:
-        return
-    try:
-        write_atomically(active.path, active.rendered.encode("utf-8"), 0o644)
-    except OSError as error:
-        raise ConfigError(
-            f"cannot write the rendered default config {active.path}: {error.strerror}"
-        ) from None

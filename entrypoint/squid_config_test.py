@@ -11,7 +11,7 @@ import pytest
 from entrypoint.settings import load_settings
 from entrypoint.squid_config import (
     ConfigError, ListenAddress, parse_directives, parse_listen_address, render_default, select_config,
-    uses_ssl_bump, write_rendered,
+    uses_ssl_bump,
 )
 
 PACKAGED_DEFAULT = Path(__file__).resolve().parent / "squid.conf.default"
@@ -64,7 +64,8 @@ def test_unreadable_port_is_a_config_error() -> None:
 def test_packaged_default_has_the_contracted_directives() -> None:
     settings, _ = load_settings({"CEPHALOPROXY_DEFAULT_CONFIG": str(PACKAGED_DEFAULT), "CEPHALOPROXY_CONFIG": "/nonexistent/squid.conf"})
     active = select_config(settings)
-    assert not active.is_custom and active.rendered is None and active.path == PACKAGED_DEFAULT
+    assert not active.is_custom and active.source == PACKAGED_DEFAULT
+    assert active.files[0].data == PACKAGED_DEFAULT.read_bytes()  # nothing to render
     assert active.http_ports == [ListenAddress(None, 3128)]
     assert active.pid_file == Path("/var/run/squid/squid.pid")
     assert [(d.store_type, d.path) for d in active.disk_cache_dirs] == [("ufs", Path("/var/spool/squid"))]
@@ -76,7 +77,7 @@ def test_packaged_default_has_the_contracted_directives() -> None:
     assert "visible_hostname" in names and "cache_effective_user" not in names
 
 
-def test_default_is_rendered_with_port_and_dirs_into_the_run_dir(tmp_path: Path) -> None:
+def test_default_is_rendered_with_port_and_dirs_for_the_run_dir(tmp_path: Path) -> None:
     env = {
         "SQUID_PORT": "3999",
         "CEPHALOPROXY_DEFAULT_CONFIG": str(PACKAGED_DEFAULT),
@@ -86,15 +87,13 @@ def test_default_is_rendered_with_port_and_dirs_into_the_run_dir(tmp_path: Path)
     }
     settings, _ = load_settings(env)
     active = select_config(settings)
-    assert active.path == tmp_path / "run" / "squid.conf"
+    assert active.path == tmp_path / "run" / "squid.conf"  # where its snapshot goes (config_snapshot)
     assert active.http_ports == [ListenAddress(None, 3999)]
     assert active.pid_file == tmp_path / "run" / "squid.pid"
     assert active.disk_cache_dirs[0].path == tmp_path / "spool"
-    assert not active.path.exists()  # nothing is written before the runtime dirs are checked
-    (tmp_path / "run").mkdir()
-    write_rendered(active)
-    assert active.path.read_text() == render_default(settings)
-    assert "/var/spool/squid" not in active.path.read_text()
+    assert not (tmp_path / "run").exists()  # nothing is written before the runtime dirs are checked
+    assert active.files[0].data.decode() == render_default(settings)
+    assert "/var/spool/squid" not in render_default(settings)
 
 
 def test_custom_config_wins(tmp_path: Path) -> None:
@@ -102,7 +101,7 @@ def test_custom_config_wins(tmp_path: Path) -> None:
     custom.write_text("http_port 4000\npid_filename /run/x.pid\n")
     settings, _ = load_settings({"CEPHALOPROXY_CONFIG": str(custom), "CEPHALOPROXY_DEFAULT_CONFIG": str(PACKAGED_DEFAULT)})
     active = select_config(settings)
-    assert active.is_custom and active.path == custom and active.rendered is None
+    assert active.is_custom and active.source == custom and active.files[0].data == custom.read_bytes()
     assert active.pid_file == Path("/run/x.pid")
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from entrypoint import proc_table
+from entrypoint.config_snapshot import SnapshotNames
 from entrypoint.log_relay import LineFilter, LineRelay, identity
 from entrypoint.output_sink import OutputSink
 from entrypoint.pid_file import NoPidInFile, PidFileError, read_pid_file
@@ -173,6 +174,8 @@ class SquidCommands:
         self.log = log
         # Started as root, Squid's effective user reopens /dev/stdout and /dev/stderr: it must own the pipes.
         self.stdio_owner: int | None = None
+        # Squid reads config snapshots: its messages name the operator's files instead.
+        self.names = SnapshotNames()
 
     @property
     def comm(self) -> str:
@@ -185,13 +188,15 @@ class SquidCommands:
                 " (set CEPHALOPROXY_SQUID_BIN)"
             )
 
-    async def check_config(self, config: ActiveConfig) -> None:
+    async def check_config(self, config: ActiveConfig, path: Path | None = None) -> None:
+        """`squid -k parse` of `path` (a snapshot of `config` not active yet), else of config.path."""
         self._check_binary()
-        argv = [str(self.squid_bin), "-k", "parse", "-f", str(config.path)]
+        argv = [str(self.squid_bin), "-k", "parse", "-f", str(path or config.path)]
         try:
             returncode, output = await self.children.run(argv, timeout=PARSE_TIMEOUT)
         except ForkError as error:
             raise SquidError(str(error)) from None
+        output = self.names.restore(output)
         self.log.debug("squid -k parse output:\n%s", redact_text(output.rstrip()))
         if returncode != 0:
             details = "\n".join(problem_lines(output))
@@ -227,13 +232,18 @@ class SquidCommands:
         Its stdout/stderr are pipes we own, relayed line by line to our sinks (see log_relay).
         """
         self._check_binary()
-        out_fd, out_relay = await self.children.open_pipe(lambda: LineRelay(sinks[0], line_filter))
+        names = self.names
+
+        def relayed(line: str) -> str:  # the operator's paths, not the snapshot's, then redacted
+            return line_filter(names.restore(line))
+
+        out_fd, out_relay = await self.children.open_pipe(lambda: LineRelay(sinks[0], relayed))
         # `-d 0` keeps Squid's stderr open (without it Squid points fds 0-2 at /dev/null) and
         # copies each important message there; when cache.log is stderr too, each such
         # message arrives twice in a row: the relay collapses those pairs.
         collapse = cache_log_is_stderr(config)
         err_fd, err_relay = await self.children.open_pipe(
-            lambda: LineRelay(sinks[1], line_filter, collapse_pairs=collapse)
+            lambda: LineRelay(sinks[1], relayed, collapse_pairs=collapse)
         )
         try:
             if self.stdio_owner is not None:

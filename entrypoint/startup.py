@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from entrypoint import runtime_dirs, squid_config, squid_user
-from entrypoint.config_steps import install_tls, select_config, validate_tls
+from entrypoint import runtime_dirs, squid_user
+from entrypoint.config_steps import activate_snapshot, install_tls, read_config, validate_tls, write_snapshot
 from entrypoint.health_process import HealthError
 from entrypoint.squid_config import ActiveConfig, ConfigError
 from entrypoint.pid_file import NoPidInFile, PidFileError, read_pid_file
@@ -77,7 +77,7 @@ async def start_up(state: ProxyState) -> None:
     settings, log = state.settings, state.log
     phases = _Phases(state)
     try:
-        config = select_config(settings)
+        config = await read_config(settings)
     except ConfigError as error:
         raise StartupError(str(error)) from None
     state.config = config
@@ -109,7 +109,8 @@ async def start_up(state: ProxyState) -> None:
         runtime_dirs.prepare_runtime_dirs(dirs)
         if squid_owner is not None:
             squid_user.hand_over(dirs, squid_owner.pw_uid)
-        squid_config.write_rendered(config)
+        # No Squid runs yet: the snapshot is active at once, and checked below before Squid starts.
+        activate_snapshot(await write_snapshot(config, state.commands.names))
         log.info("Runtime directories are writable: %s", ", ".join(str(d) for d in dict.fromkeys(dirs)))
         remove_stale_pid_file(state, config)
         phases.done("runtime_dirs")
@@ -119,7 +120,7 @@ async def start_up(state: ProxyState) -> None:
     except (runtime_dirs.RuntimeDirError, ConfigError) as error:
         raise StartupError(str(error)) from None
 
-    log.info("Checking Squid config %s", config.path)
+    log.info("Checking Squid config %s", config.source)
     # `squid -z` parses the config itself and only makes directories: it runs beside the
     # check instead of after it; a rejected config still fails with the check's message.
     check = asyncio.ensure_future(state.commands.check_config(config))
