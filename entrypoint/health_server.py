@@ -19,6 +19,7 @@ import socket
 import time
 from pathlib import Path
 
+from entrypoint.mounted_files import FileProblem, check_readable
 from entrypoint.squid_serving import SquidWatch
 
 LISTEN_BACKLOG = 1024  # a burst of probes waits in the kernel's queue, not in SYN retries
@@ -70,11 +71,10 @@ def failed_readiness_checks(targets: HealthTargets, watch: SquidWatch) -> list[s
     for cache_dir in targets.cache_dirs:
         if not os.access(cache_dir, os.W_OK | os.X_OK):
             failures.append(f"cache dir: {cache_dir} is not writable")
-    try:
-        with open(targets.config, "rb") as handle:
-            handle.read(1)
-    except OSError as error:
-        failures.append(f"config: {targets.config} is not readable ({error.strerror})")
+    try:  # never a blocking open: one thread answers every client
+        check_readable(targets.config)
+    except FileProblem as error:
+        failures.append(f"config: {targets.config} is not readable ({error})")
     return failures
 
 

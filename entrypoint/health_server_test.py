@@ -176,6 +176,22 @@ def test_ready_lists_every_failed_check(scene: Scene) -> None:
         os.chmod(scene.cache_dir, 0o755)
 
 
+def test_a_fifo_at_the_config_path_fails_ready_at_once_and_never_blocks_the_server(scene: Scene) -> None:
+    """One thread answers every client: a blocking open of a FIFO swapped in for the config
+    would hang every probe, /health included."""
+    os.unlink(scene.config)
+    os.mkfifo(scene.config, 0o644)
+    try:
+        for _ in range(3):
+            status, body, _ = http_get(f"{scene.url}/ready", timeout=3)
+            assert status == 503 and f"- config: {scene.config} is not readable" in body, body
+            assert "FIFO" in body, body
+        assert http_get(f"{scene.url}/health", timeout=3)[0] == 200
+    finally:
+        os.unlink(scene.config)
+        scene.config.write_text("http_port 3128\n")
+
+
 def test_cache_dir_unwritable_for_the_servers_user_fails_ready(scene: Scene) -> None:
     if running_as_root():
         assert process_uid(scene.server.pid) == UNPRIVILEGED_UID

@@ -134,11 +134,8 @@ def _check_unfollowed(path: Path) -> None:
         raise FileProblem(f"{path} is {describe_kind(info.st_mode)}, not a regular file")
 
 
-def read_bounded(path: Path, limit: int, follow_symlinks: bool = True) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes; never blocks on a FIFO or device.
-
-    `follow_symlinks=False` (runtime files such as the pid file): a symlink at `path` is refused.
-    """
+def _open_regular(path: Path, follow_symlinks: bool) -> int:
+    """A descriptor of the regular file at `path`; never blocks on a FIFO or device."""
     remedy = ": fix the mount" if follow_symlinks else ""
     if not follow_symlinks:
         _check_unfollowed(path)
@@ -157,10 +154,37 @@ def read_bounded(path: Path, limit: int, follow_symlinks: bool = True) -> bytes:
         raise _problem(path, error) from None
     try:
         info = os.fstat(descriptor)
-        if not stat.S_ISREG(info.st_mode):
-            raise FileProblem(f"{path} is {describe_kind(info.st_mode)}, not a regular file{remedy}")
-        if info.st_size > limit:
-            raise FileTooBig(f"{path} is {info.st_size} bytes, more than the {limit} bytes allowed")
+    except OSError as error:
+        os.close(descriptor)
+        raise _problem(path, error) from None
+    if not stat.S_ISREG(info.st_mode):
+        os.close(descriptor)
+        raise FileProblem(f"{path} is {describe_kind(info.st_mode)}, not a regular file{remedy}")
+    return descriptor
+
+
+def check_readable(path: Path) -> None:
+    """FileProblem unless `path` is a (symlink to a) regular file we may read; reads one byte at
+    most and never blocks (the readiness probe asks this of the config on every request)."""
+    descriptor = _open_regular(path, follow_symlinks=True)
+    try:
+        os.read(descriptor, 1)
+    except OSError as error:
+        raise _problem(path, error) from None
+    finally:
+        os.close(descriptor)
+
+
+def read_bounded(path: Path, limit: int, follow_symlinks: bool = True) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; never blocks on a FIFO or device.
+
+    `follow_symlinks=False` (runtime files such as the pid file): a symlink at `path` is refused.
+    """
+    descriptor = _open_regular(path, follow_symlinks)
+    try:
+        size = os.fstat(descriptor).st_size
+        if size > limit:
+            raise FileTooBig(f"{path} is {size} bytes, more than the {limit} bytes allowed")
         chunks: list[bytes] = []
         total = 0
         while True:
