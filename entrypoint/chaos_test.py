@@ -35,7 +35,7 @@ import pytest
 from entrypoint.harness import describe_returncode
 from entrypoint.squid_serving import LIVENESS_BOUND
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    EntrypointRun, Workspace, free_port, http_get, process_state, python_for_child, session_processes,
+    EntrypointRun, Workspace, catches, free_port, http_get, process_state, python_for_child, session_processes,
     squid_available, wait_until,
 )
 
@@ -456,15 +456,6 @@ def describe_processes(pids: list[int]) -> str:
     return "; ".join(described)
 
 
-def catches(pid: int, signum: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
-    return bool(caught & (1 << (signum - 1)))
-
-
 # -- configs -------------------------------------------------------------------------------------
 def good_config(workspace: Workspace, port: int, hostname: str = "chaos") -> str:
     helper = workspace.bin / "chaos_auth_helper.py"
@@ -727,10 +718,12 @@ class ChaosRun:
             outcome = self.reload_and_wait(f"a move to port {port}, taken by another process")
             # Give a kid that cannot bind the time to die (and Squid to give up) if it was let through.
             time.sleep(3.0)
-            self.check_running()
             if outcome != "skipped":
+                code = self.entry.process.poll()
                 self.fail(f"a reload moving http_port to port {port}, held by another process, was not"
-                          f" refused (`Reload skipped`): Squid {outcome}")
+                          f" refused (`Reload skipped`): Squid {outcome}; 3 s later the entrypoint"
+                          f" {'is still running' if code is None else 'had exited: ' + describe_returncode(code)}")
+            self.check_running()
         finally:
             self.workspace.write_custom_config(good_config(self.workspace, self.workspace.squid_port))
             self.squatter.close()
@@ -908,6 +901,8 @@ class ChaosRun:
 
     def kill_master(self) -> None:
         self.lift_faults()
+        self.pause(float(self.plan.stop.params["pause"]))  # type: ignore[arg-type]
+        print(f"  run {self.plan.index} step {self.step_number}: {self.plan.stop}", flush=True)
         os.kill(self.squid_pid, signal.SIGKILL)
         killed = time.monotonic()
         code = self.wait_exit(DIED_BOUND, "Squid's master was killed: no exit")
