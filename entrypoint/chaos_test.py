@@ -445,6 +445,12 @@ def squid_kids(pids: list[int]) -> list[int]:
     return kids
 
 
+def entrypoint_handles_signals(pid: int) -> bool:
+    """The entrypoint's first handlers (SIGTERM, SIGINT, SIGHUP at once) are installed. SIGTERM
+    tells: the interpreter itself catches SIGINT (KeyboardInterrupt) from its own start."""
+    return catches(pid, signal.SIGTERM)
+
+
 def describe_processes(pids: list[int]) -> str:
     described = []
     for pid in pids:
@@ -506,6 +512,7 @@ class ChaosRun:
         self.step_number = 0
         self.violations: list[str] = []
         self.recorded: set[str] = set()
+        self.pre_handler = False
         self.notes: list[str] = []
 
     # -- bookkeeping
@@ -591,7 +598,7 @@ class ChaosRun:
         early = False
         if startup.kind == "sighup_during_startup":
             time.sleep(float(startup.params["delay"]))  # type: ignore[arg-type]
-            early = not catches(run.pid, signal.SIGHUP)
+            early = not entrypoint_handles_signals(run.pid)
             for _ in range(int(startup.params["count"])):  # type: ignore[call-overload]
                 self.send(signal.SIGHUP)
                 time.sleep(0.02)
@@ -601,7 +608,7 @@ class ChaosRun:
             self.squid_pid = run.wait_ready(STARTUP_BOUND)
         except AssertionError as error:
             if early and run.process.poll() == -signal.SIGHUP:
-                self.pre_handler_window("SIGHUP")
+                self.pre_handler_window(describe_returncode(-signal.SIGHUP))
                 return False
             self.fail(f"not ready within {STARTUP_BOUND} s: {str(error)[:300]}")
         self.wait_reloads_settled()
@@ -610,9 +617,11 @@ class ChaosRun:
 
     def pre_handler_window(self, name: str) -> None:
         """A signal sent before the entrypoint's first handler: outside README's contract (issue 21
-        item 8, the interpreter's own start-up); noted, and nothing may be left behind."""
-        self.notes.append(f"{name} landed before any handler was installed:"
-                          f" {describe_returncode(self.entry.process.poll())} (the interpreter's start-up window)")
+        item 8, the interpreter's own start-up; SIGINT there is a KeyboardInterrupt); noted, and
+        nothing may be left behind."""
+        self.pre_handler = True
+        self.notes.append(f"a signal landed before the entrypoint's handlers were installed: {name}"
+                          " (the interpreter's start-up window)")
         self.check_no_descendants()
 
     def send(self, signum: int) -> None:
@@ -638,9 +647,9 @@ class ChaosRun:
         signum = signal.Signals[str(params["signal"])]
         run = self.launch()
         time.sleep(float(params["delay"]))  # type: ignore[arg-type]
+        handler_installed = entrypoint_handles_signals(run.pid)
         for _ in range(int(params["sighups_before"])):  # type: ignore[call-overload]
             self.send(signal.SIGHUP)
-        handler_installed = catches(run.pid, signum)
         signalled = time.monotonic()
         self.send(signum)
         if params["second_signal"]:
@@ -650,8 +659,8 @@ class ChaosRun:
         elapsed = time.monotonic() - signalled
         if elapsed > STOP_BOUND:
             self.fail(f"{signum.name} during startup: exit {elapsed:.1f} s later (bound {STOP_BOUND} s)")
-        if code == -signum and not handler_installed:
-            self.pre_handler_window(signum.name)
+        if code in (-signum, -signal.SIGHUP) and not handler_installed:
+            self.pre_handler_window(describe_returncode(code))
         elif code != 0:
             self.fail(f"{signum.name} during startup must exit 0, got {describe_returncode(code)}")
         self.check_no_descendants()
@@ -913,6 +922,7 @@ class ChaosRun:
             self.fail(f"{signum.name}: exit {elapsed:.1f} s later (bound {STOP_BOUND} s)")
         self.check_liveness()
         self.check_no_descendants()
+        self.stopped_kids = []  # dead now: their pids may be reused
         self.entry.reading.set()
         if not wait_until(lambda: "Shutdown complete" in self.entry.stdout, 10):
             self.fail("no `Shutdown complete` after a stop signal")
@@ -988,7 +998,7 @@ class ChaosRun:
             leaked = [line for line in lines if SECRET_MARK.lower() in line.lower()]
             if leaked:
                 self.record_once(f"secret {name}", f"a secret reached {name}: {leaked[0][:300]!r}")
-            if TRACEBACK in text:
+            if TRACEBACK in text and not (self.pre_handler and "KeyboardInterrupt" in text):
                 self.record_once(f"traceback {name}", f"a Python traceback on {name}: {text[text.index(TRACEBACK):][:800]}")
             raw = [line for line in lines if RAW_CONTROL.search(line)]
             if raw:
