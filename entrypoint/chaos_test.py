@@ -71,7 +71,26 @@ STOP_EXTRAS = (
 )
 SHAPES = ("full", "full", "full", "squid_dies", "startup_stop", "startup_fail")
 INVALID_VARIANTS = ("unknown_acl", "bungled_peer_with_secret", "missing_include")
-HELPER = "import sys\nfor line in sys.stdin:\n    sys.stdout.write('ERR\\n')\n    sys.stdout.flush()\n"
+# The auth helper Squid runs: "plain"; "stubborn" ignores stop signals and hangs after EOF;
+# "escaping" leaves a grandchild in a session of its own (recorded, since no session check sees it).
+HELPER_MODES = ("plain", "stubborn", "escaping")
+HELPER = """import os, signal, sys, time
+mode, record = sys.argv[1], sys.argv[2]
+if mode == "stubborn":
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+elif mode == "escaping" and os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        open(os.path.join(record, str(os.getpid())), "w").close()
+        time.sleep(600)
+    os._exit(0)
+for line in sys.stdin:
+    sys.stdout.write("ERR\\n")
+    sys.stdout.flush()
+if mode == "stubborn":
+    time.sleep(600)
+"""
 GARBAGE = (
     b"\x00\x01\x02\x03\r\n\r\n",
     b"GET /health\x1b[2J\x1b]0;pwned\x07 HTTP/1.1\r\n\r\n",
@@ -102,12 +121,14 @@ class Plan:
     index: int
     shape: str
     log_level: str
+    helper: str
     startup: Step
     steps: list[Step]
     stop: Step
 
     def describe(self) -> str:
-        lines = [f"chaos seed={self.seed} run={self.index} shape={self.shape} LOG_LEVEL={self.log_level}"]
+        lines = [f"chaos seed={self.seed} run={self.index} shape={self.shape} LOG_LEVEL={self.log_level}"
+                 f" helper={self.helper}"]
         lines.append(f"  step 0 startup: {self.startup}")
         lines += [f"  step {number}: {step}" for number, step in enumerate(self.steps, 1)]
         if self.stop.kind != "none":
@@ -204,6 +225,7 @@ def make_plan(seed: int, index: int) -> Plan:
         steps = [step_for(kind, rng) for kind in kinds]
     return Plan(
         seed=seed, index=index, shape=shape, log_level=rng.choice(("INFO", "DEBUG")),
+        helper=HELPER_MODES[index % len(HELPER_MODES)] if index < CI_RUNS else rng.choice(HELPER_MODES),
         startup=startup_for(shape, rng), steps=steps, stop=stop_for(shape, seed, index, rng),
     )
 
@@ -463,11 +485,16 @@ def describe_processes(pids: list[int]) -> str:
 
 
 # -- configs -------------------------------------------------------------------------------------
-def good_config(workspace: Workspace, port: int, hostname: str = "chaos") -> str:
+def escaped_dir(workspace: Workspace) -> Path:
+    return workspace.var / "escaped"
+
+
+def good_config(workspace: Workspace, port: int, hostname: str = "chaos", helper_mode: str = "plain") -> str:
     helper = workspace.bin / "chaos_auth_helper.py"
     if not helper.exists():
         helper.write_text(HELPER)
         os.chmod(helper, 0o775)
+        workspace.make_dir(escaped_dir(workspace))
     return (
         f"http_port 127.0.0.1:{port}\n"
         f"pid_filename {workspace.runtime_dir('run')}/squid.pid\n"
@@ -475,7 +502,8 @@ def good_config(workspace: Workspace, port: int, hostname: str = "chaos") -> str
         # A parent never used, with credentials; and a helper with a password flag.
         f"cache_peer 127.0.0.1 parent 9 0 no-query no-digest name=chaospeer login=chaos:{PEER_SECRET}\n"
         "cache_peer_access chaospeer deny all\n"
-        f"auth_param basic program {python_for_child()} {helper} --password={HELPER_SECRET}\n"
+        f"auth_param basic program {python_for_child()} {helper} {helper_mode} {escaped_dir(workspace)}"
+        f" --password={HELPER_SECRET}\n"
         "auth_param basic children 1 startup=1 idle=1\nauth_param basic realm chaos\n"
         "cache_log /dev/stderr\naccess_log stdio:/dev/stdout\nlogfile_rotate 0\n"
         f"visible_hostname {hostname}\nshutdown_lifetime {SHUTDOWN_TIMEOUT} seconds\n"
@@ -483,8 +511,8 @@ def good_config(workspace: Workspace, port: int, hostname: str = "chaos") -> str
     )
 
 
-def invalid_config(workspace: Workspace, port: int, variant: str) -> str:
-    good = good_config(workspace, port)
+def invalid_config(workspace: Workspace, port: int, variant: str, helper_mode: str = "plain") -> str:
+    good = good_config(workspace, port, helper_mode=helper_mode)
     if variant == "unknown_acl":
         return good + "http_access allow no_such_chaos_acl\n"
     if variant == "bungled_peer_with_secret":
@@ -540,6 +568,10 @@ class ChaosRun:
     def health_url(self) -> str:
         return f"http://127.0.0.1:{self.workspace.health_port}"
 
+    def write_config(self, port: int = 0, hostname: str = "chaos") -> None:
+        self.workspace.write_custom_config(
+            good_config(self.workspace, port or self.workspace.squid_port, hostname, self.plan.helper))
+
     def env(self) -> dict[str, str]:
         return self.workspace.env(LOG_LEVEL=self.plan.log_level, SHUTDOWN_TIMEOUT=str(SHUTDOWN_TIMEOUT))
 
@@ -548,7 +580,7 @@ class ChaosRun:
         print(self.plan.describe(), flush=True)
         started = time.monotonic()
         try:
-            self.workspace.write_custom_config(good_config(self.workspace, self.workspace.squid_port))
+            self.write_config()
             if self.plan.shape == "startup_fail":
                 self.start_failing()
             elif self.plan.shape == "startup_stop":
@@ -633,7 +665,8 @@ class ChaosRun:
     # -- shapes without a running phase
     def start_failing(self) -> None:
         variant = str(self.plan.startup.params["variant"])
-        self.workspace.write_custom_config(invalid_config(self.workspace, self.workspace.squid_port, variant))
+        self.workspace.write_custom_config(
+            invalid_config(self.workspace, self.workspace.squid_port, variant, self.plan.helper))
         run = self.launch()
         code = self.wait_exit(STARTUP_BOUND, "the entrypoint did not exit after an invalid config")
         if code != 1:
@@ -713,8 +746,7 @@ class ChaosRun:
         return ""
 
     def step_valid_reload(self, step: Step) -> None:
-        self.workspace.write_custom_config(
-            good_config(self.workspace, self.workspace.squid_port, str(step.params["hostname"])))
+        self.write_config(hostname=str(step.params["hostname"]))
         outcome = self.reload_and_wait("a valid config")
         if outcome != "reconfigured":
             self.fail(f"a valid config was not reloaded ({outcome})")
@@ -723,13 +755,14 @@ class ChaosRun:
 
     def step_invalid_reload(self, step: Step) -> None:
         variant = str(step.params["variant"])
-        self.workspace.write_custom_config(invalid_config(self.workspace, self.workspace.squid_port, variant))
+        self.workspace.write_custom_config(
+            invalid_config(self.workspace, self.workspace.squid_port, variant, self.plan.helper))
         try:
             outcome = self.reload_and_wait(f"an invalid config ({variant})")
             if outcome != "skipped":
                 self.fail(f"an invalid config ({variant}) was not refused: Squid {outcome}")
         finally:
-            self.workspace.write_custom_config(good_config(self.workspace, self.workspace.squid_port))
+            self.write_config()
         self.check_master_alive(f"after the refused config ({variant})")
 
     def step_squat_reload(self, step: Step) -> None:
@@ -740,7 +773,7 @@ class ChaosRun:
         self.squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.squatter.bind(("0.0.0.0", port))
         self.squatter.listen(16)
-        self.workspace.write_custom_config(good_config(self.workspace, port))
+        self.write_config(port)
         try:
             outcome = self.reload_and_wait(f"a move to port {port}, taken by another process")
             # Give a kid that cannot bind the time to die (and Squid to give up) if it was let through.
@@ -752,7 +785,7 @@ class ChaosRun:
                           f" {'is still running' if code is None else 'had exited: ' + describe_returncode(code)}")
             self.check_running()
         finally:
-            self.workspace.write_custom_config(good_config(self.workspace, self.workspace.squid_port))
+            self.write_config()
             self.squatter.close()
             self.squatter = None
         self.check_master_alive("after the refused move to a taken port")
@@ -963,11 +996,17 @@ class ChaosRun:
         if process_state(self.squid_pid) in (None, "Z"):
             self.fail(f"Squid's master {self.squid_pid} is gone {when}")
 
+    def escaped(self) -> list[int]:
+        """Live processes the escaping helper left in sessions of their own."""
+        directory = escaped_dir(self.workspace)
+        pids = [int(entry.name) for entry in directory.iterdir()] if directory.is_dir() else []
+        return [pid for pid in pids if process_state(pid) not in (None, "Z")]
+
     def check_no_descendants(self) -> None:
         left: list[int] = []
 
         def none_left() -> bool:
-            left[:] = session_processes(self.entry.pid)
+            left[:] = session_processes(self.entry.pid) + self.escaped()
             return not left
 
         if not wait_until(none_left, 2.0):
@@ -1023,6 +1062,8 @@ class ChaosRun:
             self.squatter.close()
         if self.run is not None:
             self.run.cleanup()
+        for pid in self.escaped():
+            os.kill(pid, signal.SIGKILL)
         for clients in self.hostile:
             clients.join(10)
         self.workspace.remove()
