@@ -224,7 +224,9 @@ def make_plan(seed: int, index: int) -> Plan:
         rng.shuffle(kinds)
         steps = [step_for(kind, rng) for kind in kinds]
     return Plan(
-        seed=seed, index=index, shape=shape, log_level=rng.choice(("INFO", "DEBUG")),
+        # DEBUG logs the health server's request lines: garbage clients need it to matter.
+        seed=seed, index=index, shape=shape,
+        log_level="DEBUG" if any(s.kind == "garbage_clients" for s in steps) else rng.choice(("INFO", "DEBUG")),
         helper=HELPER_MODES[index % len(HELPER_MODES)] if index < CI_RUNS else rng.choice(HELPER_MODES),
         startup=startup_for(shape, rng), steps=steps, stop=stop_for(shape, seed, index, rng),
     )
