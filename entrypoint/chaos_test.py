@@ -329,18 +329,18 @@ class Freezer:
 
     def freeze(self, pids: list[int]) -> None:
         self.count += 1
-        self.group = self.root / f"cephaloproxy-chaos-{os.getpid()}-{self.count}"
-        self.group.mkdir()
+        group = self.group = self.root / f"cephaloproxy-chaos-{os.getpid()}-{self.count}"
+        group.mkdir()
         for pid in pids:
             self.moved[pid] = self._group_of(pid)
-            (self.group / "cgroup.procs").write_text(str(pid))
+            (group / "cgroup.procs").write_text(str(pid))
         if self.version == 1:
-            (self.group / "freezer.state").write_text("FROZEN")
-            frozen = lambda: (self.group / "freezer.state").read_text().strip() == "FROZEN"  # noqa: E731
+            (group / "freezer.state").write_text("FROZEN")
+            frozen = lambda: (group / "freezer.state").read_text().strip() == "FROZEN"  # noqa: E731
         else:
-            (self.group / "cgroup.freeze").write_text("1")
-            frozen = lambda: "frozen 1" in (self.group / "cgroup.events").read_text()  # noqa: E731
-        assert wait_until(frozen, 10), f"cgroup {self.group} did not freeze {pids} within 10 s"
+            (group / "cgroup.freeze").write_text("1")
+            frozen = lambda: "frozen 1" in (group / "cgroup.events").read_text()  # noqa: E731
+        assert wait_until(frozen, 10), f"cgroup {group} did not freeze {pids} within 10 s"
 
     def thaw(self) -> None:
         group, self.group = self.group, None
