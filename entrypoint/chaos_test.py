@@ -67,7 +67,7 @@ STEP_KINDS = (
 )
 STOP_EXTRAS = (
     "second_signal", "sighup_storm_at_stop", "kids_stopped_at_stop", "kid_frozen_at_stop",
-    "stall_stdout_at_stop", "stop_during_reload",
+    "stall_stdout_at_stop", "stop_during_reload", "signal_at_exit",
 )
 SHAPES = ("full", "full", "full", "squid_dies", "startup_stop", "startup_fail")
 INVALID_VARIANTS = ("unknown_acl", "bungled_peer_with_secret", "missing_include", "huge_port")
@@ -200,6 +200,7 @@ def stop_for(shape: str, seed: int, index: int, rng: random.Random) -> Step:
         "stall_stdout_at_stop": ("stall", round(rng.uniform(0.5, 4.0), 2)),
         "stop_during_reload": ("reload_delay", round(rng.uniform(0, 0.5), 3)),
         "sighup_storm_at_stop": ("storm", rng.randint(2, 8)),
+        "signal_at_exit": ("at_exit", rng.choice(("SIGTERM", "SIGINT"))),
     }
     params.update(detail[extra] for extra in sorted(extras) if extra in detail)
     return Step("stop", params)
@@ -537,6 +538,7 @@ class ChaosRun:
         self.freezer = Freezer()
         self.hostile: list[HostileClients] = []
         self.timers: list[threading.Timer] = []
+        self.watchers: list[threading.Thread] = []
         self.stopped_kids: list[int] = []
         self.squatter: socket.socket | None = None
         self.not_serving: list[list[object]] = []  # [start, end or None, label]
@@ -942,6 +944,8 @@ class ChaosRun:
         if "stop_during_reload" in extras:
             self.send(signal.SIGHUP)
             time.sleep(float(params["reload_delay"]))  # type: ignore[arg-type]
+        if "signal_at_exit" in extras:
+            self.signal_when_output("Shutdown complete", signal.Signals[str(params["at_exit"])])
         signum = signal.Signals[str(params["signal"])]
         signalled = time.monotonic()
         self.send(signum)
@@ -964,6 +968,20 @@ class ChaosRun:
         self.entry.reading.set()
         if not wait_until(lambda: "Shutdown complete" in self.entry.stdout, 10):
             self.fail("no `Shutdown complete` after a stop signal")
+
+    def signal_when_output(self, text: str, signum: int) -> None:
+        """Sends `signum` as soon as `text` is on stdout (a signal while the entrypoint exits)."""
+
+        def watch() -> None:
+            try:
+                self.entry.wait_for_output(re.escape(text), STOP_BOUND)
+            except AssertionError:
+                return
+            self.send(signum)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        self.watchers.append(watcher)
 
     def kill_master(self) -> None:
         self.lift_faults()
@@ -1069,6 +1087,8 @@ class ChaosRun:
             self.run.cleanup()
         for pid in self.escaped():
             os.kill(pid, signal.SIGKILL)
+        for watcher in self.watchers:
+            watcher.join(STOP_BOUND)
         for clients in self.hostile:
             clients.join(10)
         self.workspace.remove()
