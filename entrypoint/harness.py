@@ -250,6 +250,16 @@ def entrypoint_with_rlimit(workspace: Workspace, name: str, value: int) -> list[
     return [python, "-c", step, python, str(workspace.bin / "entrypoint.py")]
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Whether `pid` has a handler installed for `signum` (SigCgt in /proc/pid/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught & (1 << (signum - 1)))
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

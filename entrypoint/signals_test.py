@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    Launcher, Workspace, launch, pausing_squid, process_state, python_for_child, squid_available,
+    Launcher, Workspace, catches, launch, pausing_squid, process_state, python_for_child, squid_available,
     wait_until, workspace,
 )
 
@@ -47,15 +47,6 @@ def test_stop_signal_during_the_imports_aborts_startup(workspace: Workspace, lau
     run.process.send_signal(signum)
     assert_aborted_cleanly(run)
     assert "Starting Squid proxy" not in run.stdout
-
-
-def catches(pid: int, signum: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
-    return bool(caught & (1 << (signum - 1)))
 
 
 def test_sigterm_as_soon_as_it_is_caught_aborts_startup_every_time(workspace: Workspace, launch: Launcher) -> None:

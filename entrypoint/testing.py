@@ -33,6 +33,7 @@ from entrypoint.harness import (  # noqa: F401 - re-exported for the tests
     session_processes,
     process_state,
     process_uid,
+    catches,
     wait_until,
     EntrypointRun,
     http_get,
