@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -59,6 +60,11 @@ def main(early_signals: list[int] | None = None) -> int:
     try:
         return asyncio.run(supervise())
     finally:
+        # asyncio.run put the default handlers back: a SIGTERM now (not PID 1: `docker --init`,
+        # a test) would kill us before the last kill and flush, a SIGINT raise
+        # KeyboardInterrupt. The exit is under way and bounded, so they only need ignoring.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
         # Whatever way we leave (exception included), no descendant outlives us.
         kill_descendants_now()
         for sink in sinks:
