@@ -508,3 +508,55 @@ def start_slow_origin() -> LocalHttpServer:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return LocalHttpServer("", server, thread)
+
+
+# -- PID 1 of its own pid namespace, as under a container runtime (root only) -------------------
+# The step between `unshare` and `argv`: drop to the unprivileged user, note the time (CLOCK_MONOTONIC
+# is system-wide) just before exec, then become `argv`, which is PID 1 of the new namespace.
+_AS_PID1_STEP = """import os, sys, time
+uid, gid, stamp = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+os.setgroups([]); os.setgid(gid); os.setuid(uid)
+with open(stamp + ".tmp", "w") as handle:
+    handle.write(repr(time.monotonic()))
+os.rename(stamp + ".tmp", stamp)
+os.execv(sys.argv[4], sys.argv[4:])
+"""
+
+
+def as_pid1(argv: list[str], exec_stamp: Path) -> list[str]:
+    """`argv` as PID 1 of a new pid namespace (its own /proc) as the unprivileged user; run it as root.
+
+    `exec_stamp` gets time.monotonic() of the moment just before `argv` is exec'd. The process
+    run by EntrypointRun is `unshare`; `pid1_host_pid` finds `argv`'s pid as seen from here.
+    """
+    unshare = shutil.which("unshare")
+    if unshare is None or not running_as_root():
+        raise RuntimeError("needs root and unshare for a pid namespace")
+    # In a chroot "/" is no mount point and its propagation cannot be changed (see testing.py).
+    probe = subprocess.run([unshare, "--mount", "--propagation", "private", "true"], capture_output=True, timeout=30)
+    propagation = "private" if probe.returncode == 0 else "unchanged"
+    return [
+        unshare, "--pid", "--fork", "--mount-proc", "--propagation", propagation,
+        sys.executable, "-c", _AS_PID1_STEP, str(UNPRIVILEGED_UID), str(UNPRIVILEGED_GID), str(exec_stamp), *argv,
+    ]
+
+
+def pid1_host_pid(unshare_pid: int, timeout: float = 30.0) -> int:
+    """The pid (in our namespace) of the namespace's PID 1: the only child of `unshare --fork`."""
+    found: list[int] = []
+
+    def child() -> bool:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    data = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                if int(data[data.rindex(")") + 2 :].split()[1]) == unshare_pid:
+                    found.append(int(entry))
+                    return True
+        return False
+
+    if not wait_until(child, timeout, interval=0.001):
+        raise AssertionError(f"unshare (PID {unshare_pid}) started no PID 1 within {timeout} s")
+    return found[0]

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import select
+import sys
 import signal
 import socket
 import threading
@@ -15,6 +16,8 @@ import uuid
 
 import pytest
 
+from entrypoint.harness import as_pid1, pid1_host_pid
+from entrypoint.proc_table import process_tree
 from entrypoint.testing import (  # noqa: F401 - fixtures
     UNPRIVILEGED_UID, Launcher, Workspace, http_get, launch, pausing_squid, process_state, process_uid,
     python_for_child, running_as_root, squid_available, start_local_http_server, wait_for_status,
@@ -274,3 +277,52 @@ def test_a_stale_pid_file_naming_a_live_process_is_not_accepted(workspace: Works
     finally:
         impostor.kill()
         impostor.wait()
+
+
+# Like `docker exec -u 0 <container> sh -c 'sleep 600 &'`: a root process enters PID 1's pid
+# namespace, forks there and leaves; the orphan is re-parented to PID 1, which may not signal it.
+ROOT_ORPHAN = """import os, sys, time
+os.setns(os.open(f"/proc/{sys.argv[1]}/ns/pid", os.O_RDONLY), os.CLONE_NEWPID)
+if os.fork() == 0:  # the first process in PID 1's namespace
+    if os.fork() == 0:
+        os.execv("/bin/sleep", ["sleep", "600"])
+    os._exit(0)
+os.wait()
+"""
+
+
+def nspid(pid: int) -> int:
+    """`pid` as its own (innermost) pid namespace numbers it."""
+    line = next(l for l in open(f"/proc/{pid}/status").read().splitlines() if l.startswith("NSpid:"))
+    return int(line.split()[-1])
+
+
+def children_of(pid: int) -> list[int]:
+    return [p.pid for p in process_tree(pid)[1:] if p.ppid == pid]
+
+
+def test_a_descendant_pid1_may_not_signal_does_not_slow_the_stop(workspace: Workspace, launch: Launcher) -> None:
+    if not running_as_root():
+        pytest.skip("needs root for a pid namespace and a root-owned descendant of an unprivileged PID 1")
+    stamp = workspace.root / "exec-stamp"
+    run = launch(argv=as_pid1([python_for_child(), str(workspace.bin / "entrypoint.py")], stamp), user=(0, 0))
+    run.wait_ready()
+    pid1 = pid1_host_pid(run.pid)
+    assert process_uid(pid1) == UNPRIVILEGED_UID and nspid(pid1) == 1
+    before = set(children_of(pid1))
+    subprocess.run([sys.executable, "-c", ROOT_ORPHAN, str(pid1)], check=True, timeout=30)
+    assert wait_until(lambda: set(children_of(pid1)) - before, 10), "the root orphan was not re-parented to PID 1"
+    (orphan,) = set(children_of(pid1)) - before
+    assert process_uid(orphan) == 0
+    orphan_nspid = nspid(orphan)
+    signalled = time.monotonic()
+    os.kill(pid1, signal.SIGTERM)
+    code = run.wait_exit(30)
+    elapsed = time.monotonic() - signalled
+    assert code == 0, run.output
+    # The contract bound for an idle stop (README), the unkillable descendant present.
+    assert elapsed <= 1.5, f"idle stop took {elapsed:.2f} s with a root-owned descendant present"
+    warning = f"Process {orphan_nspid} ('sleep') is not ours to kill (another user's: EPERM); not waiting for it"
+    assert run.stdout.count(warning) == 1, run.stdout
+    assert "Shutdown complete" in run.stdout
+    assert wait_until(lambda: process_state(orphan) is None, 10)  # the namespace's end killed it
