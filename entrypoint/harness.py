@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -260,6 +261,25 @@ class _Collector(threading.Thread):
                 self.changed.notify_all()
 
 
+def give_pipe_to(fd: int, uid: int | None) -> None:
+    """Make a pipe `uid`'s, as runc does with a container's stdio (fixStdioPermissions): the
+    entrypoint then reopens it through /proc, the image's non-blocking path (output_sink)."""
+    if uid is None or not running_as_root() or not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        return
+    os.fchown(fd, uid, -1)
+
+
+def describe_processes(pids: list[int]) -> str:
+    described = []
+    for pid in pids:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            described.append(f"{pid} {command[:80]}")
+        except OSError:
+            described.append(f"{pid} (gone)")
+    return "; ".join(described) or "no process left"
+
+
 def describe_returncode(code: int | None) -> str:
     if code is None:
         return "still running"
@@ -282,20 +302,30 @@ class EntrypointRun:
         self.stderr_lines: list[str] = []
         self._changed = threading.Condition()
         command = argv or [python_for_child(), str(workspace.bin / "entrypoint.py")]
-        self.process = subprocess.Popen(
-            command,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if stdout is None else stdout,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            cwd=str(workspace.root),
-            **(_child_user_options() if user is None else {"user": user[0], "group": user[1], "extra_groups": []}),  # type: ignore[arg-type]
-        )
+        options = _child_user_options() if user is None else {"user": user[0], "group": user[1], "extra_groups": []}
+        out_read, out_write = os.pipe() if stdout is None else (-1, stdout)
+        err_read, err_write = os.pipe()
+        for fd in (out_write, err_write):
+            give_pipe_to(fd, options.get("user"))  # type: ignore[arg-type]
+        try:
+            self.process = subprocess.Popen(
+                command,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=out_write,
+                stderr=err_write,
+                start_new_session=True,
+                cwd=str(workspace.root),
+                **options,  # type: ignore[arg-type]
+            )
+        finally:
+            os.close(err_write)
+            if stdout is None:
+                os.close(out_write)
         self.started_at = time.monotonic()
-        self._readers = [_Collector(self.process.stderr, self.stderr_lines, self._changed)]
+        self._readers = [_Collector(os.fdopen(err_read, "rb"), self.stderr_lines, self._changed)]
         if stdout is None:
-            self._readers.append(_Collector(self.process.stdout, self.stdout_lines, self._changed))
+            self._readers.append(_Collector(os.fdopen(out_read, "rb"), self.stdout_lines, self._changed))
         for reader in self._readers:
             reader.start()
 
@@ -354,7 +384,15 @@ class EntrypointRun:
         return int(self.wait_for_output(r"Squid started with PID (\d+)", 1).group(1))
 
     def wait_exit(self, timeout: float) -> int:
-        code = self.process.wait(timeout)
+        """The exit code; an AssertionError (never a hang) when it is still running after `timeout`."""
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"the entrypoint (PID {self.pid}) did not exit within {timeout} s; its session:"
+                f" {describe_processes(session_processes(self.pid))}"
+                f"\nSTDOUT:\n{self.stdout[-3000:]}\nSTDERR:\n{self.stderr[-3000:]}"
+            ) from None
         for reader in self._readers:
             reader.join(10)
         return code

@@ -167,6 +167,30 @@ def proxied_traffic_with_long_urls(workspace: Workspace, requests: int) -> None:
         origin.close()
 
 
+def fd_flags(pid: int, fd: int) -> int:
+    fdinfo = open(f"/proc/{pid}/fdinfo/{fd}").read()
+    return int(re.search(r"^flags:\s+(\d+)", fdinfo, re.MULTILINE).group(1), 8)  # type: ignore[union-attr]
+
+
+def assert_stdio_written_the_images_way(pid: int) -> None:
+    """As in the image (runc gives PID 1 stdio pipes owned by its user), the entrypoint writes
+    through a private non-blocking reopening of each pipe: fds 1 and 2 themselves stay blocking."""
+    fds = os.listdir(f"/proc/{pid}/fd")
+    for stdio in (1, 2):
+        target = os.readlink(f"/proc/{pid}/fd/{stdio}")
+        assert target.startswith("pipe:"), target
+        assert not fd_flags(pid, stdio) & os.O_NONBLOCK, f"fd {stdio} was made non-blocking: the fallback path"
+        writers = [int(fd) for fd in fds if int(fd) > 2 and _readlink(f"/proc/{pid}/fd/{fd}") == target]
+        assert any(fd_flags(pid, fd) & os.O_NONBLOCK for fd in writers), f"no non-blocking reopening of fd {stdio}"
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
 def test_stdout_nobody_reads_never_blocks_pid1(workspace: Workspace, launch: Launcher) -> None:
     # The container runtime stops reading our stdout: the relay must keep reading Squid's
     # output (else Squid blocks and stops answering) and PID 1 must still handle SIGTERM.
@@ -176,6 +200,7 @@ def test_stdout_nobody_reads_never_blocks_pid1(workspace: Workspace, launch: Lau
         os.close(write_end)
         health = f"http://127.0.0.1:{workspace.health_port}"
         assert wait_for_status(f"{health}/ready", 200, 90)[0] == 200, run.stderr
+        assert_stdio_written_the_images_way(run.pid)
         proxied_traffic_with_long_urls(workspace, 300)
         assert http_get(f"{health}/health")[0] == 200
         run.process.send_signal(signal.SIGTERM)
@@ -326,3 +351,25 @@ def test_a_descendant_pid1_may_not_signal_does_not_slow_the_stop(workspace: Work
     assert run.stdout.count(warning) == 1, run.stdout
     assert "Shutdown complete" in run.stdout
     assert wait_until(lambda: process_state(orphan) is None, 10)  # the namespace's end killed it
+
+
+def test_an_impostor_pid_written_while_squid_starts_is_not_accepted(workspace: Workspace, launch: Launcher, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # After the stale pid file is gone, before Squid writes its own: a live process named like
+    # Squid (a copy of sleep) in the pid file. Only the Squid started here may be accepted.
+    impostor_bin = tmp_path / "squid"
+    shutil.copy("/bin/sleep", impostor_bin)
+    impostor = subprocess.Popen([str(impostor_bin), "600"])
+    try:
+        wrapper, marker = pausing_squid(workspace, "--foreground", pause=1.5)
+        run = launch(workspace.env(CEPHALOPROXY_SQUID_BIN=str(wrapper)))
+        assert wait_until(marker.exists, 60), run.output
+        pid_file = workspace.runtime_dir("run") / "squid.pid"
+        pid_file.write_text(f"{impostor.pid}\n")
+        time.sleep(0.5)  # the entrypoint reads the pid file every 10 ms meanwhile
+        pid_file.unlink()  # so that Squid itself starts normally
+        squid_pid = run.wait_ready()
+        assert squid_pid == int(marker.read_text()), f"accepted PID {squid_pid}; the impostor is {impostor.pid}"
+        assert f"Squid started with PID {impostor.pid}" not in run.stdout
+    finally:
+        impostor.kill()
+        impostor.wait()
