@@ -205,6 +205,8 @@ def test_every_descendant_is_killed_on_the_way_out(workspace: Workspace, launch:
         os.kill(squid_pid, signal.SIGKILL)
         assert run.wait_exit(30) == 1, run.output
     left = [pid for pid in tree if process_state(pid) not in (None, "Z")]
+    for pid in left:  # outside the run's session: its cleanup would not find them
+        os.kill(pid, signal.SIGKILL)
     assert left == [], f"outlived the entrypoint: {left} (in-tree {in_tree}, orphan {orphan})"
 
 
