@@ -561,21 +561,39 @@ os.execv(sys.argv[4], sys.argv[4:])
 """
 
 
+_pid1_prefix: list[str] | None = None
+
+
+def pid_namespace_problem() -> str | None:
+    """Why `as_pid1` cannot run here (not root, no unshare, namespaces refused), or None."""
+    global _pid1_prefix
+    if _pid1_prefix is not None:
+        return None
+    unshare = shutil.which("unshare")
+    if unshare is None or not running_as_root():
+        return "needs root and unshare for a pid namespace"
+    # In a chroot "/" is no mount point and its propagation cannot be changed (see testing.py).
+    for propagation in ("private", "unchanged"):
+        prefix = [unshare, "--pid", "--fork", "--mount-proc", "--propagation", propagation]
+        if subprocess.run([*prefix, "true"], capture_output=True, timeout=30).returncode == 0:
+            _pid1_prefix = prefix
+            return None
+    return "unshare cannot make a pid namespace with its own /proc here"
+
+
 def as_pid1(argv: list[str], exec_stamp: Path) -> list[str]:
     """`argv` as PID 1 of a new pid namespace (its own /proc) as the unprivileged user; run it as root.
 
     `exec_stamp` gets time.monotonic() of the moment just before `argv` is exec'd. The process
     run by EntrypointRun is `unshare`; `pid1_host_pid` finds `argv`'s pid as seen from here.
     """
-    unshare = shutil.which("unshare")
-    if unshare is None or not running_as_root():
-        raise RuntimeError("needs root and unshare for a pid namespace")
-    # In a chroot "/" is no mount point and its propagation cannot be changed (see testing.py).
-    probe = subprocess.run([unshare, "--mount", "--propagation", "private", "true"], capture_output=True, timeout=30)
-    propagation = "private" if probe.returncode == 0 else "unchanged"
+    problem = pid_namespace_problem()
+    if problem is not None:
+        raise RuntimeError(problem)
+    assert _pid1_prefix is not None
     return [
-        unshare, "--pid", "--fork", "--mount-proc", "--propagation", propagation,
-        sys.executable, "-c", _AS_PID1_STEP, str(UNPRIVILEGED_UID), str(UNPRIVILEGED_GID), str(exec_stamp), *argv,
+        *_pid1_prefix, sys.executable, "-c", _AS_PID1_STEP,
+        str(UNPRIVILEGED_UID), str(UNPRIVILEGED_GID), str(exec_stamp), *argv,
     ]
 
 

@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from entrypoint.harness import as_pid1, pid1_host_pid
+from entrypoint.harness import as_pid1, pid1_host_pid, pid_namespace_problem
 from entrypoint.proc_table import process_tree
 from entrypoint.testing import (  # noqa: F401 - fixtures
     UNPRIVILEGED_UID, Launcher, Workspace, http_get, launch, pausing_squid, process_state, process_uid,
@@ -327,8 +327,8 @@ def children_of(pid: int) -> list[int]:
 
 
 def test_a_descendant_pid1_may_not_signal_does_not_slow_the_stop(workspace: Workspace, launch: Launcher) -> None:
-    if not running_as_root():
-        pytest.skip("needs root for a pid namespace and a root-owned descendant of an unprivileged PID 1")
+    if pid_namespace_problem() is not None:
+        pytest.skip(str(pid_namespace_problem()))
     stamp = workspace.root / "exec-stamp"
     run = launch(argv=as_pid1([python_for_child(), str(workspace.bin / "entrypoint.py")], stamp), user=(0, 0))
     run.wait_ready()

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.harness import as_pid1, pid1_host_pid
+from entrypoint.harness import as_pid1, pid1_host_pid, pid_namespace_problem
 from entrypoint.proc_table import process_tree
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    Launcher, Workspace, launch, pausing_squid, process_state, python_for_child, running_as_root, squid_available,
+    Launcher, Workspace, launch, pausing_squid, process_state, python_for_child, squid_available,
     wait_until, workspace,
 )
 
@@ -236,8 +236,8 @@ def sigterm_outcome(run, pid1: int) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_sigterm_to_pid1_is_honoured_once_caught_and_from_the_first_log_line_on(workspace: Workspace, launch: Launcher) -> None:
-    if not running_as_root():
-        pytest.skip("needs root for a pid namespace")
+    if pid_namespace_problem() is not None:
+        pytest.skip(str(pid_namespace_problem()))
     # The measurement: SIGTERM at increasing delays after exec. Before the handler is installed
     # (Python's own start-up) the kernel drops a SIGTERM to PID 1; once it is, none may be lost.
     trials = []
