@@ -597,22 +597,22 @@ def as_pid1(argv: list[str], exec_stamp: Path) -> list[str]:
     ]
 
 
+def children_of(pid: int) -> list[int]:
+    """Live or zombie children of `pid`, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                data = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(data[data.rindex(")") + 2 :].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
 def pid1_host_pid(unshare_pid: int, timeout: float = 30.0) -> int:
     """The pid (in our namespace) of the namespace's PID 1: the only child of `unshare --fork`."""
-    found: list[int] = []
-
-    def child() -> bool:
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    data = Path(f"/proc/{entry}/stat").read_text()
-                except OSError:
-                    continue
-                if int(data[data.rindex(")") + 2 :].split()[1]) == unshare_pid:
-                    found.append(int(entry))
-                    return True
-        return False
-
-    if not wait_until(child, timeout, interval=0.001):
+    if not wait_until(lambda: children_of(unshare_pid), timeout, interval=0.001):
         raise AssertionError(f"unshare (PID {unshare_pid}) started no PID 1 within {timeout} s")
-    return found[0]
+    return children_of(unshare_pid)[0]

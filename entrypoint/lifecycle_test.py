@@ -16,8 +16,7 @@ import uuid
 
 import pytest
 
-from entrypoint.harness import as_pid1, pid1_host_pid, pid_namespace_problem
-from entrypoint.proc_table import process_tree
+from entrypoint.harness import as_pid1, children_of, pid1_host_pid, pid_namespace_problem
 from entrypoint.testing import (  # noqa: F401 - fixtures
     UNPRIVILEGED_UID, Launcher, Workspace, http_get, launch, pausing_squid, process_state, process_uid,
     python_for_child, running_as_root, squid_available, start_local_http_server, wait_for_status,
@@ -320,10 +319,6 @@ def nspid(pid: int) -> int:
     """`pid` as its own (innermost) pid namespace numbers it."""
     line = next(l for l in open(f"/proc/{pid}/status").read().splitlines() if l.startswith("NSpid:"))
     return int(line.split()[-1])
-
-
-def children_of(pid: int) -> list[int]:
-    return [p.pid for p in process_tree(pid)[1:] if p.ppid == pid]
 
 
 def test_a_descendant_pid1_may_not_signal_does_not_slow_the_stop(workspace: Workspace, launch: Launcher) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.harness import as_pid1, pid1_host_pid, pid_namespace_problem
+from entrypoint.harness import as_pid1, children_of, pid1_host_pid, pid_namespace_problem
 from entrypoint.proc_table import process_tree
 from entrypoint.testing import (  # noqa: F401 - fixtures
     Launcher, Workspace, launch, pausing_squid, process_state, python_for_child, squid_available,
@@ -104,19 +104,6 @@ for line in sys.stdin:
     sys.stdout.write("ERR\\n")
     sys.stdout.flush()
 """
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-                found.append(int(entry))
-    return found
 
 
 @pytest.mark.parametrize("signum", [signal.SIGQUIT, signal.SIGUSR1])
