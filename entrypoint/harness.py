@@ -549,10 +549,14 @@ def start_slow_origin() -> LocalHttpServer:
 
 
 # -- PID 1 of its own pid namespace, as under a container runtime (root only) -------------------
-# The step between `unshare` and `argv`: drop to the unprivileged user, note the time (CLOCK_MONOTONIC
-# is system-wide) just before exec, then become `argv`, which is PID 1 of the new namespace.
-_AS_PID1_STEP = """import os, sys, time
+# The step between `unshare` and `argv`: give the stdio pipes to the unprivileged user (as runc
+# does) and become it, note the time (CLOCK_MONOTONIC is system-wide) just before exec, then
+# become `argv`, which is PID 1 of the new namespace.
+_AS_PID1_STEP = """import os, stat, sys, time
 uid, gid, stamp = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+for fd in (1, 2):
+    if stat.S_ISFIFO(os.fstat(fd).st_mode):
+        os.fchown(fd, uid, -1)
 os.setgroups([]); os.setgid(gid); os.setuid(uid)
 with open(stamp + ".tmp", "w") as handle:
     handle.write(repr(time.monotonic()))

@@ -329,6 +329,7 @@ def test_a_descendant_pid1_may_not_signal_does_not_slow_the_stop(workspace: Work
     run.wait_ready()
     pid1 = pid1_host_pid(run.pid)
     assert process_uid(pid1) == UNPRIVILEGED_UID and nspid(pid1) == 1
+    assert_stdio_written_the_images_way(pid1)
     before = set(children_of(pid1))
     subprocess.run([sys.executable, "-c", ROOT_ORPHAN, str(pid1)], check=True, timeout=30)
     assert wait_until(lambda: set(children_of(pid1)) - before, 10), "the root orphan was not re-parented to PID 1"
