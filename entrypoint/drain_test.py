@@ -15,6 +15,9 @@ from entrypoint.testing import (  # noqa: F401 - fixtures
     start_slow_origin, wait_until, workspace,
 )
 
+IDLE_STOP_BOUND = 1.5
+
+
 class Download(threading.Thread):
     """GET through the proxy on a raw socket; records how much of the body arrived."""
 
@@ -96,13 +99,24 @@ def test_a_download_in_flight_at_the_stop_signal_arrives_complete(workspace: Wor
 
 
 def test_an_idle_proxy_takes_the_drained_path(workspace: Workspace, launch: Launcher) -> None:
-    run = launch()
-    run.wait_ready()
-    run.process.send_signal(signal.SIGTERM)
-    assert run.wait_exit(45) == 0
-    assert "Drained after 0." in run.stdout  # nothing to wait for: not Squid's 30 s lifetime
-    assert "Draining" not in run.stdout
-    assert "Squid stopped (exit code 0)" in run.stdout and "Shutdown complete" in run.stdout
+    # The contract bound (README): an idle stop within 1.5 s of SIGTERM, default config. Squid's
+    # kids sleep past their stop unless woken: without that it takes 2.0-2.2 s every time. A
+    # correct stop takes 1.1-1.3 s, and a loaded CI machine can stretch one now and then: the
+    # best of up to three stops must keep the bound.
+    took: list[float] = []
+    for _ in range(3):
+        run = launch()
+        run.wait_ready()
+        signalled = time.monotonic()
+        run.process.send_signal(signal.SIGTERM)
+        assert run.wait_exit(45) == 0
+        took.append(time.monotonic() - signalled)
+        assert "Drained after 0." in run.stdout  # nothing to wait for: not Squid's 30 s lifetime
+        assert "Draining" not in run.stdout
+        assert "Squid stopped (exit code 0)" in run.stdout and "Shutdown complete" in run.stdout
+        if took[-1] <= IDLE_STOP_BOUND:
+            break
+    assert min(took) <= IDLE_STOP_BOUND, f"idle stops took {', '.join(f'{t:.2f}' for t in took)} s (bound {IDLE_STOP_BOUND} s)"
 
 
 def test_shutdown_timeout_shorter_than_a_transfer_cuts_it_and_exits_0(workspace: Workspace, launch: Launcher, origin: LocalHttpServer) -> None:

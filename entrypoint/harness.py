@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -281,6 +282,25 @@ class _Collector(threading.Thread):
                 self.changed.notify_all()
 
 
+def give_pipe_to(fd: int, uid: int | None) -> None:
+    """Make a pipe `uid`'s, as runc does with a container's stdio (fixStdioPermissions): the
+    entrypoint then reopens it through /proc, the image's non-blocking path (output_sink)."""
+    if uid is None or not running_as_root() or not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        return
+    os.fchown(fd, uid, -1)
+
+
+def describe_processes(pids: list[int]) -> str:
+    described = []
+    for pid in pids:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            described.append(f"{pid} {command[:80]}")
+        except OSError:
+            described.append(f"{pid} (gone)")
+    return "; ".join(described) or "no process left"
+
+
 def describe_returncode(code: int | None) -> str:
     if code is None:
         return "still running"
@@ -303,20 +323,30 @@ class EntrypointRun:
         self.stderr_lines: list[str] = []
         self._changed = threading.Condition()
         command = argv or [python_for_child(), str(workspace.bin / "entrypoint.py")]
-        self.process = subprocess.Popen(
-            command,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if stdout is None else stdout,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            cwd=str(workspace.root),
-            **(_child_user_options() if user is None else {"user": user[0], "group": user[1], "extra_groups": []}),  # type: ignore[arg-type]
-        )
+        options = _child_user_options() if user is None else {"user": user[0], "group": user[1], "extra_groups": []}
+        out_read, out_write = os.pipe() if stdout is None else (-1, stdout)
+        err_read, err_write = os.pipe()
+        for fd in (out_write, err_write):
+            give_pipe_to(fd, options.get("user"))  # type: ignore[arg-type]
+        try:
+            self.process = subprocess.Popen(
+                command,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=out_write,
+                stderr=err_write,
+                start_new_session=True,
+                cwd=str(workspace.root),
+                **options,  # type: ignore[arg-type]
+            )
+        finally:
+            os.close(err_write)
+            if stdout is None:
+                os.close(out_write)
         self.started_at = time.monotonic()
-        self._readers = [_Collector(self.process.stderr, self.stderr_lines, self._changed)]
+        self._readers = [_Collector(os.fdopen(err_read, "rb"), self.stderr_lines, self._changed)]
         if stdout is None:
-            self._readers.append(_Collector(self.process.stdout, self.stdout_lines, self._changed))
+            self._readers.append(_Collector(os.fdopen(out_read, "rb"), self.stdout_lines, self._changed))
         for reader in self._readers:
             reader.start()
 
@@ -375,7 +405,15 @@ class EntrypointRun:
         return int(self.wait_for_output(r"Squid started with PID (\d+)", 1).group(1))
 
     def wait_exit(self, timeout: float) -> int:
-        code = self.process.wait(timeout)
+        """The exit code; an AssertionError (never a hang) when it is still running after `timeout`."""
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"the entrypoint (PID {self.pid}) did not exit within {timeout} s; its session:"
+                f" {describe_processes(session_processes(self.pid))}"
+                f"\nSTDOUT:\n{self.stdout[-3000:]}\nSTDERR:\n{self.stderr[-3000:]}"
+            ) from None
         for reader in self._readers:
             reader.join(10)
         return code
@@ -529,3 +567,77 @@ def start_slow_origin() -> LocalHttpServer:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return LocalHttpServer("", server, thread)
+
+
+# -- PID 1 of its own pid namespace, as under a container runtime (root only) -------------------
+# The step between `unshare` and `argv`: give the stdio pipes to the unprivileged user (as runc
+# does) and become it, note the time (CLOCK_MONOTONIC is system-wide) just before exec, then
+# become `argv`, which is PID 1 of the new namespace.
+_AS_PID1_STEP = """import os, stat, sys, time
+uid, gid, stamp = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+for fd in (1, 2):
+    if stat.S_ISFIFO(os.fstat(fd).st_mode):
+        os.fchown(fd, uid, -1)
+os.setgroups([]); os.setgid(gid); os.setuid(uid)
+with open(stamp + ".tmp", "w") as handle:
+    handle.write(repr(time.monotonic()))
+os.rename(stamp + ".tmp", stamp)
+os.execv(sys.argv[4], sys.argv[4:])
+"""
+
+
+_pid1_prefix: list[str] | None = None
+
+
+def pid_namespace_problem() -> str | None:
+    """Why `as_pid1` cannot run here (not root, no unshare, namespaces refused), or None."""
+    global _pid1_prefix
+    if _pid1_prefix is not None:
+        return None
+    unshare = shutil.which("unshare")
+    if unshare is None or not running_as_root():
+        return "needs root and unshare for a pid namespace"
+    # In a chroot "/" is no mount point and its propagation cannot be changed (see testing.py).
+    for propagation in ("private", "unchanged"):
+        prefix = [unshare, "--pid", "--fork", "--mount-proc", "--propagation", propagation]
+        if subprocess.run([*prefix, "true"], capture_output=True, timeout=30).returncode == 0:
+            _pid1_prefix = prefix
+            return None
+    return "unshare cannot make a pid namespace with its own /proc here"
+
+
+def as_pid1(argv: list[str], exec_stamp: Path) -> list[str]:
+    """`argv` as PID 1 of a new pid namespace (its own /proc) as the unprivileged user; run it as root.
+
+    `exec_stamp` gets time.monotonic() of the moment just before `argv` is exec'd. The process
+    run by EntrypointRun is `unshare`; `pid1_host_pid` finds `argv`'s pid as seen from here.
+    """
+    problem = pid_namespace_problem()
+    if problem is not None:
+        raise RuntimeError(problem)
+    assert _pid1_prefix is not None
+    return [
+        *_pid1_prefix, sys.executable, "-c", _AS_PID1_STEP,
+        str(UNPRIVILEGED_UID), str(UNPRIVILEGED_GID), str(exec_stamp), *argv,
+    ]
+
+
+def children_of(pid: int) -> list[int]:
+    """Live or zombie children of `pid`, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                data = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(data[data.rindex(")") + 2 :].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def pid1_host_pid(unshare_pid: int, timeout: float = 30.0) -> int:
+    """The pid (in our namespace) of the namespace's PID 1: the only child of `unshare --fork`."""
+    if not wait_until(lambda: children_of(unshare_pid), timeout, interval=0.001):
+        raise AssertionError(f"unshare (PID {unshare_pid}) started no PID 1 within {timeout} s")
+    return children_of(unshare_pid)[0]

@@ -257,3 +257,45 @@ def test_a_kid_frozen_in_state_d_fails_ready_and_health_within_the_bound(workspa
         assert body.startswith(f"NOT OK: squid worker pid {kid} made no progress in uninterruptible sleep (D) for 1"), body
     assert wait_for_status(f"{base}/health", 200, 10) == (200, "OK\n")
     assert wait_for_status(f"{base}/ready", 200, 10) == (200, "READY\n")
+
+
+# A health server that dies (or only closes its report pipe) before it listens: never "listening".
+SERVER_EXITS_EARLY = "import sys\nsys.exit(3)\n"
+SERVER_CLOSES_ITS_REPORT = (
+    "import os, sys, time\n"
+    "os.close(int(sys.argv[sys.argv.index('--ready-fd') + 1]))\n"
+    "time.sleep(600)\n"
+)
+
+
+@pytest.mark.parametrize(("server", "reason"), [
+    (SERVER_EXITS_EARLY, r"Health server exited during startup \(exit code 3\)"),
+    (SERVER_CLOSES_ITS_REPORT, r"Health server closed its report pipe without listening on HEALTH_PORT \d+ \(it was killed\)"),
+], ids=["exits", "closes-its-report-pipe"])
+def test_a_health_server_that_ends_its_report_unheard_fails_startup(workspace: Workspace, launch: Launcher, server: str, reason: str) -> None:
+    (workspace.lib / "entrypoint" / "healthcheck_cli.py").write_text(server)
+    run = launch()
+    assert run.wait_exit(60) == 1, run.output
+    assert re.search(reason, run.stderr), run.stderr
+    assert "Container ready" not in run.stdout
+    assert run.descendants_left() == []
+
+
+def test_a_restarted_health_server_that_dies_before_listening_is_not_restarted(workspace: Workspace, launch: Launcher) -> None:
+    run = launch()
+    run.wait_ready()
+    # From now on every new health server exits before it listens.
+    (workspace.lib / "entrypoint" / "healthcheck_cli.py").write_text(SERVER_EXITS_EARLY)
+    os.kill(health_server_pid(run.pid), signal.SIGKILL)
+    run.wait_for_output(r"restart failed: Health server exited during startup \(exit code 3\).*; restart 3 in 2 s", 30, stream="stderr")
+    assert "Health server restarted" not in run.stdout
+    assert not _listening(workspace.health_port)  # nothing answers the probes meanwhile
+    assert run.process.poll() is None  # it keeps trying, with backoff
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 1).close()
+    except OSError:
+        return False
+    return True

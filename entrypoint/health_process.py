@@ -185,8 +185,12 @@ class HealthProcess:
         if words[0] == "error":
             detail = words[2] if len(words) > 2 else words[1] if len(words) > 1 else "unknown error"
             raise HealthBindError(f"Health server cannot listen on HEALTH_PORT {self.port}: {detail}")
-        what = describe_exit(code) if code is not None else "closed its report pipe"
-        raise HealthError(f"Health server exited during startup ({what}); see its messages above")
+        if code is None:  # it lingers without having said it listens: never taken for listening
+            self.children.kill_group(process)
+            await self.children.wait(process, CHILD_STOP_TIMEOUT)
+            what = "closed its report pipe" if not report else f"reported {report[:80]!r}"
+            raise HealthError(f"Health server {what} without listening on HEALTH_PORT {self.port} (it was killed)")
+        raise HealthError(f"Health server exited during startup ({describe_exit(code)}); see its messages above")
 
     # -- running -----------------------------------------------------------------------
     def keep_alive(self) -> None:

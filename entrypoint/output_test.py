@@ -7,11 +7,13 @@ import fcntl
 import os
 import re
 import select
+import threading
 
 from entrypoint.log_relay import LineRelay
 from entrypoint.output_sink import OutputSink
 
 PIPE_CAPACITY = 64 * 1024
+WRITE_BOUND = 10.0  # seconds; the writes take milliseconds
 
 
 def read_all(fd: int) -> bytes:
@@ -29,8 +31,15 @@ def test_a_stalled_reader_never_blocks_and_drops_are_reported_once_it_is_back() 
     fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_CAPACITY)
     sink = OutputSink(write_end, "stdout", limit_bytes=16 * 1024)
     line = b"x" * 99
-    for _ in range(2000):  # 200 KB into 64 KB of pipe + 16 KB of queue: returns at once
-        sink.write_line(line)
+    # 200 KB into 64 KB of pipe + 16 KB of queue: returns at once. Written in a thread so that
+    # a write that blocks fails this test within a bound instead of hanging it.
+    writer = threading.Thread(target=lambda: [sink.write_line(line) for _ in range(2000)], daemon=True)
+    writer.start()
+    writer.join(WRITE_BOUND)
+    blocked = writer.is_alive()
+    while writer.is_alive():  # unblock it (reading frees the pipe) before failing
+        read_all(read_end)
+    assert not blocked, f"write_line blocked on a full pipe for {WRITE_BOUND} s"
     assert sink.dropped > 0
     dropped = sink.dropped
     # The original descriptor is untouched (children sharing it still block normally).

@@ -80,25 +80,42 @@ def kill_descendants_now(timeout: float = 2.0) -> int:
     """SIGKILL every descendant of this process until none is left (or `timeout`); reaps them.
 
     Used on every way out of PID 1: whatever Squid, its kids, the health server or an orphan
-    that called setsid() left behind is stopped, not only Squid's process group.
+    that called setsid() left behind is stopped, not only Squid's process group. A descendant
+    we may not signal (EPERM: e.g. root's, from `docker exec -u 0 ... &`) is not ours to kill:
+    it is logged once and not waited for.
     """
     me = os.getpid()
     killed = 0
     deadline = time.monotonic() + timeout
     while True:
-        left = descendants(me)
+        left = [pid for pid in descendants(me) if pid not in _not_ours]
         if not left or time.monotonic() > deadline:
             break
         for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)
                 killed += 1
-            except (ProcessLookupError, PermissionError):
+            except ProcessLookupError:
                 pass
+            except PermissionError:
+                _give_up_on(pid)
         _reap_all_now()
         time.sleep(0.01)
     _reap_all_now()
     return killed
+
+
+# Descendants a kill was refused for (EPERM), by pid; each is logged once.
+_not_ours: set[int] = set()
+
+
+def _give_up_on(pid: int) -> None:
+    _not_ours.add(pid)
+    info = proc_table.read_process(pid)
+    comm = repr(info.comm) if info is not None else "gone"  # repr: a name may hold control characters
+    logging.getLogger("cephaloproxy").warning(
+        "Process %d (%s) is not ours to kill (another user's: EPERM); not waiting for it", pid, comm
+    )
 
 
 def exited_children() -> Iterator[tuple[int, int]]:

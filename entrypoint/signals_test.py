@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from entrypoint.harness import as_pid1, children_of, pid1_host_pid, pid_namespace_problem
+from entrypoint.proc_table import process_tree
 from entrypoint.testing import (  # noqa: F401 - fixtures
     Launcher, Workspace, catches, launch, pausing_squid, process_state, python_for_child, squid_available,
     wait_until, workspace,
@@ -95,19 +97,6 @@ for line in sys.stdin:
 """
 
 
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
 @pytest.mark.parametrize("signum", [signal.SIGQUIT, signal.SIGUSR1])
 def test_fatal_signal_as_subreaper_leaves_no_descendant_alive(workspace: Workspace, launch: Launcher, signum: int) -> None:
     helper = workspace.etc / "orphan_maker.py"
@@ -134,3 +123,116 @@ def test_fatal_signal_as_subreaper_leaves_no_descendant_alive(workspace: Workspa
     run.wait_exit(30)
     for pid in alive + [orphan]:
         assert wait_until(lambda: process_state(pid) in (None, "Z"), 10), f"pid {pid} outlived the entrypoint"
+
+
+# A url_rewrite helper leaving two processes that left Squid's session and process group: one
+# stays below the helper (in Squid's tree), the other is orphaned (re-parented to the entrypoint).
+SETSID_PAIR = """import os, sys, time
+record = sys.argv[1]
+def leave_and_sleep(name):
+    with open(f"{record}.{name}.tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(f"{record}.{name}.tmp", f"{record}.{name}")
+    time.sleep(600)
+    os._exit(0)
+if os.fork() == 0:
+    os.setsid()
+    leave_and_sleep("in-tree")
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        leave_and_sleep("orphan")
+    os._exit(0)
+for line in sys.stdin:
+    sys.stdout.write("ERR\\n")
+    sys.stdout.flush()
+"""
+
+
+def config_with_helper(workspace: Workspace, script: str, record: Path) -> None:
+    helper = workspace.etc / "helper.py"
+    helper.write_text(script)
+    os.chmod(helper, 0o664)
+    run_dir = workspace.runtime_dir("run")
+    workspace.write_custom_config(
+        f"http_port 127.0.0.1:{workspace.squid_port}\npid_filename {run_dir}/squid.pid\n"
+        "http_access allow localhost\nhttp_access deny all\ncache_log /dev/stderr\n"
+        "access_log stdio:/dev/stdout\nlogfile_rotate 0\nvisible_hostname kill-test\n"
+        "shutdown_lifetime 1 seconds\npinger_enable off\nnetdb_filename none\n"
+        f"url_rewrite_program {python_for_child()} {helper} {record}\n"
+        "url_rewrite_children 1 startup=1 idle=1\n"
+    )
+
+
+@pytest.mark.parametrize("way_out", ["sigterm", "squid-dies"])
+def test_every_descendant_is_killed_on_the_way_out(workspace: Workspace, launch: Launcher, way_out: str) -> None:
+    record = workspace.var / "left"
+    config_with_helper(workspace, SETSID_PAIR, record)
+    run = launch()
+    squid_pid = run.wait_ready()
+    marks = [Path(f"{record}.in-tree"), Path(f"{record}.orphan")]
+    assert wait_until(lambda: all(m.exists() for m in marks), 60), run.output
+    in_tree, orphan = (int(m.read_text()) for m in marks)
+    assert wait_until(lambda: orphan in children_of(run.pid), 10), "the orphan was not re-parented"
+    tree = [p.pid for p in process_tree(run.pid)[1:]]  # Squid, its kid, the helper, the health server, both
+    assert {squid_pid, in_tree, orphan} <= set(tree) and len(tree) >= 6, tree
+    if way_out == "sigterm":
+        run.process.send_signal(signal.SIGTERM)
+        assert run.wait_exit(30) == 0, run.output
+    else:
+        os.kill(squid_pid, signal.SIGKILL)
+        assert run.wait_exit(30) == 1, run.output
+    left = [pid for pid in tree if process_state(pid) not in (None, "Z")]
+    for pid in left:  # outside the run's session: its cleanup would not find them
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"outlived the entrypoint: {left} (in-tree {in_tree}, orphan {orphan})"
+
+
+# -- the window after exec, as PID 1 ---------------------------------------------------------------
+# Delays (s) after exec at which SIGTERM reaches PID 1: around Python's own start-up (~20 ms).
+EXEC_DELAYS = (0.0, 0.005, 0.010, 0.015, 0.020, 0.025, 0.030, 0.040, 0.060)
+
+
+def launch_as_pid1(workspace: Workspace, launch: Launcher) -> tuple[object, int, float]:
+    """The entrypoint as PID 1 of its own pid namespace: (run, its pid here, time.monotonic() of its exec)."""
+    stamp = workspace.root / f"exec-stamp-{time.monotonic_ns()}"
+    run = launch(argv=as_pid1([python_for_child(), str(workspace.bin / "entrypoint.py")], stamp), user=(0, 0))
+    assert wait_until(stamp.exists, 30, interval=0.0005), run.output
+    exec_at = float(stamp.read_text())
+    return run, pid1_host_pid(run.pid), exec_at
+
+
+def sigterm_outcome(run, pid1: int) -> str:  # type: ignore[no-untyped-def]
+    """"honoured" (startup aborted, exit 0) or "lost" (it went on to `Container ready`)."""
+    run.wait_for_output(r"Startup aborted by signal|Container ready", 90)
+    if "Container ready" in run.stdout:
+        os.kill(pid1, signal.SIGTERM)
+        assert run.wait_exit(30) == 0, run.output
+        return "lost"
+    assert_aborted_cleanly(run)
+    return "honoured"
+
+
+def test_sigterm_to_pid1_is_honoured_once_caught_and_from_the_first_log_line_on(workspace: Workspace, launch: Launcher) -> None:
+    if pid_namespace_problem() is not None:
+        pytest.skip(str(pid_namespace_problem()))
+    # The measurement: SIGTERM at increasing delays after exec. Before the handler is installed
+    # (Python's own start-up) the kernel drops a SIGTERM to PID 1; once it is, none may be lost.
+    trials = []
+    for delay in EXEC_DELAYS:
+        run, pid1, exec_at = launch_as_pid1(workspace, launch)
+        time.sleep(max(0.0, exec_at + delay - time.monotonic()))
+        caught = catches(pid1, signal.SIGTERM)
+        sent = time.monotonic() - exec_at
+        os.kill(pid1, signal.SIGTERM)
+        trials.append((sent, caught, sigterm_outcome(run, pid1)))
+    print("SIGTERM after exec (ms), handler installed, outcome:")
+    for sent, caught, outcome in trials:
+        print(f"  {sent * 1000:6.1f}  {caught!s:5}  {outcome}")
+    assert all(outcome == "honoured" for _, caught, outcome in trials if caught), trials
+    # From the first log line on, every time.
+    for attempt in range(3):
+        run, pid1, _ = launch_as_pid1(workspace, launch)
+        run.wait_for_output(r"CephaloProxy entrypoint starting", 60)
+        os.kill(pid1, signal.SIGTERM)
+        assert sigterm_outcome(run, pid1) == "honoured", f"attempt {attempt}: lost after the first log line"
