@@ -1,7 +1,9 @@
 """Logging setup: `YYYY-MM-DD HH:MM:SS [LEVEL] message`, INFO/WARNING on stdout, ERROR on stderr.
 
-PID 1 logs through non-blocking OutputSinks (see output_sink), so a stalled log reader never
-blocks it; other processes (the health server) may use plain streams.
+Every record is formatted into exactly one line, redacted and with control characters escaped
+(log_text), whatever its message, arguments or traceback hold. PID 1 logs through non-blocking
+OutputSinks (see output_sink), so a stalled log reader never blocks it; other processes (the
+health server) use the same formatting on plain streams.
 """
 
 from __future__ import annotations
@@ -9,20 +11,18 @@ from __future__ import annotations
 import logging
 import sys
 
+from entrypoint.log_text import safe_record
 from entrypoint.output_sink import OutputSink
-from entrypoint.redact import redact_text
 
 LOG_FORMAT = "%(asctime)s [%(levelname)s] %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
-class _RedactFilter(logging.Filter):
-    """Last line of defence: no log record carries a credential, whatever its source."""
+class _SafeFormatter(logging.Formatter):
+    """The last step of every record, traceback included: one line, no credential, no control character."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact_text(record.getMessage())
-        record.args = None
-        return True
+    def format(self, record: logging.LogRecord) -> str:
+        return safe_record(super().format(record))
 
 
 class _BelowErrorFilter(logging.Filter):
@@ -51,7 +51,7 @@ def configure_logging(
 
     With `sinks` (stdout, stderr), records go to them; otherwise to sys.stdout/sys.stderr.
     """
-    formatter = logging.Formatter(LOG_FORMAT, DATE_FORMAT)
+    formatter = _SafeFormatter(LOG_FORMAT, DATE_FORMAT)
     to_stdout: logging.Handler
     to_stderr: logging.Handler
     if sinks is not None:
@@ -59,10 +59,8 @@ def configure_logging(
     else:
         to_stdout, to_stderr = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
     to_stdout.setFormatter(formatter)
-    to_stdout.addFilter(_RedactFilter())
     to_stdout.addFilter(_BelowErrorFilter())
     to_stderr.setFormatter(formatter)
-    to_stderr.addFilter(_RedactFilter())
     to_stderr.setLevel(logging.ERROR)
     root = logging.getLogger()
     for handler in list(root.handlers):

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from entrypoint.mounted_files import CONFIG_SIZE_LIMIT, FileProblem, check_file, read_bounded
+from entrypoint.redact import remember_secrets
 from entrypoint.settings import DEFAULT_SQUID_PORT, Settings
 
 DISK_CACHE_TYPES = frozenset({"ufs", "aufs", "diskd", "rock"})
@@ -128,9 +129,11 @@ def parse_directives(text: str, source: Path | None = None) -> tuple[Directive, 
         pending = ""
         if not full:
             continue
+        remember_secrets(full)  # Squid may echo its values, or pieces of them, in any later line
         words = full.split()
         directives.append(Directive(pending_line, words[0], tuple(words[1:]), source))
     if pending.strip():
+        remember_secrets(pending)
         words = pending.split()
         directives.append(Directive(pending_line, words[0], tuple(words[1:]), source))
     return tuple(directives)
