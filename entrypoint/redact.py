@@ -126,8 +126,15 @@ _TRIGGERS = ("pass", "pwd", "secret", "token", "login", "key", "credential", "co
              "-pa", "-ds", "-w", "edirectory_userip", "kerberos_ldap_group", "@", "daemon", "authorization")
 
 _remembered: dict[str, None] = {}  # insertion-ordered set
-_hints: tuple[str, ...] = ()  # casefolded substrings: a line holding none holds no remembered value
-_remembered_pattern: re.Pattern[str] | None = None
+
+
+class _Registry(NamedTuple):
+    hints: tuple[str, ...]  # casefolded substrings: a line holding none holds no remembered value
+    pattern: re.Pattern[str] | None
+
+
+# Replaced whole (one assignment), so a thread that logs never sees hints and pattern disagree.
+_registry = _Registry((), None)
 
 
 def _has_trigger(folded: str) -> bool:
@@ -150,13 +157,14 @@ def _rule_matches(line: str, folded: str) -> Iterator[tuple[int, int, _Rule]]:
 
 
 def _remembered_spans(line: str, folded: str) -> Iterator[tuple[int, int]]:
-    for hint in _hints:
+    registry = _registry
+    for hint in registry.hints:
         if hint in folded:
             break
     else:
         return
-    if _remembered_pattern is not None:
-        for match in _remembered_pattern.finditer(line):
+    if registry.pattern is not None:
+        for match in registry.pattern.finditer(line):
             yield match.span()
 
 
@@ -237,9 +245,9 @@ def remember_secrets(line: str) -> None:
 
 def forget_secrets() -> None:
     """Forget every remembered value (tests)."""
-    global _hints, _remembered_pattern
+    global _registry
     _remembered.clear()
-    _hints, _remembered_pattern = (), None
+    _registry = _Registry((), None)
 
 
 def _literal(string: str) -> str:
@@ -253,18 +261,18 @@ def _hint(string: str) -> str:
 
 def _compile_remembered() -> None:
     """Longer values match anywhere; short ones (under 4 characters) only as a word of their own."""
-    global _hints, _remembered_pattern
+    global _registry
     ordered = sorted(_remembered, key=len, reverse=True)
     long = "|".join(_literal(s) for s in ordered if len(s) >= 4)
     short = "|".join(_literal(s) for s in ordered if len(s) < 4)
     alternatives = [f"(?:{long})"] if long else []
     if short:
         alternatives.append(rf"(?<![a-z0-9])(?:{short})(?![a-z0-9])")
-    _remembered_pattern = re.compile("|".join(alternatives), _FLAGS)
+    pattern = re.compile("|".join(alternatives), _FLAGS)
     # A hint holding another hint is implied by it: keep the minimal ones (fewer checks per line).
     hints = sorted({_hint(s) for s in _remembered}, key=len)
     minimal: list[str] = []
     for hint in hints:
         if not any(shorter in hint for shorter in minimal):
             minimal.append(hint)
-    _hints = tuple(minimal)
+    _registry = _Registry(tuple(minimal), pattern)
