@@ -137,3 +137,25 @@ def test_every_relayed_line_is_one_clean_line(relay_pipes: _Pipes, chunks: list[
     lines = out.decode("utf-8").split("\n")
     assert lines[-1] == "" and len(lines) - 1 == expected_lines, (data, out)
     assert all(_is_clean(line) for line in lines), out
+
+
+def test_an_uncaught_exception_is_one_clean_line_too() -> None:
+    """Python's own traceback printer would write the value raw, over several lines."""
+    import subprocess
+    import sys
+
+    code = (
+        "import threading\n"
+        "from entrypoint.logs import configure_logging\n"
+        "configure_logging('INFO')\n"
+        "def fail(): raise ValueError('\\x1b[2J\\u2028in a thread\\nforged')\n"
+        "thread = threading.Thread(target=fail); thread.start(); thread.join()\n"
+        "raise ValueError('\\x1b[2J\\rkept\\nforged login=u:S3CR')\n"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, cwd=repo)
+    assert result.returncode == 1 and result.stdout == b""
+    lines = result.stderr.decode("utf-8").splitlines()
+    assert len(lines) == 2, result.stderr
+    assert all(_is_clean(line) and "[CRITICAL] Uncaught exception" in line for line in lines), lines
+    assert "S3CR" not in lines[1] and "\\x1b[2J\\rkept\\nforged" in lines[1], lines

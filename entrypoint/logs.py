@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+from types import TracebackType
 
 from entrypoint.log_text import safe_record
 from entrypoint.output_sink import OutputSink
@@ -44,6 +46,15 @@ class SinkHandler(logging.Handler):
             self.handleError(record)
 
 
+def _log_uncaught(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+    logging.getLogger("cephaloproxy").critical("Uncaught exception", exc_info=(kind, error, trace))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is not None and not isinstance(args.exc_value, SystemExit):
+        _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback)
+
+
 def configure_logging(
     level_name: str, sinks: tuple[OutputSink, OutputSink] | None = None
 ) -> logging.Logger:
@@ -68,4 +79,7 @@ def configure_logging(
     root.addHandler(to_stdout)
     root.addHandler(to_stderr)
     root.setLevel(getattr(logging, level_name, logging.INFO))
+    # An exception nobody catches becomes a record too: one line, redacted, escaped.
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
     return logging.getLogger("cephaloproxy")
