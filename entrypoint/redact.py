@@ -12,6 +12,7 @@ appear in any later line. Only values are replaced: directive names, files and l
 from __future__ import annotations
 
 import re
+import threading
 from typing import Callable, Iterator, NamedTuple
 
 REDACTED = "<redacted>"
@@ -126,15 +127,21 @@ _TRIGGERS = ("pass", "pwd", "secret", "token", "login", "key", "credential", "co
              "-pa", "-ds", "-w", "edirectory_userip", "kerberos_ldap_group", "@", "daemon", "authorization")
 
 _remembered: dict[str, None] = {}  # insertion-ordered set
+_remembering = threading.Lock()  # configs may be parsed off the event loop (reload)
+
+
+MAX_HINTS = 64  # more remembered values: every line is searched with the pattern, no pre-check
 
 
 class _Registry(NamedTuple):
-    hints: tuple[str, ...]  # casefolded substrings: a line holding none holds no remembered value
+    hints: tuple[str, ...] | None  # casefolded: a line holding none holds no remembered value
     pattern: re.Pattern[str] | None
 
 
-# Replaced whole (one assignment), so a thread that logs never sees hints and pattern disagree.
+# Replaced whole (one assignment), so a thread that logs never sees hints and pattern disagree;
+# rebuilt when first needed after values were added (a config with many secrets compiles once).
 _registry = _Registry((), None)
+_registry_stale = False
 
 
 def _has_trigger(folded: str) -> bool:
@@ -157,12 +164,15 @@ def _rule_matches(line: str, folded: str) -> Iterator[tuple[int, int, _Rule]]:
 
 
 def _remembered_spans(line: str, folded: str) -> Iterator[tuple[int, int]]:
+    if _registry_stale:
+        _compile_remembered()
     registry = _registry
-    for hint in registry.hints:
-        if hint in folded:
-            break
-    else:
-        return
+    if registry.hints is not None:
+        for hint in registry.hints:
+            if hint in folded:
+                break
+        else:
+            return
     if registry.pattern is not None:
         for match in registry.pattern.finditer(line):
             yield match.span()
@@ -228,26 +238,28 @@ def _worth_remembering(piece: str) -> bool:
 
 def remember_secrets(line: str) -> None:
     """Remember every secret value the rules find in `line` (a config line PID 1 parses)."""
-    added = False
+    global _registry_stale
+    found: list[str] = []
     outer_end = -1
-    for start, end, rule in sorted(_rule_matches(line, line.casefold()), key=lambda found: found[:2]):
+    for start, end, rule in sorted(_rule_matches(line, line.casefold()), key=lambda match: match[:2]):
         if start < outer_end:  # inside another value (password= in a quoted --dsn): only up to its end
             end = min(end, outer_end)
         else:
             outer_end = end
-        for string in secret_strings(rule.remember(line[start:end])):
+        found.extend(secret_strings(rule.remember(line[start:end])))
+    with _remembering:
+        for string in found:
             if string not in _remembered and len(_remembered) < MAX_REMEMBERED:
                 _remembered[string] = None
-                added = True
-    if added:
-        _compile_remembered()
+                _registry_stale = True
 
 
 def forget_secrets() -> None:
     """Forget every remembered value (tests)."""
-    global _registry
-    _remembered.clear()
-    _registry = _Registry((), None)
+    global _registry, _registry_stale
+    with _remembering:
+        _remembered.clear()
+        _registry, _registry_stale = _Registry((), None), False
 
 
 def _literal(string: str) -> str:
@@ -260,9 +272,15 @@ def _hint(string: str) -> str:
 
 
 def _compile_remembered() -> None:
+    global _registry, _registry_stale
+    with _remembering:
+        if _registry_stale:
+            _registry, _registry_stale = _build_registry(list(_remembered)), False
+
+
+def _build_registry(remembered: list[str]) -> _Registry:
     """Longer values match anywhere; short ones (under 4 characters) only as a word of their own."""
-    global _registry
-    ordered = sorted(_remembered, key=len, reverse=True)
+    ordered = sorted(remembered, key=len, reverse=True)
     long = "|".join(_literal(s) for s in ordered if len(s) >= 4)
     short = "|".join(_literal(s) for s in ordered if len(s) < 4)
     alternatives = [f"(?:{long})"] if long else []
@@ -270,9 +288,11 @@ def _compile_remembered() -> None:
         alternatives.append(rf"(?<![a-z0-9])(?:{short})(?![a-z0-9])")
     pattern = re.compile("|".join(alternatives), _FLAGS)
     # A hint holding another hint is implied by it: keep the minimal ones (fewer checks per line).
-    hints = sorted({_hint(s) for s in _remembered}, key=len)
+    hints = sorted({_hint(s) for s in remembered}, key=len)
+    if len(hints) > MAX_HINTS:
+        return _Registry(None, pattern)
     minimal: list[str] = []
     for hint in hints:
         if not any(shorter in hint for shorter in minimal):
             minimal.append(hint)
-    _registry = _Registry(tuple(minimal), pattern)
+    return _Registry(tuple(minimal), pattern)

@@ -246,3 +246,15 @@ def test_a_remembered_value_is_replaced_anywhere_in_any_case() -> None:
         assert redact("http_access deny all") == "http_access deny all"
     finally:
         forget_secrets()
+
+
+def test_many_remembered_values_stay_cheap_and_all_match() -> None:
+    """A config with more secrets than the pre-check takes: each is still redacted."""
+    forget_secrets()
+    try:
+        for number in range(redact_module.MAX_HINTS * 3):
+            remember_secrets(f"cachemgr_passwd Mgr{number:04d}pw menu")
+        for number in (0, redact_module.MAX_HINTS * 3 - 1):
+            assert redact(f"GET cache_object://h/menu@Mgr{number:04d}pw") == f"GET cache_object://h/menu@{REDACTED}"
+    finally:
+        forget_secrets()
