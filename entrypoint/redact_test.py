@@ -103,7 +103,7 @@ def secret_lines(draw: st.DrawFn) -> tuple[str, list[str]]:
     """(a config line carrying a secret in one of its forms, the secret's pieces that must not leak)."""
     form = draw(st.sampled_from([
         "login", "login_quoted", "option", "option_space", "getopt_long", "dsn", "cachemgr", "daemon",
-        "flag_w", "edirectory", "kerberos", "url", "url_quoted", "snmp", "authorization", "wccp",
+        "flag_w", "flag_quoted", "edirectory", "kerberos", "url", "url_quoted", "snmp", "authorization", "wccp",
     ]))
     secret = draw(_plain)
     if form == "login":
@@ -145,6 +145,11 @@ def secret_lines(draw: st.DrawFn) -> tuple[str, list[str]]:
         gap = draw(st.sampled_from(["", " ", "  ", "\t"]))
         helper = draw(st.sampled_from(["basic_ldap_auth", "ext_ldap_group_acl", "basic_radius_auth", "digest_ldap_auth"]))
         return f"auth_param basic program /usr/lib/squid/{helper} -b dc=x -D cn=admin -w{gap}{secret} -h ldap", [secret]
+    if form == "flag_quoted":  # a quoted value is one word to the helper: redacted whole
+        words = draw(_quoted_words)
+        quote = draw(st.sampled_from(['"', "'"]))
+        flag = draw(st.sampled_from(["-w ", "-w", "--password ", "--PASSWORD=", "-bindpassword "]))
+        return f"auth_param basic program /usr/lib/squid/helper {flag}{quote}{' '.join(words)}{quote} -x", words
     if form == "edirectory":  # -W SECRET, alone or in a flag cluster
         cluster = draw(st.sampled_from(["-W", "-ZW", "-W4", "-dPW"]))
         return f"external_acl_type e %SRC /usr/lib/squid/ext_edirectory_userip_acl -b o=x -D cn=a {cluster} {secret} -H ldap", [secret]
