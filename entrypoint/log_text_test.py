@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
+import threading
 from typing import Iterator
 
 import pytest
@@ -64,7 +66,7 @@ def pipes() -> Iterator[_Pipes]:
     """Pipes for the records; the root logger is restored afterwards."""
     created = _Pipes()
     root = logging.getLogger()
-    saved = (list(root.handlers), root.level, logging.getLogger("asyncio").level)
+    saved = (list(root.handlers), root.level, logging.getLogger("asyncio").level, sys.excepthook, threading.excepthook)
     logging.getLogger("asyncio").setLevel(logging.WARNING)  # its DEBUG line per new loop is not ours
     try:
         yield created
@@ -75,6 +77,7 @@ def pipes() -> Iterator[_Pipes]:
             root.addHandler(handler)
         root.setLevel(saved[1])
         logging.getLogger("asyncio").setLevel(saved[2])
+        sys.excepthook, threading.excepthook = saved[3], saved[4]  # configure_logging sets them
         created.close()
 
 
@@ -142,7 +145,6 @@ def test_every_relayed_line_is_one_clean_line(relay_pipes: _Pipes, chunks: list[
 def test_an_uncaught_exception_is_one_clean_line_too() -> None:
     """Python's own traceback printer would write the value raw, over several lines."""
     import subprocess
-    import sys
 
     code = (
         "import threading\n"
