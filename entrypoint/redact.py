@@ -241,7 +241,9 @@ def remember_secrets(line: str) -> None:
     global _registry_stale
     found: list[str] = []
     outer_end = -1
-    for start, end, rule in sorted(_rule_matches(line, line.casefold()), key=lambda match: match[:2]):
+    # The longest value first where several start at one place (a quoted URL's password, not the
+    # part before its first @ that the unquoted rule sees).
+    for start, end, rule in sorted(_rule_matches(line, line.casefold()), key=lambda match: (match[0], -match[1])):
         if start < outer_end:  # inside another value (password= in a quoted --dsn): only up to its end
             end = min(end, outer_end)
         else:
