@@ -1,8 +1,9 @@
 """Relays a child's output pipe to one of PID 1's output sinks, line by line, through a filter.
 
 The relay always reads (so the child never blocks on a full pipe) and hands whole lines to an
-OutputSink, which drops rather than blocks when our own reader stalls. `line_filter` sees every
-line (without its newline) before it is written: a redactor plugs in there.
+OutputSink, which drops rather than blocks when our own reader stalls. Every line is redacted
+and has its control characters escaped (log_text) before it is written, whoever wrote it;
+`line_filter` sees every line (without its newline) before that.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import subprocess
 from typing import Any, Awaitable, Callable, Sequence
 
+from entrypoint.log_text import safe_line
 from entrypoint.output_sink import OutputSink
 from entrypoint.processes import ChildProcesses
 
@@ -57,10 +59,10 @@ class LineRelay(asyncio.Protocol):
             self._previous = raw
         text = raw.decode("utf-8", errors="surrogateescape")
         try:
-            text = self.line_filter(text)
+            text = safe_line(self.line_filter(text))
         except Exception:  # a broken filter must not take PID 1 down; never leak the line
             text = "[line dropped: log filter failed]"
-        self.sink.write_line(text.encode("utf-8", errors="surrogateescape") + b"\n")
+        self.sink.write_line(text.encode("utf-8", errors="replace") + b"\n")
 
     def eof_received(self) -> bool | None:
         return None

@@ -1,28 +1,30 @@
 """Logging setup: `YYYY-MM-DD HH:MM:SS [LEVEL] message`, INFO/WARNING on stdout, ERROR on stderr.
 
-PID 1 logs through non-blocking OutputSinks (see output_sink), so a stalled log reader never
-blocks it; other processes (the health server) may use plain streams.
+Every record is formatted into exactly one line, redacted and with control characters escaped
+(log_text), whatever its message, arguments or traceback hold. PID 1 logs through non-blocking
+OutputSinks (see output_sink), so a stalled log reader never blocks it; other processes (the
+health server) use the same formatting on plain streams.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+from types import TracebackType
 
+from entrypoint.log_text import safe_record
 from entrypoint.output_sink import OutputSink
-from entrypoint.redact import redact_text
 
 LOG_FORMAT = "%(asctime)s [%(levelname)s] %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
-class _RedactFilter(logging.Filter):
-    """Last line of defence: no log record carries a credential, whatever its source."""
+class _SafeFormatter(logging.Formatter):
+    """The last step of every record, traceback included: one line, no credential, no control character."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact_text(record.getMessage())
-        record.args = None
-        return True
+    def format(self, record: logging.LogRecord) -> str:
+        return safe_record(super().format(record))
 
 
 class _BelowErrorFilter(logging.Filter):
@@ -44,6 +46,15 @@ class SinkHandler(logging.Handler):
             self.handleError(record)
 
 
+def _log_uncaught(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+    logging.getLogger("cephaloproxy").critical("Uncaught exception", exc_info=(kind, error, trace))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is not None and not isinstance(args.exc_value, SystemExit):
+        _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback)
+
+
 def configure_logging(
     level_name: str, sinks: tuple[OutputSink, OutputSink] | None = None
 ) -> logging.Logger:
@@ -51,7 +62,7 @@ def configure_logging(
 
     With `sinks` (stdout, stderr), records go to them; otherwise to sys.stdout/sys.stderr.
     """
-    formatter = logging.Formatter(LOG_FORMAT, DATE_FORMAT)
+    formatter = _SafeFormatter(LOG_FORMAT, DATE_FORMAT)
     to_stdout: logging.Handler
     to_stderr: logging.Handler
     if sinks is not None:
@@ -59,10 +70,8 @@ def configure_logging(
     else:
         to_stdout, to_stderr = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
     to_stdout.setFormatter(formatter)
-    to_stdout.addFilter(_RedactFilter())
     to_stdout.addFilter(_BelowErrorFilter())
     to_stderr.setFormatter(formatter)
-    to_stderr.addFilter(_RedactFilter())
     to_stderr.setLevel(logging.ERROR)
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -70,4 +79,7 @@ def configure_logging(
     root.addHandler(to_stdout)
     root.addHandler(to_stderr)
     root.setLevel(getattr(logging, level_name, logging.INFO))
+    # An exception nobody catches becomes a record too: one line, redacted, escaped.
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
     return logging.getLogger("cephaloproxy")

@@ -1,55 +1,300 @@
-"""Redaction of secrets in config lines and Squid output before they reach a log.
+"""Redaction of secrets in config lines, Squid's output and log records before they reach a log.
 
-Squid echoes config lines verbatim (`Processing: cache_peer ... login=user:pass`, `Bungled
-... line 3: ...`), so every line the entrypoint prints from Squid or from a config goes
-through `redact`. Only values are replaced: the directive name, file and line number stay.
+Two layers, both case-insensitive. Pattern rules find the value of every secret-bearing
+directive and helper option Squid 7.7 documents, in any line (`Processing: cache_peer ...
+login=<redacted>`). Squid also prints values without their option (`Logfile Daemon: opening
+log /h/db/t/user/PASSWORD`) or in pieces (a quoted `login="u:two words"` gives `Ignoring
+unknown cache_peer option 'words"'`), so every value the rules find in a config line PID 1
+parses is remembered (`remember_secrets`), and it and its pieces are replaced wherever they
+appear in any later line. Only values are replaced: directive names, files and line numbers stay.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+from typing import Callable, Iterator, NamedTuple
 
 REDACTED = "<redacted>"
+MAX_REMEMBERED = 10_000  # distinct remembered strings (a bound, far above any real config)
+
+# A word as Squid splits a line (at " \t\r\n" only): a quoted run ("..." or '...', backslash
+# escapes, unclosed: to the end of the line) is part of the word, whitespace and all.
+_WORD = r"""(?:[^ \t\r\n"']|"(?:[^"\\]|\\[\s\S]?)*(?:"|$)|'(?:[^'\\]|\\[\s\S]?)*(?:'|$))+"""
+_START = r"""(?<![^ \t\r\n"'(=,;])"""  # an option starts a word (or follows a quote or =)
+# Words in an option's name that say credential; `pass` only as a word of its own (not bypass=).
+_CREDENTIAL = r"(?:passw|passph|pwd|secret|token|login|key|credential|community|(?<![a-z])pass(?![a-z]))"
+_NAME = rf"[a-z0-9_.-]*?{_CREDENTIAL}[a-z0-9_.-]*"
+_FLAGS = re.IGNORECASE | re.ASCII  # ASCII case folding: what Squid and its helpers fold
+_CREDENTIAL_RE = re.compile(_CREDENTIAL, _FLAGS)
+_FIRST_WORD = re.compile(_WORD)
+_QUOTES = "\"'"
 
 # cache_peer login= keywords that are not credentials.
 _LOGIN_KEYWORDS = frozenset({"PASS", "PASSTHRU", "PROXYPASS", "NEGOTIATE"})
 
-# name=value where the name says credential: login=, password=, *passw*, *secret*, *key*, *token*.
-_SECRET_OPTION = re.compile(
-    r"""(?P<name>(?<![\w.-])-{0,2}[\w.-]*(?:login|passw|secret|key|token)[\w.-]*=)(?P<value>"[^"]*"|'[^']*'|[^\s,;]+)""",
-    re.IGNORECASE,
-)
-# scheme://user:password@host -> scheme://user:<redacted>@host
-_URL_USERINFO = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^\s/:@]*:)(?P<value>[^\s/]*)@", re.IGNORECASE)
-# A directive whose own name says credential (cachemgr_passwd SECRET all): every argument.
-# Squid-style names only (a word with `_`, at the start or after whitespace or `:`), so
-# prose such as "password file" or a path like /etc/squid/passwd is left alone.
-_SECRET_DIRECTIVE = re.compile(
-    r"(?P<name>(?<![^\s:])(?=[a-z0-9]*_)[a-z][a-z0-9_]*(?:passw|secret)[a-z0-9_]*)(?P<gap>\s+)(?P<value>\S.*)$",
-    re.IGNORECASE,
-)
-# Helper flags that take a password as the next word (basic_ldap_auth/ext_ldap_group_acl -w).
-_PASSWORD_FLAG = re.compile(r"(?P<name>(?<!\S)-w\s+)(?P<value>\S+)")
+
+def _whole(value: str) -> str:
+    return value
 
 
-def _option(match: re.Match[str]) -> str:
-    name, value = match.group("name"), match.group("value")
-    if name.lower().endswith("login=") and value.upper() in _LOGIN_KEYWORDS:
-        return match.group(0)
-    # A key *file* path names a file, not its content, and is what an operator needs to see.
-    if "key" in name.lower() and "passw" not in name.lower() and "secret" not in name.lower() and value.startswith("/"):
-        return match.group(0)
-    return name + REDACTED
+def _first_word(value: str) -> str:
+    match = _FIRST_WORD.match(value)
+    return match.group(0) if match else value
+
+
+def _credentials(value: str) -> str:
+    """`Basic dXNlcjpwYXNz` -> the credentials, not the scheme word (remembering "Basic" would
+    redact every "basic" in the log)."""
+    value = value.strip().strip(_QUOTES)
+    return value.split(None, 1)[1] if " " in value else value
+
+
+class _Rule(NamedTuple):
+    pattern: re.Pattern[str]
+    context: str = ""  # only for lines that contain this (lower case), e.g. a helper's name
+    keep: Callable[[re.Match[str]], bool] = lambda match: False  # a match that is no secret
+    remember: Callable[[str], str] = _whole  # what of the value to remember (remember_secrets)
+
+
+def _value(match: re.Match[str]) -> tuple[int, int]:
+    """The span of the secret: group v or w, whichever matched something."""
+    groups = match.groupdict()
+    return match.span("v") if groups.get("v") else match.span("w") if groups.get("w") else (0, 0)
+
+
+def _keeps_path_or_keyword(match: re.Match[str]) -> bool:
+    name = match.group("n").lower()
+    start, end = _value(match)
+    value = match.string[start:end]
+    if name.endswith("login") and value.upper() in _LOGIN_KEYWORDS:
+        return True
+    # A key *file* (tls-key=/etc/k.pem) names a file, not its content: the operator needs it.
+    says_only_key = "key" in name and _CREDENTIAL_RE.search(name.replace("key", " ")) is None
+    return says_only_key and value.startswith("/")
+
+
+def _keeps_secret_file(match: re.Match[str]) -> bool:
+    """-W names a file holding the bind password (LDAP helpers), except in ext_edirectory_userip_acl."""
+    start, _ = _value(match)
+    return (
+        match.group("f") == "W" and match.string.startswith("/", start)
+        and "edirectory_userip" not in match.string.lower()
+    )
+
+
+_RULES = (
+    # name=value: login=, password=, --bindPassword=, client_secret=, api_key=, DSN attributes.
+    _Rule(re.compile(rf"(?<![a-z0-9_.-])(?P<n>-{{0,2}}{_NAME})=(?P<v>{_WORD})", _FLAGS), keep=_keeps_path_or_keyword),
+    # --password VALUE, -bind_password VALUE (Getopt::Long and friends take the next word too).
+    _Rule(re.compile(rf"{_START}(?P<n>--?{_NAME})[ \t]+(?P<v>{_WORD})", _FLAGS), keep=_keeps_path_or_keyword),
+    # Getopt::Long abbreviations (basic_db_auth, ext_sql_session_acl): --pa ... --password, --ds(n).
+    _Rule(re.compile(
+        rf"{_START}--?(?:pa(?:s(?:s(?:w(?:o(?:r(?:d)?)?)?)?)?)?|dsn?)(?:=(?P<v>{_WORD})|[ \t]+(?P<w>{_WORD}))", _FLAGS
+    )),
+    # -w PASSWORD / -wPASSWORD (basic_ldap_auth, ext_ldap_group_acl, digest_*_auth, basic_radius_auth);
+    # -W is a password file there (kept when it is a path) but the password in ext_edirectory_userip_acl.
+    _Rule(re.compile(rf"{_START}-(?P<f>[wW])(?:(?P<v>{_WORD})|[ \t]+(?P<w>{_WORD}))"), keep=_keeps_secret_file),
+    # ext_edirectory_userip_acl: any flag cluster with W takes the next word as the password.
+    _Rule(re.compile(rf"{_START}-[a-z0-9]*w[a-z0-9]*[ \t]+(?P<v>{_WORD})", _FLAGS), context="edirectory_userip"),
+    # ext_kerberos_ldap_group_acl -p PASSWORD (getopt: -dpX, -d -p X).
+    _Rule(re.compile(rf"{_START}-[diasnh]*p(?:(?P<v>{_WORD})|[ \t]+(?P<w>{_WORD}))"), context="kerberos_ldap_group"),
+    # scheme://user:PASSWORD@host: the password runs to the last @ of the word (it may hold / : @),
+    # or of the quoted run the URL starts.
+    _Rule(re.compile(r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^ \t\r\n/?#@:\"']*:(?P<v>[^ \t\r\n]*)@", _FLAGS)),
+    _Rule(re.compile(r"(?P<q>[\"'])[a-z][a-z0-9+.-]*://[^ \t\r\n/?#@:\"']*:(?P<v>(?:(?!(?P=q)).)*)@", _FLAGS)),
+    # log_db_daemon's DSN as a log path: daemon:/host/database/table/user/PASSWORD (all after the
+    # fifth /); Squid also prints it without `daemon:` when it starts the daemon.
+    _Rule(re.compile(
+        rf"(?:(?<![a-z0-9])daemon:|logfile daemon: (?:opening|closing) log )(?:[^/ \t\r\n]*/){{5}}(?P<v>{_WORD})", _FLAGS
+    )),
+    _Rule(re.compile(r"(?P<q>[\"'])daemon:(?:(?:(?!(?P=q))[^/])*/){5}(?P<v>(?:(?!(?P=q)).)*)", _FLAGS)),
+    # A directive whose own name says credential: all its arguments (cachemgr_passwd SECRET all;
+    # acl NAME snmp_community SECRET). Squid-style names only (a word with `_`).
+    _Rule(
+        re.compile(r"(?<![^ \t\r\n:])(?=[a-z0-9]*_)[a-z][a-z0-9_]*(?:passw|secret|community)[a-z0-9_]*[ \t]+(?P<v>[^ \t\r\n].*)$", _FLAGS),
+        remember=_first_word,
+    ),
+    # request_header_add Authorization "Basic ..." / a dumped `Proxy-Authorization: Basic ...`.
+    _Rule(
+        re.compile(rf"(?<![a-z0-9-])(?:proxy-)?authorization(?::[ \t]*(?P<v>.+)|[ \t]+(?P<w>{_WORD}))", _FLAGS),
+        remember=_credentials,
+    ),
+)
+
+# Cheap pre-check: a line holds none of these (lower case) -> no rule can match it.
+_TRIGGERS = ("pass", "pwd", "secret", "token", "login", "key", "credential", "community",
+             "-pa", "-ds", "-w", "edirectory_userip", "kerberos_ldap_group", "@", "daemon", "authorization")
+
+_remembered: dict[str, None] = {}  # insertion-ordered set
+_remembering = threading.Lock()  # configs may be parsed off the event loop (reload)
+
+
+MAX_HINTS = 64  # more remembered values: every line is searched with the pattern, no pre-check
+
+
+class _Registry(NamedTuple):
+    hints: tuple[str, ...] | None  # casefolded: a line holding none holds no remembered value
+    pattern: re.Pattern[str] | None
+
+
+# Replaced whole (one assignment), so a thread that logs never sees hints and pattern disagree;
+# rebuilt when first needed after values were added (a config with many secrets compiles once).
+_registry = _Registry((), None)
+_registry_stale = False
+
+
+def _has_trigger(folded: str) -> bool:
+    for trigger in _TRIGGERS:
+        if trigger in folded:
+            return True
+    return False
+
+
+def _rule_matches(line: str, folded: str) -> Iterator[tuple[int, int, _Rule]]:
+    if not _has_trigger(folded):
+        return
+    for rule in _RULES:
+        if rule.context and rule.context not in folded:
+            continue
+        for match in rule.pattern.finditer(line):
+            start, end = _value(match)
+            if end > start and not rule.keep(match):
+                yield start, end, rule
+
+
+def _remembered_spans(line: str, folded: str) -> Iterator[tuple[int, int]]:
+    if _registry_stale:
+        _compile_remembered()
+    registry = _registry
+    if registry.hints is not None:
+        for hint in registry.hints:
+            if hint in folded:
+                break
+        else:
+            return
+    if registry.pattern is not None:
+        for match in registry.pattern.finditer(line):
+            yield match.span()
+
+
+def _replace(line: str, spans: list[tuple[int, int]]) -> str:
+    if not spans:
+        return line
+    spans.sort()
+    pieces, position = [], 0
+    for start, end in spans:
+        if start < position:  # overlapping: one replacement covers both
+            if end > position:
+                position = end
+            continue
+        pieces.extend((line[position:start], REDACTED))
+        position = end
+    pieces.append(line[position:])
+    return "".join(pieces)
 
 
 def redact(line: str) -> str:
-    """`line` with credential values replaced by <redacted>; idempotent."""
-    line = _URL_USERINFO.sub(lambda m: m.group("head") + REDACTED + "@", line)
-    line = _SECRET_OPTION.sub(_option, line)
-    line = _PASSWORD_FLAG.sub(lambda m: m.group("name") + REDACTED, line)
-    return _SECRET_DIRECTIVE.sub(lambda m: m.group("name") + m.group("gap") + REDACTED, line)
+    """`line` with credential values (by the rules, and every remembered one) replaced by <redacted>."""
+    # casefold, not lower: it is per character (lower() makes a final sigma σ or ς by context),
+    # so a value's casefold is in the line's whenever the value is in the line in any ASCII case.
+    folded = line.casefold()
+    spans = [(start, end) for start, end, _ in _rule_matches(line, folded)]
+    return _replace(line, [*spans, *_remembered_spans(line, folded)])
 
 
 def redact_text(text: str) -> str:
     """Every line of `text` redacted (line structure kept)."""
     return "\n".join(redact(line) for line in text.split("\n"))
+
+
+# -- remembered values -------------------------------------------------------------------------
+_PIECE_SEPARATORS = re.compile(r"[ \t\r\n,;/]+")
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] in _QUOTES and value[-1] == value[0]:
+        return value[1:-1]
+    return value.strip(_QUOTES)
+
+
+def secret_strings(value: str) -> list[str]:
+    """What to remember of one secret value: itself, its part after the first `:` (user:password)
+    and their pieces split at whitespace , ; and / (Squid prints some of those alone)."""
+    value = _unquote(value)
+    wholes = [value]
+    if ":" in value:
+        wholes.append(value.split(":", 1)[1])
+    strings = list(wholes)
+    for whole in wholes:
+        strings.extend(piece.strip(_QUOTES) for piece in _PIECE_SEPARATORS.split(whole))
+    return [s for s in dict.fromkeys(strings) if s and REDACTED.lower() not in s.lower() and _worth_remembering(s)]
+
+
+def _worth_remembering(piece: str) -> bool:
+    # Short punctuation ("-", "..") would redact Squid's own field separators everywhere.
+    return len(piece) >= 4 or any(ch.isalnum() for ch in piece)
+
+
+def remember_secrets(line: str) -> None:
+    """Remember every secret value the rules find in `line` (a config line PID 1 parses)."""
+    global _registry_stale
+    found: list[str] = []
+    outer_end = -1
+    # The longest value first where several start at one place (a quoted URL's password, not the
+    # part before its first @ that the unquoted rule sees).
+    for start, end, rule in sorted(_rule_matches(line, line.casefold()), key=lambda match: (match[0], -match[1])):
+        if start < outer_end:  # inside another value (password= in a quoted --dsn): only up to its end
+            end = min(end, outer_end)
+        else:
+            outer_end = end
+        found.extend(secret_strings(rule.remember(line[start:end])))
+    with _remembering:
+        for string in found:
+            if string not in _remembered and len(_remembered) < MAX_REMEMBERED:
+                _remembered[string] = None
+                _registry_stale = True
+
+
+def forget_secrets() -> None:
+    """Forget every remembered value (tests)."""
+    global _registry, _registry_stale
+    with _remembering:
+        _remembered.clear()
+        _registry, _registry_stale = _Registry((), None), False
+
+
+def _literal(string: str) -> str:
+    # A byte Python could not decode: U+FFFD in the config text, a surrogate in a relayed line.
+    return "[\ufffd\udc80-\udcff]+".join(re.escape(part) for part in string.split("\ufffd"))
+
+
+def _hint(string: str) -> str:
+    return max(string.split("\ufffd"), key=len).casefold()
+
+
+def _compile_remembered() -> None:
+    global _registry, _registry_stale
+    with _remembering:
+        if _registry_stale:
+            _registry, _registry_stale = _build_registry(list(_remembered)), False
+
+
+def _build_registry(remembered: list[str]) -> _Registry:
+    """Longer values match anywhere; short ones (under 4 characters) only as a word of their own."""
+    ordered = sorted(remembered, key=len, reverse=True)
+    long = "|".join(_literal(s) for s in ordered if len(s) >= 4)
+    short = "|".join(_literal(s) for s in ordered if len(s) < 4)
+    alternatives = [f"(?:{long})"] if long else []
+    if short:
+        alternatives.append(rf"(?<![a-z0-9])(?:{short})(?![a-z0-9])")
+    pattern = re.compile("|".join(alternatives), _FLAGS)
+    # A hint holding another hint is implied by it: keep the minimal ones (fewer checks per line).
+    hints = sorted({_hint(s) for s in remembered}, key=len)
+    if len(hints) > MAX_HINTS:
+        return _Registry(None, pattern)
+    minimal: list[str] = []
+    for hint in hints:
+        if not any(shorter in hint for shorter in minimal):
+            minimal.append(hint)
+    return _Registry(tuple(minimal), pattern)

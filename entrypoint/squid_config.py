@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from entrypoint.mounted_files import CONFIG_SIZE_LIMIT, FileProblem, check_file, read_bounded
+from entrypoint.redact import remember_secrets
 from entrypoint.settings import DEFAULT_SQUID_PORT, Settings, port_number
 
 DISK_CACHE_TYPES = frozenset({"ufs", "aufs", "diskd", "rock"})
@@ -159,8 +160,10 @@ def _squid_lines(text: str) -> Iterator[tuple[int, int, list[str]]]:
             parts.append(line[:-1])
             continue
         parts.append(line)
+        joined = "".join(parts)
+        remember_secrets(joined)  # Squid may echo its values, or pieces of them, in any later line
         # Words are separated by spaces and tabs only (Squid's w_space; CR/LF are gone).
-        words = [word for word in "".join(parts).replace("\t", " ").split(" ") if word]
+        words = [word for word in joined.replace("\t", " ").split(" ") if word]
         parts = []
         if words:
             yield first, number, words

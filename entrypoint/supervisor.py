@@ -12,7 +12,6 @@ from entrypoint.health_process import HealthError, HealthProcess
 from entrypoint.log_relay import relayed_spawn
 from entrypoint.output_sink import OutputSink
 from entrypoint.processes import ChildProcesses, kill_descendants_now
-from entrypoint.redact import redact
 from entrypoint.settings import Settings
 from entrypoint.signals import SignalRouter
 from entrypoint.squid_process import SquidCommands
@@ -31,8 +30,7 @@ class Supervisor:
             children=children,
             commands=SquidCommands(settings.squid_bin, children, log),
             health=HealthProcess(settings, children, log, relayed_spawn(children, sinks)),
-            sinks=sinks,
-            line_filter=redact,  # Squid echoes config lines (login=...) verbatim
+            sinks=sinks,  # every relayed line is redacted and escaped (log_relay)
         )
         self.log = log
         self.signals = SignalRouter(log, on_reload=self.request_reload, on_fatal=self.fatal)
