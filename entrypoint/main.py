@@ -15,6 +15,8 @@ from entrypoint.settings import load_settings
 from entrypoint.signals import record_early
 
 FINAL_FLUSH_TIMEOUT = 1.0
+# Once the supervisor is done the exit is under way and bounded: these only need ignoring.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 def seconds_since_exec() -> float:
@@ -54,17 +56,19 @@ def main(early_signals: list[int] | None = None) -> int:
         try:
             return await Supervisor(settings, log, sinks).run(pending)
         finally:
+            # asyncio.run's close puts the default handlers back (a SIGTERM would then kill a
+            # PID 1 that is not PID 1 of its namespace, a SIGINT raise KeyboardInterrupt inside
+            # the close): hold them blocked until they are ignored below.
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             for sink in sinks:
                 sink.attach(None)
 
     try:
         return asyncio.run(supervise())
     finally:
-        # asyncio.run put the default handlers back: a SIGTERM now (not PID 1: `docker --init`,
-        # a test) would kill us before the last kill and flush, a SIGINT raise
-        # KeyboardInterrupt. The exit is under way and bounded, so they only need ignoring.
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in STOP_SIGNALS:  # a signal held meanwhile is discarded, not acted on
             signal.signal(signum, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         # Whatever way we leave (exception included), no descendant outlives us.
         kill_descendants_now()
         for sink in sinks:
