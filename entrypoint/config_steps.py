@@ -38,7 +38,7 @@ async def install_tls(
     material: tuple[bytes, bytes], config: ActiveConfig, settings: Settings,
     children: ChildProcesses, log: logging.Logger, owner_uid: int | None = None,
 ) -> None:
-    """Merge the pair atomically into squid-ca.pem; create missing certificate DBs.
+    """Merge the pair atomically into squid-ca.pem; (re)build certificate DBs not made for this CA.
 
     `owner_uid`: started as root, the user Squid switches to, which must own both.
     """
@@ -49,8 +49,9 @@ async def install_tls(
         if owner_uid is not None:
             squid_user.hand_over([settings.merged_ca_pem], owner_uid)
         log.info("Merged CA certificate and key into %s (mode 0600)", settings.merged_ca_pem)
+        fingerprint = tls.ca_fingerprint(material[0])
         for db in config.cert_dbs(settings.default_ssl_db):
-            await tls.ensure_cert_db(children, settings.certgen_bin, db, log)
+            await tls.ensure_cert_db(children, settings.certgen_bin, db, fingerprint, log)
             if owner_uid is not None:
                 squid_user.hand_over([db.path], owner_uid, recursive=True)
     except OSError as error:
