@@ -1,13 +1,20 @@
-"""The config-derived steps startup and SIGHUP share: select the config, check and merge the TLS secret."""
+"""The config-derived steps startup and SIGHUP share: select the config, check and merge the TLS secret, keep the cert DBs to the CA."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from entrypoint import squid_config
 from entrypoint.processes import ChildProcesses
 from entrypoint.settings import Settings
-from entrypoint.squid_config import ActiveConfig, ConfigError
+from entrypoint.squid_config import ActiveConfig, CertDb, ConfigError
+
+if TYPE_CHECKING:
+    from entrypoint.state import ProxyState
 
 
 def select_config(settings: Settings) -> ActiveConfig:
@@ -50,6 +57,7 @@ async def install_tls(
             squid_user.hand_over([settings.merged_ca_pem], owner_uid)
         log.info("Merged CA certificate and key into %s (mode 0600)", settings.merged_ca_pem)
         fingerprint = tls.ca_fingerprint(material[0])
+        tls.REBUILT.clear()  # from here: the DBs this install rebuilt, for recheck_cert_dbs
         for db in config.cert_dbs(settings.default_ssl_db):
             await tls.ensure_cert_db(children, settings.certgen_bin, db, fingerprint, log)
             if owner_uid is not None:
@@ -58,3 +66,42 @@ async def install_tls(
         raise ConfigError(f"cannot write {settings.merged_ca_pem}: {error.strerror}") from None
     except tls.TlsError as error:
         raise ConfigError(str(error)) from None
+
+
+# After a reload rebuilt a certificate DB: when to look for leaves of the previous CA in it
+# (seconds after the reconfigure). Connections Squid bumped with the previous config store
+# theirs until its kid has reconfigured and they are done.
+RECHECK_DELAYS = (2.0, 10.0, 60.0)
+_rechecks: set[asyncio.Task[None]] = set()
+
+
+def recheck_cert_dbs(state: ProxyState, material: tuple[bytes, bytes] | None) -> None:
+    """Called by a reload right after Squid's reconfigure: schedule `tls.recheck_cert_db` for
+    the DBs this reload rebuilt (an earlier reload's pending ones find them made for another CA
+    and do nothing)."""
+    from entrypoint import tls
+
+    if material is None or state.config is None or not tls.REBUILT:
+        return
+    dbs = [db for db in state.config.cert_dbs(state.settings.default_ssl_db) if Path(os.path.realpath(db.path)) in tls.REBUILT]
+    tls.REBUILT.clear()
+    task = asyncio.get_running_loop().create_task(_recheck(state, dbs, material[0]))
+    _rechecks.add(task)
+    task.add_done_callback(_rechecks.discard)
+
+
+async def _recheck(state: ProxyState, dbs: list[CertDb], ca_cert: bytes) -> None:
+    from entrypoint import squid_user, tls
+
+    waited = 0.0
+    for delay in RECHECK_DELAYS:
+        await asyncio.sleep(delay - waited)
+        waited = delay
+        for db in dbs:
+            try:
+                if await tls.recheck_cert_db(state.children, state.settings.certgen_bin, db, ca_cert, state.log):
+                    owner = state.commands.stdio_owner
+                    if owner is not None:
+                        squid_user.hand_over([db.path], owner, recursive=True)
+            except (tls.TlsError, OSError) as error:
+                state.log.error("SSL certificate DB %s could not be checked after the reload: %s", db.path, error)

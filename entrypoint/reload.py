@@ -12,7 +12,7 @@ import asyncio
 import signal
 from typing import Awaitable, Callable
 
-from entrypoint.config_steps import install_tls, select_config, validate_tls
+from entrypoint.config_steps import install_tls, recheck_cert_dbs, select_config, validate_tls
 from entrypoint.squid_config import ConfigError
 from entrypoint.squid_process import SquidError
 from entrypoint.state import ProxyState
@@ -76,3 +76,4 @@ async def reload_config(state: ProxyState) -> None:
     await state.health.follow(config)
     squid.send(signal.SIGHUP)  # what `squid -k reconfigure` does, without another process
     log.info("Squid reconfigured (PID %d kept)", state.squid_pid or squid.pid)
+    recheck_cert_dbs(state, material)  # leaves of the previous CA stored meanwhile (tls.py)

@@ -5,6 +5,7 @@ Key material is only ever read and written as bytes; nothing here logs file cont
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -255,22 +256,34 @@ def _clean_leftovers(path: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
+# DBs (real paths) rebuilt since the last recheck_cert_dbs; one rebuild runs at a time.
+REBUILT: set[Path] = set()
+_REBUILD_LOCK = asyncio.Lock()
+
+
 async def ensure_cert_db(
     children: ChildProcesses, certgen_bin: Path, db: CertDb, fingerprint: str, log: logging.Logger
-) -> None:
-    """Make sure the certificate DB exists, is complete and was made for the CA `fingerprint`.
+) -> bool:
+    """Make sure the certificate DB exists, is complete and was made for the CA `fingerprint`;
+    returns whether it was (re)built.
 
     Otherwise a new DB is made with security_file_certgen -c in a fresh directory, the CA's
     fingerprint is recorded in it (CA_MARKER), and it replaces the old one by rename: leaves
     signed by a rotated-out CA are never served again, and an interrupted (re)build leaves no
     half-made DB that the next start would trust.
     """
-    path = Path(os.path.realpath(db.path))  # a symlinked DB is rebuilt where it really is
-    reason = rebuild_reason(path, fingerprint)
-    if reason is None:
-        log.info("SSL certificate DB %s was made for this CA (sha256 %s)", db.path, fingerprint[:16])
-        return
-    log.info("Initialising SSL certificate DB %s (%s): %s", db.path, db.size, reason)
+    async with _REBUILD_LOCK:
+        path = Path(os.path.realpath(db.path))  # a symlinked DB is rebuilt where it really is
+        reason = rebuild_reason(path, fingerprint)
+        if reason is None:
+            log.info("SSL certificate DB %s was made for this CA (sha256 %s)", db.path, fingerprint[:16])
+            return False
+        log.info("Initialising SSL certificate DB %s (%s): %s", db.path, db.size, reason)
+        await _rebuild(children, certgen_bin, db, path, fingerprint)
+        return True
+
+
+async def _rebuild(children: ChildProcesses, certgen_bin: Path, db: CertDb, path: Path, fingerprint: str) -> None:
     try:
         _clean_leftovers(path)
         in_place = _in_place(path)
@@ -286,3 +299,83 @@ async def ensure_cert_db(
             f"cannot (re)build the SSL certificate DB {db.path}: {error.strerror}"
             f"{f' ({error.filename})' if error.filename else ''}: make its directory writable"
         ) from None
+    REBUILT.add(path)
+
+
+def _pump(source: ssl.MemoryBIO, target: ssl.MemoryBIO) -> None:
+    data = source.read()
+    if data:
+        target.write(data)
+
+
+def leaf_is_from(entry: Path, ca_pem: str) -> bool:
+    """Whether the leaf in a DB entry (certificate, key, original certificate) chains to the CA
+    `ca_pem`: a TLS handshake in memory, the leaf's own key on one side and only the CA trusted
+    on the other (the ssl module verifies no certificate otherwise). Expired counts as from it."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
+    try:
+        server.load_cert_chain(entry)
+        client.load_verify_locations(cadata=ca_pem)
+    except (ssl.SSLError, OSError, ValueError):
+        return False  # unreadable: not a leaf this CA can vouch for
+    bios = [ssl.MemoryBIO() for _ in range(4)]
+    client_side = client.wrap_bio(bios[0], bios[1])
+    server_side = server.wrap_bio(bios[2], bios[3], server_side=True)
+    for _ in range(10):  # TLS 1.3 needs two round trips, 1.2 three
+        try:
+            client_side.do_handshake()
+            return True  # the client verified the leaf against the CA
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLCertVerificationError as error:
+            return error.verify_code in (9, 10)  # X509_V_ERR_CERT_NOT_YET_VALID, _HAS_EXPIRED
+        except ssl.SSLError:
+            return False
+        _pump(bios[1], bios[2])
+        try:
+            server_side.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError:
+            return False
+        _pump(bios[3], bios[0])
+    return False
+
+
+def foreign_leaves(path: Path, ca_pem: str) -> int:
+    """How many leaves in the DB at `path` do not chain to the CA `ca_pem` (blocking: run in a thread)."""
+    certs = path / "certs"
+    try:
+        entries = [entry for entry in certs.iterdir() if entry.name.endswith(".pem")]
+    except OSError:
+        return 0
+    return sum(not leaf_is_from(entry, ca_pem) for entry in entries)
+
+
+async def recheck_cert_db(
+    children: ChildProcesses, certgen_bin: Path, db: CertDb, ca_cert: bytes, log: logging.Logger
+) -> bool:
+    """After Squid reconfigured: rebuild a DB (re)built for this CA again if leaves of another CA
+    reached it meanwhile (connections bumped by the previous config store theirs in it too).
+
+    Returns whether it was rebuilt. A DB not made for this CA is left to the next reload.
+    """
+    fingerprint = ca_fingerprint(ca_cert)
+    first = _FIRST_PEM_CERT.search(ca_cert)
+    assert first is not None  # ca_fingerprint found it
+    async with _REBUILD_LOCK:
+        path = Path(os.path.realpath(db.path))
+        if rebuild_reason(path, fingerprint) is not None:
+            return False
+        foreign = await asyncio.to_thread(foreign_leaves, path, first.group(0).decode("ascii"))
+        if not foreign:
+            return False
+        log.warning(
+            "SSL certificate DB %s: %d certificate(s) signed by the previous CA were stored while Squid"
+            " reconfigured; rebuilding it", db.path, foreign,
+        )
+        await _rebuild(children, certgen_bin, db, path, fingerprint)
+        return True
