@@ -85,6 +85,12 @@ def recheck_cert_dbs(state: ProxyState, material: tuple[bytes, bytes] | None) ->
         return
     dbs = [db for db in state.config.cert_dbs(state.settings.default_ssl_db) if Path(os.path.realpath(db.path)) in tls.REBUILT]
     tls.REBUILT.clear()
+    if dbs and not any(d.args[:1] in (("peek",), ("stare",)) for d in state.config.named("ssl_bump")):
+        state.log.warning(
+            "SSL-bump: the certificate DB was rebuilt, but the config bumps at step 1 (no 'ssl_bump"
+            " peek' or 'stare'): Squid keeps the certificates it made in memory across a reload"
+            " (dynamic_cert_mem_cache_size); restart the container after a CA rotation"
+        )
     task = asyncio.get_running_loop().create_task(_recheck(state, dbs, material[0]))
     _rechecks.add(task)
     task.add_done_callback(_rechecks.discard)
