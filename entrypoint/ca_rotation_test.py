@@ -157,15 +157,22 @@ def assert_new_ca_everywhere(workspace: Workspace, origins: Origins, new_cert: P
     assert (db / "cephaloproxy-ca.sha256").read_text().strip() == fingerprint(new_cert)
 
 
-def test_sighup_with_a_rotated_ca_re_signs_hosts_bumped_before(
+def start_with_host_a_bumped(
     workspace: Workspace, launch: Launcher, origins: Origins, tmp_path: Path
-) -> None:
+) -> tuple[EntrypointRun, Path, Path]:
+    """The entrypoint started with the old CA, and host A bumped: (run, old cert, old key)."""
     old_cert, old_key = make_ca(tmp_path, OLD_CA)
     install_ca(workspace, old_cert, old_key)
     run = launch()
     run.wait_ready()
-    issuer, status, _ = fetch(workspace, origins, ORIGIN_HOSTNAME, old_cert)  # host A bumped before
-    assert (issuer, status) == (OLD_CA, 200)
+    assert fetch(workspace, origins, ORIGIN_HOSTNAME, old_cert)[:2] == (OLD_CA, 200)
+    return run, old_cert, old_key
+
+
+def test_sighup_with_a_rotated_ca_re_signs_hosts_bumped_before(
+    workspace: Workspace, launch: Launcher, origins: Origins, tmp_path: Path
+) -> None:
+    run, old_cert, old_key = start_with_host_a_bumped(workspace, launch, origins, tmp_path)
     # A straggler: host B's origin holds its handshake across the reload, so Squid signs B's
     # leaf with the previous config's CA after the new DB is in place and stores it there.
     origins.servers[SECOND_HOSTNAME].stall_next = 4.0
@@ -206,11 +213,7 @@ def test_sighup_rotation_with_bumping_at_step_1_warns_that_squid_keeps_leaves_in
     # Squid 7.7 keeps its in-memory certificate cache across a reconfigure, and uses it when it
     # bumps at step 1: host A keeps its old-CA leaf there whatever the DB holds.
     workspace.custom_config.write_text(workspace.custom_config.read_text().replace("ssl_bump peek step1\n", ""))
-    old_cert, old_key = make_ca(tmp_path, OLD_CA)
-    install_ca(workspace, old_cert, old_key)
-    run = launch()
-    run.wait_ready()
-    assert fetch(workspace, origins, ORIGIN_HOSTNAME, old_cert)[:2] == (OLD_CA, 200)
+    run, _, _ = start_with_host_a_bumped(workspace, launch, origins, tmp_path)
     new_cert, new_key = make_ca(tmp_path, NEW_CA)
     install_ca(workspace, new_cert, new_key)
     run.process.send_signal(signal.SIGHUP)
@@ -223,11 +226,7 @@ def test_sighup_rotation_with_bumping_at_step_1_warns_that_squid_keeps_leaves_in
 def test_restart_with_a_kept_ssl_db_and_a_new_ca_re_signs_hosts_bumped_before(
     workspace: Workspace, launch: Launcher, origins: Origins, tmp_path: Path
 ) -> None:
-    old_cert, old_key = make_ca(tmp_path, OLD_CA)
-    install_ca(workspace, old_cert, old_key)
-    first = launch()
-    first.wait_ready()
-    assert fetch(workspace, origins, ORIGIN_HOSTNAME, old_cert)[:2] == (OLD_CA, 200)
+    first, _, old_key = start_with_host_a_bumped(workspace, launch, origins, tmp_path)
     first.process.terminate()
     assert first.wait_exit(60) == 0
     leaves = list((workspace.runtime_dir("lib") / "ssl_db" / "certs").iterdir())
