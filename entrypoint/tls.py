@@ -274,6 +274,7 @@ async def ensure_cert_db(
     """
     async with _REBUILD_LOCK:
         path = Path(os.path.realpath(db.path))  # a symlinked DB is rebuilt where it really is
+        _clean_leftovers(path)  # also beside a fit DB: a rebuild stopped before removing the old one
         reason = rebuild_reason(path, fingerprint)
         if reason is None:
             log.info("SSL certificate DB %s was made for this CA (sha256 %s)", db.path, fingerprint[:16])
@@ -285,7 +286,6 @@ async def ensure_cert_db(
 
 async def _rebuild(children: ChildProcesses, certgen_bin: Path, db: CertDb, path: Path, fingerprint: str) -> None:
     try:
-        _clean_leftovers(path)
         in_place = _in_place(path)
         if in_place:
             new = path / f".cephaloproxy-init-{os.getpid()}"
