@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from entrypoint.squid_config import CertDb
 from entrypoint.testing import (  # noqa: F401 - fixtures
     ORIGIN_HOSTNAME, EntrypointRun, assert_no_key_material, install_ca, Launcher, Workspace, certgen_bin, launch, make_ca,
-    make_server_cert, openssl, squid_available, ssl_bump_config, wait_until, workspace,
+    make_server_cert, openssl, python_for_child, squid_available, ssl_bump_config, wait_until, workspace,
 )
 
 pytestmark = pytest.mark.skipif(openssl() is None, reason="the openssl CLI is needed to make test CAs")
@@ -240,6 +240,44 @@ def test_restart_with_a_kept_ssl_db_and_a_new_ca_re_signs_hosts_bumped_before(
     second.process.terminate()
     assert second.wait_exit(60) == 0
     assert_no_key_material(second.output, old_key, new_key, *origins.keys)
+
+
+SLOW_CERTGEN = """#!{python}
+import subprocess, sys, time
+result = subprocess.run([{real!r}, *sys.argv[1:]])
+if "-c" in sys.argv[1:]:
+    time.sleep(120)  # the new DB is made; the test stops the container now
+sys.exit(result.returncode)
+"""
+
+
+def test_a_rebuild_stopped_midway_leaves_the_old_db_in_place_and_the_next_start_finishes_it(
+    workspace: Workspace, launch: Launcher, origins: Origins, tmp_path: Path
+) -> None:
+    first, old_cert, old_key = start_with_host_a_bumped(workspace, launch, origins, tmp_path)
+    first.process.terminate()
+    assert first.wait_exit(60) == 0
+    lib = workspace.runtime_dir("lib")
+    db = lib / "ssl_db"
+    before = sorted(os.listdir(db / "certs"))
+    new_cert, new_key = make_ca(tmp_path, NEW_CA)
+    install_ca(workspace, new_cert, new_key)
+    slow = workspace.bin / "slow_certgen"
+    slow.write_text(SLOW_CERTGEN.format(python=python_for_child(), real=str(certgen_bin())))
+    os.chmod(slow, 0o775)
+    stopped = launch(workspace.env(CEPHALOPROXY_CERTGEN_BIN=str(slow)))
+    assert wait_until(lambda: any((p / "index.txt").exists() for p in lib.glob(".ssl_db.init-*")), 60), stopped.output[-3000:]
+    os.kill(stopped.pid, signal.SIGKILL)  # the container is killed while the new DB is being made
+    stopped.cleanup()
+    # The configured path still holds the complete old DB, recorded for the old CA: not trusted
+    # for the new one, and never a half-made DB.
+    assert (db / "cephaloproxy-ca.sha256").read_text().strip() == fingerprint(old_cert)
+    assert sorted(os.listdir(db / "certs")) == before
+
+    again = launch()
+    again.wait_ready()
+    assert_new_ca_everywhere(workspace, origins, new_cert, again)
+    assert [name for name in os.listdir(lib) if name.startswith(".ssl_db")] == []
 
 
 def _certgen_db(path: Path) -> None:
