@@ -76,4 +76,4 @@ async def reload_config(state: ProxyState) -> None:
     await state.health.follow(config)
     squid.send(signal.SIGHUP)  # what `squid -k reconfigure` does, without another process
     log.info("Squid reconfigured (PID %d kept)", state.squid_pid or squid.pid)
-    recheck_cert_dbs(state, material)  # leaves of the previous CA stored meanwhile (tls.py)
+    recheck_cert_dbs(state)  # leaves of the previous CA stored meanwhile (config_steps.py)

@@ -256,7 +256,9 @@ def _clean_leftovers(path: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-# DBs (real paths) rebuilt since the last recheck_cert_dbs; one rebuild runs at a time.
+# DBs (real paths) rebuilt and not rechecked since (config_steps.recheck_cert_dbs, after a
+# reload; a reload skipped after the rebuild leaves its DB here for the next one). One rebuild
+# runs at a time.
 REBUILT: set[Path] = set()
 _REBUILD_LOCK = asyncio.Lock()
 
@@ -345,23 +347,31 @@ def leaf_is_from(entry: Path, ca_pem: str) -> bool:
     return False
 
 
-def foreign_leaves(path: Path, ca_pem: str) -> int:
-    """How many leaves in the DB at `path` do not chain to the CA `ca_pem` (blocking: run in a thread)."""
-    certs = path / "certs"
+def foreign_leaves(path: Path, ca_pem: str, checked: set[str]) -> int:
+    """How many leaves in the DB at `path` do not chain to the CA `ca_pem`; entries named in
+    `checked` are skipped, the others added (each leaf file has a unique serial number as its
+    name). Blocking: run it in a thread."""
     try:
-        entries = [entry for entry in certs.iterdir() if entry.name.endswith(".pem")]
+        entries = [entry for entry in (path / "certs").iterdir() if entry.name.endswith(".pem")]
     except OSError:
         return 0
-    return sum(not leaf_is_from(entry, ca_pem) for entry in entries)
+    foreign = 0
+    for entry in entries:
+        if entry.name not in checked:
+            checked.add(entry.name)
+            foreign += not leaf_is_from(entry, ca_pem)
+    return foreign
 
 
 async def recheck_cert_db(
-    children: ChildProcesses, certgen_bin: Path, db: CertDb, ca_cert: bytes, log: logging.Logger
+    children: ChildProcesses, certgen_bin: Path, db: CertDb, ca_cert: bytes, log: logging.Logger,
+    checked: set[str],
 ) -> bool:
     """After Squid reconfigured: rebuild a DB (re)built for this CA again if leaves of another CA
     reached it meanwhile (connections bumped by the previous config store theirs in it too).
 
     Returns whether it was rebuilt. A DB not made for this CA is left to the next reload.
+    `checked`: the leaves found fine by earlier rechecks of this DB (updated).
     """
     fingerprint = ca_fingerprint(ca_cert)
     first = _FIRST_PEM_CERT.search(ca_cert)
@@ -370,7 +380,7 @@ async def recheck_cert_db(
         path = Path(os.path.realpath(db.path))
         if rebuild_reason(path, fingerprint) is not None:
             return False
-        foreign = await asyncio.to_thread(foreign_leaves, path, first.group(0).decode("ascii"))
+        foreign = await asyncio.to_thread(foreign_leaves, path, first.group(0).decode("ascii"), checked)
         if not foreign:
             return False
         log.warning(
@@ -378,4 +388,6 @@ async def recheck_cert_db(
             " reconfigured; rebuilding it", db.path, foreign,
         )
         await _rebuild(children, certgen_bin, db, path, fingerprint)
+        REBUILT.discard(path)  # this recheck has it in hand
+        checked.clear()
         return True
