@@ -223,12 +223,20 @@ def test_sighup_rotation_with_bumping_at_step_1_warns_that_squid_keeps_leaves_in
     assert fetch_verified(workspace, origins, SECOND_HOSTNAME, new_cert)[:2] == (NEW_CA, 200)
 
 
+def stopped_after_host_a_bumped(
+    workspace: Workspace, launch: Launcher, origins: Origins, tmp_path: Path
+) -> tuple[Path, Path]:
+    """A first start with the old CA that bumped host A, stopped: (old cert, old key)."""
+    first, old_cert, old_key = start_with_host_a_bumped(workspace, launch, origins, tmp_path)
+    first.process.terminate()
+    assert first.wait_exit(60) == 0
+    return old_cert, old_key
+
+
 def test_restart_with_a_kept_ssl_db_and_a_new_ca_re_signs_hosts_bumped_before(
     workspace: Workspace, launch: Launcher, origins: Origins, tmp_path: Path
 ) -> None:
-    first, _, old_key = start_with_host_a_bumped(workspace, launch, origins, tmp_path)
-    first.process.terminate()
-    assert first.wait_exit(60) == 0
+    _, old_key = stopped_after_host_a_bumped(workspace, launch, origins, tmp_path)
     leaves = list((workspace.runtime_dir("lib") / "ssl_db" / "certs").iterdir())
     assert leaves, "host A's leaf was not stored in the DB"
 
@@ -254,9 +262,7 @@ sys.exit(result.returncode)
 def test_a_rebuild_stopped_midway_leaves_the_old_db_in_place_and_the_next_start_finishes_it(
     workspace: Workspace, launch: Launcher, origins: Origins, tmp_path: Path
 ) -> None:
-    first, old_cert, old_key = start_with_host_a_bumped(workspace, launch, origins, tmp_path)
-    first.process.terminate()
-    assert first.wait_exit(60) == 0
+    old_cert, _ = stopped_after_host_a_bumped(workspace, launch, origins, tmp_path)
     lib = workspace.runtime_dir("lib")
     db = lib / "ssl_db"
     before = sorted(os.listdir(db / "certs"))
