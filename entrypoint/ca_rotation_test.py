@@ -47,8 +47,9 @@ class StallingTlsOrigin:
         self.context.load_cert_chain(cert, key)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        self.stall_next = 0.0
-        self.stalled = threading.Event()  # set once a stalled connection has arrived
+        self.stall_next = False  # hold the next connection's handshake until `release` is set
+        self.stalled = threading.Event()  # set once a held connection has arrived
+        self.release = threading.Event()
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -57,14 +58,14 @@ class StallingTlsOrigin:
                 connection, _ = self.listener.accept()
             except OSError:
                 return
-            stall, self.stall_next = self.stall_next, 0.0
+            stall, self.stall_next = self.stall_next, False
             threading.Thread(target=self._answer, args=(connection, stall), daemon=True).start()
 
-    def _answer(self, connection: socket.socket, stall: float) -> None:
+    def _answer(self, connection: socket.socket, stall: bool) -> None:
         with connection:
             if stall:
                 self.stalled.set()
-                time.sleep(stall)
+                self.release.wait(60)
             connection.settimeout(30)
             try:
                 with self.context.wrap_socket(connection, server_side=True) as tls:
@@ -81,6 +82,7 @@ class StallingTlsOrigin:
                 return
 
     def close(self) -> None:
+        self.release.set()
         self.listener.close()
 
 
@@ -131,7 +133,7 @@ def fetch(workspace: Workspace, origins: Origins, host: str, trusted_ca: Path) -
         connection.close()
 
 
-def fetch_verified(workspace: Workspace, origins: Origins, host: str, trusted_ca: Path, timeout: float = 30) -> tuple[str, int, str]:
+def fetch_verified(workspace: Workspace, origins: Origins, host: str, trusted_ca: Path, timeout: float = 60) -> tuple[str, int, str]:
     """`fetch` until the leaf verifies against `trusted_ca` and the origin answers (Squid
     reconfigures in the background: just after, its first request may get a 503)."""
     deadline = time.monotonic() + timeout
@@ -175,7 +177,7 @@ def test_sighup_with_a_rotated_ca_re_signs_hosts_bumped_before(
     run, old_cert, old_key = start_with_host_a_bumped(workspace, launch, origins, tmp_path)
     # A straggler: host B's origin holds its handshake across the reload, so Squid signs B's
     # leaf with the previous config's CA after the new DB is in place and stores it there.
-    origins.servers[SECOND_HOSTNAME].stall_next = 4.0
+    origins.servers[SECOND_HOSTNAME].stall_next = True
     straggler: list[object] = []
     thread = threading.Thread(target=lambda: straggler.append(_attempt(workspace, origins, SECOND_HOSTNAME, old_cert)))
     thread.start()
@@ -186,6 +188,7 @@ def test_sighup_with_a_rotated_ca_re_signs_hosts_bumped_before(
     run.process.send_signal(signal.SIGHUP)
     run.wait_for_output(r"Squid reconfigured")
     assert "it was made for another CA (the TLS secret was rotated)" in run.stdout
+    origins.servers[SECOND_HOSTNAME].release.set()  # the new DB is in place, Squid was sent SIGHUP
     thread.join(60)
     assert straggler == [(OLD_CA, 200)], straggler  # Squid finishes it with the previous config
     run.wait_for_output(
