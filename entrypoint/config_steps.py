@@ -1,17 +1,23 @@
-"""The config-derived steps startup and SIGHUP share: read the config, snapshot it, check and merge the TLS secret."""
+"""The config-derived steps startup and SIGHUP share: read the config, snapshot it, check and merge the TLS secret, keep the cert DBs to the CA."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
-from typing import Callable, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from entrypoint import config_snapshot, squid_config
 from entrypoint.config_snapshot import Snapshot, SnapshotNames
+from entrypoint.mounted_files import TLS_SIZE_LIMIT, FileProblem, read_bounded
 from entrypoint.processes import ChildProcesses
 from entrypoint.settings import Settings
-from entrypoint.squid_config import ActiveConfig, ConfigError
+from entrypoint.squid_config import ActiveConfig, CertDb, ConfigError
+
+if TYPE_CHECKING:
+    from entrypoint.state import ProxyState
 
 T = TypeVar("T")
 # The worker's own bounds (squid_config.READ_TIME_LIMIT) come first; this one holds even
@@ -115,7 +121,7 @@ async def install_tls(
     material: tuple[bytes, bytes], config: ActiveConfig, settings: Settings,
     children: ChildProcesses, log: logging.Logger, owner_uid: int | None = None,
 ) -> None:
-    """Merge the pair atomically into squid-ca.pem; create missing certificate DBs.
+    """Merge the pair atomically into squid-ca.pem; (re)build certificate DBs not made for this CA.
 
     `owner_uid`: started as root, the user Squid switches to, which must own both.
     """
@@ -126,11 +132,64 @@ async def install_tls(
         if owner_uid is not None:
             squid_user.hand_over([settings.merged_ca_pem], owner_uid)
         log.info("Merged CA certificate and key into %s (mode 0600)", settings.merged_ca_pem)
+        fingerprint = tls.ca_fingerprint(material[0])
         for db in config.cert_dbs(settings.default_ssl_db):
-            await tls.ensure_cert_db(children, settings.certgen_bin, db, log)
+            await tls.ensure_cert_db(children, settings.certgen_bin, db, fingerprint, log)
             if owner_uid is not None:
                 squid_user.hand_over([db.path], owner_uid, recursive=True)
     except OSError as error:
         raise ConfigError(f"cannot write {settings.merged_ca_pem}: {error.strerror}") from None
     except tls.TlsError as error:
         raise ConfigError(str(error)) from None
+
+
+# After a reload rebuilt a certificate DB: when to look for leaves of the previous CA in it
+# (seconds after the reconfigure). Connections Squid bumped with the previous config store
+# theirs until its kid has reconfigured and they are done.
+RECHECK_DELAYS = (2.0, 10.0, 60.0)
+_rechecks: set[asyncio.Task[None]] = set()
+
+
+def recheck_cert_dbs(state: ProxyState) -> None:
+    """Called by a reload right after Squid's reconfigure: schedule `tls.recheck_cert_db` for
+    the DBs rebuilt since the last call (an earlier reload's pending rechecks go on: made for
+    another CA by then, a DB is left alone)."""
+    from entrypoint import tls
+
+    config = state.config
+    if config is None or not config.uses_ssl_bump or not tls.REBUILT:
+        return
+    dbs = [db for db in config.cert_dbs(state.settings.default_ssl_db) if Path(os.path.realpath(db.path)) in tls.REBUILT]
+    tls.REBUILT.clear()
+    if dbs and not any(d.args[:1] in (("peek",), ("stare",)) for d in config.named("ssl_bump")):
+        state.log.warning(
+            "SSL-bump: the certificate DB was rebuilt, but the config bumps at step 1 (no 'ssl_bump"
+            " peek' or 'stare'): Squid keeps the certificates it made in memory across a reload"
+            " (dynamic_cert_mem_cache_size); restart the container after a CA rotation"
+        )
+    task = asyncio.get_running_loop().create_task(_recheck(state, dbs))
+    _rechecks.add(task)
+    task.add_done_callback(_rechecks.discard)
+
+
+async def _recheck(state: ProxyState, dbs: list[CertDb]) -> None:
+    """Each pass checks the leaves stored since the last one against the CA in squid-ca.pem
+    (what Squid was last given, so a later reload's CA if there was one)."""
+    from entrypoint import squid_user, tls
+
+    checked: dict[Path, set[str]] = {db.path: set() for db in dbs}
+    waited = 0.0
+    for delay in RECHECK_DELAYS:
+        await asyncio.sleep(delay - waited)
+        waited = delay
+        for db in dbs:
+            try:
+                ca_cert = read_bounded(state.settings.merged_ca_pem, TLS_SIZE_LIMIT)
+                rebuilt = await tls.recheck_cert_db(
+                    state.children, state.settings.certgen_bin, db, ca_cert, state.log, checked[db.path]
+                )
+                owner = state.commands.stdio_owner
+                if rebuilt and owner is not None:
+                    squid_user.hand_over([db.path], owner, recursive=True)
+            except (tls.TlsError, FileProblem, OSError) as error:
+                state.log.error("SSL certificate DB %s could not be checked after the reload: %s", db.path, error)

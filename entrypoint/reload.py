@@ -21,7 +21,7 @@ import unicodedata
 from typing import Awaitable, Callable
 
 from entrypoint import config_snapshot, proc_table
-from entrypoint.config_steps import activate_snapshot, install_tls, read_config, validate_tls, write_snapshot
+from entrypoint.config_steps import activate_snapshot, install_tls, read_config, recheck_cert_dbs, validate_tls, write_snapshot
 from entrypoint.squid_config import ActiveConfig, ConfigError
 from entrypoint.squid_process import SquidError, SquidProcess, foreign_listeners, listen_ports
 from entrypoint.state import ProxyState
@@ -158,3 +158,4 @@ async def reload_config(state: ProxyState) -> None:
         log_unexpected(state, "Health server did not follow the new config", error)
     squid.send(signal.SIGHUP)  # what `squid -k reconfigure` does, without another process
     log.info("Squid reconfigured (PID %d kept)", state.squid_pid or squid.pid)
+    recheck_cert_dbs(state)  # leaves of the previous CA stored meanwhile (config_steps.py)

@@ -47,6 +47,24 @@ def describe_unwritable(path: Path, error: OSError) -> str:
     )
 
 
+def non_directory_in_the_way(path: Path) -> str | None:
+    """A message when `path` or one of its parents exists but is not a directory (or a link to one)."""
+    for candidate in (path, *path.parents):
+        try:
+            info = os.stat(candidate)
+        except OSError:
+            continue  # missing (made below) or unreadable (the probe reports it)
+        if stat.S_ISDIR(info.st_mode):
+            return None
+        kind = "a regular file" if stat.S_ISREG(info.st_mode) else f"not a directory ({stat.filemode(info.st_mode)})"
+        what = f"Runtime directory {path}" if candidate == path else f"{candidate}, a parent of the runtime directory {path},"
+        return (
+            f"{what} is {kind} where a directory is needed:"
+            f" remove or rename it, or mount a volume (Kubernetes emptyDir) at {path}"
+        )
+    return None
+
+
 def make_dirs(path: Path) -> None:
     """Create `path` and missing parents with DIR_MODE (not the umask's 0755); existing dirs are left alone."""
     missing = []
@@ -105,6 +123,9 @@ def prepare_runtime_dirs(paths: Iterable[Path], shm_dir: Path = SHM_DIR) -> list
     for path in paths:
         if path in prepared:
             continue
+        in_the_way = non_directory_in_the_way(path)
+        if in_the_way is not None:
+            raise RuntimeDirError(in_the_way)
         try:
             make_dirs(path)
             probe_writable(path)

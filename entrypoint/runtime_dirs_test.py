@@ -43,3 +43,35 @@ def test_unusable_shm_is_explained(tmp_path: Path, kind: str) -> None:
         shm.write_text("")
     with pytest.raises(RuntimeDirError, match=rf"{shm} is not (usable|a directory).*medium: Memory"):
         check_shared_memory(shm)
+
+
+def _make_non_directory(path: Path, kind: str) -> None:
+    if kind == "file":
+        path.write_text("not a dir")
+    elif kind == "FIFO":
+        os.mkfifo(path)
+    elif kind == "symlink to a file":
+        target = path.with_name(path.name + ".target")
+        target.write_text("")
+        path.symlink_to(target)
+    else:  # an empty file, as `touch` leaves it
+        path.touch()
+
+
+@pytest.mark.parametrize("kind", ["file", "FIFO", "symlink to a file", "empty file"])
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_a_non_directory_in_the_way_is_named_as_such(tmp_path: Path, kind: str, depth: int) -> None:
+    # Was: "Runtime directory ... is not writable: File exists" (issue 21 item 8).
+    runtime = tmp_path / "var" / "lib" / "squid"
+    blocker = runtime.parents[depth - 1] if depth else runtime
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    _make_non_directory(blocker, kind)
+    with pytest.raises(RuntimeDirError) as raised:
+        prepare_runtime_dirs([tmp_path / "ok", runtime], shm_dir=tmp_path)
+    message = str(raised.value)
+    assert f"{blocker}" in message and "where a directory is needed" in message, message
+    assert "File exists" not in message and "not writable" not in message
+    if depth:
+        assert f"a parent of the runtime directory {runtime}" in message
+    assert f"mount a volume (Kubernetes emptyDir) at {runtime}" in message
+    assert blocker.exists() or blocker.is_symlink()  # never removed for the operator

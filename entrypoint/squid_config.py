@@ -31,6 +31,8 @@ MAX_CONFIG_FILES = 1024  # files read for one config: the config itself and ever
 MAX_CONFIG_BYTES = CONFIG_SIZE_LIMIT  # the config and all its includes together
 READ_TIME_LIMIT = 20.0  # seconds to read and expand one config tree
 ACTIVE_CONFIG_NAME = "squid.conf"  # in the run dir: the snapshot Squid is started with
+CACHE_MARKER = ".cephaloproxy-initialised"  # in a cache_dir once `squid -z` completed there
+ROCK_HEADER_SIZE = 16 * 1024  # Rock::SwapDir::HeaderSize: -z sizes the db, then writes it
 
 
 class ConfigError(Exception):
@@ -60,10 +62,34 @@ class CacheDir:
     store_type: str
     path: Path
 
+    @property
+    def marker(self) -> Path:
+        """Written only after `squid -z` succeeded: its first L1 dir (ufs family) or its db file
+        (rock) exist as soon as -z starts, so they do not prove an interrupted -z finished."""
+        return self.path / CACHE_MARKER
+
     def is_initialised(self) -> bool:
-        # `squid -z` creates the first L1 dir (ufs family) or the db file (rock).
-        marker = self.path / ("rock" if self.store_type == "rock" else "00")
-        return marker.exists()
+        return self.marker.is_file()
+
+    def made_by_squid(self) -> bool:
+        """What `squid -z` makes is there: the first L1 dir, or a rock db with its header."""
+        if self.store_type != "rock":
+            return (self.path / "00").is_dir()
+        try:
+            return (self.path / "rock").stat().st_size >= ROCK_HEADER_SIZE
+        except OSError:
+            return False
+
+    def remove_partial_rock_db(self) -> bool:
+        """A rock db file cut short before its header (-z skips any existing db file): removed,
+        so -z makes it again. Returns whether one was removed."""
+        if self.store_type != "rock" or self.made_by_squid():
+            return False
+        try:
+            (self.path / "rock").unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ from entrypoint.output_sink import OutputSink
 from entrypoint.pid_file import NoPidInFile, PidFileError, read_pid_file
 from entrypoint.processes import ChildProcesses, ForkError, describe_exit
 from entrypoint.redact import redact, redact_text
-from entrypoint.squid_config import ActiveConfig, parse_listen_address
+from entrypoint.squid_config import ActiveConfig, parse_listen_address, write_atomically
 
 PARSE_TIMEOUT = 60.0
 CACHE_INIT_TIMEOUT = 600.0
@@ -205,10 +205,17 @@ class SquidCommands:
             )
 
     async def initialise_cache(self, config: ActiveConfig) -> bool:
-        """`squid -z` when a disk cache_dir is not initialised yet; returns whether it ran."""
+        """`squid -z` unless every disk cache_dir has the marker of a completed -z; returns whether it ran.
+
+        -z only adds what is missing, so it completes a cache an interrupted or failed -z left
+        partial, and leaves a complete cache without the marker (an older image's) as it is.
+        """
         missing = [d for d in config.disk_cache_dirs if not d.is_initialised()]
         if not missing:
             return False
+        for cache_dir in missing:
+            if cache_dir.remove_partial_rock_db():
+                self.log.warning("Removed the partial rock db in %s left by an interrupted squid -z", cache_dir.path)
         self.log.info(
             "Initialising Squid cache: %s", ", ".join(str(d.path) for d in missing)
         )
@@ -219,9 +226,20 @@ class SquidCommands:
         except ForkError as error:
             raise SquidError(str(error)) from None
         self.log.debug("squid -z output:\n%s", redact_text(output.rstrip()))
-        if returncode != 0 or any(not d.is_initialised() for d in missing):
+        if returncode != 0 or any(not d.made_by_squid() for d in missing):
             details = "\n".join(problem_lines(output))
-            raise SquidError(f"Squid cache initialisation failed ({describe_exit(returncode)}):\n{details}")
+            raise SquidError(
+                f"Squid cache initialisation failed ({describe_exit(returncode)}):\n{details}\n"
+                "The next start completes it (free space or fix the cache_dir, then restart)"
+            )
+        for cache_dir in missing:
+            try:
+                write_atomically(cache_dir.marker, b"squid -z completed\n", 0o644)
+            except OSError as error:
+                self.log.warning(
+                    "Cannot mark %s as initialised (%s): squid -z runs again at the next start",
+                    cache_dir.path, error.strerror,
+                )
         return True
 
     async def start(

@@ -14,27 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from entrypoint.testing import assert_no_key_material, install_ca
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    ORIGIN_HOSTNAME, Launcher, Workspace, certgen_bin, key_body_lines, launch, make_ca, make_server_cert, openssl,
+    ORIGIN_HOSTNAME, Launcher, Workspace, certgen_bin, launch, make_ca, make_server_cert, openssl,
     python_for_child, squid_available, ssl_bump_config, start_local_https_server, with_private_shm, workspace,
 )
 
 pytestmark = pytest.mark.skipif(openssl() is None, reason="the openssl CLI is needed to make test CAs")
-
-
-def install_ca(workspace: Workspace, cert: Path | None, key: Path | None) -> None:
-    workspace.make_dir(workspace.tls_dir, 0o775)
-    for source, name in ((cert, "tls.crt"), (key, "tls.key")):
-        if source is not None:
-            shutil.copy(source, workspace.tls_dir / name)
-            os.chmod(workspace.tls_dir / name, 0o664)
-
-
-def assert_no_key_material(output: str, *keys: Path) -> None:
-    assert "PRIVATE KEY" not in output
-    for key in keys:
-        for line in key_body_lines(key):
-            assert line not in output
 
 
 def bump_with_origin(workspace: Workspace, tmp_path: Path) -> tuple[Path, Path, Path, Path]:

@@ -112,6 +112,21 @@ def key_body_lines(key: Path) -> list[str]:
     return [line for line in key.read_text().splitlines() if line and not line.startswith("-----")]
 
 
+def install_ca(workspace: Workspace, cert: Path | None, key: Path | None) -> None:
+    workspace.make_dir(workspace.tls_dir, 0o775)
+    for source, name in ((cert, "tls.crt"), (key, "tls.key")):
+        if source is not None:
+            shutil.copy(source, workspace.tls_dir / name)
+            os.chmod(workspace.tls_dir / name, 0o664)
+
+
+def assert_no_key_material(output: str, *keys: Path) -> None:
+    assert "PRIVATE KEY" not in output
+    for key in keys:
+        for line in key_body_lines(key):
+            assert line not in output
+
+
 def iter_lines(text: str) -> Iterator[str]:
     yield from text.splitlines()
 
