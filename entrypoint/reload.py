@@ -17,11 +17,11 @@ import asyncio
 import logging
 import signal
 import traceback
-import unicodedata
 from typing import Awaitable, Callable
 
 from entrypoint import config_snapshot, proc_table
 from entrypoint.config_steps import activate_snapshot, install_tls, read_config, recheck_cert_dbs, validate_tls, write_snapshot
+from entrypoint.log_text import escape_controls
 from entrypoint.squid_config import ActiveConfig, ConfigError
 from entrypoint.squid_process import SquidError, SquidProcess, foreign_listeners, listen_ports
 from entrypoint.state import ProxyState
@@ -89,13 +89,6 @@ def taken_ports(config: ActiveConfig, old: ActiveConfig, squid: SquidProcess) ->
     })
 
 
-def escape_controls(text: str, keep: str = "") -> str:
-    """`text` with control (and other unprintable) characters but those in `keep` escaped."""
-    return "".join(
-        char if char in keep or unicodedata.category(char)[0] != "C" else ascii(char)[1:-1] for char in text
-    )
-
-
 def one_line(error: BaseException) -> str:
     """An exception as one short log line: its type and message, control characters escaped."""
     text = f"{type(error).__name__}: {error}"
@@ -108,7 +101,7 @@ def log_unexpected(state: ProxyState, what: str, error: BaseException) -> None:
     """One line at ERROR; the traceback (escaped too) at DEBUG only."""
     state.log.error("%s: unexpected error %s", what, one_line(error))
     if state.log.isEnabledFor(logging.DEBUG):
-        state.log.debug("The unexpected error:\n%s", escape_controls("".join(traceback.format_exception(error)), "\n"))
+        state.log.debug("The unexpected error:\n%s", escape_controls("".join(traceback.format_exception(error))))
 
 
 async def prepare(state: ProxyState, squid: SquidProcess, old: ActiveConfig) -> ActiveConfig:
