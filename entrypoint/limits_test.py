@@ -168,7 +168,7 @@ async def main():
         "squid -k parse": commands.check_config(config),
         "squid -z": commands.initialise_cache(config),
         "Squid": commands.start(config, sinks),
-        "certgen": tls.ensure_cert_db(children, certgen, CertDb(scratch / "ssl_db", "4MB"), log),
+        "certgen": tls.ensure_cert_db(children, certgen, CertDb(scratch / "ssl_db", "4MB"), "0" * 64, log),
     }
     for name, step in steps.items():
         try:
