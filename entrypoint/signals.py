@@ -14,9 +14,26 @@ from types import FrameType
 from typing import Callable
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# With a default action that would end PID 1 without stopping its children; caught only when
-# we are not PID 1 (as PID 1 the kernel never delivers them with their default action).
-FATAL_SIGNALS = (signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
+# Every signal another process can send whose default action would end PID 1 without stopping
+# its children (terminate or core): caught only when we are not PID 1 (as PID 1 the kernel never
+# delivers them with their default action). Not the faults the CPU raises (SIGSEGV, SIGBUS,
+# SIGILL, SIGFPE, SIGABRT: handling those in Python could loop), nor SIGPIPE and SIGXFSZ, which
+# Python ignores; the real-time signals all terminate by default.
+_TERMINATING = (
+    "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGTRAP", "SIGSTKFLT", "SIGXCPU", "SIGVTALRM",
+    "SIGPROF", "SIGIO", "SIGPWR", "SIGSYS",
+)
+FATAL_SIGNALS = tuple(
+    dict.fromkeys(getattr(signal, name) for name in _TERMINATING if hasattr(signal, name))
+) + tuple(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
+
+
+def signal_name(signum: int) -> str:
+    """SIGTERM, ..., SIGRTMIN+2 (the enum names only SIGRTMIN and SIGRTMAX of the real-time ones)."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
 
 
 def record_early(received: list[int]) -> None:

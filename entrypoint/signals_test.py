@@ -97,7 +97,7 @@ for line in sys.stdin:
 """
 
 
-@pytest.mark.parametrize("signum", [signal.SIGQUIT, signal.SIGUSR1])
+@pytest.mark.parametrize("signum", [signal.SIGQUIT, signal.SIGUSR1, signal.SIGXCPU, signal.SIGSYS, signal.SIGRTMIN + 2])
 def test_fatal_signal_as_subreaper_leaves_no_descendant_alive(workspace: Workspace, launch: Launcher, signum: int) -> None:
     helper = workspace.etc / "orphan_maker.py"
     helper.write_text(ORPHAN_MAKER)

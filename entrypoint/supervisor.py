@@ -13,7 +13,7 @@ from entrypoint.log_relay import relayed_spawn
 from entrypoint.output_sink import OutputSink
 from entrypoint.processes import ChildProcesses, kill_descendants_now
 from entrypoint.settings import Settings
-from entrypoint.signals import SignalRouter
+from entrypoint.signals import SignalRouter, signal_name
 from entrypoint.squid_process import SquidCommands
 from entrypoint.startup import StartupError, start_up
 from entrypoint.state import ProxyState
@@ -52,7 +52,7 @@ class Supervisor:
         """A signal that would end us without cleanup: stop every descendant, then die of it."""
         self.log.error(
             "Received signal %s; stopping Squid, the health server and every other child now",
-            signal.Signals(signum).name,
+            signal_name(signum),
         )
         kill_descendants_now()
         for sink in self.state.sinks:
