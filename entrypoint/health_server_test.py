@@ -231,6 +231,26 @@ def test_check_exits_0_when_healthy_and_1_otherwise(scene: Scene) -> None:
     assert checker.wait(30) == 1
 
 
+def test_check_prints_whatever_answers_as_one_clean_line(scene: Scene) -> None:
+    """Anything may answer on HEALTH_PORT (a squatter): its body must not drive the terminal."""
+    body = b"\x1b[2Jwiped\rforged" + "\u2028x".encode()
+    answer = b"HTTP/1.1 503 X\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(1)
+        port = squatter.getsockname()[1]
+        checker = healthcheck(scene.workspace, "--check", env=dict(os.environ, HEALTH_PORT=str(port)))
+        squatter.settimeout(30)
+        conn, _ = squatter.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(answer)
+        output = checker.communicate(timeout=30)[0].decode()
+    assert checker.returncode == 1
+    assert output.count("\n") == 1 and "\x1b" not in output and "\r" not in output and "\u2028" not in output, repr(output)
+    assert "\\x1b[2Jwiped\\rforged" in output, repr(output)
+
+
 def test_sigterm_stops_the_server(scene: Scene) -> None:
     scene.server.terminate()
     assert scene.server.wait(10) == 0

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Sequence
 
+from entrypoint.log_text import escape_controls
 from entrypoint.settings import ascii_integer, load_settings, port_number, shown
 
 CHECK_TIMEOUT = 3.0
@@ -45,7 +46,8 @@ def check(port: int) -> int:
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
         print(f"{url}: not an HTTP answer ({status_line[:80]!r})")
         return 1
-    print(f"{url}: {parts[1]} {body[:200].decode('utf-8', 'replace').strip()}")
+    # The body is the server's, but whatever answers on the port prints here: one clean line.
+    print(f"{url}: {parts[1]} {escape_controls(body[:200].decode('utf-8', 'replace').strip())}")
     return 0 if parts[1] == "200" else 1
 
 

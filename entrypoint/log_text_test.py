@@ -161,3 +161,16 @@ def test_an_uncaught_exception_is_one_clean_line_too() -> None:
     assert len(lines) == 2, result.stderr
     assert all(_is_clean(line) and "[CRITICAL] Uncaught exception" in line for line in lines), lines
     assert "S3CR" not in lines[1] and "\\x1b[2J\\rkept\\nforged" in lines[1], lines
+
+
+def test_a_huge_record_is_cut_not_dropped(pipes: _Pipes) -> None:
+    """A record over the sink's 256 KiB queue was dropped whole (an error quoting a 1 MiB config
+    line vanished, exit 1 with no [ERROR] line): it is cut, saying how much."""
+    log = configure_logging("INFO", pipes.sinks)
+    log.error("Squid config rejected: %s", "\x01" * (300 * 1024))  # escaped: 4x as long
+    out, err = pipes.read()
+    assert out == b""
+    line = err.decode("utf-8").rstrip("\n")
+    assert "\n" not in line and "[ERROR] Squid config rejected: \\x01\\x01" in line, line[:200]
+    assert line.endswith(" more characters cut]"), line[-200:]
+    assert len(line) < 64 * 1024

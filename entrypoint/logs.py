@@ -18,13 +18,19 @@ from entrypoint.output_sink import OutputSink
 
 LOG_FORMAT = "%(asctime)s [%(levelname)s] %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+# A record longer than this is cut, saying how much: an output sink queues at most 256 KiB per
+# stream and drops a longer line whole, so an error quoting a huge config line would vanish.
+RECORD_LIMIT = 16 * 1024
 
 
 class _SafeFormatter(logging.Formatter):
     """The last step of every record, traceback included: one line, no credential, no control character."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return safe_record(super().format(record))
+        line = safe_record(super().format(record))
+        if len(line) > RECORD_LIMIT:
+            line = f"{line[:RECORD_LIMIT]} ... [{len(line) - RECORD_LIMIT} more characters cut]"
+        return line
 
 
 class _BelowErrorFilter(logging.Filter):
