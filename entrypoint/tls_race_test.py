@@ -190,3 +190,52 @@ def test_a_fifo_among_the_leaves_neither_blocks_the_next_rotation_nor_sigterm(
     finally:
         if run.process.poll() is None and fifo.exists():
             os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))  # let a hung reader go
+
+
+def test_sighups_racing_a_secret_update_never_hand_squid_a_mismatched_pair(
+    workspace: Workspace, launch: Launcher, tmp_path: Path
+) -> None:
+    # Was: a reload merged CA 1's certificate with CA 2's key now and then; Squid FATALed on
+    # it and the container exited 1.
+    workspace.custom_config.write_text(ssl_bump_config(workspace))
+    workspace.make_dir(workspace.tls_dir, 0o775)
+    _secret_tree(workspace.tls_dir, tmp_path)
+    for directory in ("..A", "..B"):
+        os.chmod(workspace.tls_dir / directory, 0o775)
+        for name in ("tls.crt", "tls.key"):
+            os.chmod(workspace.tls_dir / directory / name, 0o664)
+    run = launch()
+    run.wait_ready()
+    merged = workspace.runtime_dir("lib") / "squid-ca.pem"
+    stop = threading.Event()
+
+    def swapper() -> None:
+        current = "..A"
+        while not stop.is_set():
+            current = "..B" if current == "..A" else "..A"
+            os.symlink(current, workspace.tls_dir / "..tmp")
+            os.rename(workspace.tls_dir / "..tmp", workspace.tls_dir / "..data")
+            time.sleep(0.0003)
+
+    thread = threading.Thread(target=swapper, daemon=True)
+    thread.start()
+    reconfigured = skipped = 0
+    try:
+        for attempt in range(200):
+            before = run.output.count("Squid reconfigured") + run.output.count("Reload skipped")
+            run.process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 30
+            while (run.output.count("Squid reconfigured") + run.output.count("Reload skipped") == before
+                   and run.process.poll() is None and time.monotonic() < deadline):
+                time.sleep(0.05)
+            assert run.process.poll() is None, f"the entrypoint exited at reload {attempt}:\n{run.output[-3000:]}"
+            pem = merged.read_bytes()
+            assert _pair_matches(pem, pem), f"reload {attempt} merged a certificate and a key that do not match"
+    finally:
+        stop.set()
+        thread.join(10)
+    reconfigured, skipped = run.output.count("Squid reconfigured"), run.output.count("Reload skipped")
+    print(f"reconfigured {reconfigured}, skipped {skipped}")
+    assert reconfigured > 0
+    run.process.terminate()
+    assert run.wait_exit(40) == 0
