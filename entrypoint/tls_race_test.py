@@ -7,7 +7,6 @@ import os
 import signal
 import ssl
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -219,7 +218,6 @@ def test_sighups_racing_a_secret_update_never_hand_squid_a_mismatched_pair(
 
     thread = threading.Thread(target=swapper, daemon=True)
     thread.start()
-    reconfigured = skipped = 0
     try:
         for attempt in range(200):
             before = run.output.count("Squid reconfigured") + run.output.count("Reload skipped")
