@@ -186,10 +186,10 @@ async def _recheck(state: ProxyState, dbs: list[CertDb]) -> None:
             try:
                 ca_cert = read_bounded(state.settings.merged_ca_pem, TLS_SIZE_LIMIT)
                 rebuilt = await tls.recheck_cert_db(
-                    state.children, state.settings.certgen_bin, db, ca_cert, state.log, checked[db.path]
+                    state.children, state.settings.certgen_bin, db, ca_cert, state.log, checked[db.path], in_worker
                 )
                 owner = state.commands.stdio_owner
                 if rebuilt and owner is not None:
                     squid_user.hand_over([db.path], owner, recursive=True)
-            except (tls.TlsError, FileProblem, OSError) as error:
+            except (tls.TlsError, FileProblem, OSError, ConfigError) as error:
                 state.log.error("SSL certificate DB %s could not be checked after the reload: %s", db.path, error)

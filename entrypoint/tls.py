@@ -6,6 +6,7 @@ Key material is only ever read and written as bytes; nothing here logs file cont
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -13,10 +14,13 @@ import re
 import shutil
 import ssl
 import stat
+import threading
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from entrypoint.mounted_files import TLS_SIZE_LIMIT, FileAbsent, FileProblem, describe_kind, read_bounded
+from entrypoint.log_text import escape_controls
 from entrypoint.processes import ChildProcesses, describe_exit
 from entrypoint.redact import redact_text
 from entrypoint.squid_config import CertDb, write_atomically
@@ -32,6 +36,21 @@ class TlsError(Exception):
 def _refuse_passphrase() -> bytes:
     # Without a callback OpenSSL would prompt on a terminal for an encrypted key.
     raise TlsError("encrypted")
+
+
+@contextlib.contextmanager
+def in_memory(data: bytes, name: str) -> Iterator[str]:
+    """A path (/proc/self/fd/N) to an anonymous in-memory file holding `data`, for the ssl
+    calls that only take paths: they load exactly these bytes, never a file that may have
+    changed since it was read, and no key material touches a disk."""
+    descriptor = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view):]
+        yield f"/proc/self/fd/{descriptor}"
+    finally:
+        os.close(descriptor)
 
 
 def _read(path: Path, what: str, tls_dir: Path) -> bytes:
@@ -72,7 +91,8 @@ def certificate_problems(cert: Path, cert_bytes: bytes, now: float | None = None
     if decode is None:
         return problems
     try:
-        fields = decode(str(cert))
+        with in_memory(first.group(0), "ca-cert") as loaded:
+            fields = decode(loaded)
         not_before = ssl.cert_time_to_seconds(fields["notBefore"])
         not_after = ssl.cert_time_to_seconds(fields["notAfter"])
     except (ssl.SSLError, OSError, KeyError, ValueError):
@@ -101,7 +121,10 @@ def validate_ca_pair(cert: Path, key: Path, tls_dir: Path) -> tuple[bytes, bytes
         raise TlsError(f"{key} does not contain a PEM private key (-----BEGIN PRIVATE KEY-----)")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.load_cert_chain(cert, key, password=_refuse_passphrase)
+        # The bytes read above, not the paths: a secret update between the reads and this
+        # check (the ..data symlink swap) must not pass one pair and merge another.
+        with in_memory(cert_bytes, "ca-cert") as cert_in, in_memory(key_bytes, "ca-key") as key_in:
+            context.load_cert_chain(cert_in, key_in, password=_refuse_passphrase)
     except TlsError:
         raise TlsError(
             f"{key} is encrypted with a passphrase; Squid needs an unencrypted CA key"
@@ -261,6 +284,9 @@ def _clean_leftovers(path: Path) -> None:
 # runs at a time.
 REBUILT: set[Path] = set()
 _REBUILD_LOCK = asyncio.Lock()
+# Longest wait for one pass over a DB's new leaves (one handshake each); the leaves checked
+# by then count as checked, the next pass goes on with the rest.
+RECHECK_TIMEOUT = 60.0
 
 
 async def ensure_cert_db(
@@ -310,8 +336,8 @@ def _pump(source: ssl.MemoryBIO, target: ssl.MemoryBIO) -> None:
         target.write(data)
 
 
-def leaf_is_from(entry: Path, ca_pem: str) -> bool:
-    """Whether the leaf in a DB entry (certificate, key, original certificate) chains to the CA
+def leaf_is_from(entry: bytes, ca_pem: str) -> bool:
+    """Whether the leaf in a DB entry's bytes (certificate, key, original certificate) chains to the CA
     `ca_pem`: a TLS handshake in memory, the leaf's own key on one side and only the CA trusted
     on the other (the ssl module verifies no certificate otherwise). Expired counts as from it."""
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -319,7 +345,8 @@ def leaf_is_from(entry: Path, ca_pem: str) -> bool:
     client.check_hostname = False
     client.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
     try:
-        server.load_cert_chain(entry)
+        with in_memory(entry, "leaf") as loaded:
+            server.load_cert_chain(loaded)
         client.load_verify_locations(cadata=ca_pem)
     except (ssl.SSLError, OSError, ValueError):
         return False  # unreadable: not a leaf this CA can vouch for
@@ -347,31 +374,51 @@ def leaf_is_from(entry: Path, ca_pem: str) -> bool:
     return False
 
 
-def foreign_leaves(path: Path, ca_pem: str, checked: set[str]) -> int:
-    """How many leaves in the DB at `path` do not chain to the CA `ca_pem`; entries named in
+def foreign_leaves(
+    path: Path, ca_pem: str, checked: set[str], cancel: threading.Event | None = None
+) -> tuple[int, list[str]]:
+    """How many leaves in the DB at `path` do not chain to the CA `ca_pem`, and why the entries
+    that are no regular file of at most TLS_SIZE_LIMIT bytes were skipped (Squid's user can
+    plant a FIFO or a symlink there: read without blocking, never followed). Entries named in
     `checked` are skipped, the others added (each leaf file has a unique serial number as its
-    name). Blocking: run it in a thread."""
+    name). Blocking: run it in a thread; stops early once `cancel` is set."""
     try:
         entries = [entry for entry in (path / "certs").iterdir() if entry.name.endswith(".pem")]
     except OSError:
-        return 0
+        return 0, []
     foreign = 0
+    skipped: list[str] = []
     for entry in entries:
+        if cancel is not None and cancel.is_set():
+            break
         if entry.name not in checked:
             checked.add(entry.name)
-            foreign += not leaf_is_from(entry, ca_pem)
-    return foreign
+            try:
+                leaf = read_bounded(entry, TLS_SIZE_LIMIT, follow_symlinks=False)
+            except FileAbsent:
+                continue  # Squid removed it meanwhile
+            except FileProblem as problem:
+                skipped.append(str(problem))
+                continue
+            foreign += not leaf_is_from(leaf, ca_pem)
+    return foreign, skipped
+
+
+# config_steps.in_worker: runs job(cancel) in a daemon thread, waits at most `timeout` seconds.
+Worker = Callable[[Callable[[threading.Event], tuple[int, list[str]]], str, float], Awaitable[tuple[int, list[str]]]]
 
 
 async def recheck_cert_db(
     children: ChildProcesses, certgen_bin: Path, db: CertDb, ca_cert: bytes, log: logging.Logger,
-    checked: set[str],
+    checked: set[str], in_worker: Worker,
 ) -> bool:
     """After Squid reconfigured: rebuild a DB (re)built for this CA again if leaves of another CA
     reached it meanwhile (connections bumped by the previous config store theirs in it too).
 
     Returns whether it was rebuilt. A DB not made for this CA is left to the next reload.
-    `checked`: the leaves found fine by earlier rechecks of this DB (updated).
+    `checked`: the leaves found fine by earlier rechecks of this DB (updated). The leaves are
+    read in `in_worker`: not asyncio.to_thread, whose executor threads are joined at exit, so
+    nothing here can keep PID 1 from exiting or hold the rebuild lock without bound.
     """
     fingerprint = ca_fingerprint(ca_cert)
     first = _FIRST_PEM_CERT.search(ca_cert)
@@ -380,7 +427,16 @@ async def recheck_cert_db(
         path = Path(os.path.realpath(db.path))
         if rebuild_reason(path, fingerprint) is not None:
             return False
-        foreign = await asyncio.to_thread(foreign_leaves, path, first.group(0).decode("ascii"), checked)
+        ca_pem = first.group(0).decode("ascii")
+        foreign, skipped = await in_worker(
+            lambda cancel: foreign_leaves(path, ca_pem, checked, cancel), f"checking the leaves in {db.path}",
+            RECHECK_TIMEOUT,
+        )
+        if skipped:
+            log.warning(
+                "SSL certificate DB %s: %d entry(ies) in certs/ skipped, e.g. %s; remove them",
+                db.path, len(skipped), escape_controls(skipped[0]),
+            )
         if not foreign:
             return False
         log.warning(
