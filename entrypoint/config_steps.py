@@ -60,8 +60,8 @@ async def in_worker(job: Callable[[threading.Event], T], what: str, timeout: flo
         threading.Thread(target=work, name="cephaloproxy-config", daemon=True).start()
     except RuntimeError:
         raise ConfigError(
-            f"cannot start a thread for {what}: the process limit is reached"
-            " (RLIMIT_NPROC, or the container's pids limit)"
+            f"cannot start a thread for {what}: the container's process limit"
+            " (RLIMIT_NPROC / pids.max) is reached: raise it"
         ) from None
     try:
         return await asyncio.wait_for(outcome, timeout)

@@ -395,7 +395,7 @@ def test_no_thread_to_be_had_is_a_config_error_and_the_job_never_runs_on_the_loo
         raise RuntimeError("can't start new thread")
 
     monkeypatch.setattr(threading.Thread, "start", refuse)
-    with pytest.raises(ConfigError, match=r"^cannot start a thread for reading the Squid config /x: the process limit is reached"):
+    with pytest.raises(ConfigError, match=r"^cannot start a thread for reading the Squid config /x: the container's process limit \(RLIMIT_NPROC / pids.max\) is reached: raise it$"):
         asyncio.run(in_worker(lambda cancel: ran.append(True), "reading the Squid config /x"))
     assert ran == []
 
@@ -415,4 +415,4 @@ def test_a_real_process_limit_is_a_config_error_not_a_read_on_the_loop() -> None
     root = str(Path(__file__).resolve().parent.parent)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, cwd=root,
                           env={**os.environ, "PYTHONPATH": root})
-    assert done.stdout.startswith("ConfigError: cannot start a thread for reading the Squid config /x: the process limit is reached"), (done.stdout, done.stderr)
+    assert done.stdout.startswith("ConfigError: cannot start a thread for reading the Squid config /x: the container's process limit"), (done.stdout, done.stderr)
