@@ -29,7 +29,8 @@ async def in_worker(job: Callable[[threading.Event], T], what: str, timeout: flo
     """`job(cancel)` in a daemon thread, so the event loop (signals, output relays) keeps running.
 
     Cancelled or timed out, the job is told to stop (`cancel` is set) and left behind: a
-    daemon thread never holds up PID 1's exit. No thread to be had (RLIMIT_NPROC): run here.
+    daemon thread never holds up PID 1's exit. No thread to be had (RLIMIT_NPROC): ConfigError,
+    never the job on the event loop (signals would wait for it).
     """
     loop = asyncio.get_running_loop()
     outcome: asyncio.Future[T] = loop.create_future()
@@ -58,7 +59,10 @@ async def in_worker(job: Callable[[threading.Event], T], what: str, timeout: flo
     try:
         threading.Thread(target=work, name="cephaloproxy-config", daemon=True).start()
     except RuntimeError:
-        return job(cancel)
+        raise ConfigError(
+            f"cannot start a thread for {what}: the container's process limit"
+            " (RLIMIT_NPROC / pids.max) is reached: raise it"
+        ) from None
     try:
         return await asyncio.wait_for(outcome, timeout)
     except asyncio.TimeoutError:

@@ -425,6 +425,62 @@ def test_a_huge_include_fan_out_is_refused_at_reload_and_at_startup(workspace: W
     assert re.search(message.removeprefix(SKIPPED), run.stderr) and "Starting Squid" not in run.stdout
 
 
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return int(status.read().split("Threads:")[1].split()[0])
+
+
+SYS_GLOB = "/sys/*/*/*/*/*/*/*/*/*/*/*/nomatch"  # matches nothing, walks a huge tree
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/devices"), reason="needs /sys")
+def test_an_include_glob_walking_a_huge_tree_is_skipped_at_reload_and_leaves_no_thread_walking(workspace: Workspace, launch: Launcher) -> None:
+    good, run, squid_pid = started_on_port_config(workspace, launch)
+    workspace.write_custom_config(good + f"include {SYS_GLOB}\n")
+    line = good.count("\n") + 1
+    message = (
+        rf"{SKIPPED}Squid config {workspace.custom_config} line {line}: include {re.escape(SYS_GLOB)}: expanding the"
+        r" include globs visited more than 100000 directory entries \(the limit\)"
+    )
+    before = _threads(run.pid)
+    for count in range(1, 4):
+        sent = time.monotonic()
+        run.process.send_signal(signal.SIGHUP)
+        run.wait_for_output(rf"(?s)(?:{message}.*){{{count}}}", 25, stream="stderr")
+        print(f"SIGHUP {count} skipped after {time.monotonic() - sent:.2f} s")
+    # The reads ended (no worker left walking): PID 1's threads are back to what they were.
+    assert wait_until(lambda: _threads(run.pid) <= before, 10), (before, _threads(run.pid))
+    assert "took longer than" not in run.stderr
+    assert process_state(squid_pid) not in (None, "Z") and proxies_through(workspace.squid_port)
+
+
+def _split_line_config(workspace: Workspace, good: str) -> tuple[str, str]:
+    """(a config hiding `include hidden.conf` past Squid's 8191-byte line, the message)."""
+    hidden = workspace.etc / "hidden.conf"
+    hidden.write_text("http_port 127.0.0.1:1\n")
+    hidden.chmod(0o644)
+    long_line = "#" + "x" * 8190 + f"include {hidden}"
+    message = (
+        rf"Squid config {workspace.custom_config} line {good.count(chr(10)) + 1}: the line is {len(long_line)} bytes"
+        r" long, more than 8190 bytes \(the limit\): Squid would read the rest of it as another line: shorten or split it"
+    )
+    return good + long_line + "\n", message
+
+
+def test_a_line_squid_would_split_is_refused_at_reload_and_at_startup(workspace: Workspace, launch: Launcher) -> None:
+    good, run, squid_pid = started_on_port_config(workspace, launch)
+    config, message = _split_line_config(workspace, good)
+    workspace.write_custom_config(config)
+    run.process.send_signal(signal.SIGHUP)
+    run.wait_for_output(SKIPPED + message, 30, stream="stderr")
+    assert "Squid reconfigured" not in run.stdout
+    assert process_state(squid_pid) not in (None, "Z") and proxies_through(workspace.squid_port)
+    run.cleanup()
+    run = launch()
+    assert run.wait_exit(60) == 1
+    assert re.search(message, run.stderr) and "Starting Squid" not in run.stdout
+
+
 def test_a_slow_reload_keeps_relaying_squids_output_and_sigterm_is_handled_at_once(workspace: Workspace, launch: Launcher) -> None:
     good, run, _ = started_on_port_config(workspace, launch)
     # Large but allowed: about 8 MB in 1000 files (the limits are 8 MiB and 1024 files).

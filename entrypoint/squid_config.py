@@ -10,6 +10,7 @@ every file is read once: `files` keeps those bytes for the snapshot Squid is poi
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import glob
 import math
 import os
@@ -30,6 +31,10 @@ MAX_INCLUDE_DEPTH = 16  # Squid's own limit (parseOneConfigFile in cache_cf.cc)
 MAX_CONFIG_FILES = 1024  # files read for one config: the config itself and every inclusion
 MAX_CONFIG_BYTES = CONFIG_SIZE_LIMIT  # the config and all its includes together
 READ_TIME_LIMIT = 20.0  # seconds to read and expand one config tree
+MAX_GLOB_ENTRIES = 100_000  # directory entries include globs may visit in one config tree
+# Squid reads a config line with fgets() into BUFSIZ (8192) bytes: the rest of a line of 8191
+# bytes or more becomes a line of its own, one PID 1 would never have seen.
+MAX_LINE_BYTES = 8190
 ACTIVE_CONFIG_NAME = "squid.conf"  # in the run dir: the snapshot Squid is started with
 CACHE_MARKER = ".cephaloproxy-initialised"  # in a cache_dir once `squid -z` completed there
 ROCK_HEADER_SIZE = 16 * 1024  # Rock::SwapDir::HeaderSize: -z sizes the db, then writes it
@@ -208,6 +213,7 @@ class _Budget:
     def __init__(self, cancel: threading.Event | None) -> None:
         self.files = 0
         self.bytes = 0
+        self.entries = 0  # directory entries include globs visited
         self.deadline = time.monotonic() + READ_TIME_LIMIT
         self.cancel = cancel
 
@@ -228,6 +234,16 @@ class _Budget:
                 f" {MAX_CONFIG_FILES} files (the limit; each inclusion counts): include fewer files"
             )
 
+    def visit_entry(self, where: object) -> None:
+        """One directory entry an include glob looked at: time, cancel and count checked."""
+        self.check_time(where)
+        self.entries += 1
+        if self.entries > MAX_GLOB_ENTRIES:
+            raise ConfigError(
+                f"Squid config {where}: expanding the include globs visited more than"
+                f" {MAX_GLOB_ENTRIES} directory entries (the limit): name the files or a narrower pattern"
+            )
+
     def add_bytes(self, path: Path, count: int) -> None:
         self.bytes += count
         if self.bytes > MAX_CONFIG_BYTES:
@@ -237,37 +253,86 @@ class _Budget:
             )
 
 
+def _glob_in_dir(directory: str, pattern: str, dir_only: bool, budget: _Budget, where: str) -> list[str]:
+    """The names in `directory` matching one pattern component, as Python's glob (and glob(3)
+    without GLOB_PERIOD) match them: a leading '.' only by a pattern starting with '.'."""
+    names: list[str] = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                budget.visit_entry(where)
+                if pattern[0] != "." and entry.name[0] == ".":
+                    continue
+                if dir_only:
+                    try:
+                        if not entry.is_dir():
+                            continue
+                    except OSError:
+                        continue
+                if fnmatch.fnmatchcase(entry.name, pattern):
+                    names.append(entry.name)
+    except OSError:
+        pass  # glob(3) without GLOB_ERR, and Python's glob, skip what cannot be read
+    return names
+
+
+def _glob(pattern: str, dir_only: bool, budget: _Budget, where: str) -> list[str]:
+    """glob.glob(pattern) for an absolute pattern, with the budget checked at every directory
+    entry visited (glob.iglob could walk a huge tree for nothing: `/sys/*/*/*/.../nomatch`)."""
+    directory, name = os.path.split(pattern)
+    if not glob.has_magic(pattern):
+        if name:
+            return [pattern] if os.path.lexists(pattern) else []
+        return [pattern] if os.path.isdir(directory) else []
+    parents = _glob(directory, True, budget, where) if directory != pattern and glob.has_magic(directory) else [directory]
+    found: list[str] = []
+    for parent in parents:
+        if glob.has_magic(name):
+            found += [os.path.join(parent, match) for match in _glob_in_dir(parent, name, dir_only, budget, where)]
+        elif (os.path.isdir(parent) if not name else os.path.lexists(os.path.join(parent, name))):
+            found.append(os.path.join(parent, name))
+        budget.check_time(where)
+    return found
+
+
 def _include_targets(directive: Directive, pattern: str, budget: _Budget) -> list[Path]:
     """The files one `include` argument names, in Squid's order (glob() sorts)."""
     # Squid opens relative include paths from its working directory, which is ours.
     full = pattern if os.path.isabs(pattern) else os.path.join(os.getcwd(), pattern)
     where = f"{directive.where}: include {pattern}"
     if glob.has_magic(full):
-        matches: list[str] = []
-        for match in glob.iglob(full):  # stops at the limit, however many files would match
-            matches.append(match)
-            if budget.files + len(matches) > MAX_CONFIG_FILES:
-                budget.add_files(where, len(matches))
-            if len(matches) % 64 == 0:
-                budget.check_time(where)
-        matches.sort()
+        matches = sorted(_glob(full, False, budget, where))
+        budget.add_files(where, len(matches))
     else:
         try:
             matches = [full] if check_file(Path(full)) else []
         except FileProblem as error:
             raise ConfigError(f"Squid config {where}: {error}") from None
-    budget.add_files(where, len(matches))
+        budget.add_files(where, len(matches))
     if matches:
         return [Path(match) for match in matches]
     hint = ""
     if not os.path.isabs(pattern) and directive.source is not None:
         beside = directive.source.parent / pattern
-        if next(glob.iglob(str(beside)), None) is not None:
+        if _glob(str(beside), False, budget, where) if glob.has_magic(str(beside)) else os.path.lexists(beside):
             hint = (
                 "; Squid resolves relative include paths from its working directory"
                 f" {os.getcwd()}, not from the config's directory: write 'include {beside}'"
             )
     raise ConfigError(f"Squid config {where} matches no file{hint}")
+
+
+def _check_line_lengths(path: Path, data: bytes) -> None:
+    """ConfigError naming the first line Squid would split (it reads lines with fgets into 8192 bytes)."""
+    lines = data.split(b"\n")
+    if max(map(len, lines)) <= MAX_LINE_BYTES:
+        return
+    number, line = next((n, line) for n, line in enumerate(lines, start=1) if len(line) > MAX_LINE_BYTES)
+    raise ConfigError(
+        f"Squid config {path} line {number}: the line is {len(line)} bytes long, more than"
+        f" {MAX_LINE_BYTES} bytes (the limit): Squid would read the rest of it as another line:"
+        " shorten or split it (a line ending in \\ continues on the next)"
+    )
 
 
 def _read_tree(
@@ -287,6 +352,7 @@ def _read_tree(
         except FileProblem as error:
             raise ConfigError(f"Squid config: {error}") from None
     budget.add_bytes(path, len(data))
+    _check_line_lengths(path, data)
     index = len(files)
     files.append(ConfigFile(path, data))
     includes: list[IncludeLine] = []

@@ -254,3 +254,165 @@ def test_any_port_argument_is_an_address_or_a_config_error(name: str, spec: str)
 def test_a_port_of_5000_digits_is_a_config_error_not_a_value_error() -> None:
     with pytest.raises(ConfigError, match=r"cannot read the port of 'http_port 127\.0\.0\.1:1{60}.*\.\.\.' \(5010 characters\)"):
         parse_listen_address(Directive(1, "http_port", ("127.0.0.1:" + "1" * 5000,)))
+
+
+# -- include globs: walked with the budget checked at every entry; lines Squid would split ------
+import asyncio  # noqa: E402
+import glob as pyglob  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+
+from entrypoint import squid_config  # noqa: E402
+from entrypoint.config_steps import in_worker  # noqa: E402
+
+SYS_GLOB = "/sys/*/*/*/*/*/*/*/*/*/*/*/nomatch"  # matches nothing, walks a huge tree
+
+
+def _select_in_thread(custom: Path, cancel: threading.Event | None = None, bound: float = 25.0) -> BaseException | None:
+    """select_config in a daemon thread; the error it raised. AssertionError if still running after `bound`."""
+    outcome: list[BaseException | None] = []
+
+    def work() -> None:
+        settings, _ = load_settings({"CEPHALOPROXY_CONFIG": str(custom), "CEPHALOPROXY_DEFAULT_CONFIG": str(PACKAGED_DEFAULT)})
+        try:
+            select_config(settings, cancel)
+            outcome.append(None)
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            outcome.append(error)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join(bound)
+    assert outcome, f"reading the config was still walking after {bound} s"
+    return outcome[0]
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/devices"), reason="needs /sys")
+def test_an_include_glob_walking_a_huge_tree_is_refused_at_the_entry_limit(tmp_path: Path) -> None:
+    error = _select_in_thread(_custom(tmp_path, f"http_port 3128\ninclude {SYS_GLOB}\n"))
+    assert isinstance(error, ConfigError)
+    assert re.fullmatch(
+        rf"Squid config {tmp_path}/squid.conf line 2: include {re.escape(SYS_GLOB)}: expanding the include globs"
+        r" visited more than 100000 directory entries \(the limit\): name the files or a narrower pattern",
+        str(error),
+    ), error
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/devices"), reason="needs /sys")
+def test_the_time_limit_and_cancel_stop_an_include_glob_at_any_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(squid_config, "MAX_GLOB_ENTRIES", 10**9)
+    monkeypatch.setattr(squid_config, "READ_TIME_LIMIT", 1.0)
+    custom = _custom(tmp_path, f"http_port 3128\ninclude {SYS_GLOB}\n")
+    error = _select_in_thread(custom, bound=15.0)
+    assert isinstance(error, ConfigError)
+    assert f"squid.conf line 2: include {SYS_GLOB}: reading the config and its includes took longer than 1 s (the limit)" in str(error)
+    monkeypatch.setattr(squid_config, "READ_TIME_LIMIT", 60.0)
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    error = _select_in_thread(custom, cancel, bound=15.0)
+    assert isinstance(error, ConfigError) and "line 2: include" in str(error) and "abandoned" in str(error)
+
+
+_NAMES = st.sampled_from(["a", "b", "ab", "a.conf", "b.conf", ".h", ".h.conf", "x[1]", "d", ".d"])
+_PARTS = st.sampled_from(["*", "?", "a*", "*.conf", ".*", "[ab]", "[!a]*", "d", ".d", "a", "**", "*[1]"])
+
+
+@given(
+    tree=st.lists(st.lists(_NAMES, min_size=1, max_size=3), max_size=12),
+    pattern=st.lists(_PARTS, min_size=1, max_size=3), trailing_slash=st.booleans(),
+)
+def test_include_globs_match_what_glob_matches(tree: list[list[str]], pattern: list[str], trailing_slash: bool) -> None:
+    with tempfile.TemporaryDirectory() as root:
+        for parts in tree:
+            path = Path(root, *parts)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if not path.exists():
+                    path.write_text("")
+            except (FileExistsError, NotADirectoryError):
+                pass  # a file is in the way: that tree is what it is
+        os.symlink(root, Path(root, "d", "loop") if Path(root, "d").is_dir() else Path(root, "loop"))
+        full = os.path.join(root, *pattern) + ("/" if trailing_slash else "")
+        budget = squid_config._Budget(None)
+        assert sorted(squid_config._glob(full, False, budget, "test")) == sorted(pyglob.glob(full))
+
+
+def _line_config(tmp_path: Path, long_line: bytes, in_include: bool) -> tuple[Path, Path, int]:
+    """(config, the file with `long_line`, its line number)."""
+    custom = tmp_path / "squid.conf"
+    if in_include:
+        included = tmp_path / "inc.conf"
+        included.write_bytes(b"acl a src 127.0.0.1\n" + long_line + b"\nacl b src 127.0.0.2\n")
+        custom.write_bytes(f"http_port 3128\ninclude {included}\n".encode())
+        return custom, included, 2
+    custom.write_bytes(b"http_port 3128\n# pad\n" + long_line + b"\n")
+    return custom, custom, 3
+
+
+@given(
+    length=st.integers(min_value=8191, max_value=40000),
+    filler=st.sampled_from([b"x", b"\xc3\xa9", b" ", b"\t", b"\\", b"\r", b"\0", b"#"]),
+    start=st.sampled_from([b"#", b"acl x src ", b"", b"  "]),
+    in_include=st.booleans(),
+)
+def test_a_line_squid_would_split_is_refused_naming_the_file_line_and_limit(
+    length: int, filler: bytes, start: bytes, in_include: bool,
+) -> None:
+    with tempfile.TemporaryDirectory() as root:
+        line = (start + filler * length)[:length]  # `length` bytes: Squid's fgets takes 8191 at most
+        custom, where, number = _line_config(Path(root), line, in_include)
+        with pytest.raises(ConfigError) as raised:
+            _select(custom)
+        assert str(raised.value) == (
+            f"Squid config {where} line {number}: the line is {len(line)} bytes long, more than 8190 bytes"
+            r" (the limit): Squid would read the rest of it as another line: shorten or split it"
+            " (a line ending in \\ continues on the next)"
+        )
+
+
+@pytest.mark.parametrize("in_include", [False, True])
+def test_a_line_of_8190_bytes_is_read_whole(tmp_path: Path, in_include: bool) -> None:
+    custom, _, _ = _line_config(tmp_path, b"acl long src " + b"1" * (8190 - 13), in_include)
+    assert _select(custom).named("acl")
+
+
+def test_the_split_line_attack_cannot_hide_an_include(tmp_path: Path) -> None:
+    hidden = tmp_path / "hidden.conf"
+    hidden.write_text("http_port 3130\n")
+    line = "#" + "x" * 8190 + f"include {hidden}"
+    custom = _custom(tmp_path, f"http_port 3128\n{line}\n")
+    with pytest.raises(ConfigError, match=rf"squid.conf line 2: the line is {len(line)} bytes long, more than 8190 bytes \(the limit\)"):
+        _select(custom)
+
+
+# -- the worker thread --------------------------------------------------------------------------
+def test_no_thread_to_be_had_is_a_config_error_and_the_job_never_runs_on_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[bool] = []
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    with pytest.raises(ConfigError, match=r"^cannot start a thread for reading the Squid config /x: the container's process limit \(RLIMIT_NPROC / pids.max\) is reached: raise it$"):
+        asyncio.run(in_worker(lambda cancel: ran.append(True), "reading the Squid config /x"))
+    assert ran == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="RLIMIT_NPROC needs another UID (root ignores it)")
+def test_a_real_process_limit_is_a_config_error_not_a_read_on_the_loop() -> None:
+    script = (
+        "import asyncio, os, resource\n"
+        "from entrypoint.config_steps import in_worker\n"
+        "from entrypoint.squid_config import ConfigError\n"
+        "resource.setrlimit(resource.RLIMIT_NPROC, (1, 1)); os.setgroups([]); os.setgid(1000770001); os.setuid(1000770001)\n"
+        "try:\n"
+        "    asyncio.run(in_worker(lambda cancel: print('ran on the loop'), 'reading the Squid config /x'))\n"
+        "except ConfigError as error:\n"
+        "    print('ConfigError:', error)\n"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, cwd=root,
+                          env={**os.environ, "PYTHONPATH": root})
+    assert done.stdout.startswith("ConfigError: cannot start a thread for reading the Squid config /x: the container's process limit"), (done.stdout, done.stderr)
