@@ -513,6 +513,11 @@ def test_a_reload_adding_a_disk_cache_dir_prepares_it_and_a_changed_one_needs_a_
         to = changed.replace(" 10", "")
         run.wait_for_output(rf"{SKIPPED}cache_dir {added} changed from ufs 4 8 to {to}: .*needs a restart", 30, stream="stderr")
     assert run.stdout.count("Squid reconfigured") == 1
+    # Dropped and added back (made already: no second -z), Squid keeps running.
+    for text in (good, with_cache):
+        workspace.write_custom_config(text)
+        reload_and_wait(run)
+    assert run.stdout.count("Squid reconfigured") == 3 and run.stdout.count("Initialising Squid cache") == 1
     time.sleep(2)
     assert "FATAL" not in run.stderr and process_state(squid_pid) not in (None, "Z") and proxies_through(workspace.squid_port)
 
