@@ -14,8 +14,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from hypothesis import given, strategies as st
 
 from entrypoint.health_process import HEALTH_START_TIMEOUT
+from entrypoint.reload import refuse_restart_changes
+from entrypoint.squid_config import ActiveConfig, ConfigError, Directive
 from entrypoint.testing import (  # noqa: F401 - fixtures
     EntrypointRun, Launcher, Workspace, free_port, http_get, key_body_lines, launch, make_ca, make_server_cert, openssl,
     process_state, python_for_child, running_as_root, session_processes, squid_available, squid_bin,
@@ -576,3 +579,29 @@ def test_the_health_checks_follow_an_https_port_when_there_is_no_http_port(works
     assert http_get(f"{base}/health", timeout=5)[:2] == (200, "OK\n")
     assert http_get(f"{base}/ready", timeout=5)[:2] == (200, "READY\n")
     assert run.process.poll() is None
+
+
+_store = st.tuples(
+    st.sampled_from(["ufs", "aufs", "diskd", "rock"]),
+    st.integers(1, 10_000).map(str),  # the size: Squid takes a new one on a reconfigure
+    st.integers(1, 256).map(str), st.integers(1, 256).map(str),
+)
+
+
+@given(_store, _store)
+def test_only_a_cache_dirs_type_or_l1_l2_change_needs_a_restart(before: tuple[str, ...], after: tuple[str, ...]) -> None:
+    def config(store: tuple[str, ...]) -> ActiveConfig:
+        kind, size, l1, l2 = store
+        args = (kind, "/cache/one", size) + (() if kind == "rock" else (l1, l2))
+        return ActiveConfig(Path("/run/squid.conf"), Path("/etc/squid.conf"), True, (Directive(1, "cache_dir", args),))
+
+    def layout(store: tuple[str, ...]) -> tuple[str, ...]:
+        return ("rock",) if store[0] == "rock" else (store[0], *store[2:])
+
+    same = layout(before) == layout(after)
+    try:
+        refuse_restart_changes(config(after), config(before))
+    except ConfigError as error:
+        assert not same and str(error).startswith("cache_dir /cache/one changed from ") and "needs a restart" in str(error)
+    else:
+        assert same
