@@ -85,7 +85,7 @@ def refuse_restart_changes(config: ActiveConfig, old: ActiveConfig) -> None:
 
 def cache_dir_layouts(config: ActiveConfig) -> dict[Path, tuple[str, ...]]:
     """Each disk cache_dir's type and, for the ufs family, its L1 and L2 (what -z lays out)."""
-    layouts = {}
+    layouts: dict[Path, tuple[str, ...]] = {}
     for directive in config.named("cache_dir"):
         args = directive.args
         if len(args) >= 2 and args[0] in DISK_CACHE_TYPES:
