@@ -1,9 +1,10 @@
 """SIGHUP: re-derive everything from the config, serialized, keeping the running Squid on any error.
 
 Order: re-read the config (a worker thread: the event loop keeps relaying and handling
-signals), refuse what needs a restart (another config, another pid_filename) or cannot work
-(a new port held by another process), re-validate the TLS secret, snapshot the config into
-the run dir and `squid -k parse` the snapshot, merge the TLS secret atomically, make the
+signals), refuse what needs a restart (another config, another pid_filename, a cache_dir's
+other type or L1/L2) or cannot work (a new port held by another process or privileged),
+re-validate the TLS secret, snapshot the config into the run dir and `squid -k parse` the
+snapshot, make a new disk cache_dir as startup does (`squid -z`), merge the TLS secret atomically, make the
 snapshot the file Squid reads, point the health server at the new ports, then
 `squid -k reconfigure` (SIGHUP to the master). Any failure before that leaves Squid, its
 config file and what the health server checks as they were; so does an unexpected error
