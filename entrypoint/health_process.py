@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Protocol, Sequence
 import entrypoint
 from entrypoint.processes import ChildProcesses, ForkError, describe_exit
 from entrypoint.settings import Settings
-from entrypoint.squid_config import ActiveConfig
+from entrypoint.squid_config import ActiveConfig, parse_listen_address
 
 # Spawn -> "listening" report, each start and restart. A server that cannot bind reports that
 # at once, so only a hung one waits this out; an interpreter on a CPU-throttled pod or under
@@ -46,8 +46,8 @@ class HealthBindError(HealthError):
 
 
 def proxy_address(config: ActiveConfig, settings: Settings) -> tuple[str, int]:
-    """Where the health checks look for the proxy: the config's first http_port."""
-    ports = config.http_ports
+    """Where the health checks look for the proxy: the config's first http_port, else its first https_port."""
+    ports = config.http_ports or [parse_listen_address(d) for d in config.named("https_port") if d.args]
     if not ports:
         return "127.0.0.1", settings.squid_port
     first = ports[0]

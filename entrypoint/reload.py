@@ -1,9 +1,10 @@
 """SIGHUP: re-derive everything from the config, serialized, keeping the running Squid on any error.
 
 Order: re-read the config (a worker thread: the event loop keeps relaying and handling
-signals), refuse what needs a restart (another config, another pid_filename) or cannot work
-(a new port held by another process), re-validate the TLS secret, snapshot the config into
-the run dir and `squid -k parse` the snapshot, merge the TLS secret atomically, make the
+signals), refuse what needs a restart (another config, another pid_filename, a cache_dir's
+other type or L1/L2) or cannot work (a new port held by another process or privileged),
+re-validate the TLS secret, snapshot the config into the run dir and `squid -k parse` the
+snapshot, make a new disk cache_dir as startup does (`squid -z`), merge the TLS secret atomically, make the
 snapshot the file Squid reads, point the health server at the new ports, then
 `squid -k reconfigure` (SIGHUP to the master). Any failure before that leaves Squid, its
 config file and what the health server checks as they were; so does an unexpected error
@@ -17,13 +18,14 @@ import asyncio
 import logging
 import signal
 import traceback
+from pathlib import Path
 from typing import Awaitable, Callable
 
-from entrypoint import config_snapshot, proc_table
+from entrypoint import config_snapshot, proc_table, runtime_dirs, squid_user
 from entrypoint.config_steps import activate_snapshot, install_tls, read_config, recheck_cert_dbs, validate_tls, write_snapshot
 from entrypoint.log_text import escape_controls
-from entrypoint.squid_config import ActiveConfig, ConfigError
-from entrypoint.squid_process import SquidError, SquidProcess, foreign_listeners, listen_ports
+from entrypoint.squid_config import DISK_CACHE_TYPES, ActiveConfig, ConfigError, write_atomically
+from entrypoint.squid_process import SquidError, SquidProcess, foreign_listeners, listen_ports, privileged_port_problem
 from entrypoint.state import ProxyState
 
 UNEXPECTED_MESSAGE_LIMIT = 300
@@ -73,6 +75,44 @@ def refuse_restart_changes(config: ActiveConfig, old: ActiveConfig) -> None:
             f"pid_filename changed from {old.pid_file} to {config.pid_file}: Squid keeps writing"
             f" {old.pid_file} until it is restarted, so this needs a restart (restart the container)"
         )
+    before = cache_dir_layouts(old)
+    for path, layout in cache_dir_layouts(config).items():
+        if path in before and before[path] != layout:
+            raise ConfigError(
+                f"cache_dir {path} changed from {' '.join(before[path])} to {' '.join(layout)}: Squid cannot"
+                " change a cache_dir's type or L1/L2 on a reconfigure, so this needs a restart (restart the container)"
+            )
+
+
+def cache_dir_layouts(config: ActiveConfig) -> dict[Path, tuple[str, ...]]:
+    """Each disk cache_dir's type and, for the ufs family, its L1 and L2 (what -z lays out)."""
+    layouts: dict[Path, tuple[str, ...]] = {}
+    for directive in config.named("cache_dir"):
+        args = directive.args
+        if len(args) >= 2 and args[0] in DISK_CACHE_TYPES:
+            layouts[Path(args[1])] = (args[0],) if args[0] == "rock" else (args[0], *args[3:5])
+    return layouts
+
+
+async def prepare_new_cache_dirs(state: ProxyState, config: ActiveConfig, old: ActiveConfig, snapshot: Path) -> None:
+    """A cache_dir the running Squid does not have, made as at startup: dirs, probe, `squid -z` (Squid's reconfigure never runs -z)."""
+    known = {cache_dir.path for cache_dir in old.disk_cache_dirs}
+    added = [cache_dir.path for cache_dir in config.disk_cache_dirs if cache_dir.path not in known]
+    if not added:
+        return
+    try:
+        runtime_dirs.prepare_runtime_dirs(added)
+    except runtime_dirs.RuntimeDirError as error:
+        raise ConfigError(str(error)) from None
+    if state.commands.stdio_owner is not None:
+        squid_user.hand_over(added, state.commands.stdio_owner)
+    # -z refuses to run beside a Squid that holds the pid file: it runs without one.
+    variant = snapshot.with_name(snapshot.name + ".cache-init")
+    write_atomically(variant, snapshot.read_bytes() + b"\npid_filename none\n", 0o640)
+    try:
+        await state.commands.initialise_cache(config, variant)
+    finally:
+        variant.unlink(missing_ok=True)
 
 
 def taken_ports(config: ActiveConfig, old: ActiveConfig, squid: SquidProcess) -> list[int]:
@@ -110,6 +150,9 @@ async def prepare(state: ProxyState, squid: SquidProcess, old: ActiveConfig) -> 
     log.info("Reloading: reading Squid config %s", old.source)
     config = await read_config(settings)
     refuse_restart_changes(config, old)
+    privileged = privileged_port_problem(sorted(set(listen_ports(config)) - set(listen_ports(old))))
+    if privileged:
+        raise ConfigError(privileged)
     taken = taken_ports(config, old, squid)
     if taken:
         raise ConfigError(
@@ -121,6 +164,7 @@ async def prepare(state: ProxyState, squid: SquidProcess, old: ActiveConfig) -> 
     snapshot = await write_snapshot(config, state.commands.names)
     try:
         await state.commands.check_config(config, snapshot.candidate)
+        await prepare_new_cache_dirs(state, config, old, snapshot.candidate)
         if material is not None:
             await install_tls(material, config, settings, state.children, log, state.commands.stdio_owner)
         activate_snapshot(snapshot)

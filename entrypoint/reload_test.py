@@ -14,10 +14,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from hypothesis import given, strategies as st
 
 from entrypoint.health_process import HEALTH_START_TIMEOUT
+from entrypoint.reload import refuse_restart_changes
+from entrypoint.squid_config import ActiveConfig, ConfigError, Directive
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    EntrypointRun, Launcher, Workspace, free_port, http_get, key_body_lines, launch, make_ca, openssl,
+    EntrypointRun, Launcher, Workspace, free_port, http_get, key_body_lines, launch, make_ca, make_server_cert, openssl,
     process_state, python_for_child, running_as_root, session_processes, squid_available, squid_bin,
     ssl_bump_config, start_local_http_server, wait_for_status, wait_until, with_private_shm, workspace,
 )
@@ -547,3 +550,114 @@ def test_an_unexpected_reload_error_is_one_line_and_squid_keeps_serving(workspac
     run.process.send_signal(signal.SIGHUP)
     run.wait_for_output(rf"Squid reconfigured \(PID {squid_pid} kept\)")
     assert run.process.poll() is None and "\x1b" not in run.output
+
+
+def test_a_reload_adding_a_disk_cache_dir_prepares_it_and_a_changed_one_needs_a_restart(workspace: Workspace, launch: Launcher) -> None:
+    # Squid's reconfigure never runs -z: an unprepared new cache_dir killed the kid (swap.state).
+    good, run, squid_pid = started_on_port_config(workspace, launch)
+    added = workspace.runtime_dir("added-cache") / "ufs"  # not there yet: made like at startup
+    with_cache = good + f"cache_dir ufs {added} 10 4 8\n"
+    workspace.write_custom_config(with_cache)
+    reload_and_wait(run)
+    assert "Squid reconfigured" in run.stdout, run.stderr[-2000:]
+    assert (added / "00").is_dir() and (added / "03").is_dir()
+    time.sleep(3)  # a kid failing on the new cache_dir dies within this
+    assert "FATAL" not in run.stderr and run.process.poll() is None
+    assert process_state(squid_pid) not in (None, "Z") and proxies_through(workspace.squid_port)
+    assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/health", 200, 30)[0] == 200
+    # Other L1/L2 (or type) under the same path: Squid cannot take it at a reconfigure.
+    for changed in ("ufs 10 8 8", "aufs 10 4 8"):
+        workspace.write_custom_config(good + f"cache_dir {changed.replace(' 10', f' {added} 10')}\n")
+        run.process.send_signal(signal.SIGHUP)
+        to = changed.replace(" 10", "")
+        run.wait_for_output(rf"{SKIPPED}cache_dir {added} changed from ufs 4 8 to {to}: .*needs a restart", 30, stream="stderr")
+    assert run.stdout.count("Squid reconfigured") == 1
+    # Dropped and added back (made already: no second -z), Squid keeps running.
+    for text in (good, with_cache):
+        workspace.write_custom_config(text)
+        reload_and_wait(run)
+    assert run.stdout.count("Squid reconfigured") == 3 and run.stdout.count("Initialising Squid cache") == 1
+    time.sleep(2)
+    assert "FATAL" not in run.stderr and process_state(squid_pid) not in (None, "Z") and proxies_through(workspace.squid_port)
+
+
+def unprivileged_port_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024
+
+
+def test_a_privileged_port_is_refused_at_reload_and_at_startup_when_not_root(workspace: Workspace, launch: Launcher) -> None:
+    if not running_as_root():
+        pytest.skip("needs root to run the entrypoint as the unprivileged UID")  # the default launch user
+    start = unprivileged_port_start()
+    if start == 0:
+        pytest.skip("every port is unprivileged here")
+    good, run, squid_pid = started_on_port_config(workspace, launch)
+    for port in sorted({1, 80, start - 1}):
+        workspace.write_custom_config(port_config(workspace, port))
+        run.process.send_signal(signal.SIGHUP)
+        run.wait_for_output(
+            rf"{SKIPPED}port {port} is privileged \(below ip_unprivileged_port_start {start}\)"
+            rf" and UID 1000660000 may not bind it: ", 30, stream="stderr",
+        )
+    time.sleep(2)  # a reconfigure onto the port kills Squid's kid within this
+    assert "Squid reconfigured" not in run.stdout and "FATAL" not in run.stderr
+    assert process_state(squid_pid) not in (None, "Z") and proxies_through(workspace.squid_port)
+    run.process.send_signal(signal.SIGTERM)
+    run.wait_exit(30)
+    # At startup: exit 1 with the same reason, before Squid is started.
+    workspace.write_custom_config(port_config(workspace, 80))
+    second = launch()
+    assert second.wait_exit(60) == 1
+    assert re.search(r"port 80 is privileged \(below ip_unprivileged_port_start \d+\) and UID 1000660000 may not bind it", second.output)
+    assert "Starting Squid proxy" not in second.output and "FATAL" not in second.output
+
+
+@pytest.mark.skipif(openssl() is None, reason="the openssl CLI is needed to make the test certificates")
+def test_the_health_checks_follow_an_https_port_when_there_is_no_http_port(workspace: Workspace, launch: Launcher, tmp_path: Path) -> None:
+    certs = workspace.make_dir(workspace.etc / "certs")
+    ca, ca_key = make_ca(certs, "Listen CA")
+    cert, key = make_server_cert(certs, ca, ca_key, "proxy.test")
+    workspace.share_tree(certs)
+    https_only = port_config(workspace, workspace.squid_port).replace(
+        f"http_port 127.0.0.1:{workspace.squid_port}",
+        f"https_port 127.0.0.1:{free_port()} tls-cert={cert} tls-key={key}",
+    )
+    workspace.write_custom_config(https_only)
+    # SQUID_PORT is free: checks falling back to it fail, checks of the https_port pass.
+    run = launch()
+    run.wait_ready()
+    base = f"http://127.0.0.1:{workspace.health_port}"
+    assert wait_for_status(f"{base}/ready", 200, 30) == (200, "READY\n")
+    time.sleep(11)  # /health fails once the proxy port has been unreachable for 10 s
+    assert http_get(f"{base}/health", timeout=5)[:2] == (200, "OK\n")
+    assert http_get(f"{base}/ready", timeout=5)[:2] == (200, "READY\n")
+    assert run.process.poll() is None
+
+
+_store = st.tuples(
+    st.sampled_from(["ufs", "aufs", "diskd", "rock"]),
+    st.integers(1, 10_000).map(str),  # the size: Squid takes a new one on a reconfigure
+    st.integers(1, 256).map(str), st.integers(1, 256).map(str),
+)
+
+
+@given(_store, _store)
+def test_only_a_cache_dirs_type_or_l1_l2_change_needs_a_restart(before: tuple[str, ...], after: tuple[str, ...]) -> None:
+    def config(store: tuple[str, ...]) -> ActiveConfig:
+        kind, size, l1, l2 = store
+        args = (kind, "/cache/one", size) + (() if kind == "rock" else (l1, l2))
+        return ActiveConfig(Path("/run/squid.conf"), Path("/etc/squid.conf"), True, (Directive(1, "cache_dir", args),))
+
+    def layout(store: tuple[str, ...]) -> tuple[str, ...]:
+        return ("rock",) if store[0] == "rock" else (store[0], *store[2:])
+
+    same = layout(before) == layout(after)
+    try:
+        refuse_restart_changes(config(after), config(before))
+    except ConfigError as error:
+        assert not same and str(error).startswith("cache_dir /cache/one changed from ") and "needs a restart" in str(error)
+    else:
+        assert same

@@ -167,6 +167,39 @@ def foreign_listeners(ports: list[int], squid_pid: int | None) -> list[proc_tabl
     return [sock for sock in listening if sock.inode not in own]
 
 
+UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+CAP_NET_BIND_SERVICE = 10
+
+
+def may_bind_privileged_ports() -> bool:
+    """Root, or CAP_NET_BIND_SERVICE in our effective set (/proc/self/status CapEff)."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_NET_BIND_SERVICE & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def privileged_port_problem(ports: list[int]) -> str | None:
+    """Why Squid could not bind one of `ports` (below ip_unprivileged_port_start, no right to), or None."""
+    try:
+        start = int(UNPRIVILEGED_PORT_START.read_text())
+    except (OSError, ValueError):
+        start = 1024
+    low = sorted(port for port in ports if port < start)
+    if not low or may_bind_privileged_ports():
+        return None
+    return (
+        f"port {', '.join(map(str, low))} is privileged (below ip_unprivileged_port_start {start})"
+        f" and UID {os.geteuid()} may not bind it: choose a port of {start} or above, or run with"
+        " CAP_NET_BIND_SERVICE"
+    )
+
+
 class SquidCommands:
     def __init__(self, squid_bin: Path, children: ChildProcesses, log: logging.Logger) -> None:
         self.squid_bin = squid_bin
@@ -204,8 +237,8 @@ class SquidCommands:
                 f"Squid rejected the config {config.source} ({describe_exit(returncode)}):\n{details}"
             )
 
-    async def initialise_cache(self, config: ActiveConfig) -> bool:
-        """`squid -z` unless every disk cache_dir has the marker of a completed -z; returns whether it ran.
+    async def initialise_cache(self, config: ActiveConfig, path: Path | None = None) -> bool:
+        """`squid -z` (of the snapshot `path` of `config` if given) unless every disk cache_dir has the marker of a completed -z; returns whether it ran.
 
         -z only adds what is missing, so it completes a cache an interrupted or failed -z left
         partial, and leaves a complete cache without the marker (an older image's) as it is.
@@ -220,7 +253,7 @@ class SquidCommands:
             "Initialising Squid cache: %s", ", ".join(str(d.path) for d in missing)
         )
         # -N: without it `squid -z` backgrounds itself and returns before the dirs exist.
-        argv = [str(self.squid_bin), "-N", "-z", "-f", str(config.path)]
+        argv = [str(self.squid_bin), "-N", "-z", "-f", str(path or config.path)]
         try:
             returncode, output = await self.children.run(argv, timeout=CACHE_INIT_TIMEOUT)
         except ForkError as error:

@@ -10,7 +10,7 @@ from entrypoint.config_steps import activate_snapshot, install_tls, read_config,
 from entrypoint.health_process import HealthError
 from entrypoint.squid_config import ActiveConfig, ConfigError
 from entrypoint.pid_file import NoPidInFile, PidFileError, read_pid_file
-from entrypoint.squid_process import SquidError, foreign_listeners, listen_ports
+from entrypoint.squid_process import SquidError, foreign_listeners, listen_ports, privileged_port_problem
 from entrypoint.state import ProxyState
 
 
@@ -141,6 +141,9 @@ async def start_up(state: ProxyState) -> None:
     phases.done("config_check_and_cache_init")
 
     ports = listen_ports(config)
+    privileged = privileged_port_problem(ports)
+    if privileged:
+        raise StartupError(privileged)
     squatters = foreign_listeners(ports, None)
     if squatters:
         taken = ", ".join(str(p) for p in sorted({s.local_port for s in squatters}))
