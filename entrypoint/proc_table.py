@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 # /proc/net/tcp `st` column (include/net/tcp_states.h).
 TCP_ESTABLISHED = 0x01

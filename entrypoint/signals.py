@@ -10,8 +10,8 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 from types import FrameType
-from typing import Callable
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Every signal another process can send whose default action would end PID 1 without stopping
@@ -20,8 +20,18 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # SIGILL, SIGFPE, SIGABRT: handling those in Python could loop), nor SIGPIPE and SIGXFSZ, which
 # Python ignores; the real-time signals all terminate by default.
 _TERMINATING = (
-    "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGTRAP", "SIGSTKFLT", "SIGXCPU", "SIGVTALRM",
-    "SIGPROF", "SIGIO", "SIGPWR", "SIGSYS",
+    "SIGQUIT",
+    "SIGUSR1",
+    "SIGUSR2",
+    "SIGALRM",
+    "SIGTRAP",
+    "SIGSTKFLT",
+    "SIGXCPU",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGIO",
+    "SIGPWR",
+    "SIGSYS",
 )
 FATAL_SIGNALS = tuple(
     dict.fromkeys(getattr(signal, name) for name in _TERMINATING if hasattr(signal, name))

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from entrypoint.testing import EntrypointRun, Workspace, python_for_child, workspace  # noqa: F401 - fixture
+from entrypoint.testing import EntrypointRun, Workspace, python_for_child
 
 # Exits 3 after printing, leaving a grandchild that keeps stdout/stderr open for 60 s: the
 # readers stay alive, which is what used to make the harness wait for its whole timeout.
@@ -19,7 +19,9 @@ _DIES_LEAVING_A_GRANDCHILD = (
 
 
 def test_dead_entrypoint_is_reported_with_exit_code_and_output(workspace: Workspace) -> None:
-    run = EntrypointRun(workspace, workspace.env(), [python_for_child(), "-c", _DIES_LEAVING_A_GRANDCHILD])
+    run = EntrypointRun(
+        workspace, workspace.env(), [python_for_child(), "-c", _DIES_LEAVING_A_GRANDCHILD]
+    )
     try:
         started = time.monotonic()
         with pytest.raises(AssertionError) as failure:

@@ -57,10 +57,10 @@ def test_tls_server_and_slow_stream(tmp_path: Path) -> None:
 class _ForwardProxy(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         target = urllib.parse.urlsplit(self.path)
         assert target.scheme == "http", "a proxy request carries an absolute URI"
         upstream = netutil.http_get(target.hostname or "", target.port or 80, target.path)
@@ -82,7 +82,10 @@ def forward_proxy() -> Iterator[int]:
 
 
 def test_burst_through_a_proxy_counts_every_request(forward_proxy: int) -> None:
-    with netutil.LocalServer() as server, netutil.StatusPoller(server.host, server.port, "/health") as poller:
+    with (
+        netutil.LocalServer() as server,
+        netutil.StatusPoller(server.host, server.port, "/health") as poller,
+    ):
         result = netutil.run_burst(
             netutil.LOOPBACK,
             forward_proxy,
@@ -116,4 +119,6 @@ def test_burst_reports_wrong_bodies_and_dead_proxy(forward_proxy: int) -> None:
 
 def test_wait_for_status_gives_up_with_the_last_outcome() -> None:
     with pytest.raises(TimeoutError, match="process is gone"):
-        netutil.wait_for_status(netutil.LOOPBACK, netutil.free_port(), "/ready", timeout=5, still_alive=lambda: False)
+        netutil.wait_for_status(
+            netutil.LOOPBACK, netutil.free_port(), "/ready", timeout=5, still_alive=lambda: False
+        )

@@ -12,9 +12,9 @@ import json
 import os
 import posixpath
 import tarfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 MAX_SYMLINK_HOPS = 40
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 
 class RuleError(Exception):
@@ -38,7 +38,7 @@ def _segment_regex(segment: str, glob: str) -> str:
             end = segment.find("]", index + 2)
             if end < 0:
                 raise RuleError(f"unclosed '[' in {glob!r}")
-            body = segment[index + 1:end]
+            body = segment[index + 1 : end]
             if body.startswith("!"):
                 body = "^" + body[1:]
             out.append("[" + body.replace("\\", "\\\\") + "]")
@@ -49,7 +49,7 @@ def _segment_regex(segment: str, glob: str) -> str:
     return "".join(out)
 
 
-@lru_cache(maxsize=None)
+@cache
 def compile_glob(glob: str) -> re.Pattern[str]:
     """The regex for one glob (see the module docstring for the syntax)."""
     path = relative(glob)

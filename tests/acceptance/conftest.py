@@ -109,7 +109,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             try:
                 logs = factory.runtime.logs(name)
                 text = f"--- stdout ---\n{logs.stdout}\n--- stderr ---\n{logs.stderr}"
-            except Exception as error:  # noqa: BLE001 - the report must not hide the real failure
+            except Exception as error:
                 text = f"(could not read logs: {error!r})"
             report.sections.append((f"container logs: {name}", text))
 
@@ -119,7 +119,9 @@ def default_squid_conf(container_runtime: ContainerRuntime, image_ref: str) -> s
     """The packaged default config, read from the image, as the base for test configs."""
     factory = harness.ContainerFactory(container_runtime, image_ref, label="default-conf")
     try:
-        return factory.run_python(f"import sys; sys.stdout.write(open({harness.DEFAULT_CONFIG_PATH!r}).read())")
+        return factory.run_python(
+            f"import sys; sys.stdout.write(open({harness.DEFAULT_CONFIG_PATH!r}).read())"
+        )
     finally:
         factory.cleanup()
 
@@ -134,4 +136,3 @@ def host_server(host_address: str) -> Iterator[netutil.LocalServer]:
 @pytest.fixture
 def test_ca(tmp_path: Path) -> certs.KeyPair:
     return certs.generate_ca(tmp_path / "ca")
-
