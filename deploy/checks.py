@@ -252,7 +252,7 @@ def pod_problems(pod_spec: Mapping[str, Any], where: str) -> list[str]:
             {"emptyDir", "persistentVolumeClaim", "ephemeral"} & volume.keys()
         ):
             problems.append(f"{where}: {directory} needs a writable volume (emptyDir or a claim)")
-        elif mount.get("readOnly"):
+        elif mount is not None and mount.get("readOnly"):
             problems.append(f"{where}: {directory} is mounted read-only")
     shm = mounts.get(SHM_DIR)
     shm_volume = volumes.get(shm["name"]) if shm else None

@@ -62,7 +62,7 @@ def test_the_base_deployment_passes(deployment: dict[str, Any]) -> None:
 
 
 # (id, mutation, words the problem must contain)
-PLANTED: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+PLANTED: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
     (
         "privilege-escalation",
         lambda d: container(d)["securityContext"].update(allowPrivilegeEscalation=True),

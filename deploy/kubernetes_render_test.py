@@ -311,7 +311,9 @@ def test_cache_puts_the_cache_dir_on_a_claim(rendered: dict[str, list[dict[str, 
     docs = rendered["cache"]
     deployment = the(docs, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
-    spool = volume(pod, mount_at(pod, "/var/spool/squid")["name"])
+    mount = mount_at(pod, "/var/spool/squid")
+    assert mount is not None, "nothing is mounted at /var/spool/squid"
+    spool = volume(pod, mount["name"])
     assert set(spool) == {"name", "persistentVolumeClaim"}, spool
     assert (deployment["spec"]["replicas"], deployment["spec"]["strategy"]) == (
         1,

@@ -174,7 +174,7 @@ def squid_alone(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            **harness._child_user_options(),  # type: ignore[arg-type]
+            **harness._child_user_options(),
         )
         try:
             if stop == signal.SIGTERM:

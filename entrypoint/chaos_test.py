@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -1228,8 +1229,11 @@ def test_plans_are_reproducible_and_the_ci_budget_covers_every_fault() -> None:
     kinds = {step.kind for plan in plans for step in plan.steps}
     assert kinds == set(STEP_KINDS), f"not covered: {set(STEP_KINDS) - kinds}"
     extras = {
-        extra for plan in plans if plan.stop.kind == "stop" for extra in plan.stop.params["extras"]
-    }  # type: ignore[attr-defined]
+        extra
+        for plan in plans
+        if plan.stop.kind == "stop"
+        for extra in cast(list[str], plan.stop.params["extras"])
+    }
     assert extras == set(STOP_EXTRAS), f"not covered: {set(STOP_EXTRAS) - extras}"
     # Any seed: the first CI_RUNS runs cover everything too.
     other = [make_plan(7, index) for index in range(CI_RUNS)]

@@ -461,7 +461,7 @@ def test_in_worker_keeps_the_loop_running_and_gives_up_on_cancel_or_timeout() ->
             await job
         assert seen[0].is_set()
         with pytest.raises(KeyError):
-            await in_worker(lambda cancel: {}["x"], "failing")
+            await in_worker(lambda cancel: dict[str, int]()["x"], "failing")
         tick.cancel()
 
     asyncio.run(scenario())

@@ -129,7 +129,7 @@ def test_unwritable_runtime_dir_exits_1_naming_it(workspace: Workspace, launch: 
     assert run.descendants_left() == []
 
 
-def run_uid(run) -> int:  # type: ignore[no-untyped-def]
+def run_uid(run) -> int:
     return int(re.search(r"UID: (\d+)", run.stdout).group(1))  # type: ignore[union-attr]
 
 
@@ -363,7 +363,7 @@ def test_stale_write_probe_of_pid_1_does_not_block_a_restart(
         "--fork",
         "--mount-proc",
         "--propagation",
-        "unchanged",  # type: ignore[list-item]
+        "unchanged",
         shutil.which("setpriv"),
         f"--reuid={UNPRIVILEGED_UID}",
         f"--regid={UNPRIVILEGED_GID}",
@@ -435,13 +435,13 @@ def test_upstream_numeric_log_level_2_means_debug(workspace: Workspace, launch: 
     )
     assert "[DEBUG] Phase config_selection took" in run.stdout
     # The process's age at its first log line: more than nothing, less than the run so far.
-    imports = float(
-        re.search(r"\[DEBUG\] Phase interpreter_and_imports took ([\d.]+) s", run.stdout).group(1)
-    )
+    phase = re.search(r"\[DEBUG\] Phase interpreter_and_imports took ([\d.]+) s", run.stdout)
+    assert phase, run.stdout
+    imports = float(phase.group(1))
     assert 0 < imports < time.monotonic() - run.started_at, imports
 
 
-def _launch_as_root(workspace: Workspace, launch: Launcher):  # type: ignore[no-untyped-def]
+def _launch_as_root(workspace: Workspace, launch: Launcher):
     """The entrypoint as 0:0 (docker run --user 0:0), with its own /dev/shm."""
     if not running_as_root():
         pytest.skip("needs root to start the entrypoint as 0:0")

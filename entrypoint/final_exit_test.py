@@ -29,7 +29,7 @@ def _handler_gone(pid: int, signum: int, timeout: float) -> bool:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_during_the_final_flush_is_ignored(
     launch: Launcher, workspace, signum: int
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # A one-page stdout pipe nobody reads: lines queue up, so the final flush waits its full
     # second, which is the window a signal used to hit.
     read_end, write_end = os.pipe()

@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from tools.squid.squid_under_test import squid_under_test
 
@@ -70,7 +71,7 @@ def running_as_root() -> bool:
 
 
 # -- where the entrypoint runs ----------------------------------------------------------------
-def _child_user_options() -> dict[str, object]:
+def _child_user_options() -> dict[str, Any]:
     if not running_as_root():
         return {}
     return {"user": UNPRIVILEGED_UID, "group": UNPRIVILEGED_GID, "extra_groups": []}
@@ -90,7 +91,7 @@ def python_for_child() -> str:
                     [candidate, "-c", "import asyncio, ssl"],
                     timeout=60,
                     capture_output=True,
-                    **_child_user_options(),  # type: ignore[arg-type]
+                    **_child_user_options(),
                 )
             except (OSError, subprocess.SubprocessError):
                 continue
@@ -112,7 +113,7 @@ def unprivileged_access_problem() -> str | None:
             [str(squid_bin()), "-v"],
             capture_output=True,
             timeout=60,
-            **_child_user_options(),  # type: ignore[arg-type]
+            **_child_user_options(),
         )
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         return f"UID {UNPRIVILEGED_UID} cannot run Squid/Python here: {error}"
@@ -287,7 +288,7 @@ def catches(pid: int, signum: int) -> bool:
     return bool(caught & (1 << (signum - 1)))
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -297,7 +298,7 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:  # ty
 
 
 class _Collector(threading.Thread):
-    def __init__(self, stream, sink: list[str], changed: threading.Condition) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, stream, sink: list[str], changed: threading.Condition) -> None:
         super().__init__(daemon=True)
         self.stream, self.sink, self.changed = stream, sink, changed
 
@@ -376,14 +377,16 @@ class EntrypointRun:
                 stderr=err_write,
                 start_new_session=True,
                 cwd=str(workspace.root),
-                **options,  # type: ignore[arg-type]
+                **options,
             )
         finally:
             os.close(err_write)
             if stdout is None:
                 os.close(out_write)
         self.started_at = time.monotonic()
-        self._readers = [_Collector(os.fdopen(err_read, "rb"), self.stderr_lines, self._changed)]
+        self._readers: list[threading.Thread] = [
+            _Collector(os.fdopen(err_read, "rb"), self.stderr_lines, self._changed)
+        ]
         if stdout is None:
             self._readers.append(
                 _Collector(os.fdopen(out_read, "rb"), self.stdout_lines, self._changed)

@@ -279,7 +279,7 @@ def squatter(port: int) -> socket.socket:
     return sock
 
 
-def assert_refused_naming_the_port(run, port: int) -> None:  # type: ignore[no-untyped-def]
+def assert_refused_naming_the_port(run, port: int) -> None:
     assert f"port {port}" in run.stderr
     assert "Container ready" not in run.stdout
     assert run.descendants_left() == []
@@ -314,7 +314,7 @@ def test_a_squatter_arriving_while_squid_starts_is_not_taken_for_squid(
 
 def test_a_stale_pid_file_naming_a_live_process_is_not_accepted(
     workspace: Workspace, launch: Launcher, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # A live process called "squid" that is not ours (a copy of sleep): its pid in the pid file.
     impostor_bin = tmp_path / "squid"
     shutil.copy("/bin/sleep", impostor_bin)
@@ -392,7 +392,7 @@ def test_a_descendant_pid1_may_not_signal_does_not_slow_the_stop(
 
 def test_an_impostor_pid_written_while_squid_starts_is_not_accepted(
     workspace: Workspace, launch: Launcher, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # After the stale pid file is gone, before Squid writes its own: a live process named like
     # Squid (a copy of sleep) in the pid file. Only the Squid started here may be accepted.
     impostor_bin = tmp_path / "squid"

@@ -99,7 +99,7 @@ def healthcheck_check(
     workspace: Workspace, *args: str, **env: str
 ) -> subprocess.CompletedProcess[str]:
     environment = {**workspace.env(**env), "PYTHONPATH": str(workspace.lib)}
-    return subprocess.run(  # type: ignore[call-overload]
+    return subprocess.run(
         [python_for_child(), str(workspace.bin / "healthcheck.py"), "--check", *args],
         env=environment,
         capture_output=True,
@@ -157,7 +157,7 @@ def set_process_limit(pid: int, soft: int) -> int:
         f"import resource; old, hard = resource.prlimit({pid}, resource.RLIMIT_NPROC); "
         f"resource.prlimit({pid}, resource.RLIMIT_NPROC, ({soft}, hard)); print(old)"
     )
-    result = subprocess.run(  # type: ignore[call-overload]
+    result = subprocess.run(
         [python_for_child(), "-c", step],
         check=True,
         timeout=60,
@@ -245,7 +245,7 @@ def test_every_fork_of_pid_1_refused_by_rlimit_nproc_names_the_limit(
     workspace: Workspace, squid_available: None
 ) -> None:
     scratch = workspace.make_dir(workspace.var / "scratch")
-    result = subprocess.run(  # type: ignore[call-overload]
+    result = subprocess.run(
         [python_for_child(), "-c", FORK_STEPS, str(squid_bin()), str(certgen_bin()), str(scratch)],
         env={"PYTHONPATH": str(workspace.lib), "PYTHONDONTWRITEBYTECODE": "1"},
         capture_output=True,
@@ -286,7 +286,7 @@ def test_a_health_server_that_cannot_start_its_sampler_thread_says_why(
     workspace: Workspace, squid_available: None
 ) -> None:
     # Threads count against RLIMIT_NPROC: at 1 the server's sampler thread is refused.
-    result = subprocess.run(  # type: ignore[call-overload]
+    result = subprocess.run(
         [
             python_for_child(),
             str(workspace.bin / "healthcheck.py"),

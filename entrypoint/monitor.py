@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from entrypoint.processes import describe_exit
 from entrypoint.squid_process import is_live_process
@@ -19,10 +20,11 @@ async def watch(state: ProxyState, shutdown_requested: asyncio.Event) -> str | N
     squid = state.squid
     assert squid is not None
     shutdown = asyncio.ensure_future(shutdown_requested.wait())
+    either: set[asyncio.Future[Any]] = {squid.exited, shutdown}
     try:
         while True:
             await asyncio.wait(
-                {squid.exited, shutdown},
+                either,
                 timeout=MONITOR_INTERVAL,
                 return_when=asyncio.FIRST_COMPLETED,
             )

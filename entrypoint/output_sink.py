@@ -15,13 +15,14 @@ import os
 import select
 import stat
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 DEFAULT_LIMIT_BYTES = 256 * 1024
 
 
 class _Loop(Protocol):
-    def add_writer(self, fd: int, callback: object, *args: object) -> None: ...
+    def add_writer(self, fd: int, callback: Callable[..., object], *args: Any) -> None: ...
     def remove_writer(self, fd: int) -> bool: ...
 
 

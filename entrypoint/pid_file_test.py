@@ -89,7 +89,7 @@ def _plant_zero_device(path: Path) -> None:
 
 
 # kind -> (how to make it at the path, what the message must say, removable as a stale pid file)
-HOSTILE: dict[str, tuple[Callable[[Path], None], str, bool]] = {
+HOSTILE: dict[str, tuple[Callable[[Path], object], str, bool]] = {
     "fifo": (
         lambda p: (os.mkfifo(p), os.chmod(p, 0o666)),
         r"is a FIFO \(named pipe\), not a regular file",
@@ -205,7 +205,7 @@ def hostile_health_server(workspace: Workspace) -> Iterator[Callable[[str], tupl
             "PYTHONDONTWRITEBYTECODE": "1",
             "PATH": os.environ.get("PATH", ""),
         }
-        server = subprocess.Popen(  # type: ignore[call-overload]
+        server = subprocess.Popen(
             [
                 python_for_child(),
                 str(workspace.bin / "healthcheck.py"),

@@ -65,9 +65,13 @@ def test_process_tree_and_states_follow_real_children() -> None:
         assert all(p.runnable for p in tree)
         os.kill(tree[1].pid, signal.SIGSTOP)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and proc_table.read_process(tree[1].pid).state != "T":
+        while (
+            time.monotonic() < deadline
+            and getattr(proc_table.read_process(tree[1].pid), "state", None) != "T"
+        ):
             time.sleep(0.02)
-        assert not proc_table.read_process(tree[1].pid).runnable
+        stopped = proc_table.read_process(tree[1].pid)
+        assert stopped is not None and not stopped.runnable
         os.kill(tree[1].pid, signal.SIGKILL)
     finally:
         child.kill()
@@ -86,10 +90,13 @@ def test_comm_with_spaces_and_parentheses_is_read_whole() -> None:
     )
     try:
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and proc_table.read_process(child.pid).comm != "a (b) c":
+        while (
+            time.monotonic() < deadline
+            and getattr(proc_table.read_process(child.pid), "comm", None) != "a (b) c"
+        ):
             time.sleep(0.02)
         info = proc_table.read_process(child.pid)
-        assert info.comm == "a (b) c" and info.ppid == os.getpid()
+        assert info is not None and info.comm == "a (b) c" and info.ppid == os.getpid()
     finally:
         child.kill()
         child.wait()

@@ -239,7 +239,8 @@ def _replace(line: str, spans: list[tuple[int, int]]) -> str:
     if not spans:
         return line
     spans.sort()
-    pieces, position = [], 0
+    pieces: list[str] = []
+    position = 0
     for start, end in spans:
         if start < position:  # overlapping: one replacement covers both
             if end > position:

@@ -224,7 +224,7 @@ def test_a_storm_of_sighups_runs_one_reload_at_a_time_and_at_most_one_more(
     storm_ended = time.time()
 
     def parses() -> list[tuple[float, float]]:
-        return [tuple(json.loads(line)) for line in record.read_text().splitlines()]  # type: ignore[misc]
+        return [tuple(json.loads(line)) for line in record.read_text().splitlines()]
 
     # Quiet again: no parse ran during the last 2 s.
     assert wait_until(lambda: time.time() - max(end for _, end in parses()) > 2, 60)

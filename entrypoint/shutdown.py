@@ -11,6 +11,7 @@ import asyncio
 import re
 import signal
 import time
+from typing import Any
 
 from entrypoint.processes import describe_exit, kill_descendants_now
 from entrypoint.squid_config import ActiveConfig
@@ -134,8 +135,9 @@ async def _finish(squid: SquidProcess, force: asyncio.Event) -> None:
 
 async def _wait_any(future: asyncio.Future[int], event: asyncio.Event, timeout: float) -> None:
     waiter = asyncio.ensure_future(event.wait())
+    either: set[asyncio.Future[Any]] = {future, waiter}
     try:
-        await asyncio.wait({future, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiter.cancel()
 

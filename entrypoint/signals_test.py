@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.harness import as_pid1, children_of, pid1_host_pid, pid_namespace_problem
+from entrypoint.harness import (
+    EntrypointRun,
+    as_pid1,
+    children_of,
+    pid1_host_pid,
+    pid_namespace_problem,
+)
 from entrypoint.proc_table import process_tree
 from entrypoint.testing import (
     Launcher,
@@ -38,7 +44,7 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
-def assert_aborted_cleanly(run) -> None:  # type: ignore[no-untyped-def]
+def assert_aborted_cleanly(run) -> None:
     assert run.wait_exit(60) == 0, run.output
     assert "Shutdown complete" in run.stdout
     assert "Container ready" not in run.stdout
@@ -227,7 +233,7 @@ def test_every_descendant_is_killed_on_the_way_out(
 EXEC_DELAYS = (0.0, 0.005, 0.010, 0.015, 0.020, 0.025, 0.030, 0.040, 0.060)
 
 
-def launch_as_pid1(workspace: Workspace, launch: Launcher) -> tuple[object, int, float]:
+def launch_as_pid1(workspace: Workspace, launch: Launcher) -> tuple[EntrypointRun, int, float]:
     """The entrypoint as PID 1 of its own pid namespace: (run, its pid here, time.monotonic() of its exec)."""
     stamp = workspace.root / f"exec-stamp-{time.monotonic_ns()}"
     run = launch(
@@ -238,7 +244,7 @@ def launch_as_pid1(workspace: Workspace, launch: Launcher) -> tuple[object, int,
     return run, pid1_host_pid(run.pid), exec_at
 
 
-def sigterm_outcome(run, pid1: int) -> str:  # type: ignore[no-untyped-def]
+def sigterm_outcome(run, pid1: int) -> str:
     """ "honoured" (startup aborted, exit 0) or "lost" (it went on to `Container ready`)."""
     run.wait_for_output(r"Startup aborted by signal|Container ready", 90)
     if "Container ready" in run.stdout:

@@ -153,7 +153,7 @@ def _custom(tmp_path: Path, text: str) -> Path:
     return custom
 
 
-def _select(custom: Path):  # type: ignore[no-untyped-def]
+def _select(custom: Path):
     settings, _ = load_settings(
         {"CEPHALOPROXY_CONFIG": str(custom), "CEPHALOPROXY_DEFAULT_CONFIG": str(PACKAGED_DEFAULT)}
     )

@@ -202,7 +202,7 @@ def _state(pid: int) -> str:
     return stat[stat.rindex(")") + 2 :].split()[0]
 
 
-def _wait(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+def _wait(predicate, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

@@ -71,7 +71,11 @@ class Supervisor:
     async def run(self, pending_signals: list[int]) -> int:
         self.state.children.install()
         startup = asyncio.ensure_future(start_up(self.state))
-        self.signals.listeners.append(startup.cancel)
+
+        def cancel_startup() -> None:
+            startup.cancel()
+
+        self.signals.listeners.append(cancel_startup)
         self.signals.install(pending_signals)
         try:
             await startup

@@ -49,9 +49,10 @@ from entrypoint.harness import (  # noqa: F401 - re-exported for the tests
 def with_private_shm(argv: list[str], mount_options: str = "size=64m") -> list[str]:
     """`argv` run (as root) in its own mount namespace with a fresh tmpfs at /dev/shm: Squids of
     concurrent runs on the host cannot collide there, and a test can make it unusable."""
-    tools = [shutil.which(tool) for tool in ("unshare", "mount")]
-    if os.geteuid() != 0 or None in tools:
+    unshare, mount = shutil.which("unshare"), shutil.which("mount")
+    if os.geteuid() != 0 or unshare is None or mount is None:
         pytest.skip("needs root, unshare and mount for a private /dev/shm")
+    tools = [unshare, mount]
     # A Python step, not a shell: mount the tmpfs, then become `argv`.
     step = (
         "import os, subprocess, sys; "
@@ -67,7 +68,7 @@ def with_private_shm(argv: list[str], mount_options: str = "size=64m") -> list[s
         "-c",
         step,
         *argv,
-    ]  # type: ignore[list-item]
+    ]
 
 
 def _propagation(unshare: str) -> str:
@@ -81,8 +82,11 @@ def _propagation(unshare: str) -> str:
 
 
 # -- certificates (openssl CLI, tests only) --------------------------------------------------------
-def openssl() -> str | None:
-    return shutil.which("openssl")
+def openssl() -> str:
+    found = shutil.which("openssl")
+    if found is None:
+        pytest.skip("needs the openssl command line tool")
+    return found
 
 
 def make_ca(directory: Path, name: str) -> tuple[Path, Path]:

@@ -38,11 +38,11 @@ def test_runs_as_uid_1000(config: dict[str, object]) -> None:
 
 
 def test_exposes_proxy_and_health_ports(config: dict[str, object]) -> None:
-    assert set(config["ExposedPorts"]) == {"3128/tcp", "8080/tcp"}  # type: ignore[arg-type]
+    assert set(config["ExposedPorts"]) == {"3128/tcp", "8080/tcp"}  # type: ignore[call-overload]
 
 
 def test_environment(config: dict[str, object]) -> None:
-    env = dict(item.split("=", 1) for item in config["Env"])  # type: ignore[union-attr]
+    env = dict(item.split("=", 1) for item in config["Env"])  # type: ignore[attr-defined]
     assert env["PATH"].split(":")[0] == "/usr/local/bin" and "/usr/bin" in env["PATH"].split(":")
     assert env["SSL_CERT_FILE"] == "/etc/ssl/certs/ca-certificates.crt"
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"

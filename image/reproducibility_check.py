@@ -42,7 +42,7 @@ def build_digests(bazel: list[str], output_base: Path, extra: list[str]) -> tupl
 def remove_tree(path: Path) -> None:
     """Bazel leaves read-only directories behind; make them writable first."""
 
-    def make_writable_and_retry(function, failed_path, _info) -> None:  # type: ignore[no-untyped-def]
+    def make_writable_and_retry(function, failed_path, _info) -> None:
         Path(failed_path).parent.chmod(0o755)
         function(failed_path)
 

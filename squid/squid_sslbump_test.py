@@ -14,6 +14,7 @@ import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,7 +169,7 @@ def test_bumps_a_connect_with_the_test_ca(
             try:
                 connection.request("GET", "/secret")
                 assert connection.sock is not None
-                peer = connection.sock.getpeercert()  # before the response closes it
+                peer: Any = connection.sock.getpeercert()  # before the response closes it
                 response = connection.getresponse()
                 body = response.read()
             finally:

@@ -70,7 +70,9 @@ def test_modes_owners_parents_and_symlinks(tmp_path: Path, sources: dict[str, Pa
 
 
 def test_same_inputs_give_identical_bytes(tmp_path: Path, sources: dict[str, Path]) -> None:
-    entries = [{"type": "file", "path": "a/b.py", "src": str(sources["script"]), "mode": "auto"}]
+    entries: list[dict[str, object]] = [
+        {"type": "file", "path": "a/b.py", "src": str(sources["script"]), "mode": "auto"}
+    ]
     first = build(tmp_path, entries, "one.tar.gz")
     os.utime(sources["script"], (1, 1))  # a different mtime must not leak in
     second = build(tmp_path, list(reversed(entries)), "two.tar.gz")

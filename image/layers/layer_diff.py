@@ -22,6 +22,7 @@ import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from image.layers import oci_layout
 
@@ -63,7 +64,11 @@ def read_members(layer: Path) -> list[Member]:
             digest = ""
             if info.isfile():
                 content = archive.extractfile(info)
-                digest = hashlib.file_digest(content, "sha256").hexdigest() if content else ""
+                if content is not None:
+                    sha256 = hashlib.sha256()
+                    while chunk := content.read(1 << 20):
+                        sha256.update(chunk)
+                    digest = sha256.hexdigest()
             pax = tuple(sorted((k, v) for k, v in info.pax_headers.items() if k not in _SHOWN_PAX))
             found.append(
                 Member(
@@ -125,12 +130,11 @@ def compare_layouts(first: Path, second: Path) -> list[str]:
     if first_digest == second_digest:
         return []
     lines = [f"manifest {first_digest} vs {second_digest}"]
-    configs = [m["config"]["digest"] for m in (first_manifest, second_manifest)]  # type: ignore[index]
+    manifests: tuple[Any, Any] = (first_manifest, second_manifest)  # parsed JSON
+    configs = [m["config"]["digest"] for m in manifests]
     if configs[0] != configs[1]:
         lines.append(f"config {configs[0]} vs {configs[1]}")
-    layers = [
-        [str(layer["digest"]) for layer in m["layers"]] for m in (first_manifest, second_manifest)
-    ]  # type: ignore[union-attr, index]
+    layers = [[str(layer["digest"]) for layer in m["layers"]] for m in manifests]
     for index, (a, b) in enumerate(zip(layers[0], layers[1], strict=False)):
         if a != b:
             return (

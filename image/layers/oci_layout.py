@@ -145,7 +145,7 @@ def read_manifest(layout: Path) -> tuple[str, dict[str, object], dict[str, objec
     digest = str(manifests[0]["digest"])
     manifest = _read_json(_blob(layout, digest))
     config = _read_json(_blob(layout, manifest["config"]["digest"]))  # type: ignore[index]
-    blobs = [_blob(layout, layer["digest"]) for layer in manifest["layers"]]  # type: ignore[index, union-attr]
+    blobs = [_blob(layout, layer["digest"]) for layer in manifest["layers"]]  # type: ignore[attr-defined]
     return digest, manifest, config, blobs
 
 
@@ -243,7 +243,7 @@ def gzip_uncompressed_size(blob: Path) -> int:
         magic = raw.read(2)
     opener = gzip.open if magic == b"\x1f\x8b" else open
     total = 0
-    with opener(blob, "rb") as stream:  # type: ignore[operator]
+    with opener(blob, "rb") as stream:
         while chunk := stream.read(1 << 20):
             total += len(chunk)
     return total

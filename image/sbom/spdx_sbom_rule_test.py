@@ -18,7 +18,7 @@ def document() -> dict[str, object]:
 
 
 def test_rule_output_describes_lock_squid_and_the_runtime(document: dict[str, object]) -> None:
-    packages = {p["name"]: p for p in document["packages"]}  # type: ignore[index, union-attr]
+    packages = {p["name"]: p for p in document["packages"]}  # type: ignore[attr-defined]
     assert sorted(packages) == ["cephaloproxy", "libstdc++6", "python", "squid", "tzdata"]
     # patchlevel.h of the runtime's files, found by the rule.
     assert packages["python"]["versionInfo"] == "3.13.9"
