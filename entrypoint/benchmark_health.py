@@ -24,8 +24,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from entrypoint.harness import free_port
-from entrypoint.health_attack import Attack, process_status, raise_fd_limit, run_probes
+from tests.entrypoint.harness import free_port
+from tests.entrypoint.health_attack import Attack, process_status, raise_fd_limit, run_probes
 
 STAND_IN = (
     "import socket, time\n"

@@ -30,7 +30,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from entrypoint import harness
+from tests.entrypoint import harness
 
 DOWNLOAD_SECONDS = 10
 

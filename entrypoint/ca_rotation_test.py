@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from entrypoint.squid_config import CertDb
-from entrypoint.testing import (
+from tests.entrypoint.testing import (
     ORIGIN_HOSTNAME,
     EntrypointRun,
     Launcher,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from entrypoint.squid_config import CACHE_MARKER
-from entrypoint.testing import (
+from tests.entrypoint.testing import (
     EntrypointRun,
     Launcher,
     Workspace,

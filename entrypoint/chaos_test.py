@@ -33,9 +33,9 @@ from typing import cast
 
 import pytest
 
-from entrypoint.harness import describe_returncode
 from entrypoint.squid_serving import LIVENESS_BOUND
-from entrypoint.testing import (
+from tests.entrypoint.harness import describe_returncode
+from tests.entrypoint.testing import (
     EntrypointRun,
     Workspace,
     catches,

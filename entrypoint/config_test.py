@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.testing import (
+from tests.entrypoint.testing import (
     UNPRIVILEGED_GID,
     UNPRIVILEGED_UID,
     Launcher,

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from entrypoint.testing import (
+from tests.entrypoint.testing import (
     PAYLOAD_CHUNK,
     Launcher,
     LocalHttpServer,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.testing import (
+from tests.entrypoint.testing import (
     Launcher,
     Workspace,
     make_ca,

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from entrypoint.harness import catches, wait_for_status
-from entrypoint.testing import Launcher
+from tests.entrypoint.harness import catches, wait_for_status
+from tests.entrypoint.testing import Launcher
 
 F_SETPIPE_SZ = 1031  # fcntl.h; Python 3.10+ has fcntl.F_SETPIPE_SZ on Linux
 SIGNAL_BOUND = 30.0

@@ -11,11 +11,11 @@ import uuid
 
 import pytest
 
-from entrypoint.freezer import freeze_problem, frozen
 from entrypoint.health_process import HEALTH_START_TIMEOUT
 from entrypoint.proc_table import process_tree
 from entrypoint.squid_serving import CRASH_LOOP_EXITS, LIVENESS_BOUND, STALL_READY
-from entrypoint.testing import (
+from tests.entrypoint.freezer import freeze_problem, frozen
+from tests.entrypoint.testing import (
     Launcher,
     Workspace,
     http_get,

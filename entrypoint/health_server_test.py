@@ -16,8 +16,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from entrypoint.freezer import freeze_problem, frozen
-from entrypoint.health_attack import Attack, probe, process_status, raise_fd_limit, run_probes
 from entrypoint.health_server import (
     EXCHANGE_TIMEOUT,
     MAX_CONNECTIONS,
@@ -26,7 +24,9 @@ from entrypoint.health_server import (
     respond,
 )
 from entrypoint.squid_serving import LIVENESS_BOUND, STALL_READY, SquidWatch
-from entrypoint.testing import (
+from tests.entrypoint.freezer import freeze_problem, frozen
+from tests.entrypoint.health_attack import Attack, probe, process_status, raise_fd_limit, run_probes
+from tests.entrypoint.testing import (
     UNPRIVILEGED_GID,
     UNPRIVILEGED_UID,
     Workspace,

@@ -15,8 +15,8 @@ import uuid
 
 import pytest
 
-from entrypoint.harness import as_pid1, children_of, pid1_host_pid, pid_namespace_problem
-from entrypoint.testing import (
+from tests.entrypoint.harness import as_pid1, children_of, pid1_host_pid, pid_namespace_problem
+from tests.entrypoint.testing import (
     UNPRIVILEGED_UID,
     Launcher,
     Workspace,

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from entrypoint.harness import entrypoint_with_rlimit
-from entrypoint.testing import (
+from tests.entrypoint.harness import entrypoint_with_rlimit
+from tests.entrypoint.testing import (
     EntrypointRun,
     Launcher,
     Workspace,

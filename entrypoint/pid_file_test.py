@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from entrypoint.harness import entrypoint_with_rlimit
 from entrypoint.pid_file import PID_MAX, NoPidInFile, PidFileError, parse_pid, read_pid_file
-from entrypoint.testing import (
+from tests.entrypoint.harness import entrypoint_with_rlimit
+from tests.entrypoint.testing import (
     EntrypointRun,
     Launcher,
     Workspace,

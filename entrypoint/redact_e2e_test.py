@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from entrypoint.harness import (
+from tests.entrypoint.harness import (
     EntrypointRun,
     Workspace,
     http_get,

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from entrypoint.health_process import HEALTH_START_TIMEOUT
 from entrypoint.reload import refuse_restart_changes
 from entrypoint.squid_config import ActiveConfig, ConfigError, Directive
-from entrypoint.testing import (
+from tests.entrypoint.testing import (
     EntrypointRun,
     Launcher,
     Workspace,

@@ -71,6 +71,32 @@ def test_the_isolated_import_notices_a_missing_module(image_copy: Path) -> None:
     assert result.returncode != 0 and "settings" in result.stderr
 
 
+# What entrypoint/ may hold besides the runtime package: its tests, their conftest, the
+# benchmarks, and the two scripts the image puts in /usr/local/bin.
+SCRIPTS = {"entrypoint.py", "healthcheck.py"}
+
+
+def not_shipped_in_the_package(name: str) -> bool:
+    return (
+        name.endswith("_test.py")
+        or name == "conftest.py"
+        or name.startswith("benchmark_")
+        or name in SCRIPTS
+    )
+
+
+def test_entrypoint_holds_only_the_runtime_package_its_scripts_tests_and_benchmarks() -> None:
+    """A module here that no runtime code imports is test support in the product package, or
+    dead code: either way it belongs elsewhere (tests/entrypoint/ holds the test support)."""
+    sources = os.environ.get("CEPHALOPROXY_ENTRYPOINT_SOURCES")
+    if not sources:
+        pytest.skip("CEPHALOPROXY_ENTRYPOINT_SOURCES is set by Bazel")
+    on_disk = {Path(p).name for p in sources.split()}
+    shipped = {p.name for p in runtime_files()}
+    assert shipped <= on_disk
+    assert sorted(on_disk - shipped - {n for n in on_disk if not_shipped_in_the_package(n)}) == []
+
+
 def test_the_package_holds_every_module_the_runtime_imports_and_no_test_code() -> None:
     names = {p.name for p in runtime_files()}
     assert {"__init__.py", "main.py", "health_server.py", "healthcheck_cli.py"} <= names

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.harness import (
+from entrypoint.proc_table import process_tree
+from tests.entrypoint.harness import (
     EntrypointRun,
     as_pid1,
     children_of,
     pid1_host_pid,
     pid_namespace_problem,
 )
-from entrypoint.proc_table import process_tree
-from entrypoint.testing import (
+from tests.entrypoint.testing import (
     Launcher,
     Workspace,
     catches,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.freezer import freeze_problem, frozen
 from entrypoint.squid_serving import LIVENESS_GRACE, STALL_READY, SquidWatch, listen_backlogs
+from tests.entrypoint.freezer import freeze_problem, frozen
 
 # A stand-in Squid master: listens on a port and never accepts, except one connection per line
 # on stdin; the other busy one sleeps 10 ms at a time (so it wakes up often when it may).

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from entrypoint.testing import (
+from tests.entrypoint.testing import (
     ORIGIN_HOSTNAME,
     Launcher,
     Workspace,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from entrypoint import tls
-from entrypoint.testing import (
+from tests.entrypoint.testing import (
     Launcher,
     Workspace,
     certgen_bin,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.harness import (  # noqa: F401 - re-exported for the tests
+from tests.entrypoint.harness import (  # noqa: F401 - re-exported for the tests
     PACKAGE_DIR,
     PAYLOAD_CHUNK,
     UNPRIVILEGED_GID,

@@ -27,7 +27,8 @@ from typing import Any
 
 from tools.squid.squid_under_test import squid_under_test
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+# The runtime package under test (tests/entrypoint/ -> entrypoint/).
+PACKAGE_DIR = Path(__file__).resolve().parents[2] / "entrypoint"
 # When the tests run as root, the entrypoint runs as this OpenShift-style user.
 UNPRIVILEGED_UID = 1000660000
 UNPRIVILEGED_GID = 0

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from entrypoint.testing import EntrypointRun, Workspace, python_for_child
+from tests.entrypoint.testing import EntrypointRun, Workspace, python_for_child
 
 # Exits 3 after printing, leaving a grandchild that keeps stdout/stderr open for 60 s: the
 # readers stay alive, which is what used to make the harness wait for its whole timeout.

@@ -1,0 +1,1 @@
+"""Test and benchmark support for the entrypoint package (never shipped in the image)."""
