@@ -128,8 +128,10 @@ def compare_outputs(first: dict[str, Path], second: dict[str, Path]) -> list[Dif
     differences = []
     for key in sorted(set(first) | set(second)):
         if key not in first or key not in second:
-            missing = "first" if key not in first else "second"
-            differences.append(Difference(key, "", "", [f"only the {'second' if missing == 'first' else 'first'} build has it"]))
+            only = "first" if key in first else "second"
+            digest = layer_diff.path_digest((first if key in first else second)[key])
+            digests = (digest, "") if only == "first" else ("", digest)
+            differences.append(Difference(key, *digests, [f"only the {only} build has it"]))
             continue
         digests = layer_diff.path_digest(first[key]), layer_diff.path_digest(second[key])
         if digests[0] != digests[1]:
