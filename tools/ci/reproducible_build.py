@@ -3,6 +3,7 @@
     python3 -m tools.ci.reproducible_build                 # the targets in tools/ci/reproducible_targets.txt
     python3 -m tools.ci.reproducible_build //squid:layer   # on demand: the Squid layer (a cold compile)
     python3 -m tools.ci.reproducible_build --worktree-changes //some:target   # uncommitted edits too
+    python3 -m tools.ci.reproducible_build --revision COMMIT                  # another commit
 
 Run it from the repository root, as root (tools/debian-bazel/run needs it). It
 checks out the commit twice (local git clones at two different paths, removed
@@ -168,13 +169,13 @@ def _git(repo: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
-def revision_to_check(repo: Path, worktree_changes: bool) -> str:
-    """HEAD, or with worktree_changes a commit object of the tracked uncommitted edits (git stash create)."""
+def revision_to_check(repo: Path, worktree_changes: bool, revision: str = "HEAD") -> str:
+    """The revision's commit, or with worktree_changes one of the tracked uncommitted edits (git stash create)."""
     if worktree_changes:
         stash = _git(repo, "stash", "create", "reproducible_build: the working tree")
         if stash:
             return stash
-    return _git(repo, "rev-parse", "HEAD")
+    return _git(repo, "rev-parse", "--verify", "--end-of-options", f"{revision}^{{commit}}")
 
 
 @contextmanager
@@ -235,8 +236,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--bazel", default=RUN_BAZEL,
                         help="command that runs Bazel in a checkout, relative to it (default: the offline %(default)s;"
                              " `bazel` online, where each checkout path gets its own output base too)")
-    parser.add_argument("--worktree-changes", action="store_true",
-                        help="check HEAD plus the tracked files' uncommitted edits (to try a change before committing)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--revision", default="HEAD", help="the commit to check out twice (default: %(default)s)")
+    which.add_argument("--worktree-changes", action="store_true",
+                       help="check HEAD plus the tracked files' uncommitted edits (to try a change before committing)")
     parser.add_argument("--keep", action="store_true", help="keep both checkouts and output bases to inspect")
     parser.add_argument("--build-arg", action="append", default=[], help="extra `bazel build` argument (repeatable)")
     return parser.parse_args(argv)
@@ -248,7 +251,7 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     try:
         targets = args.targets or read_targets(repo / args.targets_file)
-        revision = revision_to_check(repo, args.worktree_changes)
+        revision = revision_to_check(repo, args.worktree_changes, args.revision)
         parent = Path(tempfile.mkdtemp(prefix="cephaloproxy-reproducible-"))
         print(f"checking {' '.join(targets)} at {revision[:12]}: two builds in {parent}", flush=True)
         with two_checkouts(repo, revision, parent, args.keep) as checkouts:
