@@ -213,3 +213,10 @@ def test_only_a_bazel_output_base_is_removed(tmp_path: Path) -> None:
         (checkout / "bazel-out").symlink_to(bazel_out)
         reproducible_build.remove_output_base(checkout)
         assert (tmp_path / name).exists() != removed
+
+
+def test_one_revision_or_the_worktree_changes_not_both(capsys: pytest.CaptureFixture[str]) -> None:
+    assert reproducible_build.parse_arguments([]).revision == "HEAD"
+    with pytest.raises(SystemExit) as exit_info:
+        reproducible_build.parse_arguments(["--revision", "main", "--worktree-changes"])
+    assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
