@@ -68,10 +68,21 @@ def read_members(layer: Path) -> list[Member]:
                 content = archive.extractfile(info)
                 digest = hashlib.file_digest(content, "sha256").hexdigest() if content else ""
             pax = tuple(sorted((k, v) for k, v in info.pax_headers.items() if k not in _SHOWN_PAX))
-            found.append(Member(
-                info.name, oci_layout.member_kind(info), info.linkname, info.size, info.mode,
-                info.uid, info.gid, f"{info.uname}:{info.gname}", info.mtime, digest, pax,
-            ))
+            found.append(
+                Member(
+                    info.name,
+                    oci_layout.member_kind(info),
+                    info.linkname,
+                    info.size,
+                    info.mode,
+                    info.uid,
+                    info.gid,
+                    f"{info.uname}:{info.gname}",
+                    info.mtime,
+                    digest,
+                    pax,
+                )
+            )
     return found
 
 
@@ -98,11 +109,16 @@ def compare_layers(first: Path, second: Path) -> list[str]:
             return [f"member {index} differs: {a.path}", _side("first ", a), _side("second", b)]
         return [
             f"member {index} differs: {a.path if a else '(end of layer)'} vs {b.path if b else '(end of layer)'}",
-            _side("first ", a), _side("second", b),
+            _side("first ", a),
+            _side("second", b),
         ]
     if _tar_bytes(first) == _tar_bytes(second):
-        return [f"same {len(ours)} members and tar; only the compression differs (gzip header or level)"]
-    return [f"same {len(ours)} members and contents; the tar headers differ (format, pax records or padding)"]
+        return [
+            f"same {len(ours)} members and tar; only the compression differs (gzip header or level)"
+        ]
+    return [
+        f"same {len(ours)} members and contents; the tar headers differ (format, pax records or padding)"
+    ]
 
 
 def compare_layouts(first: Path, second: Path) -> list[str]:
@@ -115,14 +131,24 @@ def compare_layouts(first: Path, second: Path) -> list[str]:
     configs = [m["config"]["digest"] for m in (first_manifest, second_manifest)]  # type: ignore[index]
     if configs[0] != configs[1]:
         lines.append(f"config {configs[0]} vs {configs[1]}")
-    layers = [[str(layer["digest"]) for layer in m["layers"]] for m in (first_manifest, second_manifest)]  # type: ignore[union-attr, index]
+    layers = [
+        [str(layer["digest"]) for layer in m["layers"]] for m in (first_manifest, second_manifest)
+    ]  # type: ignore[union-attr, index]
     for index, (a, b) in enumerate(zip(layers[0], layers[1])):
         if a != b:
-            return lines + [f"layer {index}: {a} vs {b}"] + compare_layers(first_blobs[index], second_blobs[index])
+            return (
+                lines
+                + [f"layer {index}: {a} vs {b}"]
+                + compare_layers(first_blobs[index], second_blobs[index])
+            )
     if len(layers[0]) != len(layers[1]):
-        lines.append(f"{len(layers[0])} layers vs {len(layers[1])}; the first {min(map(len, layers))} agree")
+        lines.append(
+            f"{len(layers[0])} layers vs {len(layers[1])}; the first {min(map(len, layers))} agree"
+        )
     elif configs[0] != configs[1]:
-        lines += json_difference(oci_layout.read_manifest(first)[2], oci_layout.read_manifest(second)[2], "config")
+        lines += json_difference(
+            oci_layout.read_manifest(first)[2], oci_layout.read_manifest(second)[2], "config"
+        )
     elif len(lines) == 1:
         lines.append("same config and layers; the manifests differ in annotations or media types")
     return lines
@@ -134,15 +160,23 @@ _ABSENT = object()
 def _first_json_difference(a: object, b: object, where: str) -> tuple[str, object, object] | None:
     """The path ($.key[0]...) and both values of the first place two JSON values differ."""
     if isinstance(a, dict) and isinstance(b, dict):
-        for key in [*a, *(k for k in b if k not in a)]:  # document order, then keys only the second has
-            found = _first_json_difference(a.get(key, _ABSENT), b.get(key, _ABSENT), f"{where}.{key}")
+        for key in [
+            *a,
+            *(k for k in b if k not in a),
+        ]:  # document order, then keys only the second has
+            found = _first_json_difference(
+                a.get(key, _ABSENT), b.get(key, _ABSENT), f"{where}.{key}"
+            )
             if found:
                 return found
         return None
     if isinstance(a, list) and isinstance(b, list):
         for index in range(max(len(a), len(b))):
             found = _first_json_difference(
-                a[index] if index < len(a) else _ABSENT, b[index] if index < len(b) else _ABSENT, f"{where}[{index}]")
+                a[index] if index < len(a) else _ABSENT,
+                b[index] if index < len(b) else _ABSENT,
+                f"{where}[{index}]",
+            )
             if found:
                 return found
         return None
@@ -160,7 +194,11 @@ def json_difference(first: object, second: object, what: str = "JSON") -> list[s
     if found is None:
         return []
     where, a, b = found
-    return [f"{what} value differs at {where}", f"  first : {_json_text(a)}", f"  second: {_json_text(b)}"]
+    return [
+        f"{what} value differs at {where}",
+        f"  first : {_json_text(a)}",
+        f"  second: {_json_text(b)}",
+    ]
 
 
 def _read_json(path: Path) -> object:
@@ -178,7 +216,9 @@ def _is_tar(path: Path) -> bool:
 
 
 def _first_differing_byte(first: bytes, second: bytes) -> int:
-    return next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
+    return next(
+        (i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second))
+    )
 
 
 def compare_other_files(first: Path, second: Path) -> list[str]:
@@ -216,14 +256,18 @@ def compare_paths(first: Path, second: Path) -> list[str]:
             return compare_layouts(first, second)
         return compare_trees(first, second)
     if first.is_dir() != second.is_dir():
-        return [f"a {'directory' if first.is_dir() else 'file'} vs a {'directory' if second.is_dir() else 'file'}"]
+        return [
+            f"a {'directory' if first.is_dir() else 'file'} vs a {'directory' if second.is_dir() else 'file'}"
+        ]
     if first.read_bytes() == second.read_bytes():
         return []
     if _is_tar(first) and _is_tar(second):
         return compare_layers(first, second)
     parsed = _read_json(first), _read_json(second)
     if parsed[0] is not _ABSENT and parsed[1] is not _ABSENT:
-        return json_difference(*parsed) or ["same JSON values; only the formatting (spacing, key order) differs"]
+        return json_difference(*parsed) or [
+            "same JSON values; only the formatting (spacing, key order) differs"
+        ]
     return compare_other_files(first, second)
 
 
@@ -233,13 +277,17 @@ def path_digest(path: Path) -> str:
         with path.open("rb") as handle:
             return "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
     listing = "".join(
-        f"{name}\0{os.access(path / name, os.X_OK):d}\0{path_digest(path / name)}\n" for name in _tree_files(path))
+        f"{name}\0{os.access(path / name, os.X_OK):d}\0{path_digest(path / name)}\n"
+        for name in _tree_files(path)
+    )
     return "sha256:" + hashlib.sha256(listing.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("first", type=Path, help="layer .tar/.tar.gz, OCI layout directory, JSON or any output")
+    parser.add_argument(
+        "first", type=Path, help="layer .tar/.tar.gz, OCI layout directory, JSON or any output"
+    )
     parser.add_argument("second", type=Path, help="the same output of another build")
     args = parser.parse_args(argv)
     # `bazel run` starts in the runfiles; relative paths mean the caller's directory.
@@ -252,7 +300,14 @@ def main(argv: list[str]) -> int:
         lines = compare_paths(args.first, args.second)
         layout = args.first.is_dir() and (args.first / "index.json").is_file()
         digest = oci_layout.read_manifest(args.first)[0] if layout else path_digest(args.first)
-    except (OSError, EOFError, tarfile.TarError, oci_layout.LayoutError, KeyError, TypeError) as error:
+    except (
+        OSError,
+        EOFError,
+        tarfile.TarError,
+        oci_layout.LayoutError,
+        KeyError,
+        TypeError,
+    ) as error:
         print(f"layer_diff: {error}", file=sys.stderr)
         return 2
     if not lines:

@@ -64,7 +64,10 @@ def write_tar(path: Path, members: list[Member], compress: bool = True) -> Path:
 
 
 def write_layout(
-    directory_path: Path, layers: list[Path], architecture: str = "amd64", config: dict[str, object] | None = None,
+    directory_path: Path,
+    layers: list[Path],
+    architecture: str = "amd64",
+    config: dict[str, object] | None = None,
 ) -> Path:
     """An OCI image layout (index.json, manifest, config, blobs) of the given layer files; config adds fields."""
     blobs = directory_path / "blobs" / "sha256"
@@ -78,22 +81,37 @@ def write_layout(
     layer_descriptors = []
     for layer in layers:
         data = layer.read_bytes()
-        layer_descriptors.append({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": put(data),
-            "size": len(data),
-        })
-    config_blob = json.dumps({"architecture": architecture, "os": "linux", "config": {}} | (config or {})).encode()
-    manifest = json.dumps({
+        layer_descriptors.append(
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": put(data),
+                "size": len(data),
+            }
+        )
+    config_blob = json.dumps(
+        {"architecture": architecture, "os": "linux", "config": {}} | (config or {})
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": put(config_blob),
+                "size": len(config_blob),
+            },
+            "layers": layer_descriptors,
+        }
+    ).encode()
+    index = {
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(config_blob), "size": len(config_blob)},
-        "layers": layer_descriptors,
-    }).encode()
-    index = {"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": put(manifest),
-        "size": len(manifest),
-    }]}
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": put(manifest),
+                "size": len(manifest),
+            }
+        ],
+    }
     (directory_path / "index.json").write_text(json.dumps(index))
     return directory_path

@@ -81,8 +81,10 @@ def read_targets(path: Path) -> list[str]:
 def _file_path(entry: dict[str, object]) -> Path:
     uri = str(entry.get("uri", ""))
     if not uri.startswith("file://"):
-        raise CheckError(f"the build event file names an output that is not a local file: {uri or entry}")
-    return Path(urllib.parse.unquote(uri[len("file://"):]))
+        raise CheckError(
+            f"the build event file names an output that is not a local file: {uri or entry}"
+        )
+    return Path(urllib.parse.unquote(uri[len("file://") :]))
 
 
 def outputs_from_events(events: list[dict[str, object]]) -> dict[str, Path]:
@@ -119,7 +121,11 @@ def outputs_from_events(events: list[dict[str, object]]) -> dict[str, Path]:
 def read_events(path: Path) -> list[dict[str, object]]:
     """The JSON build event file: one event a line."""
     try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [
+            json.loads(line)
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
     except (OSError, ValueError) as error:
         raise CheckError(f"cannot read the build event file {path}: {error}") from error
 
@@ -136,7 +142,9 @@ def compare_outputs(first: dict[str, Path], second: dict[str, Path]) -> list[Dif
             continue
         digests = layer_diff.path_digest(first[key]), layer_diff.path_digest(second[key])
         if digests[0] != digests[1]:
-            differences.append(Difference(key, *digests, layer_diff.compare_paths(first[key], second[key])))
+            differences.append(
+                Difference(key, *digests, layer_diff.compare_paths(first[key], second[key]))
+            )
     return differences
 
 
@@ -144,10 +152,14 @@ def report(differences: list[Difference], outputs: dict[str, Path]) -> list[str]
     """What the check prints: every output's digest, then the first difference in detail."""
     if not differences:
         return [f"reproducible: {len(outputs)} outputs identical in both builds"] + [
-            f"  {layer_diff.path_digest(path)}  {key}" for key, path in sorted(outputs.items())]
+            f"  {layer_diff.path_digest(path)}  {key}" for key, path in sorted(outputs.items())
+        ]
     first = differences[0]
     lines = [f"NOT reproducible: {len(differences)} of {len(outputs)} outputs differ"]
-    lines += [f"  {d.key}: {d.first_digest or '(absent)'} vs {d.second_digest or '(absent)'}" for d in differences]
+    lines += [
+        f"  {d.key}: {d.first_digest or '(absent)'} vs {d.second_digest or '(absent)'}"
+        for d in differences
+    ]
     lines += [f"first difference, in {first.key}:"] + [f"  {line}" for line in first.explanation]
     return lines
 
@@ -163,7 +175,9 @@ def check(checkouts: tuple[Path, Path], targets: list[str], build: Build) -> tup
 
 
 def _git(repo: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise CheckError(f"git {' '.join(args)} failed: {done.stderr.strip()}")
     return done.stdout.strip()
@@ -179,9 +193,14 @@ def revision_to_check(repo: Path, worktree_changes: bool, revision: str = "HEAD"
 
 
 @contextmanager
-def two_checkouts(repo: Path, revision: str, parent: Path, keep: bool) -> Iterator[tuple[Path, Path]]:
+def two_checkouts(
+    repo: Path, revision: str, parent: Path, keep: bool
+) -> Iterator[tuple[Path, Path]]:
     """Two local clones (objects hard-linked, nothing registered in repo) of revision at different paths."""
-    paths = (parent / "first", parent / "second-checkout")  # different lengths too: a leaked path shows
+    paths = (
+        parent / "first",
+        parent / "second-checkout",
+    )  # different lengths too: a leaked path shows
     try:
         for path in paths:
             _git(repo, "clone", "--quiet", "--local", "--no-checkout", str(repo), str(path))
@@ -207,41 +226,75 @@ def remove_output_base(checkout: Path) -> None:
     if not link.is_symlink():
         return
     output_base = link.resolve().parents[2]  # <output base>/execroot/_main/bazel-out
-    if not re.fullmatch(r"[0-9a-f]{32}", output_base.name):  # Bazel names it by the md5 of the checkout path
-        print(f"reproducible_build: not removing {output_base}: not a Bazel output base", file=sys.stderr)
+    if not re.fullmatch(
+        r"[0-9a-f]{32}", output_base.name
+    ):  # Bazel names it by the md5 of the checkout path
+        print(
+            f"reproducible_build: not removing {output_base}: not a Bazel output base",
+            file=sys.stderr,
+        )
         return
     shutil.rmtree(output_base, onerror=_make_writable_and_retry)
 
 
 def bazel_build(bazel: list[str], extra: list[str]) -> Build:
     """A Build that runs `<bazel> build` in the checkout with no disk cache and reads its event file."""
+
     def build(checkout: Path, targets: list[str]) -> dict[str, Path]:
         events = checkout / EVENTS_FILE
-        command = [*bazel, "build", "--disk_cache=", "--remote_cache=", "--curses=no",
-                   f"--build_event_json_file={events}", *extra, "--", *targets]
+        command = [
+            *bazel,
+            "build",
+            "--disk_cache=",
+            "--remote_cache=",
+            "--curses=no",
+            f"--build_event_json_file={events}",
+            *extra,
+            "--",
+            *targets,
+        ]
         print(f"+ (cd {checkout} && {shlex.join(command)})", flush=True)
         started = time.monotonic()
         done = subprocess.run(command, cwd=checkout, check=False)
         if done.returncode != 0:
-            raise CheckError(f"the build in {checkout} failed (exit {done.returncode}); see its output above")
+            raise CheckError(
+                f"the build in {checkout} failed (exit {done.returncode}); see its output above"
+            )
         print(f"built in {checkout} in {time.monotonic() - started:.0f} s", flush=True)
         return outputs_from_events(read_events(events))
+
     return build
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("targets", nargs="*", help=f"Bazel labels (default: the ones in {TARGETS_FILE})")
-    parser.add_argument("--targets-file", type=Path, default=TARGETS_FILE, help="labels, one a line")
-    parser.add_argument("--bazel", default=RUN_BAZEL,
-                        help="command that runs Bazel in a checkout, relative to it (default: the offline %(default)s;"
-                             " `bazel` online, where each checkout path gets its own output base too)")
+    parser.add_argument(
+        "targets", nargs="*", help=f"Bazel labels (default: the ones in {TARGETS_FILE})"
+    )
+    parser.add_argument(
+        "--targets-file", type=Path, default=TARGETS_FILE, help="labels, one a line"
+    )
+    parser.add_argument(
+        "--bazel",
+        default=RUN_BAZEL,
+        help="command that runs Bazel in a checkout, relative to it (default: the offline %(default)s;"
+        " `bazel` online, where each checkout path gets its own output base too)",
+    )
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--revision", default="HEAD", help="the commit to check out twice (default: %(default)s)")
-    which.add_argument("--worktree-changes", action="store_true",
-                       help="check HEAD plus the tracked files' uncommitted edits (to try a change before committing)")
-    parser.add_argument("--keep", action="store_true", help="keep both checkouts and output bases to inspect")
-    parser.add_argument("--build-arg", action="append", default=[], help="extra `bazel build` argument (repeatable)")
+    which.add_argument(
+        "--revision", default="HEAD", help="the commit to check out twice (default: %(default)s)"
+    )
+    which.add_argument(
+        "--worktree-changes",
+        action="store_true",
+        help="check HEAD plus the tracked files' uncommitted edits (to try a change before committing)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep both checkouts and output bases to inspect"
+    )
+    parser.add_argument(
+        "--build-arg", action="append", default=[], help="extra `bazel build` argument (repeatable)"
+    )
     return parser.parse_args(argv)
 
 
@@ -253,16 +306,22 @@ def main(argv: list[str]) -> int:
         targets = args.targets or read_targets(repo / args.targets_file)
         revision = revision_to_check(repo, args.worktree_changes, args.revision)
         parent = Path(tempfile.mkdtemp(prefix="cephaloproxy-reproducible-"))
-        print(f"checking {' '.join(targets)} at {revision[:12]}: two builds in {parent}", flush=True)
+        print(
+            f"checking {' '.join(targets)} at {revision[:12]}: two builds in {parent}", flush=True
+        )
         with two_checkouts(repo, revision, parent, args.keep) as checkouts:
-            code, lines = check(checkouts, targets, bazel_build(shlex.split(args.bazel), args.build_arg))
+            code, lines = check(
+                checkouts, targets, bazel_build(shlex.split(args.bazel), args.build_arg)
+            )
         if not args.keep:
             shutil.rmtree(parent, ignore_errors=True)
     except CheckError as error:
         print(f"reproducible_build: {error}", file=sys.stderr)
         return 2
     print("\n".join(lines), file=sys.stdout if code == 0 else sys.stderr)
-    print(f"reproducible_build: {time.monotonic() - started:.0f} s for both builds and the comparison")
+    print(
+        f"reproducible_build: {time.monotonic() - started:.0f} s for both builds and the comparison"
+    )
     return code
 
 

@@ -42,7 +42,9 @@ def leaks_the_umask(checkout: Path, number: int) -> layer_builder.Entry:
         scratch.write_bytes(b"version 1\n")
     finally:
         os.umask(previous)
-    return layer_builder.Entry("file", MEMBER, scratch.stat().st_mode & 0o777, 0, 0, src=str(scratch))
+    return layer_builder.Entry(
+        "file", MEMBER, scratch.stat().st_mode & 0o777, 0, 0, src=str(scratch)
+    )
 
 
 def leaks_the_time(_checkout: Path, _number: int) -> layer_builder.Entry:
@@ -86,11 +88,17 @@ def fake_build(leak: Leak, clock: list[float] | None = None) -> reproducible_bui
         out.mkdir(parents=True)
         entries = [
             layer_builder.Entry("dir", "var/log/squid", 0o770, 1000, 0),
-            layer_builder.Entry("file", "usr/local/bin/entrypoint.py", 0o755, 0, 0, src=str(source)),
+            layer_builder.Entry(
+                "file", "usr/local/bin/entrypoint.py", 0o755, 0, 0, src=str(source)
+            ),
             leak(checkout, number),
         ]
-        layer_builder.write_layer(sorted(entries, key=lambda entry: entry.path), 0, out / "app.tar.gz")
-        (out / "sbom.spdx.json").write_text(json.dumps({"spdxVersion": "SPDX-2.3", "name": "cephaloproxy"}))
+        layer_builder.write_layer(
+            sorted(entries, key=lambda entry: entry.path), 0, out / "app.tar.gz"
+        )
+        (out / "sbom.spdx.json").write_text(
+            json.dumps({"spdxVersion": "SPDX-2.3", "name": "cephaloproxy"})
+        )
         return {str(path.relative_to(checkout)): path for path in sorted(out.iterdir())}
 
     return build
@@ -104,23 +112,37 @@ def two_checkouts(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_two_honest_builds_are_reproducible(tmp_path: Path) -> None:
-    code, lines = reproducible_build.check(two_checkouts(tmp_path), ["//image/offline:x"], fake_build(honest))
+    code, lines = reproducible_build.check(
+        two_checkouts(tmp_path), ["//image/offline:x"], fake_build(honest)
+    )
     assert code == 0, lines
     assert lines[0] == "reproducible: 2 outputs identical in both builds"
-    assert lines[1].startswith("  sha256:") and lines[1].endswith("bazel-out/k8-fastbuild/bin/image/offline/app.tar.gz")
+    assert lines[1].startswith("  sha256:") and lines[1].endswith(
+        "bazel-out/k8-fastbuild/bin/image/offline/app.tar.gz"
+    )
 
 
-@pytest.mark.parametrize(("leak", "field"), [
-    (leaks_the_checkout_path, "sha256="),
-    (leaks_the_umask, "mode="),
-    (leaks_the_time, "mtime="),
-], ids=["checkout path", "umask", "time"])
+@pytest.mark.parametrize(
+    ("leak", "field"),
+    [
+        (leaks_the_checkout_path, "sha256="),
+        (leaks_the_umask, "mode="),
+        (leaks_the_time, "mtime="),
+    ],
+    ids=["checkout path", "umask", "time"],
+)
 def test_a_planted_leak_fails_naming_the_member(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: list[float], leak: Leak, field: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    clock: list[float],
+    leak: Leak,
+    field: str,
 ) -> None:
     if leak is leaks_the_time:
         stamping_tar_info(monkeypatch)
-    code, lines = reproducible_build.check(two_checkouts(tmp_path), ["//image/offline:x"], fake_build(leak, clock))
+    code, lines = reproducible_build.check(
+        two_checkouts(tmp_path), ["//image/offline:x"], fake_build(leak, clock)
+    )
     assert code == 1
     assert lines[0] == "NOT reproducible: 1 of 2 outputs differ"
     assert lines[1].startswith("  bazel-out/k8-fastbuild/bin/image/offline/app.tar.gz: sha256:")
@@ -137,14 +159,19 @@ def test_a_planted_leak_fails_naming_the_member(
 def test_a_json_output_names_the_differing_value(tmp_path: Path, clock: list[float]) -> None:
     def build(checkout: Path, targets: list[str]) -> dict[str, Path]:
         document = checkout / "sbom.spdx.json"
-        document.write_text(json.dumps({"creationInfo": {"created": time.time(), "creators": ["Tool: x"]}}))
+        document.write_text(
+            json.dumps({"creationInfo": {"created": time.time(), "creators": ["Tool: x"]}})
+        )
         clock[0] += 1
         return {"bazel-out/bin/sbom.spdx.json": document}
 
     code, lines = reproducible_build.check(two_checkouts(tmp_path), ["//x"], build)
     assert code == 1
-    assert lines[3:] == ["  JSON value differs at $.creationInfo.created",
-                         "    first : 1700000000.0", "    second: 1700000001.0"]
+    assert lines[3:] == [
+        "  JSON value differs at $.creationInfo.created",
+        "    first : 1700000000.0",
+        "    second: 1700000001.0",
+    ]
 
 
 def test_an_output_only_one_build_has_fails(tmp_path: Path) -> None:
@@ -163,14 +190,34 @@ def test_an_output_only_one_build_has_fails(tmp_path: Path) -> None:
 
 def test_outputs_come_from_the_build_event_file_nested_sets_included(tmp_path: Path) -> None:
     events = [
-        {"id": {"namedSet": {"id": "1"}}, "namedSetOfFiles": {"files": [
-            {"name": "image/sbom/x.spdx.json", "uri": f"file://{tmp_path}/out/x%20y.json",
-             "pathPrefix": ["bazel-out", "k8-fastbuild", "bin"]}]}},
-        {"id": {"namedSet": {"id": "0"}}, "namedSetOfFiles": {
-            "files": [{"name": "entrypoint/main.py", "uri": f"file://{tmp_path}/entrypoint/main.py"}],
-            "fileSets": [{"id": "1"}]}},
-        {"id": {"targetCompleted": {"label": "//image/offline:reproducible_layers"}},
-         "completed": {"success": True, "outputGroup": [{"name": "default", "fileSets": [{"id": "0"}]}]}},
+        {
+            "id": {"namedSet": {"id": "1"}},
+            "namedSetOfFiles": {
+                "files": [
+                    {
+                        "name": "image/sbom/x.spdx.json",
+                        "uri": f"file://{tmp_path}/out/x%20y.json",
+                        "pathPrefix": ["bazel-out", "k8-fastbuild", "bin"],
+                    }
+                ]
+            },
+        },
+        {
+            "id": {"namedSet": {"id": "0"}},
+            "namedSetOfFiles": {
+                "files": [
+                    {"name": "entrypoint/main.py", "uri": f"file://{tmp_path}/entrypoint/main.py"}
+                ],
+                "fileSets": [{"id": "1"}],
+            },
+        },
+        {
+            "id": {"targetCompleted": {"label": "//image/offline:reproducible_layers"}},
+            "completed": {
+                "success": True,
+                "outputGroup": [{"name": "default", "fileSets": [{"id": "0"}]}],
+            },
+        },
     ]
     path = tmp_path / "events.json"
     path.write_text("\n".join(json.dumps(event) for event in events) + "\n")
@@ -185,8 +232,13 @@ def test_outputs_come_from_the_build_event_file_nested_sets_included(tmp_path: P
 
 def test_the_targets_file_one_label_a_line(tmp_path: Path) -> None:
     targets = tmp_path / "targets.txt"
-    targets.write_text("# comment\n\n//image/offline:reproducible_layers  # the image's layers\n//squid:layer\n")
-    assert reproducible_build.read_targets(targets) == ["//image/offline:reproducible_layers", "//squid:layer"]
+    targets.write_text(
+        "# comment\n\n//image/offline:reproducible_layers  # the image's layers\n//squid:layer\n"
+    )
+    assert reproducible_build.read_targets(targets) == [
+        "//image/offline:reproducible_layers",
+        "//squid:layer",
+    ]
     targets.write_text("# nothing\n")
     with pytest.raises(reproducible_build.CheckError, match="names no target"):
         reproducible_build.read_targets(targets)
@@ -198,10 +250,15 @@ def test_the_default_targets_are_the_offline_image_layers() -> None:
     assert reproducible_build.read_targets(default) == ["//image/offline:reproducible_layers"]
 
 
-def test_no_targets_file_exits_2_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_targets_file_exits_2_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert reproducible_build.main([]) == 2
-    assert f"cannot read the targets file {tmp_path}/tools/ci/reproducible_targets.txt" in capsys.readouterr().err
+    assert (
+        f"cannot read the targets file {tmp_path}/tools/ci/reproducible_targets.txt"
+        in capsys.readouterr().err
+    )
 
 
 def test_only_a_bazel_output_base_is_removed(tmp_path: Path) -> None:
