@@ -173,3 +173,72 @@ def test_relative_paths_are_the_callers_under_bazel_run(
     monkeypatch.setenv("BUILD_WORKING_DIRECTORY", str(tmp_path))
     assert layer_diff.main(["a.tar.gz", "a.tar.gz"]) == 0
     assert capsys.readouterr().out.startswith("identical sha256:")
+
+
+def test_json_documents_name_the_first_differing_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An SBOM or image config: the JSON path of the first differing value, both values."""
+    first, second, reordered = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    first.write_text(
+        json.dumps({"name": "x", "packages": [{"versionInfo": "1"}, {"versionInfo": "2"}]})
+    )
+    second.write_text(
+        json.dumps({"name": "x", "packages": [{"versionInfo": "1"}, {"versionInfo": "3"}]})
+    )
+    reordered.write_text(
+        json.dumps({"packages": [{"versionInfo": "1"}, {"versionInfo": "2"}], "name": "x"})
+    )
+    code, out = diff(first, second, capsys)
+    assert code == 1 and out.splitlines() == [
+        "JSON value differs at $.packages[1].versionInfo",
+        '  first : "2"',
+        '  second: "3"',
+    ]
+    code, out = diff(first, reordered, capsys)
+    assert code == 1 and "only the formatting" in out
+    assert layer_diff.json_difference({"a": 1}, {"a": 1, "b": [2]}) == [
+        "JSON value differs at $.b",
+        "  first : (absent)",
+        "  second: [2]",
+    ]
+    assert layer_diff.json_difference({"a": 1}, {"a": 1.0}) != []  # 1 and 1.0 are different bytes
+
+
+def test_layouts_with_the_same_layers_name_the_config_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layer = oci_testing.write_tar(tmp_path / "a.tar.gz", [oci_testing.file("a")])
+    first = oci_testing.write_layout(
+        tmp_path / "first", [layer], config={"created": "1970-01-01T00:00:00Z"}
+    )
+    second = oci_testing.write_layout(
+        tmp_path / "second", [layer], config={"created": "2026-12-07T03:00:00Z"}
+    )
+    code, out = diff(first, second, capsys)
+    lines = out.splitlines()
+    assert code == 1 and lines[1].startswith("config sha256:")
+    assert lines[2:] == [
+        "config value differs at $.created",
+        '  first : "1970-01-01T00:00:00Z"',
+        '  second: "2026-12-07T03:00:00Z"',
+    ]
+
+
+def test_directories_and_other_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A tree output: the first differing file, then how; any other file: sizes, digests, offset."""
+    for name, text in [("first", "abcd"), ("second", "abXd")]:
+        (tmp_path / name / "sub").mkdir(parents=True)
+        (tmp_path / name / "sub" / "data.bin").write_text(text)
+        (tmp_path / name / "same.txt").write_text("same")
+    code, out = diff(tmp_path / "first", tmp_path / "second", capsys)
+    lines = out.splitlines()
+    assert code == 1 and lines[:2] == ["file sub/data.bin differs", "content differs from byte 2"]
+    assert "size=4 sha256=" in lines[2] and "size=4 sha256=" in lines[3] and lines[2] != lines[3]
+    (tmp_path / "second" / "extra").write_text("")
+    (tmp_path / "second" / "sub" / "data.bin").write_text("abcd")
+    code, out = diff(tmp_path / "first", tmp_path / "second", capsys)
+    assert code == 1 and out == "file extra only in the second\n"
+    (tmp_path / "second" / "extra").unlink()
+    code, out = diff(tmp_path / "first", tmp_path / "second", capsys)
+    assert code == 0 and out == f"identical {layer_diff.path_digest(tmp_path / 'first')}\n"

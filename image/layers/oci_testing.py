@@ -63,8 +63,13 @@ def write_tar(path: Path, members: list[Member], compress: bool = True) -> Path:
     return path
 
 
-def write_layout(directory_path: Path, layers: list[Path], architecture: str = "amd64") -> Path:
-    """An OCI image layout (index.json, manifest, config, blobs) of the given layer files."""
+def write_layout(
+    directory_path: Path,
+    layers: list[Path],
+    architecture: str = "amd64",
+    config: dict[str, object] | None = None,
+) -> Path:
+    """An OCI image layout (index.json, manifest, config, blobs) of the given layer files; config adds fields."""
     blobs = directory_path / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
 
@@ -83,15 +88,17 @@ def write_layout(directory_path: Path, layers: list[Path], architecture: str = "
                 "size": len(data),
             }
         )
-    config = json.dumps({"architecture": architecture, "os": "linux", "config": {}}).encode()
+    config_blob = json.dumps(
+        {"architecture": architecture, "os": "linux", "config": {}} | (config or {})
+    ).encode()
     manifest = json.dumps(
         {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {
                 "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": put(config),
-                "size": len(config),
+                "digest": put(config_blob),
+                "size": len(config_blob),
             },
             "layers": layer_descriptors,
         }
