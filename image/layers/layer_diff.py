@@ -221,7 +221,8 @@ def _is_tar(path: Path) -> bool:
 
 def _first_differing_byte(first: bytes, second: bytes) -> int:
     return next(
-        (i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second))
+        (i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b),
+        min(len(first), len(second)),
     )
 
 

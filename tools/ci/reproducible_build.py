@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from image.layers import layer_diff
 
@@ -89,7 +90,7 @@ def _file_path(entry: dict[str, object]) -> Path:
 
 def outputs_from_events(events: list[dict[str, object]]) -> dict[str, Path]:
     """Every file the completed targets output, keyed by bazel-out path (the same in both builds)."""
-    named_sets: dict[str, dict[str, object]] = {}
+    named_sets: dict[str, dict[str, Any]] = {}  # parsed JSON
     roots: list[str] = []
     for event in events:
         event_id = event.get("id", {})
@@ -111,10 +112,10 @@ def outputs_from_events(events: list[dict[str, object]]) -> dict[str, Path]:
             continue
         seen.add(set_id)
         named = named_sets.get(set_id, {})
-        for entry in named.get("files", []):  # type: ignore[union-attr]
+        for entry in named.get("files", []):
             key = "/".join([*entry.get("pathPrefix", []), entry["name"]])
             outputs[key] = _file_path(entry)
-        pending += [str(child["id"]) for child in named.get("fileSets", [])]  # type: ignore[union-attr]
+        pending += [str(child["id"]) for child in named.get("fileSets", [])]
     return outputs
 
 
