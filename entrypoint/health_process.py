@@ -233,7 +233,7 @@ class HealthProcess:
                 self.restarts += 1
                 restart = self.restarts
                 delay, self.backoff = self.backoff, min(self.backoff * 2, RESTART_BACKOFF_MAX)
-                self.log.error("Health server %s; restart %d in %g s", what, restart, delay)
+                self.log.error("Health server %s; restart %d in %g s", what, restart, delay, extra={"restart": restart})
                 await asyncio.sleep(delay)
             try:
                 await self._launch()
@@ -243,7 +243,10 @@ class HealthProcess:
                 what = f"restart failed: {error}"
                 continue
             if restart:
-                self.log.info("Health server restarted (restart %d), listening on port %d", restart, self.port)
+                self.log.info(
+                    "Health server restarted (restart %d), listening on port %d", restart, self.port,
+                    extra={"restart": restart, "port": self.port},
+                )
             return
 
     # -- stopping ----------------------------------------------------------------------
