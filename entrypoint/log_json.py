@@ -28,14 +28,9 @@ STRUCTURED_FIELDS = ("pid", "exit_code", "signal", "path", "port", "kid", "resta
 _SQUID_LEVELS = {"FATAL": "CRITICAL", "ERROR": "ERROR", "BUG": "ERROR", "WARNING": "WARNING"}
 # Squid 7's cache.log: `2026/12/07 03:40:01 kid1| ERROR: ...` (no kid before the kids start).
 _SQUID_LINE = re.compile(
-    r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d(?:\.\d+)?(?: (?:kid|squid-)(?P<kid>\d{1,6}))?\| ?(?P<message>.*)", re.S
+    r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d(?:\.\d+)?(?: kid(?P<kid>\d{1,6}))?\| ?(?P<message>.*)", re.S
 )
 _SQUID_PREFIX = re.compile(r"(?P<level>FATAL|ERROR|BUG|WARNING)\b")
-# The master about a kid: `Squid Parent: squid-1 process 123 exited due to signal 6 with status 0`.
-_KID_EXIT = re.compile(
-    r"Squid Parent: \S+-(?P<kid>\d{1,6}) process (?P<pid>\d{1,10}) exited"
-    r"(?: due to signal (?P<signal>\d{1,3}))?(?: with status (?P<status>\d{1,3}))?"
-)
 # The health server writes text records (logs.py's text format); the relay keeps level and message.
 _TEXT_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[(?P<level>[A-Z]{4,8})\] (?P<message>.*)", re.S)
 
@@ -157,14 +152,6 @@ def _cache_log(line: str) -> str:
         extra["kid"] = int(match.group("kid"))
     prefix = _SQUID_PREFIX.match(message)
     level = _SQUID_LEVELS[prefix.group("level")] if prefix else "INFO"
-    kid_exit = _KID_EXIT.search(message)
-    if kid_exit is not None:  # a kid died: the master restarts it (or gives up); say who and how
-        level = "WARNING"
-        extra.update(kid=int(kid_exit.group("kid")), pid=int(kid_exit.group("pid")))
-        if kid_exit.group("signal"):
-            extra["signal"] = signal_label(int(kid_exit.group("signal")))
-        elif kid_exit.group("status"):
-            extra["exit_code"] = int(kid_exit.group("status"))
     return _wrapped("squid-cache", level, message, extra)
 
 

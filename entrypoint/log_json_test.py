@@ -144,14 +144,10 @@ def test_a_long_record_is_cut_at_the_limit_and_stays_json(json_records: _Lines) 
     assert str(parsed_line(long_child)["message"]).endswith("more characters cut]")
 
 
-def test_squid_cache_log_level_kid_and_kid_exit_are_fields() -> None:
+def test_squid_cache_log_level_and_kid_are_fields() -> None:
     error = parsed_line(log_json.render_cache_log("2026/12/07 03:40:01 kid1| ERROR: no running copy"))
     assert (error["level"], error["kid"], error["message"]) == ("ERROR", 1, "ERROR: no running copy")
     assert parsed_line(log_json.render_cache_log("2026/12/07 03:40:01| FATAL: Bungled"))["level"] == "CRITICAL"
-    died = parsed_line(log_json.render_cache_log(
-        "2026/12/07 03:40:01| Squid Parent: squid-1 process 4242 exited due to signal 9 with status 0"
-    ))
-    assert (died["level"], died["kid"], died["pid"], died["signal"]) == ("WARNING", 1, 4242, "SIGKILL")
     other = parsed_line(log_json.render_cache_log("    current master transaction: master53"))
     assert (other["level"], other["source"]) == ("INFO", "squid-cache")
 
