@@ -13,6 +13,7 @@ logformat) is re-emitted field by field, each value sanitised the same way.
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import time
@@ -95,7 +96,9 @@ def _clean(value: object) -> object:
         return {safe_line(str(key)): _clean(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_clean(item) for item in value]
-    return value  # int, float (finite: constants are parsed as strings), bool, None
+    if isinstance(value, float) and not math.isfinite(value):  # 1e999 parses as inf: no JSON
+        return str(value)
+    return value  # int, finite float, bool, None (NaN and Infinity are parsed as strings)
 
 
 def _parsed_object(line: str) -> dict[str, object] | None:
@@ -137,7 +140,8 @@ def _access(line: str) -> str:
     fields: dict[str, object] = {"time": rfc3339(time.time()), "level": "INFO", "source": "squid-access"}
     cleaned = _clean(parsed)
     assert isinstance(cleaned, dict)
-    fields.update(cleaned)
+    for key, value in cleaned.items():  # ours stay what every line promises; theirs are kept aside
+        fields[f"squid_{key}" if key in ("time", "level", "source") else key] = value
     return fit(fields, RELAYED_LIMIT)
 
 
