@@ -8,6 +8,7 @@ import logging
 import re
 import sys
 import threading
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -21,6 +22,7 @@ from entrypoint.logs import RECORD_LIMIT, configure_logging
 from entrypoint.output_sink import OutputSink
 from entrypoint.redact_test import secret_lines
 from entrypoint.settings import load_settings, log_format_problem
+from entrypoint.squid_config import render_default
 
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
@@ -191,3 +193,17 @@ def test_log_format_accepts_text_and_json_and_refuses_anything_else(value: str) 
         assert "LOG_FORMAT" in problem and "text, json" in problem
     else:
         assert load_settings({"LOG_FORMAT": value})[0].log_format == (value.strip().lower() or "text")
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_packaged_default_switches_its_access_log_only_for_json(tmp_path: Path, log_format: str) -> None:
+    """The rendered default names the JSON logformat on the stdout access_log, ACLs after it kept."""
+    packaged = (Path(__file__).parent / "squid.conf.default").read_text()
+    default = tmp_path / "squid.conf.default"
+    default.write_text(packaged + "access_log stdio:/dev/stdout !manager\naccess_log none\n")
+    settings, _ = load_settings({"CEPHALOPROXY_DEFAULT_CONFIG": str(default), "LOG_FORMAT": log_format})
+    rendered = [line for line in render_default(settings).splitlines() if line.startswith("access_log")]
+    switched = " logformat=cephaloproxy_json" if log_format == "json" else ""
+    assert rendered == [f"access_log stdio:/dev/stdout{switched}", f"access_log stdio:/dev/stdout{switched} !manager",
+                        "access_log none"], rendered
+    assert "logformat cephaloproxy_json {" in packaged
