@@ -108,6 +108,8 @@ def test_every_line_of_a_full_cycle_is_json(launch: Launcher, workspace: Workspa
     assert stopped and ("exit_code" in stopped[0] or "signal" in stopped[0]), stopped
     assert any(f.get("signal") == "SIGTERM" for f in objects), "the stop signal as a field"
 
+    refused = [f for f in objects if f["source"] == "squid-access" and f.get("status") == 400]
+    assert refused, "the hostile request's access line"  # Squid refused it; its line is still one object
     access = [f for f in objects if f["source"] == "squid-access" and "/page" in str(f.get("url"))]
     assert len(access) == 1, access
     (entry,) = access
