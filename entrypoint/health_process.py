@@ -104,7 +104,7 @@ class HealthProcess:
     def start(self, config: ActiveConfig) -> None:
         """Spawn it now; its report is awaited by `wait_listening` (the startup goes on meanwhile)."""
         self.argv = self.argv_for(config)
-        self.log.info("Starting health server on port %d", self.port)
+        self.log.info("Starting health server on port %d", self.port, extra={"port": self.port})
         self._pending = asyncio.ensure_future(self._launch())
 
     async def wait_listening(self) -> None:

@@ -119,6 +119,17 @@ def test_every_line_of_a_full_cycle_is_json(launch: Launcher, workspace: Workspa
     assert isinstance(entry["duration_ms"], int) and entry["hierarchy"] == "HIER_DIRECT", entry
 
 
+def test_squid_dying_is_a_json_record_with_the_signal(launch: Launcher, workspace: Workspace) -> None:  # noqa: F811
+    run = launch(workspace.env(LOG_FORMAT="json"))
+    squid_pid = run.wait_ready()
+    os.kill(squid_pid, signal.SIGKILL)
+    assert run.wait_exit(60) == 1, run.output
+    objects = [parsed_line(line) for line in run.stderr.splitlines()]
+    died = [f for f in objects if str(f.get("message", "")).startswith("Squid process died unexpectedly")]
+    assert died and (died[0]["level"], died[0]["signal"]) == ("ERROR", "SIGKILL"), died
+    assert all(parsed_line(line) for line in run.stdout.splitlines())
+
+
 def test_a_bad_log_format_is_refused_naming_the_variable(launch: Launcher, workspace: Workspace) -> None:  # noqa: F811
     run = launch(workspace.env(LOG_FORMAT="yaml\x1b[2J"))
     assert run.wait_exit(30) != 0

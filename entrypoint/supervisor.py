@@ -103,7 +103,9 @@ class Supervisor:
             if reason is None:
                 await self.shut_down()
                 return 0
-            self.log.error("Squid process died unexpectedly (%s)", reason, extra={"reason": reason})
+            squid = self.state.squid
+            how = log_json.exit_fields(squid.exited.result()) if squid is not None and squid.exited.done() else {}
+            self.log.error("Squid process died unexpectedly (%s)", reason, extra={"reason": reason, **how})
         self.reloads.cancel()
         await shutdown.stop_everything(self.state)
         return 1
