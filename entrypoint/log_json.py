@@ -17,9 +17,10 @@ import math
 import re
 import signal
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
-from entrypoint.log_text import safe_line, safe_record
+from entrypoint.log_text import escape_controls, safe_line, safe_record
+from entrypoint.redact import might_redact
 
 RELAYED_LIMIT = 64 * 1024  # characters of one relayed line as JSON (a text relay's piece size)
 
@@ -36,11 +37,17 @@ _SQUID_PREFIX = re.compile(r"(?P<level>FATAL|ERROR|BUG|WARNING)\b")
 _TEXT_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[(?P<level>[A-Z]{4,8})\] (?P<message>.*)", re.S)
 
 
+_second: tuple[int, str] = (-1, "")  # the last second formatted (strftime is most of a line's cost)
+
+
 def rfc3339(timestamp: float) -> str:
     """`2026-12-07T03:40:01.123Z`: UTC, milliseconds."""
-    seconds = int(timestamp)
+    global _second
+    seconds, cached = int(timestamp), _second  # read once: another thread may replace it
+    if cached[0] != seconds:
+        cached = _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
     millis = min(int((timestamp - seconds) * 1000), 999)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{millis:03d}Z"
+    return f"{cached[1]}.{millis:03d}Z"
 
 
 def signal_label(number: int) -> str:
@@ -88,14 +95,26 @@ def fit(fields: dict[str, object], limit: int) -> str:
                   | {"message": f"[record of {len(line)} characters dropped: longer than {limit}]"})
 
 
-def _clean(value: object) -> object:
-    """A value parsed from a child's JSON, every string in it (keys too) through log_text."""
+def _strings(value: object) -> Iterator[str]:
     if isinstance(value, str):
-        return safe_line(value)
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _clean(value: object, safe: Callable[[str], str]) -> object:
+    """A value parsed from a child's JSON, every string in it (keys too) through `safe`."""
+    if isinstance(value, str):
+        return safe(value)
     if isinstance(value, dict):
-        return {safe_line(str(key)): _clean(item) for key, item in value.items()}
+        return {safe(str(key)): _clean(item, safe) for key, item in value.items()}
     if isinstance(value, list):
-        return [_clean(item) for item in value]
+        return [_clean(item, safe) for item in value]
     if isinstance(value, float) and not math.isfinite(value):  # 1e999 parses as inf: no JSON
         return str(value)
     return value  # int, finite float, bool, None (NaN and Infinity are parsed as strings)
@@ -138,7 +157,10 @@ def _access(line: str) -> str:
     if parsed is None:
         return _wrapped("squid-access", "INFO", line)
     fields: dict[str, object] = {"time": rfc3339(time.time()), "level": "INFO", "source": "squid-access"}
-    cleaned = _clean(parsed)
+    # Redacting each value costs a redact() per value: when none can need it (one check of all
+    # of them), escaping alone gives the same strings.
+    safe = safe_line if might_redact("\n".join(_strings(parsed))) else escape_controls
+    cleaned = _clean(parsed, safe)
     assert isinstance(cleaned, dict)
     for key, value in cleaned.items():  # ours stay what every line promises; theirs are kept aside
         fields[f"squid_{key}" if key in ("time", "level", "source") else key] = value

@@ -8,6 +8,7 @@ import logging
 import re
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -20,6 +21,7 @@ from entrypoint.log_text import safe_line
 from entrypoint.log_text_test import _ANY_TEXT, _Pipes
 from entrypoint.logs import RECORD_LIMIT, configure_logging
 from entrypoint.output_sink import OutputSink
+from entrypoint.redact import forget_secrets, remember_secrets
 from entrypoint.redact_test import secret_lines
 from entrypoint.settings import load_settings, log_format_problem
 from entrypoint.squid_config import render_default
@@ -36,13 +38,7 @@ child_lines = st.binary(max_size=300).map(lambda raw: raw.replace(b"\n", b"").de
 
 
 def _strings(value: object) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for key, item in value.items() for s in [key, *_strings(item)]]
-    if isinstance(value, list):
-        return [s for item in value for s in _strings(item)]
-    return []
+    return list(log_json._strings(value))
 
 
 def parsed_line(line: str, limit: int = log_json.RELAYED_LIMIT) -> dict[str, object]:
@@ -207,3 +203,34 @@ def test_packaged_default_switches_its_access_log_only_for_json(tmp_path: Path, 
     assert rendered == [f"access_log stdio:/dev/stdout{switched}", f"access_log stdio:/dev/stdout{switched} !manager",
                         "access_log none"], rendered
     assert "logformat cephaloproxy_json {" in packaged
+
+
+@given(st.dictionaries(_ANY_TEXT, _ANY_TEXT, max_size=5), secret_lines(), st.booleans(),
+       st.sampled_from(["nothing", "a piece", "the line"]))
+def test_access_values_are_exactly_what_a_text_line_would_get(
+    fields: dict[str, str], case: tuple[str, list[str]], remembered: bool, carried: str
+) -> None:
+    """One check for a whole access line (might_redact) gives each value what safe_line gives it,
+    with and without remembered secrets, and a secret among the values never survives."""
+    config_line, pieces = case
+    if remembered:
+        remember_secrets(config_line)
+    try:
+        values = fields | {"nothing": {}, "a piece": {"piece": f"a {pieces[0]} b"}, "the line": {"line": config_line}}[carried]
+        out = parsed_line(log_json.render_access(json.dumps(values)))
+        for key, value in values.items():
+            name = safe_line(key)
+            if name not in ("time", "level", "source"):
+                assert out[name] == safe_line(value), (key, value, out)
+        if remembered or carried == "the line":
+            assert not [p for p in pieces if p in json.dumps(out, ensure_ascii=False)], out
+    finally:
+        forget_secrets()
+
+
+@given(st.floats(min_value=0, max_value=4102444800, allow_nan=False), st.floats(min_value=0, max_value=4102444800, allow_nan=False))
+def test_rfc3339_is_utc_with_milliseconds(first: float, second: float) -> None:
+    """The cached second never leaks into another second's stamp."""
+    for stamp in (first, second, first):
+        expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(stamp)))
+        assert log_json.rfc3339(stamp).startswith(expected + ".") and RFC3339_UTC.fullmatch(log_json.rfc3339(stamp))
