@@ -17,7 +17,7 @@ import math
 import re
 import signal
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from entrypoint.log_text import escape_controls, safe_line, safe_record
 from entrypoint.redact import might_redact
@@ -34,7 +34,9 @@ _SQUID_LINE = re.compile(
 )
 _SQUID_PREFIX = re.compile(r"(?P<level>FATAL|ERROR|BUG|WARNING)\b")
 # The health server writes text records (logs.py's text format); the relay keeps level and message.
-_TEXT_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[(?P<level>[A-Z]{4,8})\] (?P<message>.*)", re.S)
+_TEXT_RECORD = re.compile(
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[(?P<level>[A-Z]{4,8})\] (?P<message>.*)", re.S
+)
 
 
 _second: tuple[int, str] = (-1, "")  # the last second formatted (strftime is most of a line's cost)
@@ -63,7 +65,9 @@ def exit_fields(returncode: int) -> dict[str, object]:
 
 
 def _dumps(fields: dict[str, object]) -> str:
-    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+    return json.dumps(
+        fields, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str
+    )
 
 
 def _cut(value: str, keep: int) -> str:
@@ -80,7 +84,9 @@ def fit(fields: dict[str, object], limit: int) -> str:
     for _ in range(len(fields)):
         if len(line) <= limit:
             return line
-        strings = [key for key, value in fields.items() if isinstance(value, str) and len(value) > 40]
+        strings = [
+            key for key, value in fields.items() if isinstance(value, str) and len(value) > 40
+        ]
         if not strings:
             break
         key = max(strings, key=lambda name: len(str(fields[name])))
@@ -91,8 +97,10 @@ def fit(fields: dict[str, object], limit: int) -> str:
     if len(line) <= limit:
         return line
     # Not cuttable (many short values, nested ones): the essentials, and say so.
-    return _dumps({key: fields[key] for key in ("time", "level", "source") if key in fields}
-                  | {"message": f"[record of {len(line)} characters dropped: longer than {limit}]"})
+    return _dumps(
+        {key: fields[key] for key in ("time", "level", "source") if key in fields}
+        | {"message": f"[record of {len(line)} characters dropped: longer than {limit}]"}
+    )
 
 
 def _strings(value: object) -> Iterator[str]:
@@ -145,8 +153,14 @@ def _total(render: Callable[[str], str], source: str) -> Callable[[str], str]:
         try:
             return render(line)
         except Exception:  # never the line itself: it may be what broke the rendering
-            return _dumps({"time": rfc3339(time.time()), "level": "ERROR", "source": source,
-                           "message": "[line dropped: JSON log rendering failed]"})
+            return _dumps(
+                {
+                    "time": rfc3339(time.time()),
+                    "level": "ERROR",
+                    "source": source,
+                    "message": "[line dropped: JSON log rendering failed]",
+                }
+            )
 
     return safe
 
@@ -156,7 +170,11 @@ def _access(line: str) -> str:
     parsed = _parsed_object(line)
     if parsed is None:
         return _wrapped("squid-access", "INFO", line)
-    fields: dict[str, object] = {"time": rfc3339(time.time()), "level": "INFO", "source": "squid-access"}
+    fields: dict[str, object] = {
+        "time": rfc3339(time.time()),
+        "level": "INFO",
+        "source": "squid-access",
+    }
     # Redacting each value costs a redact() per value: when none can need it (one check of all
     # of them), escaping alone gives the same strings.
     safe = safe_line if might_redact("\n".join(_strings(parsed))) else escape_controls
@@ -184,7 +202,13 @@ def _cache_log(line: str) -> str:
 def _health(line: str) -> str:
     """The health server's text records: their level and message, our time."""
     match = _TEXT_RECORD.fullmatch(line)
-    if match is None or match.group("level") not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    if match is None or match.group("level") not in (
+        "DEBUG",
+        "INFO",
+        "WARNING",
+        "ERROR",
+        "CRITICAL",
+    ):
         return _wrapped("health-server", "INFO", line)
     return _wrapped("health-server", match.group("level"), match.group("message"))
 
@@ -196,7 +220,12 @@ render_health = _total(_health, "health-server")
 
 def record_fields(created: float, level: str, message: str) -> dict[str, object]:
     """The first fields of one of PID 1's records (the caller adds structured ones)."""
-    return {"time": rfc3339(created), "level": level, "source": "entrypoint", "message": safe_record(message)}
+    return {
+        "time": rfc3339(created),
+        "level": level,
+        "source": "entrypoint",
+        "message": safe_record(message),
+    }
 
 
 def notice_line(message: str) -> str:

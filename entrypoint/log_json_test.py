@@ -9,11 +9,12 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-from hypothesis import example, given, strategies as st
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from entrypoint import log_json
 from entrypoint.log_relay import LineRelay
@@ -34,7 +35,9 @@ RENDERS = {
     "health-server": log_json.render_health,
 }
 # What a child may write: any bytes, decoded as the relay decodes them.
-child_lines = st.binary(max_size=300).map(lambda raw: raw.replace(b"\n", b"").decode("utf-8", "surrogateescape"))
+child_lines = st.binary(max_size=300).map(
+    lambda raw: raw.replace(b"\n", b"").decode("utf-8", "surrogateescape")
+)
 
 
 def _strings(value: object) -> list[str]:
@@ -85,36 +88,70 @@ def json_records() -> Iterator[_Lines]:
         sys.excepthook, threading.excepthook = saved[2], saved[3]  # configure_logging sets them
 
 
-@given(message=_ANY_TEXT, argument=_ANY_TEXT | st.binary(max_size=100),
-       level=st.sampled_from([logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL]))
-def test_any_record_is_one_parseable_line(json_records: _Lines, message: str, argument: object, level: int) -> None:
+@given(
+    message=_ANY_TEXT,
+    argument=_ANY_TEXT | st.binary(max_size=100),
+    level=st.sampled_from(
+        [logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL]
+    ),
+)
+def test_any_record_is_one_parseable_line(
+    json_records: _Lines, message: str, argument: object, level: int
+) -> None:
     json_records.lines.clear()
-    logging.getLogger("cephaloproxy").log(level, "%s: %s", message, argument, extra={"path": argument, "pid": 7})
+    logging.getLogger("cephaloproxy").log(
+        level, "%s: %s", message, argument, extra={"path": argument, "pid": 7}
+    )
     (line,) = json_records.lines
     fields = parsed_line(line, RECORD_LIMIT)
     assert fields["source"] == "entrypoint" and fields["pid"] == 7 and "path" in fields
 
 
 @given(child_lines, st.sampled_from(sorted(RENDERS)))
-@example('{"time":"yesterday","level":"LOUD","source":"me","n":1e999,"m":NaN,"d":[{"x":"\x1b"}]}', "squid-access")
+@example(
+    '{"time":"yesterday","level":"LOUD","source":"me","n":1e999,"m":NaN,"d":[{"x":"\x1b"}]}',
+    "squid-access",
+)
 def test_any_child_line_is_one_parseable_line(line: str, source: str) -> None:
     fields = parsed_line(RENDERS[source](line))
     assert fields["source"] == source
     if line.startswith('{"time":"yesterday"'):  # a child's own time/level/source are kept aside
-        assert (fields["squid_time"], fields["n"], fields["m"], fields["d"]) == ("yesterday", "inf", "NaN", [{"x": "\\x1b"}])
+        assert (fields["squid_time"], fields["n"], fields["m"], fields["d"]) == (
+            "yesterday",
+            "inf",
+            "NaN",
+            [{"x": "\\x1b"}],
+        )
 
 
-@given(st.dictionaries(st.text(max_size=20), st.text(max_size=40) | st.integers() | st.floats() | st.none(), max_size=6),
-       st.text(alphabet="\x00\x01\x1b\x7f\x85\u2028\"\\", max_size=5))
-def test_squid_json_with_raw_control_characters_is_kept_field_by_field(fields: dict[str, object], raw: str) -> None:
+@given(
+    st.dictionaries(
+        st.text(max_size=20),
+        st.text(max_size=40) | st.integers() | st.floats() | st.none(),
+        max_size=6,
+    ),
+    st.text(alphabet='\x00\x01\x1b\x7f\x85\u2028"\\', max_size=5),
+)
+def test_squid_json_with_raw_control_characters_is_kept_field_by_field(
+    fields: dict[str, object], raw: str
+) -> None:
     """Squid's %"x encoding leaves control bytes raw: the object is still kept, values escaped."""
-    line = json.dumps(fields | {"raw": raw}, allow_nan=True).replace("\\u001b", "\x1b").replace("\\u0001", "\x01")
+    line = (
+        json.dumps(fields | {"raw": raw}, allow_nan=True)
+        .replace("\\u001b", "\x1b")
+        .replace("\\u0001", "\x01")
+    )
     parsed = parsed_line(log_json.render_access(line))
-    assert {safe_line(key) for key in fields} <= set(parsed), (line, parsed)  # keys escaped as values are
+    assert {safe_line(key) for key in fields} <= set(parsed), (
+        line,
+        parsed,
+    )  # keys escaped as values are
 
 
 @given(secret_lines(), st.sampled_from(["record", "exception", *sorted(RENDERS), "access-value"]))
-def test_no_generated_secret_survives_the_json_formatter(json_records: _Lines, case: tuple[str, list[str]], where: str) -> None:
+def test_no_generated_secret_survives_the_json_formatter(
+    json_records: _Lines, case: tuple[str, list[str]], where: str
+) -> None:
     line, pieces = case
     json_records.lines.clear()
     if where == "record":
@@ -137,7 +174,9 @@ def test_no_generated_secret_survives_the_json_formatter(json_records: _Lines, c
 
 def test_a_long_record_is_cut_at_the_limit_and_stays_json(json_records: _Lines) -> None:
     json_records.lines.clear()
-    logging.getLogger("cephaloproxy").info("%s", '"\\\t' * RECORD_LIMIT)  # every character escaped: twice as long
+    logging.getLogger("cephaloproxy").info(
+        "%s", '"\\\t' * RECORD_LIMIT
+    )  # every character escaped: twice as long
     (line,) = json_records.lines
     fields = parsed_line(line, RECORD_LIMIT)
     assert re.search(r"\.\.\. \[\d+ more characters cut\]$", str(fields["message"])), line[-80:]
@@ -146,16 +185,31 @@ def test_a_long_record_is_cut_at_the_limit_and_stays_json(json_records: _Lines) 
 
 
 def test_squid_cache_log_level_and_kid_are_fields() -> None:
-    error = parsed_line(log_json.render_cache_log("2026/12/07 03:40:01 kid1| ERROR: no running copy"))
-    assert (error["level"], error["kid"], error["message"]) == ("ERROR", 1, "ERROR: no running copy")
-    assert parsed_line(log_json.render_cache_log("2026/12/07 03:40:01| FATAL: Bungled"))["level"] == "CRITICAL"
+    error = parsed_line(
+        log_json.render_cache_log("2026/12/07 03:40:01 kid1| ERROR: no running copy")
+    )
+    assert (error["level"], error["kid"], error["message"]) == (
+        "ERROR",
+        1,
+        "ERROR: no running copy",
+    )
+    assert (
+        parsed_line(log_json.render_cache_log("2026/12/07 03:40:01| FATAL: Bungled"))["level"]
+        == "CRITICAL"
+    )
     other = parsed_line(log_json.render_cache_log("    current master transaction: master53"))
     assert (other["level"], other["source"]) == ("INFO", "squid-cache")
 
 
 def test_health_server_text_records_keep_their_level() -> None:
-    fields = parsed_line(log_json.render_health("2026-12-07 03:40:01 [ERROR] Health server cannot listen"))
-    assert (fields["level"], fields["message"], fields["source"]) == ("ERROR", "Health server cannot listen", "health-server")
+    fields = parsed_line(
+        log_json.render_health("2026-12-07 03:40:01 [ERROR] Health server cannot listen")
+    )
+    assert (fields["level"], fields["message"], fields["source"]) == (
+        "ERROR",
+        "Health server cannot listen",
+        "health-server",
+    )
 
 
 async def _relay(sink: OutputSink, chunk: bytes) -> None:
@@ -188,25 +242,40 @@ def test_log_format_accepts_text_and_json_and_refuses_anything_else(value: str) 
     if problem is not None:
         assert "LOG_FORMAT" in problem and "text, json" in problem
     else:
-        assert load_settings({"LOG_FORMAT": value})[0].log_format == (value.strip().lower() or "text")
+        assert load_settings({"LOG_FORMAT": value})[0].log_format == (
+            value.strip().lower() or "text"
+        )
 
 
 @pytest.mark.parametrize("log_format", ["json", "text"])
-def test_packaged_default_switches_its_access_log_only_for_json(tmp_path: Path, log_format: str) -> None:
+def test_packaged_default_switches_its_access_log_only_for_json(
+    tmp_path: Path, log_format: str
+) -> None:
     """The rendered default names the JSON logformat on the stdout access_log, ACLs after it kept."""
     packaged = (Path(__file__).parent / "squid.conf.default").read_text()
     default = tmp_path / "squid.conf.default"
     default.write_text(packaged + "access_log stdio:/dev/stdout !manager\naccess_log none\n")
-    settings, _ = load_settings({"CEPHALOPROXY_DEFAULT_CONFIG": str(default), "LOG_FORMAT": log_format})
-    rendered = [line for line in render_default(settings).splitlines() if line.startswith("access_log")]
+    settings, _ = load_settings(
+        {"CEPHALOPROXY_DEFAULT_CONFIG": str(default), "LOG_FORMAT": log_format}
+    )
+    rendered = [
+        line for line in render_default(settings).splitlines() if line.startswith("access_log")
+    ]
     switched = " logformat=cephaloproxy_json" if log_format == "json" else ""
-    assert rendered == [f"access_log stdio:/dev/stdout{switched}", f"access_log stdio:/dev/stdout{switched} !manager",
-                        "access_log none"], rendered
+    assert rendered == [
+        f"access_log stdio:/dev/stdout{switched}",
+        f"access_log stdio:/dev/stdout{switched} !manager",
+        "access_log none",
+    ], rendered
     assert "logformat cephaloproxy_json {" in packaged
 
 
-@given(st.dictionaries(_ANY_TEXT, _ANY_TEXT, max_size=5), secret_lines(), st.booleans(),
-       st.sampled_from(["nothing", "a piece", "the line"]))
+@given(
+    st.dictionaries(_ANY_TEXT, _ANY_TEXT, max_size=5),
+    secret_lines(),
+    st.booleans(),
+    st.sampled_from(["nothing", "a piece", "the line"]),
+)
 def test_access_values_are_exactly_what_a_text_line_would_get(
     fields: dict[str, str], case: tuple[str, list[str]], remembered: bool, carried: str
 ) -> None:
@@ -216,7 +285,14 @@ def test_access_values_are_exactly_what_a_text_line_would_get(
     if remembered:
         remember_secrets(config_line)
     try:
-        values = fields | {"nothing": {}, "a piece": {"piece": f"a {pieces[0]} b"}, "the line": {"line": config_line}}[carried]
+        values = (
+            fields
+            | {
+                "nothing": {},
+                "a piece": {"piece": f"a {pieces[0]} b"},
+                "the line": {"line": config_line},
+            }[carried]
+        )
         out = parsed_line(log_json.render_access(json.dumps(values)))
         for key, value in values.items():
             name = safe_line(key)
@@ -228,9 +304,14 @@ def test_access_values_are_exactly_what_a_text_line_would_get(
         forget_secrets()
 
 
-@given(st.floats(min_value=0, max_value=4102444800, allow_nan=False), st.floats(min_value=0, max_value=4102444800, allow_nan=False))
+@given(
+    st.floats(min_value=0, max_value=4102444800, allow_nan=False),
+    st.floats(min_value=0, max_value=4102444800, allow_nan=False),
+)
 def test_rfc3339_is_utc_with_milliseconds(first: float, second: float) -> None:
     """The cached second never leaks into another second's stamp."""
     for stamp in (first, second, first):
         expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(stamp)))
-        assert log_json.rfc3339(stamp).startswith(expected + ".") and RFC3339_UTC.fullmatch(log_json.rfc3339(stamp))
+        assert log_json.rfc3339(stamp).startswith(expected + ".") and RFC3339_UTC.fullmatch(
+            log_json.rfc3339(stamp)
+        )

@@ -9,7 +9,7 @@ import signal
 
 from entrypoint import log_json, monitor, reload, shutdown
 from entrypoint.health_process import HealthError, HealthProcess
-from entrypoint.log_relay import relayed_spawn
+from entrypoint.log_relay import LineRender, relayed_spawn
 from entrypoint.log_text import safe_line
 from entrypoint.output_sink import OutputSink
 from entrypoint.processes import ChildProcesses, kill_descendants_now
@@ -26,7 +26,7 @@ class Supervisor:
     def __init__(self, settings: Settings, log: logging.Logger, sinks: tuple[OutputSink, OutputSink]) -> None:
         children = ChildProcesses(log)
         commands = SquidCommands(settings.squid_bin, children, log)
-        health_render = safe_line
+        health_render: LineRender = safe_line
         if settings.log_format == "json":  # children's lines become JSON objects too
             commands.renders = (log_json.render_access, log_json.render_cache_log)
             health_render = log_json.render_health
