@@ -31,7 +31,10 @@ class LineRelay(asyncio.Protocol):
     """asyncio read-pipe protocol: bytes in, filtered lines out to `sink`."""
 
     def __init__(
-        self, sink: OutputSink, line_filter: LineFilter = identity, collapse_pairs: bool = False,
+        self,
+        sink: OutputSink,
+        line_filter: LineFilter = identity,
+        collapse_pairs: bool = False,
         render: LineRender = safe_line,
     ) -> None:
         self.sink = sink

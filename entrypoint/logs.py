@@ -42,7 +42,9 @@ class _JsonFormatter(logging.Formatter):
         for name in log_json.STRUCTURED_FIELDS:
             value = record.__dict__.get(name)
             if value is not None:
-                fields[name] = value if isinstance(value, (int, float, bool)) else safe_record(str(value))
+                fields[name] = (
+                    value if isinstance(value, (int, float, bool)) else safe_record(str(value))
+                )
         if record.exc_info:
             fields["exception"] = safe_record(self.formatException(record.exc_info))
         if record.stack_info:
@@ -69,7 +71,9 @@ class SinkHandler(logging.Handler):
             self.handleError(record)
 
 
-def _log_uncaught(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+def _log_uncaught(
+    kind: type[BaseException], error: BaseException, trace: TracebackType | None
+) -> None:
     logging.getLogger("cephaloproxy").critical("Uncaught exception", exc_info=(kind, error, trace))
 
 

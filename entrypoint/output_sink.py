@@ -67,7 +67,9 @@ class OutputSink:
         self._loop: _Loop | None = None
         self._watching = False
         self._broken = self.fd < 0
-        self.render_notice: Callable[[str], str] = text_notice  # the log format's (logs.configure_logging)
+        self.render_notice: Callable[[str], str] = (
+            text_notice  # the log format's (logs.configure_logging)
+        )
 
     def attach(self, loop: _Loop | None) -> None:
         """Flush through `loop` (add_writer) from now on; None detaches (before the loop closes)."""

@@ -20,7 +20,9 @@ DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 LOG_FORMATS = ("text", "json")  # the first is the default
 
-MAX_SHUTDOWN_TIMEOUT = 86400.0  # a day: anything longer is a typo (and Squid's shutdown_lifetime must hold it)
+MAX_SHUTDOWN_TIMEOUT = (
+    86400.0  # a day: anything longer is a typo (and Squid's shutdown_lifetime must hold it)
+)
 
 # ASCII only: int()/float() also take "٨٠٨١", "3_128" and "1e3".
 _ASCII_INTEGER = re.compile(r"[0-9]+")
@@ -62,7 +64,11 @@ LOG_LEVEL_ALIASES: dict[str, str] = {
 # The upstream CephaloProxy image's LOG_LEVEL was Squid's debug level (0 critical, 1 important,
 # its default, 2 verbose ... 9 all). Accepted with a warning, for drop-in compatibility. 0 maps
 # to WARNING, not ERROR, so that warnings (an expired CA, a port mismatch) are never hidden.
-NUMERIC_LOG_LEVELS: dict[str, str] = {"0": "WARNING", "1": "INFO", **{str(n): "DEBUG" for n in range(2, 10)}}
+NUMERIC_LOG_LEVELS: dict[str, str] = {
+    "0": "WARNING",
+    "1": "INFO",
+    **{str(n): "DEBUG" for n in range(2, 10)},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +205,9 @@ def log_format_problem(env: Mapping[str, str]) -> str | None:
 
 def _parse_log_format(env: Mapping[str, str]) -> str:
     raw = env.get("LOG_FORMAT", "").strip().lower()
-    return raw if raw in LOG_FORMATS else LOG_FORMATS[0]  # a bad value was refused (log_format_problem)
+    return (
+        raw if raw in LOG_FORMATS else LOG_FORMATS[0]
+    )  # a bad value was refused (log_format_problem)
 
 
 def _parse_path(env: Mapping[str, str], name: str, warnings: list[str]) -> Path:
@@ -221,7 +229,9 @@ def load_settings(env: Mapping[str, str]) -> tuple[Settings, list[str]]:
     squid_port = _parse_port(env, "SQUID_PORT", DEFAULT_SQUID_PORT, warnings)
     health_port = _parse_port(env, "HEALTH_PORT", DEFAULT_HEALTH_PORT, warnings)
     if health_port == squid_port:
-        fallback = DEFAULT_HEALTH_PORT if squid_port != DEFAULT_HEALTH_PORT else DEFAULT_HEALTH_PORT + 1
+        fallback = (
+            DEFAULT_HEALTH_PORT if squid_port != DEFAULT_HEALTH_PORT else DEFAULT_HEALTH_PORT + 1
+        )
         warnings.append(
             f"Invalid HEALTH_PORT={shown(env.get('HEALTH_PORT', ''))}: equals SQUID_PORT {squid_port};"
             f" using {fallback}"

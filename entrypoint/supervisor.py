@@ -23,7 +23,9 @@ FATAL_FLUSH_TIMEOUT = 0.5
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, log: logging.Logger, sinks: tuple[OutputSink, OutputSink]) -> None:
+    def __init__(
+        self, settings: Settings, log: logging.Logger, sinks: tuple[OutputSink, OutputSink]
+    ) -> None:
         children = ChildProcesses(log)
         commands = SquidCommands(settings.squid_bin, children, log)
         health_render: LineRender = safe_line
@@ -35,7 +37,9 @@ class Supervisor:
             log=log,
             children=children,
             commands=commands,
-            health=HealthProcess(settings, children, log, relayed_spawn(children, sinks, health_render)),
+            health=HealthProcess(
+                settings, children, log, relayed_spawn(children, sinks, health_render)
+            ),
             sinks=sinks,  # every relayed line is redacted and escaped (log_relay)
         )
         self.log = log
@@ -104,8 +108,14 @@ class Supervisor:
                 await self.shut_down()
                 return 0
             squid = self.state.squid
-            how = log_json.exit_fields(squid.exited.result()) if squid is not None and squid.exited.done() else {}
-            self.log.error("Squid process died unexpectedly (%s)", reason, extra={"reason": reason, **how})
+            how = (
+                log_json.exit_fields(squid.exited.result())
+                if squid is not None and squid.exited.done()
+                else {}
+            )
+            self.log.error(
+                "Squid process died unexpectedly (%s)", reason, extra={"reason": reason, **how}
+            )
         self.reloads.cancel()
         await shutdown.stop_everything(self.state)
         return 1
