@@ -121,7 +121,7 @@ class HealthProcess:
     def start(self, config: ActiveConfig) -> None:
         """Spawn it now; its report is awaited by `wait_listening` (the startup goes on meanwhile)."""
         self.argv = self.argv_for(config)
-        self.log.info("Starting health server on port %d", self.port)
+        self.log.info("Starting health server on port %d", self.port, extra={"port": self.port})
         self._pending = asyncio.ensure_future(self._launch())
 
     async def wait_listening(self) -> None:
@@ -267,7 +267,13 @@ class HealthProcess:
                 self.restarts += 1
                 restart = self.restarts
                 delay, self.backoff = self.backoff, min(self.backoff * 2, RESTART_BACKOFF_MAX)
-                self.log.error("Health server %s; restart %d in %g s", what, restart, delay)
+                self.log.error(
+                    "Health server %s; restart %d in %g s",
+                    what,
+                    restart,
+                    delay,
+                    extra={"restart": restart},
+                )
                 await asyncio.sleep(delay)
             try:
                 await self._launch()
@@ -278,7 +284,10 @@ class HealthProcess:
                 continue
             if restart:
                 self.log.info(
-                    "Health server restarted (restart %d), listening on port %d", restart, self.port
+                    "Health server restarted (restart %d), listening on port %d",
+                    restart,
+                    self.port,
+                    extra={"restart": restart, "port": self.port},
                 )
             return
 

@@ -3,7 +3,8 @@
 The relay always reads (so the child never blocks on a full pipe) and hands whole lines to an
 OutputSink, which drops rather than blocks when our own reader stalls. Every line is redacted
 and has its control characters escaped (log_text) before it is written, whoever wrote it;
-`line_filter` sees every line (without its newline) before that.
+`line_filter` sees every line (without its newline) before that. `render` is that last step:
+log_text.safe_line, or with LOG_FORMAT=json one of log_json's renderers (which apply it too).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from entrypoint.output_sink import OutputSink
 from entrypoint.processes import ChildProcesses
 
 LineFilter = Callable[[str], str]
+LineRender = Callable[[str], str]  # a filtered line -> the safe line written (no newline)
 MAX_LINE_BYTES = 64 * 1024  # a longer "line" is passed on in pieces
 
 
@@ -30,10 +32,15 @@ class LineRelay(asyncio.Protocol):
     """asyncio read-pipe protocol: bytes in, filtered lines out to `sink`."""
 
     def __init__(
-        self, sink: OutputSink, line_filter: LineFilter = identity, collapse_pairs: bool = False
+        self,
+        sink: OutputSink,
+        line_filter: LineFilter = identity,
+        collapse_pairs: bool = False,
+        render: LineRender = safe_line,
     ) -> None:
         self.sink = sink
         self.line_filter = line_filter
+        self.render = render
         # Drop the second of two identical consecutive lines (Squid's `-d 0` copy of a
         # cache.log line when cache.log is the same stderr); a third is kept.
         self.collapse_pairs = collapse_pairs
@@ -62,9 +69,9 @@ class LineRelay(asyncio.Protocol):
             self._previous = raw
         text = raw.decode("utf-8", errors="surrogateescape")
         try:
-            text = safe_line(self.line_filter(text))
+            text = self.render(self.line_filter(text))
         except Exception:  # a broken filter must not take PID 1 down; never leak the line
-            text = "[line dropped: log filter failed]"
+            text = self.render("[line dropped: log filter failed]")
         self.sink.write_line(text.encode("utf-8", errors="replace") + b"\n")
 
     def eof_received(self) -> bool | None:
@@ -83,7 +90,7 @@ class LineRelay(asyncio.Protocol):
 
 
 def relayed_spawn(
-    children: ChildProcesses, sinks: tuple[OutputSink, OutputSink]
+    children: ChildProcesses, sinks: tuple[OutputSink, OutputSink], render: LineRender = safe_line
 ) -> Callable[..., Awaitable[subprocess.Popen[bytes]]]:
     """A spawner whose children write stdout/stderr into pipes relayed line by line to `sinks`.
 
@@ -91,8 +98,8 @@ def relayed_spawn(
     """
 
     async def spawn(argv: Sequence[str], **popen_options: Any) -> subprocess.Popen[bytes]:
-        out_fd, out_relay = await children.open_pipe(lambda: LineRelay(sinks[0]))
-        err_fd, err_relay = await children.open_pipe(lambda: LineRelay(sinks[1]))
+        out_fd, out_relay = await children.open_pipe(lambda: LineRelay(sinks[0], render=render))
+        err_fd, err_relay = await children.open_pipe(lambda: LineRelay(sinks[1], render=render))
         try:
             return children.spawn(argv, stdout=out_fd, stderr=err_fd, **popen_options)
         except BaseException:

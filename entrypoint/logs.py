@@ -1,4 +1,4 @@
-"""Logging setup: `YYYY-MM-DD HH:MM:SS [LEVEL] message`, INFO/WARNING on stdout, ERROR on stderr.
+"""Logging setup: `YYYY-MM-DD HH:MM:SS [LEVEL] message` (or JSON, log_json), INFO/WARNING on stdout, ERROR on stderr.
 
 Every record is formatted into exactly one line, redacted and with control characters escaped
 (log_text), whatever its message, arguments or traceback hold. PID 1 logs through non-blocking
@@ -13,6 +13,7 @@ import sys
 import threading
 from types import TracebackType
 
+from entrypoint import log_json
 from entrypoint.log_text import safe_record
 from entrypoint.output_sink import OutputSink
 
@@ -31,6 +32,24 @@ class _SafeFormatter(logging.Formatter):
         if len(line) > RECORD_LIMIT:
             line = f"{line[:RECORD_LIMIT]} ... [{len(line) - RECORD_LIMIT} more characters cut]"
         return line
+
+
+class _JsonFormatter(logging.Formatter):
+    """LOG_FORMAT=json: one object per record, structured fields kept, cut at RECORD_LIMIT as valid JSON."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = log_json.record_fields(record.created, record.levelname, record.getMessage())
+        for name in log_json.STRUCTURED_FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                fields[name] = (
+                    value if isinstance(value, (int, float, bool)) else safe_record(str(value))
+                )
+        if record.exc_info:
+            fields["exception"] = safe_record(self.formatException(record.exc_info))
+        if record.stack_info:
+            fields["stack"] = safe_record(self.formatStack(record.stack_info))
+        return log_json.fit(fields, RECORD_LIMIT)
 
 
 class _BelowErrorFilter(logging.Filter):
@@ -64,17 +83,23 @@ def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
 
 
 def configure_logging(
-    level_name: str, sinks: tuple[OutputSink, OutputSink] | None = None
+    level_name: str, sinks: tuple[OutputSink, OutputSink] | None = None, log_format: str = "text"
 ) -> logging.Logger:
     """Configure the root logger once; returns the project logger.
 
-    With `sinks` (stdout, stderr), records go to them; otherwise to sys.stdout/sys.stderr.
+    With `sinks` (stdout, stderr), records go to them (and their notices follow `log_format`);
+    otherwise to sys.stdout/sys.stderr.
     """
-    formatter = _SafeFormatter(LOG_FORMAT, DATE_FORMAT)
+    formatter: logging.Formatter = (
+        _JsonFormatter() if log_format == "json" else _SafeFormatter(LOG_FORMAT, DATE_FORMAT)
+    )
     to_stdout: logging.Handler
     to_stderr: logging.Handler
     if sinks is not None:
         to_stdout, to_stderr = SinkHandler(sinks[0]), SinkHandler(sinks[1])
+        if log_format == "json":
+            for sink in sinks:
+                sink.render_notice = log_json.notice_line
     else:
         to_stdout, to_stderr = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
     to_stdout.setFormatter(formatter)

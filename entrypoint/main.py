@@ -11,7 +11,7 @@ import time
 from entrypoint.logs import configure_logging
 from entrypoint.output_sink import OutputSink
 from entrypoint.processes import kill_descendants_now
-from entrypoint.settings import load_settings
+from entrypoint.settings import load_settings, log_format_problem
 from entrypoint.signals import record_early
 
 FINAL_FLUSH_TIMEOUT = 1.0
@@ -34,19 +34,25 @@ def main(early_signals: list[int] | None = None) -> int:
     if early_signals is None:
         record_early(pending)  # started without entrypoint.py (python -m entrypoint.main)
     sinks = (OutputSink(1, "stdout"), OutputSink(2, "stderr"))
+    problem = log_format_problem(os.environ)
+    if problem is not None:  # before any record: every line would be in a format nobody asked for
+        sinks[1].write_line(f"{problem}; refusing to start".encode("utf-8", errors="replace"))
+        sinks[1].flush_for(FINAL_FLUSH_TIMEOUT)
+        return 2
     settings, warnings = load_settings(os.environ)
-    log = configure_logging(settings.log_level, sinks)
+    log = configure_logging(settings.log_level, sinks, settings.log_format)
     log.info("CephaloProxy entrypoint starting (UID: %d, GID: %d)", os.getuid(), os.getgid())
     if log.isEnabledFor(logging.DEBUG):  # the /proc read only when the line is logged
         log.debug("Phase interpreter_and_imports took %.3f s", seconds_since_exec())
     for warning in warnings:
         log.warning("%s", warning)
     log.info(
-        "Settings: SQUID_PORT=%d HEALTH_PORT=%d LOG_LEVEL=%s SHUTDOWN_TIMEOUT=%gs",
+        "Settings: SQUID_PORT=%d HEALTH_PORT=%d LOG_LEVEL=%s SHUTDOWN_TIMEOUT=%gs LOG_FORMAT=%s",
         settings.squid_port,
         settings.health_port,
         settings.log_level,
         settings.shutdown_timeout,
+        settings.log_format,
     )
     import asyncio  # after the first log line: nothing above needs it
 

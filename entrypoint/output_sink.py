@@ -21,6 +21,10 @@ from typing import Any, Protocol
 DEFAULT_LIMIT_BYTES = 256 * 1024
 
 
+def text_notice(message: str) -> str:
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S')} [WARNING] {message}"
+
+
 class _Loop(Protocol):
     def add_writer(self, fd: int, callback: Callable[..., object], *args: Any) -> None: ...
     def remove_writer(self, fd: int) -> bool: ...
@@ -64,6 +68,9 @@ class OutputSink:
         self._loop: _Loop | None = None
         self._watching = False
         self._broken = self.fd < 0
+        self.render_notice: Callable[[str], str] = (
+            text_notice  # the log format's (logs.configure_logging)
+        )
 
     def attach(self, loop: _Loop | None) -> None:
         """Flush through `loop` (add_writer) from now on; None detaches (before the loop closes)."""
@@ -89,10 +96,8 @@ class OutputSink:
             self._flush()
 
     def _notice(self) -> bytes:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        return (
-            f"{stamp} [WARNING] dropped {self.dropped} log lines ({self.name} reader stalled)\n"
-        ).encode()
+        message = f"dropped {self.dropped} log lines ({self.name} reader stalled)"
+        return f"{self.render_notice(message)}\n".encode()
 
     def _flush(self) -> None:
         while self._queue and not self._broken:

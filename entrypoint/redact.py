@@ -266,6 +266,22 @@ def redact_text(text: str) -> str:
     return "\n".join(redact(line) for line in text.split("\n"))
 
 
+def might_redact(text: str) -> bool:
+    """False only when redact() leaves `text` and every piece of it unchanged: redact's own
+    pre-checks (a rule's trigger, a remembered value's hint) find nothing in it. casefold works
+    per character, so a piece's fold is in the whole's. For callers with many small values (a
+    JSON access line): one check instead of one redact() per value."""
+    folded = text.casefold()
+    if _has_trigger(folded):
+        return True
+    if _registry_stale:
+        _compile_remembered()
+    registry = _registry
+    if registry.pattern is None:
+        return False
+    return registry.hints is None or any(hint in folded for hint in registry.hints)
+
+
 # -- remembered values -------------------------------------------------------------------------
 _PIECE_SEPARATORS = re.compile(r"[ \t\r\n,;/]+")
 

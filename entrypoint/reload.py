@@ -216,5 +216,9 @@ async def reload_config(state: ProxyState) -> None:
     except Exception as error:
         log_unexpected(state, "Health server did not follow the new config", error)
     squid.send(signal.SIGHUP)  # what `squid -k reconfigure` does, without another process
-    log.info("Squid reconfigured (PID %d kept)", state.squid_pid or squid.pid)
+    log.info(
+        "Squid reconfigured (PID %d kept)",
+        state.squid_pid or squid.pid,
+        extra={"pid": state.squid_pid or squid.pid},
+    )
     recheck_cert_dbs(state)  # leaves of the previous CA stored meanwhile (config_steps.py)

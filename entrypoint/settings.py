@@ -2,6 +2,8 @@
 
 Invalid values never abort startup: they produce a warning naming the variable and the
 bad value, and the default is used (the caller logs the warnings once logging is set up).
+The one exception is LOG_FORMAT (log_format_problem): a log pipeline expecting JSON would
+misread every line, so the entrypoint refuses a bad value instead of guessing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ DEFAULT_SQUID_PORT = 3128
 DEFAULT_HEALTH_PORT = 8080
 DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+LOG_FORMATS = ("text", "json")  # the first is the default
 
 MAX_SHUTDOWN_TIMEOUT = (
     86400.0  # a day: anything longer is a typo (and Squid's shutdown_lifetime must hold it)
@@ -84,6 +87,7 @@ class Settings:
     lib_dir: Path
     spool_dir: Path
     cache_dir: Path
+    log_format: str = LOG_FORMATS[0]
 
     @property
     def runtime_dirs(self) -> tuple[Path, ...]:
@@ -191,6 +195,21 @@ def _parse_timeout(env: Mapping[str, str], warnings: list[str]) -> float:
     return value
 
 
+def log_format_problem(env: Mapping[str, str]) -> str | None:
+    """Why LOG_FORMAT is refused (naming it and the allowed values), or None when it is valid."""
+    raw = env.get("LOG_FORMAT", "")
+    if raw.strip() == "" or raw.strip().lower() in LOG_FORMATS:
+        return None
+    return f"Invalid LOG_FORMAT={shown(raw)}: expected one of {', '.join(LOG_FORMATS)}"
+
+
+def _parse_log_format(env: Mapping[str, str]) -> str:
+    raw = env.get("LOG_FORMAT", "").strip().lower()
+    return (
+        raw if raw in LOG_FORMATS else LOG_FORMATS[0]
+    )  # a bad value was refused (log_format_problem)
+
+
 def _parse_path(env: Mapping[str, str], name: str, warnings: list[str]) -> Path:
     default = PATH_DEFAULTS[name]
     raw = env.get(name)
@@ -234,5 +253,6 @@ def load_settings(env: Mapping[str, str]) -> tuple[Settings, list[str]]:
         lib_dir=paths["CEPHALOPROXY_LIB_DIR"],
         spool_dir=paths["CEPHALOPROXY_SPOOL_DIR"],
         cache_dir=paths["CEPHALOPROXY_CACHE_DIR"],
+        log_format=_parse_log_format(env),
     )
     return settings, warnings

@@ -13,6 +13,7 @@ import signal
 import time
 from typing import Any
 
+from entrypoint.log_json import exit_fields
 from entrypoint.processes import describe_exit, kill_descendants_now
 from entrypoint.squid_config import ActiveConfig
 from entrypoint.squid_process import SquidProcess, listen_ports
@@ -115,7 +116,8 @@ async def stop_squid(state: ProxyState, force: asyncio.Event) -> None:
         squid.send(signal.SIGINT)  # shut down with no further wait
         await _finish(squid, force)
     if squid.exited.done():
-        log.info("Squid stopped (%s)", describe_exit(squid.exited.result()))
+        returncode = squid.exited.result()
+        log.info("Squid stopped (%s)", describe_exit(returncode), extra=exit_fields(returncode))
         return
     if not force.is_set():
         log.warning("Squid did not finish within %g s of being told to; killing it", FINISH_MARGIN)

@@ -88,10 +88,14 @@ class SignalRouter:
             return
         self.stops_received += 1
         if self.stops_received == 1:
-            self.log.info("Received signal %s, initiating graceful shutdown...", name)
+            self.log.info(
+                "Received signal %s, initiating graceful shutdown...", name, extra={"signal": name}
+            )
             self.shutdown_requested.set()
             for listener in self.listeners:
                 listener()
         else:
-            self.log.warning("Received signal %s again, killing Squid now", name)
+            self.log.warning(
+                "Received signal %s again, killing Squid now", name, extra={"signal": name}
+            )
             self.force.set()

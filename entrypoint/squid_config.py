@@ -561,6 +561,13 @@ def _render(text: str, settings: Settings) -> str:
         text,
         flags=re.MULTILINE,
     )
+    if settings.log_format == "json":  # the access log to stdout in the packaged JSON logformat
+        text = re.sub(
+            r"^([ \t]*access_log[ \t]+stdio:/dev/stdout)(?=[ \t]|$)",
+            r"\g<1> logformat=cephaloproxy_json",
+            text,
+            flags=re.MULTILINE,
+        )
     for default_dir, actual_dir in settings.default_path_substitutions().items():
         if str(actual_dir) != default_dir:
             text = re.sub(re.escape(default_dir) + r"(?=/|\s|$)", str(actual_dir), text)

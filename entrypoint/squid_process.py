@@ -13,7 +13,8 @@ from pathlib import Path
 
 from entrypoint import proc_table
 from entrypoint.config_snapshot import SnapshotNames
-from entrypoint.log_relay import LineFilter, LineRelay, identity
+from entrypoint.log_relay import LineFilter, LineRelay, LineRender, identity
+from entrypoint.log_text import safe_line
 from entrypoint.output_sink import OutputSink
 from entrypoint.pid_file import NoPidInFile, PidFileError, read_pid_file
 from entrypoint.processes import ChildProcesses, ForkError, describe_exit
@@ -215,6 +216,8 @@ class SquidCommands:
         self.stdio_owner: int | None = None
         # Squid reads config snapshots: its messages name the operator's files instead.
         self.names = SnapshotNames()
+        # How Squid's stdout (access log) and stderr (cache.log) lines are written (LOG_FORMAT).
+        self.renders: tuple[LineRender, LineRender] = (safe_line, safe_line)
 
     @property
     def comm(self) -> str:
@@ -299,13 +302,15 @@ class SquidCommands:
         def relayed(line: str) -> str:  # the operator's paths, not the snapshot's, then redacted
             return line_filter(names.restore(line))
 
-        out_fd, out_relay = await self.children.open_pipe(lambda: LineRelay(sinks[0], relayed))
+        out_fd, out_relay = await self.children.open_pipe(
+            lambda: LineRelay(sinks[0], relayed, render=self.renders[0])
+        )
         # `-d 0` keeps Squid's stderr open (without it Squid points fds 0-2 at /dev/null) and
         # copies each important message there; when cache.log is stderr too, each such
         # message arrives twice in a row: the relay collapses those pairs.
         collapse = cache_log_is_stderr(config)
         err_fd, err_relay = await self.children.open_pipe(
-            lambda: LineRelay(sinks[1], relayed, collapse_pairs=collapse)
+            lambda: LineRelay(sinks[1], relayed, collapse_pairs=collapse, render=self.renders[1])
         )
         try:
             if self.stdio_owner is not None:

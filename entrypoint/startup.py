@@ -43,7 +43,7 @@ class _Phases:
 def log_selection(state: ProxyState, config: ActiveConfig) -> None:
     settings, log = state.settings, state.log
     if config.is_custom:
-        log.info("Using custom Squid config %s", config.source)
+        log.info("Using custom Squid config %s", config.source, extra={"path": config.source})
         ports = [address.port for address in config.http_ports]
         if settings.squid_port not in ports:
             log.warning(
@@ -81,7 +81,9 @@ def remove_stale_pid_file(state: ProxyState, config: ActiveConfig) -> None:
         raise StartupError(
             f"cannot remove the stale pid file {config.pid_file}: {error.strerror}"
         ) from None
-    state.log.warning("Removed stale pid file %s (%s)", config.pid_file, what)
+    state.log.warning(
+        "Removed stale pid file %s (%s)", config.pid_file, what, extra={"path": config.pid_file}
+    )
 
 
 async def start_up(state: ProxyState) -> None:
@@ -186,7 +188,7 @@ async def start_up(state: ProxyState) -> None:
     try:
         assert config.pid_file is not None
         state.squid_pid = await state.commands.wait_until_running(squid, config.pid_file)
-        log.info("Squid started with PID %d", state.squid_pid)
+        log.info("Squid started with PID %d", state.squid_pid, extra={"pid": state.squid_pid})
         phases.done("squid_start")
         # The pid file comes from the master before its worker listens, and something else
         # may hold the port: ready means Squid's own socket listens (read from /proc).

@@ -7,9 +7,10 @@ import logging
 import os
 import signal
 
-from entrypoint import monitor, reload, shutdown
+from entrypoint import log_json, monitor, reload, shutdown
 from entrypoint.health_process import HealthError, HealthProcess
-from entrypoint.log_relay import relayed_spawn
+from entrypoint.log_relay import LineRender, relayed_spawn
+from entrypoint.log_text import safe_line
 from entrypoint.output_sink import OutputSink
 from entrypoint.processes import ChildProcesses, kill_descendants_now
 from entrypoint.settings import Settings
@@ -26,12 +27,19 @@ class Supervisor:
         self, settings: Settings, log: logging.Logger, sinks: tuple[OutputSink, OutputSink]
     ) -> None:
         children = ChildProcesses(log)
+        commands = SquidCommands(settings.squid_bin, children, log)
+        health_render: LineRender = safe_line
+        if settings.log_format == "json":  # children's lines become JSON objects too
+            commands.renders = (log_json.render_access, log_json.render_cache_log)
+            health_render = log_json.render_health
         self.state = ProxyState(
             settings=settings,
             log=log,
             children=children,
-            commands=SquidCommands(settings.squid_bin, children, log),
-            health=HealthProcess(settings, children, log, relayed_spawn(children, sinks)),
+            commands=commands,
+            health=HealthProcess(
+                settings, children, log, relayed_spawn(children, sinks, health_render)
+            ),
             sinks=sinks,  # every relayed line is redacted and escaped (log_relay)
         )
         self.log = log
@@ -103,7 +111,15 @@ class Supervisor:
             if reason is None:
                 await self.shut_down()
                 return 0
-            self.log.error("Squid process died unexpectedly (%s)", reason)
+            squid = self.state.squid
+            how = (
+                log_json.exit_fields(squid.exited.result())
+                if squid is not None and squid.exited.done()
+                else {}
+            )
+            self.log.error(
+                "Squid process died unexpectedly (%s)", reason, extra={"reason": reason, **how}
+            )
         self.reloads.cancel()
         await shutdown.stop_everything(self.state)
         return 1
