@@ -207,9 +207,14 @@ def add_parents(by_path: dict[str, Member]) -> None:
 
 def add_bytecode(by_path: dict[str, Member], cache_tag: str, under: str) -> None:
     """__pycache__/<module>.<cache_tag>.pyc beside every .py file below `under`, compiled the
-    way layer_builder compiles the image's other bytecode (unchecked-hash, image paths)."""
+    way layer_builder compiles the image's other bytecode (unchecked-hash, image paths).
+    The modules become 0644 whatever the .deb says (Debian ships a few, such as tarfile.py,
+    0755 for their `#!` line): they are imported, never executed, as python_runtime_layer
+    does for the toolchain's stdlib."""
     prefix = path_rules.relative(under).rstrip("/") + "/"
     sources = sorted(n for n, m in by_path.items() if n.startswith(prefix) and n.endswith(".py") and m.info.isfile())
+    for name in sources:
+        by_path[name].info.mode = 0o644
     if sys.implementation.cache_tag != cache_tag:
         raise DebError(f"bytecode for {cache_tag} asked for, but this tool runs {sys.implementation.cache_tag}; run it with the image's Python version")
     with tempfile.TemporaryDirectory(prefix="deb-layer-") as scratch:

@@ -1,6 +1,6 @@
 """The image's config and labels: the one source that //image (rules_oci's oci_image) and the
 offline CI image (//image/offline, image/layers/oci_writer.py) both read, so they cannot
-drift; image/config_test.py checks each built image against the JSON of IMAGE_CONFIG
+drift; image/checks/config_test.py checks each built image against the JSON of IMAGE_CONFIG
 (//image/parts:image_config_json)."""
 
 # The UID the image runs as; any UID with GID 0 works too (OpenShift).

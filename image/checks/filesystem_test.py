@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from image.built_image import built_image_or_skip
+from image.checks.built_image import built_image_or_skip
 from image.layers.oci_layout import Image, iter_entries
 
 SHELL_NAMES = {"sh", "bash", "dash", "ash", "zsh", "ksh", "mksh", "csh", "tcsh", "busybox"}

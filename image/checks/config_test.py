@@ -1,13 +1,17 @@
-"""The image config: entrypoint, user, ports, env and OCI labels."""
+"""The image config: entrypoint, user, ports, env and OCI labels, and that it is exactly
+image/parts/image_config.bzl's IMAGE_CONFIG (CEPHALOPROXY_IMAGE_CONFIG, its JSON), the one
+source that //image and the offline CI image both read."""
 
 from __future__ import annotations
 
 import datetime
+import json
+import os
 
 import pytest
 
-from image.built_image import built_image_or_skip
-from image.layers.oci_layout import Image
+from image.checks.built_image import built_image_or_skip
+from image.layers.oci_layout import Image, find_runfile
 
 LABEL_KEYS = [
     "org.opencontainers.image.title",
@@ -62,3 +66,36 @@ def test_oci_labels(config: dict[str, object]) -> None:
     # Unstamped builds carry fixed values (reproducible); --stamp fills them in.
     created = labels["org.opencontainers.image.created"].replace("Z", "+00:00")
     datetime.datetime.fromisoformat(created)
+
+
+@pytest.fixture(scope="module")
+def shared_config() -> dict[str, object]:
+    raw = os.environ.get("CEPHALOPROXY_IMAGE_CONFIG")
+    if not raw:
+        pytest.skip("no image_config.json: run under Bazel or after `bazel build //image/parts:image_config_json`")
+    return json.loads(find_runfile(raw).read_text(encoding="utf-8"))
+
+
+def test_config_is_exactly_the_shared_image_config(config: dict[str, object], shared_config: dict[str, object]) -> None:
+    """Every key of image_config.bzl, and nothing the builder added on its own."""
+    expected = {
+        "Entrypoint": shared_config["entrypoint"],
+        "Env": sorted(f"{k}={v}" for k, v in shared_config["env"].items()),  # type: ignore[union-attr]
+        "ExposedPorts": sorted(shared_config["exposed_ports"]),  # type: ignore[arg-type]
+        "User": shared_config["user"],
+        "WorkingDir": shared_config["workdir"],
+        "StopSignal": shared_config.get("stop_signal"),
+        "Cmd": None,
+    }
+    actual = {
+        "Entrypoint": config.get("Entrypoint"),
+        "Env": sorted(config.get("Env") or []),  # type: ignore[arg-type]
+        "ExposedPorts": sorted(config.get("ExposedPorts") or {}),  # type: ignore[arg-type]
+        "User": config.get("User"),
+        "WorkingDir": config.get("WorkingDir"),
+        "StopSignal": config.get("StopSignal"),
+        "Cmd": config.get("Cmd") or None,
+    }
+    assert actual == expected
+    unexpected = sorted(set(config) - {"Entrypoint", "Env", "ExposedPorts", "User", "WorkingDir", "StopSignal", "Labels", "Cmd"})
+    assert unexpected == [], f"config keys that image_config.bzl does not set: {unexpected}"

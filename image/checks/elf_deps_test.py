@@ -12,7 +12,7 @@ import posixpath
 import pytest
 
 from squid import elf_check
-from image.built_image import built_image_or_skip
+from image.checks.built_image import built_image_or_skip
 from image.layers.oci_layout import Image
 
 
