@@ -141,6 +141,8 @@ def data_members(deb: Path, members: dict[str, bytes], package: str) -> list[Mem
             name = merged_usr(path_rules.relative(source.name))
             if name in ("", "."):
                 continue  # the archive's root: not a member of the layer
+            if source.isdir() and name in MERGED_USR:
+                name = f"usr/{name}"  # a pre-merge package's /lib directory is /usr/lib now
             if not (source.isfile() or source.isdir() or source.issym() or source.islnk()):
                 raise DebError(f"{deb}: /{name} is a device, fifo or other special file; an image layer holds none")
             data = None

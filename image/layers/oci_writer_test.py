@@ -1,0 +1,169 @@
+"""oci_writer writes layouts whose digests, diff_ids and layer order a runtime accepts.
+
+Each check recomputes what the OCI image spec requires from the written bytes (blob names are
+their sha256, the config's diff_ids are the sha256 of each uncompressed layer, the manifest
+lists the layers bottom first) and reads the result back through oci_layout, the reader the
+image checks use; the docker-archive must name the same config and layers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from image.layers import oci_layout, oci_testing, oci_writer
+
+CONFIG = {
+    "entrypoint": ["/usr/bin/python3", "/usr/local/bin/entrypoint.py"],
+    "env": {"PATH": "/usr/bin", "TZ": "UTC"},
+    "exposed_ports": ["3128/tcp", "8080/tcp"],
+    "user": "1000",
+    "workdir": "/home/squid",
+}
+
+
+def gz_layer(path: Path, members: list[oci_testing.Member]) -> Path:
+    path.write_bytes(gzip.compress(oci_testing.tar_bytes(members), mtime=0))
+    return path
+
+
+@pytest.fixture()
+def spec(tmp_path: Path) -> dict[str, object]:
+    bottom = gz_layer(tmp_path / "bottom.tar.gz", [oci_testing.file("etc/os-release", b"A\n"), oci_testing.file("usr/bin/tool", b"1")])
+    top = gz_layer(tmp_path / "top.tar.gz", [oci_testing.file("etc/os-release", b"B\n")])
+    labels = tmp_path / "labels.txt"
+    labels.write_text("org.opencontainers.image.title=CephaloProxy\nkey=value=with=equals\n")
+    created = tmp_path / "created.txt"
+    created.write_text("1970-01-01T00:00:00Z\n")
+    return {
+        "architecture": "amd64",
+        "os": "linux",
+        "repo_tag": "cephaloproxy:test",
+        "config": CONFIG,
+        "labels": str(labels),
+        "created": str(created),
+        "layers": [str(bottom), str(top)],
+    }
+
+
+def write(tmp_path: Path, spec: dict[str, object], name: str = "out") -> tuple[Path, Path]:
+    spec_file = tmp_path / f"{name}.json"
+    spec_file.write_text(json.dumps(spec))
+    layout, tarball = tmp_path / name, tmp_path / f"{name}.tar"
+    layout.mkdir()
+    assert oci_writer.main([str(spec_file), "--layout", str(layout), "--tarball", str(tarball)]) == 0
+    return layout, tarball
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def blob(layout: Path, digest: str) -> bytes:
+    return (layout / "blobs" / "sha256" / digest.split(":", 1)[1]).read_bytes()
+
+
+def test_every_blob_is_named_by_its_sha256_and_sized_right(tmp_path: Path, spec: dict[str, object]) -> None:
+    layout, _ = write(tmp_path, spec)
+    for path in (layout / "blobs" / "sha256").iterdir():
+        assert sha256(path.read_bytes()) == "sha256:" + path.name
+    index = json.loads((layout / "index.json").read_text())
+    descriptor = index["manifests"][0]
+    manifest_bytes = blob(layout, descriptor["digest"])
+    assert descriptor["size"] == len(manifest_bytes)
+    manifest = json.loads(manifest_bytes)
+    assert manifest["config"]["size"] == len(blob(layout, manifest["config"]["digest"]))
+    assert [layer["size"] for layer in manifest["layers"]] == [len(blob(layout, layer["digest"])) for layer in manifest["layers"]]
+    assert json.loads((layout / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+
+
+def test_diff_ids_are_the_uncompressed_layers_in_order(tmp_path: Path, spec: dict[str, object]) -> None:
+    layout, _ = write(tmp_path, spec)
+    _, manifest, config, blobs = oci_layout.read_manifest(layout)
+    layer_paths = [Path(str(p)) for p in spec["layers"]]  # type: ignore[union-attr]
+    assert [layer["digest"] for layer in manifest["layers"]] == [sha256(p.read_bytes()) for p in layer_paths]  # type: ignore[index]
+    assert config["rootfs"] == {"type": "layers", "diff_ids": [sha256(gzip.decompress(p.read_bytes())) for p in layer_paths]}
+
+
+def test_the_top_layer_wins_when_read_back(tmp_path: Path, spec: dict[str, object]) -> None:
+    """Layer order: the manifest lists them bottom first, so the later one's file is seen."""
+    layout, _ = write(tmp_path, spec)
+    image = oci_layout.load_image(layout)
+    assert image.read_file("/etc/os-release") == b"B\n"
+    assert image.lookup("/usr/bin/tool") is not None
+
+
+def test_reversed_layers_give_another_image(tmp_path: Path, spec: dict[str, object]) -> None:
+    layout, _ = write(tmp_path, spec, "forward")
+    reversed_spec = dict(spec, layers=list(reversed(spec["layers"])))  # type: ignore[call-overload]
+    other, _ = write(tmp_path, reversed_spec, "reversed")
+    assert oci_layout.load_image(other).read_file("/etc/os-release") == b"A\n"
+    assert oci_layout.read_manifest(layout)[0] != oci_layout.read_manifest(other)[0]
+
+
+def test_config_carries_the_shared_values_under_dockers_names(tmp_path: Path, spec: dict[str, object]) -> None:
+    layout, _ = write(tmp_path, spec)
+    config = oci_layout.read_manifest(layout)[2]
+    assert (config["architecture"], config["os"], config["created"]) == ("amd64", "linux", "1970-01-01T00:00:00Z")
+    assert config["config"] == {
+        "Entrypoint": CONFIG["entrypoint"],
+        "Env": ["PATH=/usr/bin", "TZ=UTC"],
+        "ExposedPorts": {"3128/tcp": {}, "8080/tcp": {}},
+        "User": "1000",
+        "WorkingDir": "/home/squid",
+        "Labels": {"org.opencontainers.image.title": "CephaloProxy", "key": "value=with=equals"},
+    }
+
+
+def test_arm64_gets_its_platform_variant(tmp_path: Path, spec: dict[str, object]) -> None:
+    layout, _ = write(tmp_path, dict(spec, architecture="arm64"))
+    config = oci_layout.read_manifest(layout)[2]
+    assert (config["architecture"], config["variant"]) == ("arm64", "v8")
+
+
+def test_docker_archive_names_the_same_config_and_layers(tmp_path: Path, spec: dict[str, object]) -> None:
+    layout, tarball = write(tmp_path, spec)
+    _, manifest, _, _ = oci_layout.read_manifest(layout)
+    with tarfile.open(tarball) as archive:
+        entries = json.loads(archive.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        assert len(entries) == 1 and entries[0]["RepoTags"] == ["cephaloproxy:test"]
+        config_bytes = archive.extractfile(entries[0]["Config"]).read()  # type: ignore[union-attr]
+        assert sha256(config_bytes) == manifest["config"]["digest"]  # type: ignore[index]
+        layers = [archive.extractfile(name).read() for name in entries[0]["Layers"]]  # type: ignore[union-attr]
+        assert [sha256(data) for data in layers] == [layer["digest"] for layer in manifest["layers"]]  # type: ignore[index]
+        assert all(member.mtime == 0 and member.uname == "" for member in archive.getmembers())
+
+
+def test_same_inputs_same_bytes(tmp_path: Path, spec: dict[str, object]) -> None:
+    first, first_tar = write(tmp_path, spec, "first")
+    second, second_tar = write(tmp_path, spec, "second")
+    assert (first / "index.json").read_bytes() == (second / "index.json").read_bytes()
+    assert first_tar.read_bytes() == second_tar.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"layers": []}, "at least one layer"),
+        ({"config": dict(CONFIG, healthcheck=["CMD"])}, "not known to oci_writer"),
+    ],
+)
+def test_bad_specs_fail_with_a_message(tmp_path: Path, spec: dict[str, object], change: dict[str, object], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    spec_file = tmp_path / "bad.json"
+    spec_file.write_text(json.dumps(spec | change))
+    assert oci_writer.main([str(spec_file), "--layout", str(tmp_path / "bad")]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_a_layer_that_is_not_gzip_is_refused(tmp_path: Path, spec: dict[str, object], capsys: pytest.CaptureFixture[str]) -> None:
+    plain = tmp_path / "plain.tar"
+    plain.write_bytes(oci_testing.tar_bytes([oci_testing.file("a")]))
+    spec_file = tmp_path / "plain.json"
+    spec_file.write_text(json.dumps(dict(spec, layers=[str(plain)])))
+    assert oci_writer.main([str(spec_file), "--layout", str(tmp_path / "plain-out")]) == 1
+    assert "is not a gzipped layer" in capsys.readouterr().err
