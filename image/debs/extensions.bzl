@@ -37,7 +37,6 @@ def _hub_impl(repository_ctx):
             ", ".join(['":%s_%s"' % (arch, _sanitize(p)) for p in packages]),
         ))
     repository_ctx.file("BUILD.bazel", "\n".join(lines) + "\n")
-    repository_ctx.file("packages.bzl", "PACKAGES = %s\n" % json.encode(repository_ctx.attr.packages))
 
 _hub = repository_rule(
     implementation = _hub_impl,
