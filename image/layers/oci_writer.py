@@ -12,6 +12,7 @@ Two outputs:
                   image checks read (image/layers/oci_layout.py, CEPHALOPROXY_IMAGE_LAYOUT)
   --tarball FILE  a docker-archive (manifest.json + the same blobs): `docker load` (20.10
                   cannot load an OCI layout) and `podman load` both read it
+  --config-out F  the config blob once more, as a file of its own
 Deterministic: JSON with sorted keys and no spaces, tar members sorted with mtime 0.
 
 Spec (written by image/offline/defs.bzl):
@@ -218,6 +219,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("spec", type=Path)
     parser.add_argument("--layout", type=Path, required=True)
     parser.add_argument("--tarball", type=Path)
+    parser.add_argument("--config-out", type=Path, help="also write the config blob here (reproducibility checks)")
     args = parser.parse_args(argv)
     try:
         spec = json.loads(args.spec.read_text(encoding="utf-8"))
@@ -226,6 +228,8 @@ def main(argv: list[str]) -> int:
         write_layout(args.layout, manifest, config, layers, repo_tag)
         if args.tarball:
             write_docker_archive(args.tarball, config, layers, repo_tag)
+        if args.config_out:
+            args.config_out.write_bytes(config.data or b"")
     except (WriterError, OSError, ValueError, KeyError) as error:
         print(f"oci_writer: {args.spec}: {error}", file=sys.stderr)
         return 1

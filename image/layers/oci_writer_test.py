@@ -167,3 +167,12 @@ def test_a_layer_that_is_not_gzip_is_refused(tmp_path: Path, spec: dict[str, obj
     spec_file.write_text(json.dumps(dict(spec, layers=[str(plain)])))
     assert oci_writer.main([str(spec_file), "--layout", str(tmp_path / "plain-out")]) == 1
     assert "is not a gzipped layer" in capsys.readouterr().err
+
+
+def test_config_out_is_the_config_blob(tmp_path: Path, spec: dict[str, object]) -> None:
+    spec_file = tmp_path / "c.json"
+    spec_file.write_text(json.dumps(spec))
+    layout = tmp_path / "c"
+    assert oci_writer.main([str(spec_file), "--layout", str(layout), "--config-out", str(tmp_path / "config.json")]) == 0
+    manifest = oci_layout.read_manifest(layout)[1]
+    assert sha256((tmp_path / "config.json").read_bytes()) == manifest["config"]["digest"]  # type: ignore[index]

@@ -6,6 +6,7 @@ load("//image/parts:image_config.bzl", "IMAGE_CONFIG")
 def _oci_layout_image_impl(ctx):
     layout = ctx.actions.declare_directory(ctx.label.name)
     tarball = ctx.actions.declare_file(ctx.label.name + ".tar")
+    config = ctx.actions.declare_file(ctx.label.name + ".config.json")
     spec = ctx.actions.declare_file(ctx.label.name + ".spec.json")
     ctx.actions.write(spec, json.encode({
         "architecture": ctx.attr.architecture,
@@ -18,20 +19,20 @@ def _oci_layout_image_impl(ctx):
     }))
     ctx.actions.run(
         executable = ctx.executable._writer,
-        arguments = [spec.path, "--layout", layout.path, "--tarball", tarball.path],
+        arguments = [spec.path, "--layout", layout.path, "--tarball", tarball.path, "--config-out", config.path],
         inputs = [spec, ctx.file.labels, ctx.file.created] + ctx.files.layers,
-        outputs = [layout, tarball],
+        outputs = [layout, tarball, config],
         mnemonic = "OciLayout",
         progress_message = "Assembling the image %{label}",
     )
     return [
         DefaultInfo(files = depset([layout])),
-        OutputGroupInfo(tarball = depset([tarball])),
+        OutputGroupInfo(tarball = depset([tarball]), config = depset([config])),
     ]
 
 oci_layout_image = rule(
     implementation = _oci_layout_image_impl,
-    doc = "An OCI layout (default output) and a docker-archive tar (output group `tarball`).",
+    doc = "An OCI layout (default output), a docker-archive tar (output group `tarball`) and the config blob (`config`).",
     attrs = {
         "layers": attr.label_list(allow_files = [".tar.gz"], mandatory = True, doc = "gzipped layers, bottom first"),
         "architecture": attr.string(mandatory = True),
