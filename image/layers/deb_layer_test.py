@@ -12,6 +12,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from image.layers import ca_bundle, deb_layer
 
@@ -168,3 +170,29 @@ def test_ca_bundle_of_a_deb_without_certificates_fails(tmp_path: Path) -> None:
     deb = make_deb(tmp_path, "other", {"usr/a": b"a"})
     with pytest.raises(deb_layer.DebError, match="no usr/share/ca-certificates"):
         ca_bundle.bundle(deb)
+
+
+# Any set of packages: the layer is sorted and deterministic, every kept member's parent
+# directory is in it, every top-level /bin, /sbin, /lib* file went below /usr, and there is
+# one status record per package.
+_PATHS = st.sampled_from(["bin/a", "sbin/b", "lib/x/c.so.1", "lib64/ld.so", "usr/share/doc/p/copyright", "usr/share/man/m.1", "etc/e", "usr/lib/f"])
+
+
+@settings(max_examples=40)
+@given(packages=st.lists(st.dictionaries(_PATHS, st.just(b"same bytes"), min_size=1, max_size=5), min_size=1, max_size=3))
+def test_any_packages_make_a_sorted_merged_usr_layer(tmp_path_factory: pytest.TempPathFactory, packages: list[dict[str, bytes]]) -> None:
+    tmp_path = tmp_path_factory.mktemp("debs")
+    debs = [make_deb(tmp_path, f"pkg{n}", dict(files)) for n, files in enumerate(packages)]  # type: ignore[arg-type]
+    members = layer(tmp_path, debs, rules="-usr/share/man/**\n")
+    first = (tmp_path / "layer.tar.gz").read_bytes()
+    layer(tmp_path, debs, rules="-usr/share/man/**\n")
+    assert (tmp_path / "layer.tar.gz").read_bytes() == first
+    names = list(members)
+    assert names == sorted(names)
+    for name in names:
+        parent = name.rpartition("/")[0]
+        assert not parent or members[parent].isdir(), name
+        assert name.split("/")[0] not in deb_layer.MERGED_USR, name
+        assert not name.startswith("usr/share/man")
+    assert {n for n in names if n.startswith("var/lib/dpkg/status.d/") and not n.endswith(".md5sums")} == {
+        f"var/lib/dpkg/status.d/pkg{n}" for n in range(len(packages))}

@@ -15,6 +15,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from image.layers import oci_layout, oci_testing, oci_writer
 
@@ -176,3 +178,29 @@ def test_config_out_is_the_config_blob(tmp_path: Path, spec: dict[str, object]) 
     assert oci_writer.main([str(spec_file), "--layout", str(layout), "--config-out", str(tmp_path / "config.json")]) == 0
     manifest = oci_layout.read_manifest(layout)[1]
     assert sha256((tmp_path / "config.json").read_bytes()) == manifest["config"]["digest"]  # type: ignore[index]
+
+
+# Any stack of layers: the manifest names them in the given order, each diff_id is its
+# uncompressed tar's sha256, and reading back sees the topmost layer's version of each path.
+_NAMES = st.sampled_from(["etc/a", "etc/b", "usr/bin/c", "usr/lib/d", "var/e"])
+_LAYERS = st.lists(st.dictionaries(_NAMES, st.binary(max_size=40), min_size=1, max_size=4), min_size=1, max_size=4)
+
+
+@settings(max_examples=40)
+@given(stack=_LAYERS)
+def test_any_layer_stack_reads_back_in_order(tmp_path_factory: pytest.TempPathFactory, stack: list[dict[str, bytes]]) -> None:
+    tmp_path = tmp_path_factory.mktemp("stack")
+    paths = [gz_layer(tmp_path / f"{n}.tar.gz", [oci_testing.file(name, data) for name, data in layer.items()]) for n, layer in enumerate(stack)]
+    (tmp_path / "labels.txt").write_text("")
+    (tmp_path / "created.txt").write_text("1970-01-01T00:00:00Z\n")
+    spec = {"architecture": "arm64", "config": CONFIG, "labels": str(tmp_path / "labels.txt"),
+            "created": str(tmp_path / "created.txt"), "layers": [str(p) for p in paths]}
+    layout, _ = write(tmp_path, spec)
+    _, manifest, config, _ = oci_layout.read_manifest(layout)
+    assert [layer["digest"] for layer in manifest["layers"]] == [sha256(p.read_bytes()) for p in paths]  # type: ignore[index]
+    assert config["rootfs"]["diff_ids"] == [sha256(gzip.decompress(p.read_bytes())) for p in paths]  # type: ignore[index]
+    image = oci_layout.load_image(layout)
+    expected: dict[str, bytes] = {}
+    for layer in stack:
+        expected |= layer
+    assert {name: image.read_file("/" + name) for name in expected} == expected
