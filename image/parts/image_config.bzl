@@ -6,7 +6,8 @@ drift; image/checks/config_test.py checks each built image against the JSON of I
 # The UID the image runs as; any UID with GID 0 works too (OpenShift).
 SQUID_UID = 1000
 
-# oci_image's attribute names. No stop signal: both use the runtime's default SIGTERM, which
+# Keys are oci_image's attribute names (//image passes the dict whole); oci_writer.py refuses
+# any key it does not know. No stop signal: both use the runtime's default SIGTERM, which
 # the entrypoint handles (README "Stopping").
 IMAGE_CONFIG = {
     # Exec form, straight into the interpreter: rules_python's launchers need
