@@ -34,7 +34,7 @@ def image_checks(suffix, image, sbom, manifests, locks, tags = [], env = {}):
             env = {
                 "CEPHALOPROXY_IMAGE_LAYOUT": "$(rootpath %s)" % image,
                 "CEPHALOPROXY_IMAGE_MANIFEST": " ".join(["$(rootpath %s)" % m for m in manifests]),
-                "CEPHALOPROXY_IMAGE_LOCK": " ".join(["$(rootpath %s)" % l for l in locks]),
+                "CEPHALOPROXY_IMAGE_LOCK": " ".join(["$(rootpath %s)" % lock for lock in locks]),
                 "CEPHALOPROXY_IMAGE_SBOM": "$(rootpath %s)" % sbom,
                 "CEPHALOPROXY_IMAGE_CONFIG": "$(rootpath //image/parts:image_config_json)",
             } | env,

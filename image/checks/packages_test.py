@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from image.checks.built_image import built_image_or_skip
-from image.checks.debian_manifest import lock_packages, manifest_archs, manifest_packages, status_records
+from image.checks.debian_manifest import (
+    lock_packages,
+    manifest_archs,
+    manifest_packages,
+    status_records,
+)
 from image.layers.oci_layout import Image, find_runfile
 
 
@@ -43,12 +48,14 @@ def image() -> Image:
 
 def test_lock_pins_exactly_the_manifest_for_every_arch() -> None:
     assert len(MANIFESTS) == len(LOCKS), "give one lock per manifest, in the same order"
-    for manifest, lock in zip(MANIFESTS, LOCKS):
+    for manifest, lock in zip(MANIFESTS, LOCKS, strict=True):
         wanted = set(manifest_packages(manifest))
         locked = lock_packages(lock)
         assert set(locked) == set(manifest_archs(manifest)), lock
         for arch, packages in locked.items():
-            assert set(packages) == wanted, f"{lock} {arch}: lock has {sorted(set(packages) ^ wanted)} beyond/short of {manifest}"
+            assert set(packages) == wanted, (
+                f"{lock} {arch}: lock has {sorted(set(packages) ^ wanted)} beyond/short of {manifest}"
+            )
 
 
 def test_image_packages_equal_the_manifest(image: Image) -> None:
@@ -62,5 +69,7 @@ def test_image_package_versions_match_the_lock(image: Image) -> None:
     arch = str(image.config["architecture"])
     pinned = all_locked(arch)
     for name, fields in status_records(image).items():
-        assert fields["Version"] == pinned[name], f"{name}: image has {fields['Version']}, lock pins {pinned[name]}"
+        assert fields["Version"] == pinned[name], (
+            f"{name}: image has {fields['Version']}, lock pins {pinned[name]}"
+        )
         assert fields["Architecture"] in (arch, "all")

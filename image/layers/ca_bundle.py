@@ -29,8 +29,12 @@ def bundle(deb: Path) -> bytes:
                 extracted = archive.extractfile(member)
                 certificates[name] = extracted.read() if extracted else b""
     if not certificates:
-        raise deb_layer.DebError(f"{deb}: no {CERT_DIR}**/*.crt; is it the ca-certificates package?")
-    return b"".join(data if data.endswith(b"\n") else data + b"\n" for _, data in sorted(certificates.items()))
+        raise deb_layer.DebError(
+            f"{deb}: no {CERT_DIR}**/*.crt; is it the ca-certificates package?"
+        )
+    return b"".join(
+        data if data.endswith(b"\n") else data + b"\n" for _, data in sorted(certificates.items())
+    )
 
 
 def main(argv: list[str]) -> int:

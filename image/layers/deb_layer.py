@@ -61,14 +61,14 @@ def read_ar(path: Path) -> dict[str, bytes]:
     members: dict[str, bytes] = {}
     offset = len(AR_MAGIC)
     while offset + 60 <= len(raw):
-        header = raw[offset:offset + 60]
+        header = raw[offset : offset + 60]
         name = header[:16].decode("ascii", "replace").strip().rstrip("/")
         try:
             size = int(header[48:58].decode("ascii").strip())
         except ValueError as error:
             raise DebError(f"{path}: corrupt ar member header at byte {offset}") from error
         start = offset + 60
-        members[name] = raw[start:start + size]
+        members[name] = raw[start : start + size]
         offset = start + size + (size % 2)  # members are 2-byte aligned
     return members
 
@@ -103,7 +103,9 @@ def control_files(deb: Path, members: dict[str, bytes]) -> tuple[str, bytes, byt
     if "control" not in found:
         raise DebError(f"{deb}: control.tar has no ./control")
     fields = dict(
-        line.split(": ", 1) for line in found["control"].decode("utf-8").splitlines() if ": " in line and not line[:1].isspace()
+        line.split(": ", 1)
+        for line in found["control"].decode("utf-8").splitlines()
+        if ": " in line and not line[:1].isspace()
     )
     if "Package" not in fields:
         raise DebError(f"{deb}: ./control has no Package field")
@@ -130,7 +132,9 @@ def header(name: str, source: tarfile.TarInfo) -> tarfile.TarInfo:
     info.gname = ""
     info.mtime = 0
     info.size = source.size if source.isfile() else 0
-    info.linkname = merged_usr(path_rules.relative(source.linkname)) if source.islnk() else source.linkname
+    info.linkname = (
+        merged_usr(path_rules.relative(source.linkname)) if source.islnk() else source.linkname
+    )
     return info
 
 
@@ -144,7 +148,9 @@ def data_members(deb: Path, members: dict[str, bytes], package: str) -> list[Mem
             if source.isdir() and name in MERGED_USR:
                 name = f"usr/{name}"  # a pre-merge package's /lib directory is /usr/lib now
             if not (source.isfile() or source.isdir() or source.issym() or source.islnk()):
-                raise DebError(f"{deb}: /{name} is a device, fifo or other special file; an image layer holds none")
+                raise DebError(
+                    f"{deb}: /{name} is a device, fifo or other special file; an image layer holds none"
+                )
             data = None
             if source.isfile():
                 extracted = archive.extractfile(source)
@@ -178,9 +184,15 @@ def merge(members: list[Member]) -> dict[str, Member]:
         if previous.info.isdir() and member.info.isdir():
             continue
         same = (previous.info.type, previous.info.mode, previous.info.linkname, previous.data) == (
-            member.info.type, member.info.mode, member.info.linkname, member.data)
+            member.info.type,
+            member.info.mode,
+            member.info.linkname,
+            member.data,
+        )
         if not same:
-            raise DebError(f"/{name} differs between {previous.package} and {member.package}; drop it from one with the exclude file")
+            raise DebError(
+                f"/{name} differs between {previous.package} and {member.package}; drop it from one with the exclude file"
+            )
     return by_path
 
 
@@ -192,7 +204,9 @@ def drop_excluded(by_path: dict[str, Member], rules: list[path_rules.Rule]) -> N
             gone.discard(str(parent))
     for name, member in by_path.items():
         if name not in gone and member.info.islnk() and member.info.linkname in gone:
-            raise DebError(f"/{name} is a hard link to /{member.info.linkname}, which the exclude rules drop; drop both or neither")
+            raise DebError(
+                f"/{name} is a hard link to /{member.info.linkname}, which the exclude rules drop; drop both or neither"
+            )
     for name in gone:
         del by_path[name]
 
@@ -203,7 +217,13 @@ def add_parents(by_path: dict[str, Member]) -> None:
             key = str(parent)
             if key != "." and key not in by_path:
                 info = tarfile.TarInfo(key)
-                info.type, info.mode, info.mtime, info.uname, info.gname = tarfile.DIRTYPE, 0o755, 0, "", ""
+                info.type, info.mode, info.mtime, info.uname, info.gname = (
+                    tarfile.DIRTYPE,
+                    0o755,
+                    0,
+                    "",
+                    "",
+                )
                 by_path[key] = Member(info, None, "")
 
 
@@ -214,11 +234,17 @@ def add_bytecode(by_path: dict[str, Member], cache_tag: str, under: str) -> None
     0755 for their `#!` line): they are imported, never executed, as python_runtime_layer
     does for the toolchain's stdlib."""
     prefix = path_rules.relative(under).rstrip("/") + "/"
-    sources = sorted(n for n, m in by_path.items() if n.startswith(prefix) and n.endswith(".py") and m.info.isfile())
+    sources = sorted(
+        n
+        for n, m in by_path.items()
+        if n.startswith(prefix) and n.endswith(".py") and m.info.isfile()
+    )
     for name in sources:
         by_path[name].info.mode = 0o644
     if sys.implementation.cache_tag != cache_tag:
-        raise DebError(f"bytecode for {cache_tag} asked for, but this tool runs {sys.implementation.cache_tag}; run it with the image's Python version")
+        raise DebError(
+            f"bytecode for {cache_tag} asked for, but this tool runs {sys.implementation.cache_tag}; run it with the image's Python version"
+        )
     with tempfile.TemporaryDirectory(prefix="deb-layer-") as scratch:
         pairs = []
         for number, name in enumerate(sources):
@@ -226,7 +252,7 @@ def add_bytecode(by_path: dict[str, Member], cache_tag: str, under: str) -> None
             source.write_bytes(by_path[name].data or b"")
             pairs.append((str(source), "/" + name))
         compiled = layer_builder.compile_bytecode(pairs)
-    for name, data in zip(sources, compiled):
+    for name, data in zip(sources, compiled, strict=True):
         if data is None:
             continue  # not Python 3 source (lib2to3 test fixtures): nothing to cache
         module = PurePosixPath(name)
@@ -241,11 +267,20 @@ def add_symlink(by_path: dict[str, Member], spec: str) -> None:
     if not sep or not target:
         raise DebError(f"--symlink {spec!r}: write PATH=TARGET")
     info = tarfile.TarInfo(path_rules.relative(path))
-    info.type, info.mode, info.mtime, info.uname, info.gname, info.linkname = tarfile.SYMTYPE, 0o777, 0, "", "", target
+    info.type, info.mode, info.mtime, info.uname, info.gname, info.linkname = (
+        tarfile.SYMTYPE,
+        0o777,
+        0,
+        "",
+        "",
+        target,
+    )
     by_path[info.name] = Member(info, None, "")
 
 
-def build(debs: list[Path], rules: list[path_rules.Rule], bytecode: list[str], symlinks: list[str]) -> list[Member]:
+def build(
+    debs: list[Path], rules: list[path_rules.Rule], bytecode: list[str], symlinks: list[str]
+) -> list[Member]:
     members: list[Member] = []
     seen: dict[str, Path] = {}
     for deb in debs:
@@ -254,7 +289,9 @@ def build(debs: list[Path], rules: list[path_rules.Rule], bytecode: list[str], s
         if package in seen:
             raise DebError(f"{deb} and {seen[package]} are both the package {package}")
         seen[package] = deb
-        members += data_members(deb, ar_members, package) + status_members(package, control, md5sums)
+        members += data_members(deb, ar_members, package) + status_members(
+            package, control, md5sums
+        )
     by_path = merge(members)
     drop_excluded(by_path, rules)
     for spec in symlinks:
@@ -262,7 +299,9 @@ def build(debs: list[Path], rules: list[path_rules.Rule], bytecode: list[str], s
     for spec in bytecode:
         cache_tag, sep, under = spec.partition(":")
         if not sep:
-            raise DebError(f"--bytecode {spec!r}: write CACHE_TAG:DIR, e.g. cpython-313:/usr/lib/python3.13")
+            raise DebError(
+                f"--bytecode {spec!r}: write CACHE_TAG:DIR, e.g. cpython-313:/usr/lib/python3.13"
+            )
         add_bytecode(by_path, cache_tag, under)
     add_parents(by_path)
     return [by_path[name] for name in sorted(by_path)]
@@ -270,24 +309,46 @@ def build(debs: list[Path], rules: list[path_rules.Rule], bytecode: list[str], s
 
 def write(members: list[Member], output: Path) -> None:
     raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as archive:
+    with tarfile.open(
+        fileobj=raw, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8"
+    ) as archive:
         for member in members:
-            archive.addfile(member.info, io.BytesIO(member.data) if member.data is not None else None)
+            archive.addfile(
+                member.info, io.BytesIO(member.data) if member.data is not None else None
+            )
     layer_builder.write_gzip(raw.getvalue(), output)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, required=True, help="layer .tar.gz to write")
-    parser.add_argument("--exclude", type=Path, help="path_rules filter lines: what of the .debs stays out")
-    parser.add_argument("--bytecode", action="append", default=[], help="CACHE_TAG:DIR: compile the .py files below DIR")
+    parser.add_argument(
+        "--exclude", type=Path, help="path_rules filter lines: what of the .debs stays out"
+    )
+    parser.add_argument(
+        "--bytecode",
+        action="append",
+        default=[],
+        help="CACHE_TAG:DIR: compile the .py files below DIR",
+    )
     parser.add_argument("--symlink", action="append", default=[], help="PATH=TARGET: add a symlink")
     parser.add_argument("debs", type=Path, nargs="+")
     args = parser.parse_args(argv)
     try:
-        rules = path_rules.parse_filter(args.exclude.read_text(encoding="utf-8").splitlines()) if args.exclude else []
+        rules = (
+            path_rules.parse_filter(args.exclude.read_text(encoding="utf-8").splitlines())
+            if args.exclude
+            else []
+        )
         write(build(args.debs, rules, args.bytecode, args.symlink), args.output)
-    except (DebError, layer_builder.SpecError, path_rules.RuleError, OSError, tarfile.TarError, UnicodeDecodeError) as error:
+    except (
+        DebError,
+        layer_builder.SpecError,
+        path_rules.RuleError,
+        OSError,
+        tarfile.TarError,
+        UnicodeDecodeError,
+    ) as error:
         print(f"deb_layer: {error}", file=sys.stderr)
         return 1
     return 0

@@ -70,7 +70,9 @@ class Blob:
 
 
 def canonical_json(value: object) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
 
 
 def json_blob(value: object) -> Blob:
@@ -95,7 +97,9 @@ def layer_blob(path: Path) -> tuple[Blob, str]:
     except (OSError, EOFError) as error:
         raise WriterError(f"{path}: corrupt gzip: {error}") from error
     size = path.stat().st_size
-    return Blob("sha256:" + compressed.hexdigest(), size, source=path), "sha256:" + uncompressed.hexdigest()
+    return Blob(
+        "sha256:" + compressed.hexdigest(), size, source=path
+    ), "sha256:" + uncompressed.hexdigest()
 
 
 def read_labels(path: Path) -> dict[str, str]:
@@ -110,14 +114,18 @@ def read_labels(path: Path) -> dict[str, str]:
     return labels
 
 
-def image_config(spec: dict[str, object], labels: dict[str, str], created: str, diff_ids: list[str]) -> dict[str, object]:
+def image_config(
+    spec: dict[str, object], labels: dict[str, str], created: str, diff_ids: list[str]
+) -> dict[str, object]:
     """The OCI image config: the shared image_config.bzl values under Docker's key names."""
     source = spec["config"]
     if not isinstance(source, dict):
         raise WriterError("spec 'config' must be an object (image/parts/image_config.bzl)")
     unknown = sorted(set(source) - set(CONFIG_KEYS))
     if unknown:
-        raise WriterError(f"config keys {unknown} are not known to oci_writer; known: {sorted(CONFIG_KEYS)}")
+        raise WriterError(
+            f"config keys {unknown} are not known to oci_writer; known: {sorted(CONFIG_KEYS)}"
+        )
     inner: dict[str, object] = {}
     for key, value in source.items():
         if key == "env":
@@ -146,16 +154,24 @@ def assemble(spec: dict[str, object]) -> tuple[Blob, Blob, list[Blob]]:
     raw_layers = spec.get("layers")
     if not isinstance(raw_layers, list) or not raw_layers:
         raise WriterError("spec 'layers' must list at least one layer")
-    layers, diff_ids = zip(*(layer_blob(Path(str(p))) for p in raw_layers))
+    layers, diff_ids = zip(*(layer_blob(Path(str(p))) for p in raw_layers), strict=True)
     labels = read_labels(Path(str(spec["labels"]))) if spec.get("labels") else {}
-    created = Path(str(spec["created"])).read_text(encoding="utf-8").strip() if spec.get("created") else "1970-01-01T00:00:00Z"
+    created = (
+        Path(str(spec["created"])).read_text(encoding="utf-8").strip()
+        if spec.get("created")
+        else "1970-01-01T00:00:00Z"
+    )
     config = json_blob(image_config(spec, labels, created, list(diff_ids)))
-    manifest = json_blob({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": config.digest, "size": config.size},
-        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": b.digest, "size": b.size} for b in layers],
-    })
+    manifest = json_blob(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config.digest, "size": config.size},
+            "layers": [
+                {"mediaType": OCI_LAYER_GZIP, "digest": b.digest, "size": b.size} for b in layers
+            ],
+        }
+    )
     return manifest, config, list(layers)
 
 
@@ -165,7 +181,9 @@ def blob_bytes(blob: Blob) -> bytes:
     return (blob.source or Path()).read_bytes()
 
 
-def write_layout(directory: Path, manifest: Blob, config: Blob, layers: list[Blob], repo_tag: str) -> None:
+def write_layout(
+    directory: Path, manifest: Blob, config: Blob, layers: list[Blob], repo_tag: str
+) -> None:
     blobs = directory / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     for blob in [config, manifest]:
@@ -173,13 +191,21 @@ def write_layout(directory: Path, manifest: Blob, config: Blob, layers: list[Blo
     for blob in layers:
         shutil.copyfile(blob.source or Path(), blobs / blob.hex)
     (directory / "oci-layout").write_bytes(canonical_json({"imageLayoutVersion": "1.0.0"}))
-    descriptor: dict[str, object] = {"mediaType": OCI_MANIFEST, "digest": manifest.digest, "size": manifest.size}
+    descriptor: dict[str, object] = {
+        "mediaType": OCI_MANIFEST,
+        "digest": manifest.digest,
+        "size": manifest.size,
+    }
     if repo_tag:
         descriptor["annotations"] = {"org.opencontainers.image.ref.name": repo_tag}
-    (directory / "index.json").write_bytes(canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [descriptor]}))
+    (directory / "index.json").write_bytes(
+        canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [descriptor]})
+    )
 
 
-def _add(archive: tarfile.TarFile, name: str, data: bytes | None = None, source: Path | None = None) -> None:
+def _add(
+    archive: tarfile.TarFile, name: str, data: bytes | None = None, source: Path | None = None
+) -> None:
     info = tarfile.TarInfo(name)
     info.mode, info.mtime, info.uname, info.gname = 0o644, 0, "", ""
     if data is not None:
@@ -193,12 +219,16 @@ def _add(archive: tarfile.TarFile, name: str, data: bytes | None = None, source:
 
 def write_docker_archive(output: Path, config: Blob, layers: list[Blob], repo_tag: str) -> None:
     """manifest.json + blobs: what `docker load` and `podman load` read."""
-    manifest = [{
-        "Config": f"blobs/sha256/{config.hex}",
-        "RepoTags": [repo_tag] if repo_tag else [],
-        "Layers": [f"blobs/sha256/{b.hex}" for b in layers],
-    }]
-    members: dict[str, tuple[bytes | None, Path | None]] = {f"blobs/sha256/{config.hex}": (config.data, None)}
+    manifest = [
+        {
+            "Config": f"blobs/sha256/{config.hex}",
+            "RepoTags": [repo_tag] if repo_tag else [],
+            "Layers": [f"blobs/sha256/{b.hex}" for b in layers],
+        }
+    ]
+    members: dict[str, tuple[bytes | None, Path | None]] = {
+        f"blobs/sha256/{config.hex}": (config.data, None)
+    }
     for blob in layers:
         members[f"blobs/sha256/{blob.hex}"] = (None, blob.source)
     members["manifest.json"] = (canonical_json(manifest), None)
@@ -206,7 +236,13 @@ def write_docker_archive(output: Path, config: Blob, layers: list[Blob], repo_ta
     with tarfile.open(temporary, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as archive:
         for directory in ("blobs/", "blobs/sha256/"):
             info = tarfile.TarInfo(directory)
-            info.type, info.mode, info.mtime, info.uname, info.gname = tarfile.DIRTYPE, 0o755, 0, "", ""
+            info.type, info.mode, info.mtime, info.uname, info.gname = (
+                tarfile.DIRTYPE,
+                0o755,
+                0,
+                "",
+                "",
+            )
             archive.addfile(info)
         for name in sorted(members):
             data, source = members[name]
@@ -219,7 +255,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("spec", type=Path)
     parser.add_argument("--layout", type=Path, required=True)
     parser.add_argument("--tarball", type=Path)
-    parser.add_argument("--config-out", type=Path, help="also write the config blob here (reproducibility checks)")
+    parser.add_argument(
+        "--config-out", type=Path, help="also write the config blob here (reproducibility checks)"
+    )
     args = parser.parse_args(argv)
     try:
         spec = json.loads(args.spec.read_text(encoding="utf-8"))

@@ -47,8 +47,13 @@ def app_layer(name, sbom, python_runtime, **kwargs):
     )
 
 def image_sbom(name, lock, **kwargs):
-    """spdx_sbom for the image's architecture with the project's and Squid's facts; kwargs
-    name what differs (extra_locks, python_version, python_comment)."""
+    """spdx_sbom for the image's architecture with the project's and Squid's facts.
+
+    Args:
+      name: the target's name.
+      lock: the Debian base's lock (image/trixie.lock.json).
+      **kwargs: what differs between the images (extra_locks, python_version, python_comment).
+    """
     spdx_sbom(
         name = name,
         arch = select({
