@@ -12,18 +12,24 @@ CHECKS = [
     "sbom",
 ]
 
-def image_checks(suffix, image, sbom, manifests, locks, tags = [], env = {}):
-    """<check><suffix>_test for each check, reading `image` (an OCI layout) and `sbom`.
+def image_checks(image, sbom, image_arm64, sbom_arm64, manifests, locks):
+    """<check>_test and <check>_arm64_test for each check: the build host's image and linux/arm64's.
+
+    The arm64 ones build Squid with //tools/cc's cross GCC: tagged "arm64", so
+    `--build_tag_filters=-arm64 --test_tag_filters=-arm64` leaves them out on a host without it.
 
     Args:
-      suffix: appended to each test's name ("", "_arm64").
       image: the OCI layout target.
       sbom: the image's SPDX SBOM target.
+      image_arm64: the same through the linux/arm64 transition.
+      sbom_arm64: its SBOM.
       manifests: the package manifests (trixie.yaml, ...) whose packages the image holds, all of them.
       locks: their locks, in the same order.
-      tags: tags of every test ("arm64" for the cross-built image).
-      env: more environment (e.g. the image's expected config).
     """
+    _checks("", image, sbom, manifests, locks, [])
+    _checks("_arm64", image_arm64, sbom_arm64, manifests, locks, ["arm64"])
+
+def _checks(suffix, image, sbom, manifests, locks, tags):
     data = [image, sbom, "//image/parts:image_config_json"] + manifests + locks
     for check in CHECKS:
         pytest_test(
@@ -37,7 +43,7 @@ def image_checks(suffix, image, sbom, manifests, locks, tags = [], env = {}):
                 "CEPHALOPROXY_IMAGE_LOCK": " ".join(["$(rootpath %s)" % lock for lock in locks]),
                 "CEPHALOPROXY_IMAGE_SBOM": "$(rootpath %s)" % sbom,
                 "CEPHALOPROXY_IMAGE_CONFIG": "$(rootpath //image/parts:image_config_json)",
-            } | env,
+            },
             tags = tags,
             deps = [
                 "//image/checks:built_image",

@@ -159,16 +159,23 @@ def data_members(deb: Path, members: dict[str, bytes], package: str) -> list[Mem
     return found
 
 
+def generated(
+    name: str, kind: bytes = tarfile.REGTYPE, data: bytes | None = None, linkname: str = ""
+) -> tarfile.TarInfo:
+    """A header for what the layer adds itself (status records, parents, bytecode, links):
+    root-owned, mtime 0, no owner names; 0644 files, 0755 directories, 0777 symlinks."""
+    info = tarfile.TarInfo(name)
+    info.type, info.mtime, info.uname, info.gname, info.linkname = kind, 0, "", "", linkname
+    info.mode = {tarfile.DIRTYPE: 0o755, tarfile.SYMTYPE: 0o777}.get(kind, 0o644)
+    info.size = len(data) if data is not None else 0
+    return info
+
+
 def status_members(package: str, control: bytes, md5sums: bytes | None) -> list[Member]:
     records = [(f"{STATUS_DIR}/{package}", control)]
     if md5sums is not None:
         records.append((f"{STATUS_DIR}/{package}.md5sums", md5sums))
-    result = []
-    for name, data in records:
-        info = tarfile.TarInfo(name)
-        info.mode, info.mtime, info.size, info.uname, info.gname = 0o644, 0, len(data), "", ""
-        result.append(Member(info, data, package))
-    return result
+    return [Member(generated(name, data=data), data, package) for name, data in records]
 
 
 def merge(members: list[Member]) -> dict[str, Member]:
@@ -216,15 +223,7 @@ def add_parents(by_path: dict[str, Member]) -> None:
         for parent in PurePosixPath(name).parents:
             key = str(parent)
             if key != "." and key not in by_path:
-                info = tarfile.TarInfo(key)
-                info.type, info.mode, info.mtime, info.uname, info.gname = (
-                    tarfile.DIRTYPE,
-                    0o755,
-                    0,
-                    "",
-                    "",
-                )
-                by_path[key] = Member(info, None, "")
+                by_path[key] = Member(generated(key, tarfile.DIRTYPE), None, "")
 
 
 def add_bytecode(by_path: dict[str, Member], cache_tag: str, under: str) -> None:
@@ -257,25 +256,15 @@ def add_bytecode(by_path: dict[str, Member], cache_tag: str, under: str) -> None
             continue  # not Python 3 source (lib2to3 test fixtures): nothing to cache
         module = PurePosixPath(name)
         cached = str(module.parent / "__pycache__" / f"{module.stem}.{cache_tag}.pyc")
-        info = tarfile.TarInfo(cached)
-        info.mode, info.mtime, info.size, info.uname, info.gname = 0o644, 0, len(data), "", ""
-        by_path[cached] = Member(info, data, by_path[name].package)
+        by_path[cached] = Member(generated(cached, data=data), data, by_path[name].package)
 
 
 def add_symlink(by_path: dict[str, Member], spec: str) -> None:
     path, sep, target = spec.partition("=")
     if not sep or not target:
         raise DebError(f"--symlink {spec!r}: write PATH=TARGET")
-    info = tarfile.TarInfo(path_rules.relative(path))
-    info.type, info.mode, info.mtime, info.uname, info.gname, info.linkname = (
-        tarfile.SYMTYPE,
-        0o777,
-        0,
-        "",
-        "",
-        target,
-    )
-    by_path[info.name] = Member(info, None, "")
+    name = path_rules.relative(path)
+    by_path[name] = Member(generated(name, tarfile.SYMTYPE, linkname=target), None, "")
 
 
 def build(
