@@ -1,12 +1,15 @@
-"""Reproducible image layers written by //image:layer_builder.
+"""Reproducible image layers written by //image/layers:layer_builder.
 
 image_layer: files, directories and symlinks with explicit owners and modes
 (the entrypoint, config dirs, Squid's runtime dirs).
 python_runtime_layer: the interpreter of the resolved Python toolchain, so the
 image ships exactly the interpreter that runs `bazel test`, without what cannot
 run there or is not needed (image/layers/python_runtime.exclude).
-gzip_layer: a tar layer from elsewhere (//squid:layer, the flattened .debs),
-gzipped so pulls download less, optionally without the paths `exclude` drops.
+gzip_layer: a tar layer from elsewhere (//squid:layer), gzipped so pulls
+download less, optionally without the paths `exclude` drops.
+deb_layer: Debian .debs as a distroless layer (image/layers/deb_layer.py); with
+`interpreter` it is a Python runtime layer (the CI image's Debian python3.13).
+ca_bundle: the CA bundle from the ca-certificates .deb (image/layers/ca_bundle.py).
 
 Which paths go is decided by image/layers/layer_builder.py (path_rules
 syntax), so the logic is unit-tested offline; //image:contents_test checks the
