@@ -4,7 +4,7 @@
 
 Compressed = bytes a registry stores and a pull downloads (the layer blobs);
 uncompressed = bytes of the layer tars (roughly what lands on disk). The
-package-set line is the //image:debian_packages layer: the trixie .debs' files
+package-set line is the //image/parts:debian_packages layer: the trixie .debs' files
 plus their status.d records, i.e. the distroless base before Python, Squid and
 the entrypoint are added. A benchmark, not a test: it asserts nothing.
 """

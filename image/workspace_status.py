@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Bazel workspace status for stamped image builds (`--stamp`).
 
-Prints STABLE_ keys that //image:labels and //image:push_tags substitute:
+Prints STABLE_ keys that //image/parts:labels and //image:push_tags substitute:
   STABLE_GIT_COMMIT               full commit hash (OCI revision label, a push tag)
   STABLE_GIT_COMMIT_TIME          commit time, UTC RFC 3339 (image `created`): the
                                   same commit always gives the same digest

@@ -147,7 +147,7 @@ def python_layer(tmp_path: Path, members: list[Member], name: str = "python.tar.
 
 
 def debian_layer(tmp_path: Path, members: list[Member]) -> Path:
-    """//image:debian_packages: the flattened .debs through debian_packages.exclude."""
+    """//image/parts:debian_packages: the flattened .debs through debian_packages.exclude."""
     raw = write_tar(tmp_path / "debs.tar.gz", members)
     output = tmp_path / "debian.tar.gz"
     assert (

@@ -1,7 +1,7 @@
 """Writes one reproducible OCI layer (a gzipped tar) from a JSON spec.
 
 Used by the `image_layer`, `python_runtime_layer` and `gzip_layer` rules in
-image/layer.bzl. `--gzip IN OUT` only compresses an existing tar layer;
+image/layers/layer.bzl. `--gzip IN OUT` only compresses an existing tar layer;
 `--filter RULES IN OUT` also drops the members that RULES (path_rules filter
 lines, one per line) drop. Every entry gets a fixed owner, mode and mtime,
 entries are sorted and parent directories are added, so the same inputs always
@@ -430,7 +430,7 @@ def main(argv: list[str]) -> int:
             return 1
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("spec", type=Path, help="JSON spec written by image/layer.bzl")
+    parser.add_argument("spec", type=Path, help="JSON spec written by image/layers/layer.bzl")
     parser.add_argument("output", type=Path, help="layer .tar.gz to write")
     args = parser.parse_args(argv)
     try:

@@ -33,8 +33,8 @@ def _version_info(runtime):
     return version
 
 def _spdx_sbom_impl(ctx):
-    runtime = _python_runtime(ctx)
-    runtime_files = runtime.files.to_list() if runtime.files else []
+    runtime = None if ctx.attr.python_version else _python_runtime(ctx)
+    runtime_files = runtime.files.to_list() if runtime and runtime.files else []
     patchlevel = [
         f
         for f in runtime_files
@@ -60,18 +60,20 @@ def _spdx_sbom_impl(ctx):
             "make_args": ctx.attr.squid_make_args,
         },
         "python": {
-            "version_info": _version_info(runtime),
+            "version_info": ctx.attr.python_version or _version_info(runtime),
             "interpreter": ctx.attr.python_interpreter,
+            "comment": ctx.attr.python_comment,
         },
     }))
 
     output = ctx.actions.declare_file(ctx.attr.out or ctx.label.name + ".spdx.json")
     args = ctx.actions.args()
     args.add("--lock", ctx.file.lock)
+    args.add_all(ctx.files.extra_locks, before_each = "--lock")
     args.add("--arch", ctx.attr.arch)
     args.add("--facts", facts)
     args.add("--output", output)
-    inputs = [ctx.file.lock, facts]
+    inputs = [ctx.file.lock, facts] + ctx.files.extra_locks
     if patchlevel:
         args.add("--python-patchlevel", patchlevel[0])
         inputs.append(patchlevel[0])
@@ -93,6 +95,9 @@ spdx_sbom = rule(
     doc = "The image's SPDX 2.3 JSON SBOM: Debian packages of the lock, Squid, the toolchain's CPython, the project.",
     attrs = {
         "lock": attr.label(allow_single_file = [".json"], mandatory = True, doc = "the rules_distroless lock (image/trixie.lock.json)"),
+        "extra_locks": attr.label_list(allow_files = [".json"], doc = "more locks of the same format whose packages the image holds too"),
+        "python_version": attr.string(doc = "the image's exact Python version when it is not the toolchain's (the offline CI image's Debian python3.13)"),
+        "python_comment": attr.string(doc = "what the SBOM says the Python package is (default: the toolchain's CPython)"),
         "arch": attr.string(mandatory = True, doc = "the image's Debian architecture (amd64, arm64)"),
         "stamp": attr.label(allow_single_file = True, doc = "version=, revision=, created= lines (stamped or their unstamped values)"),
         "out": attr.string(doc = "output file name (default NAME.spdx.json)"),

@@ -195,7 +195,10 @@ def python_package(python: dict[str, Any], version: str) -> dict[str, Any]:
             f"pkg:generic/python@{purl_quote(version)}",
             f"cpe:2.3:a:python:python:{version}:*:*:*:*:*:*:*",
         ),
-        "comment": f"CPython of the resolved rules_python toolchain: {python.get('interpreter', '/usr/bin/python3')} and its standard library",
+        "comment": str(
+            python.get("comment")
+            or f"CPython of the resolved rules_python toolchain: {python.get('interpreter', '/usr/bin/python3')} and its standard library"
+        ),
     }
 
 
@@ -263,14 +266,21 @@ def download_location(source: str, stamp: dict[str, str]) -> str:
 
 
 def build_document(
-    lock: Path, arch: str, facts: dict[str, Any], patchlevel: Path | None, stamp: dict[str, str]
+    locks: Path | list[Path],
+    arch: str,
+    facts: dict[str, Any],
+    patchlevel: Path | None,
+    stamp: dict[str, str],
 ) -> dict[str, Any]:
     try:
         project, squid, python = facts["project"], facts["squid"], facts["python"]
     except KeyError as error:
         raise SbomError(f"facts lack {error}; they are written by image/sbom/defs.bzl") from error
+    # More than one lock: the offline CI image's Debian python3.13 (image/offline/python.lock.json).
+    lock_list = locks if isinstance(locks, list) else [locks]
+    lock = lock_list[0]
     top = project_package(project, stamp)
-    contained = [debian_package(p, arch) for p in debian_packages(lock, arch)]
+    contained = [debian_package(p, arch) for each in lock_list for p in debian_packages(each, arch)]
     contained += [squid_package(squid), python_package(python, python_version(python, patchlevel))]
     ids = [p["SPDXID"] for p in contained]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -318,7 +328,13 @@ def build_document(
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lock", type=Path, required=True)
+    parser.add_argument(
+        "--lock",
+        type=Path,
+        action="append",
+        required=True,
+        help="a Debian package lock; repeat for more",
+    )
     parser.add_argument(
         "--arch", required=True, help="Debian architecture of the image: amd64, arm64"
     )

@@ -1,5 +1,6 @@
 """Says which Debian packages of image/trixie.lock.json Debian has superseded.
 
+It checks image/offline/python.lock.json (the offline CI image's python3.13) the same way.
 Its one job: read Debian's package indices (dists/<suite>/<component>/binary-<arch>/Packages.xz
 of every channel image/trixie.yaml names) and, for every package the lock pins, report when the
 locked version is no longer the newest (a point release or a security update replaced it) or no
@@ -371,8 +372,19 @@ def _repository_root() -> Path:
 def run(argv: Sequence[str], out: TextIO, err: TextIO, now: datetime | None = None) -> int:
     root = _repository_root()
     parser = argparse.ArgumentParser(prog="stale.py", description=DESCRIPTION)
-    parser.add_argument("--lock", type=Path, default=root / "image" / "trixie.lock.json")
-    parser.add_argument("--manifest", type=Path, default=root / "image" / "trixie.yaml")
+    # Both locks by default: the image's Debian base and the offline CI image's python3.13.
+    parser.add_argument(
+        "--lock",
+        type=Path,
+        action="append",
+        help="a lock; repeat together with --manifest (default: image/trixie.lock.json and image/offline/python.lock.json)",
+    )
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        action="append",
+        help="the lock's manifest, in the same order as --lock",
+    )
     parser.add_argument(
         "--mirror",
         default=os.environ.get("DEBIAN_MIRROR") or DEFAULT_MIRROR,
@@ -387,9 +399,43 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO, now: datetime | None = No
         "--timeout", type=float, default=60.0, help="seconds per download (default %(default)s)"
     )
     args = parser.parse_args(argv)
+    locks = args.lock or [
+        root / "image" / "trixie.lock.json",
+        root / "image" / "offline" / "python.lock.json",
+    ]
+    manifests = args.manifest or [
+        root / "image" / "trixie.yaml",
+        root / "image" / "offline" / "python.yaml",
+    ]
+    if len(locks) != len(manifests):
+        print(
+            f"error: give one --manifest per --lock ({len(locks)} locks, {len(manifests)} manifests)",
+            file=err,
+        )
+        return 2
+    results = [
+        check_lock(lock, manifest, args, out, err, now, named=len(locks) > 1, by_hand=number > 0)
+        for number, (lock, manifest) in enumerate(zip(locks, manifests, strict=True))
+    ]
+    return max(results)
+
+
+def check_lock(
+    lock: Path,
+    manifest: Path,
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+    now: datetime | None,
+    named: bool,
+    by_hand: bool,
+) -> int:
+    """Reports one lock against its manifest's channels: 0 current, 1 stale, 2 error.
+    The first lock is rules_distroless's (`bazel run @trixie//:lock` refreshes it); the others
+    (image/offline/python.lock.json) are edited by hand."""
     try:
-        locked = read_lock(args.lock)
-        channels, timestamps = read_manifest(args.manifest)
+        locked = read_lock(lock)
+        channels, timestamps = read_manifest(manifest)
         archs = sorted({entry.arch for entry in locked})
         candidates = current_candidates(
             channels,
@@ -403,18 +449,26 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO, now: datetime | None = No
         print(f"error: {error}", file=err)
         return 2
     stale, errors = check(locked, candidates)
+    if named and (stale or errors):
+        print(f"{lock}:", file=out)
     for line in stale:
         print(line, file=out)
     for line in errors:
         print(line, file=err)
-    if stale:
+    if stale and by_hand:
+        print(
+            f'to refresh: set the current versions, their sha256 and pool URLs (Packages index) in {lock} (README "The CI image")',
+            file=out,
+        )
+    elif stale:
         print(refresh_hint(timestamps, now or datetime.now(UTC)), file=out)
     if errors:
         return 2
     if stale:
         return 1
+    prefix = f"{lock}: " if named else ""
     print(
-        f"lock is current ({len({entry.name for entry in locked})} packages, {len(archs)} archs)",
+        f"{prefix}lock is current ({len({entry.name for entry in locked})} packages, {len(archs)} archs)",
         file=out,
     )
     return 0

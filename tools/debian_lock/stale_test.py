@@ -218,6 +218,32 @@ def test_version_in_two_channels_names_both(fake: Fixture) -> None:
     )
 
 
+def test_every_lock_given_is_checked_and_named(fake: Fixture) -> None:
+    """The image's lock and the CI image's python lock: a stale second lock fails the run."""
+    second = fake.root / "python.lock.json"
+    packages = [
+        dict(p, version="3.5.8-1~deb13u1", sha256=sha("libssl3t64", "3.5.8-1~deb13u1", p["arch"]))
+        for p in json.loads(fake.lock.read_text())["packages"]
+        if p["name"] == "libssl3t64"
+    ]
+    second.write_text(json.dumps({"packages": packages, "version": 1}))
+    code, out, err = fake.run("--lock", str(second), "--manifest", str(fake.manifest))
+    assert (code, err) == (1, "")
+    assert out.startswith(f"{fake.lock}: lock is current (3 packages, 2 archs)\n{second}:\n")
+    assert (
+        "stale: libssl3t64 (amd64) locked 3.5.8-1~deb13u1, no longer in the pool, current 3.5.9-1~deb13u1 from trixie\n"
+        in out
+    )
+    assert out.endswith(
+        f'to refresh: set the current versions, their sha256 and pool URLs (Packages index) in {second} (README "The CI image")\n'
+    )
+
+
+def test_a_lock_without_its_manifest_is_an_error(fake: Fixture) -> None:
+    code, _, err = fake.run("--lock", str(fake.lock))
+    assert code == 2 and "one --manifest per --lock" in err
+
+
 def test_sha256_mismatch_is_an_error(fake: Fixture) -> None:
     fake.index(
         "trixie",

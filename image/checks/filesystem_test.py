@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import stat
+import sys
 
 import pytest
 
-from image.built_image import built_image_or_skip
+from image.checks.built_image import built_image_or_skip
 from image.layers.oci_layout import Image, iter_entries
 
 SHELL_NAMES = {"sh", "bash", "dash", "ash", "zsh", "ksh", "mksh", "csh", "tcsh", "busybox"}
@@ -210,3 +212,43 @@ def test_the_python_the_entrypoint_imports_is_precompiled(image: Image) -> None:
     assert len(missing) <= len(stdlib) // 100, (
         f"{len(missing)} stdlib modules without bytecode: {missing[:10]}"
     )
+
+
+def imported_top_level_modules(source: bytes) -> set[str]:
+    """Absolute imports of one module: `import a.b` and `from a.b import c` give "a"."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_every_stdlib_module_the_entrypoint_imports_is_in_the_image(image: Image) -> None:
+    """A runtime layer that lost a module the entrypoint needs (json, ssl, ...) fails here,
+    not at the first container start."""
+    files = {e.path for e in iter_entries(image) if e.kind in ("file", "symlink")}
+    sources = sorted(
+        p for p in files if p.startswith("/usr/lib/cephaloproxy/entrypoint/") and p.endswith(".py")
+    )
+    sources += ["/usr/local/bin/entrypoint.py", "/usr/local/bin/healthcheck.py"]
+    imported = set().union(*(imported_top_level_modules(image.read_file(p)) for p in sources))
+    stdlib = sorted((imported & sys.stdlib_module_names) - set(sys.builtin_module_names))
+    assert {"socket", "ssl", "subprocess"} <= set(stdlib), (
+        f"the import scan found too little: {stdlib}"
+    )
+    library = f"/usr/lib/python{sys.version_info.major}.{sys.version_info.minor}"
+    dynload = {
+        p.rsplit("/", 1)[1].split(".", 1)[0]
+        for p in files
+        if p.startswith(library + "/lib-dynload/")
+    }
+    missing = [
+        name
+        for name in stdlib
+        if f"{library}/{name}.py" not in files
+        and f"{library}/{name}/__init__.py" not in files
+        and name not in dynload
+    ]
+    assert missing == [], f"stdlib modules the entrypoint imports but the image lacks: {missing}"

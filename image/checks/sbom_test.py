@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from image.built_image import built_image_or_skip
-from image.debian_manifest import status_records
+from image.checks.built_image import built_image_or_skip
+from image.checks.debian_manifest import status_records
 from image.layers.oci_layout import Image, find_runfile
 
 SBOM_IN_IMAGE = "/usr/share/doc/cephaloproxy/cephaloproxy.spdx.json"

@@ -11,7 +11,7 @@ import posixpath
 
 import pytest
 
-from image.built_image import built_image_or_skip
+from image.checks.built_image import built_image_or_skip
 from image.layers.oci_layout import Image
 from squid import elf_check
 

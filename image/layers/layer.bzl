@@ -1,12 +1,15 @@
-"""Reproducible image layers written by //image:layer_builder.
+"""Reproducible image layers written by //image/layers:layer_builder.
 
 image_layer: files, directories and symlinks with explicit owners and modes
 (the entrypoint, config dirs, Squid's runtime dirs).
 python_runtime_layer: the interpreter of the resolved Python toolchain, so the
 image ships exactly the interpreter that runs `bazel test`, without what cannot
 run there or is not needed (image/layers/python_runtime.exclude).
-gzip_layer: a tar layer from elsewhere (//squid:layer, the flattened .debs),
-gzipped so pulls download less, optionally without the paths `exclude` drops.
+gzip_layer: a tar layer from elsewhere (//squid:layer), gzipped so pulls
+download less, optionally without the paths `exclude` drops.
+deb_layer: Debian .debs as a distroless layer (image/layers/deb_layer.py); with
+`interpreter` it is a Python runtime layer (the CI image's Debian python3.13).
+ca_bundle: the CA bundle from the ca-certificates .deb (image/layers/ca_bundle.py).
 
 Which paths go is decided by image/layers/layer_builder.py (path_rules
 syntax), so the logic is unit-tested offline; //image:contents_test checks the
@@ -219,5 +222,77 @@ gzip_layer = rule(
             doc = "filter lines (image/layers/path_rules.py): '-GLOB' drops, '+GLOB' keeps; first match wins",
         ),
         "_builder": _BUILDER,
+    },
+)
+
+_DEB_LAYER = attr.label(
+    default = "//image/layers:deb_layer",
+    executable = True,
+    cfg = "exec",
+)
+
+def _deb_layer_impl(ctx):
+    output = ctx.actions.declare_file(ctx.label.name + ".tar.gz")
+    args = ctx.actions.args()
+    args.add("--output", output)
+    inputs = list(ctx.files.debs)
+    if ctx.file.exclude:
+        args.add("--exclude", ctx.file.exclude)
+        inputs.append(ctx.file.exclude)
+    for path, target in sorted(ctx.attr.symlinks.items()):
+        args.add("--symlink", "%s=%s" % (path, target))
+    for directory in ctx.attr.bytecode_under:
+        args.add("--bytecode", "%s:%s" % (ctx.attr.cache_tag, directory))
+    args.add_all(ctx.files.debs)
+    ctx.actions.run(
+        executable = ctx.executable._deb_layer,
+        arguments = [args],
+        inputs = inputs,
+        outputs = [output],
+        mnemonic = "DebLayer",
+        progress_message = "Writing Debian package layer %{label}",
+    )
+    providers = [DefaultInfo(files = depset([output]))]
+    if ctx.attr.interpreter:
+        if not ctx.attr.cache_tag:
+            fail("%s: interpreter needs cache_tag (the interpreter's sys.implementation.cache_tag)" % ctx.label)
+        providers.append(PythonRuntimeLayerInfo(interpreter = ctx.attr.interpreter, cache_tag = ctx.attr.cache_tag))
+    return providers
+
+deb_layer = rule(
+    implementation = _deb_layer_impl,
+    doc = """A layer of Debian .debs (image/layers/deb_layer.py): their files merged-/usr, one
+/var/lib/dpkg/status.d record per package, without what `exclude` drops. With `interpreter`
+and `cache_tag` it is a Python runtime layer (PythonRuntimeLayerInfo) whose stdlib bytecode
+is compiled at build time, as python_runtime_layer's.""",
+    attrs = {
+        "debs": attr.label_list(allow_files = [".deb"], mandatory = True),
+        "exclude": attr.label(allow_single_file = True, doc = "filter lines (image/layers/path_rules.py) relative to /"),
+        "symlinks": attr.string_dict(doc = "image path -> link target"),
+        "bytecode_under": attr.string_list(doc = "image dirs whose .py files get __pycache__ bytecode"),
+        "cache_tag": attr.string(doc = "the image's Python's sys.implementation.cache_tag (cpython-313)"),
+        "interpreter": attr.string(doc = "image path of the Python interpreter these .debs hold"),
+        "_deb_layer": _DEB_LAYER,
+    },
+)
+
+def _ca_bundle_impl(ctx):
+    output = ctx.actions.declare_file(ctx.label.name + ".crt")
+    ctx.actions.run(
+        executable = ctx.executable._ca_bundle,
+        arguments = [ctx.file.deb.path, output.path],
+        inputs = [ctx.file.deb],
+        outputs = [output],
+        mnemonic = "CaBundle",
+        progress_message = "Writing the CA bundle %{label}",
+    )
+    return [DefaultInfo(files = depset([output]))]
+
+ca_bundle = rule(
+    implementation = _ca_bundle_impl,
+    doc = "/etc/ssl/certs/ca-certificates.crt from the ca-certificates .deb (image/layers/ca_bundle.py).",
+    attrs = {
+        "deb": attr.label(allow_single_file = [".deb"], mandatory = True),
+        "_ca_bundle": attr.label(default = "//image/layers:ca_bundle", executable = True, cfg = "exec"),
     },
 )

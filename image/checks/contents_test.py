@@ -3,7 +3,7 @@ line names an interpreter in the image and every symlink resolves."""
 
 from __future__ import annotations
 
-from image.built_image import built_image_or_skip
+from image.checks.built_image import built_image_or_skip
 from image.layers import allowlist
 
 
