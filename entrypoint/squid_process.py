@@ -107,10 +107,7 @@ class SquidProcess:
         if not all(proc_table.fds_readable(pid) for pid in tree):
             # Started as root, Squid's kids switch UID and their fds cannot be read (no
             # CAP_SYS_PTRACE): any listener counts; the check before the start found none.
-            found |= {
-                sock.local_port for sock in proc_table.tcp_sockets()
-                if sock.state == proc_table.TCP_LISTEN and sock.local_port in ports
-            }
+            found |= {sock.local_port for sock in proc_table.sockets_on(ports, proc_table.TCP_LISTEN)}
         return found
 
     def client_connections(self, ports: list[int]) -> int:
@@ -153,11 +150,7 @@ def foreign_listeners(ports: list[int], squid_pid: int | None) -> list[proc_tabl
     The socket table is read before the tree and its fds, so a socket Squid opens meanwhile
     is either missing from the table or found among Squid's fds, never taken for a squatter.
     """
-    wanted = set(ports)
-    listening = [
-        sock for sock in proc_table.tcp_sockets()
-        if sock.state == proc_table.TCP_LISTEN and sock.local_port in wanted
-    ]
+    listening = proc_table.sockets_on(ports, proc_table.TCP_LISTEN)
     if not listening:
         return []
     tree = [] if squid_pid is None else [p.pid for p in proc_table.process_tree(squid_pid)]
@@ -349,15 +342,12 @@ class SquidCommands:
     async def wait_until_listening(self, squid: SquidProcess, ports: list[int]) -> None:
         """Wait until Squid itself holds a LISTEN socket on every port (proc_table, not a connect)."""
         deadline = time.monotonic() + LISTEN_TIMEOUT
-        wanted = set(ports)
         while True:
             if squid.exited.done():
                 raise self._exited_error(squid)
             # Until anything listens on the ports, the socket table alone says so: the process
             # tree and its fds are read only then (a cheaper poll leaves the CPU to Squid).
-            anything = any(
-                sock.state == proc_table.TCP_LISTEN and sock.local_port in wanted for sock in proc_table.tcp_sockets()
-            )
+            anything = bool(proc_table.sockets_on(ports, proc_table.TCP_LISTEN))
             held = squid.listening(ports) if anything else set()  # one read of the tree per poll
             missing = [port for port in ports if port not in held]
             if not missing:
