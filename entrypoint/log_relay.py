@@ -13,7 +13,7 @@ import os
 import subprocess
 from typing import Any, Awaitable, Callable, Sequence
 
-from entrypoint.log_text import safe_line
+from entrypoint.log_text import safe_line, safe_lines
 from entrypoint.output_sink import OutputSink
 from entrypoint.processes import ChildProcesses
 
@@ -45,18 +45,35 @@ class LineRelay(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buffer = self._partial + data
         *lines, self._partial = buffer.split(b"\n")
-        for line in lines:
-            self._emit(line)
         while len(self._partial) > MAX_LINE_BYTES:
-            self._emit(self._partial[:MAX_LINE_BYTES])
+            lines.append(self._partial[:MAX_LINE_BYTES])
             self._partial = self._partial[MAX_LINE_BYTES:]
+        if lines:
+            self._emit_all(lines)
 
-    def _emit(self, raw: bytes) -> None:
+    def _emit_all(self, raws: list[bytes]) -> None:
+        """Every line filtered, made safe and queued; all that arrived together as one write."""
         if self.collapse_pairs:
+            raws = self._collapsed(raws)
+        try:
+            texts = [self.line_filter(raw.decode("utf-8", errors="surrogateescape")) for raw in raws]
+        except Exception:  # a broken filter must not take PID 1 down: line by line, to drop only its line
+            for raw in raws:
+                self._emit(raw)
+            return
+        self.sink.write_lines([text.encode("utf-8", errors="replace") + b"\n" for text in safe_lines(texts)])
+
+    def _collapsed(self, raws: list[bytes]) -> list[bytes]:
+        kept = []
+        for raw in raws:
             if raw == self._previous:
                 self._previous = None
-                return
+                continue
             self._previous = raw
+            kept.append(raw)
+        return kept
+
+    def _emit(self, raw: bytes) -> None:
         text = raw.decode("utf-8", errors="surrogateescape")
         try:
             text = safe_line(self.line_filter(text))
@@ -69,7 +86,10 @@ class LineRelay(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._partial:
-            self._emit(self._partial)
+            if self.collapse_pairs:
+                self._partial = b"".join(self._collapsed([self._partial]))
+            if self._partial:
+                self._emit(self._partial)
             self._partial = b""
         if not self.closed.done():
             self.closed.set_result(None)
