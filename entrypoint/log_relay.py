@@ -1,6 +1,7 @@
 """Relays a child's output pipe to one of PID 1's output sinks, line by line, through a filter.
 
-The relay always reads (so the child never blocks on a full pipe) and hands whole lines to an
+The relay always reads (so the child never blocks on a full pipe: it rests at most BATCH_WAIT
+between reads, and the pipe is enlarged to hold that much) and hands whole lines to an
 OutputSink, which drops rather than blocks when our own reader stalls. Every line is redacted
 and has its control characters escaped (log_text) before it is written, whoever wrote it;
 `line_filter` sees every line (without its newline) before that.
@@ -9,6 +10,7 @@ and has its control characters escaped (log_text) before it is written, whoever 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import subprocess
 from typing import Any, Awaitable, Callable, Sequence
@@ -19,6 +21,17 @@ from entrypoint.processes import ChildProcesses
 
 LineFilter = Callable[[str], str]
 MAX_LINE_BYTES = 64 * 1024  # a longer "line" is passed on in pieces
+# Squid writes each access-log line on its own (buffered_logs off): read at once, every line
+# would cost PID 1 a wakeup, a read, a write and a timer (measured: 18-22 us per line at 2 ms,
+# 6 us at 20 ms, on a loaded 2-core machine). After a small read the relay rests this long, so
+# the lines written meanwhile arrive as one batch: one read, one look, one write. A log line is
+# at most this late; a read of BATCH_READ_BYTES or more (output flowing fast) is followed at once.
+BATCH_WAIT = 0.02
+SHORT_BATCH_WAIT = 0.002  # when the pipe could not be enlarged (64 KiB hold 32 MB/s for 2 ms)
+BATCH_READ_BYTES = 16 * 1024
+# The pipe holds what a child writes while the relay rests: 1 MiB (the unprivileged maximum)
+# holds 50 MB/s for BATCH_WAIT, so the child still never blocks on it.
+PIPE_BYTES = 1 << 20
 
 
 def identity(line: str) -> str:
@@ -36,13 +49,33 @@ class LineRelay(asyncio.Protocol):
         self.collapse_pairs = collapse_pairs
         self._previous: bytes | None = None
         self._partial = b""
+        self._resting = False
+        self._rest = SHORT_BATCH_WAIT
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        pipe = transport.get_extra_info("pipe")
+        try:
+            if fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES) >= PIPE_BYTES:
+                self._rest = BATCH_WAIT
+        except (AttributeError, OSError, ValueError):
+            pass  # not a pipe, or over the user's pipe-buffer quota: the default size, short rests
 
     def data_received(self, data: bytes) -> None:
+        self._take(data)
+        if len(data) < BATCH_READ_BYTES and isinstance(self.transport, asyncio.ReadTransport) and not self._resting:
+            self.transport.pause_reading()
+            self._resting = True
+            asyncio.get_running_loop().call_later(self._rest, self._resume)
+
+    def _resume(self) -> None:
+        self._resting = False
+        if isinstance(self.transport, asyncio.ReadTransport) and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _take(self, data: bytes) -> None:
         buffer = self._partial + data
         *lines, self._partial = buffer.split(b"\n")
         while len(self._partial) > MAX_LINE_BYTES:

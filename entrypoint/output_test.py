@@ -8,11 +8,12 @@ import os
 import re
 import select
 import threading
+import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from entrypoint import output_sink
+from entrypoint import log_relay, output_sink
 from entrypoint.log_relay import LineRelay
 from entrypoint.output_sink import OutputSink
 
@@ -153,3 +154,36 @@ def test_a_batch_queues_and_drops_each_line_as_one_by_one_would(sizes: list[int]
         for sink, read_end, write_end in (one, batch):
             for fd in (read_end, write_end, sink.fd):
                 os.close(fd)
+
+
+def test_the_relay_rests_after_a_small_read_and_never_after_a_large_one() -> None:
+    """Lines written one by one while it rests come as one batch; fast output is read at once;
+    the pipe is enlarged so a child cannot fill it during a rest."""
+
+    async def scenario() -> tuple[bool, bool, bool, int]:
+        loop = asyncio.get_running_loop()
+        null = os.open(os.devnull, os.O_WRONLY)
+        sink = OutputSink(null, "stdout")
+        read_end, write_end = os.pipe()
+        relay = LineRelay(sink)
+        transport, _ = await loop.connect_read_pipe(lambda: relay, os.fdopen(read_end, "rb", 0))
+        size = fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
+        relay.data_received(b"one line\n")
+        rests = not transport.is_reading()
+        deadline = time.monotonic() + WRITE_BOUND
+        while not transport.is_reading() and time.monotonic() < deadline:
+            await asyncio.sleep(log_relay.BATCH_WAIT / 4)
+        resumed = transport.is_reading()
+        relay.data_received(b"x" * (log_relay.BATCH_READ_BYTES - 1) + b"\n")
+        follows_fast_output = transport.is_reading()
+        transport.close()
+        os.close(write_end)
+        os.close(null)
+        os.close(sink.fd)
+        return rests, resumed, follows_fast_output, size
+
+    rests, resumed, follows_fast_output, size = asyncio.run(scenario())
+    assert rests, "no rest after a small read: one wakeup per line"
+    assert resumed, f"still resting {WRITE_BOUND} s later"
+    assert follows_fast_output, "rested after a large read: a fast writer could fill the pipe"
+    assert size >= log_relay.PIPE_BYTES
