@@ -176,3 +176,45 @@ def test_process_tree_without_children_files_scans_proc(monkeypatch: pytest.Monk
         for process in proc_table.process_tree(child.pid)[::-1]:
             os.kill(process.pid, signal.SIGKILL)
         child.wait(10)
+
+
+HOLDER = (
+    "import socket, sys\n"
+    "server = socket.create_server(('127.0.0.1', 0))\n"
+    "print(server.getsockname()[1], flush=True)\n"
+    "held = [server.accept()[0] for _ in range(3)]\n"
+    "print('accepted', flush=True)\n"
+    "for line in sys.stdin:\n"
+    "    held.pop().close()\n"
+    "    print('closed', flush=True)\n"
+)
+
+
+def test_the_drain_counts_again_only_when_squids_sockets_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in Squid with 3 client connections: polling without change asks the kernel once
+    (its ESTABLISHED walk covers every connection of the host); a closed one is seen at once."""
+    from entrypoint.squid_process import SquidProcess
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdin is not None and holder.stdout is not None
+    clients: list[socket.socket] = []
+    try:
+        port = int(holder.stdout.readline())
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+        assert holder.stdout.readline().strip() == "accepted"
+        squid = SquidProcess(holder, [], None)  # type: ignore[arg-type]  # only its process is looked at
+        dumps: list[int] = []
+        real = proc_table.sockets_on
+        monkeypatch.setattr(proc_table, "sockets_on", lambda ports, state: dumps.append(state) or real(ports, state))
+        assert [squid.client_connections([port]) for _ in range(5)] == [3] * 5
+        assert dumps == [proc_table.TCP_ESTABLISHED]
+        holder.stdin.write("close one\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "closed"
+        assert squid.client_connections([port]) == 2
+        assert len(dumps) == 2
+    finally:
+        for client in clients:
+            client.close()
+        holder.kill()
+        holder.wait(10)
