@@ -25,7 +25,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from entrypoint.harness import free_port  # noqa: E402
-from entrypoint.health_attack import Attack, process_status, raise_fd_limit, run_probes  # noqa: E402
+from entrypoint.benchmark_throughput import cpu_seconds  # noqa: E402
+from entrypoint.health_attack import Attack, probe, process_status, raise_fd_limit, run_probes  # noqa: E402
 
 STAND_IN = (
     "import socket, time\n"
@@ -59,17 +60,16 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(int(fraction * len(ordered)), len(ordered) - 1)] if ordered else float("nan")
 
 
-def phase(name: str, server_pid: int, port: int, probes: int) -> None:
-    before = process_status(server_pid)
+def phase(name: str, server_pid: int, port: int, probes: int, path: str = "/health") -> None:
+    before = cpu_seconds(server_pid)
     peaks: list[dict[str, int]] = []
-    results = run_probes(port, probes, interval=0.05, timeout=1.0, on_probe=lambda: peaks.append(process_status(server_pid)))
-    after = process_status(server_pid)
+    results = run_probes(port, probes, interval=0.05, timeout=1.0, on_probe=lambda: peaks.append(process_status(server_pid)), path=path)
     answered = [latency * 1000 for latency in results if latency is not None]
-    cpu_ms = (after["cpu_ticks"] - before["cpu_ticks"]) * 1000 / os.sysconf("SC_CLK_TCK") / len(results)
+    cpu_ms = (cpu_seconds(server_pid) - before) * 1000 / len(results)
     print(
         f"{name:<34} {len(answered):>4}/{len(results):<4} {100 * len(answered) / len(results):6.1f} %"
         f"  p50 {percentile(answered, 0.5):7.2f} ms  p99 {percentile(answered, 0.99):7.2f} ms"
-        f"  cpu/probe {cpu_ms:6.2f} ms  threads {max(p['Threads'] for p in peaks)}"
+        f"  cpu/probe {cpu_ms:6.3f} ms  threads {max(p['Threads'] for p in peaks)}"
         f"  rss {max(p['VmRSS'] for p in peaks) / 1024:5.1f} MiB"
     )
 
@@ -93,6 +93,12 @@ def main() -> int:
                 time.sleep(0.1)
             print(f"health server pid {server.pid}; {args.probes} probes per row (1 s timeout, new connection each)")
             phase("no attack", server.pid, port, args.probes)
+            phase("no attack, /ready", server.pid, port, args.probes, "/ready")
+            if probe(port, 1.0, path="/metrics") is not None:  # the observability issue's endpoint, where present
+                phase("no attack, /metrics scrape", server.pid, port, args.probes, "/metrics")
+            else:
+                print("/metrics: not served by this health server")
+            print("goal: <= 0.2 ms CPU per /health probe (schedstat: all the server's threads, its sampler's share included)")
             attack = Attack(port, idle=args.idle, dribblers=args.dribblers)
             attack.start()
             try:

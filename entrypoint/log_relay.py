@@ -51,6 +51,7 @@ class LineRelay(asyncio.Protocol):
         self._partial = b""
         self._resting = False
         self._rest = SHORT_BATCH_WAIT
+        self._rests = True  # False once the end is awaited: EOF is seen at once then
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.BaseTransport | None = None
 
@@ -65,15 +66,20 @@ class LineRelay(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._take(data)
-        if len(data) < BATCH_READ_BYTES and isinstance(self.transport, asyncio.ReadTransport) and not self._resting:
+        if self._rests and len(data) < BATCH_READ_BYTES and isinstance(self.transport, asyncio.ReadTransport) and not self._resting:
             self.transport.pause_reading()
             self._resting = True
             asyncio.get_running_loop().call_later(self._rest, self._resume)
 
+    def stop_resting(self) -> None:
+        """Read at once from now on (the child is stopping: its last lines and EOF without delay)."""
+        self._rests = False
+        self._resume()
+
     def _resume(self) -> None:
         self._resting = False
         if isinstance(self.transport, asyncio.ReadTransport) and not self.transport.is_closing():
-            self.transport.resume_reading()
+            self.transport.resume_reading()  # a no-op when not paused
 
     def _take(self, data: bytes) -> None:
         buffer = self._partial + data

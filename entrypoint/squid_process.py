@@ -148,6 +148,8 @@ class SquidProcess:
                 pass
 
     async def drain_output(self, timeout: float) -> None:
+        for relay in self.relays:
+            relay.stop_resting()
         pending = [relay.closed for relay in self.relays]
         if pending:
             await asyncio.wait(pending, timeout=timeout)
