@@ -176,9 +176,14 @@ def added_start(origin: harness.LocalHttpServer, results: dict[str, float], cach
     workspace = harness.Workspace(bytecode=True)
     label = "with cache_dir" if cache_dir else "no cache_dir"
     try:
-        if not cache_dir:
+        if not cache_dir:  # the default config as a custom one (its paths made the workspace's), minus cache_dir
             text = workspace.default_config.read_text()
-            workspace.write_custom_config(re.sub(r"(?m)^cache_dir .*$", "", text))
+            workspace.write_custom_config(
+                re.sub(r"(?m)^cache_dir .*$", "", text)
+                .replace("http_port 3128", f"http_port {workspace.squid_port}")
+                .replace("/var/run/squid", str(workspace.runtime_dir("run")))
+                .replace("/var/spool/squid", str(workspace.runtime_dir("spool")))
+            )
         for attempt in ("make the cache", "measure"):
             started = time.monotonic()
             run = harness.EntrypointRun(workspace, workspace.env())
