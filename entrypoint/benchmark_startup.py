@@ -134,6 +134,26 @@ def entrypoint_run(origin: harness.LocalHttpServer, results: dict[str, float], d
         workspace.remove()
 
 
+def start_squid_alone(config: Path, stdout: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    """Squid in the foreground with `config`, as the entrypoint's Squid runs (its user, its own session)."""
+    options = harness._child_user_options()
+    if stdout != subprocess.DEVNULL:
+        harness.give_pipe_to(stdout, options.get("user"))  # type: ignore[arg-type]  # Squid reopens /dev/stdout
+    return subprocess.Popen(
+        [str(harness.squid_bin()), "--foreground", "-f", str(config)],
+        stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.DEVNULL,
+        start_new_session=True, **options,  # type: ignore[arg-type]
+    )
+
+
+def kill_squid_alone(squid: subprocess.Popen[bytes]) -> None:
+    for pid in harness.session_processes(squid.pid):
+        os.kill(pid, signal.SIGKILL)
+    if squid.poll() is None:
+        squid.kill()
+        squid.wait()
+
+
 def squid_alone(workspace: harness.Workspace, origin: harness.LocalHttpServer, results: dict[str, float]) -> None:
     """Baseline: Squid with the config the entrypoint rendered (cache already made)."""
     rendered = workspace.runtime_dir("run") / "squid.conf"
@@ -145,11 +165,7 @@ def squid_alone(workspace: harness.Workspace, origin: harness.LocalHttpServer, r
             config.write_text(re.sub(r"(?m)^shutdown_lifetime .*$", f"shutdown_lifetime {lifetime}", text))
             os.chmod(config, 0o664)
         started = time.monotonic()
-        squid = subprocess.Popen(
-            [str(harness.squid_bin()), "--foreground", "-f", str(config)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, **harness._child_user_options(),  # type: ignore[arg-type]
-        )
+        squid = start_squid_alone(config)
         try:
             if stop == signal.SIGTERM:
                 results["squid alone: start -> first proxied 200"] = first_200(workspace.squid_port, origin, started)
@@ -162,11 +178,7 @@ def squid_alone(workspace: harness.Workspace, origin: harness.LocalHttpServer, r
             label = f"squid alone: {name} -> exit, idle" + (f" (shutdown_lifetime {lifetime})" if lifetime else "")
             results[label] = time.monotonic() - signalled
         finally:
-            for pid in harness.session_processes(squid.pid):
-                os.kill(pid, signal.SIGKILL)
-            if squid.poll() is None:
-                squid.kill()
-                squid.wait()
+            kill_squid_alone(squid)
 
 
 def added_start(origin: harness.LocalHttpServer, results: dict[str, float], cache_dir: bool) -> None:
@@ -194,18 +206,11 @@ def added_start(origin: harness.LocalHttpServer, results: dict[str, float], cach
                 run.cleanup()
         rendered = workspace.runtime_dir("run") / "squid.conf"
         started = time.monotonic()
-        squid = subprocess.Popen(
-            [str(harness.squid_bin()), "--foreground", "-f", str(rendered)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, **harness._child_user_options(),  # type: ignore[arg-type]
-        )
+        squid = start_squid_alone(rendered)
         try:
             alone = first_200(workspace.squid_port, origin, started)
         finally:
-            for pid in harness.session_processes(squid.pid):
-                os.kill(pid, signal.SIGKILL)
-            squid.kill()
-            squid.wait()
+            kill_squid_alone(squid)
         results[f"added start -> 200 over squid alone, {label} (s), goal <= 0.10"] = took - alone
         results[f"squid alone start -> 200, {label} (s)"] = alone
     finally:

@@ -21,20 +21,18 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from entrypoint import harness  # noqa: E402
-from entrypoint.benchmark_startup import proxied_get  # noqa: E402
+from entrypoint.benchmark_startup import kill_squid_alone, proxied_get, start_squid_alone  # noqa: E402
 
 OBJECTS = 16  # distinct URLs (all cached after the warm-up)
 BODY = b"x" * 99 + b"\n"
@@ -129,28 +127,13 @@ def entrypoint_round(workspace: harness.Workspace, origin_port: int, script: Pat
 def squid_alone_round(workspace: harness.Workspace, origin_port: int, script: Path, connections: int, seconds: int) -> dict[str, float]:
     config = workspace.runtime_dir("run") / "squid.conf"  # what the entrypoint rendered, unchanged
     stdout, drainer = drained_pipe()
-    options = harness._child_user_options()
-    harness.give_pipe_to(stdout, options.get("user"))  # type: ignore[arg-type]  # Squid reopens /dev/stdout
-    squid = subprocess.Popen(
-        [str(harness.squid_bin()), "--foreground", "-f", str(config)],
-        stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.DEVNULL,
-        start_new_session=True, **options,  # type: ignore[arg-type]
-    )
+    squid = start_squid_alone(config, stdout)
     os.close(stdout)
     try:
         warm(workspace.squid_port, origin_port)
         return run_wrk(workspace.squid_port, script, connections, seconds)
     finally:
-        squid.send_signal(signal.SIGINT)  # immediate stop, no shutdown_lifetime wait
-        try:
-            squid.wait(60)
-        except subprocess.TimeoutExpired:
-            pass
-        for pid in harness.session_processes(squid.pid):
-            os.kill(pid, signal.SIGKILL)
-        if squid.poll() is None:
-            squid.kill()
-            squid.wait()
+        kill_squid_alone(squid)
         drainer.join(10)
 
 
