@@ -36,6 +36,24 @@ STAND_IN = (
 )
 
 
+# The floor any Python server pays per probe (accept, read, answer, close) with no check at all:
+# the health server's CPU per probe is printed beside it, measured in the same run.
+BARE_SERVER = (
+    "import socket, sys\n"
+    "s = socket.create_server(('127.0.0.1', int(sys.argv[1])))\n"
+    "answer = b'HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\nConnection: close\\r\\n\\r\\nOK\\n'\n"
+    "while True:\n"
+    "    conn, _ = s.accept()\n"
+    "    head = b''\n"
+    "    while b'\\r\\n\\r\\n' not in head:\n"
+    "        chunk = conn.recv(4096)\n"
+    "        if not chunk: break\n"
+    "        head += chunk\n"
+    "    conn.sendall(answer)\n"
+    "    conn.close()\n"
+)
+
+
 def start_server(root: Path, port: int) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
     """The stand-in Squid and the health server watching it."""
     stand_in = subprocess.Popen([sys.executable, "-c", STAND_IN], stdout=subprocess.PIPE)
@@ -98,6 +116,15 @@ def main() -> int:
                 phase("no attack, /metrics scrape", server.pid, port, args.probes, "/metrics")
             else:
                 print("/metrics: not served by this health server")
+            bare_port = free_port()
+            bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)])
+            try:
+                while run_probes(bare_port, 1, 0.0)[0] is None and bare.poll() is None:
+                    time.sleep(0.05)
+                phase("bare server, no check (the floor)", bare.pid, bare_port, args.probes)
+            finally:
+                bare.kill()
+                bare.wait(10)
             print("goal: <= 0.2 ms CPU per /health probe (schedstat: all the server's threads, its sampler's share included)")
             attack = Attack(port, idle=args.idle, dribblers=args.dribblers)
             attack.start()
