@@ -78,9 +78,9 @@ def _children(pid: int) -> list[int] | None:
             with open(f"/proc/{pid}/task/{task}/children", "rb") as handle:
                 found.extend(int(child) for child in handle.read().split())
         except FileNotFoundError:
-            if not os.path.exists(f"/proc/{pid}/task"):
+            if not os.path.exists(f"/proc/{pid}/task/{task}"):
                 continue  # the thread or the process went away
-            return None
+            return None  # the thread is there, its children file is not: no such files here
         except OSError:
             continue
     return found
