@@ -118,6 +118,18 @@ def _tree_by_scan(root_pid: int) -> list[ProcessInfo]:
     return tree
 
 
+def process_and_children(pid: int) -> list[ProcessInfo]:
+    """`pid` and its direct children (root first): process_tree without the grandchildren,
+    for a look that needs only those (the health checks: Squid's master and its kids)."""
+    root = read_process(pid)
+    if root is None:
+        return []
+    children = _children(pid)
+    if children is None:
+        return [p for p in _tree_by_scan(pid) if p.pid == pid or p.ppid == pid]
+    return [root, *(info for info in map(read_process, children) if info is not None)]
+
+
 def process_tree(root_pid: int) -> list[ProcessInfo]:
     """root_pid and every descendant of it (root first).
 

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, NamedTuple
 
 from entrypoint.pid_file import PidFileError, read_pid_file
 from entrypoint import sock_diag
-from entrypoint.proc_table import TCP_LISTEN, ProcessInfo, fds_readable, process_tree
+from entrypoint.proc_table import TCP_LISTEN, ProcessInfo, fds_readable, process_and_children
 
 # /health fails when no Squid worker has served for this long (sampled every SAMPLE_INTERVAL):
 # long enough for a kid that crashed once to be respawned and listen again.
@@ -266,7 +266,7 @@ def observe(
         return Observation(now, None, str(error), nobody, frozenset())
     if pid is None:
         return Observation(now, None, f"no pid in {pid_file}", nobody, frozenset())
-    tree = process_tree(pid)
+    tree = process_and_children(pid)  # the master and its kids: nothing below them is looked at
     names = _squid_processes(tree, pid, comm)
     if names is None:
         return Observation(now, pid, f"squid pid {pid} is not running", nobody, frozenset())
