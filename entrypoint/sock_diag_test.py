@@ -184,8 +184,11 @@ HOLDER = (
     "print(server.getsockname()[1], flush=True)\n"
     "held = [server.accept()[0] for _ in range(3)]\n"
     "print('accepted', flush=True)\n"
+    "spare = []\n"
     "for line in sys.stdin:\n"
     "    held.pop().close()\n"
+    "    if line.startswith('swap'):\n"
+    "        spare.append(socket.socket())  # takes the closed one's fd number\n"
     "    print('closed', flush=True)\n"
 )
 
@@ -193,7 +196,7 @@ HOLDER = (
 def test_the_drain_counts_again_only_when_squids_sockets_change(monkeypatch: pytest.MonkeyPatch) -> None:
     """A stand-in Squid with 3 client connections: polling without change asks the kernel once
     (its ESTABLISHED walk covers every connection of the host); a closed one is seen at once."""
-    from entrypoint.squid_process import SquidProcess
+    from entrypoint.squid_process import FD_LINKS_EVERY, SquidProcess
 
     holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdin is not None and holder.stdout is not None
@@ -213,6 +216,13 @@ def test_the_drain_counts_again_only_when_squids_sockets_change(monkeypatch: pyt
         assert holder.stdout.readline().strip() == "closed"
         assert squid.client_connections([port]) == 2
         assert len(dumps) == 2
+        # Closed, and its fd number at once another socket's: the same fd listing; the links
+        # are read again within FD_LINKS_EVERY polls.
+        holder.stdin.write("swap\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "closed"
+        counts = [squid.client_connections([port]) for _ in range(FD_LINKS_EVERY + 1)]
+        assert counts[-1] == 1, counts
     finally:
         for client in clients:
             client.close()

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from entrypoint import proc_table
 from entrypoint.config_snapshot import SnapshotNames
@@ -70,6 +71,31 @@ def problem_lines(output: str) -> list[str]:
     return [redact(line) for line in lines or output.strip().splitlines()[-20:]]
 
 
+# A socket closed and its fd number taken by another within one poll looks unchanged to a
+# listing of fd numbers: every this many polls the fd links are read anyway (0.5 s at 50 ms).
+FD_LINKS_EVERY = 10
+
+
+class _Count(NamedTuple):
+    ports: tuple[int, ...]
+    pids: tuple[int, ...]
+    fd_numbers: tuple[tuple[str, ...] | None, ...]
+    inodes: frozenset[int]
+    count: int
+    unchanged_polls: int
+
+
+def _fd_numbers(pids: tuple[int, ...] | list[int]) -> tuple[tuple[str, ...] | None, ...]:
+    """Each process's open fd numbers (None: gone or unreadable), in `pids` order."""
+    listed: list[tuple[str, ...] | None] = []
+    for pid in pids:
+        try:
+            listed.append(tuple(sorted(os.listdir(f"/proc/{pid}/fd"))))
+        except OSError:
+            listed.append(None)
+    return tuple(listed)
+
+
 class SquidProcess:
     """The running Squid master: our direct child and leader of its own process group."""
 
@@ -82,7 +108,7 @@ class SquidProcess:
         self.process = process
         self.relays = relays
         self.children = children
-        self._counted: tuple[frozenset[int], tuple[int, ...], int] | None = None  # client_connections' last count
+        self._counted: _Count | None = None  # client_connections' last count
 
     @property
     def pid(self) -> int:
@@ -117,13 +143,26 @@ class SquidProcess:
         The kernel finds ESTABLISHED sockets by walking its whole connection hash (every
         namespace's sockets: 5-15 ms here, polled every 50 ms by the drain), so the count is
         taken again only when the sockets Squid's processes hold have changed (one opened or
-        closed: read from their fd links, O(Squid's fds)); else the last count stands.
+        closed: read from their fd links, O(Squid's fds)); else the last count stands. Between
+        those reads, a poll lists the same processes' fd numbers only (no link read): while
+        they are unchanged, at most FD_LINKS_EVERY polls in a row, nothing was closed.
         """
-        inodes = frozenset(proc_table.socket_inodes(self.tree()))
-        if self._counted is None or self._counted[0] != inodes or self._counted[1] != tuple(ports):
+        key = tuple(ports)
+        counted = self._counted
+        if counted is not None and counted.ports == key and counted.unchanged_polls < FD_LINKS_EVERY:
+            if _fd_numbers(counted.pids) == counted.fd_numbers:
+                self._counted = counted._replace(unchanged_polls=counted.unchanged_polls + 1)
+                return counted.count
+        pids = self.tree()
+        fd_numbers = _fd_numbers(pids)
+        inodes = frozenset(proc_table.socket_inodes(pids))
+        if counted is not None and counted.ports == key and counted.inodes == inodes:
+            count = counted.count
+        else:
             established = proc_table.sockets_on(ports, proc_table.TCP_ESTABLISHED) if inodes else []
-            self._counted = (inodes, tuple(ports), sum(1 for sock in established if sock.inode in inodes))
-        return self._counted[2]
+            count = sum(1 for sock in established if sock.inode in inodes)
+        self._counted = _Count(key, tuple(pids), fd_numbers, inodes, count, 0)
+        return count
 
     def wake_workers(self) -> None:
         """SIGCHLD to Squid's own processes below the master (its kids), to wake their event loops.
