@@ -65,10 +65,29 @@ def start_server(root: Path, port: int) -> tuple[subprocess.Popen[bytes], subpro
     (root / "cache").mkdir()
     environment = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     server = subprocess.Popen(
-        [sys.executable, "-m", "entrypoint.healthcheck_cli", "--port", str(port), "--pid-file", str(root / "squid.pid"),
-         "--squid-comm", comm, "--proxy-port", str(proxy_port), "--cache-dir", str(root / "cache"),
-         "--config", str(root / "squid.conf"), "--log-level", "WARNING"],
-        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
+        [
+            sys.executable,
+            "-m",
+            "entrypoint.healthcheck_cli",
+            "--port",
+            str(port),
+            "--pid-file",
+            str(root / "squid.pid"),
+            "--squid-comm",
+            comm,
+            "--proxy-port",
+            str(proxy_port),
+            "--cache-dir",
+            str(root / "cache"),
+            "--config",
+            str(root / "squid.conf"),
+            "--log-level",
+            "WARNING",
+        ],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd="/",
     )
     return stand_in, server
 
@@ -81,7 +100,14 @@ def percentile(values: list[float], fraction: float) -> float:
 def phase(name: str, server_pid: int, port: int, probes: int, path: str = "/health") -> None:
     before = cpu_seconds(server_pid)
     peaks: list[dict[str, int]] = []
-    results = run_probes(port, probes, interval=0.05, timeout=1.0, on_probe=lambda: peaks.append(process_status(server_pid)), path=path)
+    results = run_probes(
+        port,
+        probes,
+        interval=0.05,
+        timeout=1.0,
+        on_probe=lambda: peaks.append(process_status(server_pid)),
+        path=path,
+    )
     answered = [latency * 1000 for latency in results if latency is not None]
     cpu_ms = (cpu_seconds(server_pid) - before) * 1000 / len(results)
     print(
@@ -94,7 +120,9 @@ def phase(name: str, server_pid: int, port: int, probes: int, path: str = "/heal
 
 def main() -> int:
     _, hard = raise_fd_limit()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--probes", type=int, default=200)
     parser.add_argument("--idle", type=int, default=max(min(10_000, hard - 1024), 0))
     parser.add_argument("--dribblers", type=int, default=64)
@@ -109,10 +137,14 @@ def main() -> int:
                     print("the health server did not answer 200 within 30 s", file=sys.stderr)
                     return 1
                 time.sleep(0.1)
-            print(f"health server pid {server.pid}; {args.probes} probes per row (1 s timeout, new connection each)")
+            print(
+                f"health server pid {server.pid}; {args.probes} probes per row (1 s timeout, new connection each)"
+            )
             phase("no attack", server.pid, port, args.probes)
             phase("no attack, /ready", server.pid, port, args.probes, "/ready")
-            if probe(port, 1.0, path="/metrics") is not None:  # the observability issue's endpoint, where present
+            if (
+                probe(port, 1.0, path="/metrics") is not None
+            ):  # the observability issue's endpoint, where present
                 phase("no attack, /metrics scrape", server.pid, port, args.probes, "/metrics")
             else:
                 print("/metrics: not served by this health server")
@@ -125,16 +157,22 @@ def main() -> int:
             finally:
                 bare.kill()
                 bare.wait(10)
-            print("goal: <= 0.2 ms CPU per /health probe (schedstat: all the server's threads, its sampler's share included)")
+            print(
+                "goal: <= 0.2 ms CPU per /health probe (schedstat: all the server's threads, its sampler's share included)"
+            )
             attack = Attack(port, idle=args.idle, dribblers=args.dribblers)
             attack.start()
             try:
                 time.sleep(3.0)
-                phase(f"{args.idle} idle + {args.dribblers} dribbling", server.pid, port, args.probes)
+                phase(
+                    f"{args.idle} idle + {args.dribblers} dribbling", server.pid, port, args.probes
+                )
             finally:
                 attack.stop()
-            print(f"attack: {attack.connects} connects, {attack.closed_by_server} dropped or answered by the server,"
-                  f" {attack.dribbled} dribbled sends; goal >= 99 % answered under attack")
+            print(
+                f"attack: {attack.connects} connects, {attack.closed_by_server} dropped or answered by the server,"
+                f" {attack.dribbled} dribbled sends; goal >= 99 % answered under attack"
+            )
         finally:
             for process in (server, stand_in):
                 process.kill()

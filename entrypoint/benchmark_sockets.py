@@ -55,7 +55,9 @@ class Ballast:
         self.acceptor: subprocess.Popen[bytes] | None = None
         if rows <= 0:
             return
-        self.acceptor = subprocess.Popen([sys.executable, "-c", ACCEPTOR], stdout=subprocess.PIPE)  # inherits the raised RLIMIT_NOFILE
+        self.acceptor = subprocess.Popen(
+            [sys.executable, "-c", ACCEPTOR], stdout=subprocess.PIPE
+        )  # inherits the raised RLIMIT_NOFILE
         assert self.acceptor.stdout is not None
         port = int(self.acceptor.stdout.readline())
         for _ in range(rows // 2):
@@ -92,7 +94,9 @@ def startup_and_drain(origin: harness.LocalHttpServer) -> dict[str, float]:
             outcome: dict[str, int] = {}
 
             def fetch() -> None:
-                outcome["size"] = proxied_get(workspace.squid_port, f"http://127.0.0.1:{origin.port}/{DOWNLOAD_SECONDS}", 60)[1]
+                outcome["size"] = proxied_get(
+                    workspace.squid_port, f"http://127.0.0.1:{origin.port}/{DOWNLOAD_SECONDS}", 60
+                )[1]
 
             fetcher = threading.Thread(target=fetch)
             fetcher.start()
@@ -108,7 +112,9 @@ def startup_and_drain(origin: harness.LocalHttpServer) -> dict[str, float]:
             run.wait_exit(120)
             fetcher.join(60)
             results["PID 1 CPU s, drain (SIGTERM -> exit)"] = last - before
-            results["download complete (1 = yes)"] = float(outcome.get("size") == DOWNLOAD_SECONDS * 10 * len(harness.PAYLOAD_CHUNK))
+            results["download complete (1 = yes)"] = float(
+                outcome.get("size") == DOWNLOAD_SECONDS * 10 * len(harness.PAYLOAD_CHUNK)
+            )
         finally:
             run.cleanup()
             drainer.join(10)
@@ -118,7 +124,9 @@ def startup_and_drain(origin: harness.LocalHttpServer) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, nargs="+", default=[0, 5000, 20000])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -137,8 +145,14 @@ def main() -> int:
             try:
                 table = len(proc_table.tcp_sockets())
                 checks = {
-                    "one check, netlink (us CPU)": per_check(lambda: proc_table.sockets_on([port], proc_table.TCP_LISTEN)) * 1e6,
-                    "one check, /proc/net/tcp (us CPU, old)": per_check(lambda: proc_table.tcp_sockets(), 5) * 1e6,
+                    "one check, netlink (us CPU)": per_check(
+                        lambda: proc_table.sockets_on([port], proc_table.TCP_LISTEN)
+                    )
+                    * 1e6,
+                    "one check, /proc/net/tcp (us CPU, old)": per_check(
+                        lambda: proc_table.tcp_sockets(), 5
+                    )
+                    * 1e6,
                 }
                 for key, value in checks.items():
                     samples.setdefault((rows, key), []).append(value)
@@ -159,7 +173,9 @@ def main() -> int:
     )
     print(f"{'ballast rows / measure':58} {'n':>3} {'median [min-max]':>26}")
     for (rows, key), values in samples.items():
-        print(f"{rows:6d} {key:51} {len(values):3d} {statistics.median(values):11.4f} [{min(values):.4f}-{max(values):.4f}]")
+        print(
+            f"{rows:6d} {key:51} {len(values):3d} {statistics.median(values):11.4f} [{min(values):.4f}-{max(values):.4f}]"
+        )
     print("goals: drain <= 0.1 PID 1 CPU s and start -> ready CPU the same at every ballast")
     return 0
 

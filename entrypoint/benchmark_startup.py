@@ -55,7 +55,9 @@ def proxied_get(proxy_port: int, url: str, timeout: float) -> tuple[int, int]:
 
 def first_200(proxy_port: int, origin: harness.LocalHttpServer, started: float) -> float:
     url = f"http://127.0.0.1:{origin.port}/0"
-    if not harness.wait_until(lambda: proxied_get(proxy_port, url, 2)[0] == 200, 120, interval=0.01):
+    if not harness.wait_until(
+        lambda: proxied_get(proxy_port, url, 2)[0] == 200, 120, interval=0.01
+    ):
         raise RuntimeError("no proxied 200 within 120 s")
     return time.monotonic() - started
 
@@ -75,12 +77,17 @@ def health_pid(entrypoint_pid: int) -> int | None:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            if b"healthcheck_cli" in cmdline and int(stat[stat.rindex(")") + 2 :].split()[1]) == entrypoint_pid:
+            if (
+                b"healthcheck_cli" in cmdline
+                and int(stat[stat.rindex(")") + 2 :].split()[1]) == entrypoint_pid
+            ):
                 return int(entry)
     return None
 
 
-def entrypoint_run(origin: harness.LocalHttpServer, results: dict[str, float], download: bool) -> None:
+def entrypoint_run(
+    origin: harness.LocalHttpServer, results: dict[str, float], download: bool
+) -> None:
     workspace = harness.Workspace(bytecode=True)
     try:
         started = time.monotonic()
@@ -91,7 +98,11 @@ def entrypoint_run(origin: harness.LocalHttpServer, results: dict[str, float], d
                 outcome: dict[str, float] = {}
 
                 def fetch() -> None:
-                    _, size = proxied_get(workspace.squid_port, f"http://127.0.0.1:{origin.port}/{DOWNLOAD_SECONDS}", 60)
+                    _, size = proxied_get(
+                        workspace.squid_port,
+                        f"http://127.0.0.1:{origin.port}/{DOWNLOAD_SECONDS}",
+                        60,
+                    )
                     outcome["end"], outcome["size"] = time.monotonic(), size
 
                 fetcher = threading.Thread(target=fetch)
@@ -102,10 +113,16 @@ def entrypoint_run(origin: harness.LocalHttpServer, results: dict[str, float], d
                 exited = time.monotonic()
                 fetcher.join(60)
                 complete = outcome.get("size") == DOWNLOAD_SECONDS * 10 * len(harness.PAYLOAD_CHUNK)
-                results["entrypoint: 10 s download at SIGTERM arrives complete (1 = yes)"] = float(complete)
-                results["entrypoint: exit after the download's end"] = exited - outcome.get("end", exited)
+                results["entrypoint: 10 s download at SIGTERM arrives complete (1 = yes)"] = float(
+                    complete
+                )
+                results["entrypoint: exit after the download's end"] = exited - outcome.get(
+                    "end", exited
+                )
                 return
-            results["entrypoint: start -> first proxied 200"] = first_200(workspace.squid_port, origin, started)
+            results["entrypoint: start -> first proxied 200"] = first_200(
+                workspace.squid_port, origin, started
+            )
             run.wait_for_output(r"Container ready", 120)
             time.sleep(0.5)
             results["RSS PID 1 (KiB)"] = rss_kib(run.pid)
@@ -141,8 +158,11 @@ def start_squid_alone(config: Path, stdout: int = subprocess.DEVNULL) -> subproc
         harness.give_pipe_to(stdout, options.get("user"))  # type: ignore[arg-type]  # Squid reopens /dev/stdout
     return subprocess.Popen(
         [str(harness.squid_bin()), "--foreground", "-f", str(config)],
-        stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.DEVNULL,
-        start_new_session=True, **options,  # type: ignore[arg-type]
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        **options,  # type: ignore[arg-type]
     )
 
 
@@ -154,41 +174,56 @@ def kill_squid_alone(squid: subprocess.Popen[bytes]) -> None:
         squid.wait()
 
 
-def squid_alone(workspace: harness.Workspace, origin: harness.LocalHttpServer, results: dict[str, float]) -> None:
+def squid_alone(
+    workspace: harness.Workspace, origin: harness.LocalHttpServer, results: dict[str, float]
+) -> None:
     """Baseline: Squid with the config the entrypoint rendered (cache already made)."""
     rendered = workspace.runtime_dir("run") / "squid.conf"
     text = rendered.read_text()
-    for name, lifetime, stop in (("SIGTERM", "5 seconds", signal.SIGTERM), ("SIGINT", None, signal.SIGINT)):
+    for name, lifetime, stop in (
+        ("SIGTERM", "5 seconds", signal.SIGTERM),
+        ("SIGINT", None, signal.SIGINT),
+    ):
         config = rendered
         if lifetime is not None:  # Squid alone waits its whole lifetime: use the old default 5 s
             config = workspace.runtime_dir("run") / "squid-alone.conf"
-            config.write_text(re.sub(r"(?m)^shutdown_lifetime .*$", f"shutdown_lifetime {lifetime}", text))
+            config.write_text(
+                re.sub(r"(?m)^shutdown_lifetime .*$", f"shutdown_lifetime {lifetime}", text)
+            )
             os.chmod(config, 0o664)
         started = time.monotonic()
         squid = start_squid_alone(config)
         try:
             if stop == signal.SIGTERM:
-                results["squid alone: start -> first proxied 200"] = first_200(workspace.squid_port, origin, started)
+                results["squid alone: start -> first proxied 200"] = first_200(
+                    workspace.squid_port, origin, started
+                )
             else:
                 first_200(workspace.squid_port, origin, started)
             time.sleep(0.5)
             signalled = time.monotonic()
             squid.send_signal(stop)
             squid.wait(120)
-            label = f"squid alone: {name} -> exit, idle" + (f" (shutdown_lifetime {lifetime})" if lifetime else "")
+            label = f"squid alone: {name} -> exit, idle" + (
+                f" (shutdown_lifetime {lifetime})" if lifetime else ""
+            )
             results[label] = time.monotonic() - signalled
         finally:
             kill_squid_alone(squid)
 
 
-def added_start(origin: harness.LocalHttpServer, results: dict[str, float], cache_dir: bool) -> None:
+def added_start(
+    origin: harness.LocalHttpServer, results: dict[str, float], cache_dir: bool
+) -> None:
     """Start -> first proxied 200 of the entrypoint and of Squid alone with the config it rendered
     (cache made, so no `squid -z` for either); without cache_dir Squid's own start is short and
     what the entrypoint adds shows plainly."""
     workspace = harness.Workspace(bytecode=True)
     label = "with cache_dir" if cache_dir else "no cache_dir"
     try:
-        if not cache_dir:  # the default config as a custom one (its paths made the workspace's), minus cache_dir
+        if (
+            not cache_dir
+        ):  # the default config as a custom one (its paths made the workspace's), minus cache_dir
             text = workspace.default_config.read_text()
             workspace.write_custom_config(
                 re.sub(r"(?m)^cache_dir .*$", "", text)
@@ -238,9 +273,13 @@ def phase_run(origin: harness.LocalHttpServer, samples: dict[str, list[float]]) 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--phases", type=int, default=0, help="more restarts at LOG_LEVEL=DEBUG: their phases")
+    parser.add_argument(
+        "--phases", type=int, default=0, help="more restarts at LOG_LEVEL=DEBUG: their phases"
+    )
     args = parser.parse_args()
     problem = harness.unprivileged_access_problem()
     if problem:
@@ -274,7 +313,9 @@ def main() -> int:
         f"Squid {'.'.join(map(str, harness.squid_version()))} from {harness.squid_root()},"
         f" Python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}"
     )
-    print(f"load average {os.getloadavg()[0]:.1f} (a shared machine: absolute times vary with it, ratios less)")
+    print(
+        f"load average {os.getloadavg()[0]:.1f} (a shared machine: absolute times vary with it, ratios less)"
+    )
     print(f"{'measure':66} {'n':>3} {'median':>9} {'min':>9} {'max':>9}")
     rows = list(samples.items()) + [
         ("ratio first start -> 200 (entrypoint / squid alone), goal <= 1.5", ratios),
@@ -282,7 +323,9 @@ def main() -> int:
     ]
     for key, values in rows:
         if values:
-            print(f"{key:66} {len(values):3d} {statistics.median(values):9.3f} {min(values):9.3f} {max(values):9.3f}")
+            print(
+                f"{key:66} {len(values):3d} {statistics.median(values):9.3f} {min(values):9.3f} {max(values):9.3f}"
+            )
     return 0
 
 

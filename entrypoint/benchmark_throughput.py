@@ -92,24 +92,45 @@ _UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 def run_wrk(proxy_port: int, script: Path, connections: int, seconds: int) -> dict[str, float]:
     output = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"http://127.0.0.1:{proxy_port}"],
-        capture_output=True, text=True, timeout=seconds + 60, check=True,
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{proxy_port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
     ).stdout
     requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     latency = {name: float(value) * _UNIT[unit] for name, value, unit in _LATENCY.findall(output)}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    return {"requests": requests, "rps": requests / seconds, "p50 ms": latency["50"], "p99 ms": latency["99"],
-            "non-2xx": float(errors.group(1)) if errors else 0.0}
+    return {
+        "requests": requests,
+        "rps": requests / seconds,
+        "p50 ms": latency["50"],
+        "p99 ms": latency["99"],
+        "non-2xx": float(errors.group(1)) if errors else 0.0,
+    }
 
 
 def warm(proxy_port: int, origin_port: int) -> None:
     for index in range(OBJECTS):
         url = f"http://127.0.0.1:{origin_port}/o{index}"
-        if not harness.wait_until(lambda: proxied_get(proxy_port, url, 2)[0] == 200, 60, interval=0.05):
+        if not harness.wait_until(
+            lambda: proxied_get(proxy_port, url, 2)[0] == 200, 60, interval=0.05
+        ):
             raise RuntimeError(f"no proxied 200 for {url} within 60 s")
 
 
-def entrypoint_round(workspace: harness.Workspace, origin_port: int, script: Path, connections: int, seconds: int) -> dict[str, float]:
+def entrypoint_round(
+    workspace: harness.Workspace, origin_port: int, script: Path, connections: int, seconds: int
+) -> dict[str, float]:
     stdout, drainer = drained_pipe()
     run = harness.EntrypointRun(workspace, workspace.env(), stdout=stdout)
     os.close(stdout)
@@ -117,14 +138,18 @@ def entrypoint_round(workspace: harness.Workspace, origin_port: int, script: Pat
         warm(workspace.squid_port, origin_port)
         before = cpu_seconds(run.pid)
         result = run_wrk(workspace.squid_port, script, connections, seconds)
-        result["pid1 cpu s / 10k req"] = (cpu_seconds(run.pid) - before) / result["requests"] * 10_000
+        result["pid1 cpu s / 10k req"] = (
+            (cpu_seconds(run.pid) - before) / result["requests"] * 10_000
+        )
         return result
     finally:
         run.cleanup()
         drainer.join(10)
 
 
-def squid_alone_round(workspace: harness.Workspace, origin_port: int, script: Path, connections: int, seconds: int) -> dict[str, float]:
+def squid_alone_round(
+    workspace: harness.Workspace, origin_port: int, script: Path, connections: int, seconds: int
+) -> dict[str, float]:
     config = workspace.runtime_dir("run") / "squid.conf"  # what the entrypoint rendered, unchanged
     stdout, drainer = drained_pipe()
     squid = start_squid_alone(config, stdout)
@@ -142,7 +167,9 @@ def summary(values: list[float]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, nargs="+", default=[20, 100])
@@ -166,11 +193,19 @@ def main() -> int:
         os.chmod(script, 0o644)
         for connections in args.connections:
             for index in range(args.rounds):
-                for name, subject in (("entrypoint", entrypoint_round), ("squid alone", squid_alone_round)):
+                for name, subject in (
+                    ("entrypoint", entrypoint_round),
+                    ("squid alone", squid_alone_round),
+                ):
                     result = subject(workspace, origin_port, script, connections, args.seconds)
                     for key, value in result.items():
-                        samples.setdefault((connections, name), {}).setdefault(key, []).append(value)
-                print(f"{connections} connections: round {index + 1}/{args.rounds} done", file=sys.stderr)
+                        samples.setdefault((connections, name), {}).setdefault(key, []).append(
+                            value
+                        )
+                print(
+                    f"{connections} connections: round {index + 1}/{args.rounds} done",
+                    file=sys.stderr,
+                )
     finally:
         origin.shutdown()
         workspace.remove()
@@ -186,11 +221,15 @@ def main() -> int:
         for name, measured in (("entrypoint", ours), ("squid alone", alone)):
             for key in ("rps", "p50 ms", "p99 ms", "non-2xx", "pid1 cpu s / 10k req"):
                 if key in measured:
-                    print(f"{connections:4d} {name:12} {key:33} {len(measured[key]):3d} {summary(measured[key])}")
+                    print(
+                        f"{connections:4d} {name:12} {key:33} {len(measured[key]):3d} {summary(measured[key])}"
+                    )
         for key, goal in (("rps", ">= 0.97"), ("p50 ms", ""), ("p99 ms", "<= 1.1")):
             ratios = [a / b for a, b in zip(ours[key], alone[key]) if b]
             if ratios:
-                print(f"{connections:4d} ratio {key} entrypoint / squid alone{(' goal ' + goal) if goal else '':17} {len(ratios):3d} {summary(ratios)}")
+                print(
+                    f"{connections:4d} ratio {key} entrypoint / squid alone{(' goal ' + goal) if goal else '':17} {len(ratios):3d} {summary(ratios)}"
+                )
         print(f"{connections:4d} goal PID 1 <= 0.050 CPU s per 10k requests (<= 5 us per line)")
     return 0
 

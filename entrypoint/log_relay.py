@@ -41,7 +41,9 @@ def identity(line: str) -> str:
 class LineRelay(asyncio.Protocol):
     """asyncio read-pipe protocol: bytes in, filtered lines out to `sink`."""
 
-    def __init__(self, sink: OutputSink, line_filter: LineFilter = identity, collapse_pairs: bool = False) -> None:
+    def __init__(
+        self, sink: OutputSink, line_filter: LineFilter = identity, collapse_pairs: bool = False
+    ) -> None:
         self.sink = sink
         self.line_filter = line_filter
         # Drop the second of two identical consecutive lines (Squid's `-d 0` copy of a
@@ -66,7 +68,12 @@ class LineRelay(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._take(data)
-        if self._rests and len(data) < BATCH_READ_BYTES and isinstance(self.transport, asyncio.ReadTransport) and not self._resting:
+        if (
+            self._rests
+            and len(data) < BATCH_READ_BYTES
+            and isinstance(self.transport, asyncio.ReadTransport)
+            and not self._resting
+        ):
             self.transport.pause_reading()
             self._resting = True
             asyncio.get_running_loop().call_later(self._rest, self._resume)
@@ -95,12 +102,18 @@ class LineRelay(asyncio.Protocol):
         if self.collapse_pairs:
             raws = self._collapsed(raws)
         try:
-            texts = [self.line_filter(raw.decode("utf-8", errors="surrogateescape")) for raw in raws]
-        except Exception:  # a broken filter must not take PID 1 down: line by line, to drop only its line
+            texts = [
+                self.line_filter(raw.decode("utf-8", errors="surrogateescape")) for raw in raws
+            ]
+        except (
+            Exception
+        ):  # a broken filter must not take PID 1 down: line by line, to drop only its line
             for raw in raws:
                 self._emit(raw)
             return
-        self.sink.write_lines([text.encode("utf-8", errors="replace") + b"\n" for text in safe_lines(texts)])
+        self.sink.write_lines(
+            [text.encode("utf-8", errors="replace") + b"\n" for text in safe_lines(texts)]
+        )
 
     def _collapsed(self, raws: list[bytes]) -> list[bytes]:
         kept = []

@@ -50,7 +50,11 @@ def safe_lines(lines: list[str]) -> list[str]:
     access log's lines, holds no trigger word, no remembered value and nothing to escape): then
     they are returned as they are, without a per-line pass."""
     joined = "\n".join(lines)
-    if joined.isascii() and joined.replace("\n", "").isprintable() and not needs_redaction(joined.casefold()):
+    if (
+        joined.isascii()
+        and joined.replace("\n", "").isprintable()
+        and not needs_redaction(joined.casefold())
+    ):
         return lines
     return [safe_line(line) for line in lines]
 

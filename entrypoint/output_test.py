@@ -38,7 +38,9 @@ def test_a_stalled_reader_never_blocks_and_drops_are_reported_once_it_is_back() 
     line = b"x" * 99
     # 200 KB into 64 KB of pipe + 16 KB of queue: returns at once. Written in a thread so that
     # a write that blocks fails this test within a bound instead of hanging it.
-    writer = threading.Thread(target=lambda: [sink.write_line(line) for _ in range(2000)], daemon=True)
+    writer = threading.Thread(
+        target=lambda: [sink.write_line(line) for _ in range(2000)], daemon=True
+    )
     writer.start()
     writer.join(WRITE_BOUND)
     blocked = writer.is_alive()
@@ -54,7 +56,9 @@ def test_a_stalled_reader_never_blocks_and_drops_are_reported_once_it_is_back() 
     text = (first + read_all(read_end)).decode()
     lines = text.splitlines()
     assert all(l == "x" * 99 for l in lines[:-1]), "a line was split or mangled"
-    assert re.fullmatch(rf"\S+ \S+ \[WARNING\] dropped {dropped} log lines \(stdout reader stalled\)", lines[-1])
+    assert re.fullmatch(
+        rf"\S+ \S+ \[WARNING\] dropped {dropped} log lines \(stdout reader stalled\)", lines[-1]
+    )
     assert len(lines) - 1 + dropped == 2000
     sink.write_line(b"after")
     assert read_all(read_end) == b"after\n"  # reported once, then counting starts again
@@ -69,7 +73,9 @@ def test_relay_passes_whole_filtered_lines_from_split_chunks() -> None:
         sink.attach(asyncio.get_running_loop())
         child_read, child_write = os.pipe()
         relay = LineRelay(sink, lambda text: text.replace("secret", "[redacted]"))
-        await asyncio.get_running_loop().connect_read_pipe(lambda: relay, os.fdopen(child_read, "rb", 0))
+        await asyncio.get_running_loop().connect_read_pipe(
+            lambda: relay, os.fdopen(child_read, "rb", 0)
+        )
         for chunk in (b"one sec", b"ret line\ntwo", b"\nthree without newline"):
             os.write(child_write, chunk)
             await asyncio.sleep(0.05)
@@ -113,7 +119,9 @@ def test_lines_that_arrive_together_leave_in_one_write(monkeypatch: pytest.Monke
         sink = OutputSink(out_write, "stdout")
         relay = LineRelay(sink)
         monkeypatch.setattr(output_sink.os, "write", counting_write)
-        relay.data_received(b"1733550000.123 1 127.0.0.1 TCP_MISS/200 425 GET http://h/o - HIER_DIRECT/h -\n" * 50)
+        relay.data_received(
+            b"1733550000.123 1 127.0.0.1 TCP_MISS/200 425 GET http://h/o - HIER_DIRECT/h -\n" * 50
+        )
         monkeypatch.undo()
         data = read_all(out_read)
         for fd in (out_read, out_write, sink.fd):
@@ -139,7 +147,9 @@ def _full_sink(limit: int) -> tuple[OutputSink, int, int]:
 
 @settings(max_examples=50)
 @given(st.lists(st.integers(1, 300), max_size=40), st.integers(0, 2000), st.integers(0, 5))
-def test_a_batch_queues_and_drops_each_line_as_one_by_one_would(sizes: list[int], limit: int, split: int) -> None:
+def test_a_batch_queues_and_drops_each_line_as_one_by_one_would(
+    sizes: list[int], limit: int, split: int
+) -> None:
     """The slow-reader protection is per line whether lines come one by one or as a batch."""
     lines = [b"x" * (size - 1) + b"\n" for size in sizes]
     one, batch = _full_sink(limit), _full_sink(limit)

@@ -20,8 +20,18 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # SIGILL, SIGFPE, SIGABRT: handling those in Python could loop), nor SIGPIPE and SIGXFSZ, which
 # Python ignores; the real-time signals all terminate by default.
 _TERMINATING = (
-    "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGTRAP", "SIGSTKFLT", "SIGXCPU", "SIGVTALRM",
-    "SIGPROF", "SIGIO", "SIGPWR", "SIGSYS",
+    "SIGQUIT",
+    "SIGUSR1",
+    "SIGUSR2",
+    "SIGALRM",
+    "SIGTRAP",
+    "SIGSTKFLT",
+    "SIGXCPU",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGIO",
+    "SIGPWR",
+    "SIGSYS",
 )
 FATAL_SIGNALS = tuple(
     dict.fromkeys(getattr(signal, name) for name in _TERMINATING if hasattr(signal, name))
@@ -74,7 +84,9 @@ class SignalRouter:
         while pending:  # arrived before the event loop took over
             self.dispatch(pending.pop(0))
 
-    def _fatal_handler(self, loop: asyncio.AbstractEventLoop) -> Callable[[int, FrameType | None], None]:
+    def _fatal_handler(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> Callable[[int, FrameType | None], None]:
         def handle(signum: int, frame: FrameType | None) -> None:
             if loop.is_closed():
                 self.on_fatal(signum)  # after the loop: act at once, as the loop would have

@@ -21,7 +21,11 @@ SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 INET_DIAG_REQ_BYTECODE = 1
-INET_DIAG_BC_JMP, INET_DIAG_BC_S_GE, INET_DIAG_BC_S_LE = 1, 2, 3  # in every kernel with inet_diag (S_EQ is newer)
+INET_DIAG_BC_JMP, INET_DIAG_BC_S_GE, INET_DIAG_BC_S_LE = (
+    1,
+    2,
+    3,
+)  # in every kernel with inet_diag (S_EQ is newer)
 
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 # inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid (48 bytes, zero).
@@ -55,7 +59,10 @@ def port_filter(ports: Iterable[int]) -> bytes:
     """
     wanted = sorted(set(ports))
     comparison = 2 * _OP.size  # an op and the operand op holding the port
-    blocks = [2 * comparison + (_OP.size if index + 1 < len(wanted) else 0) for index in range(len(wanted))]
+    blocks = [
+        2 * comparison + (_OP.size if index + 1 < len(wanted) else 0)
+        for index in range(len(wanted))
+    ]
     total = sum(blocks)
     code = bytearray()
     for index, port in enumerate(wanted):
@@ -73,7 +80,12 @@ def _request(family: int, state: int, ports: Iterable[int], sequence: int) -> by
     bytecode = port_filter(ports)
     attribute = struct.pack("=HH", 4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
     body = _REQUEST.pack(family, socket.IPPROTO_TCP, 0, 1 << state) + attribute
-    return _HEADER.pack(_HEADER.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, sequence, 0) + body
+    return (
+        _HEADER.pack(
+            _HEADER.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, sequence, 0
+        )
+        + body
+    )
 
 
 def _parse(data: bytes, found: list[DiagSocket]) -> bool:
@@ -89,11 +101,22 @@ def _parse(data: bytes, found: list[DiagSocket]) -> bool:
             (error,) = struct.unpack_from("=i", data, offset + _HEADER.size)
             raise OSError(-error, "netlink sock_diag refused the request")
         if kind == SOCK_DIAG_BY_FAMILY:
-            (family, state, _, _, sport, dport, src, dst, _, _, _, rqueue, _, _, inode) = _MESSAGE.unpack_from(
-                data, offset + _HEADER.size
+            (family, state, _, _, sport, dport, src, dst, _, _, _, rqueue, _, _, inode) = (
+                _MESSAGE.unpack_from(data, offset + _HEADER.size)
             )
             size = 4 if family == socket.AF_INET else 16
-            found.append(DiagSocket(family, state, socket.ntohs(sport), socket.ntohs(dport), src[:size], dst[:size], rqueue, inode))
+            found.append(
+                DiagSocket(
+                    family,
+                    state,
+                    socket.ntohs(sport),
+                    socket.ntohs(dport),
+                    src[:size],
+                    dst[:size],
+                    rqueue,
+                    inode,
+                )
+            )
         offset += (length + 3) & ~3
     return False
 
@@ -114,7 +137,9 @@ class _Link:
     def dump(self, request: bytes) -> list[DiagSocket]:
         with self.lock:
             if self.sock is None:
-                self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+                self.sock = socket.socket(
+                    socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG
+                )
                 self.sock.settimeout(5.0)  # the kernel answers at once; never hang PID 1 on it
             found: list[DiagSocket] = []
             try:

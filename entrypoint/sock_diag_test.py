@@ -27,7 +27,11 @@ def _listener(family: int = socket.AF_INET) -> socket.socket:
 
 def _proc_view(ports: set[int], state: int) -> set[tuple[int, int]]:
     """(port, inode) of /proc/net/tcp{,6} rows in `state` on `ports`: the reference."""
-    return {(s.local_port, s.inode) for s in proc_table.tcp_sockets() if s.state == state and s.local_port in ports}
+    return {
+        (s.local_port, s.inode)
+        for s in proc_table.tcp_sockets()
+        if s.state == state and s.local_port in ports
+    }
 
 
 @contextlib.contextmanager
@@ -42,7 +46,9 @@ def _listeners(count: int) -> Iterator[list[socket.socket]]:
 
 @settings(max_examples=25, deadline=None)
 @given(st.integers(1, 6), st.data())
-def test_the_kernel_filter_returns_exactly_the_wanted_ports(count: int, data: st.DataObject) -> None:
+def test_the_kernel_filter_returns_exactly_the_wanted_ports(
+    count: int, data: st.DataObject
+) -> None:
     """Any subset of our listeners' ports (and ports nobody uses): exactly what /proc shows."""
     with _listeners(count) as opened:
         ports = [sock.getsockname()[1] for sock in opened]
@@ -65,9 +71,18 @@ def test_accept_queue_and_established_connections_match_proc() -> None:
                 established = sock_diag.tcp_sockets(proc_table.TCP_ESTABLISHED, [port])
                 assert established is not None
                 # Server side only (the clients' local ports differ); unaccepted ones have inode 0.
-                assert {(s.local_port, s.inode) for s in established} == _proc_view({port}, proc_table.TCP_ESTABLISHED)
-                assert sorted(s.remote_port for s in established) == sorted(c.getsockname()[1] for c in clients)
-                assert [s.local_port for s in proc_table.owned_sockets([os.getpid()], [port], proc_table.TCP_ESTABLISHED)] == [port]
+                assert {(s.local_port, s.inode) for s in established} == _proc_view(
+                    {port}, proc_table.TCP_ESTABLISHED
+                )
+                assert sorted(s.remote_port for s in established) == sorted(
+                    c.getsockname()[1] for c in clients
+                )
+                assert [
+                    s.local_port
+                    for s in proc_table.owned_sockets(
+                        [os.getpid()], [port], proc_table.TCP_ESTABLISHED
+                    )
+                ] == [port]
         finally:
             for client in clients:
                 client.close()
@@ -80,7 +95,10 @@ def test_ipv6_listeners_are_found() -> None:
         pytest.skip("no IPv6 loopback in this namespace")
     with server:
         port = server.getsockname()[1]
-        assert [(s.local_address, s.local_port) for s in proc_table.sockets_on([port], proc_table.TCP_LISTEN)] == [("::1", port)]
+        assert [
+            (s.local_address, s.local_port)
+            for s in proc_table.sockets_on([port], proc_table.TCP_LISTEN)
+        ] == [("::1", port)]
 
 
 def test_unrelated_connections_are_filtered_in_the_kernel() -> None:
@@ -157,13 +175,17 @@ def test_without_netlink_the_proc_table_answers(monkeypatch: pytest.MonkeyPatch)
     with _listeners(1) as (server,):
         port = server.getsockname()[1]
         assert sock_diag.tcp_sockets(proc_table.TCP_LISTEN, [port]) is None
-        assert [s.local_port for s in proc_table.sockets_on([port], proc_table.TCP_LISTEN)] == [port]
+        assert [s.local_port for s in proc_table.sockets_on([port], proc_table.TCP_LISTEN)] == [
+            port
+        ]
         assert list(squid_serving.listen_backlogs([port]).values()) == [0]
 
 
 def test_process_tree_without_children_files_scans_proc(monkeypatch: pytest.MonkeyPatch) -> None:
     """A kernel without CONFIG_PROC_CHILDREN (simulated): the same tree from a scan of /proc."""
-    child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; subprocess.run(['sleep', '30'])"])
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys; subprocess.run(['sleep', '30'])"]
+    )
     try:
         deadline = time.monotonic() + 30
         while len(proc_table.process_tree(child.pid)) < 2 and time.monotonic() < deadline:
@@ -193,12 +215,16 @@ HOLDER = (
 )
 
 
-def test_the_drain_counts_again_only_when_squids_sockets_change(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_drain_counts_again_only_when_squids_sockets_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A stand-in Squid with 3 client connections: polling without change asks the kernel once
     (its ESTABLISHED walk covers every connection of the host); a closed one is seen at once."""
     from entrypoint.squid_process import FD_LINKS_EVERY, SquidProcess
 
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdin is not None and holder.stdout is not None
     clients: list[socket.socket] = []
     try:
@@ -208,7 +234,9 @@ def test_the_drain_counts_again_only_when_squids_sockets_change(monkeypatch: pyt
         squid = SquidProcess(holder, [], None)  # type: ignore[arg-type]  # only its process is looked at
         dumps: list[int] = []
         real = proc_table.sockets_on
-        monkeypatch.setattr(proc_table, "sockets_on", lambda ports, state: dumps.append(state) or real(ports, state))
+        monkeypatch.setattr(
+            proc_table, "sockets_on", lambda ports, state: dumps.append(state) or real(ports, state)
+        )
         assert [squid.client_connections([port]) for _ in range(5)] == [3] * 5
         assert dumps == [proc_table.TCP_ESTABLISHED]
         holder.stdin.write("close one\n")

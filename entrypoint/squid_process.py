@@ -61,7 +61,9 @@ def cache_log_is_stderr(config: ActiveConfig) -> bool:
 def listen_ports(config: ActiveConfig) -> list[int]:
     """The client ports the config opens (http_port, https_port)."""
     ports = [address.port for address in config.http_ports]
-    ports += [parse_listen_address(d).port for d in config.named("https_port") if d.args]  # validated: no ConfigError
+    ports += [
+        parse_listen_address(d).port for d in config.named("https_port") if d.args
+    ]  # validated: no ConfigError
     return list(dict.fromkeys(ports))
 
 
@@ -130,11 +132,15 @@ class SquidProcess:
     def listening(self, ports: list[int]) -> set[int]:
         """Which of `ports` Squid itself (master or a kid) holds a LISTEN socket on."""
         tree = self.tree()
-        found = {sock.local_port for sock in proc_table.owned_sockets(tree, ports, proc_table.TCP_LISTEN)}
+        found = {
+            sock.local_port for sock in proc_table.owned_sockets(tree, ports, proc_table.TCP_LISTEN)
+        }
         if not all(proc_table.fds_readable(pid) for pid in tree):
             # Started as root, Squid's kids switch UID and their fds cannot be read (no
             # CAP_SYS_PTRACE): any listener counts; the check before the start found none.
-            found |= {sock.local_port for sock in proc_table.sockets_on(ports, proc_table.TCP_LISTEN)}
+            found |= {
+                sock.local_port for sock in proc_table.sockets_on(ports, proc_table.TCP_LISTEN)
+            }
         return found
 
     def client_connections(self, ports: list[int]) -> int:
@@ -149,7 +155,11 @@ class SquidProcess:
         """
         key = tuple(ports)
         counted = self._counted
-        if counted is not None and counted.ports == key and counted.unchanged_polls < FD_LINKS_EVERY:
+        if (
+            counted is not None
+            and counted.ports == key
+            and counted.unchanged_polls < FD_LINKS_EVERY
+        ):
             if _fd_numbers(counted.pids) == counted.fd_numbers:
                 self._counted = counted._replace(unchanged_polls=counted.unchanged_polls + 1)
                 return counted.count
@@ -293,10 +303,11 @@ class SquidCommands:
             return False
         for cache_dir in missing:
             if cache_dir.remove_partial_rock_db():
-                self.log.warning("Removed the partial rock db in %s left by an interrupted squid -z", cache_dir.path)
-        self.log.info(
-            "Initialising Squid cache: %s", ", ".join(str(d.path) for d in missing)
-        )
+                self.log.warning(
+                    "Removed the partial rock db in %s left by an interrupted squid -z",
+                    cache_dir.path,
+                )
+        self.log.info("Initialising Squid cache: %s", ", ".join(str(d.path) for d in missing))
         # -N: without it `squid -z` backgrounds itself and returns before the dirs exist.
         argv = [str(self.squid_bin), "-N", "-z", "-f", str(path or config.path)]
         try:
@@ -316,12 +327,16 @@ class SquidCommands:
             except OSError as error:
                 self.log.warning(
                     "Cannot mark %s as initialised (%s): squid -z runs again at the next start",
-                    cache_dir.path, error.strerror,
+                    cache_dir.path,
+                    error.strerror,
                 )
         return True
 
     async def start(
-        self, config: ActiveConfig, sinks: tuple[OutputSink, OutputSink], line_filter: LineFilter = identity
+        self,
+        config: ActiveConfig,
+        sinks: tuple[OutputSink, OutputSink],
+        line_filter: LineFilter = identity,
     ) -> SquidProcess:
         """Start Squid in the foreground as our direct child, in its own process group.
 
@@ -413,7 +428,8 @@ class SquidCommands:
                 taken = sorted({sock.local_port for sock in squatters})
                 what = (
                     f"another process already listens on port {', '.join(map(str, taken))}"
-                    if taken else f"Squid does not listen on port {', '.join(map(str, missing))}"
+                    if taken
+                    else f"Squid does not listen on port {', '.join(map(str, missing))}"
                     f" after {LISTEN_TIMEOUT:g} s"
                 )
                 raise SquidError(
