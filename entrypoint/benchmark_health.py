@@ -24,14 +24,33 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from entrypoint.benchmark_throughput import cpu_seconds
 from tests.entrypoint.harness import free_port
-from tests.entrypoint.health_attack import Attack, process_status, raise_fd_limit, run_probes
+from tests.entrypoint.health_attack import Attack, probe, process_status, raise_fd_limit, run_probes
 
 STAND_IN = (
     "import socket, time\n"
     "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(16)\n"
     "print(s.getsockname()[1], flush=True)\n"
     "time.sleep(3600)\n"
+)
+
+
+# The floor any Python server pays per probe (accept, read, answer, close) with no check at all:
+# the health server's CPU per probe is printed beside it, measured in the same run.
+BARE_SERVER = (
+    "import socket, sys\n"
+    "s = socket.create_server(('127.0.0.1', int(sys.argv[1])))\n"
+    "answer = b'HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\nConnection: close\\r\\n\\r\\nOK\\n'\n"
+    "while True:\n"
+    "    conn, _ = s.accept()\n"
+    "    head = b''\n"
+    "    while b'\\r\\n\\r\\n' not in head:\n"
+    "        chunk = conn.recv(4096)\n"
+    "        if not chunk: break\n"
+    "        head += chunk\n"
+    "    conn.sendall(answer)\n"
+    "    conn.close()\n"
 )
 
 
@@ -78,8 +97,8 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(int(fraction * len(ordered)), len(ordered) - 1)] if ordered else float("nan")
 
 
-def phase(name: str, server_pid: int, port: int, probes: int) -> None:
-    before = process_status(server_pid)
+def phase(name: str, server_pid: int, port: int, probes: int, path: str = "/health") -> None:
+    before = cpu_seconds(server_pid)
     peaks: list[dict[str, int]] = []
     results = run_probes(
         port,
@@ -87,16 +106,14 @@ def phase(name: str, server_pid: int, port: int, probes: int) -> None:
         interval=0.05,
         timeout=1.0,
         on_probe=lambda: peaks.append(process_status(server_pid)),
+        path=path,
     )
-    after = process_status(server_pid)
     answered = [latency * 1000 for latency in results if latency is not None]
-    cpu_ms = (
-        (after["cpu_ticks"] - before["cpu_ticks"]) * 1000 / os.sysconf("SC_CLK_TCK") / len(results)
-    )
+    cpu_ms = (cpu_seconds(server_pid) - before) * 1000 / len(results)
     print(
         f"{name:<34} {len(answered):>4}/{len(results):<4} {100 * len(answered) / len(results):6.1f} %"
         f"  p50 {percentile(answered, 0.5):7.2f} ms  p99 {percentile(answered, 0.99):7.2f} ms"
-        f"  cpu/probe {cpu_ms:6.2f} ms  threads {max(p['Threads'] for p in peaks)}"
+        f"  cpu/probe {cpu_ms:6.3f} ms  threads {max(p['Threads'] for p in peaks)}"
         f"  rss {max(p['VmRSS'] for p in peaks) / 1024:5.1f} MiB"
     )
 
@@ -124,6 +141,25 @@ def main() -> int:
                 f"health server pid {server.pid}; {args.probes} probes per row (1 s timeout, new connection each)"
             )
             phase("no attack", server.pid, port, args.probes)
+            phase("no attack, /ready", server.pid, port, args.probes, "/ready")
+            if (
+                probe(port, 1.0, path="/metrics") is not None
+            ):  # the observability issue's endpoint, where present
+                phase("no attack, /metrics scrape", server.pid, port, args.probes, "/metrics")
+            else:
+                print("/metrics: not served by this health server")
+            bare_port = free_port()
+            bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)])
+            try:
+                while run_probes(bare_port, 1, 0.0)[0] is None and bare.poll() is None:
+                    time.sleep(0.05)
+                phase("bare server, no check (the floor)", bare.pid, bare_port, args.probes)
+            finally:
+                bare.kill()
+                bare.wait(10)
+            print(
+                "goal: <= 0.2 ms CPU per /health probe (schedstat: all the server's threads, its sampler's share included)"
+            )
             attack = Attack(port, idle=args.idle, dribblers=args.dribblers)
             attack.start()
             try:

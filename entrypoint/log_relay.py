@@ -1,6 +1,7 @@
 """Relays a child's output pipe to one of PID 1's output sinks, line by line, through a filter.
 
-The relay always reads (so the child never blocks on a full pipe) and hands whole lines to an
+The relay always reads (so the child never blocks on a full pipe: it rests at most BATCH_WAIT
+between reads, and the pipe is enlarged to hold that much) and hands whole lines to an
 OutputSink, which drops rather than blocks when our own reader stalls. Every line is redacted
 and has its control characters escaped (log_text) before it is written, whoever wrote it;
 `line_filter` sees every line (without its newline) before that. `render` is that last step:
@@ -10,18 +11,30 @@ log_text.safe_line, or with LOG_FORMAT=json one of log_json's renderers (which a
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from entrypoint.log_text import safe_line
+from entrypoint.log_text import safe_line, safe_lines
 from entrypoint.output_sink import OutputSink
 from entrypoint.processes import ChildProcesses
 
 LineFilter = Callable[[str], str]
 LineRender = Callable[[str], str]  # a filtered line -> the safe line written (no newline)
 MAX_LINE_BYTES = 64 * 1024  # a longer "line" is passed on in pieces
+# Squid writes each access-log line on its own (buffered_logs off): read at once, every line
+# would cost PID 1 a wakeup, a read, a write and a timer (measured: 18-22 us per line at 2 ms,
+# 6 us at 20 ms, on a loaded 2-core machine). After a small read the relay rests this long, so
+# the lines written meanwhile arrive as one batch: one read, one look, one write. A log line is
+# at most this late; a read of BATCH_READ_BYTES or more (output flowing fast) is followed at once.
+BATCH_WAIT = 0.02
+SHORT_BATCH_WAIT = 0.002  # when the pipe could not be enlarged (64 KiB hold 32 MB/s for 2 ms)
+BATCH_READ_BYTES = 16 * 1024
+# The pipe holds what a child writes while the relay rests: 1 MiB (the unprivileged maximum)
+# holds 50 MB/s for BATCH_WAIT, so the child still never blocks on it.
+PIPE_BYTES = 1 << 20
 
 
 def identity(line: str) -> str:
@@ -46,27 +59,81 @@ class LineRelay(asyncio.Protocol):
         self.collapse_pairs = collapse_pairs
         self._previous: bytes | None = None
         self._partial = b""
+        self._resting = False
+        self._rest = SHORT_BATCH_WAIT
+        self._rests = True  # False once the end is awaited: EOF is seen at once then
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        pipe = transport.get_extra_info("pipe")
+        try:
+            if fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES) >= PIPE_BYTES:
+                self._rest = BATCH_WAIT
+        except (AttributeError, OSError, ValueError):
+            pass  # not a pipe, or over the user's pipe-buffer quota: the default size, short rests
 
     def data_received(self, data: bytes) -> None:
+        self._take(data)
+        if (
+            self._rests
+            and len(data) < BATCH_READ_BYTES
+            and isinstance(self.transport, asyncio.ReadTransport)
+            and not self._resting
+        ):
+            self.transport.pause_reading()
+            self._resting = True
+            asyncio.get_running_loop().call_later(self._rest, self._resume)
+
+    def stop_resting(self) -> None:
+        """Read at once from now on (the child is stopping: its last lines and EOF without delay)."""
+        self._rests = False
+        self._resume()
+
+    def _resume(self) -> None:
+        self._resting = False
+        if isinstance(self.transport, asyncio.ReadTransport) and not self.transport.is_closing():
+            self.transport.resume_reading()  # a no-op when not paused
+
+    def _take(self, data: bytes) -> None:
         buffer = self._partial + data
         *lines, self._partial = buffer.split(b"\n")
-        for line in lines:
-            self._emit(line)
         while len(self._partial) > MAX_LINE_BYTES:
-            self._emit(self._partial[:MAX_LINE_BYTES])
+            lines.append(self._partial[:MAX_LINE_BYTES])
             self._partial = self._partial[MAX_LINE_BYTES:]
+        if lines:
+            self._emit_all(lines)
 
-    def _emit(self, raw: bytes) -> None:
+    def _emit_all(self, raws: list[bytes]) -> None:
+        """Every line filtered, made safe and queued; all that arrived together as one write."""
         if self.collapse_pairs:
+            raws = self._collapsed(raws)
+        try:
+            texts = [
+                self.line_filter(raw.decode("utf-8", errors="surrogateescape")) for raw in raws
+            ]
+        except (
+            Exception
+        ):  # a broken filter must not take PID 1 down: line by line, to drop only its line
+            for raw in raws:
+                self._emit(raw)
+            return
+        self.sink.write_lines(
+            [text.encode("utf-8", errors="replace") + b"\n" for text in safe_lines(texts)]
+        )
+
+    def _collapsed(self, raws: list[bytes]) -> list[bytes]:
+        kept = []
+        for raw in raws:
             if raw == self._previous:
                 self._previous = None
-                return
+                continue
             self._previous = raw
+            kept.append(raw)
+        return kept
+
+    def _emit(self, raw: bytes) -> None:
         text = raw.decode("utf-8", errors="surrogateescape")
         try:
             text = self.render(self.line_filter(text))
@@ -79,7 +146,10 @@ class LineRelay(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._partial:
-            self._emit(self._partial)
+            if self.collapse_pairs:
+                self._partial = b"".join(self._collapsed([self._partial]))
+            if self._partial:
+                self._emit(self._partial)
             self._partial = b""
         if not self.closed.done():
             self.closed.set_result(None)

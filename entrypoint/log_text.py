@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from entrypoint.redact import redact, redact_text
+from entrypoint.redact import needs_redaction, redact, redact_text
 
 _CANDIDATE = re.compile(r"[^\t\x20-\x7e]")  # ASCII printables and TAB are always kept
 _SHORT = {"\n": "\\n", "\r": "\\r"}
@@ -43,6 +43,20 @@ def escape_controls(text: str) -> str:
 def safe_line(line: str) -> str:
     """A relayed line as it may be logged: redacted, then escaped."""
     return escape_controls(redact(line))
+
+
+def safe_lines(lines: list[str]) -> list[str]:
+    """Each of `lines` as safe_line makes it. One look at all of them first (the common case, an
+    access log's lines, holds no trigger word, no remembered value and nothing to escape): then
+    they are returned as they are, without a per-line pass."""
+    joined = "\n".join(lines)
+    if (
+        joined.isascii()
+        and joined.replace("\n", "").isprintable()
+        and not needs_redaction(joined.casefold())
+    ):
+        return lines
+    return [safe_line(line) for line in lines]
 
 
 def safe_record(text: str) -> str:

@@ -95,6 +95,27 @@ class OutputSink:
         if not self._watching:
             self._flush()
 
+    def write_lines(self, lines: list[bytes]) -> None:
+        """Queue several lines (each ends with a newline) as one write: each is queued or dropped
+        whole, as by write_line, but the kernel sees one write() for all that fit."""
+        if self._broken:
+            return
+        kept: list[bytes] = []
+        queued = self._queued_bytes
+        for line in lines:
+            if queued + len(line) > self.limit_bytes:
+                self.dropped += 1
+                self.dropped_total += 1
+                continue
+            kept.append(line)
+            queued += len(line)
+        if not kept:
+            return
+        self._queue.append(memoryview(b"".join(kept)))
+        self._queued_bytes = queued
+        if not self._watching:
+            self._flush()
+
     def _notice(self) -> bytes:
         message = f"dropped {self.dropped} log lines ({self.name} reader stalled)"
         return f"{self.render_notice(message)}\n".encode()

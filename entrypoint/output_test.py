@@ -8,7 +8,13 @@ import os
 import re
 import select
 import threading
+import time
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from entrypoint import log_relay, output_sink
 from entrypoint.log_relay import LineRelay
 from entrypoint.output_sink import OutputSink
 
@@ -98,3 +104,97 @@ def test_squid_style_doubled_lines_collapse_in_pairs_only() -> None:
         return data
 
     assert asyncio.run(scenario()) == b"a\nb\nb\nc\n"
+
+
+def test_lines_that_arrive_together_leave_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """50 access-log lines in one read from the child: one write() to our stdout, not 50."""
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes) -> int:
+        writes.append(fd)
+        return real_write(fd, data)
+
+    async def scenario() -> bytes:
+        out_read, out_write = os.pipe()
+        sink = OutputSink(out_write, "stdout")
+        relay = LineRelay(sink)
+        monkeypatch.setattr(output_sink.os, "write", counting_write)
+        relay.data_received(
+            b"1733550000.123 1 127.0.0.1 TCP_MISS/200 425 GET http://h/o - HIER_DIRECT/h -\n" * 50
+        )
+        monkeypatch.undo()
+        data = read_all(out_read)
+        for fd in (out_read, out_write, sink.fd):
+            os.close(fd)
+        return data
+
+    data = asyncio.run(scenario())
+    assert data.count(b"\n") == 50 and len(set(data.splitlines())) == 1
+    assert len(writes) == 1, f"{len(writes)} writes for 50 lines"
+
+
+def _full_sink(limit: int) -> tuple[OutputSink, int, int]:
+    """A sink whose pipe is full and never read: every line stays queued or is dropped."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETFL, os.O_NONBLOCK)
+    try:
+        while True:
+            os.write(write_end, b"\0" * 4096)
+    except BlockingIOError:
+        pass
+    return OutputSink(write_end, "stdout", limit_bytes=limit), read_end, write_end
+
+
+@settings(max_examples=50)
+@given(st.lists(st.integers(1, 300), max_size=40), st.integers(0, 2000), st.integers(0, 5))
+def test_a_batch_queues_and_drops_each_line_as_one_by_one_would(
+    sizes: list[int], limit: int, split: int
+) -> None:
+    """The slow-reader protection is per line whether lines come one by one or as a batch."""
+    lines = [b"x" * (size - 1) + b"\n" for size in sizes]
+    one, batch = _full_sink(limit), _full_sink(limit)
+    try:
+        for line in lines:
+            one[0].write_line(line)
+        batch[0].write_lines(lines[:split])
+        batch[0].write_lines(lines[split:])
+        assert (batch[0].pending_bytes, batch[0].dropped) == (one[0].pending_bytes, one[0].dropped)
+        assert b"".join(batch[0]._queue) == b"".join(one[0]._queue)
+    finally:
+        for sink, read_end, write_end in (one, batch):
+            for fd in (read_end, write_end, sink.fd):
+                os.close(fd)
+
+
+def test_the_relay_rests_after_a_small_read_and_never_after_a_large_one() -> None:
+    """Lines written one by one while it rests come as one batch; fast output is read at once;
+    the pipe is enlarged so a child cannot fill it during a rest."""
+
+    async def scenario() -> tuple[bool, bool, bool, int]:
+        loop = asyncio.get_running_loop()
+        null = os.open(os.devnull, os.O_WRONLY)
+        sink = OutputSink(null, "stdout")
+        read_end, write_end = os.pipe()
+        relay = LineRelay(sink)
+        transport, _ = await loop.connect_read_pipe(lambda: relay, os.fdopen(read_end, "rb", 0))
+        size = fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
+        relay.data_received(b"one line\n")
+        rests = not transport.is_reading()
+        deadline = time.monotonic() + WRITE_BOUND
+        while not transport.is_reading() and time.monotonic() < deadline:
+            await asyncio.sleep(log_relay.BATCH_WAIT / 4)
+        resumed = transport.is_reading()
+        relay.data_received(b"x" * (log_relay.BATCH_READ_BYTES - 1) + b"\n")
+        follows_fast_output = transport.is_reading()
+        transport.close()
+        os.close(write_end)
+        os.close(null)
+        os.close(sink.fd)
+        return rests, resumed, follows_fast_output, size
+
+    rests, resumed, follows_fast_output, size = asyncio.run(scenario())
+    assert rests, "no rest after a small read: one wakeup per line"
+    assert resumed, f"still resting {WRITE_BOUND} s later"
+    assert follows_fast_output, "rested after a large read: a fast writer could fill the pipe"
+    assert size >= log_relay.PIPE_BYTES

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from collections.abc import Iterable
+
+from entrypoint import sock_diag
 
 # /proc/net/tcp `st` column (include/net/tcp_states.h).
 TCP_ESTABLISHED = 0x01
@@ -62,8 +65,42 @@ def all_processes() -> list[ProcessInfo]:
     return processes
 
 
-def process_tree(root_pid: int) -> list[ProcessInfo]:
-    """root_pid and every descendant of it (root first), as one snapshot of /proc."""
+def _children(pid: int) -> list[int] | None:
+    """The pids of `pid`'s children (of all its threads), from /proc/<pid>/task/<tid>/children;
+    None when the kernel has no such files (CONFIG_PROC_CHILDREN off)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []  # gone meanwhile
+    found: list[int] = []
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as handle:
+                found.extend(int(child) for child in handle.read().split())
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{task}"):
+                continue  # the thread or the process went away
+            return None  # the thread is there, its children file is not: no such files here
+        except OSError:
+            continue
+    return found
+
+
+def _tree_by_children(root: ProcessInfo) -> list[ProcessInfo] | None:
+    tree, pending = [root], [root.pid]
+    while pending:
+        children = _children(pending.pop())
+        if children is None:
+            return None
+        for pid in children:
+            info = read_process(pid)
+            if info is not None:  # exited since its parent listed it
+                tree.append(info)
+                pending.append(pid)
+    return tree
+
+
+def _tree_by_scan(root_pid: int) -> list[ProcessInfo]:
     processes = all_processes()
     children: dict[int, list[ProcessInfo]] = {}
     root = None
@@ -79,6 +116,32 @@ def process_tree(root_pid: int) -> list[ProcessInfo]:
             tree.append(child)
             pending.append(child.pid)
     return tree
+
+
+def process_and_children(pid: int) -> list[ProcessInfo]:
+    """`pid` and its direct children (root first): process_tree without the grandchildren,
+    for a look that needs only those (the health checks: Squid's master and its kids)."""
+    root = read_process(pid)
+    if root is None:
+        return []
+    children = _children(pid)
+    if children is None:
+        return [p for p in _tree_by_scan(pid) if p.pid == pid or p.ppid == pid]
+    return [root, *(info for info in map(read_process, children) if info is not None)]
+
+
+def process_tree(root_pid: int) -> list[ProcessInfo]:
+    """root_pid and every descendant of it (root first).
+
+    Walked down from the root through each process's `children` file: the cost follows the
+    tree, not every process the host (or a shared PID namespace) runs. Without those files, a
+    scan of all of /proc.
+    """
+    root = read_process(root_pid)
+    if root is None:
+        return []
+    tree = _tree_by_children(root)
+    return tree if tree is not None else _tree_by_scan(root_pid)
 
 
 def socket_inodes(pids: Iterable[int]) -> set[int]:
@@ -151,12 +214,35 @@ def tcp_sockets() -> list[TcpSocket]:
     return sockets
 
 
+def _from_diag(found: sock_diag.DiagSocket) -> TcpSocket:
+    return TcpSocket(
+        local_address=socket.inet_ntop(found.family, found.local_address),
+        local_port=found.local_port,
+        remote_address=socket.inet_ntop(found.family, found.remote_address),
+        remote_port=found.remote_port,
+        state=found.state,
+        inode=found.inode,
+    )
+
+
+def sockets_on(ports: Iterable[int], state: int) -> list[TcpSocket]:
+    """TCP sockets (IPv4 and IPv6) in `state` on one of the local `ports`.
+
+    Asked of the kernel over netlink, filtered there by state and port (sock_diag): the cost
+    follows the matching sockets, not the tens of thousands of other rows a busy host has.
+    Where netlink is refused, the whole /proc/net/tcp table is read and filtered instead.
+    """
+    wanted = set(ports)
+    found = sock_diag.tcp_sockets(state, wanted)
+    if found is not None:
+        return [_from_diag(sock) for sock in found]
+    return [sock for sock in tcp_sockets() if sock.state == state and sock.local_port in wanted]
+
+
 def owned_sockets(pids: Iterable[int], ports: Iterable[int], state: int) -> list[TcpSocket]:
     """Sockets in `state` on one of the local `ports` that one of `pids` holds open."""
+    matching = sockets_on(ports, state)
+    if not matching:
+        return []  # no fd of theirs needs reading
     inodes = socket_inodes(pids)
-    wanted_ports = set(ports)
-    return [
-        sock
-        for sock in tcp_sockets()
-        if sock.state == state and sock.local_port in wanted_ports and sock.inode in inodes
-    ]
+    return [sock for sock in matching if sock.inode in inodes]

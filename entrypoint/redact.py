@@ -211,6 +211,10 @@ def _has_trigger(folded: str) -> bool:
 def _rule_matches(line: str, folded: str) -> Iterator[tuple[int, int, _Rule]]:
     if not _has_trigger(folded):
         return
+    yield from _all_rule_matches(line, folded)
+
+
+def _all_rule_matches(line: str, folded: str) -> Iterator[tuple[int, int, _Rule]]:
     for rule in _RULES:
         if rule.context and rule.context not in folded:
             continue
@@ -220,18 +224,37 @@ def _rule_matches(line: str, folded: str) -> Iterator[tuple[int, int, _Rule]]:
                 yield start, end, rule
 
 
-def _remembered_spans(line: str, folded: str) -> Iterator[tuple[int, int]]:
+def _current_registry() -> _Registry:
     if _registry_stale:
         _compile_remembered()
-    registry = _registry
-    if registry.hints is not None:
-        for hint in registry.hints:
-            if hint in folded:
-                break
-        else:
-            return
-    if registry.pattern is not None:
-        for match in registry.pattern.finditer(line):
+    return _registry
+
+
+def _may_hold_remembered(folded: str) -> bool:
+    registry = _current_registry()
+    if registry.pattern is None:
+        return False
+    if registry.hints is None:
+        return True
+    for hint in registry.hints:
+        if hint in folded:
+            return True
+    return False
+
+
+def needs_redaction(folded: str) -> bool:
+    """Whether redaction may change a text whose casefold is `folded`: one line, or many joined
+    (a line's triggers are in any text holding the line). False only when the text holds no
+    rule's trigger word and no remembered value's hint: then every line of it is left as it is.
+    The fast path of the log relay; a property test holds it to never skip a line `redact`'s
+    full work would change."""
+    return _has_trigger(folded) or _may_hold_remembered(folded)
+
+
+def _remembered_spans(line: str) -> Iterator[tuple[int, int]]:
+    pattern = _current_registry().pattern
+    if pattern is not None:
+        for match in pattern.finditer(line):
             yield match.span()
 
 
@@ -252,13 +275,21 @@ def _replace(line: str, spans: list[tuple[int, int]]) -> str:
     return "".join(pieces)
 
 
+def full_redaction(line: str) -> str:
+    """`line` redacted by every rule and every remembered value, no pre-check skipping any: the
+    reference the fast path (needs_redaction) is tested against."""
+    folded = line.casefold()
+    spans = [(start, end) for start, end, _ in _all_rule_matches(line, folded)]
+    return _replace(line, [*spans, *_remembered_spans(line)])
+
+
 def redact(line: str) -> str:
     """`line` with credential values (by the rules, and every remembered one) replaced by <redacted>."""
     # casefold, not lower: it is per character (lower() turns a capital sigma into its final or non-final form by context),
     # so a value's casefold is in the line's whenever the value is in the line in any ASCII case.
-    folded = line.casefold()
-    spans = [(start, end) for start, end, _ in _rule_matches(line, folded)]
-    return _replace(line, [*spans, *_remembered_spans(line, folded)])
+    if not needs_redaction(line.casefold()):
+        return line
+    return full_redaction(line)
 
 
 def redact_text(text: str) -> str:

@@ -400,3 +400,58 @@ def test_many_remembered_values_stay_cheap_and_all_match() -> None:
             )
     finally:
         forget_secrets()
+
+
+# -- the fast path (needs_redaction) against the full work: shared with the generator above -------
+from entrypoint.log_text import escape_controls, safe_lines  # noqa: E402
+
+# Lines the relay passes most: access-log lines, Squid's own, and anything at all.
+_ORDINARY = st.sampled_from(
+    [
+        "1733550000.123      1 127.0.0.1 TCP_MISS/200 425 GET http://127.0.0.1:45678/obj - HIER_DIRECT/127.0.0.1 text/plain",
+        "2026/12/07 03:40:00 kid1| Accepting HTTP Socket connections at conn3 local=[::]:3128 remote=[::] FD 12 flags=9",
+        "1733550000.200      0 10.0.0.7 TCP_DENIED/403 3900 CONNECT example.com:443 - HIER_NONE/- text/html",
+    ]
+)
+_ANY_LINE = st.one_of(
+    secret_lines().map(lambda case: case[0]),
+    st.tuples(secret_lines(), st.sampled_from(_FRAGMENTS)).map(
+        lambda pair: pair[1].format(" ".join(pair[0][1]))
+    ),
+    _ORDINARY,
+    st.text(max_size=200),
+)
+
+
+@given(st.lists(secret_lines(), max_size=3), _ANY_LINE)
+def test_fast_path_never_skips_a_line_the_full_redaction_would_change(
+    config: list[tuple[str, list[str]]], line: str
+) -> None:
+    """Remembered values from any config lines, then any line: the pre-check says "nothing to do"
+    only for a line the full redaction (every rule, every remembered value) leaves as it is."""
+    forget_secrets()
+    try:
+        for config_line, _ in config:
+            remember_secrets(config_line)
+        full = redact_module.full_redaction(line)
+        if full != line:
+            assert redact_module.needs_redaction(line.casefold()), line
+        assert redact(line) == full
+    finally:
+        forget_secrets()
+
+
+@given(st.lists(secret_lines(), max_size=2), st.lists(_ANY_LINE, min_size=1, max_size=6))
+def test_a_batch_of_lines_is_each_line_made_safe(
+    config: list[tuple[str, list[str]]], lines: list[str]
+) -> None:
+    """The relay's one look at all the lines that arrived together: the same lines as one by one."""
+    forget_secrets()
+    try:
+        for config_line, _ in config:
+            remember_secrets(config_line)
+        assert safe_lines(lines) == [
+            escape_controls(redact_module.full_redaction(line)) for line in lines
+        ]
+    finally:
+        forget_secrets()

@@ -138,13 +138,7 @@ def taken_ports(config: ActiveConfig, old: ActiveConfig, squid: SquidProcess) ->
     # Squid's kids (another UID) cannot be looked into: any listener on a port Squid was not
     # configured for is someone else's.
     added = set(ports) - set(listen_ports(old))
-    return sorted(
-        {
-            sock.local_port
-            for sock in proc_table.tcp_sockets()
-            if sock.state == proc_table.TCP_LISTEN and sock.local_port in added
-        }
-    )
+    return sorted({sock.local_port for sock in proc_table.sockets_on(added, proc_table.TCP_LISTEN)})
 
 
 def one_line(error: BaseException) -> str:

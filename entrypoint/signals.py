@@ -76,10 +76,24 @@ class SignalRouter:
         for signum in (*STOP_SIGNALS, signal.SIGHUP):
             loop.add_signal_handler(signum, self.dispatch, signum)
         if os.getpid() != 1:
+            # Not loop.add_signal_handler: asyncio checks each signal against a fresh
+            # signal.valid_signals() set (64 enum lookups), about 2 ms per signal here; these
+            # handlers only hand the signal to the loop (woken through asyncio's wakeup fd).
             for signum in FATAL_SIGNALS:
-                loop.add_signal_handler(signum, self.on_fatal, signum)
+                signal.signal(signum, self._fatal_handler(loop))
         while pending:  # arrived before the event loop took over
             self.dispatch(pending.pop(0))
+
+    def _fatal_handler(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> Callable[[int, FrameType | None], None]:
+        def handle(signum: int, frame: FrameType | None) -> None:
+            if loop.is_closed():
+                self.on_fatal(signum)  # after the loop: act at once, as the loop would have
+            else:
+                loop.call_soon_threadsafe(self.on_fatal, signum)
+
+        return handle
 
     def dispatch(self, signum: int) -> None:
         name = signal.Signals(signum).name

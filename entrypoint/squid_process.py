@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from entrypoint import proc_table
 from entrypoint.config_snapshot import SnapshotNames
@@ -73,6 +74,31 @@ def problem_lines(output: str) -> list[str]:
     return [redact(line) for line in lines or output.strip().splitlines()[-20:]]
 
 
+# A socket closed and its fd number taken by another within one poll looks unchanged to a
+# listing of fd numbers: every this many polls the fd links are read anyway (0.5 s at 50 ms).
+FD_LINKS_EVERY = 10
+
+
+class _Count(NamedTuple):
+    ports: tuple[int, ...]
+    pids: tuple[int, ...]
+    fd_numbers: tuple[tuple[str, ...] | None, ...]
+    inodes: frozenset[int]
+    connections: int
+    unchanged_polls: int
+
+
+def _fd_numbers(pids: tuple[int, ...] | list[int]) -> tuple[tuple[str, ...] | None, ...]:
+    """Each process's open fd numbers (None: gone or unreadable), in `pids` order."""
+    listed: list[tuple[str, ...] | None] = []
+    for pid in pids:
+        try:
+            listed.append(tuple(sorted(os.listdir(f"/proc/{pid}/fd"))))
+        except OSError:
+            listed.append(None)
+    return tuple(listed)
+
+
 class SquidProcess:
     """The running Squid master: our direct child and leader of its own process group."""
 
@@ -85,6 +111,7 @@ class SquidProcess:
         self.process = process
         self.relays = relays
         self.children = children
+        self._counted: _Count | None = None  # client_connections' last count
 
     @property
     def pid(self) -> int:
@@ -113,15 +140,40 @@ class SquidProcess:
             # Started as root, Squid's kids switch UID and their fds cannot be read (no
             # CAP_SYS_PTRACE): any listener counts; the check before the start found none.
             found |= {
-                sock.local_port
-                for sock in proc_table.tcp_sockets()
-                if sock.state == proc_table.TCP_LISTEN and sock.local_port in ports
+                sock.local_port for sock in proc_table.sockets_on(ports, proc_table.TCP_LISTEN)
             }
         return found
 
     def client_connections(self, ports: list[int]) -> int:
-        """ESTABLISHED client connections Squid still serves on `ports`."""
-        return len(proc_table.owned_sockets(self.tree(), ports, proc_table.TCP_ESTABLISHED))
+        """ESTABLISHED client connections Squid still serves on `ports`.
+
+        The kernel finds ESTABLISHED sockets by walking its whole connection hash (every
+        namespace's sockets: 5-15 ms here, polled every 50 ms by the drain), so the count is
+        taken again only when the sockets Squid's processes hold have changed (one opened or
+        closed: read from their fd links, O(Squid's fds)); else the last count stands. Between
+        those reads, a poll lists the same processes' fd numbers only (no link read): while
+        they are unchanged, at most FD_LINKS_EVERY polls in a row, nothing was closed.
+        """
+        key = tuple(ports)
+        counted = self._counted
+        if (
+            counted is not None
+            and counted.ports == key
+            and counted.unchanged_polls < FD_LINKS_EVERY
+        ):
+            if _fd_numbers(counted.pids) == counted.fd_numbers:
+                self._counted = counted._replace(unchanged_polls=counted.unchanged_polls + 1)
+                return counted.connections
+        pids = self.tree()
+        fd_numbers = _fd_numbers(pids)
+        inodes = frozenset(proc_table.socket_inodes(pids))
+        if counted is not None and counted.ports == key and counted.inodes == inodes:
+            count = counted.connections
+        else:
+            established = proc_table.sockets_on(ports, proc_table.TCP_ESTABLISHED) if inodes else []
+            count = sum(1 for sock in established if sock.inode in inodes)
+        self._counted = _Count(key, tuple(pids), fd_numbers, inodes, count, 0)
+        return count
 
     def wake_workers(self) -> None:
         """SIGCHLD to Squid's own processes below the master (its kids), to wake their event loops.
@@ -146,6 +198,8 @@ class SquidProcess:
                 pass
 
     async def drain_output(self, timeout: float) -> None:
+        for relay in self.relays:
+            relay.stop_resting()
         pending = [relay.closed for relay in self.relays]
         if pending:
             await asyncio.wait(pending, timeout=timeout)
@@ -159,12 +213,7 @@ def foreign_listeners(ports: list[int], squid_pid: int | None) -> list[proc_tabl
     The socket table is read before the tree and its fds, so a socket Squid opens meanwhile
     is either missing from the table or found among Squid's fds, never taken for a squatter.
     """
-    wanted = set(ports)
-    listening = [
-        sock
-        for sock in proc_table.tcp_sockets()
-        if sock.state == proc_table.TCP_LISTEN and sock.local_port in wanted
-    ]
+    listening = proc_table.sockets_on(ports, proc_table.TCP_LISTEN)
     if not listening:
         return []
     tree = [] if squid_pid is None else [p.pid for p in proc_table.process_tree(squid_pid)]
@@ -365,16 +414,12 @@ class SquidCommands:
     async def wait_until_listening(self, squid: SquidProcess, ports: list[int]) -> None:
         """Wait until Squid itself holds a LISTEN socket on every port (proc_table, not a connect)."""
         deadline = time.monotonic() + LISTEN_TIMEOUT
-        wanted = set(ports)
         while True:
             if squid.exited.done():
                 raise self._exited_error(squid)
             # Until anything listens on the ports, the socket table alone says so: the process
             # tree and its fds are read only then (a cheaper poll leaves the CPU to Squid).
-            anything = any(
-                sock.state == proc_table.TCP_LISTEN and sock.local_port in wanted
-                for sock in proc_table.tcp_sockets()
-            )
+            anything = bool(proc_table.sockets_on(ports, proc_table.TCP_LISTEN))
             held = squid.listening(ports) if anything else set()  # one read of the tree per poll
             missing = [port for port in ports if port not in held]
             if not missing:

@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from entrypoint import sock_diag
 from entrypoint.pid_file import PidFileError, read_pid_file
-from entrypoint.proc_table import ProcessInfo, fds_readable, process_tree
+from entrypoint.proc_table import TCP_LISTEN, ProcessInfo, fds_readable, process_and_children
 
 # /health fails when no Squid worker has served for this long (sampled every SAMPLE_INTERVAL):
 # long enough for a kid that crashed once to be respawned and listen again.
@@ -96,14 +97,19 @@ def _listen_rows(table: str, wanted: set[str]) -> dict[int, int]:
 def listen_backlogs(ports: Iterable[int]) -> dict[int, int]:
     """{inode: connections waiting to be accepted} of the LISTEN sockets on `ports` (IPv4 and IPv6).
 
-    Not proc_table.tcp_sockets: that decodes every row, and a busy proxy has tens of thousands
-    of them; only LISTEN rows (state 0A), which come first, are looked at here.
+    Asked of the kernel over netlink, filtered by state and port there (sock_diag): O(our
+    listeners), whatever the host's connection count. Where netlink is refused, only the
+    LISTEN rows of /proc/net/tcp (which come first) are read.
     """
-    wanted = {f"{port:04X}" for port in ports}
-    found: dict[int, int] = {}
+    wanted_ports = set(ports)
+    found = sock_diag.tcp_sockets(TCP_LISTEN, wanted_ports)
+    if found is not None:
+        return {sock.inode: sock.queue for sock in found}
+    wanted = {f"{port:04X}" for port in wanted_ports}
+    rows: dict[int, int] = {}
     for table in _TCP_TABLES:
-        found.update(_listen_rows(table, wanted))
-    return found
+        rows.update(_listen_rows(table, wanted))
+    return rows
 
 
 def held_socket(pid: int, inodes: Iterable[int]) -> tuple[str, str] | None:
@@ -279,7 +285,7 @@ def observe(
         return Observation(now, None, str(error), nobody, frozenset())
     if pid is None:
         return Observation(now, None, f"no pid in {pid_file}", nobody, frozenset())
-    tree = process_tree(pid)
+    tree = process_and_children(pid)  # the master and its kids: nothing below them is looked at
     names = _squid_processes(tree, pid, comm)
     if names is None:
         return Observation(now, pid, f"squid pid {pid} is not running", nobody, frozenset())

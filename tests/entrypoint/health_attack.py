@@ -25,15 +25,22 @@ def raise_fd_limit() -> tuple[int, int]:
     return soft, hard
 
 
-def probe(port: int, timeout: float = 1.0, host: str = "127.0.0.1") -> float | None:
+def probe(
+    port: int, timeout: float = 1.0, host: str = "127.0.0.1", path: str = "/health"
+) -> float | None:
     """A kubelet-style probe (new connection, `timeout` for everything): its latency when
     answered 200 within the timeout, else None."""
+    request = (
+        PROBE_REQUEST
+        if path == "/health"
+        else PROBE_REQUEST.replace(b" /health ", f" {path} ".encode(), 1)
+    )
     started = time.monotonic()
     deadline = started + timeout
     data = b""
     try:
         with socket.create_connection((host, port), timeout) as conn:
-            conn.sendall(PROBE_REQUEST)
+            conn.sendall(request)
             while b"\r\n" not in data:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -165,12 +172,13 @@ def run_probes(
     timeout: float = 1.0,
     give_up_after: int | None = None,
     on_probe: Callable[[], None] | None = None,
+    path: str = "/health",
 ) -> list[float | None]:
     """`count` probes, one every `interval` s; stops early after `give_up_after` unanswered ones."""
     results: list[float | None] = []
     for _ in range(count):
         started = time.monotonic()
-        results.append(probe(port, timeout))
+        results.append(probe(port, timeout, path=path))
         if on_probe is not None:
             on_probe()
         if give_up_after is not None and results.count(None) > give_up_after:

@@ -1,0 +1,260 @@
+"""Socket checks through netlink sock_diag: the same sockets /proc/net/tcp shows, at a cost that
+follows our sockets, not the host's (real sockets of this test; /proc is the reference)."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from entrypoint import proc_table, sock_diag, squid_serving
+
+
+def _listener(family: int = socket.AF_INET) -> socket.socket:
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    return socket.create_server((host, 0), family=family, backlog=16)
+
+
+def _proc_view(ports: set[int], state: int) -> set[tuple[int, int]]:
+    """(port, inode) of /proc/net/tcp{,6} rows in `state` on `ports`: the reference."""
+    return {
+        (s.local_port, s.inode)
+        for s in proc_table.tcp_sockets()
+        if s.state == state and s.local_port in ports
+    }
+
+
+@contextlib.contextmanager
+def _listeners(count: int) -> Iterator[list[socket.socket]]:
+    opened = [_listener() for _ in range(count)]
+    try:
+        yield opened
+    finally:
+        for sock in opened:
+            sock.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 6), st.data())
+def test_the_kernel_filter_returns_exactly_the_wanted_ports(
+    count: int, data: st.DataObject
+) -> None:
+    """Any subset of our listeners' ports (and ports nobody uses): exactly what /proc shows."""
+    with _listeners(count) as opened:
+        ports = [sock.getsockname()[1] for sock in opened]
+        wanted = set(data.draw(st.lists(st.sampled_from(ports), unique=True)))
+        wanted |= set(data.draw(st.lists(st.integers(1, 65535), max_size=3)))
+        found = sock_diag.tcp_sockets(proc_table.TCP_LISTEN, wanted)
+        assert found is not None, "netlink sock_diag refused in this namespace"
+        assert {(s.local_port, s.inode) for s in found} == _proc_view(wanted, proc_table.TCP_LISTEN)
+
+
+def test_accept_queue_and_established_connections_match_proc() -> None:
+    with _listeners(1) as (server,):
+        port = server.getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        try:
+            ((_, inode),) = _proc_view({port}, proc_table.TCP_LISTEN)
+            assert squid_serving.listen_backlogs([port]) == {inode: 3}
+            accepted, _ = server.accept()
+            with accepted:
+                established = sock_diag.tcp_sockets(proc_table.TCP_ESTABLISHED, [port])
+                assert established is not None
+                # Server side only (the clients' local ports differ); unaccepted ones have inode 0.
+                assert {(s.local_port, s.inode) for s in established} == _proc_view(
+                    {port}, proc_table.TCP_ESTABLISHED
+                )
+                assert sorted(s.remote_port for s in established) == sorted(
+                    c.getsockname()[1] for c in clients
+                )
+                assert [
+                    s.local_port
+                    for s in proc_table.owned_sockets(
+                        [os.getpid()], [port], proc_table.TCP_ESTABLISHED
+                    )
+                ] == [port]
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_ipv6_listeners_are_found() -> None:
+    try:
+        server = _listener(socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback in this namespace")
+    with server:
+        port = server.getsockname()[1]
+        assert [
+            (s.local_address, s.local_port)
+            for s in proc_table.sockets_on([port], proc_table.TCP_LISTEN)
+        ] == [("::1", port)]
+
+
+def test_unrelated_connections_are_filtered_in_the_kernel() -> None:
+    """2 000 idle connections on another port: none of them comes back (nor is decoded)."""
+    with _listeners(2) as (ours, ballast):
+        ballast_port = ballast.getsockname()[1]
+        clients: list[socket.socket] = []
+        accepted: list[socket.socket] = []
+        try:
+            for _ in range(1000):  # accepted one by one: a full accept queue drops SYNs
+                clients.append(socket.create_connection(("127.0.0.1", ballast_port), timeout=10))
+                accepted.append(ballast.accept()[0])
+            port = ours.getsockname()[1]
+            found = sock_diag.tcp_sockets(proc_table.TCP_ESTABLISHED, [port])
+            assert found == []
+            listening = sock_diag.tcp_sockets(proc_table.TCP_LISTEN, [port])
+            assert listening is not None and [s.local_port for s in listening] == [port]
+        finally:
+            for sock in clients + accepted:
+                sock.close()
+
+
+@contextlib.contextmanager
+def _file_reads() -> Iterator[list[str]]:
+    """Every path opened or listed meanwhile (the cost of a check is the files it reads)."""
+    seen: list[str] = []
+    real_open, real_listdir = builtins.open, os.listdir
+
+    def spy_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    def spy_listdir(path: Any = ".") -> list[str]:
+        seen.append(f"listdir {path}")
+        return real_listdir(path)
+
+    builtins.open, os.listdir = spy_open, spy_listdir  # type: ignore[assignment]
+    try:
+        yield seen
+    finally:
+        builtins.open, os.listdir = real_open, real_listdir
+
+
+def test_socket_and_process_checks_never_read_the_whole_host(tmp_path: Path) -> None:
+    """No /proc/net/tcp (every connection of the host) and no listing of all of /proc: the
+    health checks and the drain look at Squid's processes and its ports only."""
+    with _listeners(1) as (server,):
+        port = server.getsockname()[1]
+        pid_file = tmp_path / "squid.pid"
+        pid_file.write_text(f"{os.getpid()}\n")
+        comm = Path("/proc/self/comm").read_text().strip()
+        with _file_reads() as seen:
+            squid_serving.observe(pid_file, comm, [port])
+            proc_table.owned_sockets([os.getpid()], [port], proc_table.TCP_ESTABLISHED)
+            proc_table.sockets_on([port], proc_table.TCP_LISTEN)
+            tree = proc_table.process_tree(os.getpid())
+        assert tree and tree[0].pid == os.getpid()
+        assert not [path for path in seen if path.startswith("/proc/net/")], seen
+        assert "listdir /proc" not in seen, seen
+
+
+def test_without_netlink_the_proc_table_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A seccomp profile may refuse AF_NETLINK (simulated: the real refusal needs another
+    runtime): the checks fall back to /proc and stay right."""
+    real_socket = socket.socket
+
+    def refuse(family: int = -1, *args: Any, **kwargs: Any) -> socket.socket:
+        if family == socket.AF_NETLINK:
+            raise PermissionError(1, "Operation not permitted")
+        return real_socket(family, *args, **kwargs)
+
+    monkeypatch.setattr(sock_diag, "_link", sock_diag._Link())
+    monkeypatch.setattr(socket, "socket", refuse)
+    with _listeners(1) as (server,):
+        port = server.getsockname()[1]
+        assert sock_diag.tcp_sockets(proc_table.TCP_LISTEN, [port]) is None
+        assert [s.local_port for s in proc_table.sockets_on([port], proc_table.TCP_LISTEN)] == [
+            port
+        ]
+        assert list(squid_serving.listen_backlogs([port]).values()) == [0]
+
+
+def test_process_tree_without_children_files_scans_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel without CONFIG_PROC_CHILDREN (simulated): the same tree from a scan of /proc."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys; subprocess.run(['sleep', '30'])"]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(proc_table.process_tree(child.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        walked = [p.pid for p in proc_table.process_tree(child.pid)]
+        monkeypatch.setattr(proc_table, "_children", lambda pid: None)
+        scanned = [p.pid for p in proc_table.process_tree(child.pid)]
+        assert len(walked) == 2 and walked == scanned
+    finally:
+        for process in proc_table.process_tree(child.pid)[::-1]:
+            os.kill(process.pid, signal.SIGKILL)
+        child.wait(10)
+
+
+HOLDER = (
+    "import socket, sys\n"
+    "server = socket.create_server(('127.0.0.1', 0))\n"
+    "print(server.getsockname()[1], flush=True)\n"
+    "held = [server.accept()[0] for _ in range(3)]\n"
+    "print('accepted', flush=True)\n"
+    "spare = []\n"
+    "for line in sys.stdin:\n"
+    "    held.pop().close()\n"
+    "    if line.startswith('swap'):\n"
+    "        spare.append(socket.socket())  # takes the closed one's fd number\n"
+    "    print('closed', flush=True)\n"
+)
+
+
+def test_the_drain_counts_again_only_when_squids_sockets_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stand-in Squid with 3 client connections: polling without change asks the kernel once
+    (its ESTABLISHED walk covers every connection of the host); a closed one is seen at once."""
+    from entrypoint.squid_process import FD_LINKS_EVERY, SquidProcess
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    clients: list[socket.socket] = []
+    try:
+        port = int(holder.stdout.readline())
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+        assert holder.stdout.readline().strip() == "accepted"
+        squid = SquidProcess(holder, [], None)  # type: ignore[arg-type]  # only its process is looked at
+        dumps: list[int] = []
+        real = proc_table.sockets_on
+        monkeypatch.setattr(
+            proc_table, "sockets_on", lambda ports, state: dumps.append(state) or real(ports, state)
+        )
+        assert [squid.client_connections([port]) for _ in range(5)] == [3] * 5
+        assert dumps == [proc_table.TCP_ESTABLISHED]
+        holder.stdin.write("close one\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "closed"
+        assert squid.client_connections([port]) == 2
+        assert len(dumps) == 2
+        # Closed, and its fd number at once another socket's: the same fd listing; the links
+        # are read again within FD_LINKS_EVERY polls.
+        holder.stdin.write("swap\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "closed"
+        counts = [squid.client_connections([port]) for _ in range(FD_LINKS_EVERY + 1)]
+        assert counts[-1] == 1, counts
+    finally:
+        for client in clients:
+            client.close()
+        holder.kill()
+        holder.wait(10)
