@@ -119,9 +119,11 @@ class LineRelay(asyncio.Protocol):
             for raw in raws:
                 self._emit(raw)
             return
-        self.sink.write_lines(
-            [text.encode("utf-8", errors="replace") + b"\n" for text in safe_lines(texts)]
+        # The text format's batch check looks at all lines at once; another format renders each.
+        rendered = (
+            safe_lines(texts) if self.render is safe_line else [self.render(t) for t in texts]
         )
+        self.sink.write_lines([text.encode("utf-8", errors="replace") + b"\n" for text in rendered])
 
     def _collapsed(self, raws: list[bytes]) -> list[bytes]:
         kept = []
