@@ -5,8 +5,6 @@
 A cross toolchain adds --host=<triplet> (see autotools.bzl).
 """
 
-load(":version.bzl", "SQUID_VERSION")
-
 SQUID_CONFIGURE_FLAGS = [
     # --- Debian-like layout (the image's paths) ---
     "--sysconfdir=/etc/squid",  # squid.conf, squid.conf.default live in /etc/squid.
@@ -111,31 +109,3 @@ SQUID_LINKOPTS = [
     "-Wl,--as-needed",
 ]
 
-# Scanners' names for Squid (the SBOM, //image/sbom, uses the same ones): NVD's CPE 2.3 product
-# and a generic purl (Squid is compiled from the upstream release, no package registry has it).
-SQUID_CPE = "cpe:2.3:a:squid-cache:squid:%s:*:*:*:*:*:*:*" % SQUID_VERSION
-SQUID_PURL = "pkg:generic/squid-cache/squid@%s" % SQUID_VERSION
-
-def squid_package_note(architecture):
-    """The .note.package JSON (https://systemd.io/ELF_PACKAGE_METADATA/) for one architecture.
-
-    Why: a distroless image has no package database entry for a Squid compiled from source, so
-    Trivy and Grype cannot see it; Syft reads this note from the binary (name, version, and the
-    cpe/purl it matches advisories by). "architecture" is Debian's name (amd64, arm64), as in the
-    image's dpkg records and the Debian purls.
-    """
-    return json.encode({
-        "type": "generic",
-        "name": "squid",
-        "version": SQUID_VERSION,
-        "architecture": architecture,
-        "cpe": SQUID_CPE,
-        "purl": SQUID_PURL,
-    })
-
-# The note for the target platform's architecture (autotools_build's package_metadata: the
-# linker writes it into squid, every helper and security_file_certgen).
-SQUID_PACKAGE_NOTE = select({
-    "@platforms//cpu:x86_64": squid_package_note("amd64"),
-    "@platforms//cpu:arm64": squid_package_note("arm64"),
-})

@@ -117,7 +117,8 @@ def tar_of(members: list[tuple[str, bytes]], tar_format: int) -> bytes:
 
 SBOM_FACTS = {
     "project": {"name": "cephaloproxy", "source_url": "https://github.com/cephaloproxy/cephaloproxy", "license": "GPL-2.0-or-later"},
-    "squid": {"version": "7.7", "sha256": "e3" * 32, "urls": ["https://example.org/squid-7.7.tar.xz"], "configure_flags": ["--with-openssl"]},
+    "squid": {"version": "7.7", "sha256": "e3" * 32, "urls": ["https://example.org/squid-7.7.tar.xz"], "configure_flags": ["--with-openssl"],
+              "cpe": "cpe:2.3:a:squid-cache:squid:7.7:*:*:*:*:*:*:*", "purl": "pkg:generic/squid-cache/squid@7.7"},
     "python": {"version_info": "3.13.9", "interpreter": "/usr/bin/python3"},
 }
 SBOM_LOCK = {"packages": [
