@@ -240,6 +240,12 @@ def _note_payloads(reader: _Reader, section: _Section) -> list[str]:
     return payloads
 
 
+def parse_package_notes(name: str, data: bytes) -> list[str]:
+    """The JSON payloads of the ELF file `data`'s package-metadata notes, in file order (usually 0 or 1)."""
+    reader = _Reader(name, data)
+    return [payload for section in reader.sections() if section.kind == _SHT_NOTE for payload in _note_payloads(reader, section)]
+
+
 def package_notes(path: str | Path) -> list[str]:
     """The JSON payloads of the file's package-metadata notes, in file order (usually 0 or 1)."""
     name = str(path)
@@ -247,8 +253,7 @@ def package_notes(path: str | Path) -> list[str]:
         data = Path(path).read_bytes()
     except OSError as error:
         raise ElfError(f"{name}: cannot read: {error.strerror}") from error
-    reader = _Reader(name, data)
-    return [payload for section in reader.sections() if section.kind == _SHT_NOTE for payload in _note_payloads(reader, section)]
+    return parse_package_notes(name, data)
 
 
 def parse(name: str, data: bytes) -> DynamicRequirements:

@@ -25,7 +25,7 @@ ROOT = Path(os.path.abspath(layer_builder.__file__)).parents[2]
 # Runs MODULE's main(ARGS) in a new process, as the build's actions do; `import functools` first,
 # so a writer that compiled bytecode in its own process would do it in the state the test set up.
 LAUNCHER = "import functools, importlib, sys; sys.exit(importlib.import_module(sys.argv[1]).main(sys.argv[2:]))"
-BUILDER, SBOM = "image.layers.layer_builder", "image.sbom.spdx_sbom"
+BUILDER, SBOM, CYCLONEDX = "image.layers.layer_builder", "image.sbom.spdx_sbom", "image.sbom.cyclonedx_sbom"
 CACHE_TAG = sys.implementation.cache_tag
 
 
@@ -200,6 +200,8 @@ def build_all(host: Host) -> dict[str, bytes]:
             "filter.tar.gz": (BUILDER, ["--filter", str(inputs / "filter.rules"), str(inputs / "gnu.tar"), str(out / "filter.tar.gz")]),
             "sbom.spdx.json": (SBOM, ["--lock", str(inputs / "lock.json"), "--arch", "amd64", "--facts", str(inputs / "facts.json"),
                                       "--stamp", str(inputs / "stamp.txt"), "--output", str(out / "sbom.spdx.json")]),
+            "sbom.cdx.json": (CYCLONEDX, ["--lock", str(inputs / "lock.json"), "--arch", "amd64", "--facts", str(inputs / "facts.json"),
+                                          "--stamp", str(inputs / "stamp.txt"), "--output", str(out / "sbom.cdx.json")]),
         }
         cwd = inputs if host.elsewhere else None
         for module, args in runs.values():
