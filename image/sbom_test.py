@@ -27,22 +27,23 @@ def image() -> Image:
     return built_image_or_skip()
 
 
+def built_sbom(variable: str, target: str, output: str) -> bytes:
+    """The SBOM file Bazel passes in `variable`, else bazel-bin's; skips when neither is built."""
+    raw = os.environ.get(variable)
+    path = find_runfile(raw) if raw else Path("bazel-bin/image") / output
+    if not path.is_file():
+        pytest.skip(f"no built SBOM: run under Bazel or after `bazel build {target}`")
+    return path.read_bytes()
+
+
 @pytest.fixture(scope="module")
 def sbom_bytes() -> bytes:
-    raw = os.environ.get("CEPHALOPROXY_IMAGE_SBOM")
-    path = find_runfile(raw) if raw else Path("bazel-bin/image/sbom.spdx.json")
-    if not path.is_file():
-        pytest.skip("no built SBOM: run under Bazel or after `bazel build //image:sbom`")
-    return path.read_bytes()
+    return built_sbom("CEPHALOPROXY_IMAGE_SBOM", "//image:sbom", "sbom.spdx.json")
 
 
 @pytest.fixture(scope="module")
 def cyclonedx_bytes() -> bytes:
-    raw = os.environ.get("CEPHALOPROXY_IMAGE_SBOM_CYCLONEDX")
-    path = find_runfile(raw) if raw else Path("bazel-bin/image/sbom_cyclonedx.cdx.json")
-    if not path.is_file():
-        pytest.skip("no built CycloneDX SBOM: run under Bazel or after `bazel build //image:sbom_cyclonedx`")
-    return path.read_bytes()
+    return built_sbom("CEPHALOPROXY_IMAGE_SBOM_CYCLONEDX", "//image:sbom_cyclonedx", "sbom_cyclonedx.cdx.json")
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_the_image_carries_the_built_cyclonedx_sbom(image: Image, cyclonedx_byte
 def test_both_sboms_name_the_same_packages(packages: dict[str, dict[str, Any]], cyclonedx_bytes: bytes) -> None:
     components = json.loads(cyclonedx_bytes)["components"]
     cyclonedx = {c["name"]: (c["version"], c.get("purl")) for c in components}
-    spdx = {name: (p["versionInfo"], (purls(p) or [None])[0]) for name, p in packages.items() if name != "cephaloproxy"}
+    spdx = {name: (p["versionInfo"], next(iter(purls(p)), None)) for name, p in packages.items() if name != "cephaloproxy"}
     assert cyclonedx == spdx
 
 

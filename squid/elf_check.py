@@ -248,12 +248,7 @@ def parse_package_notes(name: str, data: bytes) -> list[str]:
 
 def package_notes(path: str | Path) -> list[str]:
     """The JSON payloads of the file's package-metadata notes, in file order (usually 0 or 1)."""
-    name = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise ElfError(f"{name}: cannot read: {error.strerror}") from error
-    return parse_package_notes(name, data)
+    return parse_package_notes(str(path), _read(path))
 
 
 def parse(name: str, data: bytes) -> DynamicRequirements:
@@ -273,14 +268,16 @@ def parse(name: str, data: bytes) -> DynamicRequirements:
     )
 
 
+def _read(path: str | Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ElfError(f"{path}: cannot read: {error.strerror}") from error
+
+
 def read_dynamic_requirements(path: str | Path) -> DynamicRequirements:
     """What the ELF file at path asks of the dynamic linker."""
-    name = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise ElfError(f"{name}: cannot read: {error.strerror}") from error
-    return parse(name, data)
+    return parse(str(path), _read(path))
 
 
 def is_elf(path: str | Path) -> bool:

@@ -15,15 +15,12 @@ from pathlib import Path
 import pytest
 
 from squid.elf_check import is_elf, package_notes
-from squid.squid_under_test import SquidLayout, expected_arch, expected_version, squid_under_test
+from squid.squid_under_test import SquidLayout, built_squid_or_skip, expected_arch, expected_version
 
 
 @pytest.fixture(scope="module")
 def layout() -> SquidLayout:
-    found = squid_under_test()
-    if found.is_system:
-        pytest.skip("checks the Squid //squid builds; CEPHALOPROXY_SQUID_ROOT is unset or '/' (system Squid)")
-    return found
+    return built_squid_or_skip()
 
 
 def linked_programs(root: Path) -> list[Path]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,3 +57,16 @@ def generate_from_checkout(directory: Path, generator: Callable[[list[str]], int
             raise SystemExit(1)
         outputs.append(output)
     return outputs
+
+
+def validate_all(argv: list[str], validate: Callable[[Path], list[str]], generator: Callable[[list[str]], int], suffix: str) -> int:
+    """A validator's command line: the given files, else this checkout's SBOMs; 1 on any message."""
+    failed = False
+    with tempfile.TemporaryDirectory() as scratch:
+        files = [Path(a) for a in argv] or generate_from_checkout(Path(scratch), generator, suffix)
+        for path in files:
+            messages = validate(path)
+            for message in messages:
+                print(f"{path}: {message}", file=sys.stderr)
+            failed = failed or bool(messages)
+    return 1 if failed else 0

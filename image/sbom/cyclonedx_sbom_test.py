@@ -95,7 +95,8 @@ def test_the_image_depends_on_every_component_and_refs_are_unique(tmp_path: Path
 
 
 def test_unstamped_is_reproducible_and_stamps_change_the_serial(tmp_path: Path) -> None:
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
+    for name in "abc":
+        (tmp_path / name).mkdir()
     first, _ = run_both(tmp_path / "a")
     second, _ = run_both(tmp_path / "b")
     stamped, _ = run_both(tmp_path / "c", stamp="version=0.1.0\nrevision=abc\ncreated=2026-11-30T12:00:00Z\n")

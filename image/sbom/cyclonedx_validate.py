@@ -15,23 +15,23 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from image.sbom import cyclonedx_sbom  # noqa: E402
-from image.sbom.checkout_sboms import generate_from_checkout  # noqa: E402
+from image.sbom.checkout_sboms import validate_all  # noqa: E402
 
 
-def reference_errors(document: dict[str, object]) -> list[str]:
+def reference_errors(document: dict[str, Any]) -> list[str]:
     """What the schema cannot say: bom-refs unique, dependencies only between them."""
     metadata = document.get("metadata") or {}
-    components = [metadata.get("component") or {}] + list(document.get("components") or [])  # type: ignore[union-attr]
+    components = [metadata.get("component") or {}] + list(document.get("components") or [])
     refs = [c.get("bom-ref") for c in components]
     errors = [f"bom-ref {r!r} is used twice" for r in sorted({r for r in refs if refs.count(r) > 1}, key=str)]
-    for dependency in document.get("dependencies") or []:  # type: ignore[union-attr]
+    for dependency in document.get("dependencies") or []:
         for ref in [dependency.get("ref")] + list(dependency.get("dependsOn") or []):
             if ref not in refs:
                 errors.append(f"dependency names {ref!r}, which no component has as bom-ref")
@@ -62,16 +62,7 @@ def validate(path: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    failed = False
-    with tempfile.TemporaryDirectory() as scratch:
-        files = [Path(a) for a in argv] or generate_from_checkout(Path(scratch), cyclonedx_sbom.main, ".cdx.json")
-        for path in files:
-            messages = validate(path)
-            for message in messages:
-                print(f"{path}: {message}", file=sys.stderr)
-            failed = failed or bool(messages)
-    return 1 if failed else 0
-
+    return validate_all(argv, validate, cyclonedx_sbom.main, ".cdx.json")
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

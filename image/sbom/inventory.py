@@ -151,7 +151,7 @@ def patchlevel_version(path: Path) -> str:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as error:
         raise SbomError(f"cannot read {path}: {error}") from error
-    match = re.search(r'^#define\s+PY_VERSION\s+"([^"]+)"', text, re.M)
+    match = re.search(r'^#define\s+PY_VERSION\s+"([^"]+)"', text, re.MULTILINE)
     if not match:
         raise SbomError(f"{path} has no '#define PY_VERSION \"X.Y.Z\"' line; is it CPython's patchlevel.h?")
     return match.group(1)

@@ -13,14 +13,13 @@ count of each document; exits 1 on any validation message.
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from image.sbom import spdx_sbom  # noqa: E402
-from image.sbom.checkout_sboms import generate_from_checkout  # noqa: E402
+from image.sbom.checkout_sboms import validate_all  # noqa: E402
 
 
 def validate(path: Path) -> list[str]:
@@ -39,15 +38,7 @@ def validate(path: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    failed = False
-    with tempfile.TemporaryDirectory() as scratch:
-        files = [Path(a) for a in argv] or generate_from_checkout(Path(scratch), spdx_sbom.main, ".spdx.json")
-        for path in files:
-            messages = validate(path)
-            for message in messages:
-                print(f"{path}: {message}", file=sys.stderr)
-            failed = failed or bool(messages)
-    return 1 if failed else 0
+    return validate_all(argv, validate, spdx_sbom.main, ".spdx.json")
 
 
 if __name__ == "__main__":
