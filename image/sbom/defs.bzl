@@ -145,3 +145,8 @@ cyclonedx_sbom = _sbom_rule(
     ".cdx.json",
     "CycloneDxSbom",
 )
+
+def sboms(name, **kwargs):
+    """`name` (SPDX 2.3, NAME.spdx.json) and `name`_cyclonedx (CycloneDX 1.6, NAME_cyclonedx.cdx.json), from the same arguments."""
+    spdx_sbom(name = name, **kwargs)
+    cyclonedx_sbom(name = name + "_cyclonedx", **kwargs)
