@@ -108,4 +108,3 @@ SQUID_LINKOPTS = [
     # ...) to every program; each binary should name only what it uses (Debian links so).
     "-Wl,--as-needed",
 ]
-

@@ -12,7 +12,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from squid.elf_check import ElfError, is_elf, package_notes, parse_package_notes, read_dynamic_requirements, version_at_most, version_key
+from squid.elf_check import (
+    ElfError,
+    is_elf,
+    package_notes,
+    parse_package_notes,
+    read_dynamic_requirements,
+    version_at_most,
+    version_key,
+)
 
 
 def _dynamic_interpreter() -> Path:
@@ -35,11 +43,21 @@ def test_matches_readelf_where_available() -> None:
         pytest.skip("binutils' readelf is not installed; nothing to compare with")
     binary = _dynamic_interpreter()
     found = read_dynamic_requirements(binary)
-    dynamic = subprocess.run([readelf, "-d", str(binary)], capture_output=True, text=True, check=True).stdout
-    expected_needed = [line.split("[", 1)[1].rstrip("]") for line in dynamic.splitlines() if "(NEEDED)" in line]
+    dynamic = subprocess.run(
+        [readelf, "-d", str(binary)], capture_output=True, text=True, check=True
+    ).stdout
+    expected_needed = [
+        line.split("[", 1)[1].rstrip("]") for line in dynamic.splitlines() if "(NEEDED)" in line
+    ]
     assert list(found.needed) == expected_needed
-    versions = subprocess.run([readelf, "-V", str(binary)], capture_output=True, text=True, check=True).stdout
-    expected_names = {line.split("Name:", 1)[1].split()[0] for line in versions.splitlines() if "Name:" in line and "Flags" in line}
+    versions = subprocess.run(
+        [readelf, "-V", str(binary)], capture_output=True, text=True, check=True
+    ).stdout
+    expected_names = {
+        line.split("Name:", 1)[1].split()[0]
+        for line in versions.splitlines()
+        if "Name:" in line and "Flags" in line
+    }
     actual_names = {name for names in found.versions.values() for name in names}
     assert actual_names == expected_names
 
@@ -77,7 +95,22 @@ def _elf_with_note_section(payload: bytes) -> bytes:
     section_offset = header_size
     table_offset = section_offset + len(payload)
     header = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
-    header += struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, 0, 0, table_offset, 0, header_size, 0, 0, section_header_size, 2, 0)
+    header += struct.pack(
+        "<HHIQQQIHHHHHH",
+        2,
+        62,
+        1,
+        0,
+        0,
+        table_offset,
+        0,
+        header_size,
+        0,
+        0,
+        section_header_size,
+        2,
+        0,
+    )
     null_section = bytes(section_header_size)
     note_section = struct.pack("<IIQQQQIIQQ", 0, 7, 2, 0, section_offset, len(payload), 0, 0, 4, 0)
     return header + payload + null_section + note_section
@@ -102,9 +135,23 @@ def test_matches_readelf_on_a_note_objcopy_added(tmp_path: Path) -> None:
     note_file = tmp_path / "note.bin"
     note_file.write_bytes(_note(b"FDO\0", 0xCAFE1A7E, payload + b"\0"))
     binary = tmp_path / "python"
-    subprocess.run([objcopy, "--add-section", f".note.package={note_file}", "--set-section-flags", ".note.package=alloc,readonly",
-                    "--set-section-alignment", ".note.package=4", str(_dynamic_interpreter()), str(binary)], check=True)
-    notes = subprocess.run([readelf, "--notes", str(binary)], capture_output=True, text=True, check=True).stdout
+    subprocess.run(
+        [
+            objcopy,
+            "--add-section",
+            f".note.package={note_file}",
+            "--set-section-flags",
+            ".note.package=alloc,readonly",
+            "--set-section-alignment",
+            ".note.package=4",
+            str(_dynamic_interpreter()),
+            str(binary),
+        ],
+        check=True,
+    )
+    notes = subprocess.run(
+        [readelf, "--notes", str(binary)], capture_output=True, text=True, check=True
+    ).stdout
     assert payload.decode() in notes
     assert package_notes(binary) == [payload.decode()]
 

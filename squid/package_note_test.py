@@ -25,7 +25,9 @@ def layout() -> SquidLayout:
 
 def linked_programs(root: Path) -> list[Path]:
     """usr/sbin/squid and every ELF file in usr/lib/squid (helpers, security_file_certgen)."""
-    helpers = sorted(path for path in (root / "usr/lib/squid").iterdir() if path.is_file() and is_elf(path))
+    helpers = sorted(
+        path for path in (root / "usr/lib/squid").iterdir() if path.is_file() and is_elf(path)
+    )
     return [root / "usr/sbin/squid", *helpers]
 
 
@@ -43,7 +45,14 @@ def expected_note() -> dict[str, str]:
 
 def test_the_helpers_are_all_there(layout: SquidLayout) -> None:
     names = {path.name for path in linked_programs(layout.root)}
-    assert {"squid", "security_file_certgen", "basic_ncsa_auth", "digest_file_auth", "log_file_daemon", "unlinkd"} <= names
+    assert {
+        "squid",
+        "security_file_certgen",
+        "basic_ncsa_auth",
+        "digest_file_auth",
+        "log_file_daemon",
+        "unlinkd",
+    } <= names
 
 
 def test_every_linked_program_carries_exactly_the_squid_package_note(layout: SquidLayout) -> None:
@@ -53,13 +62,19 @@ def test_every_linked_program_carries_exactly_the_squid_package_note(layout: Squ
         decoded = [json.loads(note) for note in notes]
         if decoded != [expected_note()]:
             wrong[str(program.relative_to(layout.root))] = notes
-    assert not wrong, f"expected one note {json.dumps(expected_note())} in each program; found: {wrong}"
+    assert not wrong, (
+        f"expected one note {json.dumps(expected_note())} in each program; found: {wrong}"
+    )
 
 
 def test_the_note_has_the_package_notes_spec_fields(layout: SquidLayout) -> None:
     (note,) = package_notes(layout.root / "usr/sbin/squid")
     payload = json.loads(note)
     for field in ("type", "name", "version", "architecture", "cpe", "purl"):
-        assert isinstance(payload.get(field), str) and payload[field], f"{field} missing or empty in {note}"
-    assert payload["cpe"].startswith("cpe:2.3:a:") and payload["cpe"].count(":") == 12, payload["cpe"]
+        assert isinstance(payload.get(field), str) and payload[field], (
+            f"{field} missing or empty in {note}"
+        )
+    assert payload["cpe"].startswith("cpe:2.3:a:") and payload["cpe"].count(":") == 12, payload[
+        "cpe"
+    ]
     assert payload["purl"].endswith("@" + payload["version"]), payload["purl"]

@@ -24,7 +24,9 @@ from python.runfiles import runfiles as bazel_runfiles
 def parse(argv: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
     """([(cosign type, launcher rlocationpath)...], the caller's arguments)."""
     if "--" not in argv:
-        raise SystemExit("attest_all: expected TYPE=LAUNCHER... -- ARGS (see image/BUILD.bazel's :attest)")
+        raise SystemExit(
+            "attest_all: expected TYPE=LAUNCHER... -- ARGS (see image/BUILD.bazel's :attest)"
+        )
     split = argv.index("--")
     launchers = []
     for spec in argv[:split]:
@@ -42,12 +44,18 @@ def main(argv: list[str]) -> int:
     for kind, path in launchers:
         launcher = runfiles.Rlocation(path)
         if not launcher or not os.path.exists(launcher):
-            print(f"attest_all: {path} is not in the runfiles; is it in :attest's data?", file=sys.stderr)
+            print(
+                f"attest_all: {path} is not in the runfiles; is it in :attest's data?",
+                file=sys.stderr,
+            )
             return 1
         print(f"attest_all: attaching the {kind} predicate", file=sys.stderr)
         code = subprocess.call([launcher, *arguments, "--type", kind], env=environment)
         if code != 0:
-            print(f"attest_all: the {kind} attestation failed (exit {code}); the ones before it are attached", file=sys.stderr)
+            print(
+                f"attest_all: the {kind} attestation failed (exit {code}); the ones before it are attached",
+                file=sys.stderr,
+            )
             return code
     return 0
 

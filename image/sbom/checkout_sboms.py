@@ -30,7 +30,12 @@ def checkout_facts(python_version: str) -> dict[str, object]:
     version = starlark_constants(REPO / "squid" / "version.bzl")
     flags = starlark_constants(REPO / "squid" / "configure_flags.bzl")
     return {
-        "project": {"name": "cephaloproxy", "source_url": "", "license": "GPL-2.0-or-later", "supplier": "CephaloProxy"},
+        "project": {
+            "name": "cephaloproxy",
+            "source_url": "",
+            "license": "GPL-2.0-or-later",
+            "supplier": "CephaloProxy",
+        },
         "squid": {
             "version": version["SQUID_VERSION"],
             "sha256": version["SQUID_SHA256"],
@@ -44,7 +49,9 @@ def checkout_facts(python_version: str) -> dict[str, object]:
     }
 
 
-def generate_from_checkout(directory: Path, generator: Callable[[list[str]], int], suffix: str) -> list[Path]:
+def generate_from_checkout(
+    directory: Path, generator: Callable[[list[str]], int], suffix: str
+) -> list[Path]:
     """One SBOM per architecture of the lock, written by `generator` (a writer's main) as *{suffix}."""
     lock = REPO / "image" / "trixie.lock.json"
     archs = sorted({p["arch"] for p in json.loads(lock.read_text())["packages"]})
@@ -53,13 +60,32 @@ def generate_from_checkout(directory: Path, generator: Callable[[list[str]], int
     outputs = []
     for arch in archs:
         output = directory / f"cephaloproxy-{arch}{suffix}"
-        if generator(["--lock", str(lock), "--arch", arch, "--facts", str(facts), "--output", str(output)]) != 0:
+        if (
+            generator(
+                [
+                    "--lock",
+                    str(lock),
+                    "--arch",
+                    arch,
+                    "--facts",
+                    str(facts),
+                    "--output",
+                    str(output),
+                ]
+            )
+            != 0
+        ):
             raise SystemExit(1)
         outputs.append(output)
     return outputs
 
 
-def validate_all(argv: list[str], validate: Callable[[Path], list[str]], generator: Callable[[list[str]], int], suffix: str) -> int:
+def validate_all(
+    argv: list[str],
+    validate: Callable[[Path], list[str]],
+    generator: Callable[[list[str]], int],
+    suffix: str,
+) -> int:
     """A validator's command line: the given files, else this checkout's SBOMs; 1 on any message."""
     failed = False
     with tempfile.TemporaryDirectory() as scratch:

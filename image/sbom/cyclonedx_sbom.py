@@ -74,7 +74,16 @@ def document(inventory: Inventory) -> dict[str, Any]:
         "metadata": {
             "timestamp": inventory.created,
             "lifecycles": [{"phase": "build"}],
-            "tools": {"components": [{"type": "application", "name": TOOL_NAME, "group": "CephaloProxy", "description": "image/sbom, from image/trixie.lock.json, squid/version.bzl and the resolved Python toolchain"}]},
+            "tools": {
+                "components": [
+                    {
+                        "type": "application",
+                        "name": TOOL_NAME,
+                        "group": "CephaloProxy",
+                        "description": "image/sbom, from image/trixie.lock.json, squid/version.bzl and the resolved Python toolchain",
+                    }
+                ]
+            },
             "component": top,
             "supplier": {"name": inventory.supplier},
             "properties": [

@@ -30,7 +30,10 @@ def reference_errors(document: dict[str, Any]) -> list[str]:
     metadata = document.get("metadata") or {}
     components = [metadata.get("component") or {}] + list(document.get("components") or [])
     refs = [c.get("bom-ref") for c in components]
-    errors = [f"bom-ref {r!r} is used twice" for r in sorted({r for r in refs if refs.count(r) > 1}, key=str)]
+    errors = [
+        f"bom-ref {r!r} is used twice"
+        for r in sorted({r for r in refs if refs.count(r) > 1}, key=str)
+    ]
     for dependency in document.get("dependencies") or []:
         for ref in [dependency.get("ref")] + list(dependency.get("dependsOn") or []):
             if ref not in refs:
@@ -56,13 +59,16 @@ def validate(path: Path) -> list[str]:
     if document.get("specVersion") != "1.6":
         messages.append(f"specVersion is {document.get('specVersion')!r}, expected '1.6'")
     messages += reference_errors(document)
-    print(f"{path}: CycloneDX {document.get('specVersion')}, {len(document.get('components') or [])} components "
-          f"(+ the image as metadata.component), {len(messages)} validation messages")
+    print(
+        f"{path}: CycloneDX {document.get('specVersion')}, {len(document.get('components') or [])} components "
+        f"(+ the image as metadata.component), {len(messages)} validation messages"
+    )
     return messages
 
 
 def main(argv: list[str]) -> int:
     return validate_all(argv, validate, cyclonedx_sbom.main, ".cdx.json")
+
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -28,7 +28,11 @@ from pathlib import Path
 from typing import Any
 
 DEBIAN_DISTRO = "debian-13"
-UNSTAMPED = {"version": "0.0.0-unstamped", "revision": "unstamped-revision", "created": "1970-01-01T00:00:00Z"}
+UNSTAMPED = {
+    "version": "0.0.0-unstamped",
+    "revision": "unstamped-revision",
+    "created": "1970-01-01T00:00:00Z",
+}
 
 
 class SbomError(Exception):
@@ -87,11 +91,15 @@ def debian_packages(lock_path: Path, arch: str) -> list[dict[str, Any]]:
     found = [p for p in lock.get("packages", []) if p.get("arch") == arch]
     if not found:
         archs = sorted({str(p.get("arch")) for p in lock.get("packages", [])})
-        raise SbomError(f"{lock_path} has no packages for arch {arch!r} (it has {archs}); refresh the lock with `bazel run @trixie//:lock`")
+        raise SbomError(
+            f"{lock_path} has no packages for arch {arch!r} (it has {archs}); refresh the lock with `bazel run @trixie//:lock`"
+        )
     for package in found:
         missing = [key for key in ("name", "version", "sha256", "urls") if not package.get(key)]
         if missing:
-            raise SbomError(f"{lock_path}: package {package.get('name', '?')} ({arch}) lacks {', '.join(missing)}")
+            raise SbomError(
+                f"{lock_path}: package {package.get('name', '?')} ({arch}) lacks {', '.join(missing)}"
+            )
     return sorted(found, key=lambda p: str(p["name"]))
 
 
@@ -124,7 +132,9 @@ def squid_component(squid: dict[str, Any]) -> Component:
     cpe, purl = str(squid.get("cpe") or ""), str(squid.get("purl") or "")
     # version.bzl derives both from SQUID_VERSION; a hand-edited one must not name another release.
     if f":{version}:" not in cpe or not purl.endswith(f"@{purl_quote(version)}"):
-        raise SbomError(f"Squid's cpe {cpe!r} and purl {purl!r} must name its version {version}; set SQUID_CPE and SQUID_PURL from SQUID_VERSION in squid/version.bzl")
+        raise SbomError(
+            f"Squid's cpe {cpe!r} and purl {purl!r} must name its version {version}; set SQUID_CPE and SQUID_PURL from SQUID_VERSION in squid/version.bzl"
+        )
     flags = " ".join(str(f) for f in squid.get("configure_flags", []))
     make_args = " ".join(str(a) for a in squid.get("make_args", []))
     return Component(
@@ -153,7 +163,9 @@ def patchlevel_version(path: Path) -> str:
         raise SbomError(f"cannot read {path}: {error}") from error
     match = re.search(r'^#define\s+PY_VERSION\s+"([^"]+)"', text, re.MULTILINE)
     if not match:
-        raise SbomError(f"{path} has no '#define PY_VERSION \"X.Y.Z\"' line; is it CPython's patchlevel.h?")
+        raise SbomError(
+            f"{path} has no '#define PY_VERSION \"X.Y.Z\"' line; is it CPython's patchlevel.h?"
+        )
     return match.group(1)
 
 
@@ -207,7 +219,9 @@ def read_stamp(path: Path | None) -> dict[str, str]:
             continue
         key, sep, value = line.partition("=")
         if not sep or key.strip() not in UNSTAMPED:
-            raise SbomError(f"{path}:{number}: expected one of {sorted(UNSTAMPED)} as key=value, got {line!r}")
+            raise SbomError(
+                f"{path}:{number}: expected one of {sorted(UNSTAMPED)} as key=value, got {line!r}"
+            )
         values[key.strip()] = value.strip()
     if not re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", values["created"]):
         raise SbomError(f"{path}: created={values['created']!r} is not YYYY-MM-DDTHH:MM:SSZ (UTC)")
@@ -240,16 +254,25 @@ def download_location(source: str, stamp: dict[str, str]) -> str | None:
     """The project's download location: its repository at the revision, when the builder named one."""
     if not source:
         return None
-    return f"git+{source}@{stamp['revision']}" if stamp["revision"] != UNSTAMPED["revision"] else source
+    return (
+        f"git+{source}@{stamp['revision']}"
+        if stamp["revision"] != UNSTAMPED["revision"]
+        else source
+    )
 
 
-def build_inventory(lock: Path, arch: str, facts: dict[str, Any], patchlevel: Path | None, stamp: dict[str, str]) -> Inventory:
+def build_inventory(
+    lock: Path, arch: str, facts: dict[str, Any], patchlevel: Path | None, stamp: dict[str, str]
+) -> Inventory:
     try:
         project, squid, python = facts["project"], facts["squid"], facts["python"]
     except KeyError as error:
         raise SbomError(f"facts lack {error}; they are written by image/sbom/defs.bzl") from error
     contained = [debian_component(p, arch) for p in debian_packages(lock, arch)]
-    contained += [squid_component(squid), python_component(python, python_version(python, patchlevel))]
+    contained += [
+        squid_component(squid),
+        python_component(python, python_version(python, patchlevel)),
+    ]
     refs = [c.ref for c in contained]
     duplicates = sorted({r for r in refs if refs.count(r) > 1})
     if duplicates:
@@ -266,21 +289,33 @@ def build_inventory(lock: Path, arch: str, facts: dict[str, Any], patchlevel: Pa
     )
 
 
-def run(argv: list[str], description: str, writer: Callable[[Inventory], dict[str, Any]], prog: str) -> int:
+def run(
+    argv: list[str], description: str, writer: Callable[[Inventory], dict[str, Any]], prog: str
+) -> int:
     """The command line both generators share: inputs -> inventory -> writer -> --output (atomically)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--lock", type=Path, required=True)
-    parser.add_argument("--arch", required=True, help="Debian architecture of the image: amd64, arm64")
+    parser.add_argument(
+        "--arch", required=True, help="Debian architecture of the image: amd64, arm64"
+    )
     parser.add_argument("--facts", type=Path, required=True)
     parser.add_argument("--python-patchlevel", type=Path)
     parser.add_argument("--stamp", type=Path)
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
-        inventory = build_inventory(args.lock, args.arch, read_json(args.facts), args.python_patchlevel, read_stamp(args.stamp))
+        inventory = build_inventory(
+            args.lock,
+            args.arch,
+            read_json(args.facts),
+            args.python_patchlevel,
+            read_stamp(args.stamp),
+        )
         document = writer(inventory)
         temporary = args.output.with_name(args.output.name + ".partial")
-        temporary.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        temporary.write_text(
+            json.dumps(document, indent=2, sort_keys=False) + "\n", encoding="utf-8"
+        )
         temporary.replace(args.output)
     except (SbomError, OSError) as error:
         print(f"{prog}: {error}", file=sys.stderr)

@@ -32,8 +32,10 @@ def validate(path: Path) -> list[str]:
     except SPDXParsingError as error:
         return [f"parse error: {message}" for message in error.get_messages()]
     messages = [m.validation_message for m in validate_full_spdx_document(document, "SPDX-2.3")]
-    print(f"{path}: SPDX {document.creation_info.spdx_version}, {len(document.packages)} packages, "
-          f"{len(document.relationships)} relationships, {len(messages)} validation messages")
+    print(
+        f"{path}: SPDX {document.creation_info.spdx_version}, {len(document.packages)} packages, "
+        f"{len(document.relationships)} relationships, {len(messages)} validation messages"
+    )
     return messages
 
 
