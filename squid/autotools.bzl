@@ -20,6 +20,14 @@ What the action does (squid/autotools_build.sh, which explains each step):
   4. `make -j$(nproc) <make_args>` and `make <install_target> DESTDIR=<staging> <make_args>`;
   5. copies `out_files` and `out_dirs` (paths below DESTDIR) into the declared outputs.
 
+`package_note` (a JSON object, https://systemd.io/ELF_PACKAGE_METADATA/) becomes
+`-Wl,--package-metadata=<JSON>` in LDFLAGS, so GNU ld (>= 2.39) writes it as the `.note.package`
+ELF note of every program the package links. The JSON goes percent-encoded (ld >= 2.44 decodes
+it): raw, its quotes would be eaten by make's shell and its commas split by gcc's and libtool's
+`-Wl,` handling. The C runtime's start files may carry a note of their own (Debian's cross glibc
+stamps crt1.o with "cross-toolchain-base"), which would sit before ours in the output; the action
+links against copies without it (autotools_build.sh says how).
+
 Kept from the toolchain's flags: everything except `-std=` (the project's build system picks
 its language standard; add one in copts/cxxopts) and the `-D__DATE__=...`-style macros (make
 recipes strip their quotes; use `force_includes` with a header that defines them). The C++
@@ -48,6 +56,37 @@ def _joined(label, name, flags):
         if " " in flag:
             fail("%s: the toolchain's %s flag %r contains a space, which make cannot pass through" % (label, name, flag))
     return " ".join(flags)
+
+# Printable ASCII from 0x20, to percent-encode without ord() (Starlark has none).
+_PRINTABLE_ASCII = "".join([
+    " !\"#$%&'()*+,-./0123456789:;<=>?@",
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`",
+    "abcdefghijklmnopqrstuvwxyz{|}~",
+])
+_UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+_HEX = "0123456789ABCDEF"
+
+def percent_encode(label, text):
+    """Every character but RFC 3986's unreserved ones as %XX: nothing a shell, make or -Wl, reads.
+
+    Args:
+      label: the target, for the error message.
+      text: printable ASCII (the note's JSON).
+
+    Returns:
+      The encoded text, which ld >= 2.44's --package-metadata decodes.
+    """
+    out = []
+    for char in text.elems():
+        if char in _UNRESERVED:
+            out.append(char)
+            continue
+        index = _PRINTABLE_ASCII.find(char)
+        if index < 0:
+            fail("%s: package_note may hold printable ASCII only, not %r" % (label, char))
+        code = index + 0x20
+        out.append("%" + _HEX[code // 16] + _HEX[code % 16])
+    return "".join(out)
 
 def _source_root(ctx):
     configure = [f for f in ctx.files.srcs if f.basename == "configure"]
@@ -102,6 +141,7 @@ def _autotools_build_impl(ctx):
     args.add("CXX=" + tool(ACTION_NAMES.cpp_compile))
     args.add("AR=" + tool(ACTION_NAMES.cpp_link_static_library))
     args.add("STRIP=" + cc_toolchain.strip_executable)
+    args.add("OBJCOPY=" + cc_toolchain.objcopy_executable)
     args.add("TOOLCHAIN_CFLAGS=" + _joined(ctx.label, "C", _command_line(feature_configuration, ACTION_NAMES.c_compile, c_variables)))
     args.add("TOOLCHAIN_CXXFLAGS=" + _joined(ctx.label, "C++", _command_line(feature_configuration, ACTION_NAMES.cpp_compile, cxx_variables)))
     args.add("TOOLCHAIN_LDFLAGS=" + _joined(ctx.label, "link", _command_line(feature_configuration, ACTION_NAMES.cpp_link_executable, link_variables)))
@@ -113,7 +153,12 @@ def _autotools_build_impl(ctx):
         args.add("BUILD_CXX_ENV=" + " ".join(ctx.attr.build_cxx_env))
     args.add("COPTS=" + " ".join(ctx.attr.copts))
     args.add("CXXOPTS=" + " ".join(ctx.attr.cxxopts))
-    args.add("LINKOPTS=" + " ".join(ctx.attr.linkopts))
+    linkopts = list(ctx.attr.linkopts)
+    if ctx.attr.package_note:
+        json.decode(ctx.attr.package_note)  # fails the analysis on malformed JSON (ld would only warn)
+        linkopts.append("-Wl,--package-metadata=" + percent_encode(ctx.label, ctx.attr.package_note))
+        args.add("DROP_START_FILE_NOTES=1")
+    args.add("LINKOPTS=" + " ".join(linkopts))
     args.add("FORCE_INCLUDES=" + " ".join([f.path for f in ctx.files.force_includes]))
     args.add("FIXUP=" + (ctx.executable.fixup.path if ctx.attr.fixup else ""))
     args.add("INSTALL_TARGET=" + ctx.attr.install_target)
@@ -160,6 +205,7 @@ autotools_build = rule(
         "copts": attr.string_list(doc = "Appended to the toolchain's CFLAGS and CXXFLAGS."),
         "cxxopts": attr.string_list(doc = "Appended to CXXFLAGS only."),
         "linkopts": attr.string_list(doc = "Appended to the toolchain's LDFLAGS."),
+        "package_note": attr.string(doc = "A JSON object the linker writes into every linked program as its .note.package (see the file header); empty: none."),
         "force_includes": attr.label_list(allow_files = [".h"], doc = "Headers passed as `-include` to every compile."),
         "fixup": attr.label(executable = True, cfg = "exec", allow_single_file = True, doc = "Run in the configured tree with the configure flags as arguments, before make."),
         "out_files": attr.string_list(mandatory = True, allow_empty = False, doc = "Installed files (paths below DESTDIR, e.g. usr/sbin/squid) to declare as outputs."),

@@ -5,7 +5,8 @@
 # Arguments (all from the rule): NAME=value settings, then
 #   --configure <configure flags...> --make <make args...> --outputs <paths below DESTDIR...>
 # Settings: SRCDIR PREFIX CC CXX AR STRIP TOOLCHAIN_CFLAGS TOOLCHAIN_CXXFLAGS TOOLCHAIN_LDFLAGS
-#           COPTS CXXOPTS LINKOPTS FORCE_INCLUDES FIXUP INSTALL_TARGET OUT_ROOT [BUILD_CC BUILD_CXX_ENV],
+#           COPTS CXXOPTS LINKOPTS FORCE_INCLUDES FIXUP INSTALL_TARGET OUT_ROOT [BUILD_CC BUILD_CXX_ENV]
+#           [OBJCOPY DROP_START_FILE_NOTES],
 #           ENV:NAME=value
 #
 # Why each step:
@@ -23,6 +24,11 @@
 #    -lstdc++: Bazel's toolchains link C++ as `gcc ... -lstdc++`, which would pull in the
 #    shared libstdc++ even with -static-libstdc++, and leave programs that a build links
 #    without LDFLAGS (Squid's cf_gen) with no C++ runtime at all.
+#  - DROP_START_FILE_NOTES=1 (LINKOPTS carry --package-metadata): ld puts the note it writes
+#    into the same output section as any .note.package of the inputs, and Debian's cross glibc
+#    stamps its crt1.o variants with {"name":"cross-toolchain-base",...}, which would come first
+#    and name the wrong package to scanners. gcc takes start files from a -B directory first, so
+#    the link gets copies of them without that note.
 #  - Tool paths and flags that are relative to Bazel's execroot (hermetic toolchains) are
 #    made absolute, since configure and make run in another directory.
 set -euo pipefail
@@ -110,6 +116,18 @@ if [ -n "${setting[STRIP]:-}" ]; then export STRIP; STRIP=$(absolute "${setting[
 export CFLAGS; CFLAGS=$(flags "${setting[TOOLCHAIN_CFLAGS]:-}" "$common")
 export CXXFLAGS; CXXFLAGS=$(flags "${setting[TOOLCHAIN_CXXFLAGS]:-}" "$common ${setting[CXXOPTS]:-}")
 export LDFLAGS; LDFLAGS=$(flags "${setting[TOOLCHAIN_LDFLAGS]:-}" "${setting[LINKOPTS]:-}")
+if [ "${setting[DROP_START_FILE_NOTES]:-}" = 1 ]; then
+  objcopy=$(absolute "${setting[OBJCOPY]:-objcopy}")
+  start_files="$scratch/start_files"
+  mkdir "$start_files"
+  for name in crt1.o Scrt1.o rcrt1.o gcrt1.o grcrt1.o; do
+    # -print-file-name prints the bare name when the C runtime has no such file.
+    found=$("$cc" $CFLAGS -print-file-name="$name")
+    [ "$found" = "$name" ] || "$objcopy" --remove-section=.note.package "$found" "$start_files/$name" \
+      || die "$objcopy could not copy $found without its .note.package"
+  done
+  LDFLAGS="-B$start_files/ $LDFLAGS"
+fi
 for assignment in "${toolchain_env[@]}"; do export "${assignment?}"; done
 # Cross builds: the build machine's C++ compiler for compile-time tools (BUILD_CXX_ENV names
 # the variables, e.g. Squid's BUILDCXX); their flags default to CXXFLAGS, which are generic.

@@ -8,6 +8,9 @@ distribution: every required GLIBC_x.y, GLIBCXX_x.y.z or OPENSSL_x.y.z must be
 provided by the libraries there. Standard library only, so //image's checks can
 reuse it (py_library //squid:elf_check) on files inside layers.
 
+`package_notes(path)` returns the JSON payloads of the file's `.note.package` notes
+(https://systemd.io/ELF_PACKAGE_METADATA/, what Syft identifies compiled binaries by).
+
 Command line: python3 -m squid.elf_check FILE...   (prints the requirements)
 """
 
@@ -20,6 +23,10 @@ from pathlib import Path
 
 _ELF_MAGIC = b"\x7fELF"
 _SHT_DYNAMIC = 6
+_SHT_NOTE = 7
+# The package-notes spec's note: owner "FDO", type 0xcafe1a7e, a NUL-terminated JSON payload.
+_FDO_OWNER = b"FDO\0"
+_FDO_PACKAGING_METADATA = 0xCAFE1A7E
 _SHT_GNU_VERNEED = 0x6FFFFFFE
 _PT_INTERP = 3
 _DT_NULL = 0
@@ -225,6 +232,44 @@ def _verneed(reader: _Reader, sections: list[_Section]) -> dict[str, tuple[str, 
     return versions
 
 
+def _align4(value: int) -> int:
+    return (value + 3) & ~3
+
+
+def _note_payloads(reader: _Reader, section: _Section) -> list[str]:
+    """The FDO packaging-metadata payloads among one SHT_NOTE section's notes (4-byte aligned)."""
+    payloads = []
+    offset, end = section.offset, section.offset + section.size
+    while offset + 12 <= end:
+        namesz, descsz, kind = reader.unpack("III", offset)
+        name_start = offset + 12
+        desc_start = name_start + _align4(namesz)
+        if desc_start + descsz > end:
+            raise ElfError(f"{reader.path}: a note runs past the end of its section")
+        owner = reader.data[name_start : name_start + namesz]
+        if owner == _FDO_OWNER and kind == _FDO_PACKAGING_METADATA:
+            payload = reader.data[desc_start : desc_start + descsz].rstrip(b"\0")
+            payloads.append(payload.decode("utf-8", "replace"))
+        offset = desc_start + _align4(descsz)
+    return payloads
+
+
+def parse_package_notes(name: str, data: bytes) -> list[str]:
+    """The JSON payloads of the ELF file `data`'s package-metadata notes, in file order (usually 0 or 1)."""
+    reader = _Reader(name, data)
+    return [
+        payload
+        for section in reader.sections()
+        if section.kind == _SHT_NOTE
+        for payload in _note_payloads(reader, section)
+    ]
+
+
+def package_notes(path: str | Path) -> list[str]:
+    """The JSON payloads of the file's package-metadata notes, in file order (usually 0 or 1)."""
+    return parse_package_notes(str(path), _read(path))
+
+
 def parse(name: str, data: bytes) -> DynamicRequirements:
     """What the ELF file `data` (called `name` in messages) asks of the dynamic linker."""
     reader = _Reader(name, data)
@@ -244,14 +289,16 @@ def parse(name: str, data: bytes) -> DynamicRequirements:
     )
 
 
+def _read(path: str | Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ElfError(f"{path}: cannot read: {error.strerror}") from error
+
+
 def read_dynamic_requirements(path: str | Path) -> DynamicRequirements:
     """What the ELF file at path asks of the dynamic linker."""
-    name = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise ElfError(f"{name}: cannot read: {error.strerror}") from error
-    return parse(name, data)
+    return parse(str(path), _read(path))
 
 
 def is_elf(path: str | Path) -> bool:

@@ -20,7 +20,7 @@ from squid.elf_check import (
     read_dynamic_requirements,
     version_at_most,
 )
-from squid.squid_under_test import SquidLayout, expected_arch, resolve_runfile, squid_under_test
+from squid.squid_under_test import SquidLayout, built_squid_or_skip, expected_arch, resolve_runfile
 
 TRIXIE_CEILINGS = {
     "GLIBC_": "GLIBC_2.41",
@@ -55,12 +55,7 @@ SANDBOX_MARKERS = (
 
 @pytest.fixture(scope="module")
 def layout() -> SquidLayout:
-    found = squid_under_test()
-    if found.is_system:
-        pytest.skip(
-            "checks the Squid //squid builds; CEPHALOPROXY_SQUID_ROOT is unset or '/' (system Squid)"
-        )
-    return found
+    return built_squid_or_skip()
 
 
 def requirements(layout: SquidLayout, relative: str) -> DynamicRequirements:

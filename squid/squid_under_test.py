@@ -52,6 +52,16 @@ def expected_version() -> str:
     return match.group(1)
 
 
+def built_squid_or_skip() -> SquidLayout:
+    """The Squid //squid built; skips the test when it runs against a system Squid."""
+    found = squid_under_test()
+    if found.is_system:
+        pytest.skip(
+            "checks the Squid //squid builds; CEPHALOPROXY_SQUID_ROOT is unset or '/' (system Squid)"
+        )
+    return found
+
+
 # `uname -m` -> the image's architecture names (CEPHALOPROXY_SQUID_ARCH, //squid's variants).
 _MACHINE_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 # The GNU triplet a cross build passes as --host (//tools/cc).

@@ -29,3 +29,10 @@ SQUID_URLS = [
 ]
 
 SQUID_STRIP_PREFIX = "squid-" + SQUID_VERSION
+
+# Scanners' names for this release, used by the binaries' package note (//squid:package_note.bzl)
+# and both SBOMs (//image/sbom): NVD's CPE 2.3 product, and a generic purl (Squid is compiled from
+# the upstream release; no package registry serves it).
+SQUID_CPE = "cpe:2.3:a:squid-cache:squid:%s:*:*:*:*:*:*:*" % SQUID_VERSION
+
+SQUID_PURL = "pkg:generic/squid-cache/squid@%s" % SQUID_VERSION

@@ -20,17 +20,18 @@ def image_checks(image, sbom, image_arm64, sbom_arm64, manifests, locks):
 
     Args:
       image: the OCI layout target.
-      sbom: the image's SPDX SBOM target.
+      sbom: the image's SPDX SBOM target; its CycloneDX twin is `sbom`_cyclonedx, and
+        `sbom`_cyclonedx_arm64 the arm64 one's (image/parts:defs.bzl image_sbom).
       image_arm64: the same through the linux/arm64 transition.
       sbom_arm64: its SBOM.
       manifests: the package manifests (trixie.yaml, ...) whose packages the image holds, all of them.
       locks: their locks, in the same order.
     """
-    _checks("", image, sbom, manifests, locks, [])
-    _checks("_arm64", image_arm64, sbom_arm64, manifests, locks, ["arm64"])
+    _checks("", image, sbom, sbom + "_cyclonedx", manifests, locks, [])
+    _checks("_arm64", image_arm64, sbom_arm64, sbom + "_cyclonedx_arm64", manifests, locks, ["arm64"])
 
-def _checks(suffix, image, sbom, manifests, locks, tags):
-    data = [image, sbom, "//image/parts:image_config_json"] + manifests + locks
+def _checks(suffix, image, sbom, cyclonedx, manifests, locks, tags):
+    data = [image, sbom, cyclonedx, "//image/parts:image_config_json"] + manifests + locks
     for check in CHECKS:
         pytest_test(
             name = check + suffix + "_test",
@@ -42,6 +43,7 @@ def _checks(suffix, image, sbom, manifests, locks, tags):
                 "CEPHALOPROXY_IMAGE_MANIFEST": " ".join(["$(rootpath %s)" % m for m in manifests]),
                 "CEPHALOPROXY_IMAGE_LOCK": " ".join(["$(rootpath %s)" % lock for lock in locks]),
                 "CEPHALOPROXY_IMAGE_SBOM": "$(rootpath %s)" % sbom,
+                "CEPHALOPROXY_IMAGE_SBOM_CYCLONEDX": "$(rootpath %s)" % cyclonedx,
                 "CEPHALOPROXY_IMAGE_CONFIG": "$(rootpath //image/parts:image_config_json)",
             },
             tags = tags,

@@ -1,5 +1,6 @@
-"""The SBOM matches the built image: its file in the image, every dpkg status
-record, and the Squid and Python versions read from the binaries in the layers."""
+"""The SBOMs match the built image: their files in the image, every dpkg status
+record, the Squid and Python versions read from the binaries in the layers, and
+Squid's package note (what Syft reads) naming Squid as the SBOMs do."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import pytest
 from image.checks.built_image import built_image_or_skip
 from image.checks.debian_manifest import status_records
 from image.layers.oci_layout import Image, find_runfile
+from squid.elf_check import parse_package_notes
 
 SBOM_IN_IMAGE = "/usr/share/doc/cephaloproxy/cephaloproxy.spdx.json"
+CYCLONEDX_IN_IMAGE = "/usr/share/doc/cephaloproxy/cephaloproxy.cdx.json"
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +27,25 @@ def image() -> Image:
     return built_image_or_skip()
 
 
+def built_sbom(variable: str, target: str, output: str) -> bytes:
+    """The SBOM file Bazel passes in `variable`, else bazel-bin's; skips when neither is built."""
+    raw = os.environ.get(variable)
+    path = find_runfile(raw) if raw else Path("bazel-bin/image") / output
+    if not path.is_file():
+        pytest.skip(f"no built SBOM: run under Bazel or after `bazel build {target}`")
+    return path.read_bytes()
+
+
 @pytest.fixture(scope="module")
 def sbom_bytes() -> bytes:
-    raw = os.environ.get("CEPHALOPROXY_IMAGE_SBOM")
-    path = find_runfile(raw) if raw else Path("bazel-bin/image/sbom.spdx.json")
-    if not path.is_file():
-        pytest.skip("no built SBOM: run under Bazel or after `bazel build //image:sbom`")
-    return path.read_bytes()
+    return built_sbom("CEPHALOPROXY_IMAGE_SBOM", "//image:sbom", "sbom.spdx.json")
+
+
+@pytest.fixture(scope="module")
+def cyclonedx_bytes() -> bytes:
+    return built_sbom(
+        "CEPHALOPROXY_IMAGE_SBOM_CYCLONEDX", "//image:sbom_cyclonedx", "sbom_cyclonedx.cdx.json"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +112,38 @@ def test_python_version_is_the_interpreters(
         re.findall(rb"\0(" + re.escape(major_minor.encode()) + rb"\.\d+[a-z0-9]*)\0", binary)
     )
     assert found == {version.encode()}, f"{library or real} says {found}, the SBOM {version}"
+
+
+def test_the_image_carries_the_built_cyclonedx_sbom(image: Image, cyclonedx_bytes: bytes) -> None:
+    assert image.read_file(CYCLONEDX_IN_IMAGE) == cyclonedx_bytes
+
+
+def test_both_sboms_name_the_same_packages(
+    packages: dict[str, dict[str, Any]], cyclonedx_bytes: bytes
+) -> None:
+    components = json.loads(cyclonedx_bytes)["components"]
+    cyclonedx = {c["name"]: (c["version"], c.get("purl")) for c in components}
+    spdx = {
+        name: (p["versionInfo"], next(iter(purls(p)), None))
+        for name, p in packages.items()
+        if name != "cephaloproxy"
+    }
+    assert cyclonedx == spdx
+
+
+def test_squids_package_note_names_it_as_the_sbom_does(
+    image: Image, packages: dict[str, dict[str, Any]]
+) -> None:
+    notes = parse_package_notes("/usr/sbin/squid", image.read_file("/usr/sbin/squid"))
+    assert len(notes) == 1, f"expected one .note.package in /usr/sbin/squid, found {notes}"
+    note = json.loads(notes[0])
+    squid = packages["squid"]
+    cpes = [
+        r["referenceLocator"] for r in squid["externalRefs"] if r["referenceType"] == "cpe23Type"
+    ]
+    assert (note["name"], note["version"], note["purl"], [note["cpe"]]) == (
+        "squid",
+        squid["versionInfo"],
+        purls(squid)[0],
+        cpes,
+    )

@@ -25,7 +25,11 @@ ROOT = Path(os.path.abspath(layer_builder.__file__)).parents[2]
 # Runs MODULE's main(ARGS) in a new process, as the build's actions do; `import functools` first,
 # so a writer that compiled bytecode in its own process would do it in the state the test set up.
 LAUNCHER = "import functools, importlib, sys; sys.exit(importlib.import_module(sys.argv[1]).main(sys.argv[2:]))"
-BUILDER, SBOM = "image.layers.layer_builder", "image.sbom.spdx_sbom"
+BUILDER, SBOM, CYCLONEDX = (
+    "image.layers.layer_builder",
+    "image.sbom.spdx_sbom",
+    "image.sbom.cyclonedx_sbom",
+)
 CACHE_TAG = sys.implementation.cache_tag
 
 
@@ -179,6 +183,8 @@ SBOM_FACTS = {
         "sha256": "e3" * 32,
         "urls": ["https://example.org/squid-7.7.tar.xz"],
         "configure_flags": ["--with-openssl"],
+        "cpe": "cpe:2.3:a:squid-cache:squid:7.7:*:*:*:*:*:*:*",
+        "purl": "pkg:generic/squid-cache/squid@7.7",
     },
     "python": {"version_info": "3.13.9", "interpreter": "/usr/bin/python3"},
 }
@@ -328,6 +334,21 @@ def build_all(host: Host) -> dict[str, bytes]:
                     str(inputs / "stamp.txt"),
                     "--output",
                     str(out / "sbom.spdx.json"),
+                ],
+            ),
+            "sbom.cdx.json": (
+                CYCLONEDX,
+                [
+                    "--lock",
+                    str(inputs / "lock.json"),
+                    "--arch",
+                    "amd64",
+                    "--facts",
+                    str(inputs / "facts.json"),
+                    "--stamp",
+                    str(inputs / "stamp.txt"),
+                    "--output",
+                    str(out / "sbom.cdx.json"),
                 ],
             ),
         }

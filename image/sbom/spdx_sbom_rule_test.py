@@ -1,4 +1,4 @@
-"""The spdx_sbom rule wires the lock, the facts and the runtime's patchlevel.h into the generator."""
+"""The spdx_sbom and cyclonedx_sbom rules wire the lock, the facts and the runtime's patchlevel.h into the generators."""
 
 from __future__ import annotations
 
@@ -26,3 +26,17 @@ def test_rule_output_describes_lock_squid_and_the_runtime(document: dict[str, ob
     assert "--with-openssl" in packages["squid"]["comment"]
     assert packages["cephaloproxy"]["versionInfo"] == "0.0.0-unstamped"
     assert document["creationInfo"]["created"] == "1970-01-01T00:00:00Z"  # type: ignore[index]
+
+
+def test_the_cyclonedx_rule_describes_the_same_packages() -> None:
+    raw = os.environ.get("CEPHALOPROXY_TEST_SBOM_CYCLONEDX")
+    if not raw:
+        pytest.skip("run under Bazel: bazel test //image/sbom:spdx_sbom_rule_test")
+    document = json.loads(Path(raw).read_text())
+    assert raw.endswith(".cdx.json") and document["specVersion"] == "1.6"
+    components = {c["name"]: c for c in document["components"]}
+    assert sorted(components) == ["libstdc++6", "python", "squid", "tzdata"]
+    assert components["python"]["version"] == "3.13.9"
+    # Squid's names come from //squid:version.bzl through the rule's defaults.
+    assert components["squid"]["cpe"] == "cpe:2.3:a:squid-cache:squid:7.7:*:*:*:*:*:*:*"
+    assert components["squid"]["purl"] == "pkg:generic/squid-cache/squid@7.7"

@@ -35,6 +35,8 @@ FACTS: dict[str, Any] = {
         ],
         "configure_flags": ["--with-openssl", "--enable-ssl-crtd"],
         "make_args": ["DEFAULT_MIME_TABLE=/usr/share/squid/mime.conf"],
+        "cpe": "cpe:2.3:a:squid-cache:squid:7.7:*:*:*:*:*:*:*",
+        "purl": "pkg:generic/squid-cache/squid@7.7",
     },
     "python": {"version_info": "3.13.9", "interpreter": "/usr/bin/python3"},
 }
@@ -129,7 +131,7 @@ def test_squid_from_the_facts(tmp_path: Path) -> None:
     assert squid["versionInfo"] == "7.7"
     assert squid["checksums"][0]["checksumValue"] == FACTS["squid"]["sha256"]
     assert squid["downloadLocation"] == FACTS["squid"]["urls"][0]
-    assert refs(squid, "purl") == ["pkg:generic/squid@7.7"]
+    assert refs(squid, "purl") == ["pkg:generic/squid-cache/squid@7.7"]
     assert refs(squid, "cpe23Type") == ["cpe:2.3:a:squid-cache:squid:7.7:*:*:*:*:*:*:*"]
     assert "--with-openssl --enable-ssl-crtd" in squid["comment"]
     assert "DEFAULT_MIME_TABLE=/usr/share/squid/mime.conf" in squid["comment"]
@@ -265,7 +267,17 @@ def test_a_changed_input_changes_the_namespace(tmp_path: Path) -> None:
     one = load(generate(tmp_path, name="one.json"))
     other = load(
         generate(
-            tmp_path, name="two.json", facts=dict(FACTS, squid=dict(FACTS["squid"], version="7.8"))
+            tmp_path,
+            name="two.json",
+            facts=dict(
+                FACTS,
+                squid=dict(
+                    FACTS["squid"],
+                    version="7.8",
+                    cpe="cpe:2.3:a:squid-cache:squid:7.8:*:*:*:*:*:*:*",
+                    purl="pkg:generic/squid-cache/squid@7.8",
+                ),
+            ),
         )
     )
     assert one["documentNamespace"] != other["documentNamespace"]
