@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Protocol, Sequence
 
 import entrypoint
+from entrypoint.metrics_state import STATE_FILE_NAME
 from entrypoint.processes import ChildProcesses, ForkError, describe_exit
 from entrypoint.settings import Settings
 from entrypoint.squid_config import ActiveConfig, parse_listen_address
@@ -95,7 +96,10 @@ class HealthProcess:
             "--proxy-port", str(proxy_port),
             "--config", str(config.path),
             "--log-level", settings.log_level,
+            "--metrics", "on" if settings.metrics else "off",
         ]
+        if settings.metrics:
+            argv += ["--metrics-state", str(settings.run_dir / STATE_FILE_NAME)]
         for cache_dir in cache_dirs:
             argv += ["--cache-dir", str(cache_dir)]
         return argv

@@ -78,6 +78,7 @@ class Settings:
     lib_dir: Path
     spool_dir: Path
     cache_dir: Path
+    metrics: bool = True  # METRICS: GET /metrics on HEALTH_PORT
 
     @property
     def runtime_dirs(self) -> tuple[Path, ...]:
@@ -185,6 +186,19 @@ def _parse_timeout(env: Mapping[str, str], warnings: list[str]) -> float:
     return value
 
 
+def _parse_switch(env: Mapping[str, str], name: str, default: bool, warnings: list[str]) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    warnings.append(f"Invalid {name}={shown(raw)}: expected on or off; using {'on' if default else 'off'}")
+    return default
+
+
 def _parse_path(env: Mapping[str, str], name: str, warnings: list[str]) -> Path:
     default = PATH_DEFAULTS[name]
     raw = env.get(name)
@@ -226,5 +240,6 @@ def load_settings(env: Mapping[str, str]) -> tuple[Settings, list[str]]:
         lib_dir=paths["CEPHALOPROXY_LIB_DIR"],
         spool_dir=paths["CEPHALOPROXY_SPOOL_DIR"],
         cache_dir=paths["CEPHALOPROXY_CACHE_DIR"],
+        metrics=_parse_switch(env, "METRICS", True, warnings),
     )
     return settings, warnings
