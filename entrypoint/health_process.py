@@ -99,7 +99,7 @@ class HealthProcess:
             "--metrics", "on" if settings.metrics else "off",
         ]
         if settings.metrics:
-            argv += ["--metrics-state", str(settings.run_dir / STATE_FILE_NAME)]
+            argv += ["--metrics-state", str(settings.run_dir / STATE_FILE_NAME), "--config-source", str(config.source)]
         for cache_dir in cache_dirs:
             argv += ["--cache-dir", str(cache_dir)]
         return argv

@@ -112,7 +112,7 @@ def serve(args: argparse.Namespace, cache_dirs: tuple[Path, ...]) -> int:
         from entrypoint.metrics import Collector, health_families
         from entrypoint.metrics_route import MetricsRoute
 
-        collector = Collector(args.proxy_host, args.proxy_port, args.metrics_state, args.config)
+        collector = Collector(args.proxy_host, args.proxy_port, args.metrics_state, args.config_source or args.config)
         metrics = MetricsRoute(collector.collect, lambda: health_families(failed_readiness_checks(targets, watch), watch))
     server = HealthServer(listener, targets, watch, metrics)
     try:
@@ -145,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default=settings.log_level)
     parser.add_argument("--metrics", choices=("on", "off"), default="on" if settings.metrics else "off")
     parser.add_argument("--metrics-state", type=Path, default=None, help="PID 1's published figures (JSON)")
+    parser.add_argument("--config-source", type=Path, default=None, help="the operator's config file (for messages)")
     parser.add_argument("--ready-fd", type=_fd, default=None, help="pipe to report `listening PORT` or `error CODE ...` on")
     args = parser.parse_args(argv)
     if args.check:

@@ -132,7 +132,7 @@ class Collector:
             log.info("Squid's cache manager answers the metrics scrape again")
         elif denied:
             log.error(
-                "%s: the Squid config %s denies the cache manager to localhost, so /metrics has no Squid figures"
+                "Metrics: %s: the Squid config %s denies the cache manager to localhost, so /metrics has no Squid figures"
                 " (squid_up 0). Add these two lines before its first http_access line: "
                 "`http_access allow localhost manager` and `http_access deny manager`",
                 escape_controls(problem), self.config,
