@@ -19,6 +19,11 @@ _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 Labels = tuple[tuple[str, str], ...]
 
+# Characters other tools take for line ends or terminal controls (the format itself only knows
+# \n): replaced, so a line of the exposition is a line for every reader. Lone surrogates too
+# (not encodable as UTF-8).
+_UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
 
 @dataclasses.dataclass
 class Family:
@@ -33,20 +38,21 @@ class Family:
         if not _NAME.match(self.name) or self.type not in TYPES:
             raise ValueError(f"invalid metric family {self.name!r} ({self.type})")
 
-    def add(self, value: float, **labels: str) -> Family:
+    def add(self, value: float, /, **labels: str) -> Family:
         for label in labels:
             if not _LABEL_NAME.match(label) or label.startswith("__"):
                 raise ValueError(f"invalid label name {label!r} in {self.name}")
-        self.samples[tuple(sorted(labels.items()))] = value
+        # Keyed by the value as written: two values that differ only in a replaced character are one series.
+        self.samples[tuple(sorted((label, _UNSAFE.sub("\ufffd", text)) for label, text in labels.items()))] = value
         return self
 
 
-def gauge(name: str, help_text: str, value: float | None = None, **labels: str) -> Family:
+def gauge(name: str, help_text: str, value: float | None = None, /, **labels: str) -> Family:
     family = Family(name, "gauge", help_text)
     return family.add(value, **labels) if value is not None else family
 
 
-def counter(name: str, help_text: str, value: float | None = None, **labels: str) -> Family:
+def counter(name: str, help_text: str, value: float | None = None, /, **labels: str) -> Family:
     family = Family(name, "counter", help_text)
     return family.add(value, **labels) if value is not None else family
 
@@ -66,7 +72,7 @@ def escape_label_value(value: str) -> str:
 
 
 def escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
+    return _UNSAFE.sub("\ufffd", text).replace("\\", "\\\\").replace("\n", "\\n")
 
 
 def render(families: list[Family]) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import http.server
 import os
-import re
 import signal
 import socket
 import threading
@@ -13,9 +12,10 @@ import time
 import uuid
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from entrypoint.metrics_route import SCRAPE_DEADLINE
+from entrypoint.metrics_testing import Series, parse_exposition
+from entrypoint.proc_table import process_tree
 from entrypoint.testing import (  # noqa: F401 - fixtures
     Launcher, LocalHttpServer, Workspace, http_get, launch, process_state, squid_available, start_slow_origin,
     wait_for_status, wait_until, workspace,
@@ -24,29 +24,6 @@ from entrypoint.testing import (  # noqa: F401 - fixtures
 # Slack on top of a contract bound for a loaded 2-core machine (not a speed goal).
 SLACK = 5.0
 PROBE_BOUND = 2.0  # /health and /ready answer within this while scrapes misbehave (they answer in ms)
-
-Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def parse_exposition(text: str) -> tuple[Series, dict[str, str]]:
-    """Every sample by (name, labels) and every family's type, through prometheus_client's parser;
-    fails on a duplicate series, a family without HELP or TYPE, or anything the parser refuses."""
-    series: Series = {}
-    types: dict[str, str] = {}
-    for family in text_string_to_metric_families(text):
-        assert family.documentation, f"{family.name} has no HELP"
-        assert family.type in ("counter", "gauge"), f"{family.name} has type {family.type}"
-        types[family.name] = family.type
-        for sample in family.samples:
-            key = (sample.name, tuple(sorted(sample.labels.items())))
-            assert key not in series, f"duplicate series {key}"
-            series[key] = sample.value
-    for line in text.splitlines():  # the parser infers a family for a sample without TYPE: be strict here
-        if line and not line.startswith("#"):
-            name = re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group()  # type: ignore[union-attr]
-            assert f"# TYPE {name} " in text and f"# HELP {name} " in text, line
-    return series, types
-
 
 def scrape(base: str) -> tuple[Series, dict[str, str], str]:
     status, body, headers = http_get(f"{base}/metrics", timeout=SCRAPE_DEADLINE + SLACK)
@@ -179,15 +156,21 @@ def test_denied_manager_gives_entrypoint_figures_and_one_log_line(workspace: Wor
     assert str(workspace.custom_config) in lines[0]
 
 
-def test_hung_manager_and_100_scrapes_never_delay_the_probes(workspace: Workspace, launch: Launcher) -> None:
-    from entrypoint.health_e2e_test import squid_kids
+def stop_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
 
+
+def test_hung_manager_and_100_scrapes_never_delay_the_probes(workspace: Workspace, launch: Launcher) -> None:
     run, base, _ = ready(workspace, launch)
     squid_pid = run.wait_ready()  # type: ignore[attr-defined]
-    (kid,) = squid_kids(squid_pid)
-    os.kill(kid, signal.SIGSTOP)
+    kids = [process.pid for process in process_tree(squid_pid)[1:]]  # the worker (and its helpers): a hung manager
+    stop_all(kids, signal.SIGSTOP)
     try:
-        assert wait_until(lambda: process_state(kid) == "T", 10)
+        assert wait_until(lambda: all(process_state(pid) in ("T", None) for pid in kids), 10)
         with concurrent.futures.ThreadPoolExecutor(max_workers=100) as pool:
             started = time.monotonic()
             scrapes = [pool.submit(http_get, f"{base}/metrics", SCRAPE_DEADLINE + SLACK) for _ in range(100)]
@@ -203,19 +186,19 @@ def test_hung_manager_and_100_scrapes_never_delay_the_probes(workspace: Workspac
             assert status == 200, body
             series, _ = parse_exposition(body)
             assert value(series, "squid_up") == 0
-            assert value(series, "cephaloproxy_ready") == 0  # the stopped kid fails /ready too
+            assert value(series, "cephaloproxy_ready") == 0  # the stopped worker fails /ready too
     finally:
-        os.kill(kid, signal.SIGCONT)
+        stop_all(kids, signal.SIGCONT)
     # PID 1 acts on SIGTERM at once while a scrape waits on a hung manager.
-    os.kill(kid, signal.SIGSTOP)
+    stop_all(kids, signal.SIGSTOP)
+    pending = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     try:
-        pending = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         pending.submit(http_get, f"{base}/metrics", SCRAPE_DEADLINE + SLACK)
         time.sleep(0.2)
         os.kill(run.pid, signal.SIGTERM)  # type: ignore[attr-defined]
-        run.wait_for_output(r"Received signal SIGTERM|shutting down|Shutting down", 5)  # type: ignore[attr-defined]
+        run.wait_for_output(r"Received signal SIGTERM, initiating graceful shutdown", PROBE_BOUND)  # type: ignore[attr-defined]
     finally:
-        os.kill(kid, signal.SIGCONT)
+        stop_all(kids, signal.SIGCONT)
         pending.shutdown(wait=True)
 
 
