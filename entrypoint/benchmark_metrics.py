@@ -14,7 +14,6 @@ Ratios only, measured in the same run; nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import http.server
 import os
 import sys
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from entrypoint.harness import EntrypointRun, LocalHttpServer, Workspace, http_get, squid_version  # noqa: E402
+from entrypoint.harness import EntrypointRun, Workspace, http_get, squid_version, start_local_http_server  # noqa: E402
 from entrypoint.proc_table import process_tree  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -51,26 +50,6 @@ def health_server_pid(entrypoint_pid: int) -> int:
         except OSError:
             continue
     raise RuntimeError("no health server under the entrypoint")
-
-
-def start_origin() -> LocalHttpServer:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            payload = b"x" * 4096
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.send_header("Cache-Control", "public, max-age=600")  # the second ask of a URL is a hit
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return LocalHttpServer("", server, thread)
 
 
 def load(proxy: str, origin_port: int, stop: threading.Event, done: list[int]) -> None:
@@ -114,7 +93,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args()
     workspace = Workspace(bytecode=True)
-    origin = start_origin()
+    origin = start_local_http_server("x" * 4096, cache_control="public, max-age=600")  # a URL asked again is a hit
     run = EntrypointRun(workspace, workspace.env())
     stop = threading.Event()
     done: list[int] = []

@@ -18,6 +18,7 @@ _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 Labels = tuple[tuple[str, str], ...]
+_CHECKED_LABELS: set[str] = set()  # label names already checked (a scrape adds ~200 samples)
 
 # Characters other tools take for line ends or terminal controls (the format itself only knows
 # \n): replaced, so a line of the exposition is a line for every reader. Lone surrogates too
@@ -40,8 +41,10 @@ class Family:
 
     def add(self, value: float, /, **labels: str) -> Family:
         for label in labels:
-            if not _LABEL_NAME.match(label) or label.startswith("__"):
-                raise ValueError(f"invalid label name {label!r} in {self.name}")
+            if label not in _CHECKED_LABELS:
+                if not _LABEL_NAME.match(label) or label.startswith("__"):
+                    raise ValueError(f"invalid label name {label!r} in {self.name}")
+                _CHECKED_LABELS.add(label)
         # Keyed by the value as written: two values that differ only in a replaced character are one series.
         self.samples[tuple(sorted((label, _UNSAFE.sub("\ufffd", text)) for label, text in labels.items()))] = value
         return self

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import http.server
 import os
 import signal
 import socket
@@ -17,7 +16,7 @@ from entrypoint.metrics_route import SCRAPE_DEADLINE
 from entrypoint.metrics_testing import Series, parse_exposition
 from entrypoint.proc_table import process_tree
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    Launcher, LocalHttpServer, Workspace, http_get, launch, process_state, squid_available, start_slow_origin,
+    Launcher, Workspace, http_get, launch, process_state, squid_available, start_local_http_server, start_slow_origin,
     wait_for_status, wait_until, workspace,
 )
 
@@ -37,28 +36,6 @@ def value(series: Series, name: str, **labels: str) -> float:
     return series[(name, tuple(sorted(labels.items())))]
 
 
-def start_cacheable_origin() -> LocalHttpServer:
-    """An origin whose answers Squid may cache (the harness's says no-store)."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            payload = b"cacheable " + self.path.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(payload)))
-            self.send_header("Cache-Control", "public, max-age=600")
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return LocalHttpServer("", server, thread)
-
-
 def ready(workspace: Workspace, launch: Launcher, **env: str) -> tuple[object, str, str]:
     run = launch(workspace.env(**env))
     run.wait_ready()
@@ -75,7 +52,7 @@ def timed_get(url: str) -> tuple[int, float]:
 
 def test_counters_move_by_exactly_the_requests_sent(workspace: Workspace, launch: Launcher) -> None:
     run, base, proxy = ready(workspace, launch)
-    origin = start_cacheable_origin()
+    origin = start_local_http_server("cacheable", cache_control="public, max-age=600")
     try:
         # What one scrape itself adds (its own manager requests), measured between two scrapes.
         first, _, _ = scrape(base)

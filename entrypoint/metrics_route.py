@@ -52,7 +52,7 @@ class MetricsRoute:
         self._lock = threading.Lock()
         self._go = threading.Event()
         self._busy = False
-        self._result: list[Family] | None = None
+        self._result: str | None = None  # the collection, rendered on the worker
         self._thread: threading.Thread | None = None
 
     def park(self, client: object) -> Reply | None:
@@ -77,11 +77,11 @@ class MetricsRoute:
         except (BlockingIOError, InterruptedError):
             pass
         with self._lock:
-            families, self._result = self._result, None
-        if families is None or not self.parked:
+            collected, self._result = self._result, None
+        if collected is None or not self.parked:
             return []
         try:
-            reply = Reply(200, render(families + self.local()))
+            reply = Reply(200, collected + render(self.local()))
         except Exception:  # noqa: BLE001 - a bug here must not end the health server
             log.exception("Metrics could not be rendered")
             reply = Reply(503, "Metrics could not be rendered; see the health server's log\n", "text/plain; charset=utf-8")
@@ -117,12 +117,12 @@ class MetricsRoute:
             self._go.wait()
             self._go.clear()
             try:
-                families = self.collect()
+                collected = render(self.collect())  # here, not on the loop
             except Exception:  # noqa: BLE001 - answer with what the loop has; log the bug
                 log.exception("Metrics collection failed")
-                families = []
+                collected = ""
             with self._lock:
-                self._result = families
+                self._result = collected
                 self._busy = False
             try:
                 self._notify.send(b"!")

@@ -9,6 +9,7 @@ other reports use, is skipped so a kid's share is never added to the total twice
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -16,6 +17,7 @@ MAX_LINES = 5000  # the three reports are ~60, ~60 and ~140 lines
 MAX_LINE = 400  # longer lines are no line of these reports (and would cost the regexes time)
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_COUNTER_KEY = re.compile(r"[A-Za-z0-9_.]{1,80}")
 _KID_OPEN = re.compile(r"\s*by kid\d+ \{\s*\Z")
 _KID_CLOSE = re.compile(r"\s*\} by kid\d+\s*\Z")
 _SERVICE_TIME = re.compile(r"\s*([A-Za-z][A-Za-z ()-]*?):\s+(\d{1,3})%\s+(" + _NUMBER.pattern + r")\s+(" + _NUMBER.pattern + r")\s*\Z")
@@ -52,7 +54,7 @@ def parse_counters(text: str) -> dict[str, float]:
     for line in _lines(text):
         key, equals, rest = line.partition(" = ")
         key = key.strip()
-        if not equals or not key or len(key) > 80 or not all(c.isalnum() or c in "._" for c in key):
+        if not equals or not _COUNTER_KEY.fullmatch(key):
             continue
         value = _number(rest)
         if value is not None and key not in values:
@@ -60,6 +62,7 @@ def parse_counters(text: str) -> dict[str, float]:
     return values
 
 
+@functools.lru_cache(maxsize=512)
 def info_key(label: str) -> str:
     """An `info` line's label as squid-exporter names it: spaces to `_`, `%` to `pct`, other punctuation to `_`."""
     label = label.strip().replace("%", "pct")
