@@ -166,10 +166,12 @@ def respond(head: bytes | None, targets: HealthTargets, watch: SquidWatch) -> by
     return render(result, include_body=method != "HEAD")
 
 
-def is_scrape(head: bytes) -> bool:
-    """Whether the request is GET or HEAD /metrics (other methods get the usual 404/405 path)."""
+def scrape_method(head: bytes) -> str | None:
+    """GET or HEAD when the request is a scrape of /metrics, else None (other methods take the usual 404/405 path)."""
     parsed = parse_request(head)
-    return isinstance(parsed, tuple) and parsed[0] in ("GET", "HEAD") and parsed[1].split("?", 1)[0] == "/metrics"
+    if isinstance(parsed, tuple) and parsed[0] in ("GET", "HEAD") and parsed[1].split("?", 1)[0] == "/metrics":
+        return parsed[0]
+    return None
 
 
 def head_complete(head: bytearray, new: int) -> bool:
@@ -340,8 +342,9 @@ class HealthServer:
         self._answer(conn, bytes(conn.head))  # complete, too large, or the client closed its side
 
     def _answer(self, conn: Connection, head: bytes | None) -> None:
-        if self.metrics is not None and head is not None and is_scrape(head):
-            self._park(conn, head)
+        method = scrape_method(head) if self.metrics is not None and head is not None else None
+        if method is not None:
+            self._park(conn, method)
             return
         try:
             conn.out = respond(head, self.targets, self.watch)
@@ -357,11 +360,11 @@ class HealthServer:
         self._flush(conn)
 
     # -- /metrics: parked off the selector until the route's worker has the answer -----------------
-    def _park(self, conn: Connection, head: bytes) -> None:
+    def _park(self, conn: Connection, method: str) -> None:
         assert self.metrics is not None
         del self.reading[conn.sock.fileno()]
         self.selector.unregister(conn.sock)
-        conn.head = bytearray(b"HEAD") if head.startswith(b"HEAD") else bytearray()  # remembered: no body then
+        conn.head = bytearray(method.encode("ascii"))  # kept while parked: HEAD gets no body
         reply = self.metrics.park(conn)
         if reply is not None:
             self._reply_parked([(conn, reply)])

@@ -19,6 +19,7 @@ from entrypoint.metrics import Collector, entrypoint_families, squid_families
 from entrypoint.metrics_testing import Series, parse_exposition
 from entrypoint.metrics_state import STATE_FILE_NAME, EntrypointMetrics, read_state
 from entrypoint.squid_manager import ManagerError, _body, fetch
+from entrypoint.settings import load_settings
 from entrypoint.squid_reports import parse_counters, parse_info, parse_service_times
 
 # Real Squid 7.7 output (captured from /opt/squid77 in this environment), trimmed.
@@ -249,3 +250,15 @@ def test_state_file_that_is_not_a_regular_file_is_ignored(tmp_path: Path) -> Non
     big = tmp_path / "big"
     big.write_text(" " * 70000 + "{}")
     assert read_state(big) == {}
+
+
+@pytest.mark.parametrize(
+    ("raw", "enabled", "warned"),
+    [(None, True, False), ("", True, False), ("off", False, False), (" OFF ", False, False), ("0", False, False),
+     ("on", True, False), ("yes", True, False), ("nope", True, True), ("off\x1b[2J", True, True)],
+)
+def test_metrics_setting(raw: str | None, enabled: bool, warned: bool) -> None:
+    settings_, warnings = load_settings({} if raw is None else {"METRICS": raw})
+    assert settings_.metrics is enabled
+    assert bool(warnings) is warned
+    assert all("\x1b" not in warning and "METRICS=" in warning for warning in warnings)
