@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -262,3 +263,51 @@ def test_metrics_setting(raw: str | None, enabled: bool, warned: bool) -> None:
     assert settings_.metrics is enabled
     assert bool(warnings) is warned
     assert all("\x1b" not in warning and "METRICS=" in warning for warning in warnings)
+
+
+class GarbageManager:
+    """A stand-in cache manager on loopback answering every request with `answer` (then closing)."""
+
+    def __init__(self) -> None:
+        self.answer = b""
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.recv(4096)
+                    conn.sendall(self.answer)
+                except OSError:
+                    pass
+
+
+@pytest.fixture(scope="module")
+def garbage_manager() -> GarbageManager:
+    manager = GarbageManager()
+    yield manager  # type: ignore[misc]
+    manager.listener.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(answer=st.one_of(
+    st.binary(max_size=3000),
+    report_text.map(lambda body: b"HTTP/1.1 200 OK\r\nServer: squid/\x1b[31m7.7\r\n\r\n" + body.encode("utf-8", "surrogatepass")),
+    st.sampled_from([b"HTTP/1.1 403 Forbidden\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n", b"", b"HTTP/1.1 999 \r\n\r\n"]),
+))
+def test_a_scrape_of_a_garbage_manager_is_a_valid_exposition(garbage_manager: GarbageManager, tmp_path_factory: pytest.TempPathFactory, answer: bytes) -> None:
+    garbage_manager.answer = answer
+    directory = tmp_path_factory.mktemp("scrape")
+    collector = Collector("127.0.0.1", garbage_manager.port, directory / STATE_FILE_NAME, directory / "squid.conf")
+    series = parsed(render(collector.collect()))
+    assert series[("squid_up", ())] in (0, 1)
+    (build,) = [labels for name, labels in series if name == "cephaloproxy_build_info"]
+    assert all(re.fullmatch(r"[A-Za-z0-9.+_-]{1,64}", value) for _, value in build)
