@@ -70,12 +70,16 @@ def measure(pids: list[int], health: int, scrapes: int, interval: float, scrape_
     squid_before, health_before = cpu_seconds(pids), cpu_seconds([health])
     started = time.monotonic()
     walls: list[float] = []
+    probes: list[float] = []  # a /health probe right after each scrape: the same path's floor on this machine
     for index in range(scrapes):
         time.sleep(max(0.0, started + index * interval - time.monotonic()))
         if scrape_url is not None:
             began = time.monotonic()
             status = http_get(scrape_url, timeout=30)[0]
             walls.append(time.monotonic() - began if status == 200 else float("nan"))
+            began = time.monotonic()
+            http_get(scrape_url.replace("/metrics", "/health"), timeout=30)
+            probes.append(time.monotonic() - began)
     time.sleep(max(0.0, started + scrapes * interval - time.monotonic()))
     elapsed = time.monotonic() - started
     return {
@@ -83,6 +87,7 @@ def measure(pids: list[int], health: int, scrapes: int, interval: float, scrape_
         "squid": (cpu_seconds(pids) - squid_before) / elapsed,
         "health": (cpu_seconds([health]) - health_before) / elapsed,
         "walls": walls,
+        "probes": probes,
     }
 
 
@@ -118,6 +123,7 @@ def main() -> int:
         origin.close()
         workspace.remove()
     walls = sorted(wall * 1000 for wall in scraped["walls"])  # type: ignore[attr-defined]
+    probes = sorted(probe * 1000 for probe in scraped["probes"])  # type: ignore[attr-defined]
     n = len(walls)
     squid_alone, squid_scraped = float(alone["squid"]), float(scraped["squid"])  # type: ignore[arg-type]
     health_alone, health_scraped = float(alone["health"]), float(scraped["health"])  # type: ignore[arg-type]
@@ -127,7 +133,8 @@ def main() -> int:
     print(f"{'phase':<30} {'Squid CPU':>12} {'health server CPU':>20}")
     print(f"{'Squid alone (no scrapes)':<30} {squid_alone * 1000:9.1f} ms/s {health_alone * 1000:17.2f} ms/s")
     print(f"{f'a scrape every {args.interval:g} s':<30} {squid_scraped * 1000:9.1f} ms/s {health_scraped * 1000:17.2f} ms/s")
-    print(f"scrape wall time (n={n}): min {walls[0]:.1f} ms, median {walls[n // 2]:.1f} ms, max {walls[-1]:.1f} ms")
+    print(f"scrape wall time (n={n}): min {walls[0]:.1f} ms, median {walls[n // 2]:.1f} ms, max {walls[-1]:.1f} ms;"
+          f" a /health probe after each: min {probes[0]:.1f} ms, median {probes[n // 2]:.1f} ms, max {probes[-1]:.1f} ms")
     print(f"CPU per scrape (phase 2 - phase 1, n={n}): health server {per_scrape(health_scraped, health_alone):.1f} ms,"
           f" Squid {per_scrape(squid_scraped, squid_alone):.1f} ms (noise: the load's own variation)")
     print(f"ratio Squid CPU with scrapes / alone: {squid_scraped / squid_alone:.3f}")
