@@ -266,3 +266,38 @@ def test_scrape_is_one_exchange_on_a_raw_socket(workspace: Workspace, launch: La
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK") and body == b""
     assert b"Content-Type: text/plain; version=0.0.4; charset=utf-8" in head
+
+
+def health_server_pid(entrypoint_pid: int) -> int:
+    for process in process_tree(entrypoint_pid)[1:]:
+        try:
+            if b"entrypoint.healthcheck_cli" in open(f"/proc/{process.pid}/cmdline", "rb").read():
+                return process.pid
+        except OSError:
+            continue
+    raise AssertionError("no health server under the entrypoint")
+
+
+def test_pid1_counts_skipped_reloads_and_health_server_restarts(workspace: Workspace, launch: Launcher) -> None:
+    run, base, _ = ready(workspace, launch)
+    workspace.write_custom_config("this_is_no_directive at all\n")  # a mounted config wins: the reload refuses it
+    os.kill(run.pid, signal.SIGHUP)  # type: ignore[attr-defined]
+    run.wait_for_output(r"Reload skipped", 60, stream="stderr")  # type: ignore[attr-defined]
+    os.kill(health_server_pid(run.pid), signal.SIGKILL)  # type: ignore[attr-defined]
+    run.wait_for_output(r"Health server restarted \(restart 1\)", 60)  # type: ignore[attr-defined]
+
+    def counted() -> bool:
+        try:
+            series = scrape(base)[0]
+        except (OSError, AssertionError):
+            return False
+        return (
+            value(series, "cephaloproxy_reloads_total", result="skipped") == 1
+            and value(series, "cephaloproxy_reloads_total", result="ok") == 0
+            and value(series, "cephaloproxy_health_server_restarts_total") == 1
+        )
+
+    assert wait_until(counted, 10)
+    series = scrape(base)[0]
+    assert value(series, "cephaloproxy_log_lines_dropped_total", stream="stdout") == 0
+    assert value(series, "squid_up") == 1  # Squid kept its config and its manager
