@@ -189,12 +189,17 @@ def entrypoint_families(state: dict[str, float]) -> list[Family]:
 
 
 def health_families(readiness_failures: list[str], watch: SquidWatch) -> list[Family]:
-    """The health server's own view (the same checks as /ready and /health); computed on its loop, like a probe."""
-    seen = watch.sample()
+    """The health server's own view (the same checks as /ready and /health); computed on its loop, like a probe.
+
+    The readiness check (before) and the liveness check each look at Squid once; the kid count is read from that look.
+    """
+    live = watch.liveness_problem() is None
+    seen = watch.last
     return [
         gauge("cephaloproxy_ready", "Whether /ready passes (1) or not (0)", float(not readiness_failures)),
-        gauge("cephaloproxy_live", "Whether /health passes (1) or not (0)", float(watch.liveness_problem() is None)),
-        gauge("cephaloproxy_squid_kids", "Squid kid processes (workers, coordinator, diskers) under the master", float(len(seen.kids))),
+        gauge("cephaloproxy_live", "Whether /health passes (1) or not (0)", float(live)),
+        gauge("cephaloproxy_squid_kids", "Squid kid processes (workers, coordinator, diskers) under the master",
+              float(len(seen.kids)) if seen is not None else None),
         counter("cephaloproxy_squid_kid_exits_total", "Squid kids that exited (Squid respawns them) since the health server started",
                 float(watch.kid_exits_total)),
         gauge("cephaloproxy_squid_crash_loop", "Whether Squid's kids keep exiting (the crash loop /health reports)",

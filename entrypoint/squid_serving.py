@@ -329,6 +329,11 @@ class SquidWatch:
             self._previous = seen
         return seen
 
+    @property
+    def last(self) -> Observation | None:
+        """The latest look (a probe's or the sampler's), without looking again."""
+        return self._previous
+
     def _new_history(self) -> None:
         self._kid_exits.clear()
         self._not_serving, self._asleep, self._queued = Stall(), Stall(), Stall()
