@@ -1,9 +1,10 @@
-"""HTTP health endpoints for Kubernetes/Docker probes (`/health`, `/ready`): a minimal text/plain HTTP/1.1 server.
+"""HTTP health endpoints for Kubernetes/Docker probes (`/health`, `/ready`) and `/metrics`: a minimal HTTP/1.1 server.
 
 Runs in its own process (started by the entrypoint), so a stuck probe never blocks PID 1. One
 thread answers every client from a `selectors` event loop: threads and memory are bounded by
 construction, and every connection has a fixed deadline no client can stretch. It imports only
-what answering GET/HEAD on two paths needs: no http.server, email, urllib, ssl or asyncio.
+what answering GET/HEAD needs: no http.server, email, urllib, ssl or asyncio (/metrics is
+parked and answered by entrypoint.metrics_route, which a worker thread fills).
 """
 
 from __future__ import annotations
