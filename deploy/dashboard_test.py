@@ -23,7 +23,9 @@ def exposition_families(tmp_path: Path) -> set[str]:
     free.bind(("127.0.0.1", 0))
     port = free.getsockname()[1]
     free.close()
-    families = Collector("127.0.0.1", port, tmp_path / "state.json", tmp_path / "squid.conf").collect()
+    families = Collector(
+        "127.0.0.1", port, tmp_path / "state.json", tmp_path / "squid.conf"
+    ).collect()
     families += health_families([], SquidWatch(tmp_path / "squid.pid", "squid", [port]))
     return set(re.findall(r"^# TYPE (\S+) ", render(families), re.MULTILINE))
 
@@ -44,20 +46,37 @@ def queries(node: Any) -> Iterator[str]:
 def test_dashboard_parses_and_has_the_main_figures() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     titles = {panel["title"] for panel in dashboard["panels"]}
-    for wanted in ("Requests/s", "Hit ratio", "Errors/s", "Service time percentiles (5 min window)",
-                   "File descriptors", "Reloads", "Restarts and kid exits"):
+    for wanted in (
+        "Requests/s",
+        "Hit ratio",
+        "Errors/s",
+        "Service time percentiles (5 min window)",
+        "File descriptors",
+        "Reloads",
+        "Restarts and kid exits",
+    ):
         assert wanted in titles
     assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
     for panel in dashboard["panels"]:
-        assert panel["targets"] and all(target["expr"] for target in panel["targets"]), panel["title"]
+        assert panel["targets"] and all(target["expr"] for target in panel["targets"]), panel[
+            "title"
+        ]
 
 
 def test_dashboard_queries_only_families_the_exposition_has(tmp_path: Path) -> None:
     families = exposition_families(tmp_path)
-    assert "squid_client_http_requests_total" in families and "cephaloproxy_reloads_total" in families
-    used = {name for query in queries(json.loads(DASHBOARD.read_text())) for name in METRIC.findall(query)}
+    assert (
+        "squid_client_http_requests_total" in families and "cephaloproxy_reloads_total" in families
+    )
+    used = {
+        name
+        for query in queries(json.loads(DASHBOARD.read_text()))
+        for name in METRIC.findall(query)
+    }
     assert used, "no metric found in the dashboard's queries"
-    assert used - families == set(), f"the dashboard queries metrics /metrics does not have: {sorted(used - families)}"
+    assert used - families == set(), (
+        f"the dashboard queries metrics /metrics does not have: {sorted(used - families)}"
+    )
 
 
 def test_the_check_sees_an_unknown_name(tmp_path: Path) -> None:

@@ -24,7 +24,13 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from entrypoint.harness import EntrypointRun, Workspace, http_get, squid_version, start_local_http_server  # noqa: E402
+from entrypoint.harness import (
+    EntrypointRun,
+    Workspace,
+    http_get,
+    squid_version,
+    start_local_http_server,
+)  # noqa: E402
 from entrypoint.proc_table import process_tree  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -57,7 +63,9 @@ def load(proxy: str, origin_port: int, stop: threading.Event, done: list[int]) -
     count = 0
     while not stop.is_set():
         try:
-            with opener.open(f"http://127.0.0.1:{origin_port}/object-{count % 200}", timeout=10) as answer:
+            with opener.open(
+                f"http://127.0.0.1:{origin_port}/object-{count % 200}", timeout=10
+            ) as answer:
                 answer.read()
         except OSError:
             pass
@@ -65,12 +73,16 @@ def load(proxy: str, origin_port: int, stop: threading.Event, done: list[int]) -
     done.append(count)
 
 
-def measure(pids: list[int], health: int, scrapes: int, interval: float, scrape_url: str | None) -> dict[str, object]:
+def measure(
+    pids: list[int], health: int, scrapes: int, interval: float, scrape_url: str | None
+) -> dict[str, object]:
     """CPU rates over scrapes x interval seconds; with `scrape_url`, one scrape at the start of each interval."""
     squid_before, health_before = cpu_seconds(pids), cpu_seconds([health])
     started = time.monotonic()
     walls: list[float] = []
-    probes: list[float] = []  # a /health probe right after each scrape: the same path's floor on this machine
+    probes: list[
+        float
+    ] = []  # a /health probe right after each scrape: the same path's floor on this machine
     for index in range(scrapes):
         time.sleep(max(0.0, started + index * interval - time.monotonic()))
         if scrape_url is not None:
@@ -92,13 +104,17 @@ def measure(pids: list[int], health: int, scrapes: int, interval: float, scrape_
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--scrapes", type=int, default=8)
     parser.add_argument("--interval", type=float, default=15.0)
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args()
     workspace = Workspace(bytecode=True)
-    origin = start_local_http_server("x" * 4096, cache_control="public, max-age=600")  # a URL asked again is a hit
+    origin = start_local_http_server(
+        "x" * 4096, cache_control="public, max-age=600"
+    )  # a URL asked again is a hit
     run = EntrypointRun(workspace, workspace.env())
     stop = threading.Event()
     done: list[int] = []
@@ -107,13 +123,22 @@ def main() -> int:
         health = health_server_pid(run.pid)
         pids = [process.pid for process in process_tree(squid_pid)]
         proxy = f"http://127.0.0.1:{workspace.squid_port}"
-        clients = [threading.Thread(target=load, args=(proxy, origin.port, stop, done), daemon=True) for _ in range(args.clients)]
+        clients = [
+            threading.Thread(target=load, args=(proxy, origin.port, stop, done), daemon=True)
+            for _ in range(args.clients)
+        ]
         for client in clients:
             client.start()
         time.sleep(2.0)  # the cache warms, the load settles
         seconds = args.scrapes * args.interval
         alone = measure(pids, health, args.scrapes, args.interval, None)
-        scraped = measure(pids, health, args.scrapes, args.interval, f"http://127.0.0.1:{workspace.health_port}/metrics")
+        scraped = measure(
+            pids,
+            health,
+            args.scrapes,
+            args.interval,
+            f"http://127.0.0.1:{workspace.health_port}/metrics",
+        )
         stop.set()
         for client in clients:
             client.join(30)
@@ -127,16 +152,28 @@ def main() -> int:
     n = len(walls)
     squid_alone, squid_scraped = float(alone["squid"]), float(scraped["squid"])  # type: ignore[arg-type]
     health_alone, health_scraped = float(alone["health"]), float(scraped["health"])  # type: ignore[arg-type]
-    per_scrape = lambda rate_b, rate_a: (rate_b - rate_a) * float(scraped["elapsed"]) / max(n, 1) * 1000  # noqa: E731
-    print(f"Squid {'.'.join(map(str, squid_version()))}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs;"
-          f" {args.clients} proxy clients throughout ({sum(done)} requests), phases of {seconds:g} s")
+    per_scrape = lambda rate_b, rate_a: (
+        (rate_b - rate_a) * float(scraped["elapsed"]) / max(n, 1) * 1000
+    )  # noqa: E731
+    print(
+        f"Squid {'.'.join(map(str, squid_version()))}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs;"
+        f" {args.clients} proxy clients throughout ({sum(done)} requests), phases of {seconds:g} s"
+    )
     print(f"{'phase':<30} {'Squid CPU':>12} {'health server CPU':>20}")
-    print(f"{'Squid alone (no scrapes)':<30} {squid_alone * 1000:9.1f} ms/s {health_alone * 1000:17.2f} ms/s")
-    print(f"{f'a scrape every {args.interval:g} s':<30} {squid_scraped * 1000:9.1f} ms/s {health_scraped * 1000:17.2f} ms/s")
-    print(f"scrape wall time (n={n}): min {walls[0]:.1f} ms, median {walls[n // 2]:.1f} ms, max {walls[-1]:.1f} ms;"
-          f" a /health probe after each: min {probes[0]:.1f} ms, median {probes[n // 2]:.1f} ms, max {probes[-1]:.1f} ms")
-    print(f"CPU per scrape (phase 2 - phase 1, n={n}): health server {per_scrape(health_scraped, health_alone):.1f} ms,"
-          f" Squid {per_scrape(squid_scraped, squid_alone):.1f} ms (noise: the load's own variation)")
+    print(
+        f"{'Squid alone (no scrapes)':<30} {squid_alone * 1000:9.1f} ms/s {health_alone * 1000:17.2f} ms/s"
+    )
+    print(
+        f"{f'a scrape every {args.interval:g} s':<30} {squid_scraped * 1000:9.1f} ms/s {health_scraped * 1000:17.2f} ms/s"
+    )
+    print(
+        f"scrape wall time (n={n}): min {walls[0]:.1f} ms, median {walls[n // 2]:.1f} ms, max {walls[-1]:.1f} ms;"
+        f" a /health probe after each: min {probes[0]:.1f} ms, median {probes[n // 2]:.1f} ms, max {probes[-1]:.1f} ms"
+    )
+    print(
+        f"CPU per scrape (phase 2 - phase 1, n={n}): health server {per_scrape(health_scraped, health_alone):.1f} ms,"
+        f" Squid {per_scrape(squid_scraped, squid_alone):.1f} ms (noise: the load's own variation)"
+    )
     print(f"ratio Squid CPU with scrapes / alone: {squid_scraped / squid_alone:.3f}")
     return 0
 

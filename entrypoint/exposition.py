@@ -46,7 +46,9 @@ class Family:
                     raise ValueError(f"invalid label name {label!r} in {self.name}")
                 _CHECKED_LABELS.add(label)
         # Keyed by the value as written: two values that differ only in a replaced character are one series.
-        self.samples[tuple(sorted((label, _UNSAFE.sub("\ufffd", text)) for label, text in labels.items()))] = value
+        self.samples[
+            tuple(sorted((label, _UNSAFE.sub("\ufffd", text)) for label, text in labels.items()))
+        ] = value
         return self
 
 
@@ -90,5 +92,9 @@ def render(families: list[Family]) -> str:
         lines.append(f"# TYPE {family.name} {family.type}")
         for labels, value in family.samples.items():
             shown = ",".join(f'{key}="{escape_label_value(text)}"' for key, text in labels)
-            lines.append(f"{family.name}{{{shown}}} {format_value(value)}" if shown else f"{family.name} {format_value(value)}")
+            lines.append(
+                f"{family.name}{{{shown}}} {format_value(value)}"
+                if shown
+                else f"{family.name} {format_value(value)}"
+            )
     return "\n".join(lines) + "\n"

@@ -30,7 +30,9 @@ if TYPE_CHECKING:  # loaded by healthcheck_cli only when METRICS is on
 LISTEN_BACKLOG = 1024  # a burst of probes waits in the kernel's queue, not in SYN retries
 HEAD_TIMEOUT = 5.0  # the request head must be complete this long after the accept, else 408
 CLOSE_TIMEOUT = 1.0  # after the answer: how long the client's own close is awaited at most
-EXCHANGE_TIMEOUT = HEAD_TIMEOUT + CLOSE_TIMEOUT  # no connection is held longer, whatever the client does
+EXCHANGE_TIMEOUT = (
+    HEAD_TIMEOUT + CLOSE_TIMEOUT
+)  # no connection is held longer, whatever the client does
 MAX_CONNECTIONS = 256  # held at once; at the limit a new connection drops the oldest one
 ACCEPT_BATCH = 32  # accepts per loop turn, so connections accepted just before are read first
 FD_RESERVE = 32  # descriptors kept for /proc reads, the log and the listener
@@ -130,7 +132,9 @@ def render(result: Answer, include_body: bool) -> bytes:
 def printable(text: str) -> str:
     """`text` with every non-printable character and the backslash escaped repr-style (`\\x1b`, `\\x85`,
     `\\u2028`): what a client sent stays on one log line and cannot drive a terminal."""
-    return "".join(char if char.isprintable() and char != "\\" else ascii(char)[1:-1] for char in text)
+    return "".join(
+        char if char.isprintable() and char != "\\" else ascii(char)[1:-1] for char in text
+    )
 
 
 def request_line_of(head: bytes) -> bytes:
@@ -163,14 +167,22 @@ def respond(head: bytes | None, targets: HealthTargets, watch: SquidWatch) -> by
         method = parsed[0]
         result = answer(method, parsed[1], targets, watch)
     if head is not None and len(head) <= MAX_REQUEST_HEAD and log.isEnabledFor(logging.DEBUG):
-        log.debug("health %s -> %d", printable(request_line_of(head)[:200].decode("latin-1")), result.status)
+        log.debug(
+            "health %s -> %d",
+            printable(request_line_of(head)[:200].decode("latin-1")),
+            result.status,
+        )
     return render(result, include_body=method != "HEAD")
 
 
 def scrape_method(head: bytes) -> str | None:
     """GET or HEAD when the request is a scrape of /metrics, else None (other methods take the usual 404/405 path)."""
     parsed = parse_request(head)
-    if isinstance(parsed, tuple) and parsed[0] in ("GET", "HEAD") and parsed[1].split("?", 1)[0] == "/metrics":
+    if (
+        isinstance(parsed, tuple)
+        and parsed[0] in ("GET", "HEAD")
+        and parsed[1].split("?", 1)[0] == "/metrics"
+    ):
         return parsed[0]
     return None
 
@@ -243,7 +255,11 @@ class HealthServer:
     """
 
     def __init__(
-        self, listener: socket.socket, targets: HealthTargets, watch: SquidWatch, metrics: MetricsRoute | None = None,
+        self,
+        listener: socket.socket,
+        targets: HealthTargets,
+        watch: SquidWatch,
+        metrics: MetricsRoute | None = None,
     ) -> None:
         self.listener = listener
         self.metrics = metrics  # GET /metrics (None: METRICS=off, 404)
@@ -271,7 +287,9 @@ class HealthServer:
             self._expire(time.monotonic())
 
     def _timeout(self) -> float | None:
-        deadlines = [next(iter(held.values())).deadline for held in (self.reading, self.closing) if held]
+        deadlines = [
+            next(iter(held.values())).deadline for held in (self.reading, self.closing) if held
+        ]
         parked = self.metrics.next_deadline() if self.metrics is not None else None
         deadlines += [parked] if parked is not None else []
         return max(min(deadlines) - time.monotonic(), 0.0) if deadlines else None
@@ -338,7 +356,11 @@ class HealthServer:
             self._drop(conn)
             return
         conn.head += chunk
-        if chunk and len(conn.head) <= MAX_REQUEST_HEAD and not head_complete(conn.head, len(chunk)):
+        if (
+            chunk
+            and len(conn.head) <= MAX_REQUEST_HEAD
+            and not head_complete(conn.head, len(chunk))
+        ):
             return
         self._answer(conn, bytes(conn.head))  # complete, too large, or the client closed its side
 

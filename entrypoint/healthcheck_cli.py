@@ -29,7 +29,9 @@ def check(port: int) -> int:
     deadline = time.monotonic() + CHECK_TIMEOUT
     try:
         with socket.create_connection((CHECK_HOST, port), CHECK_TIMEOUT) as conn:
-            conn.sendall(f"GET /health HTTP/1.0\r\nHost: {CHECK_HOST}:{port}\r\n\r\n".encode("ascii"))
+            conn.sendall(
+                f"GET /health HTTP/1.0\r\nHost: {CHECK_HOST}:{port}\r\n\r\n".encode("ascii")
+            )
             data = b""
             while len(data) < 4096:
                 conn.settimeout(max(deadline - time.monotonic(), 0.01))
@@ -84,7 +86,12 @@ def _report(ready_fd: int | None, line: str) -> None:
 def serve(args: argparse.Namespace, cache_dirs: tuple[Path, ...]) -> int:
     import threading
 
-    from entrypoint.health_server import HealthServer, HealthTargets, failed_readiness_checks, make_listener
+    from entrypoint.health_server import (
+        HealthServer,
+        HealthTargets,
+        failed_readiness_checks,
+        make_listener,
+    )
     from entrypoint.logs import configure_logging
     from entrypoint.squid_serving import SquidWatch
 
@@ -112,14 +119,22 @@ def serve(args: argparse.Namespace, cache_dirs: tuple[Path, ...]) -> int:
         from entrypoint.metrics import Collector, health_families
         from entrypoint.metrics_route import MetricsRoute
 
-        collector = Collector(args.proxy_host, args.proxy_port, args.metrics_state, args.config_source or args.config)
-        metrics = MetricsRoute(collector.collect, lambda: health_families(failed_readiness_checks(targets, watch), watch))
+        collector = Collector(
+            args.proxy_host, args.proxy_port, args.metrics_state, args.config_source or args.config
+        )
+        metrics = MetricsRoute(
+            collector.collect,
+            lambda: health_families(failed_readiness_checks(targets, watch), watch),
+        )
     server = HealthServer(listener, targets, watch, metrics)
     try:
         threading.Thread(target=watch.run_sampler, args=(threading.Event(),), daemon=True).start()
     except RuntimeError as error:  # "can't start new thread": the kernel refused it (EAGAIN)
-        log.error("Health server cannot start its sampler thread (%s): the container's process limit"
-                  " (RLIMIT_NPROC / pids.max) is reached: raise it", error)
+        log.error(
+            "Health server cannot start its sampler thread (%s): the container's process limit"
+            " (RLIMIT_NPROC / pids.max) is reached: raise it",
+            error,
+        )
         listener.close()
         return 1
     log.info("Health server listening on port %d", args.port)
@@ -143,10 +158,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, action="append", default=None)
     parser.add_argument("--config", type=Path, default=settings.config)
     parser.add_argument("--log-level", default=settings.log_level)
-    parser.add_argument("--metrics", choices=("on", "off"), default="on" if settings.metrics else "off")
-    parser.add_argument("--metrics-state", type=Path, default=None, help="PID 1's published figures (JSON)")
-    parser.add_argument("--config-source", type=Path, default=None, help="the operator's config file (for messages)")
-    parser.add_argument("--ready-fd", type=_fd, default=None, help="pipe to report `listening PORT` or `error CODE ...` on")
+    parser.add_argument(
+        "--metrics", choices=("on", "off"), default="on" if settings.metrics else "off"
+    )
+    parser.add_argument(
+        "--metrics-state", type=Path, default=None, help="PID 1's published figures (JSON)"
+    )
+    parser.add_argument(
+        "--config-source", type=Path, default=None, help="the operator's config file (for messages)"
+    )
+    parser.add_argument(
+        "--ready-fd",
+        type=_fd,
+        default=None,
+        help="pipe to report `listening PORT` or `error CODE ...` on",
+    )
     args = parser.parse_args(argv)
     if args.check:
         for warning in warnings:  # the entrypoint logs them for the server; the check is on its own

@@ -16,13 +16,25 @@ from entrypoint.metrics_route import SCRAPE_DEADLINE
 from entrypoint.metrics_testing import Series, parse_exposition
 from entrypoint.proc_table import process_tree
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    Launcher, Workspace, http_get, launch, process_state, squid_available, start_local_http_server, start_slow_origin,
-    wait_for_status, wait_until, workspace,
+    Launcher,
+    Workspace,
+    http_get,
+    launch,
+    process_state,
+    squid_available,
+    start_local_http_server,
+    start_slow_origin,
+    wait_for_status,
+    wait_until,
+    workspace,
 )
 
 # Slack on top of a contract bound for a loaded 2-core machine (not a speed goal).
 SLACK = 5.0
-PROBE_BOUND = 2.0  # /health and /ready answer within this while scrapes misbehave (they answer in ms)
+PROBE_BOUND = (
+    2.0  # /health and /ready answer within this while scrapes misbehave (they answer in ms)
+)
+
 
 def scrape(base: str) -> tuple[Series, dict[str, str], str]:
     status, body, headers = http_get(f"{base}/metrics", timeout=SCRAPE_DEADLINE + SLACK)
@@ -57,7 +69,9 @@ def test_counters_move_by_exactly_the_requests_sent(workspace: Workspace, launch
         # What one scrape itself adds (its own manager requests), measured between two scrapes.
         first, _, _ = scrape(base)
         second, _, _ = scrape(base)
-        own = value(second, "squid_client_http_requests_total") - value(first, "squid_client_http_requests_total")
+        own = value(second, "squid_client_http_requests_total") - value(
+            first, "squid_client_http_requests_total"
+        )
         misses, hits = 7, 5
         paths = [f"/object-{uuid.uuid4()}" for _ in range(misses)]
         for path in paths:
@@ -68,18 +82,38 @@ def test_counters_move_by_exactly_the_requests_sent(workspace: Workspace, launch
     finally:
         origin.close()
     sent = misses + hits
-    assert value(third, "squid_client_http_requests_total") - value(second, "squid_client_http_requests_total") == sent + own
-    assert value(third, "squid_client_http_hits_total") - value(second, "squid_client_http_hits_total") == hits
-    assert value(third, "squid_server_http_requests_total") - value(second, "squid_server_http_requests_total") == misses
-    assert value(third, "squid_client_http_errors_total") == value(second, "squid_client_http_errors_total")
-    assert value(third, "squid_client_http_out_bytes_total") > value(second, "squid_client_http_out_bytes_total")
-    assert types["squid_client_http_requests"] == "counter"  # the parser names a counter without _total
+    assert (
+        value(third, "squid_client_http_requests_total")
+        - value(second, "squid_client_http_requests_total")
+        == sent + own
+    )
+    assert (
+        value(third, "squid_client_http_hits_total") - value(second, "squid_client_http_hits_total")
+        == hits
+    )
+    assert (
+        value(third, "squid_server_http_requests_total")
+        - value(second, "squid_server_http_requests_total")
+        == misses
+    )
+    assert value(third, "squid_client_http_errors_total") == value(
+        second, "squid_client_http_errors_total"
+    )
+    assert value(third, "squid_client_http_out_bytes_total") > value(
+        second, "squid_client_http_out_bytes_total"
+    )
+    assert (
+        types["squid_client_http_requests"] == "counter"
+    )  # the parser names a counter without _total
     for name in ("squid_up", "cephaloproxy_ready", "cephaloproxy_live"):
         assert value(third, name) == 1, name
     assert value(third, "squid_info_Maximum_number_of_file_descriptors") > 0
     assert value(third, "squid_info_Number_of_file_desc_currently_in_use") > 0
     assert value(third, "squid_info_UP_Time") > 0
-    assert value(third, "squid_service_time_seconds", category="http_requests_all", quantile="0.5") >= 0
+    assert (
+        value(third, "squid_service_time_seconds", category="http_requests_all", quantile="0.5")
+        >= 0
+    )
     assert value(third, "cephaloproxy_config_check_duration_seconds") > 0
     assert abs(value(third, "process_start_time_seconds") - time.time()) < 600
     build = [labels for (name, labels) in third if name == "cephaloproxy_build_info"]
@@ -114,22 +148,34 @@ shutdown_lifetime 1 seconds
 """
 
 
-def test_denied_manager_gives_entrypoint_figures_and_one_log_line(workspace: Workspace, launch: Launcher) -> None:
-    workspace.write_custom_config(MANAGER_DENIED_CONFIG.format(
-        port=workspace.squid_port, run=workspace.runtime_dir("run"), spool=workspace.runtime_dir("spool"),
-    ))
+def test_denied_manager_gives_entrypoint_figures_and_one_log_line(
+    workspace: Workspace, launch: Launcher
+) -> None:
+    workspace.write_custom_config(
+        MANAGER_DENIED_CONFIG.format(
+            port=workspace.squid_port,
+            run=workspace.runtime_dir("run"),
+            spool=workspace.runtime_dir("spool"),
+        )
+    )
     run, base, _ = ready(workspace, launch)
     for _ in range(5):
         series, _, body = scrape(base)
         assert value(series, "squid_up") == 0
         assert value(series, "cephaloproxy_squid_manager_denied") == 1
         assert value(series, "cephaloproxy_ready") == 1
-        assert ("squid_client_http_requests_total", ()) not in series  # family kept, no made-up value
+        assert (
+            "squid_client_http_requests_total",
+            (),
+        ) not in series  # family kept, no made-up value
         assert "# TYPE squid_client_http_requests_total counter" in body
     time.sleep(0.5)
     lines = [line for line in run.output.splitlines() if "denies the cache manager" in line]  # type: ignore[attr-defined]
     assert len(lines) == 1, lines
-    assert "`http_access allow localhost manager`" in lines[0] and "`http_access deny manager`" in lines[0]
+    assert (
+        "`http_access allow localhost manager`" in lines[0]
+        and "`http_access deny manager`" in lines[0]
+    )
     assert str(workspace.custom_config) in lines[0]
 
 
@@ -141,16 +187,23 @@ def stop_all(pids: list[int], signum: int) -> None:
             pass
 
 
-def test_hung_manager_and_100_scrapes_never_delay_the_probes(workspace: Workspace, launch: Launcher) -> None:
+def test_hung_manager_and_100_scrapes_never_delay_the_probes(
+    workspace: Workspace, launch: Launcher
+) -> None:
     run, base, _ = ready(workspace, launch)
     squid_pid = run.wait_ready()  # type: ignore[attr-defined]
-    kids = [process.pid for process in process_tree(squid_pid)[1:]]  # the worker (and its helpers): a hung manager
+    kids = [
+        process.pid for process in process_tree(squid_pid)[1:]
+    ]  # the worker (and its helpers): a hung manager
     stop_all(kids, signal.SIGSTOP)
     try:
         assert wait_until(lambda: all(process_state(pid) in ("T", None) for pid in kids), 10)
         with concurrent.futures.ThreadPoolExecutor(max_workers=100) as pool:
             started = time.monotonic()
-            scrapes = [pool.submit(http_get, f"{base}/metrics", SCRAPE_DEADLINE + SLACK) for _ in range(100)]
+            scrapes = [
+                pool.submit(http_get, f"{base}/metrics", SCRAPE_DEADLINE + SLACK)
+                for _ in range(100)
+            ]
             time.sleep(0.2)  # the scrapes are parked on the hung manager now
             for path in ("/health", "/ready", "/health", "/ready"):
                 status, took = timed_get(f"{base}{path}")
@@ -214,11 +267,15 @@ def test_scrapes_during_reload_and_drain(workspace: Workspace, launch: Launcher)
         run.wait_for_output(r"Squid reconfigured", 60)  # type: ignore[attr-defined]
         for _ in range(5):
             assert timed_get(f"{base}/health")[1] < PROBE_BOUND
-        assert wait_until(lambda: value(scrape(base)[0], "cephaloproxy_reloads_total", result="ok") == 1, 10)
+        assert wait_until(
+            lambda: value(scrape(base)[0], "cephaloproxy_reloads_total", result="ok") == 1, 10
+        )
         # A transfer that keeps the drain going; SIGTERM; scrape while it drains.
         origin = start_slow_origin()
         transfer = threading.Thread(
-            target=lambda: _ignore_errors(lambda: http_get(f"http://127.0.0.1:{origin.port}/8", proxy=proxy, timeout=30)),
+            target=lambda: _ignore_errors(
+                lambda: http_get(f"http://127.0.0.1:{origin.port}/8", proxy=proxy, timeout=30)
+            ),
             daemon=True,
         )
         transfer.start()
@@ -278,9 +335,13 @@ def health_server_pid(entrypoint_pid: int) -> int:
     raise AssertionError("no health server under the entrypoint")
 
 
-def test_pid1_counts_skipped_reloads_and_health_server_restarts(workspace: Workspace, launch: Launcher) -> None:
+def test_pid1_counts_skipped_reloads_and_health_server_restarts(
+    workspace: Workspace, launch: Launcher
+) -> None:
     run, base, _ = ready(workspace, launch)
-    workspace.write_custom_config("this_is_no_directive at all\n")  # a mounted config wins: the reload refuses it
+    workspace.write_custom_config(
+        "this_is_no_directive at all\n"
+    )  # a mounted config wins: the reload refuses it
     os.kill(run.pid, signal.SIGHUP)  # type: ignore[attr-defined]
     run.wait_for_output(r"Reload skipped", 60, stream="stderr")  # type: ignore[attr-defined]
     os.kill(health_server_pid(run.pid), signal.SIGKILL)  # type: ignore[attr-defined]

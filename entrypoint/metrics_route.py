@@ -18,8 +18,12 @@ from typing import Callable
 from entrypoint.exposition import CONTENT_TYPE, Family, render
 from entrypoint.metrics import MANAGER_TIMEOUT
 
-SCRAPE_DEADLINE = MANAGER_TIMEOUT + 3.0  # a parked client gets 503 after this, whatever the worker does
-MAX_PARKED = 128  # scrapes parked at once; more get 503 at once (the health server holds 256 clients)
+SCRAPE_DEADLINE = (
+    MANAGER_TIMEOUT + 3.0
+)  # a parked client gets 503 after this, whatever the worker does
+MAX_PARKED = (
+    128  # scrapes parked at once; more get 503 at once (the health server holds 256 clients)
+)
 
 log = logging.getLogger("cephaloproxy.health")
 
@@ -42,7 +46,9 @@ class Parked:
 class MetricsRoute:
     """Parks scrape requests, runs collections on its worker thread, gives back (client, Reply) pairs on the loop."""
 
-    def __init__(self, collect: Callable[[], list[Family]], local: Callable[[], list[Family]]) -> None:
+    def __init__(
+        self, collect: Callable[[], list[Family]], local: Callable[[], list[Family]]
+    ) -> None:
         self.collect = collect  # on the worker thread (may block, bounded)
         self.local = local  # on the loop (cheap: what a probe costs)
         self.parked: list[Parked] = []
@@ -60,8 +66,12 @@ class MetricsRoute:
         if len(self.parked) >= MAX_PARKED:
             return Reply(503, "Too many scrapes at once; retry\n", "text/plain; charset=utf-8")
         if not self._start_worker():
-            return Reply(503, "Metrics unavailable: the health server cannot start its metrics thread"
-                              " (process limit RLIMIT_NPROC / pids.max reached)\n", "text/plain; charset=utf-8")
+            return Reply(
+                503,
+                "Metrics unavailable: the health server cannot start its metrics thread"
+                " (process limit RLIMIT_NPROC / pids.max reached)\n",
+                "text/plain; charset=utf-8",
+            )
         self.parked.append(Parked(client, time.monotonic() + SCRAPE_DEADLINE))
         with self._lock:
             if not self._busy:
@@ -84,7 +94,11 @@ class MetricsRoute:
             reply = Reply(200, collected + render(self.local()))
         except Exception:  # noqa: BLE001 - a bug here must not end the health server
             log.exception("Metrics could not be rendered")
-            reply = Reply(503, "Metrics could not be rendered; see the health server's log\n", "text/plain; charset=utf-8")
+            reply = Reply(
+                503,
+                "Metrics could not be rendered; see the health server's log\n",
+                "text/plain; charset=utf-8",
+            )
         parked, self.parked = self.parked, []
         return [(entry.client, reply) for entry in parked]
 
@@ -107,7 +121,9 @@ class MetricsRoute:
         try:
             thread.start()
         except RuntimeError as error:  # "can't start new thread": EAGAIN from the kernel
-            log.error("Health server cannot start its metrics thread (%s): raise the process limit", error)
+            log.error(
+                "Health server cannot start its metrics thread (%s): raise the process limit", error
+            )
             return False
         self._thread = thread
         return True

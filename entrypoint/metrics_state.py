@@ -25,10 +25,15 @@ STREAMS = ("stdout", "stderr")
 # Key in the file -> what it counts; every value is a number.
 NUMBER_KEYS = (
     "process_start_time_seconds",
-    "reloads_ok", "reloads_skipped", "reloads_failed",
+    "reloads_ok",
+    "reloads_skipped",
+    "reloads_failed",
     "health_server_restarts",
-    "log_lines_dropped_stdout", "log_lines_dropped_stderr",
-    "draining", "last_drain_duration_seconds", "last_drain_connections",
+    "log_lines_dropped_stdout",
+    "log_lines_dropped_stderr",
+    "draining",
+    "last_drain_duration_seconds",
+    "last_drain_connections",
     "config_check_duration_seconds",
 )
 
@@ -39,7 +44,9 @@ class EntrypointMetrics:
 
     path: Path | None = None  # None: metrics are off, nothing is written
     process_start_time_seconds: float = dataclasses.field(default_factory=time.time)
-    reloads: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(RELOAD_RESULTS, 0))
+    reloads: dict[str, int] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(RELOAD_RESULTS, 0)
+    )
     draining: bool = False
     last_drain_duration_seconds: float = 0.0
     last_drain_connections: int = 0
@@ -85,7 +92,11 @@ class EntrypointMetrics:
         # fsync on PID 1's loop could stall it on a slow disk).
         temporary = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+            fd = os.open(
+                temporary,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o640,
+            )
             try:
                 os.write(fd, data)
             finally:
@@ -93,8 +104,11 @@ class EntrypointMetrics:
             os.replace(temporary, self.path)
         except OSError as error:
             if not self._failed and log is not None:
-                log.warning("Cannot write the metrics state %s (%s); /metrics shows older entrypoint figures",
-                            self.path, error.strerror or error)
+                log.warning(
+                    "Cannot write the metrics state %s (%s); /metrics shows older entrypoint figures",
+                    self.path,
+                    error.strerror or error,
+                )
             self._failed = True
             return
         self._written = data

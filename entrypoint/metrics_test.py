@@ -77,17 +77,28 @@ def test_parsers_read_squid_77_reports() -> None:
     assert info["StoreEntries"] == 52 and info["on_disk_objects"] == 0
     assert info["UP_Time"] == 0.381
     times = parse_service_times(SERVICE_TIMES)
-    assert times == {("HTTP_Requests_All", 5): 0.001, ("HTTP_Requests_All", 50): 0.01235,
-                     ("Cache_Misses", 95): 0.5, ("Not_Modified_Replies", 50): 0.0}
+    assert times == {
+        ("HTTP_Requests_All", 5): 0.001,
+        ("HTTP_Requests_All", 50): 0.01235,
+        ("Cache_Misses", 95): 0.5,
+        ("Not_Modified_Replies", 50): 0.0,
+    }
 
 
 def test_squid_families_units_and_names() -> None:
-    series = parsed(render(squid_families({"counters": COUNTERS, "info": INFO, "service_times": SERVICE_TIMES})))
+    series = parsed(
+        render(squid_families({"counters": COUNTERS, "info": INFO, "service_times": SERVICE_TIMES}))
+    )
     assert series[("squid_client_http_requests_total", ())] == 12
     assert series[("squid_client_http_out_bytes_total", ())] == 40 * 1024
     assert series[("squid_info_Maximum_Resident_Size_bytes", ())] == 97104 * 1024
     assert series[("squid_info_Hits_as_pct_of_all_requests_5min", ())] == 41.7
-    assert series[("squid_service_time_seconds", (("category", "http_requests_all"), ("quantile", "0.5")))] == 0.01235
+    assert (
+        series[
+            ("squid_service_time_seconds", (("category", "http_requests_all"), ("quantile", "0.5")))
+        ]
+        == 0.01235
+    )
     assert series[("squid_cpu_seconds_total", ())] == 0.044099
 
 
@@ -98,17 +109,33 @@ def test_per_kid_sections_are_not_added_to_the_total() -> None:
 
 report_text = st.one_of(
     st.text(max_size=2000),
-    st.lists(st.sampled_from([*COUNTERS.splitlines(), *INFO.splitlines(), *SERVICE_TIMES.splitlines(),
-                              "by kid1 {", "} by kid1", "client_http.requests = 1e999", "\tUP Time:\tnan seconds",
-                              "client_http.hits = -0", "\tX: 999%   1 2", "\t 99999999999999999999 Things",
-                              "a.b = " + "9" * 5000]), max_size=60).map("\n".join),
+    st.lists(
+        st.sampled_from(
+            [
+                *COUNTERS.splitlines(),
+                *INFO.splitlines(),
+                *SERVICE_TIMES.splitlines(),
+                "by kid1 {",
+                "} by kid1",
+                "client_http.requests = 1e999",
+                "\tUP Time:\tnan seconds",
+                "client_http.hits = -0",
+                "\tX: 999%   1 2",
+                "\t 99999999999999999999 Things",
+                "a.b = " + "9" * 5000,
+            ]
+        ),
+        max_size=60,
+    ).map("\n".join),
     st.binary(max_size=2000).map(lambda raw: raw.decode("latin-1")),
 )
 
 
 @settings(max_examples=300, deadline=None)
 @given(counters=report_text, info=report_text, service_times=report_text)
-def test_garbage_reports_never_crash_and_never_give_an_invalid_exposition(counters: str, info: str, service_times: str) -> None:
+def test_garbage_reports_never_crash_and_never_give_an_invalid_exposition(
+    counters: str, info: str, service_times: str
+) -> None:
     for values in (parse_counters(counters), parse_info(info)):
         assert all(math.isfinite(value) for value in values.values())
     families = squid_families({"counters": counters, "info": info, "service_times": service_times})
@@ -116,13 +143,21 @@ def test_garbage_reports_never_crash_and_never_give_an_invalid_exposition(counte
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.text(max_size=20), st.floats(allow_nan=True, allow_infinity=True)), max_size=8))
+@given(
+    st.lists(
+        st.tuples(st.text(max_size=20), st.floats(allow_nan=True, allow_infinity=True)), max_size=8
+    )
+)
 def test_exposition_escapes_any_label_value(samples: list[tuple[str, float]]) -> None:
     family = gauge("cephaloproxy_test", "help with \\ backslash\nand newline")
     for text, number in samples:
         family.add(number, value=text)
-    exposition = render([family, counter("cephaloproxy_test", "a second family of that name is dropped", 1)])
-    assert len(exposition.splitlines()) == 2 + len(family.samples)  # no character another reader splits on
+    exposition = render(
+        [family, counter("cephaloproxy_test", "a second family of that name is dropped", 1)]
+    )
+    assert len(exposition.splitlines()) == 2 + len(
+        family.samples
+    )  # no character another reader splits on
     exposition.encode("utf-8")
     series = parsed(exposition)
     assert len(series) <= len({text for text, _ in samples})
@@ -146,7 +181,10 @@ def test_any_manager_answer_is_a_report_or_a_manager_error(raw: bytes) -> None:
 
 
 def test_manager_answers_by_status() -> None:
-    assert _body(b"HTTP/1.1 200 OK\r\nServer: squid/7.7\r\n\r\nx = 1\n", "counters") == ("x = 1\n", "squid/7.7")
+    assert _body(b"HTTP/1.1 200 OK\r\nServer: squid/7.7\r\n\r\nx = 1\n", "counters") == (
+        "x = 1\n",
+        "squid/7.7",
+    )
     with pytest.raises(ManagerError) as denied:
         _body(b"HTTP/1.1 403 Forbidden\r\n\r\n<html>", "counters")
     assert denied.value.denied
@@ -212,7 +250,9 @@ def test_state_round_trip(tmp_path: Path) -> None:
     metrics.drain_started(3)
     metrics.drain_ended(1.5)
     state = read_state(tmp_path / STATE_FILE_NAME)
-    assert state["reloads_ok"] == 1 and state["reloads_skipped"] == 1 and state["reloads_failed"] == 0
+    assert (
+        state["reloads_ok"] == 1 and state["reloads_skipped"] == 1 and state["reloads_failed"] == 0
+    )
     assert state["last_drain_connections"] == 3 and state["last_drain_duration_seconds"] == 1.5
     assert state["draining"] == 0 and state["health_server_restarts"] == 2
     series = parsed(render(entrypoint_families(state)))
@@ -222,18 +262,27 @@ def test_state_round_trip(tmp_path: Path) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3)
+    ),
     max_leaves=10,
 )
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.one_of(
-    st.dictionaries(st.sampled_from(["reloads_ok", "draining", "process_start_time_seconds", "other"]), json_values),
-    json_values,
-    st.just(10**400),
-))
-def test_a_tampered_state_file_gives_known_finite_numbers_only(tmp_path_factory: pytest.TempPathFactory, content: object) -> None:
+@given(
+    st.one_of(
+        st.dictionaries(
+            st.sampled_from(["reloads_ok", "draining", "process_start_time_seconds", "other"]),
+            json_values,
+        ),
+        json_values,
+        st.just(10**400),
+    )
+)
+def test_a_tampered_state_file_gives_known_finite_numbers_only(
+    tmp_path_factory: pytest.TempPathFactory, content: object
+) -> None:
     path = tmp_path_factory.mktemp("state") / STATE_FILE_NAME
     path.write_text(json.dumps(content))
     state = read_state(path)
@@ -255,8 +304,17 @@ def test_state_file_that_is_not_a_regular_file_is_ignored(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     ("raw", "enabled", "warned"),
-    [(None, True, False), ("", True, False), ("off", False, False), (" OFF ", False, False), ("0", False, False),
-     ("on", True, False), ("yes", True, False), ("nope", True, True), ("off\x1b[2J", True, True)],
+    [
+        (None, True, False),
+        ("", True, False),
+        ("off", False, False),
+        (" OFF ", False, False),
+        ("0", False, False),
+        ("on", True, False),
+        ("yes", True, False),
+        ("nope", True, True),
+        ("off\x1b[2J", True, True),
+    ],
 )
 def test_metrics_setting(raw: str | None, enabled: bool, warned: bool) -> None:
     settings_, warnings = load_settings({} if raw is None else {"METRICS": raw})
@@ -298,15 +356,33 @@ def garbage_manager() -> GarbageManager:
 
 
 @settings(max_examples=60, deadline=None)
-@given(answer=st.one_of(
-    st.binary(max_size=3000),
-    report_text.map(lambda body: b"HTTP/1.1 200 OK\r\nServer: squid/\x1b[31m7.7\r\n\r\n" + body.encode("utf-8", "surrogatepass")),
-    st.sampled_from([b"HTTP/1.1 403 Forbidden\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n", b"", b"HTTP/1.1 999 \r\n\r\n"]),
-))
-def test_a_scrape_of_a_garbage_manager_is_a_valid_exposition(garbage_manager: GarbageManager, tmp_path_factory: pytest.TempPathFactory, answer: bytes) -> None:
+@given(
+    answer=st.one_of(
+        st.binary(max_size=3000),
+        report_text.map(
+            lambda body: (
+                b"HTTP/1.1 200 OK\r\nServer: squid/\x1b[31m7.7\r\n\r\n"
+                + body.encode("utf-8", "surrogatepass")
+            )
+        ),
+        st.sampled_from(
+            [
+                b"HTTP/1.1 403 Forbidden\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\n\r\n",
+                b"",
+                b"HTTP/1.1 999 \r\n\r\n",
+            ]
+        ),
+    )
+)
+def test_a_scrape_of_a_garbage_manager_is_a_valid_exposition(
+    garbage_manager: GarbageManager, tmp_path_factory: pytest.TempPathFactory, answer: bytes
+) -> None:
     garbage_manager.answer = answer
     directory = tmp_path_factory.mktemp("scrape")
-    collector = Collector("127.0.0.1", garbage_manager.port, directory / STATE_FILE_NAME, directory / "squid.conf")
+    collector = Collector(
+        "127.0.0.1", garbage_manager.port, directory / STATE_FILE_NAME, directory / "squid.conf"
+    )
     series = parsed(render(collector.collect()))
     assert series[("squid_up", ())] in (0, 1)
     (build,) = [labels for name, labels in series if name == "cephaloproxy_build_info"]

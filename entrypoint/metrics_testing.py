@@ -22,7 +22,9 @@ def parse_exposition(text: str) -> tuple[Series, dict[str, str]]:
             key = (sample.name, tuple(sorted(sample.labels.items())))
             assert key not in series, f"duplicate series {key}"
             series[key] = sample.value
-    for line in text.split("\n"):  # the parser infers a family for a sample without TYPE: be strict here
+    for line in text.split(
+        "\n"
+    ):  # the parser infers a family for a sample without TYPE: be strict here
         if line and not line.startswith("#"):
             name = re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group()  # type: ignore[union-attr]
             assert f"# TYPE {name} " in text and f"# HELP {name} " in text, line

@@ -46,9 +46,13 @@ def fetch(host: str, port: int, report: str, deadline: float) -> tuple[str, str]
             )
             data = _read_all(conn, deadline)
     except socket.timeout:
-        raise ManagerError(f"no answer from the cache manager on {address}:{port} in time") from None
+        raise ManagerError(
+            f"no answer from the cache manager on {address}:{port} in time"
+        ) from None
     except OSError as error:
-        raise ManagerError(f"cannot reach the cache manager on {address}:{port}: {error.strerror or error}") from None
+        raise ManagerError(
+            f"cannot reach the cache manager on {address}:{port}: {error.strerror or error}"
+        ) from None
     return _body(data, report)
 
 

@@ -20,7 +20,13 @@ _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _COUNTER_KEY = re.compile(r"[A-Za-z0-9_.]{1,80}")
 _KID_OPEN = re.compile(r"\s*by kid\d+ \{\s*\Z")
 _KID_CLOSE = re.compile(r"\s*\} by kid\d+\s*\Z")
-_SERVICE_TIME = re.compile(r"\s*([A-Za-z][A-Za-z ()-]*?):\s+(\d{1,3})%\s+(" + _NUMBER.pattern + r")\s+(" + _NUMBER.pattern + r")\s*\Z")
+_SERVICE_TIME = re.compile(
+    r"\s*([A-Za-z][A-Za-z ()-]*?):\s+(\d{1,3})%\s+("
+    + _NUMBER.pattern
+    + r")\s+("
+    + _NUMBER.pattern
+    + r")\s*\Z"
+)
 _HIT_RATIOS = re.compile(r"5min: (" + _NUMBER.pattern + r")%, 60min: (" + _NUMBER.pattern + r")%")
 _STRUCTURE = re.compile(r"\s*(\d+) ([A-Za-z][A-Za-z -]*?)\s*\Z")
 
@@ -103,7 +109,11 @@ def parse_service_times(text: str) -> dict[tuple[str, int], float]:
         match = _SERVICE_TIME.match(line)
         if match is None:
             continue
-        category, percent, five_minutes = info_key(match.group(1)), int(match.group(2)), float(match.group(3))
+        category, percent, five_minutes = (
+            info_key(match.group(1)),
+            int(match.group(2)),
+            float(match.group(3)),
+        )
         if category and 0 < percent <= 100 and math.isfinite(five_minutes):
             values.setdefault((category, percent), five_minutes)
     return values

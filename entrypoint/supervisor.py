@@ -36,7 +36,9 @@ def entrypoint_metrics(state: ProxyState) -> EntrypointMetrics:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, log: logging.Logger, sinks: tuple[OutputSink, OutputSink]) -> None:
+    def __init__(
+        self, settings: Settings, log: logging.Logger, sinks: tuple[OutputSink, OutputSink]
+    ) -> None:
         children = ChildProcesses(log)
         self.state = ProxyState(
             settings=settings,
@@ -101,7 +103,9 @@ class Supervisor:
             await shutdown.stop_everything(self.state)
             return 1
         self.ready = True
-        self.state.metrics.publish(self.log)  # at once: the monitor's ticks publish changes from now on
+        self.state.metrics.publish(
+            self.log
+        )  # at once: the monitor's ticks publish changes from now on
         self.log.info("Container ready, entering monitoring loop")
         if self.reload_when_ready:
             self.reloads.request()
