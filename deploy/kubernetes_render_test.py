@@ -34,7 +34,9 @@ KUBERNETES_VERSION = "1.32.0"
 REPO = Path(__file__).absolute().parent.parent
 KUBERNETES_DIR = REPO / "deploy" / "kubernetes"
 EXAMPLES_DIR = REPO / "examples"
-OVERLAYS = ("openshift", "ssl-bump", "cache", "autoscaling")
+OVERLAYS = ("openshift", "ssl-bump", "cache", "autoscaling", "metrics", "metrics-annotations")
+# Custom resources kubernetes-validate has no schema for: checked by their own tests below.
+CUSTOM_KINDS = {"PodMonitor"}
 EXAMPLE_COMPONENTS = tuple(sorted(p.parent.name for p in EXAMPLES_DIR.glob("*/kustomization.yaml")))
 # Secrets the operator creates (never in git); the overlays name them.
 OPERATOR_SECRETS = {"cephaloproxy-tls", "cephaloproxy-htpasswd"}
@@ -133,6 +135,8 @@ def test_every_object_validates_against_the_kubernetes_schema(
     docs = rendered[target]
     assert docs, f"{target} rendered nothing"
     for doc in docs:
+        if doc["kind"] in CUSTOM_KINDS:
+            continue
         try:
             validate(doc, KUBERNETES_VERSION, strict=True)
         except Exception as error:
@@ -202,7 +206,10 @@ def test_every_reference_resolves(rendered: dict[str, list[dict[str, Any]]], tar
     port_names = {p["name"] for p in checks.proxy_container(pod)["ports"]}
     service = the(docs, "Service")
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
-    assert [p["port"] for p in service["spec"]["ports"]] == [3128]
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [
+        ("proxy", 3128),
+        ("metrics", 8080),
+    ]
     for rule in the(docs, "NetworkPolicy")["spec"]["ingress"]:
         assert {p["port"] for p in rule["ports"]} <= port_names
     for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
@@ -231,6 +238,8 @@ EXPECTED_CONFIG = {
     "base": KUBERNETES_DIR / "base" / "squid.conf",
     "openshift": KUBERNETES_DIR / "base" / "squid.conf",
     "autoscaling": KUBERNETES_DIR / "base" / "squid.conf",
+    "metrics": KUBERNETES_DIR / "base" / "squid.conf",
+    "metrics-annotations": KUBERNETES_DIR / "base" / "squid.conf",
     "ssl-bump": EXAMPLES_DIR / "ssl-bump" / "squid.conf",
     "cache": EXAMPLES_DIR / "disk-cache" / "squid.conf",
     **{f"base+{name}": EXAMPLES_DIR / name / "squid.conf" for name in EXAMPLE_COMPONENTS},
@@ -329,3 +338,48 @@ def test_cache_puts_the_cache_dir_on_a_claim(rendered: dict[str, list[dict[str, 
         size_mb * 1.2
         <= int(claim["spec"]["resources"]["requests"]["storage"].removesuffix("Gi")) * 1024
     )
+
+
+def test_metrics_are_scraped_from_the_health_port(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The Service names the metrics port; the PodMonitor and the annotations point at /metrics on it."""
+    docs = rendered["metrics"]
+    deployment = the(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    ports = {p["name"]: p["containerPort"] for p in checks.proxy_container(pod)["ports"]}
+    monitor = the(docs, "PodMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    chosen = monitor["spec"]["selector"]["matchLabels"]
+    assert chosen and all(labels.get(k) == v for k, v in chosen.items())
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
+    assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout"}
+    assert float(endpoint["scrapeTimeout"].removesuffix("s")) <= float(
+        endpoint["interval"].removesuffix("s")
+    )
+    assert not of_kind(rendered["base"], "PodMonitor"), (
+        "the PodMonitor needs the operator's CRD: a component only"
+    )
+    annotated = the(rendered["metrics-annotations"], "Deployment")["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    assert annotated == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(ports["health"]),
+        "prometheus.io/path": "/metrics",
+    }
+    service = {p["name"]: p for p in the(rendered["base"], "Service")["spec"]["ports"]}
+    assert service["metrics"]["targetPort"] == "health"
+
+
+def test_the_monitoring_namespace_may_scrape(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    rules = the(rendered["base"], "NetworkPolicy")["spec"]["ingress"]
+    monitoring = [
+        rule
+        for rule in rules
+        if {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        in rule.get("from", [])
+    ]
+    assert monitoring and all(p["port"] == "health" for rule in monitoring for p in rule["ports"])

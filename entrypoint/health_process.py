@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import entrypoint
+from entrypoint.metrics_state import STATE_FILE_NAME
 from entrypoint.processes import ChildProcesses, ForkError, describe_exit
 from entrypoint.settings import Settings
 from entrypoint.squid_config import ActiveConfig, parse_listen_address
@@ -112,7 +113,16 @@ class HealthProcess:
             str(config.path),
             "--log-level",
             settings.log_level,
+            "--metrics",
+            "on" if settings.metrics else "off",
         ]
+        if settings.metrics:
+            argv += [
+                "--metrics-state",
+                str(settings.run_dir / STATE_FILE_NAME),
+                "--config-source",
+                str(config.source),
+            ]
         for cache_dir in cache_dirs:
             argv += ["--cache-dir", str(cache_dir)]
         return argv

@@ -1,9 +1,10 @@
-"""HTTP health endpoints for Kubernetes/Docker probes (`/health`, `/ready`): a minimal text/plain HTTP/1.1 server.
+"""HTTP health endpoints for Kubernetes/Docker probes (`/health`, `/ready`) and `/metrics`: a minimal HTTP/1.1 server.
 
 Runs in its own process (started by the entrypoint), so a stuck probe never blocks PID 1. One
 thread answers every client from a `selectors` event loop: threads and memory are bounded by
 construction, and every connection has a fixed deadline no client can stretch. It imports only
-what answering GET/HEAD on two paths needs: no http.server, email, urllib, ssl or asyncio.
+what answering GET/HEAD needs: no http.server, email, urllib, ssl or asyncio (/metrics is
+parked and answered by entrypoint.metrics_route, which a worker thread fills).
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ import selectors
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from entrypoint.mounted_files import FileProblem, check_readable
 from entrypoint.squid_serving import SquidWatch
+
+if TYPE_CHECKING:  # loaded by healthcheck_cli only when METRICS is on
+    from entrypoint.metrics_route import MetricsRoute, Reply
 
 LISTEN_BACKLOG = 1024  # a burst of probes waits in the kernel's queue, not in SYN retries
 HEAD_TIMEOUT = 5.0  # the request head must be complete this long after the accept, else 408
@@ -34,6 +39,8 @@ FD_RESERVE = 32  # descriptors kept for /proc reads, the log and the listener
 MAX_REQUEST_HEAD = 8192
 DRAIN_LIMIT = 65536  # bytes read and discarded after the answer (a request body) before closing
 ALLOW = "GET, HEAD"
+TEXT = "text/plain; charset=utf-8"
+WAKEUP = -1  # selector data of the metrics route's wakeup socket (clients carry their fd)
 
 REASONS = {
     200: "OK",
@@ -66,6 +73,7 @@ class Answer:
     status: int
     body: str
     allow: bool = False  # send `Allow: GET, HEAD` (405)
+    content_type: str = TEXT
 
 
 def failed_readiness_checks(targets: HealthTargets, watch: SquidWatch) -> list[str]:
@@ -109,7 +117,7 @@ def render(result: Answer, include_body: bool) -> bytes:
     body = result.body.encode("utf-8")
     head = [
         f"HTTP/1.1 {result.status} {REASONS[result.status]}",
-        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Type: {result.content_type}",
         f"Content-Length: {len(body)}",
         "Cache-Control: no-store",
         "Connection: close",
@@ -165,6 +173,18 @@ def respond(head: bytes | None, targets: HealthTargets, watch: SquidWatch) -> by
             result.status,
         )
     return render(result, include_body=method != "HEAD")
+
+
+def scrape_method(head: bytes) -> str | None:
+    """GET or HEAD when the request is a scrape of /metrics, else None (other methods take the usual 404/405 path)."""
+    parsed = parse_request(head)
+    if (
+        isinstance(parsed, tuple)
+        and parsed[0] in ("GET", "HEAD")
+        and parsed[1].split("?", 1)[0] == "/metrics"
+    ):
+        return parsed[0]
+    return None
 
 
 def head_complete(head: bytearray, new: int) -> bool:
@@ -234,8 +254,15 @@ class HealthServer:
     dropped, else the oldest still reading, never the new one (a probe is answered at once).
     """
 
-    def __init__(self, listener: socket.socket, targets: HealthTargets, watch: SquidWatch) -> None:
+    def __init__(
+        self,
+        listener: socket.socket,
+        targets: HealthTargets,
+        watch: SquidWatch,
+        metrics: MetricsRoute | None = None,
+    ) -> None:
         self.listener = listener
+        self.metrics = metrics  # GET /metrics (None: METRICS=off, 404)
         self.targets = targets
         self.watch = watch
         self.limit = connection_limit()
@@ -244,6 +271,8 @@ class HealthServer:
         listener.setblocking(False)
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ, None)
+        if metrics is not None:
+            self.selector.register(metrics.wakeup, selectors.EVENT_READ, WAKEUP)
 
     def serve_forever(self) -> None:
         """Until a signal handler raises (SIGTERM)."""
@@ -251,6 +280,8 @@ class HealthServer:
             for key, events in self.selector.select(self._timeout()):
                 if key.data is None:
                     self._accept()
+                elif key.data == WAKEUP:
+                    self._reply_parked(self.metrics.finished() if self.metrics else [])
                 else:
                     self._ready(key.data, events)
             self._expire(time.monotonic())
@@ -259,6 +290,8 @@ class HealthServer:
         deadlines = [
             next(iter(held.values())).deadline for held in (self.reading, self.closing) if held
         ]
+        parked = self.metrics.next_deadline() if self.metrics is not None else None
+        deadlines += [parked] if parked is not None else []
         return max(min(deadlines) - time.monotonic(), 0.0) if deadlines else None
 
     # -- accepting ---------------------------------------------------------------------
@@ -332,6 +365,10 @@ class HealthServer:
         self._answer(conn, bytes(conn.head))  # complete, too large, or the client closed its side
 
     def _answer(self, conn: Connection, head: bytes | None) -> None:
+        method = scrape_method(head) if self.metrics is not None and head is not None else None
+        if method is not None:
+            self._park(conn, method)
+            return
         try:
             conn.out = respond(head, self.targets, self.watch)
         except Exception:
@@ -344,6 +381,28 @@ class HealthServer:
         conn.deadline = time.monotonic() + CLOSE_TIMEOUT
         self.closing[fd] = conn
         self._flush(conn)
+
+    # -- /metrics: parked off the selector until the route's worker has the answer -----------------
+    def _park(self, conn: Connection, method: str) -> None:
+        assert self.metrics is not None
+        del self.reading[conn.sock.fileno()]
+        self.selector.unregister(conn.sock)
+        conn.head = bytearray(method.encode("ascii"))  # kept while parked: HEAD gets no body
+        reply = self.metrics.park(conn)
+        if reply is not None:
+            self._reply_parked([(conn, reply)])
+
+    def _reply_parked(self, replies: list[tuple[object, Reply]]) -> None:
+        for client, reply in replies:
+            assert isinstance(client, Connection)
+            answer = Answer(reply.status, reply.body, content_type=reply.content_type)
+            client.out = render(answer, include_body=client.head != b"HEAD")
+            client.head = bytearray()
+            client.deadline = time.monotonic() + CLOSE_TIMEOUT
+            fd = client.sock.fileno()
+            self.selector.register(client.sock, selectors.EVENT_READ, fd)
+            self.closing[fd] = client
+            self._flush(client)
 
     def _flush(self, conn: Connection) -> None:
         """Send what is left of the answer; once all is sent, shut our side and drain."""
@@ -383,6 +442,8 @@ class HealthServer:
 
     def _expire(self, now: float) -> None:
         """408 for heads not complete in time; drop answered connections whose client did not close."""
+        if self.metrics is not None:
+            self._reply_parked(self.metrics.expired(now))
         while self.reading:
             conn = next(iter(self.reading.values()))
             if conn.deadline > now:
@@ -397,5 +458,10 @@ class HealthServer:
     def close(self) -> None:
         for conn in [*self.reading.values(), *self.closing.values()]:
             self._drop(conn)
+        if self.metrics is not None:
+            for parked in self.metrics.parked:
+                assert isinstance(parked.client, Connection)
+                parked.client.sock.close()
+            self.metrics.close()
         self.selector.close()
         self.listener.close()

@@ -194,7 +194,10 @@ def test_health_and_ready_are_200_when_everything_is_fine(scene: Scene) -> None:
 def test_head_and_unknown_paths(scene: Scene) -> None:
     status, body, headers = http_get(f"{scene.url}/health", method="HEAD")
     assert (status, body, headers["Content-Length"]) == (200, "", "3")
-    assert http_get(f"{scene.url}/metrics")[:2] == (404, "Not Found\n")
+    assert http_get(f"{scene.url}/unknown")[:2] == (
+        404,
+        "Not Found\n",
+    )  # /metrics is served now (metrics_e2e_test)
     assert http_get(f"{scene.url}/ready", method="HEAD")[0] == 200
 
 
@@ -366,7 +369,7 @@ def test_other_methods_get_405_with_allow_in_text_plain(
 @pytest.mark.parametrize(
     ("request_bytes", "status_line", "body"),
     [
-        (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 404 Not Found", b"Not Found\n"),
+        (b"GET /metricz HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 404 Not Found", b"Not Found\n"),
         (b"POST /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 404 Not Found", b"Not Found\n"),
         (b"GET /health?verbose=1 HTTP/1.0\r\n\r\n", "HTTP/1.1 200 OK", b"OK\n"),
         (b"garbage\r\n\r\n", "HTTP/1.1 400 Bad Request", b"Bad Request\n"),

@@ -86,7 +86,12 @@ def _report(ready_fd: int | None, line: str) -> None:
 def serve(args: argparse.Namespace, cache_dirs: tuple[Path, ...]) -> int:
     import threading
 
-    from entrypoint.health_server import HealthServer, HealthTargets, make_listener
+    from entrypoint.health_server import (
+        HealthServer,
+        HealthTargets,
+        failed_readiness_checks,
+        make_listener,
+    )
     from entrypoint.logs import configure_logging
     from entrypoint.squid_serving import SquidWatch
 
@@ -109,7 +114,19 @@ def serve(args: argparse.Namespace, cache_dirs: tuple[Path, ...]) -> int:
         log.error("Health server cannot listen on port %d: %s", args.port, error.strerror or error)
         return 1
     watch = SquidWatch(targets.pid_file, targets.squid_comm, [targets.proxy_port])
-    server = HealthServer(listener, targets, watch)
+    metrics = None
+    if args.metrics == "on":
+        from entrypoint.metrics import Collector, health_families
+        from entrypoint.metrics_route import MetricsRoute
+
+        collector = Collector(
+            args.proxy_host, args.proxy_port, args.metrics_state, args.config_source or args.config
+        )
+        metrics = MetricsRoute(
+            collector.collect,
+            lambda: health_families(failed_readiness_checks(targets, watch), watch),
+        )
+    server = HealthServer(listener, targets, watch, metrics)
     try:
         threading.Thread(target=watch.run_sampler, args=(threading.Event(),), daemon=True).start()
     except RuntimeError as error:  # "can't start new thread": the kernel refused it (EAGAIN)
@@ -141,6 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, action="append", default=None)
     parser.add_argument("--config", type=Path, default=settings.config)
     parser.add_argument("--log-level", default=settings.log_level)
+    parser.add_argument(
+        "--metrics", choices=("on", "off"), default="on" if settings.metrics else "off"
+    )
+    parser.add_argument(
+        "--metrics-state", type=Path, default=None, help="PID 1's published figures (JSON)"
+    )
+    parser.add_argument(
+        "--config-source", type=Path, default=None, help="the operator's config file (for messages)"
+    )
     parser.add_argument(
         "--ready-fd",
         type=_fd,

@@ -37,5 +37,6 @@ async def watch(state: ProxyState, shutdown_requested: asyncio.Event) -> str | N
             if not is_live_process(pid, state.commands.comm):
                 return "process vanished"
             state.health.keep_alive()
+            state.metrics.publish(state.log)  # only when a figure changed
     finally:
         shutdown.cancel()

@@ -200,9 +200,11 @@ async def reload_config(state: ProxyState) -> None:
         config = await prepare(state, squid, old)
     except (ConfigError, SquidError) as error:
         log.error("Reload skipped, Squid keeps its current config: %s", error)
+        state.metrics.reload_done("skipped")
         return
     except Exception as error:  # a bug or a fault nobody foresaw must not end PID 1 or Squid
         log_unexpected(state, "Reload skipped, Squid keeps its current config", error)
+        state.metrics.reload_done("failed")
         return
     state.config = config
     try:
@@ -215,4 +217,5 @@ async def reload_config(state: ProxyState) -> None:
         state.squid_pid or squid.pid,
         extra={"pid": state.squid_pid or squid.pid},
     )
+    state.metrics.reload_done("ok")
     recheck_cert_dbs(state)  # leaves of the previous CA stored meanwhile (config_steps.py)

@@ -88,6 +88,7 @@ class Settings:
     spool_dir: Path
     cache_dir: Path
     log_format: str = LOG_FORMATS[0]
+    metrics: bool = True  # METRICS: GET /metrics on HEALTH_PORT
 
     @property
     def runtime_dirs(self) -> tuple[Path, ...]:
@@ -210,6 +211,21 @@ def _parse_log_format(env: Mapping[str, str]) -> str:
     )  # a bad value was refused (log_format_problem)
 
 
+def _parse_switch(env: Mapping[str, str], name: str, default: bool, warnings: list[str]) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    warnings.append(
+        f"Invalid {name}={shown(raw)}: expected on or off; using {'on' if default else 'off'}"
+    )
+    return default
+
+
 def _parse_path(env: Mapping[str, str], name: str, warnings: list[str]) -> Path:
     default = PATH_DEFAULTS[name]
     raw = env.get(name)
@@ -254,5 +270,6 @@ def load_settings(env: Mapping[str, str]) -> tuple[Settings, list[str]]:
         spool_dir=paths["CEPHALOPROXY_SPOOL_DIR"],
         cache_dir=paths["CEPHALOPROXY_CACHE_DIR"],
         log_format=_parse_log_format(env),
+        metrics=_parse_switch(env, "METRICS", True, warnings),
     )
     return settings, warnings

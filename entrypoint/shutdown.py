@@ -106,8 +106,10 @@ async def stop_squid(state: ProxyState, force: asyncio.Event) -> None:
             break
         if not announced:
             log.info("Draining %d client connections (up to %g s)...", clients, limit)
+            state.metrics.drain_started(clients)
             announced = True
         await _wait_any(squid.exited, force, DRAIN_POLL_INTERVAL)
+    state.metrics.drain_ended(time.monotonic() - started)
     if finish_reason and not squid.exited.done() and not force.is_set():
         if finish_reason.startswith("Drained"):
             log.info("%s", finish_reason)

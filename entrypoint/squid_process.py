@@ -267,6 +267,7 @@ class SquidCommands:
         self.names = SnapshotNames()
         # How Squid's stdout (access log) and stderr (cache.log) lines are written (LOG_FORMAT).
         self.renders: tuple[LineRender, LineRender] = (safe_line, safe_line)
+        self.last_check_seconds = 0.0  # the last `squid -k parse` (/metrics)
 
     @property
     def comm(self) -> str:
@@ -283,10 +284,13 @@ class SquidCommands:
         """`squid -k parse` of `path` (a snapshot of `config` not active yet), else of config.path."""
         self._check_binary()
         argv = [str(self.squid_bin), "-k", "parse", "-f", str(path or config.path)]
+        started = time.monotonic()
         try:
             returncode, output = await self.children.run(argv, timeout=PARSE_TIMEOUT)
         except ForkError as error:
             raise SquidError(str(error)) from None
+        finally:
+            self.last_check_seconds = time.monotonic() - started  # for /metrics
         output = self.names.restore(output)
         self.log.debug("squid -k parse output:\n%s", redact_text(output.rstrip()))
         if returncode != 0:

@@ -346,6 +346,7 @@ class SquidWatch:
         self._asleep = Stall()  # the same holders in state D, none of them woken up
         self._queued = Stall()  # connections waiting in the accept queue, never fewer
         self._kid_exits: collections.deque[float] = collections.deque()
+        self.kid_exits_total = 0  # since this watch began, for /metrics
 
     def sample(self) -> Observation:
         """Look now and fold the observation into the history."""
@@ -366,9 +367,15 @@ class SquidWatch:
                 self._new_history()  # a new (or no) master: its start-up is not a crash loop
             else:
                 self._kid_exits.extend(seen.at for _ in previous.kids - seen.kids)
+                self.kid_exits_total += len(previous.kids - seen.kids)
             self._fold(previous, seen)
             self._previous = seen
         return seen
+
+    @property
+    def last(self) -> Observation | None:
+        """The latest look (a probe's or the sampler's), without looking again."""
+        return self._previous
 
     def _new_history(self) -> None:
         self._kid_exits.clear()

@@ -7,6 +7,7 @@ import logging
 
 from entrypoint.health_process import HealthProcess
 from entrypoint.log_relay import LineFilter, identity
+from entrypoint.metrics_state import EntrypointMetrics
 from entrypoint.output_sink import OutputSink
 from entrypoint.processes import ChildProcesses
 from entrypoint.settings import Settings
@@ -28,3 +29,6 @@ class ProxyState:
     config: ActiveConfig | None = None
     squid: SquidProcess | None = None
     squid_pid: int | None = None
+    metrics: EntrypointMetrics = dataclasses.field(
+        default_factory=EntrypointMetrics
+    )  # what /metrics shows of PID 1

@@ -11,6 +11,7 @@ from entrypoint import log_json, monitor, reload, shutdown
 from entrypoint.health_process import HealthError, HealthProcess
 from entrypoint.log_relay import LineRender, relayed_spawn
 from entrypoint.log_text import safe_line
+from entrypoint.metrics_state import STATE_FILE_NAME, EntrypointMetrics
 from entrypoint.output_sink import OutputSink
 from entrypoint.processes import ChildProcesses, kill_descendants_now
 from entrypoint.settings import Settings
@@ -20,6 +21,19 @@ from entrypoint.startup import StartupError, start_up
 from entrypoint.state import ProxyState
 
 FATAL_FLUSH_TIMEOUT = 0.5
+
+
+def entrypoint_metrics(state: ProxyState) -> EntrypointMetrics:
+    """PID 1's figures, published to the run dir for the health server (METRICS=off: not at all)."""
+    settings = state.settings
+    metrics = EntrypointMetrics(settings.run_dir / STATE_FILE_NAME if settings.metrics else None)
+    metrics.sources = {
+        "health_server_restarts": lambda: state.health.restarts,
+        "log_lines_dropped_stdout": lambda: state.sinks[0].dropped_total,
+        "log_lines_dropped_stderr": lambda: state.sinks[1].dropped_total,
+        "config_check_duration_seconds": lambda: state.commands.last_check_seconds,
+    }
+    return metrics
 
 
 class Supervisor:
@@ -42,6 +56,7 @@ class Supervisor:
             ),
             sinks=sinks,  # every relayed line is redacted and escaped (log_relay)
         )
+        self.state.metrics = entrypoint_metrics(self.state)
         self.log = log
         self.signals = SignalRouter(log, on_reload=self.request_reload, on_fatal=self.fatal)
         self.reloads = reload.Serializer(lambda: reload.reload_config(self.state))
@@ -100,6 +115,9 @@ class Supervisor:
             await shutdown.stop_everything(self.state)
             return 1
         self.ready = True
+        self.state.metrics.publish(
+            self.log
+        )  # at once: the monitor's ticks publish changes from now on
         self.log.info("Container ready, entering monitoring loop")
         if self.reload_when_ready:
             self.reloads.request()

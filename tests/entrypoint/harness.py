@@ -543,7 +543,8 @@ class LocalHttpServer:
         self.thread.join(10)
 
 
-def start_local_http_server(body: str) -> LocalHttpServer:
+def start_local_http_server(body: str, cache_control: str = "no-store") -> LocalHttpServer:
+    """An origin answering every GET with `body` (`cache_control`: what Squid may cache; none by default)."""
     payload = body.encode()
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -551,7 +552,7 @@ def start_local_http_server(body: str) -> LocalHttpServer:
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(payload)))
-            self.send_header("Cache-Control", "no-store")
+            self.send_header("Cache-Control", cache_control)
             self.end_headers()
             self.wfile.write(payload)
 
