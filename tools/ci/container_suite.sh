@@ -18,12 +18,13 @@
 #                                         (default: .ci/run's venv)
 #   CEPHALOPROXY_CI_ARM64_SCALE           the arm64 run's wait scale (default 5)
 #   CEPHALOPROXY_CI_ENGINES               which runs, default "podman docker arm64"
+#   CEPHALOPROXY_CI_OUT                   results dir (default /tmp/cephaloproxy-ci-container)
 # Exit status: 0 when every run passed; the last line names the runs that failed.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 python=${CEPHALOPROXY_CI_PYTHON:-/tmp/cephaloproxy-ci-venv/bin/python}
 engines=${CEPHALOPROXY_CI_ENGINES:-podman docker arm64}
-out=/tmp/cephaloproxy-ci-container
+out=${CEPHALOPROXY_CI_OUT:-/tmp/cephaloproxy-ci-container}
 rm -rf "$out" && mkdir -p "$out"
 failed=()
 
