@@ -11,7 +11,10 @@ qemu (README: "Platforms"); `podman_only`, the cases that need podman itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,23 @@ MARKERS = {
 def pytest_configure(config: pytest.Config) -> None:
     for name, meaning in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {meaning}")
+
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def run_nested_pytest(case: str, env_changes: Mapping[str, str | None], timeout: float) -> subprocess.CompletedProcess[str]:
+    """One case of this suite in a nested pytest with this run's environment, changed by `env_changes` (None: unset)."""
+    env = dict(os.environ)
+    for key, value in env_changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    # The nested pytest imports what this one does (under Bazel sys.path is not PYTHONPATH).
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rsfE", "--tb=short", case]
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def skip_unless_required(reason: str) -> None:

@@ -8,18 +8,16 @@ case to fail with an AssertionError, not to skip or error out for another reason
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.acceptance.conftest import run_nested_pytest
 from tests.support import image_defects, image_source, timeouts
 from tests.support.runtime import ContainerRuntime
 
-REPO = Path(__file__).resolve().parent.parent.parent
 NESTED_TIMEOUT_S = 600.0  # a load of the copy plus one case; scaled like every wait
 
 
@@ -38,14 +36,8 @@ def real_tarball(
 
 def run_case_against(tarball: Path, case: str) -> subprocess.CompletedProcess[str]:
     """One case of this suite against `tarball`, in a nested pytest with this run's engine settings."""
-    env = {key: value for key, value in os.environ.items() if key != image_source.IMAGE_ENV}
-    env.update({image_source.TARBALL_ENV: str(tarball), image_source.REQUIRE_ENV: "1"})
-    # The nested pytest imports what this one does (under Bazel sys.path is not PYTHONPATH).
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE", "--tb=short", case]
-    return subprocess.run(
-        argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeouts.scaled(NESTED_TIMEOUT_S), check=False
-    )
+    changes = {image_source.IMAGE_ENV: None, image_source.TARBALL_ENV: str(tarball), image_source.REQUIRE_ENV: "1"}
+    return run_nested_pytest(case, changes, timeout=timeouts.scaled(NESTED_TIMEOUT_S))
 
 
 def assert_fails_by_assertion(done: subprocess.CompletedProcess[str], expected: str) -> None:

@@ -5,28 +5,19 @@ Needs no image or engine: a nested pytest runs one case of this suite with nothi
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.acceptance.conftest import run_nested_pytest
 from tests.support import image_source
 
-REPO = Path(__file__).resolve().parent.parent.parent
 CASE = "tests/acceptance/acceptance_test.py::test_image_exposes_proxy_and_health_ports"
 
 
 def run_without_image(require: str | None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in (image_source.IMAGE_ENV, image_source.TARBALL_ENV)}
-    env.pop(image_source.REQUIRE_ENV, None)
-    # The nested pytest imports what this one does (under Bazel sys.path is not PYTHONPATH).
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    if require is not None:
-        env[image_source.REQUIRE_ENV] = require
-    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rsfE", CASE]
-    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+    unset = {image_source.IMAGE_ENV: None, image_source.TARBALL_ENV: None}
+    return run_nested_pytest(CASE, {**unset, image_source.REQUIRE_ENV: require}, timeout=120)
 
 
 def test_without_the_switch_a_missing_image_skips() -> None:
