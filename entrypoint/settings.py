@@ -17,7 +17,9 @@ DEFAULT_HEALTH_PORT = 8080
 DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 
-MAX_SHUTDOWN_TIMEOUT = 86400.0  # a day: anything longer is a typo (and Squid's shutdown_lifetime must hold it)
+MAX_SHUTDOWN_TIMEOUT = (
+    86400.0  # a day: anything longer is a typo (and Squid's shutdown_lifetime must hold it)
+)
 
 # ASCII only: int()/float() also take "٨٠٨١", "3_128" and "1e3".
 _ASCII_INTEGER = re.compile(r"[0-9]+")
@@ -59,7 +61,11 @@ LOG_LEVEL_ALIASES: dict[str, str] = {
 # The upstream CephaloProxy image's LOG_LEVEL was Squid's debug level (0 critical, 1 important,
 # its default, 2 verbose ... 9 all). Accepted with a warning, for drop-in compatibility. 0 maps
 # to WARNING, not ERROR, so that warnings (an expired CA, a port mismatch) are never hidden.
-NUMERIC_LOG_LEVELS: dict[str, str] = {"0": "WARNING", "1": "INFO", **{str(n): "DEBUG" for n in range(2, 10)}}
+NUMERIC_LOG_LEVELS: dict[str, str] = {
+    "0": "WARNING",
+    "1": "INFO",
+    **{str(n): "DEBUG" for n in range(2, 10)},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +210,9 @@ def load_settings(env: Mapping[str, str]) -> tuple[Settings, list[str]]:
     squid_port = _parse_port(env, "SQUID_PORT", DEFAULT_SQUID_PORT, warnings)
     health_port = _parse_port(env, "HEALTH_PORT", DEFAULT_HEALTH_PORT, warnings)
     if health_port == squid_port:
-        fallback = DEFAULT_HEALTH_PORT if squid_port != DEFAULT_HEALTH_PORT else DEFAULT_HEALTH_PORT + 1
+        fallback = (
+            DEFAULT_HEALTH_PORT if squid_port != DEFAULT_HEALTH_PORT else DEFAULT_HEALTH_PORT + 1
+        )
         warnings.append(
             f"Invalid HEALTH_PORT={shown(env.get('HEALTH_PORT', ''))}: equals SQUID_PORT {squid_port};"
             f" using {fallback}"

@@ -22,7 +22,9 @@ FATAL_FLUSH_TIMEOUT = 0.5
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, log: logging.Logger, sinks: tuple[OutputSink, OutputSink]) -> None:
+    def __init__(
+        self, settings: Settings, log: logging.Logger, sinks: tuple[OutputSink, OutputSink]
+    ) -> None:
         children = ChildProcesses(log)
         self.state = ProxyState(
             settings=settings,

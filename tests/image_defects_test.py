@@ -36,11 +36,16 @@ def _archive(path: Path) -> Path:
     config = {
         "architecture": "amd64",
         "config": {"User": "1000:0", "Entrypoint": ["/usr/bin/python3"]},
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(l).hexdigest()}" for l in (base, app)]},
+        "rootfs": {
+            "type": "layers",
+            "diff_ids": [f"sha256:{hashlib.sha256(l).hexdigest()}" for l in (base, app)],
+        },
     }
     config_bytes = json.dumps(config).encode()
     names = [f"blobs/sha256/{hashlib.sha256(layer).hexdigest()}" for layer in layers]
-    manifest = [{"Config": "blobs/sha256/cfg", "RepoTags": ["cephaloproxy:latest"], "Layers": names}]
+    manifest = [
+        {"Config": "blobs/sha256/cfg", "RepoTags": ["cephaloproxy:latest"], "Layers": names}
+    ]
     with tarfile.open(path, "w") as archive:
         for name, data in [("manifest.json", json.dumps(manifest).encode()), ("blobs/sha256/cfg", config_bytes),
                            *zip(names, layers)]:  # fmt: skip
@@ -56,7 +61,9 @@ def _files(layer: bytes) -> set[str]:
 
 
 def _diff_ids_match(image: image_defects.Archive) -> None:
-    expected = [f"sha256:{hashlib.sha256(image_defects._uncompressed(l)).hexdigest()}" for l in image.layers]
+    expected = [
+        f"sha256:{hashlib.sha256(image_defects._uncompressed(l)).hexdigest()}" for l in image.layers
+    ]
     assert image.config["rootfs"]["diff_ids"] == expected  # type: ignore[index]
 
 
@@ -70,12 +77,16 @@ def test_with_user_changes_only_the_config(tmp_path: Path) -> None:
     assert image_source.repo_tags_in_tarball(broken) == ["cephaloproxy-planted:user-0"]
 
 
-def test_without_paths_drops_the_module_and_its_bytecode_and_fixes_the_diff_id(tmp_path: Path) -> None:
+def test_without_paths_drops_the_module_and_its_bytecode_and_fixes_the_diff_id(
+    tmp_path: Path,
+) -> None:
     source = _archive(tmp_path / "real.tar")
     broken = image_defects.without_paths(source, tmp_path / "nomodule.tar", [MODULE])
     image = image_defects.read_archive(broken)
     assert _files(image.layers[1]) == {KEPT}
-    assert image.layers[0] == image_defects.read_archive(source).layers[0], "untouched layers keep their bytes"
+    assert image.layers[0] == image_defects.read_archive(source).layers[0], (
+        "untouched layers keep their bytes"
+    )
     _diff_ids_match(image)
     assert image_source.repo_tags_in_tarball(broken) == ["cephaloproxy-planted:without-settings-py"]
 

@@ -28,7 +28,9 @@ def test_nothing_named_means_skip_with_reason() -> None:
 
 
 def test_reference_wins_over_tarball(tmp_path: Path) -> None:
-    choice = image_source.choose_image({image_source.IMAGE_ENV: "cephaloproxy:dev", image_source.TARBALL_ENV: "x"})
+    choice = image_source.choose_image(
+        {image_source.IMAGE_ENV: "cephaloproxy:dev", image_source.TARBALL_ENV: "x"}
+    )
     assert choice == image_source.ImageChoice(reference="cephaloproxy:dev")
 
 
@@ -54,7 +56,11 @@ def test_repo_tags_docker_and_oci(tmp_path: Path) -> None:
     oci = _tar_with(
         tmp_path / "o.tar",
         "index.json",
-        {"manifests": [{"annotations": {"org.opencontainers.image.ref.name": "cephaloproxy:latest"}}]},
+        {
+            "manifests": [
+                {"annotations": {"org.opencontainers.image.ref.name": "cephaloproxy:latest"}}
+            ]
+        },
     )
     assert image_source.repo_tags_in_tarball(oci) == ["cephaloproxy:latest"]
     not_an_image = _tar_with(tmp_path / "x.tar", "hello.json", {})
@@ -62,7 +68,9 @@ def test_repo_tags_docker_and_oci(tmp_path: Path) -> None:
         image_source.repo_tags_in_tarball(not_an_image)
 
 
-@pytest.mark.parametrize(("value", "required"), [(None, False), ("", False), ("0", False), ("1", True), (" 1 ", True)])
+@pytest.mark.parametrize(
+    ("value", "required"), [(None, False), ("", False), ("0", False), ("1", True), (" 1 ", True)]
+)
 def test_require_switch(value: str | None, required: bool) -> None:
     environ = {} if value is None else {image_source.REQUIRE_ENV: value}
     assert image_source.image_required(environ) is required

@@ -38,7 +38,9 @@ def pytest_configure(config: pytest.Config) -> None:
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
-def run_nested_pytest(case: str, env_changes: Mapping[str, str | None], timeout: float) -> subprocess.CompletedProcess[str]:
+def run_nested_pytest(
+    case: str, env_changes: Mapping[str, str | None], timeout: float
+) -> subprocess.CompletedProcess[str]:
     """One case of this suite in a nested pytest with this run's environment, changed by `env_changes` (None: unset)."""
     env = dict(os.environ)
     for key, value in env_changes.items():
@@ -48,8 +50,20 @@ def run_nested_pytest(case: str, env_changes: Mapping[str, str | None], timeout:
             env[key] = value
     # The nested pytest imports what this one does (under Bazel sys.path is not PYTHONPATH).
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rsfE", "--tb=short", case]
-    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-rsfE",
+        "--tb=short",
+        case,
+    ]
+    return subprocess.run(
+        argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def skip_unless_required(reason: str) -> None:
@@ -59,7 +73,10 @@ def skip_unless_required(reason: str) -> None:
     except image_source.ImageSourceError as error:
         pytest.fail(str(error), pytrace=False)
     if required:
-        pytest.fail(f"{reason} ({image_source.REQUIRE_ENV}=1: nothing may skip for want of an image or engine)", pytrace=False)
+        pytest.fail(
+            f"{reason} ({image_source.REQUIRE_ENV}=1: nothing may skip for want of an image or engine)",
+            pytrace=False,
+        )
     pytest.skip(reason)
 
 
@@ -99,7 +116,9 @@ def container_runtime(
         pytest.fail(str(error), pytrace=False)
     detection = detect_runtime(conf_dir=tmp_path_factory.mktemp("podman-conf"))
     if detection.spec is None:
-        skip_unless_required(f"no usable container runtime (docker or podman): {detection.reason()}")
+        skip_unless_required(
+            f"no usable container runtime (docker or podman): {detection.reason()}"
+        )
     assert detection.spec is not None
     return ContainerRuntime(detection.spec)
 
@@ -166,7 +185,9 @@ def default_squid_conf(container_runtime: ContainerRuntime, image_ref: str) -> s
     """The packaged default config, read from the image, as the base for test configs."""
     factory = harness.ContainerFactory(container_runtime, image_ref, label="default-conf")
     try:
-        return factory.run_python(f"import sys; sys.stdout.write(open({harness.DEFAULT_CONFIG_PATH!r}).read())")
+        return factory.run_python(
+            f"import sys; sys.stdout.write(open({harness.DEFAULT_CONFIG_PATH!r}).read())"
+        )
     finally:
         factory.cleanup()
 
@@ -181,4 +202,3 @@ def host_server(host_address: str) -> Iterator[netutil.LocalServer]:
 @pytest.fixture
 def test_ca(tmp_path: Path) -> certs.KeyPair:
     return certs.generate_ca(tmp_path / "ca")
-

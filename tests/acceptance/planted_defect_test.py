@@ -23,7 +23,9 @@ NESTED_TIMEOUT_S = 600.0  # a load of the copy plus one case; scaled like every 
 
 @pytest.fixture(scope="module")
 def real_tarball(
-    container_runtime: ContainerRuntime, image_choice: image_source.ImageChoice, image_ref: str,
+    container_runtime: ContainerRuntime,
+    image_choice: image_source.ImageChoice,
+    image_ref: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
     """The image under test as a docker-archive: the given tarball, or `save` of the given reference."""
@@ -36,13 +38,19 @@ def real_tarball(
 
 def run_case_against(tarball: Path, case: str) -> subprocess.CompletedProcess[str]:
     """One case of this suite against `tarball`, in a nested pytest with this run's engine settings."""
-    changes = {image_source.IMAGE_ENV: None, image_source.TARBALL_ENV: str(tarball), image_source.REQUIRE_ENV: "1"}
+    changes = {
+        image_source.IMAGE_ENV: None,
+        image_source.TARBALL_ENV: str(tarball),
+        image_source.REQUIRE_ENV: "1",
+    }
     return run_nested_pytest(case, changes, timeout=timeouts.scaled(NESTED_TIMEOUT_S))
 
 
 def assert_fails_by_assertion(done: subprocess.CompletedProcess[str], expected: str) -> None:
     output = done.stdout + done.stderr
-    assert done.returncode == 1, f"the defect went unnoticed (pytest exit {done.returncode}):\n{output[-4000:]}"
+    assert done.returncode == 1, (
+        f"the defect went unnoticed (pytest exit {done.returncode}):\n{output[-4000:]}"
+    )
     assert "1 failed" in output and "error" not in output.splitlines()[-1], output[-4000:]
     assert "AssertionError" in output or "assert " in output, output[-4000:]
     assert expected in output, f"{expected!r} not in the failure:\n{output[-4000:]}"
@@ -57,7 +65,9 @@ PLANTED: dict[str, tuple[Callable[[Path, Path], Path], str, str]] = {
     ),
     # A runtime module the entrypoint imports at start is gone: the default run never gets ready.
     "no-settings-module": (
-        lambda source, target: image_defects.without_paths(source, target, ["/usr/lib/cephaloproxy/entrypoint/settings.py"]),
+        lambda source, target: image_defects.without_paths(
+            source, target, ["/usr/lib/cephaloproxy/entrypoint/settings.py"]
+        ),
         "tests/acceptance/default_run_test.py::test_default_run",
         "never became ready",
     ),

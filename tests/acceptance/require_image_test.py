@@ -23,14 +23,19 @@ def run_without_image(require: str | None) -> subprocess.CompletedProcess[str]:
 def test_without_the_switch_a_missing_image_skips() -> None:
     done = run_without_image(None)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 skipped" in done.stdout and "no CephaloProxy image to test" in done.stdout, done.stdout
+    assert "1 skipped" in done.stdout and "no CephaloProxy image to test" in done.stdout, (
+        done.stdout
+    )
 
 
 def test_with_the_switch_a_missing_image_fails() -> None:
     done = run_without_image("1")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "skipped" not in done.stdout.splitlines()[-1], done.stdout
-    assert "no CephaloProxy image to test" in done.stdout and f"{image_source.REQUIRE_ENV}=1" in done.stdout, done.stdout
+    assert (
+        "no CephaloProxy image to test" in done.stdout
+        and f"{image_source.REQUIRE_ENV}=1" in done.stdout
+    ), done.stdout
 
 
 @pytest.mark.parametrize("value", ["yes", "true", "2"])

@@ -51,7 +51,9 @@ def read_archive(tarball: Path) -> Archive:
                 member = members.get(_normal(name))
                 handle = archive.extractfile(member) if member is not None else None
                 if handle is None:
-                    raise ImageDefectError(f"{tarball}: {name} (named by manifest.json) is not in the tar")
+                    raise ImageDefectError(
+                        f"{tarball}: {name} (named by manifest.json) is not in the tar"
+                    )
                 return handle.read()
 
             if "manifest.json" not in members:
@@ -81,7 +83,9 @@ def write_archive(image: Archive, destination: Path, tag: str) -> Path:
     config_bytes = json.dumps(image.config, sort_keys=True).encode()
     config_name = f"blobs/sha256/{_digest(config_bytes)}"
     layer_names = [f"blobs/sha256/{_digest(layer)}" for layer in image.layers]
-    manifest = [{"Config": config_name, "RepoTags": [f"{PLANTED_REPOSITORY}:{tag}"], "Layers": layer_names}]
+    manifest = [
+        {"Config": config_name, "RepoTags": [f"{PLANTED_REPOSITORY}:{tag}"], "Layers": layer_names}
+    ]
     with tarfile.open(destination, "w") as archive:
         _add(archive, "manifest.json", json.dumps(manifest).encode())
         _add(archive, config_name, config_bytes)
@@ -98,7 +102,10 @@ def _without(layer: bytes, doomed: Callable[[str], bool]) -> tuple[bytes, list[s
     """The layer (uncompressed) minus every member `doomed` selects, and the names removed."""
     removed: list[str] = []
     out = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(_uncompressed(layer))) as source, tarfile.open(fileobj=out, mode="w") as target:
+    with (
+        tarfile.open(fileobj=io.BytesIO(_uncompressed(layer))) as source,
+        tarfile.open(fileobj=out, mode="w") as target,
+    ):
         for member in source.getmembers():
             if doomed("/" + _normal(member.name)):
                 removed.append("/" + _normal(member.name))
@@ -112,7 +119,9 @@ def with_user(tarball: Path, destination: Path, user: str) -> Path:
     image = read_archive(tarball)
     config = dict(image.config)
     config["config"] = {**dict(config.get("config") or {}), "User": user}  # type: ignore[arg-type]
-    return write_archive(Archive(config, image.layers), destination, f"user-{user.replace(':', '-')}")
+    return write_archive(
+        Archive(config, image.layers), destination, f"user-{user.replace(':', '-')}"
+    )
 
 
 def without_paths(tarball: Path, destination: Path, paths: Sequence[str]) -> Path:
@@ -125,7 +134,9 @@ def without_paths(tarball: Path, destination: Path, paths: Sequence[str]) -> Pat
                    for p in wanted if p.endswith(".py")}  # fmt: skip
 
     def doomed(name: str) -> bool:
-        return name in wanted or any(name.startswith(prefix) and name.endswith(".pyc") for prefix in bytecode_of)
+        return name in wanted or any(
+            name.startswith(prefix) and name.endswith(".pyc") for prefix in bytecode_of
+        )
 
     image = read_archive(tarball)
     layers, diff_ids, removed = list(image.layers), list(_diff_ids(image.config)), []

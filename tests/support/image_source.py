@@ -52,7 +52,9 @@ def image_required(environ: Mapping[str, str] | None = None) -> bool:
     env: Mapping[str, str] = os.environ if environ is None else environ
     value = env.get(REQUIRE_ENV, "").strip()
     if value not in ("", "0", "1"):
-        raise ImageSourceError(f"{REQUIRE_ENV}={value!r}: set it to 1 (a missing image or engine fails) or 0")
+        raise ImageSourceError(
+            f"{REQUIRE_ENV}={value!r}: set it to 1 (a missing image or engine fails) or 0"
+        )
     return value == "1"
 
 
@@ -115,7 +117,9 @@ def repo_tags_in_tarball(tarball: Path) -> list[str]:
                 return [
                     ref
                     for entry in index.get("manifests", [])
-                    if (ref := entry.get("annotations", {}).get("org.opencontainers.image.ref.name"))
+                    if (
+                        ref := entry.get("annotations", {}).get("org.opencontainers.image.ref.name")
+                    )
                 ]
     except (tarfile.TarError, OSError, json.JSONDecodeError) as error:
         raise ImageSourceError(f"{tarball}: not a readable image tar ({error})") from error
