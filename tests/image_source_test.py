@@ -66,3 +66,17 @@ def test_repo_tags_docker_and_oci(tmp_path: Path) -> None:
     not_an_image = _tar_with(tmp_path / "x.tar", "hello.json", {})
     with pytest.raises(image_source.ImageSourceError, match=r"neither manifest\.json"):
         image_source.repo_tags_in_tarball(not_an_image)
+
+
+@pytest.mark.parametrize(
+    ("value", "required"), [(None, False), ("", False), ("0", False), ("1", True), (" 1 ", True)]
+)
+def test_require_switch(value: str | None, required: bool) -> None:
+    environ = {} if value is None else {image_source.REQUIRE_ENV: value}
+    assert image_source.image_required(environ) is required
+
+
+@pytest.mark.parametrize("value", ["yes", "true", "on", "2", "-1"])
+def test_an_unclear_require_switch_is_an_error_naming_it(value: str) -> None:
+    with pytest.raises(image_source.ImageSourceError, match=image_source.REQUIRE_ENV):
+        image_source.image_required({image_source.REQUIRE_ENV: value})

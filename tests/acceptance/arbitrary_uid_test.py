@@ -6,6 +6,9 @@ import pytest
 
 from tests.support import harness
 
+# README ("Platforms"): CI runs these against the arm64 image under qemu too.
+pytestmark = pytest.mark.arm64
+
 
 @pytest.mark.parametrize("uid", [1234567, 99999, 1000660000])
 def test_arbitrary_uid_with_gid_0_is_healthy(

@@ -1,13 +1,20 @@
 """Fixtures for the container acceptance suite.
 
 Without an image (CEPHALOPROXY_IMAGE / CEPHALOPROXY_IMAGE_TARBALL unset) or without a
-usable docker/podman engine, every test is reported SKIPPED with the reason; a named
-image that cannot be found is an error (the user asked for it).
+usable docker/podman engine, every test is reported SKIPPED with the reason, unless
+CEPHALOPROXY_REQUIRE_IMAGE=1 (CI), which makes each of those a failure; a named image
+that cannot be found is an error (the user asked for it).
+
+Markers (select with -m): `arm64`, the cases CI also runs against the arm64 image under
+qemu (README: "Platforms"); `podman_only`, the cases that need podman itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +24,61 @@ from tests.support import certs, harness, image_source, netutil, timeouts
 from tests.support.runtime import ContainerRuntime, detect_runtime
 
 _FACTORIES = pytest.StashKey[list[harness.ContainerFactory]]()
+MARKERS = {
+    "arm64": "also run against the arm64 image under qemu (the subset CI runs there)",
+    "podman_only": "needs podman itself (`kube play`); under docker it skips, or fails with "
+    f"{image_source.REQUIRE_ENV}=1: deselect it there with -m 'not podman_only'",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, meaning in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {meaning}")
+
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def run_nested_pytest(
+    case: str, env_changes: Mapping[str, str | None], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """One case of this suite in a nested pytest with this run's environment, changed by `env_changes` (None: unset)."""
+    env = dict(os.environ)
+    for key, value in env_changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    # The nested pytest imports what this one does (under Bazel sys.path is not PYTHONPATH).
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-rsfE",
+        "--tb=short",
+        case,
+    ]
+    return subprocess.run(
+        argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def skip_unless_required(reason: str) -> None:
+    """Skip with `reason`, or fail with it when $CEPHALOPROXY_REQUIRE_IMAGE=1 (CI must not pass on skips)."""
+    try:
+        required = image_source.image_required()
+    except image_source.ImageSourceError as error:
+        pytest.fail(str(error), pytrace=False)
+    if required:
+        pytest.fail(
+            f"{reason} ({image_source.REQUIRE_ENV}=1: nothing may skip for want of an image or engine)",
+            pytrace=False,
+        )
+    pytest.skip(reason)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -40,7 +102,8 @@ def image_choice() -> image_source.ImageChoice:
     except image_source.ImageSourceError as error:
         pytest.fail(str(error), pytrace=False)
     if choice is None:
-        pytest.skip(image_source.NO_IMAGE_REASON)
+        skip_unless_required(image_source.NO_IMAGE_REASON)
+    assert choice is not None
     return choice
 
 
@@ -54,7 +117,10 @@ def container_runtime(
         pytest.fail(str(error), pytrace=False)
     detection = detect_runtime(conf_dir=tmp_path_factory.mktemp("podman-conf"))
     if detection.spec is None:
-        pytest.skip(f"no usable container runtime (docker or podman): {detection.reason()}")
+        skip_unless_required(
+            f"no usable container runtime (docker or podman): {detection.reason()}"
+        )
+    assert detection.spec is not None
     return ContainerRuntime(detection.spec)
 
 

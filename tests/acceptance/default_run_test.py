@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.support import harness, logs, netutil
+
+# README ("Platforms"): CI runs these against the arm64 image under qemu too.
+pytestmark = pytest.mark.arm64
 
 
 def test_default_run(

@@ -23,8 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.acceptance.conftest import skip_unless_required
 from tests.support import certs, netutil
 from tests.support.runtime import ContainerRuntime
+
+pytestmark = pytest.mark.podman_only
 
 # The real source tree (not Bazel's runfiles symlinks): kustomize refuses files that
 # resolve outside a kustomization's root.
@@ -46,7 +49,7 @@ def kubectl() -> str:
 @pytest.fixture(scope="module")
 def podman(container_runtime: ContainerRuntime) -> ContainerRuntime:
     if container_runtime.name != "podman":
-        pytest.skip(f"`kube play` needs podman; the suite runs {container_runtime.name}")
+        skip_unless_required(f"`kube play` needs podman; the suite runs {container_runtime.name}")
     return container_runtime
 
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from tests.support import certs, harness, netutil, timeouts
 from tests.support.runtime import Mount
+
+# README ("Platforms"): CI runs these against the arm64 image under qemu too.
+pytestmark = pytest.mark.arm64
 
 TARGET_NAME = "secure.test"
 UPSTREAM_CA_FILE = "upstream-ca.crt"

@@ -6,7 +6,12 @@ import http.client
 import threading
 import time
 
+import pytest
+
 from tests.support import harness, logs, netutil, timeouts
+
+# README ("Platforms"): CI runs these against the arm64 image under qemu too.
+pytestmark = pytest.mark.arm64
 
 GRACE_S = 30  # the contract (`stop --time 30`): not scaled; the waits below are
 # Transfers in flight drain until SHUTDOWN_TIMEOUT, which must be shorter than the runtime's

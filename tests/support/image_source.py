@@ -4,6 +4,8 @@ Two inputs, checked in this order:
   CEPHALOPROXY_IMAGE          an image reference already present in docker/podman
   CEPHALOPROXY_IMAGE_TARBALL  a `docker load`-able tar; under Bazel this is
                               $(rootpath //image:tarball), a runfiles-relative path
+and one switch, CEPHALOPROXY_REQUIRE_IMAGE=1 (CI): a case that would skip for want of
+an image or a container engine fails instead.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 IMAGE_ENV = "CEPHALOPROXY_IMAGE"
 TARBALL_ENV = "CEPHALOPROXY_IMAGE_TARBALL"
+REQUIRE_ENV = "CEPHALOPROXY_REQUIRE_IMAGE"
 
 NO_IMAGE_REASON = (
     f"no CephaloProxy image to test: set {IMAGE_ENV} to an image already loaded into "
@@ -39,6 +42,20 @@ class ImageChoice:
 
     def describe(self) -> str:
         return f"image {self.reference}" if self.reference else f"tarball {self.tarball}"
+
+
+def image_required(environ: Mapping[str, str] | None = None) -> bool:
+    """True when $CEPHALOPROXY_REQUIRE_IMAGE is 1; raises on anything but 1, 0 or unset.
+
+    A typo such as "yes" must not silently turn CI's guard off.
+    """
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    value = env.get(REQUIRE_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise ImageSourceError(
+            f"{REQUIRE_ENV}={value!r}: set it to 1 (a missing image or engine fails) or 0"
+        )
+    return value == "1"
 
 
 def resolve_runfiles_path(value: str, environ: Mapping[str, str]) -> Path | None:

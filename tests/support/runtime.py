@@ -319,6 +319,11 @@ class ContainerRuntime:
         done = self.command(["image", "inspect", "--format", "{{.Size}}", ref], timeout=60)
         return int(done.stdout.strip())
 
+    def save(self, ref: str, destination: Path, timeout: float = 900.0) -> None:
+        """`save` as a docker-archive (podman's default format too; named so a changed default cannot bite)."""
+        fmt = ["--format", "docker-archive"] if self.name == "podman" else []
+        self.command(["save", *fmt, "--output", str(destination), ref], timeout=timeout)
+
     def remove_image(self, ref: str) -> None:
         self.command(["image", "rm", ref], check=False, timeout=120)
 

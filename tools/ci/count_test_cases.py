@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 
-def _xml_counts(xml_file: Path) -> tuple[int, int, int]:
+def xml_counts(xml_file: Path) -> tuple[int, int, int]:
     passed = failed = skipped = 0
     for case in ElementTree.parse(xml_file).getroot().iter("testcase"):
         if case.find("failure") is not None or case.find("error") is not None:
@@ -43,7 +43,7 @@ def count(events_file: Path) -> tuple[int, int, int]:
         ]
         xml_path = Path(unquote(urlparse(xml_outputs[0]["uri"]).path)) if xml_outputs else None
         if xml_path is not None and xml_path.is_file():
-            p, f, s = _xml_counts(xml_path)
+            p, f, s = xml_counts(xml_path)
             passed, failed, skipped = passed + p, failed + f, skipped + s
             if result.get("status") != "PASSED" and f == 0:
                 failed += 1  # the target failed although every case it wrote passed
