@@ -107,7 +107,7 @@ def test_a_download_in_flight_at_the_stop_signal_arrives_complete(
 
 
 def test_an_idle_proxy_takes_the_drained_path(workspace: Workspace, launch: Launcher) -> None:
-    # The contract bound (README): an idle stop within 1.5 s of SIGTERM, default config. Squid's
+    # The contract bound (docs/operating.md): an idle stop within 1.5 s of SIGTERM, default config. Squid's
     # kids sleep past their stop unless woken: without that it takes 2.0-2.2 s every time. A
     # correct stop takes 1.1-1.3 s, and a loaded CI machine can stretch one now and then: the
     # best of up to three stops must keep the bound.

@@ -13,7 +13,7 @@ shadow the package on sys.path. The package is found, in this order:
 # Before anything that takes time: a SIGTERM/SIGINT from now on is recorded (startup then
 # aborts cleanly) instead of killing us with the default action or being dropped by the
 # kernel as PID 1's. The C module: `signal` would first import enum (5 ms). What comes before
-# this line, Python's own start-up, is a window no code of ours can close (README, step 1).
+# this line, Python's own start-up, is a window no code of ours can close (docs/operating.md, step 1).
 import _signal  # type: ignore[import-not-found]  # the C module behind `signal`: typeshed has no stub
 
 _received: list[int] = []

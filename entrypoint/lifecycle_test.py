@@ -382,7 +382,7 @@ def test_a_descendant_pid1_may_not_signal_does_not_slow_the_stop(
     elapsed = time.monotonic() - signalled
     print(f"stop with a root-owned descendant present: {elapsed:.2f} s")
     assert code == 0, run.output
-    # The contract bound for an idle stop (README), the unkillable descendant present.
+    # The contract bound for an idle stop (docs/operating.md), the unkillable descendant present.
     assert elapsed <= 1.5, f"idle stop took {elapsed:.2f} s with a root-owned descendant present"
     warning = f"Process {orphan_nspid} ('sleep') is not ours to kill (another user's: EPERM); not waiting for it"
     assert run.stdout.count(warning) == 1, run.stdout

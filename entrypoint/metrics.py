@@ -1,7 +1,7 @@
 """What `/metrics` shows: Squid's figures (cache manager reports), PID 1's (its state file) and the health server's own.
 
 Names follow squid-exporter where it has the same figure (dashboards keep working) and Prometheus
-conventions otherwise (README "Metrics" lists every family and where they differ).
+conventions otherwise (docs/operating.md "Metrics" lists every family and where they differ).
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def expected_arch() -> str:
 def runnable_squid() -> SquidLayout:
     """The Squid under test, skipping (or failing, under CEPHALOPROXY_REQUIRE_EMULATION=1) when the
     kernel cannot run its binaries: another architecture's Squid needs qemu-user-static
-    registered with binfmt_misc (README "Platforms")."""
+    registered with binfmt_misc (docs/building.md "Platforms")."""
     layout = squid_under_test()
     try:
         subprocess.run([str(layout.squid), "-v"], capture_output=True, timeout=120, check=False)
@@ -89,7 +89,7 @@ def runnable_squid() -> SquidLayout:
             raise
         problem = (
             f"{layout.squid} is a linux/{expected_arch()} program and this {host_arch()} kernel cannot run it"
-            ' (Exec format error): register qemu-user-static with binfmt_misc (README "Platforms")'
+            ' (Exec format error): register qemu-user-static with binfmt_misc (docs/building.md "Platforms")'
         )
         if os.environ.get("CEPHALOPROXY_REQUIRE_EMULATION") == "1":
             pytest.fail(problem + "; CEPHALOPROXY_REQUIRE_EMULATION=1 requires it")

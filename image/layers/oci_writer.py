@@ -1,7 +1,7 @@
 """Writes an OCI image layout and a docker-archive tar from gzipped layers and a config.
 
 The offline CI image (//image/offline) is assembled with this where //image uses rules_oci,
-which the offline build cannot reach; the layers are the same targets (README "The CI
+which the offline build cannot reach; the layers are the same targets (docs/building.md "The CI
 image"). Our own because the assemblers Debian packages (buildah, umoci, skopeo) need a
 container storage or user namespaces that a Bazel action does not have, and the format is
 small: blobs named by their sha256, a config whose rootfs.diff_ids are the sha256 of each

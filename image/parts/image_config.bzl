@@ -8,7 +8,7 @@ SQUID_UID = 1000
 
 # Keys are oci_image's attribute names (//image passes the dict whole); oci_writer.py refuses
 # any key it does not know. No stop signal: both use the runtime's default SIGTERM, which
-# the entrypoint handles (README "Stopping").
+# the entrypoint handles (docs/operating.md "Startup and shutdown contract").
 IMAGE_CONFIG = {
     # Exec form, straight into the interpreter: rules_python's launchers need
     # /usr/bin/env or bash, which this image does not have.

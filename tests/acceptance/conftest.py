@@ -6,7 +6,7 @@ CEPHALOPROXY_REQUIRE_IMAGE=1 (CI), which makes each of those a failure; a named 
 that cannot be found is an error (the user asked for it).
 
 Markers (select with -m): `arm64`, the cases CI also runs against the arm64 image under
-qemu (README: "Platforms"); `podman_only`, the cases that need podman itself.
+qemu (docs/building.md: "Platforms"); `podman_only`, the cases that need podman itself.
 """
 
 from __future__ import annotations

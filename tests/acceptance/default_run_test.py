@@ -6,7 +6,7 @@ import pytest
 
 from tests.support import harness, logs, netutil
 
-# README ("Platforms"): CI runs these against the arm64 image under qemu too.
+# docs/building.md ("Platforms"): CI runs these against the arm64 image under qemu too.
 pytestmark = pytest.mark.arm64
 
 

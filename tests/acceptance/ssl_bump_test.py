@@ -10,7 +10,7 @@ import pytest
 from tests.support import certs, harness, netutil, timeouts
 from tests.support.runtime import Mount
 
-# README ("Platforms"): CI runs these against the arm64 image under qemu too.
+# docs/building.md ("Platforms"): CI runs these against the arm64 image under qemu too.
 pytestmark = pytest.mark.arm64
 
 TARGET_NAME = "secure.test"

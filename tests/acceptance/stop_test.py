@@ -10,12 +10,12 @@ import pytest
 
 from tests.support import harness, logs, netutil, timeouts
 
-# README ("Platforms"): CI runs these against the arm64 image under qemu too.
+# docs/building.md ("Platforms"): CI runs these against the arm64 image under qemu too.
 pytestmark = pytest.mark.arm64
 
 GRACE_S = 30  # the contract (`stop --time 30`): not scaled; the waits below are
 # Transfers in flight drain until SHUTDOWN_TIMEOUT, which must be shorter than the runtime's
-# grace period (README: grace = SHUTDOWN_TIMEOUT + a margin); a 120 s download is cut then.
+# grace period (docs/operating.md: grace = SHUTDOWN_TIMEOUT + a margin); a 120 s download is cut then.
 BUSY_SHUTDOWN_TIMEOUT_S = 12
 
 

@@ -8,7 +8,7 @@ cross GCC needs is small: tool paths, the include directories, and the same defa
 cc_configure gives the native GCC (copied below), so the two architectures of //squid are
 compiled alike. Nothing is downloaded: the compiler, binutils and the target's libc and OpenSSL
 are Debian packages on the build host (tools/debian-bazel/packages-cross-<host arch>.txt lists
-them; README "Platforms" says what to install elsewhere).
+them; docs/building.md "Platforms" says what to install elsewhere).
 
 The toolchain's target_gnu_system_name is the triplet, so autotools_build (//squid) configures
 Squid with --host=<triplet>.

@@ -6,7 +6,7 @@
 #      iptables rules never reach the host's;
 #   3. amd64 under a private Docker engine (tests/support/docker_daemon.py, its own
 #      namespace too), without the podman_only cases (`kube play`);
-#   4. arm64 under qemu-user-static with podman: the cases marked `arm64` (README:
+#   4. arm64 under qemu-user-static with podman: the cases marked `arm64` (docs/building.md:
 #      "Platforms"), waits scaled by CEPHALOPROXY_TEST_TIMEOUT_SCALE.
 # Every run sets CEPHALOPROXY_REQUIRE_IMAGE=1, so a case that would skip for want of an
 # image or engine fails; container_counts.py then prints the counts per engine and fails

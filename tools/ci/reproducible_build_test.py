@@ -3,7 +3,7 @@
 The two Bazel builds are replaced by the real layer writer (image/layers/layer_builder.py)
 run in two checkout directories at different paths, at different times and umasks: the
 comparison and the report are the real ones, the Bazel invocation and the git checkouts are
-exercised by the two-build runs (.ci/run, README "Reproducible builds").
+exercised by the two-build runs (.ci/run, docs/building.md "Reproducible builds").
 """
 
 from __future__ import annotations

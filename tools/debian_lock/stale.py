@@ -11,7 +11,7 @@ CI runs it against deb.debian.org (.ci/run); anyone can run it on demand:
 
 It is our own tool because no library reads Debian's Packages indices against a
 rules_distroless lock: python-debian parses indices but knows no lock, apt answers for an
-installed system, and rules_distroless only rewrites the lock (README: "Refreshing the Debian
+installed system, and rules_distroless only rewrites the lock (docs/building.md: "Refreshing the Debian
 package lock"). Standard library only, so CI runs it with the host's python3 before anything
 is installed.
 
@@ -54,7 +54,7 @@ from typing import TextIO
 DESCRIPTION = "Says which Debian packages of image/trixie.lock.json Debian has superseded."
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
-README_SECTION = 'README "Refreshing the Debian package lock"'
+README_SECTION = 'docs/building.md "Refreshing the Debian package lock"'
 SNAPSHOT_TIMESTAMP = re.compile(r"/archive/[^/]+/(\d{8}T\d{6}Z)(?:/|$)")
 
 
@@ -457,7 +457,7 @@ def check_lock(
         print(line, file=err)
     if stale and by_hand:
         print(
-            f'to refresh: set the current versions, their sha256 and pool URLs (Packages index) in {lock} (README "The CI image")',
+            f'to refresh: set the current versions, their sha256 and pool URLs (Packages index) in {lock} (docs/building.md "The CI image")',
             file=out,
         )
     elif stale:

@@ -25,7 +25,7 @@ SNAPSHOT = "20261128T000000Z"
 HINT = (
     f"to refresh: in image/trixie.yaml replace {SNAPSHOT} with 20261207T010000Z, run `bazel run @trixie//:lock`, "
     "review the diff, run `bazel test //image/...` and commit image/trixie.yaml and image/trixie.lock.json "
-    'together (README "Refreshing the Debian package lock")'
+    'together (docs/building.md "Refreshing the Debian package lock")'
 )
 
 MANIFEST = f"""\
@@ -235,7 +235,7 @@ def test_every_lock_given_is_checked_and_named(fake: Fixture) -> None:
         in out
     )
     assert out.endswith(
-        f'to refresh: set the current versions, their sha256 and pool URLs (Packages index) in {second} (README "The CI image")\n'
+        f'to refresh: set the current versions, their sha256 and pool URLs (Packages index) in {second} (docs/building.md "The CI image")\n'
     )
 
 

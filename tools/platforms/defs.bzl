@@ -6,7 +6,7 @@ def for_arm64(name, src):
     """`src` through a transition to //tools/platforms:linux_arm64, tagged "arm64".
 
     The tag lets `--build_tag_filters=-arm64 --test_tag_filters=-arm64` leave arm64 out on a
-    host without the cross compiler (README "Platforms").
+    host without the cross compiler (docs/building.md "Platforms").
     """
     platform_transition_filegroup(
         name = name,
