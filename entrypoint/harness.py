@@ -180,7 +180,7 @@ class Workspace:
     def env(self, **overrides: str) -> dict[str, str]:
         environment = {
             key: value for key, value in os.environ.items()
-            if not key.startswith(("CEPHALOPROXY_", "SQUID_", "HEALTH_", "LOG_LEVEL", "SHUTDOWN_", "PYTHON"))
+            if not key.startswith(("CEPHALOPROXY_", "SQUID_", "HEALTH_", "LOG_LEVEL", "SHUTDOWN_", "PYTHON", "CONFIG_"))
         }
         environment.update(
             {
@@ -198,6 +198,8 @@ class Workspace:
                 "CEPHALOPROXY_LIB_DIR": str(self.runtime_dir("lib")),
                 "CEPHALOPROXY_SPOOL_DIR": str(self.runtime_dir("spool")),
                 "CEPHALOPROXY_CACHE_DIR": str(self.runtime_dir("cache")),
+                # Tests send SIGHUP and count reloads: watch mode is what watch_e2e_test turns on.
+                "CONFIG_RELOAD": "signal",
             }
         )
         environment.update(overrides)

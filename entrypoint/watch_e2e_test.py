@@ -1,0 +1,261 @@
+"""Watch mode end to end (real entrypoint, real Squid): a kubelet-style `..data` swap, edits,
+replaced and appearing files reach Squid with no signal; broken and restart-only changes are
+refused once; a burst of swaps is one reload; CONFIG_RELOAD=signal waits for SIGHUP; a
+single-file bind mount is told once at startup."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from entrypoint.testing import (  # noqa: F401 - fixtures
+    EntrypointRun, Launcher, Workspace, free_port, http_get, launch, running_as_root, squid_available,
+    squid_path_directives, start_local_http_server, wait_for_status, wait_until, workspace,
+)
+
+INTERVAL = 0.5  # CONFIG_WATCH_INTERVAL of these tests: a reaction is two polls plus the reload
+REACTION_BOUND = 45.0  # contract bound on a loaded machine: swap -> new config serving
+RELOAD_LINE = r"Watch: .* changed; reloading the config"
+
+
+class KubeletVolume:
+    """A directory updated as the kubelet's AtomicWriter updates a ConfigMap/Secret volume:
+    `name -> ..data/name`, `..data -> ..<timestamp>`, and an update is one rename of `..data`."""
+
+    def __init__(self, workspace: Workspace, directory: Path) -> None:
+        self.workspace = workspace
+        self.directory = workspace.make_dir(directory, 0o775)
+        self.generation = 0
+
+    def publish(self, files: dict[str, bytes]) -> None:
+        self.generation += 1
+        version = self.workspace.make_dir(self.directory / f"..2026_12_07_{self.generation:04d}", 0o775)
+        for name, data in files.items():
+            (version / name).write_bytes(data)
+            os.chmod(version / name, 0o664)
+        data_link = self.directory / "..data"
+        old = os.readlink(data_link) if data_link.is_symlink() else None
+        temporary = self.directory / "..data_tmp"
+        os.symlink(version.name, temporary)
+        os.rename(temporary, data_link)  # the one atomic step
+        for name in files:
+            if not (self.directory / name).is_symlink():
+                os.symlink(f"..data/{name}", self.directory / name)
+        if old is not None:
+            shutil.rmtree(self.directory / old)
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+
+def port_config(workspace: Workspace, port: int, extra: str = "") -> bytes:
+    return (
+        f"http_port 127.0.0.1:{port}\n"
+        f"pid_filename {workspace.runtime_dir('run')}/squid.pid\n"
+        "http_access allow localhost\nhttp_access deny all\n"
+        "cache_log /dev/stderr\naccess_log stdio:/dev/stdout\nlogfile_rotate 0\n"
+        "visible_hostname watch-test\nshutdown_lifetime 1 seconds\npinger_enable off\n"
+        f"netdb_filename none\n{extra}{squid_path_directives()}"
+    ).encode()
+
+
+def proxies_through(port: int) -> bool:
+    origin = start_local_http_server("through")
+    try:
+        return http_get(f"http://127.0.0.1:{origin.port}/", timeout=10, proxy=f"http://127.0.0.1:{port}")[:2] == (200, "through")
+    except OSError:
+        return False
+    finally:
+        origin.close()
+
+
+def watching(workspace: Workspace, config: Path, **extra: str) -> dict[str, str]:
+    return workspace.env(CONFIG_RELOAD="watch", CONFIG_WATCH_INTERVAL=str(INTERVAL), CEPHALOPROXY_CONFIG=str(config), **extra)
+
+
+def started_on_volume(workspace: Workspace, launch: Launcher, **env: str) -> tuple[KubeletVolume, EntrypointRun]:
+    volume = KubeletVolume(workspace, workspace.etc / "custom")
+    volume.publish({"squid.conf": port_config(workspace, workspace.squid_port)})
+    run = launch(watching(workspace, volume.path("squid.conf"), **env))
+    run.wait_ready()
+    assert proxies_through(workspace.squid_port)
+    return volume, run
+
+
+def reloads(run: EntrypointRun) -> int:
+    return run.stdout.count("changed; reloading the config")
+
+
+def test_a_kubelet_data_swap_moves_squid_to_the_new_port_without_a_signal(workspace: Workspace, launch: Launcher) -> None:
+    volume, run = started_on_volume(workspace, launch)
+    assert "CONFIG_RELOAD=watch: reloading when" in run.stdout
+    new_port = free_port()
+    swapped = time.monotonic()
+    volume.publish({"squid.conf": port_config(workspace, new_port)})
+    assert wait_until(lambda: proxies_through(new_port), REACTION_BOUND), run.output[-3000:]
+    print(f"swap -> new port serving: {time.monotonic() - swapped:.2f} s (interval {INTERVAL} s)")
+    run.wait_for_output(r"Watch: \S+squid\.conf changed; reloading the config\.\.\.")
+    assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200, 30)[0] == 200
+    assert not proxies_through(workspace.squid_port)
+    time.sleep(6 * INTERVAL)  # settled: nothing more to reload
+    assert reloads(run) == 1, run.stdout
+    run.process.terminate()
+    assert run.wait_exit(60) == 0
+
+
+def test_an_include_glob_sees_files_appear_disappear_be_edited_and_replaced(workspace: Workspace, launch: Launcher) -> None:
+    ports = workspace.make_dir(workspace.etc / "ports", 0o775)
+    first, second, third = workspace.squid_port, free_port(), free_port()
+    (ports / "a.conf").write_text(f"http_port 127.0.0.1:{first}\n")
+    base = port_config(workspace, first).decode().replace(f"http_port 127.0.0.1:{first}\n", f"include {ports}/*.conf\n")
+    workspace.custom_config.write_text(base)
+    workspace.share_tree(workspace.etc)
+    run = launch(watching(workspace, workspace.custom_config))
+    run.wait_ready()
+
+    def serves_exactly(*expected: int) -> bool:
+        return all(proxies_through(port) for port in expected) and not any(
+            proxies_through(port) for port in {first, second, third} - set(expected)
+        )
+
+    (ports / "b.conf").write_text(f"http_port 127.0.0.1:{second}\n")  # appears
+    os.chmod(ports / "b.conf", 0o664)
+    assert wait_until(lambda: serves_exactly(first, second), REACTION_BOUND), run.output[-3000:]
+    (ports / "a.conf").unlink()  # disappears
+    assert wait_until(lambda: serves_exactly(second), REACTION_BOUND), run.output[-3000:]
+    with open(ports / "b.conf", "r+") as handle:  # edited in place: same inode
+        handle.write(f"http_port 127.0.0.1:{third}\n")
+    assert wait_until(lambda: serves_exactly(third), REACTION_BOUND), run.output[-3000:]
+    replacement = ports / ".b.conf.new"
+    replacement.write_text(f"http_port 127.0.0.1:{first}\n")
+    os.chmod(replacement, 0o664)
+    replacement.replace(ports / "b.conf")  # replaced: a new inode, as editors do
+    assert wait_until(lambda: serves_exactly(first), REACTION_BOUND), run.output[-3000:]
+    run.process.terminate()
+    assert run.wait_exit(60) == 0
+
+
+def test_a_broken_config_arriving_by_watch_is_skipped_once_and_the_old_one_keeps_serving(workspace: Workspace, launch: Launcher) -> None:
+    volume, run = started_on_volume(workspace, launch)
+    volume.publish({"squid.conf": port_config(workspace, workspace.squid_port, "http_access allow no_such_acl\n")})
+    run.wait_for_output(r"(?s)Reload skipped, Squid keeps its current config: .*no_such_acl", REACTION_BOUND, stream="stderr")
+    time.sleep(8 * INTERVAL)  # the same broken state is not retried poll after poll
+    assert run.stderr.count("Reload skipped") == 1, run.stderr[-3000:]
+    assert "Squid reconfigured" not in run.stdout
+    assert proxies_through(workspace.squid_port)
+    assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200, 30)[0] == 200
+    new_port = free_port()  # and the next good state goes through
+    volume.publish({"squid.conf": port_config(workspace, new_port)})
+    assert wait_until(lambda: proxies_through(new_port), REACTION_BOUND), run.output[-3000:]
+
+
+def test_a_change_that_needs_a_restart_is_logged_once_and_ready_stays_true(workspace: Workspace, launch: Launcher) -> None:
+    volume, run = started_on_volume(workspace, launch)
+    other_pid = f"pid_filename {workspace.runtime_dir('run')}/other.pid\n"
+    volume.publish({"squid.conf": port_config(workspace, workspace.squid_port, other_pid)})
+    run.wait_for_output(r"pid_filename changed from .* this needs a restart", REACTION_BOUND, stream="stderr")
+    time.sleep(8 * INTERVAL)
+    assert run.stderr.count("needs a restart") == 1, run.stderr[-3000:]
+    # The old config keeps serving, so the pod stays ready (README: "What a reload cannot change").
+    assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200, 30)[0] == 200
+    assert proxies_through(workspace.squid_port)
+
+
+def test_a_rapid_series_of_swaps_is_one_reload_of_the_last_state(workspace: Workspace, launch: Launcher) -> None:
+    volume, run = started_on_volume(workspace, launch, CONFIG_WATCH_INTERVAL="1.5")
+    ports = [free_port() for _ in range(6)]
+    for port in ports:  # far faster than the interval: only the last state settles
+        volume.publish({"squid.conf": port_config(workspace, port)})
+        time.sleep(0.05)
+    assert wait_until(lambda: proxies_through(ports[-1]), REACTION_BOUND), run.output[-3000:]
+    time.sleep(6)  # four more polls: no further reload
+    assert reloads(run) == 1, run.stdout
+    assert run.stdout.count("Squid reconfigured") == 1
+    assert not any(proxies_through(port) for port in ports[:-1])
+
+
+def test_with_config_reload_signal_nothing_happens_until_sighup(workspace: Workspace, launch: Launcher) -> None:
+    volume, run = started_on_volume(workspace, launch, CONFIG_RELOAD="signal")
+    assert "CONFIG_RELOAD=signal: the config and TLS secret are reloaded on SIGHUP only" in run.stdout
+    new_port = free_port()
+    volume.publish({"squid.conf": port_config(workspace, new_port)})
+    time.sleep(10 * INTERVAL)
+    assert "Squid reconfigured" not in run.stdout and not proxies_through(new_port)
+    assert proxies_through(workspace.squid_port)
+    run.process.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: proxies_through(new_port), REACTION_BOUND), run.output[-3000:]
+    assert reloads(run) == 0
+
+
+def test_a_change_during_startup_is_reloaded_once_ready(workspace: Workspace, launch: Launcher) -> None:
+    volume = KubeletVolume(workspace, workspace.etc / "custom")
+    volume.publish({"squid.conf": port_config(workspace, workspace.squid_port)})
+    new_port = free_port()
+    run = launch(watching(workspace, volume.path("squid.conf")))
+    run.wait_for_output(r"Starting Squid proxy", 90)
+    volume.publish({"squid.conf": port_config(workspace, new_port)})  # while Squid starts
+    run.wait_ready()
+    assert wait_until(lambda: proxies_through(new_port), REACTION_BOUND), run.output[-3000:]
+
+
+# -- a file mounted on its own (Docker's -v file:file) ------------------------------------------
+def bind(source: Path, target: Path) -> None:
+    subprocess.run(["mount", "--bind", str(source), str(target)], check=True, capture_output=True, timeout=30)
+
+
+def unmount(target: Path) -> None:
+    subprocess.run(["umount", str(target)], check=False, capture_output=True, timeout=30)
+
+
+needs_mount = pytest.mark.skipif(
+    not running_as_root() or shutil.which("mount") is None,
+    reason="bind mounts need root and mount(8) (ctest runs as root in a private mount namespace)",
+)
+
+
+@needs_mount
+def test_a_config_bind_mounted_as_a_single_file_is_told_once_at_startup(workspace: Workspace, launch: Launcher, tmp_path: Path) -> None:
+    host_file = workspace.etc / "host-squid.conf"
+    host_file.write_bytes(port_config(workspace, workspace.squid_port))
+    os.chmod(host_file, 0o664)
+    target = workspace.custom_config
+    target.write_text("")
+    os.chmod(target, 0o664)
+    bind(host_file, target)
+    try:
+        run = launch(watching(workspace, target))
+        run.wait_ready()
+        warning = f"{target} is mounted as a single file: a change made by replacing the file"
+        assert run.stderr.count(warning) == 1, run.stderr[-3000:]
+        assert "mount the directory holding it instead" in run.stderr
+    finally:
+        run.cleanup()
+        unmount(target)
+
+
+@needs_mount
+def test_a_config_in_a_bind_mounted_directory_is_not_warned_about(workspace: Workspace, launch: Launcher) -> None:
+    host_dir = workspace.make_dir(workspace.root / "host-conf", 0o775)
+    (host_dir / "squid.conf").write_bytes(port_config(workspace, workspace.squid_port))
+    os.chmod(host_dir / "squid.conf", 0o664)
+    mounted = workspace.make_dir(workspace.etc / "mounted", 0o775)
+    bind(host_dir, mounted)
+    try:
+        run = launch(watching(workspace, mounted / "squid.conf"))
+        run.wait_ready()
+        assert "is mounted as a single file" not in run.output
+        new_port = free_port()  # and a host-side replace is seen through the directory mount
+        replacement = host_dir / ".squid.conf.new"
+        replacement.write_bytes(port_config(workspace, new_port))
+        os.chmod(replacement, 0o664)
+        replacement.replace(host_dir / "squid.conf")
+        assert wait_until(lambda: proxies_through(new_port), REACTION_BOUND), run.output[-3000:]
+    finally:
+        run.cleanup()
+        unmount(mounted)
