@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 
 from entrypoint import monitor, reload, shutdown, watch
 from entrypoint.health_process import HealthError, HealthProcess
@@ -35,10 +36,17 @@ class Supervisor:
         )
         self.log = log
         self.signals = SignalRouter(log, on_reload=self.request_reload, on_fatal=self.fatal)
-        self.reloads = reload.Serializer(lambda: reload.reload_config(self.state))
+        self.reloads = reload.Serializer(self.reload)
         self.ready = False
         self.reload_when_ready = False
-        self.watcher = watch.Watcher(settings, lambda: self.state.config, self.on_watched_change, self.warn)
+        self.config_read_at = time.time_ns()  # when the startup or the last reload began reading
+        self.watcher = watch.Watcher(
+            settings, lambda: self.state.config, lambda: self.config_read_at, self.on_watched_change, self.warn
+        )
+
+    async def reload(self) -> None:
+        self.config_read_at = time.time_ns()
+        await reload.reload_config(self.state)
 
     def request_reload(self) -> None:
         if self.signals.shutdown_requested.is_set():

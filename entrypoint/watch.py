@@ -81,21 +81,48 @@ def fingerprint(spec: WatchSpec, cancel: threading.Event | None = None) -> tuple
     return prints, len(watched) > MAX_WATCHED_FILES
 
 
+# File timestamps come from the kernel's coarse clock (a jiffy behind time.time_ns()): a file
+# changed just after a read began may carry a time just before it.
+CLOCK_SLACK_NS = 100_000_000
+CHANGED_SINCE_READ: Stamp = ("changed since the config was read",)
+
+
 def changed_paths(applied: Fingerprint, current: Fingerprint) -> list[str]:
-    """What differs between two fingerprints on the paths both watch (a reload that changes the
-    include tree adds paths: they are a new watch, not a change)."""
+    """What differs between two fingerprints on the paths both watch."""
     return [key.split(":", 1)[-1] for key in current if key in applied and applied[key] != current[key]]
+
+
+def changed_since_read(applied: Fingerprint, current: Fingerprint, config: ActiveConfig | None, read_at_ns: int) -> list[str]:
+    """Paths a new config (a reload, the startup) made watched that changed after it was read:
+    an included file gone or changed since, a glob that now matches a file the read did not.
+    Returns their fingerprint keys."""
+    read = {str(file.path) for file in config.files} if config is not None else set()
+    changed = []
+    for key, value in current.items():
+        if key in applied:
+            continue
+        kind, path = key.split(":", 1) if ":" in key else (key, key)
+        if kind == "glob":
+            if any(match not in read for match in value):  # type: ignore[union-attr]
+                changed.append(key)
+        elif kind == "file" and path in read:
+            fresh = len(value) == 7 and int(value[6]) >= read_at_ns - CLOCK_SLACK_NS  # type: ignore[call-overload]
+            if value[0] in ("absent", "unusable") or fresh:
+                changed.append(key)
+    return changed
 
 
 class Watcher:
     """The polling thread; `on_change(paths)` runs on the event loop once per settled change."""
 
     def __init__(
-        self, settings: Settings, current_config: Callable[[], ActiveConfig | None],
+        self, settings: Settings, current_config: Callable[[], ActiveConfig | None], read_at: Callable[[], int],
         on_change: Callable[[list[str]], None], on_warning: Callable[[str], None],
     ) -> None:
         self.settings = settings
-        self.current_config = current_config  # read from the thread: one reference, replaced whole
+        # Read from the thread: one reference (or int), each replaced whole.
+        self.current_config = current_config
+        self.read_at = read_at  # time.time_ns() when the last config read began
         self.on_change = on_change
         self.on_warning = on_warning
         self.stopping = threading.Event()
@@ -110,14 +137,14 @@ class Watcher:
     def stop(self) -> None:
         self.stopping.set()
 
-    def _spec_now(self) -> WatchSpec:
+    def _spec_now(self) -> tuple[ActiveConfig | None, WatchSpec]:
         config = self.current_config()
         if self._spec is None or self._spec[0] is not config:
             self._spec = (config, spec_for(self.settings, config))  # parsed once per config
-        return self._spec[1]
+        return self._spec
 
     def _poll(self) -> Fingerprint:
-        prints, capped = fingerprint(self._spec_now(), self.stopping)
+        prints, capped = fingerprint(self._spec_now()[1], self.stopping)
         self.polls += 1
         if capped and not getattr(self, "_told_cap", False):
             self._told_cap = True
@@ -136,9 +163,16 @@ class Watcher:
     def _run(self) -> None:
         try:
             applied = self._poll()
+            applied_for = self._spec_now()[0]
             candidate: Fingerprint | None = None
             while not self.stopping.wait(self.settings.watch_interval):
+                read_at = self.read_at()  # before the config: a read begun meanwhile is not missed
+                config = self._spec_now()[0]
                 current = self._poll()
+                if config is not applied_for:  # a reload or the startup read a new tree
+                    for key in changed_since_read(applied, current, config, read_at):
+                        applied[key] = CHANGED_SINCE_READ  # differs from any stamp until applied
+                    applied_for = config
                 changed = changed_paths(applied, current)
                 if not changed:
                     applied, candidate = current, None  # also adopts paths a reload added

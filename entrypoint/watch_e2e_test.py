@@ -76,7 +76,7 @@ def proxies_through(port: int) -> bool:
 
 
 def watching(workspace: Workspace, config: Path, **extra: str) -> dict[str, str]:
-    return workspace.env(CONFIG_RELOAD="watch", CONFIG_WATCH_INTERVAL=str(INTERVAL), CEPHALOPROXY_CONFIG=str(config), **extra)
+    return workspace.env(**{"CONFIG_RELOAD": "watch", "CONFIG_WATCH_INTERVAL": str(INTERVAL), "CEPHALOPROXY_CONFIG": str(config), **extra})
 
 
 def started_on_volume(workspace: Workspace, launch: Launcher, **env: str) -> tuple[KubeletVolume, EntrypointRun]:
@@ -232,8 +232,8 @@ def test_a_config_bind_mounted_as_a_single_file_is_told_once_at_startup(workspac
         run = launch(watching(workspace, target))
         run.wait_ready()
         warning = f"{target} is mounted as a single file: a change made by replacing the file"
-        assert run.stderr.count(warning) == 1, run.stderr[-3000:]
-        assert "mount the directory holding it instead" in run.stderr
+        assert run.stdout.count(f"[WARNING] {warning}") == 1, run.stdout[-3000:]
+        assert "mount the directory holding it instead" in run.stdout
     finally:
         run.cleanup()
         unmount(target)
