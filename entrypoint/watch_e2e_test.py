@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from entrypoint.kubelet_volume import KubeletVolume
 from entrypoint.testing import (  # noqa: F401 - fixtures
     EntrypointRun, Launcher, Workspace, free_port, http_get, launch, running_as_root, squid_available,
     squid_path_directives, start_local_http_server, wait_for_status, wait_until, workspace,
@@ -22,36 +23,6 @@ from entrypoint.testing import (  # noqa: F401 - fixtures
 INTERVAL = 0.5  # CONFIG_WATCH_INTERVAL of these tests: a reaction is two polls plus the reload
 REACTION_BOUND = 45.0  # contract bound on a loaded machine: swap -> new config serving
 RELOAD_LINE = r"Watch: .* changed; reloading the config"
-
-
-class KubeletVolume:
-    """A directory updated as the kubelet's AtomicWriter updates a ConfigMap/Secret volume:
-    `name -> ..data/name`, `..data -> ..<timestamp>`, and an update is one rename of `..data`."""
-
-    def __init__(self, workspace: Workspace, directory: Path) -> None:
-        self.workspace = workspace
-        self.directory = workspace.make_dir(directory, 0o775)
-        self.generation = 0
-
-    def publish(self, files: dict[str, bytes]) -> None:
-        self.generation += 1
-        version = self.workspace.make_dir(self.directory / f"..2026_12_07_{self.generation:04d}", 0o775)
-        for name, data in files.items():
-            (version / name).write_bytes(data)
-            os.chmod(version / name, 0o664)
-        data_link = self.directory / "..data"
-        old = os.readlink(data_link) if data_link.is_symlink() else None
-        temporary = self.directory / "..data_tmp"
-        os.symlink(version.name, temporary)
-        os.rename(temporary, data_link)  # the one atomic step
-        for name in files:
-            if not (self.directory / name).is_symlink():
-                os.symlink(f"..data/{name}", self.directory / name)
-        if old is not None:
-            shutil.rmtree(self.directory / old)
-
-    def path(self, name: str) -> Path:
-        return self.directory / name
 
 
 def port_config(workspace: Workspace, port: int, extra: str = "") -> bytes:
@@ -80,7 +51,7 @@ def watching(workspace: Workspace, config: Path, **extra: str) -> dict[str, str]
 
 
 def started_on_volume(workspace: Workspace, launch: Launcher, **env: str) -> tuple[KubeletVolume, EntrypointRun]:
-    volume = KubeletVolume(workspace, workspace.etc / "custom")
+    volume = KubeletVolume(workspace.etc / "custom")
     volume.publish({"squid.conf": port_config(workspace, workspace.squid_port)})
     run = launch(watching(workspace, volume.path("squid.conf"), **env))
     run.wait_ready()
@@ -194,7 +165,7 @@ def test_with_config_reload_signal_nothing_happens_until_sighup(workspace: Works
 
 
 def test_a_change_during_startup_is_reloaded_once_ready(workspace: Workspace, launch: Launcher) -> None:
-    volume = KubeletVolume(workspace, workspace.etc / "custom")
+    volume = KubeletVolume(workspace.etc / "custom")
     volume.publish({"squid.conf": port_config(workspace, workspace.squid_port)})
     new_port = free_port()
     run = launch(watching(workspace, volume.path("squid.conf")))

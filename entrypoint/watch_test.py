@@ -12,6 +12,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
 from entrypoint import watch
+from entrypoint.kubelet_volume import KubeletVolume
 from entrypoint.settings import Settings, load_settings
 from entrypoint.squid_config import ActiveConfig, read_tree
 
@@ -22,23 +23,6 @@ def settings_for(tmp: Path, **env: str) -> Settings:
     return loaded
 
 
-def kubelet_publish(directory: Path, files: dict[str, bytes], generation: int) -> None:
-    """The kubelet's AtomicWriter: a new ..<ts> dir, then one rename of ..data."""
-    directory.mkdir(exist_ok=True)
-    version = directory / f"..gen{generation}"
-    version.mkdir()
-    for name, data in files.items():
-        (version / name).write_bytes(data)
-    old = os.readlink(directory / "..data") if (directory / "..data").is_symlink() else None
-    os.symlink(version.name, directory / "..data_tmp")
-    os.rename(directory / "..data_tmp", directory / "..data")
-    for name in files:
-        if not (directory / name).is_symlink():
-            os.symlink(f"..data/{name}", directory / name)
-    if old:
-        shutil.rmtree(directory / old)
-
-
 # -- the stamp sees every kind of change --------------------------------------------------------
 OPERATIONS = ("swap", "edit_same_size", "replace", "delete", "recreate", "chmod", "truncate")
 
@@ -46,7 +30,7 @@ OPERATIONS = ("swap", "edit_same_size", "replace", "delete", "recreate", "chmod"
 def apply(operation: str, directory: Path, generation: int) -> None:
     target = directory / "squid.conf"
     if operation == "swap":
-        kubelet_publish(directory, {"squid.conf": b"http_port 3128\n"}, generation)
+        KubeletVolume(directory).publish({"squid.conf": f"http_port {3128 + generation}\n".encode()})
     elif operation == "edit_same_size":
         data = target.read_bytes() if target.exists() else b"x"
         with open(target, "r+b") as handle:  # same inode, same size, new bytes
@@ -206,13 +190,13 @@ def wait_polls(watcher: watch.Watcher, count: int) -> None:
 
 def test_a_burst_of_changes_is_one_call_after_it_settles_and_a_settled_state_is_not_repeated(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, CONFIG_WATCH_INTERVAL="0.2")
-    directory = settings.config.parent
-    kubelet_publish(directory, {"squid.conf": b"0\n"}, 0)
+    volume = KubeletVolume(settings.config.parent)
+    volume.publish({"squid.conf": b"0\n"})
 
     def body(watcher: watch.Watcher) -> None:
         wait_polls(watcher, 1)
         for generation in range(1, 6):  # each poll sees another state: none settled
-            kubelet_publish(directory, {"squid.conf": f"{generation}\n".encode()}, generation)
+            volume.publish({"squid.conf": f"{generation}\n".encode()})
             wait_polls(watcher, 1)
         wait_polls(watcher, 6)
 
