@@ -513,6 +513,17 @@ def start_local_http_server(body: str) -> LocalHttpServer:
     return LocalHttpServer(body, server, thread)
 
 
+def proxies_through(port: int, path: str = "/") -> bool:
+    """Whether the proxy on 127.0.0.1:`port` fetches `path` from a fresh local origin."""
+    origin = start_local_http_server("through")
+    try:
+        return http_get(f"http://127.0.0.1:{origin.port}{path}", timeout=10, proxy=f"http://127.0.0.1:{port}")[:2] == (200, "through")
+    except OSError:
+        return False
+    finally:
+        origin.close()
+
+
 # A stand-in for the Squid binary that writes a marker (its pid) and pauses in one mode, then
 # runs the real Squid (exec: the pid and the process name become Squid's own). Tests act while
 # that step is under way.

@@ -127,6 +127,7 @@ class Watcher:
         self.on_warning = on_warning
         self.stopping = threading.Event()
         self.polls = 0
+        self.told_cap = False  # the cap's WARNING is logged once
         self._spec: tuple[ActiveConfig | None, WatchSpec] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -146,8 +147,8 @@ class Watcher:
     def _poll(self) -> Fingerprint:
         prints, capped = fingerprint(self._spec_now()[1], self.stopping)
         self.polls += 1
-        if capped and not getattr(self, "_told_cap", False):
-            self._told_cap = True
+        if capped and not self.told_cap:
+            self.told_cap = True
             self._tell(
                 self.on_warning, f"Watch mode stamps only the first {MAX_WATCHED_FILES} of the config's files"
                 " (the include walker's limit): a change to the others needs a SIGHUP"

@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from entrypoint.kubelet_volume import KubeletVolume
+from entrypoint.harness import proxies_through
 from entrypoint.testing import (  # noqa: F401 - fixtures
     EntrypointRun, Launcher, Workspace, free_port, http_get, launch, make_ca, openssl, squid_available,
     ssl_bump_config, start_local_http_server, wait_until, workspace,
@@ -111,16 +112,6 @@ def given_to_squid(rig: Rig) -> bytes:
     match = re.search(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n?", data, re.DOTALL)
     assert match is not None
     return match.group(0)
-
-
-def proxies_through(port: int) -> bool:
-    origin = start_local_http_server("through")
-    try:
-        return http_get(f"http://127.0.0.1:{origin.port}/chaos", timeout=10, proxy=f"http://127.0.0.1:{port}")[:2] == (200, "through")
-    except OSError:
-        return False
-    finally:
-        origin.close()
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from entrypoint.kubelet_volume import KubeletVolume
+from entrypoint.harness import proxies_through
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    EntrypointRun, Launcher, Workspace, free_port, http_get, launch, running_as_root, squid_available,
-    squid_path_directives, start_local_http_server, wait_for_status, wait_until, workspace,
+    EntrypointRun, Launcher, Workspace, free_port, launch, running_as_root, squid_available,
+    squid_path_directives, wait_for_status, wait_until, workspace,
 )
 
 INTERVAL = 0.5  # CONFIG_WATCH_INTERVAL of these tests: a reaction is two polls plus the reload
@@ -34,16 +35,6 @@ def port_config(workspace: Workspace, port: int, extra: str = "") -> bytes:
         "visible_hostname watch-test\nshutdown_lifetime 1 seconds\npinger_enable off\n"
         f"netdb_filename none\n{extra}{squid_path_directives()}"
     ).encode()
-
-
-def proxies_through(port: int) -> bool:
-    origin = start_local_http_server("through")
-    try:
-        return http_get(f"http://127.0.0.1:{origin.port}/", timeout=10, proxy=f"http://127.0.0.1:{port}")[:2] == (200, "through")
-    except OSError:
-        return False
-    finally:
-        origin.close()
 
 
 def watching(workspace: Workspace, config: Path, **extra: str) -> dict[str, str]:
@@ -199,6 +190,7 @@ def test_a_config_bind_mounted_as_a_single_file_is_told_once_at_startup(workspac
     target.write_text("")
     os.chmod(target, 0o664)
     bind(host_file, target)
+    run: EntrypointRun | None = None
     try:
         run = launch(watching(workspace, target))
         run.wait_ready()
@@ -206,7 +198,8 @@ def test_a_config_bind_mounted_as_a_single_file_is_told_once_at_startup(workspac
         assert run.stdout.count(f"[WARNING] {warning}") == 1, run.stdout[-3000:]
         assert "mount the directory holding it instead" in run.stdout
     finally:
-        run.cleanup()
+        if run is not None:
+            run.cleanup()  # before the unmount: nothing may still read the mount
         unmount(target)
 
 
@@ -217,6 +210,7 @@ def test_a_config_in_a_bind_mounted_directory_is_not_warned_about(workspace: Wor
     os.chmod(host_dir / "squid.conf", 0o664)
     mounted = workspace.make_dir(workspace.etc / "mounted", 0o775)
     bind(host_dir, mounted)
+    run: EntrypointRun | None = None
     try:
         run = launch(watching(workspace, mounted / "squid.conf"))
         run.wait_ready()
@@ -228,5 +222,6 @@ def test_a_config_in_a_bind_mounted_directory_is_not_warned_about(workspace: Wor
         replacement.replace(host_dir / "squid.conf")
         assert wait_until(lambda: proxies_through(new_port), REACTION_BOUND), run.output[-3000:]
     finally:
-        run.cleanup()
+        if run is not None:
+            run.cleanup()
         unmount(mounted)

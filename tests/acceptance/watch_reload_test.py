@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from tests.acceptance.kube_play_test import KUBERNETES_DIR, KubePlay, kube, kube_gateway, podman, proxied_get  # noqa: F401 - fixtures
+from tests.acceptance.kube_play_test import KUBERNETES_DIR, KubePlay, kube, kube_gateway, podman  # noqa: F401 - fixtures
 from tests.support import netutil
 
 CONFIG_DIR = "/etc/squid/custom"
