@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from entrypoint.kubelet_volume import KubeletVolume
 from entrypoint.harness import proxies_through
@@ -114,7 +114,12 @@ def given_to_squid(rig: Rig) -> bytes:
     return match.group(0)
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+# No shrinking: each failing example re-runs real processes up to REACTION_BOUND; the report
+# names the example as generated.
+@settings(
+    max_examples=8, deadline=None, phases=(Phase.explicit, Phase.reuse, Phase.generate),
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(
     steps=st.lists(st.tuples(OPERATIONS, PAUSES), min_size=1, max_size=6),
     final_port=st.integers(0, 2), final_ca=st.integers(0, 2),
