@@ -23,8 +23,15 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from entrypoint.harness import EntrypointRun, Workspace, free_port, http_get, squid_path_directives, start_local_http_server  # noqa: E402
-from entrypoint.kubelet_volume import KubeletVolume  # noqa: E402
+from entrypoint.harness import (
+    EntrypointRun,
+    Workspace,
+    free_port,
+    http_get,
+    squid_path_directives,
+    start_local_http_server,
+)
+from entrypoint.kubelet_volume import KubeletVolume
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -55,7 +62,11 @@ def started(mode: str, interval: float) -> tuple[Workspace, KubeletVolume, Entry
     workspace = Workspace(bytecode=True)
     volume = KubeletVolume(workspace.etc / "custom")
     volume.publish({"squid.conf": config(workspace, workspace.squid_port)})
-    env = workspace.env(CONFIG_RELOAD=mode, CONFIG_WATCH_INTERVAL=str(interval), CEPHALOPROXY_CONFIG=str(volume.path("squid.conf")))
+    env = workspace.env(
+        CONFIG_RELOAD=mode,
+        CONFIG_WATCH_INTERVAL=str(interval),
+        CEPHALOPROXY_CONFIG=str(volume.path("squid.conf")),
+    )
     run = EntrypointRun(workspace, env)
     run.wait_ready()
     return workspace, volume, run
@@ -80,7 +91,12 @@ def idle_cost(mode: str, interval: float, minutes: float, windows: int) -> list[
 
 def proxies(port: int, origin_port: int) -> bool:
     try:
-        return http_get(f"http://127.0.0.1:{origin_port}/", timeout=5, proxy=f"http://127.0.0.1:{port}")[0] == 200
+        return (
+            http_get(
+                f"http://127.0.0.1:{origin_port}/", timeout=5, proxy=f"http://127.0.0.1:{port}"
+            )[0]
+            == 200
+        )
     except OSError:
         return False
 
@@ -96,7 +112,9 @@ def reaction_times(interval: float, swaps: int) -> list[float]:
             volume.publish({"squid.conf": config(workspace, port)})
             while not proxies(port, origin.port):
                 if time.monotonic() - swapped > 120:
-                    raise SystemExit(f"port {port} not served 120 s after the swap:\n{run.output[-3000:]}")
+                    raise SystemExit(
+                        f"port {port} not served 120 s after the swap:\n{run.output[-3000:]}"
+                    )
                 time.sleep(0.05)
             times.append(time.monotonic() - swapped)
             time.sleep(interval * 2)
@@ -116,18 +134,25 @@ def describe(values: list[float], unit: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=3.0, help="idle time per mode")
-    parser.add_argument("--windows", type=int, default=6, help="windows the idle time is cut into (n)")
+    parser.add_argument(
+        "--windows", type=int, default=6, help="windows the idle time is cut into (n)"
+    )
     parser.add_argument("--swaps", type=int, default=10, help="timed config swaps")
     parser.add_argument("--interval", type=float, default=2.0, help="CONFIG_WATCH_INTERVAL")
     args = parser.parse_args()
-    print(f"machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; CONFIG_WATCH_INTERVAL={args.interval:g} s")
+    print(
+        f"machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; CONFIG_WATCH_INTERVAL={args.interval:g} s"
+    )
     signal_mode = idle_cost("signal", args.interval, args.minutes, args.windows)
     print(f"PID 1 CPU idle, CONFIG_RELOAD=signal: {describe(signal_mode, 's/hour')}", flush=True)
     watch_mode = idle_cost("watch", args.interval, args.minutes, args.windows)
     print(f"PID 1 CPU idle, CONFIG_RELOAD=watch:  {describe(watch_mode, 's/hour')}", flush=True)
     baseline = statistics.mean(signal_mode)
     ratio = f"{statistics.mean(watch_mode) / baseline:.2f}x" if baseline > 0 else "n/a (baseline 0)"
-    print(f"watch / signal: {ratio}; watch costs {statistics.mean(watch_mode) - baseline:.3g} s CPU per hour more", flush=True)
+    print(
+        f"watch / signal: {ratio}; watch costs {statistics.mean(watch_mode) - baseline:.3g} s CPU per hour more",
+        flush=True,
+    )
     times = reaction_times(args.interval, args.swaps)
     print(f"..data swap -> new port proxying: {describe(times, 's')}")
 

@@ -38,8 +38,14 @@ class KubeletVolume:
         for name in files:
             if not (self.directory / name).is_symlink():
                 os.symlink(f"..data/{name}", self.directory / name)
-        for entry in os.listdir(self.directory):  # names no longer published go, as the kubelet removes them
-            if not entry.startswith("..") and entry not in files and (self.directory / entry).is_symlink():
+        for entry in os.listdir(
+            self.directory
+        ):  # names no longer published go, as the kubelet removes them
+            if (
+                not entry.startswith("..")
+                and entry not in files
+                and (self.directory / entry).is_symlink()
+            ):
                 (self.directory / entry).unlink()
         if old is not None:
             shutil.rmtree(self.directory / old)

@@ -16,12 +16,18 @@ import asyncio
 import dataclasses
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from entrypoint.mounted_files import FileProblem, read_bounded
 from entrypoint.settings import Settings
-from entrypoint.squid_config import MAX_CONFIG_FILES, ActiveConfig, ConfigError, include_glob_matches, include_patterns
+from entrypoint.squid_config import (
+    MAX_CONFIG_FILES,
+    ActiveConfig,
+    ConfigError,
+    include_glob_matches,
+    include_patterns,
+)
 
 MAX_WATCHED_FILES = MAX_CONFIG_FILES  # what the include walker reads at most for one config
 MOUNTINFO_LIMIT = 4 * 1024 * 1024
@@ -60,7 +66,15 @@ def stamp(path: str) -> Stamp:
     except OSError as error:
         return ("unusable", error.errno)
     # Where the path leads: the kubelet's ..data swap points it at another directory.
-    return (os.path.realpath(path), info.st_dev, info.st_ino, info.st_mode, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    return (
+        os.path.realpath(path),
+        info.st_dev,
+        info.st_ino,
+        info.st_mode,
+        info.st_size,
+        info.st_mtime_ns,
+        info.st_ctime_ns,
+    )
 
 
 def fingerprint(spec: WatchSpec, cancel: threading.Event | None = None) -> tuple[Fingerprint, bool]:
@@ -89,10 +103,14 @@ CHANGED_SINCE_READ: Stamp = ("changed since the config was read",)
 
 def changed_paths(applied: Fingerprint, current: Fingerprint) -> list[str]:
     """What differs between two fingerprints on the paths both watch."""
-    return [key.split(":", 1)[-1] for key in current if key in applied and applied[key] != current[key]]
+    return [
+        key.split(":", 1)[-1] for key in current if key in applied and applied[key] != current[key]
+    ]
 
 
-def changed_since_read(applied: Fingerprint, current: Fingerprint, config: ActiveConfig | None, read_at_ns: int) -> list[str]:
+def changed_since_read(
+    applied: Fingerprint, current: Fingerprint, config: ActiveConfig | None, read_at_ns: int
+) -> list[str]:
     """Paths a new config (a reload, the startup) made watched that changed after it was read:
     an included file gone or changed since, a glob that now matches a file the read did not.
     Returns their fingerprint keys."""
@@ -103,7 +121,7 @@ def changed_since_read(applied: Fingerprint, current: Fingerprint, config: Activ
             continue
         kind, path = key.split(":", 1) if ":" in key else (key, key)
         if kind == "glob":
-            if any(match not in read for match in value):  # type: ignore[union-attr]
+            if any(match not in read for match in value):
                 changed.append(key)
         elif kind == "file" and path in read:
             fresh = len(value) == 7 and int(value[6]) >= read_at_ns - CLOCK_SLACK_NS  # type: ignore[call-overload]
@@ -116,8 +134,12 @@ class Watcher:
     """The polling thread; `on_change(paths)` runs on the event loop once per settled change."""
 
     def __init__(
-        self, settings: Settings, current_config: Callable[[], ActiveConfig | None], read_at: Callable[[], int],
-        on_change: Callable[[list[str]], None], on_warning: Callable[[str], None],
+        self,
+        settings: Settings,
+        current_config: Callable[[], ActiveConfig | None],
+        read_at: Callable[[], int],
+        on_change: Callable[[list[str]], None],
+        on_warning: Callable[[str], None],
     ) -> None:
         self.settings = settings
         # Read from the thread: one reference (or int), each replaced whole.
@@ -150,8 +172,9 @@ class Watcher:
         if capped and not self.told_cap:
             self.told_cap = True
             self._tell(
-                self.on_warning, f"Watch mode stamps only the first {MAX_WATCHED_FILES} of the config's files"
-                " (the include walker's limit): a change to the others needs a SIGHUP"
+                self.on_warning,
+                f"Watch mode stamps only the first {MAX_WATCHED_FILES} of the config's files"
+                " (the include walker's limit): a change to the others needs a SIGHUP",
             )
         return prints
 
@@ -183,7 +206,10 @@ class Watcher:
                     applied, candidate = current, None
                     self._tell(self.on_change, changed)
         except Exception as error:  # a bug here must not go unnoticed, nor take PID 1 along
-            self._tell(self.on_warning, f"Watch mode stopped by an unexpected error ({type(error).__name__}: {error}); send SIGHUP to reload")
+            self._tell(
+                self.on_warning,
+                f"Watch mode stopped by an unexpected error ({type(error).__name__}: {error}); send SIGHUP to reload",
+            )
 
 
 def _unescape_mount_path(field: str) -> str:
@@ -199,10 +225,16 @@ def mount_points(mountinfo: Path = Path("/proc/self/mountinfo")) -> set[str]:
         text = read_bounded(mountinfo, MOUNTINFO_LIMIT).decode("utf-8", errors="replace")
     except FileProblem:
         return set()
-    return {_unescape_mount_path(fields[4]) for fields in (line.split(" ") for line in text.splitlines()) if len(fields) > 4}
+    return {
+        _unescape_mount_path(fields[4])
+        for fields in (line.split(" ") for line in text.splitlines())
+        if len(fields) > 4
+    }
 
 
-def single_file_mounts(paths: list[Path], mountinfo: Path = Path("/proc/self/mountinfo")) -> list[Path]:
+def single_file_mounts(
+    paths: list[Path], mountinfo: Path = Path("/proc/self/mountinfo")
+) -> list[Path]:
     """The paths that are regular files mounted on their own (Docker's `-v file:file`, a subPath)."""
     points = mount_points(mountinfo)
     return [path for path in paths if str(path) in points and path.is_file()]

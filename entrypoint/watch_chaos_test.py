@@ -16,20 +16,34 @@ import os
 import re
 import ssl
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
-from entrypoint.kubelet_volume import KubeletVolume
 from entrypoint.harness import proxies_through
+from entrypoint.kubelet_volume import KubeletVolume
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    EntrypointRun, Launcher, Workspace, free_port, http_get, launch, make_ca, openssl, squid_available,
-    ssl_bump_config, start_local_http_server, wait_until, workspace,
+    EntrypointRun,
+    Launcher,
+    Workspace,
+    free_port,
+    http_get,
+    launch,
+    make_ca,
+    openssl,
+    squid_available,
+    ssl_bump_config,
+    start_local_http_server,
+    wait_until,
+    workspace,
 )
 
-pytestmark = pytest.mark.skipif(openssl() is None, reason="the openssl CLI is needed to make test CAs")
+pytestmark = pytest.mark.skipif(
+    openssl() is None, reason="the openssl CLI is needed to make test CAs"
+)
 
 INTERVAL = 0.5
 REACTION_BOUND = 60.0  # settled state -> served, on a loaded machine (two polls plus a reload)
@@ -39,8 +53,21 @@ RELAY_BOUND = 5.0  # a line Squid writes -> relayed by PID 1
 class Rig:
     """The running entrypoint and the files it watches."""
 
-    def __init__(self, workspace: Workspace, run: EntrypointRun, volume: KubeletVolume, cas: list[tuple[Path, Path]], ports: list[int]) -> None:
-        self.workspace, self.run, self.volume, self.cas, self.ports = workspace, run, volume, cas, ports
+    def __init__(
+        self,
+        workspace: Workspace,
+        run: EntrypointRun,
+        volume: KubeletVolume,
+        cas: list[tuple[Path, Path]],
+        ports: list[int],
+    ) -> None:
+        self.workspace, self.run, self.volume, self.cas, self.ports = (
+            workspace,
+            run,
+            volume,
+            cas,
+            ports,
+        )
         self.template = ssl_bump_config(workspace)
 
     def config(self, port: int, broken: bool = False) -> bytes:
@@ -66,9 +93,13 @@ def rig(workspace: Workspace, launch: Launcher, tmp_path: Path) -> Iterator[Rig]
     volume.publish({"squid.conf": rig_.config(ports[0])})
     rig_.write_tls("tls.crt", cas[0][0].read_bytes())
     rig_.write_tls("tls.key", cas[0][1].read_bytes())
-    run = launch(workspace.env(
-        CONFIG_RELOAD="watch", CONFIG_WATCH_INTERVAL=str(INTERVAL), CEPHALOPROXY_CONFIG=str(volume.path("squid.conf")),
-    ))
+    run = launch(
+        workspace.env(
+            CONFIG_RELOAD="watch",
+            CONFIG_WATCH_INTERVAL=str(INTERVAL),
+            CEPHALOPROXY_CONFIG=str(volume.path("squid.conf")),
+        )
+    )
     run.wait_ready()
     rig_.run = run
     yield rig_
@@ -109,7 +140,9 @@ def given_to_squid(rig: Rig) -> bytes:
     data = merged.read_bytes()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(merged))  # ssl.SSLError "KEY_VALUES_MISMATCH" for a half pair
-    match = re.search(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n?", data, re.DOTALL)
+    match = re.search(
+        rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n?", data, re.DOTALL
+    )
     assert match is not None
     return match.group(0)
 
@@ -117,15 +150,21 @@ def given_to_squid(rig: Rig) -> bytes:
 # No shrinking: each failing example re-runs real processes up to REACTION_BOUND; the report
 # names the example as generated.
 @settings(
-    max_examples=8, deadline=None, phases=(Phase.explicit, Phase.reuse, Phase.generate),
+    max_examples=8,
+    deadline=None,
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
     steps=st.lists(st.tuples(OPERATIONS, PAUSES), min_size=1, max_size=6),
-    final_port=st.integers(0, 2), final_ca=st.integers(0, 2),
+    final_port=st.integers(0, 2),
+    final_ca=st.integers(0, 2),
 )
 def test_random_file_operations_never_apply_a_half_state_and_the_settled_state_is_served(
-    rig: Rig, steps: list[tuple[tuple[str, int], float]], final_port: int, final_ca: int,
+    rig: Rig,
+    steps: list[tuple[tuple[str, int], float]],
+    final_port: int,
+    final_ca: int,
 ) -> None:
     known = {cert.read_bytes().strip() for cert, _ in rig.cas}
     reloads_before = rig.run.stdout.count("changed; reloading the config")
@@ -140,7 +179,10 @@ def test_random_file_operations_never_apply_a_half_state_and_the_settled_state_i
     settled = time.monotonic()
     port = rig.ports[final_port]
     expected_cert = rig.cas[final_ca][0].read_bytes().strip()
-    assert wait_until(lambda: given_to_squid(rig).strip() == expected_cert and proxies_through(port), REACTION_BOUND), (
+    assert wait_until(
+        lambda: given_to_squid(rig).strip() == expected_cert and proxies_through(port),
+        REACTION_BOUND,
+    ), (
         f"the settled state (port {port}, CA {final_ca}) was not applied within {REACTION_BOUND} s after {steps}"
         f"\n{rig.run.output[-4000:]}"
     )
@@ -149,9 +191,13 @@ def test_random_file_operations_never_apply_a_half_state_and_the_settled_state_i
     marker = f"/relay-{time.monotonic_ns()}"
     origin = start_local_http_server("relay")
     try:
-        http_get(f"http://127.0.0.1:{origin.port}{marker}", timeout=10, proxy=f"http://127.0.0.1:{port}")
+        http_get(
+            f"http://127.0.0.1:{origin.port}{marker}", timeout=10, proxy=f"http://127.0.0.1:{port}"
+        )
     finally:
         origin.close()
     rig.run.wait_for_output(re.escape(marker), RELAY_BOUND)
     reloads = rig.run.stdout.count("changed; reloading the config") - reloads_before
-    assert reloads <= len(steps) + 3, f"{reloads} reloads for {len(steps)} operations and the settling"
+    assert reloads <= len(steps) + 3, (
+        f"{reloads} reloads for {len(steps)} operations and the settling"
+    )

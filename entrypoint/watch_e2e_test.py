@@ -14,11 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.kubelet_volume import KubeletVolume
 from entrypoint.harness import proxies_through
+from entrypoint.kubelet_volume import KubeletVolume
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    EntrypointRun, Launcher, Workspace, free_port, launch, running_as_root, squid_available,
-    squid_path_directives, wait_for_status, wait_until, workspace,
+    EntrypointRun,
+    Launcher,
+    Workspace,
+    free_port,
+    launch,
+    running_as_root,
+    squid_available,
+    squid_path_directives,
+    wait_for_status,
+    wait_until,
+    workspace,
 )
 
 INTERVAL = 0.5  # CONFIG_WATCH_INTERVAL of these tests: a reaction is two polls plus the reload
@@ -38,10 +47,19 @@ def port_config(workspace: Workspace, port: int, extra: str = "") -> bytes:
 
 
 def watching(workspace: Workspace, config: Path, **extra: str) -> dict[str, str]:
-    return workspace.env(**{"CONFIG_RELOAD": "watch", "CONFIG_WATCH_INTERVAL": str(INTERVAL), "CEPHALOPROXY_CONFIG": str(config), **extra})
+    return workspace.env(
+        **{
+            "CONFIG_RELOAD": "watch",
+            "CONFIG_WATCH_INTERVAL": str(INTERVAL),
+            "CEPHALOPROXY_CONFIG": str(config),
+            **extra,
+        }
+    )
 
 
-def started_on_volume(workspace: Workspace, launch: Launcher, **env: str) -> tuple[KubeletVolume, EntrypointRun]:
+def started_on_volume(
+    workspace: Workspace, launch: Launcher, **env: str
+) -> tuple[KubeletVolume, EntrypointRun]:
     volume = KubeletVolume(workspace.etc / "custom")
     volume.publish({"squid.conf": port_config(workspace, workspace.squid_port)})
     run = launch(watching(workspace, volume.path("squid.conf"), **env))
@@ -54,7 +72,9 @@ def reloads(run: EntrypointRun) -> int:
     return run.stdout.count("changed; reloading the config")
 
 
-def test_a_kubelet_data_swap_moves_squid_to_the_new_port_without_a_signal(workspace: Workspace, launch: Launcher) -> None:
+def test_a_kubelet_data_swap_moves_squid_to_the_new_port_without_a_signal(
+    workspace: Workspace, launch: Launcher
+) -> None:
     volume, run = started_on_volume(workspace, launch)
     assert "CONFIG_RELOAD=watch: reloading when" in run.stdout
     new_port = free_port()
@@ -71,11 +91,17 @@ def test_a_kubelet_data_swap_moves_squid_to_the_new_port_without_a_signal(worksp
     assert run.wait_exit(60) == 0
 
 
-def test_an_include_glob_sees_files_appear_disappear_be_edited_and_replaced(workspace: Workspace, launch: Launcher) -> None:
+def test_an_include_glob_sees_files_appear_disappear_be_edited_and_replaced(
+    workspace: Workspace, launch: Launcher
+) -> None:
     ports = workspace.make_dir(workspace.etc / "ports", 0o775)
     first, second, third = workspace.squid_port, free_port(), free_port()
     (ports / "a.conf").write_text(f"http_port 127.0.0.1:{first}\n")
-    base = port_config(workspace, first).decode().replace(f"http_port 127.0.0.1:{first}\n", f"include {ports}/*.conf\n")
+    base = (
+        port_config(workspace, first)
+        .decode()
+        .replace(f"http_port 127.0.0.1:{first}\n", f"include {ports}/*.conf\n")
+    )
     workspace.custom_config.write_text(base)
     workspace.share_tree(workspace.etc)
     run = launch(watching(workspace, workspace.custom_config))
@@ -103,10 +129,22 @@ def test_an_include_glob_sees_files_appear_disappear_be_edited_and_replaced(work
     assert run.wait_exit(60) == 0
 
 
-def test_a_broken_config_arriving_by_watch_is_skipped_once_and_the_old_one_keeps_serving(workspace: Workspace, launch: Launcher) -> None:
+def test_a_broken_config_arriving_by_watch_is_skipped_once_and_the_old_one_keeps_serving(
+    workspace: Workspace, launch: Launcher
+) -> None:
     volume, run = started_on_volume(workspace, launch)
-    volume.publish({"squid.conf": port_config(workspace, workspace.squid_port, "http_access allow no_such_acl\n")})
-    run.wait_for_output(r"(?s)Reload skipped, Squid keeps its current config: .*no_such_acl", REACTION_BOUND, stream="stderr")
+    volume.publish(
+        {
+            "squid.conf": port_config(
+                workspace, workspace.squid_port, "http_access allow no_such_acl\n"
+            )
+        }
+    )
+    run.wait_for_output(
+        r"(?s)Reload skipped, Squid keeps its current config: .*no_such_acl",
+        REACTION_BOUND,
+        stream="stderr",
+    )
     time.sleep(8 * INTERVAL)  # the same broken state is not retried poll after poll
     assert run.stderr.count("Reload skipped") == 1, run.stderr[-3000:]
     assert "Squid reconfigured" not in run.stdout
@@ -117,11 +155,15 @@ def test_a_broken_config_arriving_by_watch_is_skipped_once_and_the_old_one_keeps
     assert wait_until(lambda: proxies_through(new_port), REACTION_BOUND), run.output[-3000:]
 
 
-def test_a_change_that_needs_a_restart_is_logged_once_and_ready_stays_true(workspace: Workspace, launch: Launcher) -> None:
+def test_a_change_that_needs_a_restart_is_logged_once_and_ready_stays_true(
+    workspace: Workspace, launch: Launcher
+) -> None:
     volume, run = started_on_volume(workspace, launch)
     other_pid = f"pid_filename {workspace.runtime_dir('run')}/other.pid\n"
     volume.publish({"squid.conf": port_config(workspace, workspace.squid_port, other_pid)})
-    run.wait_for_output(r"pid_filename changed from .* this needs a restart", REACTION_BOUND, stream="stderr")
+    run.wait_for_output(
+        r"pid_filename changed from .* this needs a restart", REACTION_BOUND, stream="stderr"
+    )
     time.sleep(8 * INTERVAL)
     assert run.stderr.count("needs a restart") == 1, run.stderr[-3000:]
     # The old config keeps serving, so the pod stays ready (README: "What a reload cannot change").
@@ -129,7 +171,9 @@ def test_a_change_that_needs_a_restart_is_logged_once_and_ready_stays_true(works
     assert proxies_through(workspace.squid_port)
 
 
-def test_a_rapid_series_of_swaps_is_one_reload_of_the_last_state(workspace: Workspace, launch: Launcher) -> None:
+def test_a_rapid_series_of_swaps_is_one_reload_of_the_last_state(
+    workspace: Workspace, launch: Launcher
+) -> None:
     volume, run = started_on_volume(workspace, launch, CONFIG_WATCH_INTERVAL="1.5")
     ports = [free_port() for _ in range(6)]
     for port in ports:  # far faster than the interval: only the last state settles
@@ -142,9 +186,13 @@ def test_a_rapid_series_of_swaps_is_one_reload_of_the_last_state(workspace: Work
     assert not any(proxies_through(port) for port in ports[:-1])
 
 
-def test_with_config_reload_signal_nothing_happens_until_sighup(workspace: Workspace, launch: Launcher) -> None:
+def test_with_config_reload_signal_nothing_happens_until_sighup(
+    workspace: Workspace, launch: Launcher
+) -> None:
     volume, run = started_on_volume(workspace, launch, CONFIG_RELOAD="signal")
-    assert "CONFIG_RELOAD=signal: the config and TLS secret are reloaded on SIGHUP only" in run.stdout
+    assert (
+        "CONFIG_RELOAD=signal: the config and TLS secret are reloaded on SIGHUP only" in run.stdout
+    )
     new_port = free_port()
     volume.publish({"squid.conf": port_config(workspace, new_port)})
     time.sleep(10 * INTERVAL)
@@ -155,7 +203,9 @@ def test_with_config_reload_signal_nothing_happens_until_sighup(workspace: Works
     assert reloads(run) == 0
 
 
-def test_a_change_during_startup_is_reloaded_once_ready(workspace: Workspace, launch: Launcher) -> None:
+def test_a_change_during_startup_is_reloaded_once_ready(
+    workspace: Workspace, launch: Launcher
+) -> None:
     volume = KubeletVolume(workspace.etc / "custom")
     volume.publish({"squid.conf": port_config(workspace, workspace.squid_port)})
     new_port = free_port()
@@ -168,7 +218,9 @@ def test_a_change_during_startup_is_reloaded_once_ready(workspace: Workspace, la
 
 # -- a file mounted on its own (Docker's -v file:file) ------------------------------------------
 def bind(source: Path, target: Path) -> None:
-    subprocess.run(["mount", "--bind", str(source), str(target)], check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        ["mount", "--bind", str(source), str(target)], check=True, capture_output=True, timeout=30
+    )
 
 
 def unmount(target: Path) -> None:
@@ -182,7 +234,9 @@ needs_mount = pytest.mark.skipif(
 
 
 @needs_mount
-def test_a_config_bind_mounted_as_a_single_file_is_told_once_at_startup(workspace: Workspace, launch: Launcher, tmp_path: Path) -> None:
+def test_a_config_bind_mounted_as_a_single_file_is_told_once_at_startup(
+    workspace: Workspace, launch: Launcher, tmp_path: Path
+) -> None:
     host_file = workspace.etc / "host-squid.conf"
     host_file.write_bytes(port_config(workspace, workspace.squid_port))
     os.chmod(host_file, 0o664)
@@ -204,7 +258,9 @@ def test_a_config_bind_mounted_as_a_single_file_is_told_once_at_startup(workspac
 
 
 @needs_mount
-def test_a_config_in_a_bind_mounted_directory_is_not_warned_about(workspace: Workspace, launch: Launcher) -> None:
+def test_a_config_in_a_bind_mounted_directory_is_not_warned_about(
+    workspace: Workspace, launch: Launcher
+) -> None:
     host_dir = workspace.make_dir(workspace.root / "host-conf", 0o775)
     (host_dir / "squid.conf").write_bytes(port_config(workspace, workspace.squid_port))
     os.chmod(host_dir / "squid.conf", 0o664)

@@ -6,9 +6,13 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from entrypoint import watch
 from entrypoint.kubelet_volume import KubeletVolume
@@ -17,7 +21,13 @@ from entrypoint.squid_config import ActiveConfig, read_tree
 
 
 def settings_for(tmp: Path, **env: str) -> Settings:
-    loaded, warnings = load_settings({"CEPHALOPROXY_CONFIG": str(tmp / "conf" / "squid.conf"), "CEPHALOPROXY_TLS_DIR": str(tmp / "tls"), **env})
+    loaded, warnings = load_settings(
+        {
+            "CEPHALOPROXY_CONFIG": str(tmp / "conf" / "squid.conf"),
+            "CEPHALOPROXY_TLS_DIR": str(tmp / "tls"),
+            **env,
+        }
+    )
     assert not warnings
     return loaded
 
@@ -29,7 +39,9 @@ OPERATIONS = ("swap", "edit_same_size", "replace", "delete", "recreate", "chmod"
 def apply(operation: str, directory: Path, generation: int) -> None:
     target = directory / "squid.conf"
     if operation == "swap":
-        KubeletVolume(directory).publish({"squid.conf": f"http_port {3128 + generation}\n".encode()})
+        KubeletVolume(directory).publish(
+            {"squid.conf": f"http_port {3128 + generation}\n".encode()}
+        )
     elif operation == "edit_same_size":
         data = target.read_bytes() if target.exists() else b"x"
         with open(target, "r+b") as handle:  # same inode, same size, new bytes
@@ -53,13 +65,19 @@ def applicable(operation: str, directory: Path) -> bool:
     if operation == "swap":
         return not exists or (directory / "..data").is_symlink()
     if operation in ("edit_same_size", "replace", "chmod", "truncate"):
-        return exists and not target.is_symlink() and (operation != "edit_same_size" or target.stat().st_size > 0)
+        return (
+            exists
+            and not target.is_symlink()
+            and (operation != "edit_same_size" or target.stat().st_size > 0)
+        )
     if operation == "delete":
         return exists and not target.is_symlink()
     return not exists
 
 
-@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hypothesis_settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(operations=st.lists(st.sampled_from(OPERATIONS), min_size=1, max_size=8))
 def test_every_file_operation_changes_the_stamp(tmp_path: Path, operations: list[str]) -> None:
     directory = tmp_path / f"case-{time.monotonic_ns()}"
@@ -96,18 +114,28 @@ def config_of(settings: Settings, text: str) -> ActiveConfig:
     return ActiveConfig(settings.run_dir / "squid.conf", settings.config, True, directives, files)
 
 
-def test_the_spec_holds_the_config_its_includes_their_globs_and_the_tls_pair_only_when_bumping(tmp_path: Path) -> None:
+def test_the_spec_holds_the_config_its_includes_their_globs_and_the_tls_pair_only_when_bumping(
+    tmp_path: Path,
+) -> None:
     settings = settings_for(tmp_path)
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.conf").write_text("acl a src 10.0.0.1\n")
     (tmp_path / "one.conf").write_text("acl b src 10.0.0.2\n")
-    plain = config_of(settings, f"include {tmp_path}/d/*.conf {tmp_path}/one.conf\nhttp_port 3128\n")
+    plain = config_of(
+        settings, f"include {tmp_path}/d/*.conf {tmp_path}/one.conf\nhttp_port 3128\n"
+    )
     spec = watch.spec_for(settings, plain)
-    assert spec.files == (str(settings.config), str(tmp_path / "d" / "a.conf"), str(tmp_path / "one.conf"))
+    assert spec.files == (
+        str(settings.config),
+        str(tmp_path / "d" / "a.conf"),
+        str(tmp_path / "one.conf"),
+    )
     assert spec.globs == (f"{tmp_path}/d/*.conf", f"{tmp_path}/one.conf")
     bumping = config_of(settings, "http_port 3128 ssl-bump\n")
     assert str(settings.tls_cert) in watch.spec_for(settings, bumping).files
-    assert str(settings.tls_key) in watch.spec_for(settings, None).files  # before the config is known
+    assert (
+        str(settings.tls_key) in watch.spec_for(settings, None).files
+    )  # before the config is known
 
 
 def test_a_file_appearing_in_an_include_glob_is_a_change(tmp_path: Path) -> None:
@@ -121,7 +149,9 @@ def test_a_file_appearing_in_an_include_glob_is_a_change(tmp_path: Path) -> None
     assert watch.changed_paths(before, after) == [f"{tmp_path}/d/*.conf"]
 
 
-def test_a_glob_over_a_huge_tree_is_bounded_and_reported_not_walked_forever(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_glob_over_a_huge_tree_is_bounded_and_reported_not_walked_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from entrypoint import squid_config
 
     monkeypatch.setattr(squid_config, "MAX_GLOB_ENTRIES", 50)
@@ -131,10 +161,14 @@ def test_a_glob_over_a_huge_tree_is_bounded_and_reported_not_walked_forever(tmp_
     started = time.monotonic()
     prints, _ = watch.fingerprint(spec)
     assert time.monotonic() - started < 5
-    assert prints["globs"][0] == "unusable" and "more than 50 directory entries" in str(prints["globs"][1])
+    assert prints["globs"][0] == "unusable" and "more than 50 directory entries" in str(
+        prints["globs"][1]
+    )
 
 
-def test_the_number_of_stamped_files_is_capped(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_number_of_stamped_files_is_capped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(watch, "MAX_WATCHED_FILES", 10)
     for index in range(30):
         (tmp_path / f"f{index:02d}.conf").write_text("")
@@ -142,7 +176,9 @@ def test_the_number_of_stamped_files_is_capped(tmp_path: Path, monkeypatch) -> N
     assert capped and sum(key.startswith("file:") for key in prints) == 10
 
 
-def test_a_file_a_new_config_brings_in_that_changed_after_the_read_is_a_change(tmp_path: Path) -> None:
+def test_a_file_a_new_config_brings_in_that_changed_after_the_read_is_a_change(
+    tmp_path: Path,
+) -> None:
     settings = settings_for(tmp_path)
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.conf").write_text("acl a src 10.0.0.1\n")
@@ -154,7 +190,10 @@ def test_a_file_a_new_config_brings_in_that_changed_after_the_read_is_a_change(t
     assert watch.changed_since_read(applied, current, config, time.time_ns()) == []
     (tmp_path / "d" / "b.conf").write_text("acl b src 10.0.0.2\n")  # appeared after the read
     current, _ = watch.fingerprint(watch.spec_for(settings, config))
-    assert watch.changed_since_read(applied, current, config, before_read) == [f"glob:{tmp_path}/d/*.conf", f"file:{tmp_path}/d/a.conf"]
+    assert watch.changed_since_read(applied, current, config, before_read) == [
+        f"glob:{tmp_path}/d/*.conf",
+        f"file:{tmp_path}/d/a.conf",
+    ]
 
 
 # -- the polling thread: debounce, one call per settled state -------------------------------------
@@ -164,11 +203,15 @@ class Recorder:
         self.warnings: list[str] = []
 
 
-def run_watcher(settings: Settings, config: ActiveConfig | None, body) -> Recorder:  # type: ignore[no-untyped-def]
+def run_watcher(
+    settings: Settings, config: ActiveConfig | None, body: Callable[[watch.Watcher], None]
+) -> Recorder:
     recorder = Recorder()
 
     async def main() -> None:
-        watcher = watch.Watcher(settings, lambda: config, lambda: 0, recorder.changes.append, recorder.warnings.append)
+        watcher = watch.Watcher(
+            settings, lambda: config, lambda: 0, recorder.changes.append, recorder.warnings.append
+        )
         watcher.start(asyncio.get_running_loop())
         try:
             await asyncio.get_running_loop().run_in_executor(None, body, watcher)
@@ -187,7 +230,9 @@ def wait_polls(watcher: watch.Watcher, count: int) -> None:
         time.sleep(0.01)
 
 
-def test_a_burst_of_changes_is_one_call_after_it_settles_and_a_settled_state_is_not_repeated(tmp_path: Path) -> None:
+def test_a_burst_of_changes_is_one_call_after_it_settles_and_a_settled_state_is_not_repeated(
+    tmp_path: Path,
+) -> None:
     settings = settings_for(tmp_path, CONFIG_WATCH_INTERVAL="0.2")
     volume = KubeletVolume(settings.config.parent)
     volume.publish({"squid.conf": b"0\n"})

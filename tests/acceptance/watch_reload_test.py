@@ -58,11 +58,13 @@ def proxies(address: str, port: int, server: netutil.LocalServer, path: str) -> 
     return (result.status, result.body) == (200, server.expected_body(path))
 
 
-def test_a_configmap_update_reaches_the_running_pod_without_a_restart(kube: KubePlay, kube_gateway: str) -> None:
+def test_a_configmap_update_reaches_the_running_pod_without_a_restart(
+    kube: KubePlay, kube_gateway: str
+) -> None:
     kube.render(
         KUBERNETES_DIR / "base",
         "      - op: add\n        path: /spec/template/spec/containers/0/env/-\n"
-        f"        value: {{name: CONFIG_WATCH_INTERVAL, value: \"{WATCH_INTERVAL_S}\"}}\n",
+        f'        value: {{name: CONFIG_WATCH_INTERVAL, value: "{WATCH_INTERVAL_S}"}}\n',
     )
     container = kube.play()
     address = kube.pod_ip(container)
@@ -74,17 +76,25 @@ def test_a_configmap_update_reaches_the_running_pod_without_a_restart(kube: Kube
     with netutil.LocalServer(kube_gateway, freebind=True) as server:
         assert proxies(address, 3128, server, "/before")
         updated_at = time.monotonic()
-        kubelet_update(source, {"squid.conf": config.replace("http_port 3128", "http_port 3129").encode()}, 1)
+        kubelet_update(
+            source, {"squid.conf": config.replace("http_port 3128", "http_port 3129").encode()}, 1
+        )
         deadline = updated_at + REACTION_TIMEOUT_S
         while not proxies(address, 3129, server, "/after"):
-            assert time.monotonic() < deadline, f"3129 not served {REACTION_TIMEOUT_S} s after the update:\n{kube.podman.logs(container).combined[-4000:]}"
+            assert time.monotonic() < deadline, (
+                f"3129 not served {REACTION_TIMEOUT_S} s after the update:\n{kube.podman.logs(container).combined[-4000:]}"
+            )
             time.sleep(0.5)
-        print(f"ConfigMap update -> new port serving: {time.monotonic() - updated_at:.1f} s (CONFIG_WATCH_INTERVAL={WATCH_INTERVAL_S})")
+        print(
+            f"ConfigMap update -> new port serving: {time.monotonic() - updated_at:.1f} s (CONFIG_WATCH_INTERVAL={WATCH_INTERVAL_S})"
+        )
         assert not proxies(address, 3128, server, "/old-port")
     logs = kube.podman.logs(container).stdout
     assert f"Watch: {CONFIG_DIR}/squid.conf changed; reloading the config" in logs, logs[-3000:]
     assert "Squid reconfigured (PID" in logs
-    assert kube.podman.inspect(container)["State"]["StartedAt"] == started, "the container was restarted"  # type: ignore[index]
+    assert kube.podman.inspect(container)["State"]["StartedAt"] == started, (
+        "the container was restarted"
+    )  # type: ignore[index]
     netutil.wait_for_status(address, 8080, "/ready", 200, 30)  # readiness followed the new port
     logs, exit_code = kube.stop_and_down()
     assert "Shutdown complete" in logs and exit_code == 0, logs[-3000:]
