@@ -281,3 +281,65 @@ def test_a_config_in_a_bind_mounted_directory_is_not_warned_about(
         if run is not None:
             run.cleanup()
         unmount(mounted)
+
+
+# -- what the watched files cannot do to PID 1 --------------------------------------------------
+def started_with_include_glob(
+    workspace: Workspace, launch: Launcher, pattern: str
+) -> EntrypointRun:
+    text = port_config(workspace, workspace.squid_port, f"include {pattern}\n")
+    workspace.custom_config.write_bytes(text)
+    workspace.share_tree(workspace.etc)
+    run = launch(watching(workspace, workspace.custom_config))
+    run.wait_ready()
+    return run
+
+
+def assert_pid1_responsive(run: EntrypointRun) -> None:
+    """SIGHUP is taken at once (its log line), SIGTERM ends everything within the stop bound."""
+    run.process.send_signal(signal.SIGHUP)
+    run.wait_for_output(r"Received signal SIGHUP, reloading the config", 5)
+    run.process.terminate()
+    assert run.wait_exit(60) == 0
+
+
+def test_a_fifo_appearing_in_an_include_glob_is_skipped_once_and_blocks_nothing(
+    workspace: Workspace, launch: Launcher
+) -> None:
+    conf_d = workspace.make_dir(workspace.etc / "conf.d", 0o775)
+    (conf_d / "a.conf").write_text("acl a src 10.0.0.1\n")
+    run = started_with_include_glob(workspace, launch, f"{conf_d}/*.conf")
+    os.mkfifo(conf_d / "b.conf")  # a writer that never comes: a read would block forever
+    run.wait_for_output(
+        r"Reload skipped, Squid keeps its current config: .*b\.conf is a FIFO",
+        REACTION_BOUND,
+        stream="stderr",
+    )
+    time.sleep(8 * INTERVAL)
+    assert run.stderr.count("Reload skipped") == 1, run.stderr[-3000:]
+    assert proxies_through(workspace.squid_port)
+    (conf_d / "b.conf").unlink()  # gone again: the next settled state is good
+    run.wait_for_output(r"Squid reconfigured", REACTION_BOUND)
+    assert_pid1_responsive(run)
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/devices"), reason="needs /sys (a huge tree)")
+def test_an_include_glob_whose_tree_explodes_is_skipped_once_and_pid1_stays_responsive(
+    workspace: Workspace, launch: Launcher
+) -> None:
+    tree = workspace.make_dir(workspace.etc / "tree", 0o775)
+    deep = tree / "a" / "a" / "a" / "a" / "a" / "a" / "a" / "a"
+    deep.mkdir(parents=True)
+    (deep / "x.conf").write_text("acl a src 10.0.0.1\n")
+    workspace.share_tree(tree)
+    run = started_with_include_glob(workspace, launch, f"{tree}/*/*/*/*/*/*/*/*/x.conf")
+    (tree / "sys").symlink_to("/sys")  # the glob now walks /sys: past the walker's 100 000 entries
+    run.wait_for_output(
+        r"Reload skipped, Squid keeps its current config: .*visited more than 100000 directory entries",
+        REACTION_BOUND,
+        stream="stderr",
+    )
+    time.sleep(8 * INTERVAL)  # the watcher keeps walking within its bounds: no second reload
+    assert run.stderr.count("Reload skipped") == 1, run.stderr[-3000:]
+    assert proxies_through(workspace.squid_port)
+    assert_pid1_responsive(run)
