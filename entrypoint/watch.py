@@ -81,6 +81,8 @@ def fingerprint(spec: WatchSpec, cancel: threading.Event | None = None) -> tuple
     """Every watched path's stamp, the glob results under `glob:<pattern>`; and whether the cap cut it short."""
     prints: Fingerprint = {}
     paths = list(spec.files)
+    # Always present, so that globs turning unusable (or usable again) is a change between two looks.
+    prints["globs"] = ("expanded",)
     try:
         matches = include_glob_matches(spec.globs, cancel)
     except ConfigError as error:  # past the walker's bounds: the reload says what is wrong

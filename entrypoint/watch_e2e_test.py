@@ -335,7 +335,7 @@ def test_an_include_glob_whose_tree_explodes_is_skipped_once_and_pid1_stays_resp
     run = started_with_include_glob(workspace, launch, f"{tree}/*/*/*/*/*/*/*/*/x.conf")
     (tree / "sys").symlink_to("/sys")  # the glob now walks /sys: past the walker's 100 000 entries
     run.wait_for_output(
-        r"Reload skipped, Squid keeps its current config: .*visited more than 100000 directory entries",
+        r"Reload skipped, Squid keeps its current config: .*(visited more than 100000 directory entries|took longer than)",
         REACTION_BOUND,
         stream="stderr",
     )
