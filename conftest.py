@@ -23,11 +23,17 @@ else:
     import os
 
     settings.register_profile(
-        "ci", database=None, deadline=None, derandomize=True,
+        "ci",
+        database=None,
+        deadline=None,
+        derandomize=True,
         suppress_health_check=[HealthCheck.too_slow],
     )
     settings.register_profile(
-        "explore", database=None, deadline=None, max_examples=2000,
+        "explore",
+        database=None,
+        deadline=None,
+        max_examples=2000,
         suppress_health_check=[HealthCheck.too_slow],
     )
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

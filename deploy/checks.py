@@ -17,7 +17,14 @@ from typing import Any
 from entrypoint.settings import Settings, load_settings
 
 # Every directory the entrypoint or Squid writes, with a read-only root filesystem.
-RUNTIME_DIRS = ("/var/run/squid", "/var/log/squid", "/var/lib/squid", "/var/spool/squid", "/var/cache/squid", "/tmp")
+RUNTIME_DIRS = (
+    "/var/run/squid",
+    "/var/log/squid",
+    "/var/lib/squid",
+    "/var/spool/squid",
+    "/var/cache/squid",
+    "/tmp",
+)
 SHM_DIR = "/dev/shm"
 HEALTHCHECK = ["CMD", "/usr/bin/python3", "/usr/local/bin/healthcheck.py", "--check"]
 # Grace period = SHUTDOWN_TIMEOUT + a margin for killing what is left of Squid and exiting.
@@ -26,7 +33,16 @@ GRACE_MARGIN_MAX_S = 30.0
 
 # Pod Security Standards, "restricted" profile (Kubernetes 1.32).
 RESTRICTED_VOLUME_TYPES = frozenset(
-    {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+    {
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    }
 )
 RESTRICTED_ADDABLE_CAPABILITIES = frozenset({"NET_BIND_SERVICE"})
 SAFE_SYSCTLS = frozenset(
@@ -43,7 +59,9 @@ SAFE_SYSCTLS = frozenset(
         "net.ipv4.tcp_keepalive_probes",
     }
 )
-ALLOWED_SELINUX_TYPES = frozenset({"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"})
+ALLOWED_SELINUX_TYPES = frozenset(
+    {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
+)
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 
 
@@ -55,12 +73,16 @@ def settings_from_env(env: Mapping[str, str], where: str) -> tuple[Settings, lis
 
 def container_env(container: Mapping[str, Any]) -> dict[str, str]:
     """A Kubernetes container's literal env values (valueFrom entries cannot be checked offline)."""
-    return {item["name"]: str(item["value"]) for item in container.get("env") or [] if "value" in item}
+    return {
+        item["name"]: str(item["value"]) for item in container.get("env") or [] if "value" in item
+    }
 
 
 def grace_problems(shutdown_timeout: float, grace_s: float | None, where: str) -> list[str]:
     if grace_s is None:
-        return [f"{where}: no grace period set (the runtime default may be shorter than SHUTDOWN_TIMEOUT)"]
+        return [
+            f"{where}: no grace period set (the runtime default may be shorter than SHUTDOWN_TIMEOUT)"
+        ]
     margin = grace_s - shutdown_timeout
     if not GRACE_MARGIN_MIN_S <= margin <= GRACE_MARGIN_MAX_S:
         return [
@@ -128,7 +150,9 @@ def restricted_problems(pod_spec: Mapping[str, Any], where: str) -> list[str]:
     for volume in pod_spec.get("volumes") or []:
         kinds = [key for key in volume if key != "name"]
         if not kinds or any(kind not in RESTRICTED_VOLUME_TYPES for kind in kinds):
-            problems.append(f"{where}: volume {volume.get('name')!r} of type {kinds} is not allowed")
+            problems.append(
+                f"{where}: volume {volume.get('name')!r} of type {kinds} is not allowed"
+            )
     for sysctl in pod_context.get("sysctls") or []:
         if sysctl.get("name") not in SAFE_SYSCTLS:
             problems.append(f"{where}: sysctl {sysctl.get('name')!r} is not in the safe set")
@@ -161,7 +185,9 @@ def restricted_problems(pod_spec: Mapping[str, Any], where: str) -> list[str]:
             problems.append(f"{at}: runAsUser must not be 0")
         seccomp = (context.get("seccompProfile") or {}).get("type") or pod_seccomp
         if seccomp not in ("RuntimeDefault", "Localhost"):
-            problems.append(f"{at}: seccompProfile must be RuntimeDefault or Localhost (got {seccomp!r})")
+            problems.append(
+                f"{at}: seccompProfile must be RuntimeDefault or Localhost (got {seccomp!r})"
+            )
         if context.get("procMount") not in (None, "Default"):
             problems.append(f"{at}: procMount must be Default")
         if (context.get("windowsOptions") or {}).get("hostProcess"):
@@ -195,7 +221,9 @@ def proxy_container(pod_spec: Mapping[str, Any]) -> Mapping[str, Any]:
     containers = pod_spec.get("containers") or []
     named = [c for c in containers if c.get("name") == "cephaloproxy"]
     if len(named) != 1:
-        raise AssertionError(f"expected one container named cephaloproxy, got {[c.get('name') for c in containers]}")
+        raise AssertionError(
+            f"expected one container named cephaloproxy, got {[c.get('name') for c in containers]}"
+        )
     return named[0]
 
 
@@ -204,16 +232,25 @@ def pod_problems(pod_spec: Mapping[str, Any], where: str) -> list[str]:
     problems: list[str] = []
     container = proxy_container(pod_spec)
     volumes = {volume["name"]: volume for volume in pod_spec.get("volumes") or []}
-    mounts = {mount["mountPath"].rstrip("/") or "/": mount for mount in container.get("volumeMounts") or []}
+    mounts = {
+        mount["mountPath"].rstrip("/") or "/": mount
+        for mount in container.get("volumeMounts") or []
+    }
     for mount in mounts.values():
         if mount.get("subPath") or mount.get("subPathExpr"):
-            problems.append(f"{where}: {mount['mountPath']} uses subPath (updates never reach the pod)")
+            problems.append(
+                f"{where}: {mount['mountPath']} uses subPath (updates never reach the pod)"
+            )
         if mount["name"] not in volumes:
-            problems.append(f"{where}: mount {mount['mountPath']} names no volume {mount['name']!r}")
+            problems.append(
+                f"{where}: mount {mount['mountPath']} names no volume {mount['name']!r}"
+            )
     for directory in RUNTIME_DIRS:
         mount = mounts.get(directory)
         volume = volumes.get(mount["name"]) if mount else None
-        if volume is None or not ({"emptyDir", "persistentVolumeClaim", "ephemeral"} & volume.keys()):
+        if volume is None or not (
+            {"emptyDir", "persistentVolumeClaim", "ephemeral"} & volume.keys()
+        ):
             problems.append(f"{where}: {directory} needs a writable volume (emptyDir or a claim)")
         elif mount.get("readOnly"):
             problems.append(f"{where}: {directory} is mounted read-only")
@@ -222,26 +259,44 @@ def pod_problems(pod_spec: Mapping[str, Any], where: str) -> list[str]:
     if not shm_volume or (shm_volume.get("emptyDir") or {}).get("medium") != "Memory":
         problems.append(f"{where}: {SHM_DIR} needs an emptyDir with medium: Memory")
     if "/etc/squid" in mounts:
-        problems.append(f"{where}: a volume over /etc/squid hides /etc/squid/squid.conf.default; mount elsewhere")
+        problems.append(
+            f"{where}: a volume over /etc/squid hides /etc/squid/squid.conf.default; mount elsewhere"
+        )
 
     env = container_env(container)
     settings, env_problems = settings_from_env(env, where)
     problems += env_problems
     if "SHUTDOWN_TIMEOUT" not in env:
-        problems.append(f"{where}: set SHUTDOWN_TIMEOUT explicitly (the grace period is derived from it)")
-    problems += grace_problems(settings.shutdown_timeout, pod_spec.get("terminationGracePeriodSeconds"), where)
+        problems.append(
+            f"{where}: set SHUTDOWN_TIMEOUT explicitly (the grace period is derived from it)"
+        )
+    problems += grace_problems(
+        settings.shutdown_timeout, pod_spec.get("terminationGracePeriodSeconds"), where
+    )
     config_dir = str(settings.config.parent)
     config_volume = volumes.get(mounts[config_dir]["name"]) if config_dir in mounts else None
     if config_volume is None or "configMap" not in config_volume:
-        problems.append(f"{where}: CEPHALOPROXY_CONFIG={settings.config} is not in a mounted ConfigMap directory")
+        problems.append(
+            f"{where}: CEPHALOPROXY_CONFIG={settings.config} is not in a mounted ConfigMap directory"
+        )
 
     ports = {port.get("name"): port.get("containerPort") for port in container.get("ports") or []}
     if ports.get("proxy") != settings.squid_port or ports.get("health") != settings.health_port:
         problems.append(f"{where}: container ports {ports} do not match SQUID_PORT/HEALTH_PORT")
-    for probe, path in (("startupProbe", None), ("livenessProbe", "/health"), ("readinessProbe", "/ready")):
+    for probe, path in (
+        ("startupProbe", None),
+        ("livenessProbe", "/health"),
+        ("readinessProbe", "/ready"),
+    ):
         get = (container.get(probe) or {}).get("httpGet") or {}
-        if not get or get.get("port") not in ("health", settings.health_port) or (path and get.get("path") != path):
-            problems.append(f"{where}: {probe} must GET {path or '/health'} on the health port, got {get}")
+        if (
+            not get
+            or get.get("port") not in ("health", settings.health_port)
+            or (path and get.get("path") != path)
+        ):
+            problems.append(
+                f"{where}: {probe} must GET {path or '/health'} on the health port, got {get}"
+            )
     resources = container.get("resources") or {}
     for kind in ("requests", "limits"):
         for resource in ("cpu", "memory"):
@@ -270,7 +325,9 @@ def deployment_problems(deployment: Mapping[str, Any], where: str) -> list[str]:
 
 def _tmpfs_targets(service: Mapping[str, Any]) -> set[str]:
     entries = service.get("tmpfs") or []
-    targets = {entry.split(":", 1)[0] for entry in ([entries] if isinstance(entries, str) else entries)}
+    targets = {
+        entry.split(":", 1)[0] for entry in ([entries] if isinstance(entries, str) else entries)
+    }
     for volume in service.get("volumes") or []:
         if isinstance(volume, Mapping) and volume.get("type") == "tmpfs":
             targets.add(volume["target"])
@@ -282,22 +339,34 @@ def compose_service_problems(service: Mapping[str, Any], where: str) -> list[str
     problems: list[str] = []
     uid, _, gid = str(service.get("user", "")).partition(":")
     if not uid.isdigit() or int(uid) == 0 or gid != "0":
-        problems.append(f"{where}: user must be a non-root UID with GID 0 (e.g. \"1000:0\"), got {service.get('user')!r}")
+        problems.append(
+            f'{where}: user must be a non-root UID with GID 0 (e.g. "1000:0"), got {service.get("user")!r}'
+        )
     if service.get("read_only") is not True:
         problems.append(f"{where}: read_only must be true")
     writable = _tmpfs_targets(service)
     for volume in service.get("volumes") or []:
-        if isinstance(volume, Mapping) and volume.get("type") == "volume" and not volume.get("read_only"):
+        if (
+            isinstance(volume, Mapping)
+            and volume.get("type") == "volume"
+            and not volume.get("read_only")
+        ):
             writable.add(volume["target"])
     for directory in RUNTIME_DIRS:
         if directory not in writable:
-            problems.append(f"{where}: {directory} needs a tmpfs or a writable volume (read_only root)")
+            problems.append(
+                f"{where}: {directory} needs a tmpfs or a writable volume (read_only root)"
+            )
     healthcheck = service.get("healthcheck") or {}
     if healthcheck.get("test") != HEALTHCHECK:
-        problems.append(f"{where}: healthcheck.test must be {HEALTHCHECK} (the image has no shell or curl)")
+        problems.append(
+            f"{where}: healthcheck.test must be {HEALTHCHECK} (the image has no shell or curl)"
+        )
     if "ALL" not in (service.get("cap_drop") or []):
         problems.append(f"{where}: cap_drop must contain ALL")
-    if not any(str(option).startswith("no-new-privileges") for option in service.get("security_opt") or []):
+    if not any(
+        str(option).startswith("no-new-privileges") for option in service.get("security_opt") or []
+    ):
         problems.append(f"{where}: security_opt must contain no-new-privileges:true")
     environment = service.get("environment") or {}
     if isinstance(environment, list):
@@ -306,9 +375,13 @@ def compose_service_problems(service: Mapping[str, Any], where: str) -> list[str
     settings, env_problems = settings_from_env(env, where)
     problems += env_problems
     if "SHUTDOWN_TIMEOUT" not in env:
-        problems.append(f"{where}: set SHUTDOWN_TIMEOUT explicitly (stop_grace_period is derived from it)")
+        problems.append(
+            f"{where}: set SHUTDOWN_TIMEOUT explicitly (stop_grace_period is derived from it)"
+        )
     grace = service.get("stop_grace_period")
-    problems += grace_problems(settings.shutdown_timeout, None if grace is None else parse_duration(grace), where)
+    problems += grace_problems(
+        settings.shutdown_timeout, None if grace is None else parse_duration(grace), where
+    )
     for volume in service.get("volumes") or []:
         target = volume.get("target") if isinstance(volume, Mapping) else str(volume).split(":")[1]
         if target in ("/etc/squid", "/etc/squid/squid.conf.default"):

@@ -19,7 +19,10 @@ from deploy import checks
 DEPLOY_DIR = Path(__file__).absolute().parent
 REPO = DEPLOY_DIR.parent
 BASE_DEPLOYMENT = DEPLOY_DIR / "kubernetes" / "base" / "deployment.yaml"
-CONFIGS = [REPO / "deploy" / "kubernetes" / "base" / "squid.conf", *sorted((REPO / "examples").glob("*/squid.conf"))]
+CONFIGS = [
+    REPO / "deploy" / "kubernetes" / "base" / "squid.conf",
+    *sorted((REPO / "examples").glob("*/squid.conf")),
+]
 
 
 @pytest.fixture
@@ -47,7 +50,9 @@ def set_env(name: str, value: str | None) -> Callable[[dict[str, Any]], None]:
 
 def drop_mount(path: str) -> Callable[[dict[str, Any]], None]:
     def mutate(d: dict[str, Any]) -> None:
-        container(d)["volumeMounts"] = [m for m in container(d)["volumeMounts"] if m["mountPath"] != path]
+        container(d)["volumeMounts"] = [
+            m for m in container(d)["volumeMounts"] if m["mountPath"] != path
+        ]
 
     return mutate
 
@@ -58,14 +63,33 @@ def test_the_base_deployment_passes(deployment: dict[str, Any]) -> None:
 
 # (id, mutation, words the problem must contain)
 PLANTED: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
-    ("privilege-escalation", lambda d: container(d)["securityContext"].update(allowPrivilegeEscalation=True), "allowPrivilegeEscalation"),
-    ("escalation-unset", lambda d: container(d)["securityContext"].pop("allowPrivilegeEscalation"), "allowPrivilegeEscalation"),
-    ("capabilities-kept", lambda d: container(d)["securityContext"]["capabilities"].update(drop=[]), "drop must contain ALL"),
-    ("capability-added", lambda d: container(d)["securityContext"]["capabilities"].update(add=["NET_ADMIN"]), "NET_ADMIN"),
+    (
+        "privilege-escalation",
+        lambda d: container(d)["securityContext"].update(allowPrivilegeEscalation=True),
+        "allowPrivilegeEscalation",
+    ),
+    (
+        "escalation-unset",
+        lambda d: container(d)["securityContext"].pop("allowPrivilegeEscalation"),
+        "allowPrivilegeEscalation",
+    ),
+    (
+        "capabilities-kept",
+        lambda d: container(d)["securityContext"]["capabilities"].update(drop=[]),
+        "drop must contain ALL",
+    ),
+    (
+        "capability-added",
+        lambda d: container(d)["securityContext"]["capabilities"].update(add=["NET_ADMIN"]),
+        "NET_ADMIN",
+    ),
     ("privileged", lambda d: container(d)["securityContext"].update(privileged=True), "privileged"),
     (
         "run-as-root-allowed",
-        lambda d: (pod(d)["securityContext"].pop("runAsNonRoot"), container(d)["securityContext"].pop("runAsNonRoot")),
+        lambda d: (
+            pod(d)["securityContext"].pop("runAsNonRoot"),
+            container(d)["securityContext"].pop("runAsNonRoot"),
+        ),
         "runAsNonRoot",
     ),
     ("uid-0", lambda d: pod(d)["securityContext"].update(runAsUser=0), "runAsUser must not be 0"),
@@ -74,45 +98,93 @@ PLANTED: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         lambda d: container(d)["securityContext"].update(seccompProfile={"type": "Unconfined"}),
         "seccompProfile",
     ),
-    ("writable-root", lambda d: container(d)["securityContext"].update(readOnlyRootFilesystem=False), "readOnlyRootFilesystem"),
+    (
+        "writable-root",
+        lambda d: container(d)["securityContext"].update(readOnlyRootFilesystem=False),
+        "readOnlyRootFilesystem",
+    ),
     ("host-network", lambda d: pod(d).update(hostNetwork=True), "hostNetwork"),
-    ("host-path", lambda d: pod(d)["volumes"].append({"name": "h", "hostPath": {"path": "/"}}), "hostPath"),
+    (
+        "host-path",
+        lambda d: pod(d)["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
+        "hostPath",
+    ),
     ("host-port", lambda d: container(d)["ports"][0].update(hostPort=3128), "hostPort"),
-    ("unsafe-sysctl", lambda d: pod(d)["securityContext"].update(sysctls=[{"name": "kernel.msgmax", "value": "1"}]), "sysctl"),
+    (
+        "unsafe-sysctl",
+        lambda d: pod(d)["securityContext"].update(
+            sysctls=[{"name": "kernel.msgmax", "value": "1"}]
+        ),
+        "sysctl",
+    ),
     ("grace-too-short", lambda d: pod(d).update(terminationGracePeriodSeconds=30), "grace period"),
     ("grace-missing", lambda d: pod(d).pop("terminationGracePeriodSeconds"), "grace period"),
     ("grace-absurd", lambda d: pod(d).update(terminationGracePeriodSeconds=600), "grace period"),
     ("timeout-raised-alone", set_env("SHUTDOWN_TIMEOUT", "60"), "grace period"),
     ("timeout-implicit", set_env("SHUTDOWN_TIMEOUT", None), "SHUTDOWN_TIMEOUT explicitly"),
     ("log-level-number", set_env("LOG_LEVEL", "1"), "LOG_LEVEL"),
-    ("config-not-mounted", set_env("CEPHALOPROXY_CONFIG", "/etc/squid/elsewhere/squid.conf"), "CEPHALOPROXY_CONFIG"),
+    (
+        "config-not-mounted",
+        set_env("CEPHALOPROXY_CONFIG", "/etc/squid/elsewhere/squid.conf"),
+        "CEPHALOPROXY_CONFIG",
+    ),
     ("tmp-not-writable", drop_mount("/tmp"), "/tmp"),
     ("run-dir-not-writable", drop_mount("/var/run/squid"), "/var/run/squid"),
-    ("shm-on-disk", lambda d: next(v for v in pod(d)["volumes"] if v["name"] == "shm")["emptyDir"].pop("medium"), "/dev/shm"),
+    (
+        "shm-on-disk",
+        lambda d: next(v for v in pod(d)["volumes"] if v["name"] == "shm")["emptyDir"].pop(
+            "medium"
+        ),
+        "/dev/shm",
+    ),
     (
         "config-subpath",
-        lambda d: next(m for m in container(d)["volumeMounts"] if m["name"] == "config").update(subPath="squid.conf"),
+        lambda d: next(m for m in container(d)["volumeMounts"] if m["name"] == "config").update(
+            subPath="squid.conf"
+        ),
         "subPath",
     ),
     (
         "config-over-etc-squid",
         lambda d: (
-            next(m for m in container(d)["volumeMounts"] if m["name"] == "config").update(mountPath="/etc/squid"),
+            next(m for m in container(d)["volumeMounts"] if m["name"] == "config").update(
+                mountPath="/etc/squid"
+            ),
             set_env("CEPHALOPROXY_CONFIG", "/etc/squid/squid.conf")(d),
         ),
         "hides /etc/squid/squid.conf.default",
     ),
-    ("readiness-on-health", lambda d: container(d)["readinessProbe"]["httpGet"].update(path="/health"), "readinessProbe"),
+    (
+        "readiness-on-health",
+        lambda d: container(d)["readinessProbe"]["httpGet"].update(path="/health"),
+        "readinessProbe",
+    ),
     ("no-startup-probe", lambda d: container(d).pop("startupProbe"), "startupProbe"),
-    ("no-memory-limit", lambda d: container(d)["resources"]["limits"].pop("memory"), "limits.memory"),
+    (
+        "no-memory-limit",
+        lambda d: container(d)["resources"]["limits"].pop("memory"),
+        "limits.memory",
+    ),
     ("health-port-moved", set_env("HEALTH_PORT", "9090"), "HEALTH_PORT"),
-    ("rollout-drops-a-pod", lambda d: d["spec"]["strategy"]["rollingUpdate"].update(maxUnavailable=1), "maxUnavailable"),
-    ("selector-mismatch", lambda d: d["spec"]["selector"]["matchLabels"].update(extra="x"), "selector"),
+    (
+        "rollout-drops-a-pod",
+        lambda d: d["spec"]["strategy"]["rollingUpdate"].update(maxUnavailable=1),
+        "maxUnavailable",
+    ),
+    (
+        "selector-mismatch",
+        lambda d: d["spec"]["selector"]["matchLabels"].update(extra="x"),
+        "selector",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("mutation", "expected"), [(m, e) for _, m, e in PLANTED], ids=[i for i, _, _ in PLANTED])
-def test_a_planted_bug_is_reported(deployment: dict[str, Any], mutation: Callable[[dict[str, Any]], None], expected: str) -> None:
+@pytest.mark.parametrize(
+    ("mutation", "expected"), [(m, e) for _, m, e in PLANTED], ids=[i for i, _, _ in PLANTED]
+)
+def test_a_planted_bug_is_reported(
+    deployment: dict[str, Any], mutation: Callable[[dict[str, Any]], None], expected: str
+) -> None:
     broken = copy.deepcopy(deployment)
     mutation(broken)
     problems = checks.deployment_problems(broken, "base")
@@ -120,10 +192,17 @@ def test_a_planted_bug_is_reported(deployment: dict[str, Any], mutation: Callabl
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[f"{c.parent.name}" for c in CONFIGS])
-def test_every_config_drains_inside_the_deployments_shutdown_timeout(config: Path, deployment: dict[str, Any]) -> None:
-    settings, problems = checks.settings_from_env(checks.container_env(container(deployment)), "base")
+def test_every_config_drains_inside_the_deployments_shutdown_timeout(
+    config: Path, deployment: dict[str, Any]
+) -> None:
+    settings, problems = checks.settings_from_env(
+        checks.container_env(container(deployment)), "base"
+    )
     assert problems == []
-    assert checks.config_shutdown_problems(config.read_text(), settings.shutdown_timeout, str(config)) == []
+    assert (
+        checks.config_shutdown_problems(config.read_text(), settings.shutdown_timeout, str(config))
+        == []
+    )
 
 
 def test_a_long_shutdown_lifetime_is_reported() -> None:
@@ -133,7 +212,9 @@ def test_a_long_shutdown_lifetime_is_reported() -> None:
     assert checks.config_shutdown_problems("shutdown_lifetime 5 seconds\n", 30.0, "x") == []
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("40s", 40.0), ("1m30s", 90.0), ("1h", 3600.0), ("500ms", 0.5)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("40s", 40.0), ("1m30s", 90.0), ("1h", 3600.0), ("500ms", 0.5)]
+)
 def test_compose_durations(text: str, seconds: float) -> None:
     assert checks.parse_duration(text) == seconds
 

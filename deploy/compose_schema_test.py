@@ -31,7 +31,11 @@ MISSING = (
 
 
 def compose_spec_bin() -> str:
-    found = os.environ.get(BIN_ENV) or shutil.which("compose-spec") or shutil.which("compose-spec", path="/usr/bin")
+    found = (
+        os.environ.get(BIN_ENV)
+        or shutil.which("compose-spec")
+        or shutil.which("compose-spec", path="/usr/bin")
+    )
     if not found or not os.access(found, os.X_OK):
         pytest.fail(f"the compose-spec command is missing: {MISSING}", pytrace=False)
     return found
@@ -69,10 +73,16 @@ def test_compose_go_rejects_an_unknown_key_and_a_wrong_type(tmp_path: Path) -> N
     control = tmp_path / "control" / "compose.yaml"
     control.parent.mkdir()
     control.write_text(text)
-    assert load_with_compose_go(control).returncode == 0, "an unchanged copy must load where the broken ones do not"
+    assert load_with_compose_go(control).returncode == 0, (
+        "an unchanged copy must load where the broken ones do not"
+    )
     broken = {
-        "unknown-key": text.replace("    stop_grace_period: 40s\n", "    stop_grace_periodd: 40s\n"),
-        "unknown-nested-key": text.replace("      retries: 3\n", "      retries: 3\n      tset: [CMD, \"true\"]\n"),
+        "unknown-key": text.replace(
+            "    stop_grace_period: 40s\n", "    stop_grace_periodd: 40s\n"
+        ),
+        "unknown-nested-key": text.replace(
+            "      retries: 3\n", '      retries: 3\n      tset: [CMD, "true"]\n'
+        ),
         "wrong-type": text.replace("    read_only: true\n", "    read_only: maybe\n"),
         "tmpfs-as-map": text.replace("      - /tmp:size=64m\n", "      /tmp: size=64m\n"),
     }
@@ -91,10 +101,21 @@ def test_compose_go_loads_it(normalized: dict[str, Any]) -> None:
 
 def test_the_loaded_service_keeps_the_image_contract(normalized: dict[str, Any]) -> None:
     """What Compose makes of the file (interpolated, normalised) still keeps the contract."""
-    assert checks.compose_service_problems(normalized["services"]["cephaloproxy"], "compose.yaml (loaded)") == []
+    assert (
+        checks.compose_service_problems(
+            normalized["services"]["cephaloproxy"], "compose.yaml (loaded)"
+        )
+        == []
+    )
 
 
-def test_compose_resolves_the_default_mounts_as_checked(raw: dict[str, Any], normalized: dict[str, Any]) -> None:
+def test_compose_resolves_the_default_mounts_as_checked(
+    raw: dict[str, Any], normalized: dict[str, Any]
+) -> None:
     sources = checks.bind_sources(raw["services"]["cephaloproxy"], COMPOSE_DIR)
-    loaded = [Path(v["source"]) for v in normalized["services"]["cephaloproxy"]["volumes"] if v["type"] == "bind"]
+    loaded = [
+        Path(v["source"])
+        for v in normalized["services"]["cephaloproxy"]["volumes"]
+        if v["type"] == "bind"
+    ]
     assert sources == loaded

@@ -42,7 +42,11 @@ def test_every_default_mount_source_exists(raw: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
-        ("healthcheck", {"test": ["CMD-SHELL", "curl -f http://localhost:8080/health"]}, "healthcheck"),
+        (
+            "healthcheck",
+            {"test": ["CMD-SHELL", "curl -f http://localhost:8080/health"]},
+            "healthcheck",
+        ),
         ("stop_grace_period", "10s", "grace period"),
         ("environment", {"SHUTDOWN_TIMEOUT": "30", "LOG_LEVEL": "1"}, "LOG_LEVEL"),
         ("environment", {"LOG_LEVEL": "INFO"}, "SHUTDOWN_TIMEOUT explicitly"),
@@ -55,7 +59,9 @@ def test_every_default_mount_source_exists(raw: dict[str, Any]) -> None:
         ("volumes", [{"type": "bind", "source": "./squid", "target": "/etc/squid"}], "hides"),
     ],
 )
-def test_a_planted_bug_is_reported(raw: dict[str, Any], field: str, value: Any, expected: str) -> None:
+def test_a_planted_bug_is_reported(
+    raw: dict[str, Any], field: str, value: Any, expected: str
+) -> None:
     service = json.loads(json.dumps(raw["services"]["cephaloproxy"]))
     service[field] = value
     problems = checks.compose_service_problems(service, "compose.yaml")

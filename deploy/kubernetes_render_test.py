@@ -48,57 +48,130 @@ TARGETS = ("base", *OVERLAYS, *(f"base+{name}" for name in EXAMPLE_COMPONENTS))
 
 _GO_DURATION = {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(h|m|s|ms))+$"}
 _METADATA = {
-    "type": "object", "required": ["name"], "additionalProperties": False,
-    "properties": {"name": {"type": "string"}, "namespace": {"type": "string"},
-                   "labels": {"type": "object"}, "annotations": {"type": "object"}},
+    "type": "object",
+    "required": ["name"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string"},
+        "namespace": {"type": "string"},
+        "labels": {"type": "object"},
+        "annotations": {"type": "object"},
+    },
 }
 CERT_MANAGER_SCHEMAS: dict[str, dict[str, Any]] = {
     "Issuer": {
-        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
         "properties": {
-            "apiVersion": {"const": "cert-manager.io/v1"}, "kind": {"const": "Issuer"}, "metadata": _METADATA,
+            "apiVersion": {"const": "cert-manager.io/v1"},
+            "kind": {"const": "Issuer"},
+            "metadata": _METADATA,
             "spec": {
-                "type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1,
+                "type": "object",
+                "additionalProperties": False,
+                "minProperties": 1,
+                "maxProperties": 1,
                 "properties": {
-                    "selfSigned": {"type": "object", "additionalProperties": False,
-                                   "properties": {"crlDistributionPoints": {"type": "array", "items": {"type": "string"}}}},
-                    "ca": {"type": "object", "required": ["secretName"], "additionalProperties": False,
-                           "properties": {"secretName": {"type": "string"}}},
+                    "selfSigned": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "crlDistributionPoints": {"type": "array", "items": {"type": "string"}}
+                        },
+                    },
+                    "ca": {
+                        "type": "object",
+                        "required": ["secretName"],
+                        "additionalProperties": False,
+                        "properties": {"secretName": {"type": "string"}},
+                    },
                 },
             },
         },
     },
     "Certificate": {
-        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
         "properties": {
-            "apiVersion": {"const": "cert-manager.io/v1"}, "kind": {"const": "Certificate"}, "metadata": _METADATA,
+            "apiVersion": {"const": "cert-manager.io/v1"},
+            "kind": {"const": "Certificate"},
+            "metadata": _METADATA,
             "spec": {
-                "type": "object", "required": ["issuerRef", "secretName"], "additionalProperties": False,
+                "type": "object",
+                "required": ["issuerRef", "secretName"],
+                "additionalProperties": False,
                 "properties": {
                     "isCA": {"type": "boolean"},
                     "commonName": {"type": "string", "maxLength": 64},
-                    "subject": {"type": "object", "additionalProperties": False, "properties": {
-                        key: {"type": "array", "items": {"type": "string"}}
-                        for key in ("organizations", "organizationalUnits", "countries", "localities", "provinces")
-                    }},
+                    "subject": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            key: {"type": "array", "items": {"type": "string"}}
+                            for key in (
+                                "organizations",
+                                "organizationalUnits",
+                                "countries",
+                                "localities",
+                                "provinces",
+                            )
+                        },
+                    },
                     "secretName": {"type": "string"},
                     "duration": _GO_DURATION,
                     "renewBefore": _GO_DURATION,
-                    "privateKey": {"type": "object", "additionalProperties": False, "properties": {
-                        "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
-                        "size": {"type": "integer"},
-                        "encoding": {"enum": ["PKCS1", "PKCS8"]},
-                        "rotationPolicy": {"enum": ["Never", "Always"]},
-                    }},
-                    "usages": {"type": "array", "items": {"enum": [
-                        "signing", "digital signature", "content commitment", "key encipherment", "key agreement",
-                        "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any",
-                        "server auth", "client auth", "code signing", "email protection", "s/mime", "ipsec end system",
-                        "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc",
-                    ]}},
-                    "issuerRef": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
-                        "name": {"type": "string"}, "kind": {"enum": ["Issuer", "ClusterIssuer"]}, "group": {"type": "string"},
-                    }},
+                    "privateKey": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                            "size": {"type": "integer"},
+                            "encoding": {"enum": ["PKCS1", "PKCS8"]},
+                            "rotationPolicy": {"enum": ["Never", "Always"]},
+                        },
+                    },
+                    "usages": {
+                        "type": "array",
+                        "items": {
+                            "enum": [
+                                "signing",
+                                "digital signature",
+                                "content commitment",
+                                "key encipherment",
+                                "key agreement",
+                                "data encipherment",
+                                "cert sign",
+                                "crl sign",
+                                "encipher only",
+                                "decipher only",
+                                "any",
+                                "server auth",
+                                "client auth",
+                                "code signing",
+                                "email protection",
+                                "s/mime",
+                                "ipsec end system",
+                                "ipsec tunnel",
+                                "ipsec user",
+                                "timestamping",
+                                "ocsp signing",
+                                "microsoft sgc",
+                                "netscape sgc",
+                            ]
+                        },
+                    },
+                    "issuerRef": {
+                        "type": "object",
+                        "required": ["name"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string"},
+                            "kind": {"enum": ["Issuer", "ClusterIssuer"]},
+                            "group": {"type": "string"},
+                        },
+                    },
                 },
             },
         },
@@ -112,7 +185,9 @@ def validate_object(doc: dict[str, Any]) -> None:
         import jsonschema  # kubernetes-validate's own dependency
 
         schema = CERT_MANAGER_SCHEMAS.get(doc.get("kind", ""))
-        assert schema is not None, f"no schema for cert-manager kind {doc.get('kind')}: add it to CERT_MANAGER_SCHEMAS"
+        assert schema is not None, (
+            f"no schema for cert-manager kind {doc.get('kind')}: add it to CERT_MANAGER_SCHEMAS"
+        )
         jsonschema.validate(doc, schema)
         return
     validator().validate(doc, KUBERNETES_VERSION, strict=True)
@@ -121,7 +196,10 @@ def validate_object(doc: dict[str, Any]) -> None:
 def kubectl() -> str:
     found = shutil.which("kubectl")
     if found is None:
-        pytest.fail("kubectl is required to render deploy/kubernetes (kubectl >= 1.27 has kustomize built in)", pytrace=False)
+        pytest.fail(
+            "kubectl is required to render deploy/kubernetes (kubectl >= 1.27 has kustomize built in)",
+            pytrace=False,
+        )
     return found
 
 
@@ -135,7 +213,13 @@ def validator() -> Any:
 
 
 def kustomize(directory: Path) -> list[dict[str, Any]]:
-    done = subprocess.run([kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [kubectl(), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, f"kubectl kustomize {directory} failed:\n{done.stderr}"
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
@@ -203,7 +287,9 @@ def test_every_object_validates_against_the_kubernetes_schema(
         try:
             validate_object(doc)
         except Exception as error:  # noqa: BLE001 - report which object, then fail
-            pytest.fail(f"{target}: {doc['kind']}/{doc['metadata'].get('name')}: {error}", pytrace=False)
+            pytest.fail(
+                f"{target}: {doc['kind']}/{doc['metadata'].get('name')}: {error}", pytrace=False
+            )
 
 
 def test_the_schema_check_can_fail(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -229,14 +315,20 @@ def test_the_schema_check_can_fail(rendered: dict[str, list[dict[str, Any]]]) ->
 def test_every_pod_meets_the_restricted_pod_security_standard(
     rendered: dict[str, list[dict[str, Any]]], target: str
 ) -> None:
-    templates = [d["spec"]["template"]["spec"] for d in rendered[target] if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet")]
+    templates = [
+        d["spec"]["template"]["spec"]
+        for d in rendered[target]
+        if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet")
+    ]
     assert templates, f"{target} has no workload"
     for pod in templates:
         assert checks.restricted_problems(pod, target) == []
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_the_deployment_keeps_the_image_contract(rendered: dict[str, list[dict[str, Any]]], target: str) -> None:
+def test_the_deployment_keeps_the_image_contract(
+    rendered: dict[str, list[dict[str, Any]]], target: str
+) -> None:
     """Runtime dirs writable, config in a ConfigMap dir, probes, resources, grace = SHUTDOWN_TIMEOUT + margin."""
     assert checks.deployment_problems(the(rendered[target], "Deployment"), target) == []
 
@@ -272,14 +364,20 @@ def test_every_reference_resolves(rendered: dict[str, list[dict[str, Any]]], tar
         assert {p["port"] for p in rule["ports"]} <= port_names
     for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
         assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
-        assert "replicas" not in deployment["spec"], "the HPA owns replicas; apply must not reset it"
+        assert "replicas" not in deployment["spec"], (
+            "the HPA owns replicas; apply must not reset it"
+        )
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_each_config_drains_within_shutdown_timeout(rendered: dict[str, list[dict[str, Any]]], target: str) -> None:
+def test_each_config_drains_within_shutdown_timeout(
+    rendered: dict[str, list[dict[str, Any]]], target: str
+) -> None:
     docs = rendered[target]
     pod = the(docs, "Deployment")["spec"]["template"]["spec"]
-    settings, _ = checks.settings_from_env(checks.container_env(checks.proxy_container(pod)), target)
+    settings, _ = checks.settings_from_env(
+        checks.container_env(checks.proxy_container(pod)), target
+    )
     config = configmap_named(docs, volume(pod, "config")["configMap"]["name"])
     text = config["data"][settings.config.name]
     assert checks.config_shutdown_problems(text, settings.shutdown_timeout, target) == []
@@ -298,7 +396,9 @@ EXPECTED_CONFIG = {
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_the_configmaps_are_the_repository_files(rendered: dict[str, list[dict[str, Any]]], target: str) -> None:
+def test_the_configmaps_are_the_repository_files(
+    rendered: dict[str, list[dict[str, Any]]], target: str
+) -> None:
     """Generated from examples/ and base/ (byte for byte), with each example's conf.d lists."""
     docs = rendered[target]
     pod = the(docs, "Deployment")["spec"]["template"]["spec"]
@@ -306,19 +406,28 @@ def test_the_configmaps_are_the_repository_files(rendered: dict[str, list[dict[s
     assert config["data"] == {"squid.conf": EXPECTED_CONFIG[target].read_text()}
     conf_d = configmap_named(docs, volume(pod, "conf-d")["configMap"]["name"])
     example_dir = EXPECTED_CONFIG[target].parent / "conf.d"
-    expected = {p.name: p.read_text() for p in example_dir.iterdir()} if example_dir.is_dir() else {}
+    expected = (
+        {p.name: p.read_text() for p in example_dir.iterdir()} if example_dir.is_dir() else {}
+    )
     assert (conf_d.get("data") or {}) == expected
 
 
 def test_no_overlay_keeps_a_copy_of_a_config() -> None:
-    copies = [p for p in (KUBERNETES_DIR / "overlays").rglob("*") if p.name.endswith((".conf", ".txt"))]
+    copies = [
+        p for p in (KUBERNETES_DIR / "overlays").rglob("*") if p.name.endswith((".conf", ".txt"))
+    ]
     assert copies == [], "overlays must use examples/ through components, not copies"
 
 
-def test_base_runs_two_spread_replicas_and_never_drops_below_them(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_base_runs_two_spread_replicas_and_never_drops_below_them(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
     spec = the(rendered["base"], "Deployment")["spec"]
     assert spec["replicas"] == 2
-    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
     spread = spec["template"]["spec"]["topologySpreadConstraints"]
     assert [c["topologyKey"] for c in spread] == ["kubernetes.io/hostname"]
     assert the(rendered["base"], "PodDisruptionBudget")["spec"] == {
@@ -327,18 +436,27 @@ def test_base_runs_two_spread_replicas_and_never_drops_below_them(rendered: dict
     }
 
 
-def test_openshift_leaves_uid_gid_and_fsgroup_to_the_scc(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_openshift_leaves_uid_gid_and_fsgroup_to_the_scc(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
     pod = the(rendered["openshift"], "Deployment")["spec"]["template"]["spec"]
-    contexts = [pod.get("securityContext") or {}] + [c.get("securityContext") or {} for c in pod["containers"]]
+    contexts = [pod.get("securityContext") or {}] + [
+        c.get("securityContext") or {} for c in pod["containers"]
+    ]
     for context in contexts:
         for field in ("runAsUser", "runAsGroup", "fsGroup", "fsGroupChangePolicy"):
             assert field not in context, (field, context)
     assert pod["securityContext"]["runAsNonRoot"] is True
     base_pod = the(rendered["base"], "Deployment")["spec"]["template"]["spec"]
-    assert (base_pod["securityContext"]["runAsUser"], base_pod["securityContext"]["runAsGroup"]) == (1000, 0)
+    assert (
+        base_pod["securityContext"]["runAsUser"],
+        base_pod["securityContext"]["runAsGroup"],
+    ) == (1000, 0)
 
 
-def test_ssl_bump_mounts_the_tls_secret_as_a_directory(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_ssl_bump_mounts_the_tls_secret_as_a_directory(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
     pod = the(rendered["ssl-bump"], "Deployment")["spec"]["template"]["spec"]
     mount = mount_at(pod, "/etc/squid/ssl_cert")
     assert mount is not None and mount.get("readOnly") is True and "subPath" not in mount
@@ -347,7 +465,9 @@ def test_ssl_bump_mounts_the_tls_secret_as_a_directory(rendered: dict[str, list[
     assert secret["defaultMode"] & 0o007 == 0, "the CA key must not be world-readable"
 
 
-def test_cert_manager_issues_and_rotates_the_ca_the_ssl_bump_pod_mounts(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_cert_manager_issues_and_rotates_the_ca_the_ssl_bump_pod_mounts(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
     docs = rendered["ssl-bump-cert-manager"]
     pod = the(docs, "Deployment")["spec"]["template"]["spec"]
     mounted = volume(pod, mount_at(pod, "/etc/squid/ssl_cert")["name"])["secret"]["secretName"]
@@ -355,7 +475,11 @@ def test_cert_manager_issues_and_rotates_the_ca_the_ssl_bump_pod_mounts(rendered
     assert certificate["secretName"] == mounted == "cephaloproxy-tls"
     assert certificate["isCA"] is True and "cert sign" in certificate["usages"]
     issuer = the(docs, "Issuer")
-    assert certificate["issuerRef"] == {"name": issuer["metadata"]["name"], "kind": "Issuer", "group": "cert-manager.io"}
+    assert certificate["issuerRef"] == {
+        "name": issuer["metadata"]["name"],
+        "kind": "Issuer",
+        "group": "cert-manager.io",
+    }
     assert "selfSigned" in issuer["spec"]
     hours = {key: float(certificate[key].removesuffix("h")) for key in ("duration", "renewBefore")}
     assert 0 < hours["renewBefore"] < hours["duration"] / 2, hours
@@ -364,7 +488,9 @@ def test_cert_manager_issues_and_rotates_the_ca_the_ssl_bump_pod_mounts(rendered
     env = checks.container_env(checks.proxy_container(pod))
     assert env.get("CONFIG_RELOAD", "watch") == "watch"
     ssl_bump = [doc for doc in rendered["ssl-bump"] if doc["kind"] != "ConfigMap"]
-    assert [doc for doc in docs if doc["kind"] not in ("Certificate", "Issuer", "ConfigMap")] == ssl_bump
+    assert [
+        doc for doc in docs if doc["kind"] not in ("Certificate", "Issuer", "ConfigMap")
+    ] == ssl_bump
 
 
 def test_cache_puts_the_cache_dir_on_a_claim(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -373,11 +499,17 @@ def test_cache_puts_the_cache_dir_on_a_claim(rendered: dict[str, list[dict[str, 
     pod = deployment["spec"]["template"]["spec"]
     spool = volume(pod, mount_at(pod, "/var/spool/squid")["name"])
     assert set(spool) == {"name", "persistentVolumeClaim"}, spool
-    assert (deployment["spec"]["replicas"], deployment["spec"]["strategy"]) == (1, {"type": "Recreate"})
+    assert (deployment["spec"]["replicas"], deployment["spec"]["strategy"]) == (
+        1,
+        {"type": "Recreate"},
+    )
     claim = the(docs, "PersistentVolumeClaim")
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     text = configmap_named(docs, volume(pod, "config")["configMap"]["name"])["data"]["squid.conf"]
     cache_dirs = [line.split() for line in text.splitlines() if line.startswith("cache_dir ")]
     assert [words[2] for words in cache_dirs] == ["/var/spool/squid"]
     size_mb = int(cache_dirs[0][3])
-    assert size_mb * 1.2 <= int(claim["spec"]["resources"]["requests"]["storage"].removesuffix("Gi")) * 1024
+    assert (
+        size_mb * 1.2
+        <= int(claim["spec"]["resources"]["requests"]["storage"].removesuffix("Gi")) * 1024
+    )

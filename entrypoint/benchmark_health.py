@@ -46,10 +46,29 @@ def start_server(root: Path, port: int) -> tuple[subprocess.Popen[bytes], subpro
     (root / "cache").mkdir()
     environment = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     server = subprocess.Popen(
-        [sys.executable, "-m", "entrypoint.healthcheck_cli", "--port", str(port), "--pid-file", str(root / "squid.pid"),
-         "--squid-comm", comm, "--proxy-port", str(proxy_port), "--cache-dir", str(root / "cache"),
-         "--config", str(root / "squid.conf"), "--log-level", "WARNING"],
-        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
+        [
+            sys.executable,
+            "-m",
+            "entrypoint.healthcheck_cli",
+            "--port",
+            str(port),
+            "--pid-file",
+            str(root / "squid.pid"),
+            "--squid-comm",
+            comm,
+            "--proxy-port",
+            str(proxy_port),
+            "--cache-dir",
+            str(root / "cache"),
+            "--config",
+            str(root / "squid.conf"),
+            "--log-level",
+            "WARNING",
+        ],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd="/",
     )
     return stand_in, server
 
@@ -62,10 +81,18 @@ def percentile(values: list[float], fraction: float) -> float:
 def phase(name: str, server_pid: int, port: int, probes: int) -> None:
     before = process_status(server_pid)
     peaks: list[dict[str, int]] = []
-    results = run_probes(port, probes, interval=0.05, timeout=1.0, on_probe=lambda: peaks.append(process_status(server_pid)))
+    results = run_probes(
+        port,
+        probes,
+        interval=0.05,
+        timeout=1.0,
+        on_probe=lambda: peaks.append(process_status(server_pid)),
+    )
     after = process_status(server_pid)
     answered = [latency * 1000 for latency in results if latency is not None]
-    cpu_ms = (after["cpu_ticks"] - before["cpu_ticks"]) * 1000 / os.sysconf("SC_CLK_TCK") / len(results)
+    cpu_ms = (
+        (after["cpu_ticks"] - before["cpu_ticks"]) * 1000 / os.sysconf("SC_CLK_TCK") / len(results)
+    )
     print(
         f"{name:<34} {len(answered):>4}/{len(results):<4} {100 * len(answered) / len(results):6.1f} %"
         f"  p50 {percentile(answered, 0.5):7.2f} ms  p99 {percentile(answered, 0.99):7.2f} ms"
@@ -76,7 +103,9 @@ def phase(name: str, server_pid: int, port: int, probes: int) -> None:
 
 def main() -> int:
     _, hard = raise_fd_limit()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--probes", type=int, default=200)
     parser.add_argument("--idle", type=int, default=max(min(10_000, hard - 1024), 0))
     parser.add_argument("--dribblers", type=int, default=64)
@@ -91,17 +120,23 @@ def main() -> int:
                     print("the health server did not answer 200 within 30 s", file=sys.stderr)
                     return 1
                 time.sleep(0.1)
-            print(f"health server pid {server.pid}; {args.probes} probes per row (1 s timeout, new connection each)")
+            print(
+                f"health server pid {server.pid}; {args.probes} probes per row (1 s timeout, new connection each)"
+            )
             phase("no attack", server.pid, port, args.probes)
             attack = Attack(port, idle=args.idle, dribblers=args.dribblers)
             attack.start()
             try:
                 time.sleep(3.0)
-                phase(f"{args.idle} idle + {args.dribblers} dribbling", server.pid, port, args.probes)
+                phase(
+                    f"{args.idle} idle + {args.dribblers} dribbling", server.pid, port, args.probes
+                )
             finally:
                 attack.stop()
-            print(f"attack: {attack.connects} connects, {attack.closed_by_server} dropped or answered by the server,"
-                  f" {attack.dribbled} dribbled sends; goal >= 99 % answered under attack")
+            print(
+                f"attack: {attack.connects} connects, {attack.closed_by_server} dropped or answered by the server,"
+                f" {attack.dribbled} dribbled sends; goal >= 99 % answered under attack"
+            )
         finally:
             for process in (server, stand_in):
                 process.kill()

@@ -54,7 +54,9 @@ def proxied_get(proxy_port: int, url: str, timeout: float) -> tuple[int, int]:
 
 def first_200(proxy_port: int, origin: harness.LocalHttpServer, started: float) -> float:
     url = f"http://127.0.0.1:{origin.port}/0"
-    if not harness.wait_until(lambda: proxied_get(proxy_port, url, 2)[0] == 200, 120, interval=0.01):
+    if not harness.wait_until(
+        lambda: proxied_get(proxy_port, url, 2)[0] == 200, 120, interval=0.01
+    ):
         raise RuntimeError("no proxied 200 within 120 s")
     return time.monotonic() - started
 
@@ -74,12 +76,17 @@ def health_pid(entrypoint_pid: int) -> int | None:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            if b"healthcheck_cli" in cmdline and int(stat[stat.rindex(")") + 2 :].split()[1]) == entrypoint_pid:
+            if (
+                b"healthcheck_cli" in cmdline
+                and int(stat[stat.rindex(")") + 2 :].split()[1]) == entrypoint_pid
+            ):
                 return int(entry)
     return None
 
 
-def entrypoint_run(origin: harness.LocalHttpServer, results: dict[str, float], download: bool) -> None:
+def entrypoint_run(
+    origin: harness.LocalHttpServer, results: dict[str, float], download: bool
+) -> None:
     workspace = harness.Workspace(bytecode=True)
     try:
         started = time.monotonic()
@@ -90,7 +97,11 @@ def entrypoint_run(origin: harness.LocalHttpServer, results: dict[str, float], d
                 outcome: dict[str, float] = {}
 
                 def fetch() -> None:
-                    _, size = proxied_get(workspace.squid_port, f"http://127.0.0.1:{origin.port}/{DOWNLOAD_SECONDS}", 60)
+                    _, size = proxied_get(
+                        workspace.squid_port,
+                        f"http://127.0.0.1:{origin.port}/{DOWNLOAD_SECONDS}",
+                        60,
+                    )
                     outcome["end"], outcome["size"] = time.monotonic(), size
 
                 fetcher = threading.Thread(target=fetch)
@@ -101,10 +112,16 @@ def entrypoint_run(origin: harness.LocalHttpServer, results: dict[str, float], d
                 exited = time.monotonic()
                 fetcher.join(60)
                 complete = outcome.get("size") == DOWNLOAD_SECONDS * 10 * len(harness.PAYLOAD_CHUNK)
-                results["entrypoint: 10 s download at SIGTERM arrives complete (1 = yes)"] = float(complete)
-                results["entrypoint: exit after the download's end"] = exited - outcome.get("end", exited)
+                results["entrypoint: 10 s download at SIGTERM arrives complete (1 = yes)"] = float(
+                    complete
+                )
+                results["entrypoint: exit after the download's end"] = exited - outcome.get(
+                    "end", exited
+                )
                 return
-            results["entrypoint: start -> first proxied 200"] = first_200(workspace.squid_port, origin, started)
+            results["entrypoint: start -> first proxied 200"] = first_200(
+                workspace.squid_port, origin, started
+            )
             run.wait_for_output(r"Container ready", 120)
             time.sleep(0.5)
             results["RSS PID 1 (KiB)"] = rss_kib(run.pid)
@@ -133,32 +150,46 @@ def entrypoint_run(origin: harness.LocalHttpServer, results: dict[str, float], d
         workspace.remove()
 
 
-def squid_alone(workspace: harness.Workspace, origin: harness.LocalHttpServer, results: dict[str, float]) -> None:
+def squid_alone(
+    workspace: harness.Workspace, origin: harness.LocalHttpServer, results: dict[str, float]
+) -> None:
     """Baseline: Squid with the config the entrypoint rendered (cache already made)."""
     rendered = workspace.runtime_dir("run") / "squid.conf"
     text = rendered.read_text()
-    for name, lifetime, stop in (("SIGTERM", "5 seconds", signal.SIGTERM), ("SIGINT", None, signal.SIGINT)):
+    for name, lifetime, stop in (
+        ("SIGTERM", "5 seconds", signal.SIGTERM),
+        ("SIGINT", None, signal.SIGINT),
+    ):
         config = rendered
         if lifetime is not None:  # Squid alone waits its whole lifetime: use the old default 5 s
             config = workspace.runtime_dir("run") / "squid-alone.conf"
-            config.write_text(re.sub(r"(?m)^shutdown_lifetime .*$", f"shutdown_lifetime {lifetime}", text))
+            config.write_text(
+                re.sub(r"(?m)^shutdown_lifetime .*$", f"shutdown_lifetime {lifetime}", text)
+            )
             os.chmod(config, 0o664)
         started = time.monotonic()
         squid = subprocess.Popen(
             [str(harness.squid_bin()), "--foreground", "-f", str(config)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, **harness._child_user_options(),  # type: ignore[arg-type]
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            **harness._child_user_options(),  # type: ignore[arg-type]
         )
         try:
             if stop == signal.SIGTERM:
-                results["squid alone: start -> first proxied 200"] = first_200(workspace.squid_port, origin, started)
+                results["squid alone: start -> first proxied 200"] = first_200(
+                    workspace.squid_port, origin, started
+                )
             else:
                 first_200(workspace.squid_port, origin, started)
             time.sleep(0.5)
             signalled = time.monotonic()
             squid.send_signal(stop)
             squid.wait(120)
-            label = f"squid alone: {name} -> exit, idle" + (f" (shutdown_lifetime {lifetime})" if lifetime else "")
+            label = f"squid alone: {name} -> exit, idle" + (
+                f" (shutdown_lifetime {lifetime})" if lifetime else ""
+            )
             results[label] = time.monotonic() - signalled
         finally:
             for pid in harness.session_processes(squid.pid):
@@ -189,9 +220,13 @@ def phase_run(origin: harness.LocalHttpServer, samples: dict[str, list[float]]) 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--phases", type=int, default=0, help="more restarts at LOG_LEVEL=DEBUG: their phases")
+    parser.add_argument(
+        "--phases", type=int, default=0, help="more restarts at LOG_LEVEL=DEBUG: their phases"
+    )
     args = parser.parse_args()
     problem = harness.unprivileged_access_problem()
     if problem:
@@ -227,7 +262,9 @@ def main() -> int:
     ]
     for key, values in rows:
         if values:
-            print(f"{key:66} {len(values):3d} {statistics.mean(values):9.3f} {min(values):9.3f} {max(values):9.3f}")
+            print(
+                f"{key:66} {len(values):3d} {statistics.mean(values):9.3f} {min(values):9.3f} {max(values):9.3f}"
+            )
     return 0
 
 

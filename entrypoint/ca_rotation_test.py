@@ -24,11 +24,27 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from entrypoint.squid_config import CertDb
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    ORIGIN_HOSTNAME, EntrypointRun, assert_no_key_material, install_ca, Launcher, Workspace, certgen_bin, launch, make_ca,
-    make_server_cert, openssl, python_for_child, squid_available, ssl_bump_config, wait_until, workspace,
+    ORIGIN_HOSTNAME,
+    EntrypointRun,
+    assert_no_key_material,
+    install_ca,
+    Launcher,
+    Workspace,
+    certgen_bin,
+    launch,
+    make_ca,
+    make_server_cert,
+    openssl,
+    python_for_child,
+    squid_available,
+    ssl_bump_config,
+    wait_until,
+    workspace,
 )
 
-pytestmark = pytest.mark.skipif(openssl() is None, reason="the openssl CLI is needed to make test CAs")
+pytestmark = pytest.mark.skipif(
+    openssl() is None, reason="the openssl CLI is needed to make test CAs"
+)
 
 SECOND_HOSTNAME = "second-origin.cephaloproxy.test"
 OLD_CA, NEW_CA = "CephaloProxy Bump CA 1", "CephaloProxy Bump CA 2 (rotated in)"
@@ -76,8 +92,11 @@ class StallingTlsOrigin:
                             return
                         request += chunk
                     payload = self.body.encode()
-                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nCache-Control: no-store\r\n"
-                                + f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
+                    tls.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nCache-Control: no-store\r\n"
+                        + f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+                        + payload
+                    )
             except (OSError, ssl.SSLError):
                 return
 
@@ -116,13 +135,17 @@ def origins(workspace: Workspace, tmp_path: Path) -> Iterator[Origins]:
         created.close()
 
 
-def fetch(workspace: Workspace, origins: Origins, host: str, trusted_ca: Path) -> tuple[str, int, str]:
+def fetch(
+    workspace: Workspace, origins: Origins, host: str, trusted_ca: Path
+) -> tuple[str, int, str]:
     """GET through the proxy's CONNECT to `host`, verifying the leaf's chain against `trusted_ca`
     alone (ssl.SSLCertVerificationError otherwise): (issuer CN, status, body)."""
     context = ssl.create_default_context(cafile=str(trusted_ca))
     context.check_hostname = False
     context.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
-    connection = http.client.HTTPSConnection("127.0.0.1", workspace.squid_port, context=context, timeout=30)
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", workspace.squid_port, context=context, timeout=30
+    )
     connection.set_tunnel(host, origins.servers[host].port)
     try:
         connection.request("GET", "/rotated")
@@ -133,7 +156,9 @@ def fetch(workspace: Workspace, origins: Origins, host: str, trusted_ca: Path) -
         connection.close()
 
 
-def fetch_verified(workspace: Workspace, origins: Origins, host: str, trusted_ca: Path, timeout: float = 60) -> tuple[str, int, str]:
+def fetch_verified(
+    workspace: Workspace, origins: Origins, host: str, trusted_ca: Path, timeout: float = 60
+) -> tuple[str, int, str]:
     """`fetch` until the leaf verifies against `trusted_ca` and the origin answers (Squid
     reconfigures in the background: just after, its first request may get a 503)."""
     deadline = time.monotonic() + timeout
@@ -150,11 +175,15 @@ def fetch_verified(workspace: Workspace, origins: Origins, host: str, trusted_ca
         time.sleep(0.5)
 
 
-def assert_new_ca_everywhere(workspace: Workspace, origins: Origins, new_cert: Path, run: EntrypointRun) -> None:
+def assert_new_ca_everywhere(
+    workspace: Workspace, origins: Origins, new_cert: Path, run: EntrypointRun
+) -> None:
     for host in (ORIGIN_HOSTNAME, SECOND_HOSTNAME):
         issuer, status, body = fetch_verified(workspace, origins, host, new_cert)
         assert issuer == NEW_CA, f"{host}: leaf issued by {issuer}"
-        assert (status, body) == (200, origins.servers[host].body), run.output[-3000:] + body[-1500:]
+        assert (status, body) == (200, origins.servers[host].body), (
+            run.output[-3000:] + body[-1500:]
+        )
     db = workspace.runtime_dir("lib") / "ssl_db"
     assert (db / "cephaloproxy-ca.sha256").read_text().strip() == fingerprint(new_cert)
 
@@ -179,7 +208,9 @@ def test_sighup_with_a_rotated_ca_re_signs_hosts_bumped_before(
     # leaf with the previous config's CA after the new DB is in place and stores it there.
     origins.servers[SECOND_HOSTNAME].stall_next = True
     straggler: list[object] = []
-    thread = threading.Thread(target=lambda: straggler.append(_attempt(workspace, origins, SECOND_HOSTNAME, old_cert)))
+    thread = threading.Thread(
+        target=lambda: straggler.append(_attempt(workspace, origins, SECOND_HOSTNAME, old_cert))
+    )
     thread.start()
     assert origins.servers[SECOND_HOSTNAME].stalled.wait(30)
 
@@ -192,7 +223,8 @@ def test_sighup_with_a_rotated_ca_re_signs_hosts_bumped_before(
     thread.join(60)
     assert straggler == [(OLD_CA, 200)], straggler  # Squid finishes it with the previous config
     run.wait_for_output(
-        r"\[WARNING\] SSL certificate DB \S+: 1 certificate\(s\) signed by the previous CA were stored", 75
+        r"\[WARNING\] SSL certificate DB \S+: 1 certificate\(s\) signed by the previous CA were stored",
+        75,
     )
     # Was: host A kept its leaf from the old CA (only host B got one from the new CA).
     assert_new_ca_everywhere(workspace, origins, new_cert, run)
@@ -215,14 +247,19 @@ def test_sighup_rotation_with_bumping_at_step_1_warns_that_squid_keeps_leaves_in
 ) -> None:
     # Squid 7.7 keeps its in-memory certificate cache across a reconfigure, and uses it when it
     # bumps at step 1: host A keeps its old-CA leaf there whatever the DB holds.
-    workspace.custom_config.write_text(workspace.custom_config.read_text().replace("ssl_bump peek step1\n", ""))
+    workspace.custom_config.write_text(
+        workspace.custom_config.read_text().replace("ssl_bump peek step1\n", "")
+    )
     run, _, _ = start_with_host_a_bumped(workspace, launch, origins, tmp_path)
     new_cert, new_key = make_ca(tmp_path, NEW_CA)
     install_ca(workspace, new_cert, new_key)
     run.process.send_signal(signal.SIGHUP)
     run.wait_for_output(r"Squid reconfigured")
-    run.wait_for_output(r"\[WARNING\] SSL-bump: the certificate DB was rebuilt, but the config bumps at step 1 .*"
-                        r"restart the container after a CA rotation", 10)
+    run.wait_for_output(
+        r"\[WARNING\] SSL-bump: the certificate DB was rebuilt, but the config bumps at step 1 .*"
+        r"restart the container after a CA rotation",
+        10,
+    )
     assert fetch_verified(workspace, origins, SECOND_HOSTNAME, new_cert)[:2] == (NEW_CA, 200)
 
 
@@ -275,7 +312,9 @@ def test_a_rebuild_stopped_midway_leaves_the_old_db_in_place_and_the_next_start_
     slow.write_text(SLOW_CERTGEN.format(python=python_for_child(), real=str(certgen_bin())))
     os.chmod(slow, 0o775)
     stopped = launch(workspace.env(CEPHALOPROXY_CERTGEN_BIN=str(slow)))
-    assert wait_until(lambda: any((p / "index.txt").exists() for p in lib.glob(".ssl_db.init-*")), 60), stopped.output[-3000:]
+    assert wait_until(
+        lambda: any((p / "index.txt").exists() for p in lib.glob(".ssl_db.init-*")), 60
+    ), stopped.output[-3000:]
     os.kill(stopped.pid, signal.SIGKILL)  # the container is killed while the new DB is being made
     stopped.cleanup()
     # The configured path still holds the complete old DB, recorded for the old CA: not trusted
@@ -290,7 +329,12 @@ def test_a_rebuild_stopped_midway_leaves_the_old_db_in_place_and_the_next_start_
 
 
 def _certgen_db(path: Path) -> None:
-    subprocess.run([str(certgen_bin()), "-c", "-s", str(path), "-M", "4MB"], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [str(certgen_bin()), "-c", "-s", str(path), "-M", "4MB"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 DB_STATES = {
@@ -329,14 +373,20 @@ def test_an_empty_ssl_db_mount_point_is_initialised_in_place(
     cert, key = make_ca(tmp_path, OLD_CA)
     install_ca(workspace, cert, key)
     db = workspace.make_dir(workspace.make_dir(workspace.runtime_dir("lib")) / "ssl_db")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0770,gid=0,size=16m", "tmpfs", str(db)], check=True, timeout=30)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "mode=0770,gid=0,size=16m", "tmpfs", str(db)],
+        check=True,
+        timeout=30,
+    )
     try:
         run = launch()
         run.wait_ready()
         assert fetch(workspace, origins, ORIGIN_HOSTNAME, cert)[:2] == (OLD_CA, 200)
         assert os.path.ismount(db)
         assert (db / "cephaloproxy-ca.sha256").read_text().strip() == fingerprint(cert)
-        assert sorted(p.name for p in db.iterdir()) == sorted(["certs", "cephaloproxy-ca.sha256", "index.txt", "size"])
+        assert sorted(p.name for p in db.iterdir()) == sorted(
+            ["certs", "cephaloproxy-ca.sha256", "index.txt", "size"]
+        )
         new_cert, new_key = make_ca(tmp_path, NEW_CA)
         install_ca(workspace, new_cert, new_key)
         run.process.send_signal(signal.SIGHUP)
@@ -347,7 +397,9 @@ def test_an_empty_ssl_db_mount_point_is_initialised_in_place(
         subprocess.run(["umount", "-l", str(db)], capture_output=True, timeout=30)
 
 
-def test_an_ssl_db_path_that_is_a_file_exits_1_naming_it(workspace: Workspace, launch: Launcher, tmp_path: Path) -> None:
+def test_an_ssl_db_path_that_is_a_file_exits_1_naming_it(
+    workspace: Workspace, launch: Launcher, tmp_path: Path
+) -> None:
     cert, key = make_ca(tmp_path, OLD_CA)
     install_ca(workspace, cert, key)
     workspace.write_custom_config(ssl_bump_config(workspace))
@@ -355,7 +407,10 @@ def test_an_ssl_db_path_that_is_a_file_exits_1_naming_it(workspace: Workspace, l
     db.write_text("not a DB\n")
     run = launch()
     assert run.wait_exit(60) == 1
-    assert f"SSL certificate DB {db} is a regular file where a directory is needed: remove it" in run.stderr, run.stderr
+    assert (
+        f"SSL certificate DB {db} is a regular file where a directory is needed: remove it"
+        in run.stderr
+    ), run.stderr
     assert db.read_text() == "not a DB\n"
     assert "Starting Squid proxy" not in run.stdout
 
@@ -388,15 +443,47 @@ def certgen_available() -> None:
 
 
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
-@example(exists=True, index="file", size="file", certs="dir", marker="right", foreign=True, leftovers=True, stored_leaves=2)
-@example(exists=True, index="file", size="file", certs="dir", marker="other", foreign=False, leftovers=False, stored_leaves=2)
+@example(
+    exists=True,
+    index="file",
+    size="file",
+    certs="dir",
+    marker="right",
+    foreign=True,
+    leftovers=True,
+    stored_leaves=2,
+)
+@example(
+    exists=True,
+    index="file",
+    size="file",
+    certs="dir",
+    marker="other",
+    foreign=False,
+    leftovers=False,
+    stored_leaves=2,
+)
 @given(
-    exists=st.booleans(), index=ENTRY_KINDS, size=ENTRY_KINDS, certs=ENTRY_KINDS, marker=MARKERS,
-    foreign=st.booleans(), leftovers=st.booleans(), stored_leaves=st.integers(0, 3),
+    exists=st.booleans(),
+    index=ENTRY_KINDS,
+    size=ENTRY_KINDS,
+    certs=ENTRY_KINDS,
+    marker=MARKERS,
+    foreign=st.booleans(),
+    leftovers=st.booleans(),
+    stored_leaves=st.integers(0, 3),
 )
 def test_any_db_state_ends_as_a_complete_db_for_the_current_ca(
-    tmp_path_factory: pytest.TempPathFactory, certgen_available: None, exists: bool, index: str, size: str,
-    certs: str, marker: str, foreign: bool, leftovers: bool, stored_leaves: int,
+    tmp_path_factory: pytest.TempPathFactory,
+    certgen_available: None,
+    exists: bool,
+    index: str,
+    size: str,
+    certs: str,
+    marker: str,
+    foreign: bool,
+    leftovers: bool,
+    stored_leaves: int,
 ) -> None:
     parent = tmp_path_factory.mktemp("lib")
     db, fp = parent / "ssl_db", hashlib.sha256(uuid.uuid4().bytes).hexdigest()
@@ -408,8 +495,14 @@ def test_any_db_state_ends_as_a_complete_db_for_the_current_ca(
         if certs == "dir":
             for number in range(stored_leaves):
                 (db / "certs" / f"{number:02X}.pem").write_text("a leaf of some CA\n")
-        marker_bytes = {"right": fp, "other": "0" * 64, "garbage": "\x1b[31m\x00junk"}.get(marker, "").encode()
-        _make(db / "cephaloproxy-ca.sha256", "absent" if marker == "absent" else "dir" if marker == "dir" else "file", marker_bytes)
+        marker_bytes = {"right": fp, "other": "0" * 64, "garbage": "\x1b[31m\x00junk"}.get(
+            marker, ""
+        ).encode()
+        _make(
+            db / "cephaloproxy-ca.sha256",
+            "absent" if marker == "absent" else "dir" if marker == "dir" else "file",
+            marker_bytes,
+        )
         if foreign:
             (db / "operator-notes.txt").write_text("keep me\n")
     if leftovers:
@@ -429,7 +522,9 @@ def test_any_db_state_ends_as_a_complete_db_for_the_current_ca(
     else:
         assert os.listdir(db / "certs") == []  # no leaf of another (or an unknown) CA survives
     if exists and foreign:
-        assert (db / "operator-notes.txt").read_text() == "keep me\n"  # only the DB's own entries are replaced
+        assert (
+            db / "operator-notes.txt"
+        ).read_text() == "keep me\n"  # only the DB's own entries are replaced
     assert [name for name in os.listdir(parent) if name != "ssl_db"] == []  # no temporary DB left
     assert [name for name in os.listdir(db) if name.startswith(".")] == []
     # Idempotent: a second run finds it fit and changes nothing.
@@ -453,7 +548,11 @@ def test_a_kubelet_secret_swap_rotates_the_ca_without_a_signal_and_a_half_pair_i
     assert fetch(workspace, origins, ORIGIN_HOSTNAME, old_cert)[:2] == (OLD_CA, 200)
     # A half-rotated secret that stays so (the new certificate, the old key) is refused ...
     secret.publish({"tls.crt": new_cert.read_bytes(), "tls.key": old_key.read_bytes()})
-    run.wait_for_output(r"Reload skipped, Squid keeps its current config: .*is not the private key", 60, stream="stderr")
+    run.wait_for_output(
+        r"Reload skipped, Squid keeps its current config: .*is not the private key",
+        60,
+        stream="stderr",
+    )
     assert "Squid reconfigured" not in run.stdout
     assert fetch(workspace, origins, SECOND_HOSTNAME, old_cert)[:2] == (OLD_CA, 200)
     # ... and the complete pair reaches Squid by itself: every host's leaf is the new CA's.

@@ -14,8 +14,16 @@ import pytest
 
 from entrypoint.squid_config import CACHE_MARKER
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    Launcher, Workspace, EntrypointRun, http_get, launch, session_processes, squid_available, start_local_http_server,
-    wait_until, workspace,
+    Launcher,
+    Workspace,
+    EntrypointRun,
+    http_get,
+    launch,
+    session_processes,
+    squid_available,
+    start_local_http_server,
+    wait_until,
+    workspace,
 )
 
 DEFAULT_CACHE_DIR = "cache_dir ufs /var/spool/squid 1024 16 64"
@@ -40,7 +48,9 @@ def assert_serves(workspace: Workspace, run: EntrypointRun) -> None:
     origin = start_local_http_server(f"served after cache init {uuid.uuid4()}")
     try:
         status, body, _ = http_get(
-            f"http://127.0.0.1:{origin.port}/page", proxy=f"http://127.0.0.1:{workspace.squid_port}", timeout=30
+            f"http://127.0.0.1:{origin.port}/page",
+            proxy=f"http://127.0.0.1:{workspace.squid_port}",
+            timeout=30,
         )
     finally:
         origin.close()
@@ -85,7 +95,9 @@ def test_first_start_stopped_during_squid_z_completes_the_cache_at_the_next_star
     assert pid is not None, "squid -z not found although its first dir exists"
     os.kill(pid, signal.SIGSTOP)  # the stop lands mid -z, whatever the machine's speed
     stop(run, how)
-    assert (cache / "00").is_dir() and not (cache / "7F").exists(), "the first -z was not interrupted"
+    assert (cache / "00").is_dir() and not (cache / "7F").exists(), (
+        "the first -z was not interrupted"
+    )
     assert not (cache / CACHE_MARKER).exists()
 
     second = launch()
@@ -133,7 +145,9 @@ def test_a_partial_cache_is_completed(workspace: Workspace, launch: Launcher, ca
     if "rock" in case:
         # Rock's disker needs IPC sockets under the compiled-in run dir, which test runs do not
         # own: only what `squid -z` made is checked (Squid 7.7 skips any existing db file).
-        assert wait_until(lambda: (cache / CACHE_MARKER).is_file() or run.process.poll() is not None, 120)
+        assert wait_until(
+            lambda: (cache / CACHE_MARKER).is_file() or run.process.poll() is not None, 120
+        )
         assert (cache / CACHE_MARKER).is_file(), run.output[-3000:]
         assert (cache / "rock").stat().st_size == 64 * 1024 * 1024
         return
@@ -176,8 +190,11 @@ def test_squid_z_failing_for_want_of_space_is_completed_once_there_is_space(
     spool = workspace.make_dir(workspace.runtime_dir("spool"))
     cache = spool / "cache"
     # Room for about 300 inodes: -z runs out after a few of its 16 x 64 dirs, as on a full disk.
-    result = subprocess.run([mount, "-t", "tmpfs", "-o", "nr_inodes=300,mode=0770,gid=0", "tmpfs", str(spool)],
-                            capture_output=True, timeout=30)
+    result = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", "nr_inodes=300,mode=0770,gid=0", "tmpfs", str(spool)],
+        capture_output=True,
+        timeout=30,
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode()}")
     try:
@@ -186,14 +203,18 @@ def test_squid_z_failing_for_want_of_space_is_completed_once_there_is_space(
         assert "Squid cache initialisation failed" in run.stderr, run.output[-3000:]
         assert (cache / "00").is_dir() and not (cache / CACHE_MARKER).exists()
         run.cleanup()
-        subprocess.run([mount, "-o", "remount,nr_inodes=100000", str(spool)], check=True, timeout=30)
+        subprocess.run(
+            [mount, "-o", "remount,nr_inodes=100000", str(spool)], check=True, timeout=30
+        )
         again = launch()
         assert_serves(workspace, again)
         assert (cache / CACHE_MARKER).is_file()
         again.cleanup()
     finally:
         deadline = time.monotonic() + 30
-        while subprocess.run(["umount", str(spool)], capture_output=True, timeout=30).returncode != 0:
+        while (
+            subprocess.run(["umount", str(spool)], capture_output=True, timeout=30).returncode != 0
+        ):
             if time.monotonic() > deadline:
                 raise AssertionError(f"cannot unmount {spool}")
             time.sleep(0.2)

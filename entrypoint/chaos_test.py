@@ -35,8 +35,16 @@ import pytest
 from entrypoint.harness import describe_returncode
 from entrypoint.squid_serving import LIVENESS_BOUND
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    EntrypointRun, Workspace, catches, free_port, http_get, process_state, python_for_child, session_processes,
-    squid_available, wait_until,
+    EntrypointRun,
+    Workspace,
+    catches,
+    free_port,
+    http_get,
+    process_state,
+    python_for_child,
+    session_processes,
+    squid_available,
+    wait_until,
 )
 
 CI_SEED = 20261207
@@ -61,13 +69,28 @@ TRACEBACK = "Traceback (most recent call last)"
 RAW_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
 
 STEP_KINDS = (
-    "sighup_storm", "valid_reload", "invalid_reload", "squat_reload", "stop_kids_bound",
-    "stop_kids_short", "freeze_kids_bound", "freeze_kids_short", "kill_kid", "stall_stdout",
-    "dribblers", "idle_clients", "garbage_clients",
+    "sighup_storm",
+    "valid_reload",
+    "invalid_reload",
+    "squat_reload",
+    "stop_kids_bound",
+    "stop_kids_short",
+    "freeze_kids_bound",
+    "freeze_kids_short",
+    "kill_kid",
+    "stall_stdout",
+    "dribblers",
+    "idle_clients",
+    "garbage_clients",
 )
 STOP_EXTRAS = (
-    "second_signal", "sighup_storm_at_stop", "kids_stopped_at_stop", "kid_frozen_at_stop",
-    "stall_stdout_at_stop", "stop_during_reload", "signal_at_exit",
+    "second_signal",
+    "sighup_storm_at_stop",
+    "kids_stopped_at_stop",
+    "kid_frozen_at_stop",
+    "stall_stdout_at_stop",
+    "stop_during_reload",
+    "signal_at_exit",
 )
 SHAPES = ("full", "full", "full", "squid_dies", "startup_stop", "startup_fail")
 INVALID_VARIANTS = ("unknown_acl", "bungled_peer_with_secret", "missing_include", "huge_port")
@@ -127,8 +150,10 @@ class Plan:
     stop: Step
 
     def describe(self) -> str:
-        lines = [f"chaos seed={self.seed} run={self.index} shape={self.shape} LOG_LEVEL={self.log_level}"
-                 f" helper={self.helper}"]
+        lines = [
+            f"chaos seed={self.seed} run={self.index} shape={self.shape} LOG_LEVEL={self.log_level}"
+            f" helper={self.helper}"
+        ]
         lines.append(f"  step 0 startup: {self.startup}")
         lines += [f"  step {number}: {step}" for number, step in enumerate(self.steps, 1)]
         if self.stop.kind != "none":
@@ -173,15 +198,25 @@ def startup_for(shape: str, rng: random.Random) -> Step:
     if shape == "startup_fail":
         return Step("invalid_config_at_start", {"variant": rng.choice(INVALID_VARIANTS)})
     if shape == "startup_stop":
-        return Step("stop_during_startup", {
-            "signal": rng.choice(("SIGTERM", "SIGINT")), "delay": round(rng.uniform(0, 1.5), 3),
-            "sighups_before": rng.randint(0, 3), "second_signal": rng.random() < 0.3,
-        })
-    return rng.choice((
-        Step("normal"),
-        Step("sighup_during_startup", {"count": rng.randint(1, 5), "delay": round(rng.uniform(0, 1.0), 3)}),
-        Step("stall_stdout_during_startup", {"seconds": round(rng.uniform(0.5, 3.0), 2)}),
-    ))
+        return Step(
+            "stop_during_startup",
+            {
+                "signal": rng.choice(("SIGTERM", "SIGINT")),
+                "delay": round(rng.uniform(0, 1.5), 3),
+                "sighups_before": rng.randint(0, 3),
+                "second_signal": rng.random() < 0.3,
+            },
+        )
+    return rng.choice(
+        (
+            Step("normal"),
+            Step(
+                "sighup_during_startup",
+                {"count": rng.randint(1, 5), "delay": round(rng.uniform(0, 1.0), 3)},
+            ),
+            Step("stall_stdout_during_startup", {"seconds": round(rng.uniform(0.5, 3.0), 2)}),
+        )
+    )
 
 
 def stop_for(shape: str, seed: int, index: int, rng: random.Random) -> Step:
@@ -193,7 +228,10 @@ def stop_for(shape: str, seed: int, index: int, rng: random.Random) -> Step:
     group = full_runs.index(index) if index in full_runs else rng.randrange(len(full_runs))
     extras = mandatory(STOP_EXTRAS, seed, group, len(full_runs))
     extras += [extra for extra in STOP_EXTRAS if extra not in extras and rng.random() < 0.15]
-    params: dict[str, object] = {"signal": rng.choice(("SIGTERM", "SIGINT")), "extras": sorted(extras)}
+    params: dict[str, object] = {
+        "signal": rng.choice(("SIGTERM", "SIGINT")),
+        "extras": sorted(extras),
+    }
     detail = {
         "second_signal": ("second_delay", round(rng.uniform(0, 2.0), 2)),
         "kid_frozen_at_stop": ("thaw_after", round(rng.uniform(0.3, 2.5), 2)),
@@ -221,15 +259,25 @@ def make_plan(seed: int, index: int) -> Plan:
         with_steps = [i for i, s in enumerate(shapes) if s in ("full", "squid_dies")]
         group = with_steps.index(index) if index in with_steps else rng.randrange(len(with_steps))
         kinds = mandatory(STEP_KINDS, seed, group, len(with_steps))
-        kinds += [rng.choice([k for k in STEP_KINDS if k != "kill_kid"]) for _ in range(rng.randint(0, 2))]
+        kinds += [
+            rng.choice([k for k in STEP_KINDS if k != "kill_kid"]) for _ in range(rng.randint(0, 2))
+        ]
         rng.shuffle(kinds)
         steps = [step_for(kind, rng) for kind in kinds]
     return Plan(
         # DEBUG logs the health server's request lines: garbage clients need it to matter.
-        seed=seed, index=index, shape=shape,
-        log_level="DEBUG" if any(s.kind == "garbage_clients" for s in steps) else rng.choice(("INFO", "DEBUG")),
-        helper=HELPER_MODES[index % len(HELPER_MODES)] if index < CI_RUNS else rng.choice(HELPER_MODES),
-        startup=startup_for(shape, rng), steps=steps, stop=stop_for(shape, seed, index, rng),
+        seed=seed,
+        index=index,
+        shape=shape,
+        log_level="DEBUG"
+        if any(s.kind == "garbage_clients" for s in steps)
+        else rng.choice(("INFO", "DEBUG")),
+        helper=HELPER_MODES[index % len(HELPER_MODES)]
+        if index < CI_RUNS
+        else rng.choice(HELPER_MODES),
+        startup=startup_for(shape, rng),
+        steps=steps,
+        stop=stop_for(shape, seed, index, rng),
     )
 
 
@@ -245,7 +293,9 @@ def chaos_settings() -> tuple[int, int | None, float | None, int | None]:
         pytest.fail(f"CEPHALOPROXY_CHAOS_RUN={only!r}: use a run number (0, 1, ...)")
     match = re.fullmatch(r"(\d{1,6})(s?)", budget)
     if budget and match is None:
-        pytest.fail(f"CEPHALOPROXY_CHAOS_BUDGET={budget!r}: use a number of runs (20) or seconds (600s)")
+        pytest.fail(
+            f"CEPHALOPROXY_CHAOS_BUDGET={budget!r}: use a number of runs (20) or seconds (600s)"
+        )
     if match is None:
         return int(seed_text), CI_RUNS, CI_TIME_GUARD, int(only) if only else None
     if match.group(2):
@@ -259,7 +309,9 @@ def run_indices(runs: int | None, seconds: float | None, only: int | None) -> It
         return
     started = time.monotonic()
     index = 0
-    while (runs is None or index < runs) and (seconds is None or time.monotonic() - started < seconds):
+    while (runs is None or index < runs) and (
+        seconds is None or time.monotonic() - started < seconds
+    ):
         yield index
         index += 1
     if runs is not None and index < runs:
@@ -324,7 +376,9 @@ class Freezer:
     def _group_of(self, pid: int) -> Path:
         for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
             _, controllers, path = line.split(":", 2)
-            if (self.version == 1 and "freezer" in controllers.split(",")) or (self.version == 2 and controllers == ""):
+            if (self.version == 1 and "freezer" in controllers.split(",")) or (
+                self.version == 2 and controllers == ""
+            ):
                 return self.root / path.lstrip("/")
         return self.root
 
@@ -349,7 +403,8 @@ class Freezer:
             return
         try:
             (group / ("freezer.state" if self.version == 1 else "cgroup.freeze")).write_text(
-                "THAWED" if self.version == 1 else "0")
+                "THAWED" if self.version == 1 else "0"
+            )
         except OSError:
             pass
         for pid, original in self.moved.items():
@@ -384,7 +439,9 @@ class HostileClients(threading.Thread):
         for _ in range(self.count):
             sock = socket.socket()
             sock.setblocking(False)
-            sock.connect_ex(("127.0.0.1", self.port))  # never blocks: a full backlog is part of the attack
+            sock.connect_ex(
+                ("127.0.0.1", self.port)
+            )  # never blocks: a full backlog is part of the attack
             sockets.append(sock)
         return sockets
 
@@ -401,7 +458,7 @@ class HostileClients(threading.Thread):
                 if self.kind == "dribble" and sent < len(payload):
                     for sock in sockets:
                         try:
-                            sock.send(payload[sent:sent + 1])
+                            sock.send(payload[sent : sent + 1])
                         except OSError:
                             pass
                     sent += 1
@@ -480,7 +537,12 @@ def describe_processes(pids: list[int]) -> str:
     described = []
     for pid in pids:
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            argv = (
+                Path(f"/proc/{pid}/cmdline")
+                .read_bytes()
+                .replace(b"\0", b" ")
+                .decode(errors="replace")
+            )
         except OSError:
             argv = "?"
         described.append(f"{pid} [{process_state(pid)}] {argv.strip()[:120]}")
@@ -492,7 +554,9 @@ def escaped_dir(workspace: Workspace) -> Path:
     return workspace.var / "escaped"
 
 
-def good_config(workspace: Workspace, port: int, hostname: str = "chaos", helper_mode: str = "plain") -> str:
+def good_config(
+    workspace: Workspace, port: int, hostname: str = "chaos", helper_mode: str = "plain"
+) -> str:
     helper = workspace.bin / "chaos_auth_helper.py"
     if not helper.exists():
         helper.write_text(HELPER)
@@ -514,7 +578,9 @@ def good_config(workspace: Workspace, port: int, hostname: str = "chaos", helper
     )
 
 
-def invalid_config(workspace: Workspace, port: int, variant: str, helper_mode: str = "plain") -> str:
+def invalid_config(
+    workspace: Workspace, port: int, variant: str, helper_mode: str = "plain"
+) -> str:
     good = good_config(workspace, port, helper_mode=helper_mode)
     if variant == "unknown_acl":
         return good + "http_access allow no_such_chaos_acl\n"
@@ -554,10 +620,20 @@ class ChaosRun:
         raise Violation(message)
 
     def record(self, message: str) -> None:
-        step = (self.plan.steps[self.step_number - 1] if 0 < self.step_number <= len(self.plan.steps)
-                else self.plan.startup if self.step_number == 0 else self.plan.stop)
-        output = "" if self.run is None else (
-            f"\n--- stdout (tail) ---\n{self.run.stdout[-3000:]}\n--- stderr (tail) ---\n{self.run.stderr[-3000:]}")
+        step = (
+            self.plan.steps[self.step_number - 1]
+            if 0 < self.step_number <= len(self.plan.steps)
+            else self.plan.startup
+            if self.step_number == 0
+            else self.plan.stop
+        )
+        output = (
+            ""
+            if self.run is None
+            else (
+                f"\n--- stdout (tail) ---\n{self.run.stdout[-3000:]}\n--- stderr (tail) ---\n{self.run.stderr[-3000:]}"
+            )
+        )
         self.violations.append(
             f"seed {self.plan.seed} run {self.plan.index} step {self.step_number} ({step}): {message}\n"
             f"{self.plan.describe()}{output}"
@@ -576,10 +652,15 @@ class ChaosRun:
 
     def write_config(self, port: int = 0, hostname: str = "chaos") -> None:
         self.workspace.write_custom_config(
-            good_config(self.workspace, port or self.workspace.squid_port, hostname, self.plan.helper))
+            good_config(
+                self.workspace, port or self.workspace.squid_port, hostname, self.plan.helper
+            )
+        )
 
     def env(self) -> dict[str, str]:
-        return self.workspace.env(LOG_LEVEL=self.plan.log_level, SHUTDOWN_TIMEOUT=str(SHUTDOWN_TIMEOUT))
+        return self.workspace.env(
+            LOG_LEVEL=self.plan.log_level, SHUTDOWN_TIMEOUT=str(SHUTDOWN_TIMEOUT)
+        )
 
     # -- the run
     def execute(self) -> list[str]:
@@ -618,8 +699,11 @@ class ChaosRun:
 
     def finish(self, started: float) -> list[str]:
         self.check_output()
-        print(f"  run {self.plan.index}: {len(self.violations)} violation(s) in {time.monotonic() - started:.1f} s"
-              + "".join(f"\n  note: {note}" for note in self.notes), flush=True)
+        print(
+            f"  run {self.plan.index}: {len(self.violations)} violation(s) in {time.monotonic() - started:.1f} s"
+            + "".join(f"\n  note: {note}" for note in self.notes),
+            flush=True,
+        )
         return self.violations
 
     def pause(self, seconds: float) -> None:
@@ -658,8 +742,10 @@ class ChaosRun:
         item 8, the interpreter's own start-up; SIGINT there is a KeyboardInterrupt); noted, and
         nothing may be left behind."""
         self.pre_handler = True
-        self.notes.append(f"a signal landed before the entrypoint's handlers were installed: {name}"
-                          " (the interpreter's start-up window)")
+        self.notes.append(
+            f"a signal landed before the entrypoint's handlers were installed: {name}"
+            " (the interpreter's start-up window)"
+        )
         self.check_no_descendants()
 
     def send(self, signum: int) -> None:
@@ -672,11 +758,14 @@ class ChaosRun:
     def start_failing(self) -> None:
         variant = str(self.plan.startup.params["variant"])
         self.workspace.write_custom_config(
-            invalid_config(self.workspace, self.workspace.squid_port, variant, self.plan.helper))
+            invalid_config(self.workspace, self.workspace.squid_port, variant, self.plan.helper)
+        )
         run = self.launch()
         code = self.wait_exit(STARTUP_BOUND, "the entrypoint did not exit after an invalid config")
         if code != 1:
-            self.fail(f"an invalid config ({variant}) at startup must exit 1, got {describe_returncode(code)}")
+            self.fail(
+                f"an invalid config ({variant}) at startup must exit 1, got {describe_returncode(code)}"
+            )
         if "Container ready" in run.stdout:
             self.fail(f"an invalid config ({variant}) reached `Container ready`")
         self.check_no_descendants()
@@ -697,7 +786,9 @@ class ChaosRun:
         code = self.wait_exit(STOP_BOUND, f"{signum.name} during startup: no exit")
         elapsed = time.monotonic() - signalled
         if elapsed > STOP_BOUND:
-            self.fail(f"{signum.name} during startup: exit {elapsed:.1f} s later (bound {STOP_BOUND} s)")
+            self.fail(
+                f"{signum.name} during startup: exit {elapsed:.1f} s later (bound {STOP_BOUND} s)"
+            )
         if code in (-signum, -signal.SIGHUP) and not handler_installed:
             self.pre_handler_window(describe_returncode(code))
         elif code != 0:
@@ -714,8 +805,11 @@ class ChaosRun:
     def reload_counts(self) -> tuple[int, int, int]:
         """(started, reconfigured, skipped) reloads so far."""
         out, err = self.entry.stdout, self.entry.stderr
-        return (out.count("Reloading: checking Squid config"), out.count("Squid reconfigured (PID"),
-                err.count("Reload skipped"))
+        return (
+            out.count("Reloading: checking Squid config"),
+            out.count("Squid reconfigured (PID"),
+            err.count("Reload skipped"),
+        )
 
     def wait_reloads_settled(self) -> None:
         """Until no reload runs or is pending: as many outcomes as starts, nothing new for 1.5 s."""
@@ -731,7 +825,9 @@ class ChaosRun:
                 return
             if not self.alive():
                 return
-        self.fail(f"reloads did not settle within {WAIT_BOUND} s (started, reconfigured, skipped = {last})")
+        self.fail(
+            f"reloads did not settle within {WAIT_BOUND} s (started, reconfigured, skipped = {last})"
+        )
 
     def reload_and_wait(self, what: str) -> str:
         """SIGHUP, then the next outcome: "reconfigured" or "skipped"."""
@@ -746,7 +842,9 @@ class ChaosRun:
             if now_reconfigured > reconfigured:
                 return "reconfigured"
             if not self.alive():
-                self.fail(f"{what}: the entrypoint exited during the reload ({describe_returncode(self.entry.process.poll())})")
+                self.fail(
+                    f"{what}: the entrypoint exited during the reload ({describe_returncode(self.entry.process.poll())})"
+                )
             time.sleep(0.1)
         self.fail(f"{what}: no reload outcome within {WAIT_BOUND} s")
         return ""
@@ -762,7 +860,8 @@ class ChaosRun:
     def step_invalid_reload(self, step: Step) -> None:
         for variant in step.params["variants"]:  # type: ignore[attr-defined]
             self.workspace.write_custom_config(
-                invalid_config(self.workspace, self.workspace.squid_port, variant, self.plan.helper))
+                invalid_config(self.workspace, self.workspace.squid_port, variant, self.plan.helper)
+            )
             try:
                 outcome = self.reload_and_wait(f"an invalid config ({variant})")
                 if outcome != "skipped":
@@ -787,9 +886,11 @@ class ChaosRun:
             time.sleep(3.0)
             if outcome != "skipped":
                 code = self.entry.process.poll()
-                self.fail(f"a reload moving http_port to port {port}, held by another process, was not"
-                          f" refused (`Reload skipped`): Squid {outcome}; 3 s later the entrypoint"
-                          f" {'is still running' if code is None else 'had exited: ' + describe_returncode(code)}")
+                self.fail(
+                    f"a reload moving http_port to port {port}, held by another process, was not"
+                    f" refused (`Reload skipped`): Squid {outcome}; 3 s later the entrypoint"
+                    f" {'is still running' if code is None else 'had exited: ' + describe_returncode(code)}"
+                )
             self.check_running()
         finally:
             self.write_config()
@@ -821,9 +922,15 @@ class ChaosRun:
                 os.kill(kid, signal.SIGSTOP)
             self.stopped_kids = kids
             state = "T"
-        if state and not wait_until(lambda: all(process_state(k) in (state, None) for k in kids), 10):
+        if state and not wait_until(
+            lambda: all(process_state(k) in (state, None) for k in kids), 10
+        ):
             self.notes.append(f"kids {describe_processes(kids)} not in state {state} within 10 s")
-        interval: list[object] = [time.monotonic(), None, f"kids {kids} {'frozen' if frozen else 'stopped'}"]
+        interval: list[object] = [
+            time.monotonic(),
+            None,
+            f"kids {kids} {'frozen' if frozen else 'stopped'}",
+        ]
         self.not_serving.append(interval)
         try:
             if bound:
@@ -841,7 +948,8 @@ class ChaosRun:
         prober = self.prober
         wait_until(
             lambda: any(s.start >= since and s.status == 503 for s in prober.samples),
-            LIVENESS_BOUND + SLACK + 2.0, interval=0.1,
+            LIVENESS_BOUND + SLACK + 2.0,
+            interval=0.1,
         )
 
     def release_kids(self) -> None:
@@ -869,7 +977,10 @@ class ChaosRun:
         (kid, *_) = self.current_kids()
         os.kill(kid, signal.SIGKILL)
         respawned = wait_until(
-            lambda: any(k != kid for k in squid_kids(session_processes(self.entry.pid))) or not self.alive(),
+            lambda: (
+                any(k != kid for k in squid_kids(session_processes(self.entry.pid)))
+                or not self.alive()
+            ),
             WAIT_BOUND,
         )
         self.check_running()
@@ -956,7 +1067,9 @@ class ChaosRun:
         if "second_signal" in extras:
             time.sleep(float(params["second_delay"]))  # type: ignore[arg-type]
             self.send(signal.SIGTERM)
-        code = self.wait_exit(STOP_BOUND - (time.monotonic() - signalled), f"{signum.name}: no exit")
+        code = self.wait_exit(
+            STOP_BOUND - (time.monotonic() - signalled), f"{signum.name}: no exit"
+        )
         elapsed = time.monotonic() - signalled
         if code != 0:
             self.fail(f"{signum.name} must exit 0, got {describe_returncode(code)}")
@@ -993,7 +1106,9 @@ class ChaosRun:
         if code != 1:
             self.fail(f"Squid dying on its own must exit 1, got {describe_returncode(code)}")
         if time.monotonic() - killed > DIED_BOUND:
-            self.fail(f"Squid died: exit {time.monotonic() - killed:.1f} s later (bound {DIED_BOUND} s)")
+            self.fail(
+                f"Squid died: exit {time.monotonic() - killed:.1f} s later (bound {DIED_BOUND} s)"
+            )
         self.check_no_descendants()
         if not wait_until(lambda: "Squid process died unexpectedly" in self.entry.stderr, 10):
             self.fail("no `Squid process died unexpectedly` on stderr")
@@ -1002,16 +1117,20 @@ class ChaosRun:
         try:
             return self.entry.process.wait(max(timeout, 0.1))
         except subprocess.TimeoutExpired:
-            self.fail(f"{what} within its bound ({max(timeout, 0.1):.1f} s were left of it); running: "
-                      f"{describe_processes(session_processes(self.entry.pid))}")
+            self.fail(
+                f"{what} within its bound ({max(timeout, 0.1):.1f} s were left of it); running: "
+                f"{describe_processes(session_processes(self.entry.pid))}"
+            )
         return -1
 
     # -- invariants
     def check_running(self) -> None:
         code = self.entry.process.poll()
         if code is not None:
-            self.fail(f"the entrypoint exited on its own ({describe_returncode(code)}); nothing the plan did"
-                      " should end it")
+            self.fail(
+                f"the entrypoint exited on its own ({describe_returncode(code)}); nothing the plan did"
+                " should end it"
+            )
         self.check_output()
         self.check_liveness()
 
@@ -1061,10 +1180,15 @@ class ChaosRun:
             if leaked:
                 self.record_once(f"secret {name}", f"a secret reached {name}: {leaked[0][:300]!r}")
             if TRACEBACK in text and not (self.pre_handler and "KeyboardInterrupt" in text):
-                self.record_once(f"traceback {name}", f"a Python traceback on {name}: {text[text.index(TRACEBACK):][:800]}")
+                self.record_once(
+                    f"traceback {name}",
+                    f"a Python traceback on {name}: {text[text.index(TRACEBACK) :][:800]}",
+                )
             raw = [line for line in lines if RAW_CONTROL.search(line)]
             if raw:
-                self.record_once(f"control {name}", f"a raw control character on {name}: {raw[0][:300]!r}")
+                self.record_once(
+                    f"control {name}", f"a raw control character on {name}: {raw[0][:300]!r}"
+                )
 
     def record_once(self, key: str, message: str) -> None:
         if key not in self.recorded:
@@ -1097,11 +1221,15 @@ class ChaosRun:
 # -- the test ------------------------------------------------------------------------------------
 def test_plans_are_reproducible_and_the_ci_budget_covers_every_fault() -> None:
     plans = [make_plan(CI_SEED, index) for index in range(CI_RUNS)]
-    assert [p.describe() for p in plans] == [make_plan(CI_SEED, i).describe() for i in range(CI_RUNS)]
+    assert [p.describe() for p in plans] == [
+        make_plan(CI_SEED, i).describe() for i in range(CI_RUNS)
+    ]
     assert sorted(p.shape for p in plans) == sorted(SHAPES)
     kinds = {step.kind for plan in plans for step in plan.steps}
     assert kinds == set(STEP_KINDS), f"not covered: {set(STEP_KINDS) - kinds}"
-    extras = {extra for plan in plans if plan.stop.kind == "stop" for extra in plan.stop.params["extras"]}  # type: ignore[attr-defined]
+    extras = {
+        extra for plan in plans if plan.stop.kind == "stop" for extra in plan.stop.params["extras"]
+    }  # type: ignore[attr-defined]
     assert extras == set(STOP_EXTRAS), f"not covered: {set(STOP_EXTRAS) - extras}"
     # Any seed: the first CI_RUNS runs cover everything too.
     other = [make_plan(7, index) for index in range(CI_RUNS)]
@@ -1110,11 +1238,16 @@ def test_plans_are_reproducible_and_the_ci_budget_covers_every_fault() -> None:
 
 def test_chaos(squid_available: None) -> None:
     seed, runs, seconds, only = chaos_settings()
-    print(f"chaos: seed {seed}, budget {runs if runs is not None else 'unlimited'} run(s)"
-          f"{f' / {seconds:g} s' if seconds is not None else ''}")
+    print(
+        f"chaos: seed {seed}, budget {runs if runs is not None else 'unlimited'} run(s)"
+        f"{f' / {seconds:g} s' if seconds is not None else ''}"
+    )
     violations: list[str] = []
     count = 0
     for index in run_indices(runs, seconds, only):
         violations += ChaosRun(make_plan(seed, index)).execute()
         count += 1
-    assert not violations, f"chaos seed {seed}: {len(violations)} violation(s) in {count} run(s)\n\n" + "\n\n".join(violations)
+    assert not violations, (
+        f"chaos seed {seed}: {len(violations)} violation(s) in {count} run(s)\n\n"
+        + "\n\n".join(violations)
+    )

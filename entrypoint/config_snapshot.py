@@ -61,12 +61,14 @@ def _remove(path: Path) -> None:
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    descriptor = os.open(
+        path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
+    )
     try:
         os.fchmod(descriptor, FILE_MODE)
         view = memoryview(data)
         while view:
-            view = view[os.write(descriptor, view):]
+            view = view[os.write(descriptor, view) :]
     finally:
         os.close(descriptor)
 
@@ -76,7 +78,9 @@ def _make_dir(path: Path) -> None:
     os.chmod(path, DIR_MODE)
 
 
-def _layout(files: tuple[ConfigFile, ...], directory: Path) -> tuple[dict[int, Path], dict[tuple[int, int], Path]]:
+def _layout(
+    files: tuple[ConfigFile, ...], directory: Path
+) -> tuple[dict[int, Path], dict[tuple[int, int], Path]]:
     """Where each included file goes, and the directory each include line globs."""
     places: dict[int, Path] = {}
     line_dirs: dict[tuple[int, int], Path] = {}
@@ -89,12 +93,16 @@ def _layout(files: tuple[ConfigFile, ...], directory: Path) -> tuple[dict[int, P
     return places, line_dirs
 
 
-def _rewritten(index: int, config_file: ConfigFile, line_dirs: dict[tuple[int, int], Path]) -> bytes:
+def _rewritten(
+    index: int, config_file: ConfigFile, line_dirs: dict[tuple[int, int], Path]
+) -> bytes:
     if not config_file.includes:
         return config_file.data
     lines = config_file.data.split(b"\n")
     for include in config_file.includes:
-        lines[include.first - 1] = b"include " + os.fsencode(line_dirs[(index, include.first)] / "*.conf")
+        lines[include.first - 1] = b"include " + os.fsencode(
+            line_dirs[(index, include.first)] / "*.conf"
+        )
         for number in range(include.first, include.last):
             lines[number] = b""
     return b"\n".join(lines)
@@ -150,7 +158,9 @@ def activate(snapshot: Snapshot) -> None:
     kept = range(snapshot.generation - GENERATIONS_KEPT + 1, snapshot.generation + 1)
     for generation, paths in _generations(snapshot.active.parent).items():
         # Candidates left over (a crash mid-write) go whatever their number.
-        discard_paths(*(path for path in paths if generation not in kept or path.name.startswith(".")))
+        discard_paths(
+            *(path for path in paths if generation not in kept or path.name.startswith("."))
+        )
 
 
 class SnapshotNames:
@@ -169,7 +179,7 @@ class SnapshotNames:
             re.escape(self.prefix)
             + rf"(?:config-[0-9]+/[0-9]+/[0-9]+\.conf|\.?{re.escape(ACTIVE_CONFIG_NAME)}(?:\.[0-9]+)?)(?![\w-]|\.\w)"
         )
-        self.generations = [*self.generations[-(NAMES_KEPT - 1):], snapshot.originals]
+        self.generations = [*self.generations[-(NAMES_KEPT - 1) :], snapshot.originals]
         self.names = {key: value for names in self.generations for key, value in names.items()}
 
     def restore(self, text: str) -> str:

@@ -18,7 +18,12 @@ from entrypoint import config_snapshot, squid_config
 from entrypoint.config_snapshot import SnapshotNames
 from entrypoint.config_steps import in_worker
 from entrypoint.squid_config import (
-    MAX_CONFIG_BYTES, MAX_CONFIG_FILES, ActiveConfig, ConfigError, parse_directives, read_tree,
+    MAX_CONFIG_BYTES,
+    MAX_CONFIG_FILES,
+    ActiveConfig,
+    ConfigError,
+    parse_directives,
+    read_tree,
 )
 
 
@@ -50,7 +55,10 @@ def test_lines_are_joined_and_split_as_squid_does() -> None:
     ]
 
 
-@given(st.text(alphabet=st.sampled_from("ab #\\\t\r\n\x00\x0b\x85\u2028=:"), max_size=200) | st.text(max_size=200))
+@given(
+    st.text(alphabet=st.sampled_from("ab #\\\t\r\n\x00\x0b\x85\u2028=:"), max_size=200)
+    | st.text(max_size=200)
+)
 def test_any_text_parses_into_directives_on_real_lines(text: str) -> None:
     directives = parse_directives(text)
     lines = text.split("\n")
@@ -58,11 +66,20 @@ def test_any_text_parses_into_directives_on_real_lines(text: str) -> None:
     assert numbers == sorted(set(numbers))
     for directive in directives:
         assert 1 <= directive.line_number <= len(lines)
-        assert directive.name and not set(directive.name + "".join(directive.args)) & set(" \t\n\r\x00")
+        assert directive.name and not set(directive.name + "".join(directive.args)) & set(
+            " \t\n\r\x00"
+        )
         assert not lines[directive.line_number - 1].lstrip(" \t").startswith("#")
 
 
-@given(st.lists(st.sampled_from(["a", " ", "\n", "\\", "#", "include ", "/nonexistent/*", "\udc80", "\ud800", "\x00"]), max_size=30).map("".join))
+@given(
+    st.lists(
+        st.sampled_from(
+            ["a", " ", "\n", "\\", "#", "include ", "/nonexistent/*", "\udc80", "\ud800", "\x00"]
+        ),
+        max_size=30,
+    ).map("".join)
+)
 def test_any_text_loads_or_fails_with_a_config_error(text: str) -> None:
     try:
         directives = squid_config.load_directives(Path("/nonexistent/squid.conf"), text)
@@ -85,26 +102,59 @@ def include_trees(draw: st.DrawFn) -> dict[str, list[str]]:
     for index, name in enumerate(FILE_NAMES[:count]):
         later = FILE_NAMES[index + 1 : count]
         good = st.sampled_from(later) if later else st.just(None)
-        lines = draw(st.lists(
-            st.one_of(
-                st.sampled_from(["http_port 3128", "acl a src all", "# include {dir}/f1.conf", "", "  \t", "acl x src \\"]),
-                good.map(lambda n: f"include {{dir}}/{n}" if n else "acl none src all"),
-                good.map(lambda n: f"  include {{dir}}/{n} \\\n# comment\n\n {{dir}}/{n}" if n else "acl none src all"),
-                good.map(lambda n: f"include\t{{dir}}/{n}\r ignored after CR" if n else "acl none src all"),
-                st.just(f"include {{dir}}/f[{index + 1}-9].conf" if later else "acl none src all"),
-                st.sampled_from(["include {dir}/f*.conf", "include", "include relative.conf", "include {dir}/missing.conf"])
-                if draw(st.booleans()) else st.just("acl c src all"),
-                st.text(alphabet=st.sampled_from("ai nclude\\\r\x00#"), max_size=12),
-            ),
-            max_size=6,
-        ))
+        lines = draw(
+            st.lists(
+                st.one_of(
+                    st.sampled_from(
+                        [
+                            "http_port 3128",
+                            "acl a src all",
+                            "# include {dir}/f1.conf",
+                            "",
+                            "  \t",
+                            "acl x src \\",
+                        ]
+                    ),
+                    good.map(lambda n: f"include {{dir}}/{n}" if n else "acl none src all"),
+                    good.map(
+                        lambda n: (
+                            f"  include {{dir}}/{n} \\\n# comment\n\n {{dir}}/{n}"
+                            if n
+                            else "acl none src all"
+                        )
+                    ),
+                    good.map(
+                        lambda n: (
+                            f"include\t{{dir}}/{n}\r ignored after CR" if n else "acl none src all"
+                        )
+                    ),
+                    st.just(
+                        f"include {{dir}}/f[{index + 1}-9].conf" if later else "acl none src all"
+                    ),
+                    st.sampled_from(
+                        [
+                            "include {dir}/f*.conf",
+                            "include",
+                            "include relative.conf",
+                            "include {dir}/missing.conf",
+                        ]
+                    )
+                    if draw(st.booleans())
+                    else st.just("acl c src all"),
+                    st.text(alphabet=st.sampled_from("ai nclude\\\r\x00#"), max_size=12),
+                ),
+                max_size=6,
+            )
+        )
         files[name] = lines
     return files
 
 
 @settings(max_examples=150)
 @given(include_trees())
-def test_any_include_tree_reads_or_fails_with_a_config_error_and_snapshots_faithfully(tree: dict[str, list[str]]) -> None:
+def test_any_include_tree_reads_or_fails_with_a_config_error_and_snapshots_faithfully(
+    tree: dict[str, list[str]],
+) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         base = Path(scratch)
         conf_dir, run_dir = base / "etc", base / "run"
@@ -127,7 +177,9 @@ def test_any_include_tree_reads_or_fails_with_a_config_error_and_snapshots_faith
         names = SnapshotNames()
         names.remember(snapshot)
         # The same directives at the same line numbers, each from a copy of its own file.
-        assert [(d.line_number, d.name, d.args) for d in again] == [(d.line_number, d.name, d.args) for d in directives]
+        assert [(d.line_number, d.name, d.args) for d in again] == [
+            (d.line_number, d.name, d.args) for d in directives
+        ]
         assert [names.restore(str(d.source)) for d in again] == [str(d.source) for d in directives]
         for original, copy in zip(files, copies):
             assert copy.data.count(b"\n") == original.data.count(b"\n")
@@ -137,7 +189,9 @@ def test_any_include_tree_reads_or_fails_with_a_config_error_and_snapshots_faith
         assert (run_dir / "squid.conf").read_bytes() == copies[0].data
 
 
-def test_a_huge_include_fan_out_is_refused_quickly_naming_the_limit_and_the_line(tmp_path: Path) -> None:
+def test_a_huge_include_fan_out_is_refused_quickly_naming_the_limit_and_the_line(
+    tmp_path: Path,
+) -> None:
     conf_d = tmp_path / "conf.d"
     conf_d.mkdir()
     for n in range(MAX_CONFIG_FILES + 500):
@@ -148,7 +202,10 @@ def test_a_huge_include_fan_out_is_refused_quickly_naming_the_limit_and_the_line
     with pytest.raises(ConfigError) as failure:
         read_tree(main)
     elapsed = time.monotonic() - started
-    assert re.search(rf"{main} line 2: include {conf_d}/\*\.conf: the config and its includes come to more than 1024 files", str(failure.value))
+    assert re.search(
+        rf"{main} line 2: include {conf_d}/\*\.conf: the config and its includes come to more than 1024 files",
+        str(failure.value),
+    )
     print(f"refused {MAX_CONFIG_FILES + 500} files in {elapsed:.3f} s")
 
 
@@ -165,7 +222,9 @@ def test_a_nested_fan_out_is_refused_before_it_multiplies(tmp_path: Path) -> Non
     for level in range(6):  # distinct files, no cycle: 4 + 4^2 + ... + 4^5 > 1024 inclusions
         names = " ".join(f"{chain}/{level + 1}-{n}.conf" for n in range(4))
         for n in range(4):
-            (chain / f"{level}-{n}.conf").write_text(f"include {names}\n" if level < 5 else "acl a src all\n")
+            (chain / f"{level}-{n}.conf").write_text(
+                f"include {names}\n" if level < 5 else "acl a src all\n"
+            )
     with pytest.raises(ConfigError, match="more than 1024 files"):
         read_tree(chain / "0-0.conf")
 
@@ -173,10 +232,15 @@ def test_a_nested_fan_out_is_refused_before_it_multiplies(tmp_path: Path) -> Non
 def test_the_whole_tree_is_limited_in_bytes(tmp_path: Path) -> None:
     half = MAX_CONFIG_BYTES // 2 + 1
     for name in ("a.conf", "b.conf"):
-        (tmp_path / name).write_bytes((b"#" * 99 + b"\n") * (half // 100 + 1))  # lines Squid reads whole
+        (tmp_path / name).write_bytes(
+            (b"#" * 99 + b"\n") * (half // 100 + 1)
+        )  # lines Squid reads whole
     main = tmp_path / "squid.conf"
     main.write_text(f"include {tmp_path}/a.conf {tmp_path}/b.conf\n")
-    with pytest.raises(ConfigError, match=rf"b.conf: the config and its includes come to more than {MAX_CONFIG_BYTES} bytes"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"b.conf: the config and its includes come to more than {MAX_CONFIG_BYTES} bytes",
+    ):
         read_tree(main)
 
 
@@ -200,14 +264,18 @@ def test_undecodable_bytes_are_read_and_copied_as_they_are(tmp_path: Path) -> No
 
 
 # -- the snapshot ---------------------------------------------------------------------------
-def test_include_lines_point_at_copies_on_the_same_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_include_lines_point_at_copies_on_the_same_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     conf_d = tmp_path / "etc" / "conf.d"
     conf_d.mkdir(parents=True)
     (conf_d / "b.conf").write_text("acl b src all\n")
     (conf_d / "a.conf").write_text(f"\ninclude {conf_d}/b.conf\nacl a src all\n")
     (tmp_path / "etc" / "rel.conf").write_text("acl rel src all\n")
     main = tmp_path / "etc" / "squid.conf"
-    main.write_text(f"http_port 3128\ninclude {conf_d}/*.conf \\\n  etc/rel.conf\nacl last src all\n")
+    main.write_text(
+        f"http_port 3128\ninclude {conf_d}/*.conf \\\n  etc/rel.conf\nacl last src all\n"
+    )
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     monkeypatch.chdir(tmp_path)  # relative includes are relative to the working directory
@@ -216,12 +284,24 @@ def test_include_lines_point_at_copies_on_the_same_line(tmp_path: Path, monkeypa
     assert copy[0] == "http_port 3128" and copy[2] == "" and copy[3] == "acl last src all"
     assert copy[1] == f"include {run_dir}/config-1/0/*.conf"
     listing = sorted(str(p.relative_to(run_dir)) for p in (run_dir / "config-1").rglob("*.conf"))
-    assert listing == ["config-1/0/00000.conf", "config-1/0/00001.conf", "config-1/0/00002.conf", "config-1/1/00000.conf"]
+    assert listing == [
+        "config-1/0/00000.conf",
+        "config-1/0/00001.conf",
+        "config-1/0/00002.conf",
+        "config-1/1/00000.conf",
+    ]
     # Sorted glob matches first (a.conf, b.conf), then the next word's file, as Squid reads them.
-    assert (run_dir / "config-1/0/00000.conf").read_text() == f"\ninclude {run_dir}/config-1/1/*.conf\nacl a src all\n"
+    assert (
+        run_dir / "config-1/0/00000.conf"
+    ).read_text() == f"\ninclude {run_dir}/config-1/1/*.conf\nacl a src all\n"
     assert (run_dir / "config-1/0/00002.conf").read_text() == "acl rel src all\n"
     assert [d.name + " " + d.args[0] for d in read_tree(snapshot.candidate)[0]] == [
-        "http_port 3128", "acl b", "acl a", "acl b", "acl rel", "acl last"
+        "http_port 3128",
+        "acl b",
+        "acl a",
+        "acl b",
+        "acl rel",
+        "acl last",
     ]
     for path in [snapshot.candidate, *(run_dir / "config-1").rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
@@ -249,15 +329,29 @@ def test_activation_renames_and_keeps_three_generations(tmp_path: Path) -> None:
         inodes.append(snapshot.candidate.stat().st_ino)
         config_snapshot.activate(snapshot)
         assert (run_dir / "squid.conf").stat().st_ino == inodes[-1]  # renamed, never rewritten
-    assert sorted(os.listdir(run_dir)) == ["config-10", "config-11", "config-9", "squid.conf", "squid.pid"]
+    assert sorted(os.listdir(run_dir)) == [
+        "config-10",
+        "config-11",
+        "config-9",
+        "squid.conf",
+        "squid.pid",
+    ]
     _, refused = snapshot_of(main, run_dir)
     config_snapshot.discard(refused)
-    assert sorted(os.listdir(run_dir)) == ["config-10", "config-11", "config-9", "squid.conf", "squid.pid"]
+    assert sorted(os.listdir(run_dir)) == [
+        "config-10",
+        "config-11",
+        "config-9",
+        "squid.conf",
+        "squid.pid",
+    ]
 
 
 def test_a_run_dir_squids_include_cannot_name_is_refused_only_with_includes(tmp_path: Path) -> None:
     main, run_dir = one_include(tmp_path, "run dir")
-    with pytest.raises(ConfigError, match=r"run dir .*run dir contains a space.*CEPHALOPROXY_RUN_DIR"):
+    with pytest.raises(
+        ConfigError, match=r"run dir .*run dir contains a space.*CEPHALOPROXY_RUN_DIR"
+    ):
         snapshot_of(main, run_dir)
     assert os.listdir(run_dir) == []
     main.write_text("acl a src all\n")
@@ -271,25 +365,63 @@ def test_squids_messages_name_the_operators_files(tmp_path: Path) -> None:
     assert names.restore(f"{run_dir}/squid.conf line 1") == f"{run_dir}/squid.conf line 1"
     _, snapshot = snapshot_of(main, run_dir)
     names.remember(snapshot)
-    assert names.restore(f"FATAL: Bungled {run_dir}/config-1/0/00000.conf line 1: acl") == f"FATAL: Bungled {tmp_path}/inc.conf line 1: acl"
-    assert names.restore(f"Processing Configuration File: {run_dir}/.squid.conf.1 (depth 0)") == f"Processing Configuration File: {main} (depth 0)"
+    assert (
+        names.restore(f"FATAL: Bungled {run_dir}/config-1/0/00000.conf line 1: acl")
+        == f"FATAL: Bungled {tmp_path}/inc.conf line 1: acl"
+    )
+    assert (
+        names.restore(f"Processing Configuration File: {run_dir}/.squid.conf.1 (depth 0)")
+        == f"Processing Configuration File: {main} (depth 0)"
+    )
     assert names.restore(f"{run_dir}/squid.conf.") == f"{main}."
-    for other in (f"{run_dir}/squid.conf.default", f"{run_dir}/squid.pid", f"{run_dir}/config-9/0/00000.conf"):
+    for other in (
+        f"{run_dir}/squid.conf.default",
+        f"{run_dir}/squid.pid",
+        f"{run_dir}/config-9/0/00000.conf",
+    ):
         assert names.restore(other) == other
 
 
-@given(st.lists(st.sampled_from(["/run/", "config-1/0/00000.conf", "squid.conf", ".squid.conf.1", ".", "x", " ", "\n", "/etc/inc.conf"]), max_size=12).map("".join))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "/run/",
+                "config-1/0/00000.conf",
+                "squid.conf",
+                ".squid.conf.1",
+                ".",
+                "x",
+                " ",
+                "\n",
+                "/etc/inc.conf",
+            ]
+        ),
+        max_size=12,
+    ).map("".join)
+)
 def test_mapping_back_changes_only_known_snapshot_paths(text: str) -> None:
     names = SnapshotNames()
-    names.remember(config_snapshot.Snapshot(1, Path("/run/.squid.conf.1"), Path("/run/squid.conf"), {
-        "/run/.squid.conf.1": "/etc/squid.conf", "/run/squid.conf": "/etc/squid.conf", "/run/config-1/0/00000.conf": "/etc/inc.conf",
-    }))
+    names.remember(
+        config_snapshot.Snapshot(
+            1,
+            Path("/run/.squid.conf.1"),
+            Path("/run/squid.conf"),
+            {
+                "/run/.squid.conf.1": "/etc/squid.conf",
+                "/run/squid.conf": "/etc/squid.conf",
+                "/run/config-1/0/00000.conf": "/etc/inc.conf",
+            },
+        )
+    )
     restored = names.restore(text)
     if "/run/" not in text:
         assert restored == text
     # What is left of the run dir's paths is none of the snapshot's (each is followed by more name).
-    for match in re.finditer(r"/run/(config-1/0/00000\.conf|\.squid\.conf\.1|squid\.conf)", restored):
-        assert re.match(r"[\w-]|\.\w", restored[match.end():match.end() + 2]), restored
+    for match in re.finditer(
+        r"/run/(config-1/0/00000\.conf|\.squid\.conf\.1|squid\.conf)", restored
+    ):
+        assert re.match(r"[\w-]|\.\w", restored[match.end() : match.end() + 2]), restored
 
 
 # -- the worker thread ------------------------------------------------------------------------

@@ -25,7 +25,9 @@ T = TypeVar("T")
 WORKER_TIMEOUT = squid_config.READ_TIME_LIMIT + 10.0
 
 
-async def in_worker(job: Callable[[threading.Event], T], what: str, timeout: float = WORKER_TIMEOUT) -> T:
+async def in_worker(
+    job: Callable[[threading.Event], T], what: str, timeout: float = WORKER_TIMEOUT
+) -> T:
     """`job(cancel)` in a daemon thread, so the event loop (signals, output relays) keeps running.
 
     Cancelled or timed out, the job is told to stop (`cancel` is set) and left behind: a
@@ -85,13 +87,18 @@ def select_config(settings: Settings, cancel: threading.Event | None = None) -> 
 
 async def read_config(settings: Settings) -> ActiveConfig:
     """`select_config` off the event loop (a large include tree takes its time)."""
-    return await in_worker(lambda cancel: select_config(settings, cancel), f"reading the Squid config {settings.config}")
+    return await in_worker(
+        lambda cancel: select_config(settings, cancel),
+        f"reading the Squid config {settings.config}",
+    )
 
 
 async def write_snapshot(config: ActiveConfig, names: SnapshotNames) -> Snapshot:
     """The next snapshot of `config` in the run dir, not active yet; its paths go into `names`."""
     try:
-        snapshot = await in_worker(lambda cancel: config_snapshot.write(config), "writing the config snapshot")
+        snapshot = await in_worker(
+            lambda cancel: config_snapshot.write(config), "writing the config snapshot"
+        )
     except OSError as error:
         raise ConfigError(
             f"cannot write the config snapshot for Squid in {config.path.parent}: {error.strerror}"
@@ -106,7 +113,9 @@ def activate_snapshot(snapshot: Snapshot) -> None:
         config_snapshot.activate(snapshot)
     except OSError as error:
         config_snapshot.discard(snapshot)
-        raise ConfigError(f"cannot make {snapshot.candidate} Squid's config {snapshot.active}: {error.strerror}") from None
+        raise ConfigError(
+            f"cannot make {snapshot.candidate} Squid's config {snapshot.active}: {error.strerror}"
+        ) from None
 
 
 def validate_tls(config: ActiveConfig, settings: Settings) -> tuple[bytes, bytes] | None:
@@ -122,8 +131,12 @@ def validate_tls(config: ActiveConfig, settings: Settings) -> tuple[bytes, bytes
 
 
 async def install_tls(
-    material: tuple[bytes, bytes], config: ActiveConfig, settings: Settings,
-    children: ChildProcesses, log: logging.Logger, owner_uid: int | None = None,
+    material: tuple[bytes, bytes],
+    config: ActiveConfig,
+    settings: Settings,
+    children: ChildProcesses,
+    log: logging.Logger,
+    owner_uid: int | None = None,
 ) -> None:
     """Merge the pair atomically into squid-ca.pem; (re)build certificate DBs not made for this CA.
 
@@ -163,7 +176,11 @@ def recheck_cert_dbs(state: ProxyState) -> None:
     config = state.config
     if config is None or not config.uses_ssl_bump or not tls.REBUILT:
         return
-    dbs = [db for db in config.cert_dbs(state.settings.default_ssl_db) if Path(os.path.realpath(db.path)) in tls.REBUILT]
+    dbs = [
+        db
+        for db in config.cert_dbs(state.settings.default_ssl_db)
+        if Path(os.path.realpath(db.path)) in tls.REBUILT
+    ]
     tls.REBUILT.clear()
     if dbs and not any(d.args[:1] in (("peek",), ("stare",)) for d in config.named("ssl_bump")):
         state.log.warning(
@@ -190,10 +207,20 @@ async def _recheck(state: ProxyState, dbs: list[CertDb]) -> None:
             try:
                 ca_cert = read_bounded(state.settings.merged_ca_pem, TLS_SIZE_LIMIT)
                 rebuilt = await tls.recheck_cert_db(
-                    state.children, state.settings.certgen_bin, db, ca_cert, state.log, checked[db.path], in_worker
+                    state.children,
+                    state.settings.certgen_bin,
+                    db,
+                    ca_cert,
+                    state.log,
+                    checked[db.path],
+                    in_worker,
                 )
                 owner = state.commands.stdio_owner
                 if rebuilt and owner is not None:
                     squid_user.hand_over([db.path], owner, recursive=True)
             except (tls.TlsError, FileProblem, OSError, ConfigError) as error:
-                state.log.error("SSL certificate DB %s could not be checked after the reload: %s", db.path, error)
+                state.log.error(
+                    "SSL certificate DB %s could not be checked after the reload: %s",
+                    db.path,
+                    error,
+                )

@@ -13,8 +13,20 @@ from pathlib import Path
 import pytest
 
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    UNPRIVILEGED_GID, UNPRIVILEGED_UID, Launcher, Workspace, free_port, http_get, launch, python_for_child,
-    running_as_root, squid_available, start_local_http_server, wait_for_status, with_private_shm, workspace,
+    UNPRIVILEGED_GID,
+    UNPRIVILEGED_UID,
+    Launcher,
+    Workspace,
+    free_port,
+    http_get,
+    launch,
+    python_for_child,
+    running_as_root,
+    squid_available,
+    start_local_http_server,
+    wait_for_status,
+    with_private_shm,
+    workspace,
 )
 from tools.squid.squid_under_test import squid_under_test
 
@@ -34,28 +46,40 @@ def assert_proxies(workspace: Workspace) -> int:
     """One GET through the proxy to a fresh local origin returns its body; returns the origin's port."""
     origin = start_local_http_server(f"origin {uuid.uuid4()}")
     try:
-        status, body, _ = http_get(f"http://127.0.0.1:{origin.port}/", proxy=f"http://127.0.0.1:{workspace.squid_port}")
+        status, body, _ = http_get(
+            f"http://127.0.0.1:{origin.port}/", proxy=f"http://127.0.0.1:{workspace.squid_port}"
+        )
     finally:
         origin.close()
     assert (status, body) == (200, origin.body)
     return origin.port
 
 
-def test_custom_config_wins_and_port_mismatch_is_a_warning(workspace: Workspace, launch: Launcher) -> None:
+def test_custom_config_wins_and_port_mismatch_is_a_warning(
+    workspace: Workspace, launch: Launcher
+) -> None:
     workspace.write_custom_config(minimal_config(workspace, workspace.squid_port))
-    env = workspace.env(SQUID_PORT=str(workspace.squid_port + 1 if workspace.squid_port < 65535 else 1024))
+    env = workspace.env(
+        SQUID_PORT=str(workspace.squid_port + 1 if workspace.squid_port < 65535 else 1024)
+    )
     run = launch(env)
     run.wait_ready()
     assert f"Using custom Squid config {workspace.custom_config}" in run.stdout
-    assert re.search(r"\[WARNING\] SQUID_PORT=\d+ does not match the custom config's http_port", run.stdout)
+    assert re.search(
+        r"\[WARNING\] SQUID_PORT=\d+ does not match the custom config's http_port", run.stdout
+    )
     # The health server follows the config's port, not SQUID_PORT.
     assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200)[0] == 200
     assert_proxies(workspace)
     # Squid reads the snapshot of what was checked: the mounted bytes, unrendered.
-    assert (workspace.runtime_dir("run") / "squid.conf").read_bytes() == workspace.custom_config.read_bytes()
+    assert (
+        workspace.runtime_dir("run") / "squid.conf"
+    ).read_bytes() == workspace.custom_config.read_bytes()
 
 
-def test_invalid_config_exits_1_with_squids_error_line(workspace: Workspace, launch: Launcher) -> None:
+def test_invalid_config_exits_1_with_squids_error_line(
+    workspace: Workspace, launch: Launcher
+) -> None:
     config = minimal_config(workspace, workspace.squid_port) + "http_access allow no_such_acl\n"
     workspace.write_custom_config(config)
     bad_line = config.splitlines().index("http_access allow no_such_acl") + 1
@@ -69,7 +93,9 @@ def test_invalid_config_exits_1_with_squids_error_line(workspace: Workspace, lau
 
 def test_missing_pid_filename_is_explained(workspace: Workspace, launch: Launcher) -> None:
     config = "\n".join(
-        line for line in minimal_config(workspace, workspace.squid_port).splitlines() if not line.startswith("pid_filename")
+        line
+        for line in minimal_config(workspace, workspace.squid_port).splitlines()
+        if not line.startswith("pid_filename")
     )
     workspace.write_custom_config(config)
     run = launch()
@@ -124,7 +150,10 @@ def secret_config(workspace: Workspace, broken_peer: bool) -> tuple[str, int]:
         "auth_param basic children 1 startup=0 idle=1\n"
         f"cache_peer 127.0.0.1 parent {peer_port} 0 no-query login=admin:{PEER_SECRET}\n"
     )
-    line = text.splitlines().index(next(l for l in text.splitlines() if l.startswith("cache_peer"))) + 1
+    line = (
+        text.splitlines().index(next(l for l in text.splitlines() if l.startswith("cache_peer")))
+        + 1
+    )
     return text, line
 
 
@@ -143,9 +172,14 @@ def test_rejected_config_shows_directive_and_line_but_no_secret(
     assert run.wait_exit(60) == 1
     assert "Squid rejected the config" in run.stderr
     # Squid's own error line keeps the file, the line number and the directive name.
-    assert re.search(rf"line {peer_line}: cache_peer 127\.0\.0\.1 parent notaport .*login=<redacted>", run.stderr), run.stderr
+    assert re.search(
+        rf"line {peer_line}: cache_peer 127\.0\.0\.1 parent notaport .*login=<redacted>", run.stderr
+    ), run.stderr
     if level == "DEBUG":  # the whole `squid -k parse` output, which echoes every line
-        assert re.search(r"Processing: auth_param basic program \S+ \S+ -w <redacted> --client_secret=<redacted>", run.stdout), run.stdout
+        assert re.search(
+            r"Processing: auth_param basic program \S+ \S+ -w <redacted> --client_secret=<redacted>",
+            run.stdout,
+        ), run.stdout
     assert_no_secret(run.output)
 
 
@@ -154,7 +188,9 @@ def test_debug_start_echoes_config_without_secrets(workspace: Workspace, launch:
     workspace.write_custom_config(text)
     run = launch(workspace.env(LOG_LEVEL="DEBUG"))
     run.wait_ready()
-    assert re.search(r"Processing: cache_peer 127\.0\.0\.1 parent \d+ 0 no-query login=<redacted>", run.stdout), run.stdout
+    assert re.search(
+        r"Processing: cache_peer 127\.0\.0\.1 parent \d+ 0 no-query login=<redacted>", run.stdout
+    ), run.stdout
     run.process.terminate()
     assert run.wait_exit(60) == 0
     assert_no_secret(run.output)
@@ -179,7 +215,9 @@ def _break_mount(path: Path, kind: str) -> str:
     return kind
 
 
-@pytest.mark.parametrize("kind", ["dangling symlink", "symlink loop", "directory", "FIFO", "character device"])
+@pytest.mark.parametrize(
+    "kind", ["dangling symlink", "symlink loop", "directory", "FIFO", "character device"]
+)
 def test_broken_config_mount_fails_closed_naming_path_and_kind(
     workspace: Workspace, launch: Launcher, kind: str
 ) -> None:
@@ -187,7 +225,10 @@ def test_broken_config_mount_fails_closed_naming_path_and_kind(
     run = launch()
     # A FIFO or /dev/zero read the ordinary way would hang or never end: 60 s is a contract bound.
     assert run.wait_exit(60) == 1
-    assert f"{workspace.custom_config} is a {what}" in run.stderr or f"{workspace.custom_config} is {what}" in run.stderr, run.stderr
+    assert (
+        f"{workspace.custom_config} is a {what}" in run.stderr
+        or f"{workspace.custom_config} is {what}" in run.stderr
+    ), run.stderr
     assert "packaged default" not in run.stdout
     assert "Traceback" not in run.output
     assert run.descendants_left() == []
@@ -215,18 +256,25 @@ def test_oversized_config_is_refused(workspace: Workspace, launch: Launcher) -> 
 
 
 def test_bad_http_port_is_a_message_not_a_traceback(workspace: Workspace, launch: Launcher) -> None:
-    config = minimal_config(workspace, workspace.squid_port).replace(f"127.0.0.1:{workspace.squid_port}", "3128abc")
+    config = minimal_config(workspace, workspace.squid_port).replace(
+        f"127.0.0.1:{workspace.squid_port}", "3128abc"
+    )
     workspace.write_custom_config(config)
     run = launch()
     assert run.wait_exit(60) == 1
-    assert f"{workspace.custom_config} line 1: cannot read the port of 'http_port 3128abc'" in run.stderr, run.stderr
+    assert (
+        f"{workspace.custom_config} line 1: cannot read the port of 'http_port 3128abc'"
+        in run.stderr
+    ), run.stderr
     assert "Traceback" not in run.output and "Unexpected error" not in run.output
 
 
 def test_pid_filename_in_an_included_file_is_used(workspace: Workspace, launch: Launcher) -> None:
     conf_d = workspace.make_dir(workspace.etc / "conf.d", 0o775)
     lines = minimal_config(workspace, workspace.squid_port).splitlines()
-    (conf_d / "10-pid.conf").write_text("".join(f"{line}\n" for line in lines if line.startswith("pid_filename")))
+    (conf_d / "10-pid.conf").write_text(
+        "".join(f"{line}\n" for line in lines if line.startswith("pid_filename"))
+    )
     os.chmod(conf_d / "10-pid.conf", 0o664)
     main = "\n".join(line for line in lines if not line.startswith("pid_filename"))
     workspace.write_custom_config(f"{main}\ninclude {conf_d}/*.conf\n")
@@ -235,19 +283,32 @@ def test_pid_filename_in_an_included_file_is_used(workspace: Workspace, launch: 
     assert (workspace.runtime_dir("run") / "custom.pid").exists()
 
 
-def test_ssl_bump_in_an_included_file_requires_the_ca(workspace: Workspace, launch: Launcher) -> None:
+def test_ssl_bump_in_an_included_file_requires_the_ca(
+    workspace: Workspace, launch: Launcher
+) -> None:
     conf_d = workspace.make_dir(workspace.etc / "conf.d", 0o775)
     (conf_d / "bump.conf").write_text("ssl_bump bump all\n")
     os.chmod(conf_d / "bump.conf", 0o664)
-    workspace.write_custom_config(minimal_config(workspace, workspace.squid_port) + f"include {conf_d}/*.conf\n")
+    workspace.write_custom_config(
+        minimal_config(workspace, workspace.squid_port) + f"include {conf_d}/*.conf\n"
+    )
     run = launch()
     assert run.wait_exit(60) == 1
     # The CA is demanded only because the included file turns SSL-bump on.
-    assert f"SSL-bump is configured but the CA certificate {workspace.tls_dir / 'tls.crt'} is missing" in run.stderr
+    assert (
+        f"SSL-bump is configured but the CA certificate {workspace.tls_dir / 'tls.crt'} is missing"
+        in run.stderr
+    )
 
 
-def test_relative_pid_filename_says_it_must_be_absolute(workspace: Workspace, launch: Launcher) -> None:
-    config = re.sub(r"(?m)^pid_filename .*$", "pid_filename squid.pid", minimal_config(workspace, workspace.squid_port))
+def test_relative_pid_filename_says_it_must_be_absolute(
+    workspace: Workspace, launch: Launcher
+) -> None:
+    config = re.sub(
+        r"(?m)^pid_filename .*$",
+        "pid_filename squid.pid",
+        minimal_config(workspace, workspace.squid_port),
+    )
     workspace.write_custom_config(config)
     run = launch()
     assert run.wait_exit(60) == 1
@@ -271,37 +332,64 @@ def test_untraversable_config_dir_is_explained(workspace: Workspace, launch: Lau
 
 def test_created_dirs_are_group_writable(workspace: Workspace, launch: Launcher) -> None:
     pid_dir = workspace.runtime_dir("run") / "nested" / "deeper"
-    config = re.sub(r"(?m)^pid_filename .*$", f"pid_filename {pid_dir}/squid.pid", minimal_config(workspace, workspace.squid_port))
+    config = re.sub(
+        r"(?m)^pid_filename .*$",
+        f"pid_filename {pid_dir}/squid.pid",
+        minimal_config(workspace, workspace.squid_port),
+    )
     workspace.write_custom_config(config)
     run = launch()
     run.wait_ready()
     created = [workspace.runtime_dir(name) for name in ("run", "log", "lib", "spool", "cache")]
     created += [pid_dir.parent, pid_dir]
-    assert {str(d): oct(stat.S_IMODE(d.stat().st_mode)) for d in created} == {str(d): "0o770" for d in created}
+    assert {str(d): oct(stat.S_IMODE(d.stat().st_mode)) for d in created} == {
+        str(d): "0o770" for d in created
+    }
 
 
-def test_stale_write_probe_of_pid_1_does_not_block_a_restart(workspace: Workspace, launch: Launcher) -> None:
+def test_stale_write_probe_of_pid_1_does_not_block_a_restart(
+    workspace: Workspace, launch: Launcher
+) -> None:
     # In a container the entrypoint is always PID 1: a probe named after the pid, left by a
     # crash on a persistent volume, used to make every later start fail. Run it as PID 1.
     if not running_as_root() or not (shutil.which("unshare") and shutil.which("setpriv")):
-        pytest.skip("needs root, unshare and setpriv to run the entrypoint as PID 1 of a pid namespace")
+        pytest.skip(
+            "needs root, unshare and setpriv to run the entrypoint as PID 1 of a pid namespace"
+        )
     run_dir = workspace.make_dir(workspace.runtime_dir("run"))
     stale = run_dir / ".cephaloproxy-write-probe-1"
     stale.write_text("left by a crash\n")
     argv = [
         # --propagation unchanged: with_private_shm has already made the mounts private.
-        shutil.which("unshare"), "--pid", "--fork", "--mount-proc", "--propagation", "unchanged",  # type: ignore[list-item]
-        shutil.which("setpriv"), f"--reuid={UNPRIVILEGED_UID}", f"--regid={UNPRIVILEGED_GID}", "--clear-groups", "--",
-        python_for_child(), str(workspace.bin / "entrypoint.py"),
+        shutil.which("unshare"),
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--propagation",
+        "unchanged",  # type: ignore[list-item]
+        shutil.which("setpriv"),
+        f"--reuid={UNPRIVILEGED_UID}",
+        f"--regid={UNPRIVILEGED_GID}",
+        "--clear-groups",
+        "--",
+        python_for_child(),
+        str(workspace.bin / "entrypoint.py"),
     ]
     run = launch(argv=with_private_shm(argv), user=(0, 0))  # type: ignore[arg-type]
     run.wait_ready()
     assert "(UID: 1000660000" in run.stdout
-    leftovers = sorted(p.name for d in workspace.var.iterdir() for p in d.iterdir() if p.name.startswith(".cephaloproxy-write-probe-"))
+    leftovers = sorted(
+        p.name
+        for d in workspace.var.iterdir()
+        for p in d.iterdir()
+        if p.name.startswith(".cephaloproxy-write-probe-")
+    )
     assert leftovers == [stale.name]  # ours are removed; the stale one is not ours to judge
 
 
-def test_unexecutable_auth_helper_is_refused_naming_directive_and_path(workspace: Workspace, launch: Launcher) -> None:
+def test_unexecutable_auth_helper_is_refused_naming_directive_and_path(
+    workspace: Workspace, launch: Launcher
+) -> None:
     helper = workspace.etc / "my_auth"
     helper.write_text("#!/bin/sh\n")
     os.chmod(helper, 0o644)
@@ -310,19 +398,28 @@ def test_unexecutable_auth_helper_is_refused_naming_directive_and_path(workspace
     )
     run = launch()
     assert run.wait_exit(60) == 1
-    assert f"auth_param program {helper} is not executable by UID {run_uid(run)}" in run.stderr, run.stderr
+    assert f"auth_param program {helper} is not executable by UID {run_uid(run)}" in run.stderr, (
+        run.stderr
+    )
     assert f"helpers are in {squid_under_test().helpers_dir}" in run.stderr
 
 
 @pytest.mark.parametrize("mount_options", ["ro,size=1m", "mode=0755,size=1m"])
-def test_unwritable_dev_shm_is_refused_with_the_fix(workspace: Workspace, launch: Launcher, mount_options: str) -> None:
+def test_unwritable_dev_shm_is_refused_with_the_fix(
+    workspace: Workspace, launch: Launcher, mount_options: str
+) -> None:
     # The real /dev/shm, replaced in a private mount namespace by a read-only or a root-owned
     # 0755 tmpfs; the entrypoint then runs as the unprivileged UID as usual.
     if not shutil.which("setpriv"):
         pytest.skip("needs setpriv")
     inner = [
-        shutil.which("setpriv"), f"--reuid={UNPRIVILEGED_UID}", f"--regid={UNPRIVILEGED_GID}", "--clear-groups", "--",
-        python_for_child(), str(workspace.bin / "entrypoint.py"),
+        shutil.which("setpriv"),
+        f"--reuid={UNPRIVILEGED_UID}",
+        f"--regid={UNPRIVILEGED_GID}",
+        "--clear-groups",
+        "--",
+        python_for_child(),
+        str(workspace.bin / "entrypoint.py"),
     ]
     run = launch(argv=with_private_shm(inner, mount_options), user=(0, 0))  # type: ignore[arg-type]
     assert run.wait_exit(60) == 1
@@ -335,10 +432,15 @@ def test_unwritable_dev_shm_is_refused_with_the_fix(workspace: Workspace, launch
 def test_upstream_numeric_log_level_2_means_debug(workspace: Workspace, launch: Launcher) -> None:
     run = launch(workspace.env(LOG_LEVEL="2"))
     run.wait_ready()
-    assert "[WARNING] LOG_LEVEL='2' is the upstream image's numeric Squid debug level; using DEBUG" in run.stdout
+    assert (
+        "[WARNING] LOG_LEVEL='2' is the upstream image's numeric Squid debug level; using DEBUG"
+        in run.stdout
+    )
     assert "[DEBUG] Phase config_selection took" in run.stdout
     # The process's age at its first log line: more than nothing, less than the run so far.
-    imports = float(re.search(r"\[DEBUG\] Phase interpreter_and_imports took ([\d.]+) s", run.stdout).group(1))
+    imports = float(
+        re.search(r"\[DEBUG\] Phase interpreter_and_imports took ([\d.]+) s", run.stdout).group(1)
+    )
     assert 0 < imports < time.monotonic() - run.started_at, imports
 
 
@@ -349,7 +451,10 @@ def _launch_as_root(workspace: Workspace, launch: Launcher):  # type: ignore[no-
     # Like the image (/var is 0755): the user Squid switches to must reach the runtime dirs.
     for directory in (workspace.root, workspace.var):
         os.chmod(directory, 0o755)
-    return launch(argv=with_private_shm([python_for_child(), str(workspace.bin / "entrypoint.py")]), user=(0, 0))
+    return launch(
+        argv=with_private_shm([python_for_child(), str(workspace.bin / "entrypoint.py")]),
+        user=(0, 0),
+    )
 
 
 def test_default_config_works_as_root(workspace: Workspace, launch: Launcher) -> None:
@@ -366,19 +471,31 @@ def test_default_config_works_as_root(workspace: Workspace, launch: Launcher) ->
     assert run.wait_exit(60) == 0
 
 
-def test_custom_config_with_root_effective_user_is_refused_at_once(workspace: Workspace, launch: Launcher) -> None:
-    workspace.write_custom_config(minimal_config(workspace, workspace.squid_port) + "cache_effective_user root\n")
+def test_custom_config_with_root_effective_user_is_refused_at_once(
+    workspace: Workspace, launch: Launcher
+) -> None:
+    workspace.write_custom_config(
+        minimal_config(workspace, workspace.squid_port) + "cache_effective_user root\n"
+    )
     run = _launch_as_root(workspace, launch)
     assert run.wait_exit(60) == 1
-    assert "cache_effective_user root" in run.stderr and "refuses to run as root" in run.stderr, run.stderr
+    assert "cache_effective_user root" in run.stderr and "refuses to run as root" in run.stderr, (
+        run.stderr
+    )
     assert "Starting Squid proxy" not in run.stdout
 
 
-def test_custom_config_with_unknown_effective_user_is_refused_at_once(workspace: Workspace, launch: Launcher) -> None:
-    workspace.write_custom_config(minimal_config(workspace, workspace.squid_port) + "cache_effective_user nosuchuser42\n")
+def test_custom_config_with_unknown_effective_user_is_refused_at_once(
+    workspace: Workspace, launch: Launcher
+) -> None:
+    workspace.write_custom_config(
+        minimal_config(workspace, workspace.squid_port) + "cache_effective_user nosuchuser42\n"
+    )
     run = _launch_as_root(workspace, launch)
     assert run.wait_exit(60) == 1
-    assert "cache_effective_user nosuchuser42" in run.stderr and "no such user" in run.stderr, run.stderr
+    assert "cache_effective_user nosuchuser42" in run.stderr and "no such user" in run.stderr, (
+        run.stderr
+    )
 
 
 def test_squids_own_output_is_redacted_by_the_relay(workspace: Workspace, launch: Launcher) -> None:
@@ -400,7 +517,8 @@ def test_squids_own_output_is_redacted_by_the_relay(workspace: Workspace, launch
     run = launch()
     run.wait_ready()
     run.wait_for_output(
-        r"rewriter started with --upstream=http://svc:<redacted>@up\.example/ --api_key=<redacted>", stream="stderr"
+        r"rewriter started with --upstream=http://svc:<redacted>@up\.example/ --api_key=<redacted>",
+        stream="stderr",
     )
     run.process.terminate()
     assert run.wait_exit(60) == 0

@@ -11,8 +11,15 @@ from typing import Iterator
 import pytest
 
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    PAYLOAD_CHUNK, Launcher, LocalHttpServer, Workspace, launch, squid_available,
-    start_slow_origin, wait_until, workspace,
+    PAYLOAD_CHUNK,
+    Launcher,
+    LocalHttpServer,
+    Workspace,
+    launch,
+    squid_available,
+    start_slow_origin,
+    wait_until,
+    workspace,
 )
 
 IDLE_STOP_BOUND = 1.5
@@ -81,7 +88,9 @@ def custom_config(workspace: Workspace, lifetime: str) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_download_in_flight_at_the_stop_signal_arrives_complete(workspace: Workspace, launch: Launcher, origin: LocalHttpServer, signum: int) -> None:
+def test_a_download_in_flight_at_the_stop_signal_arrives_complete(
+    workspace: Workspace, launch: Launcher, origin: LocalHttpServer, signum: int
+) -> None:
     run = launch()
     run.wait_ready()
     # 8 s: longer than any fixed few-second drain would allow.
@@ -92,7 +101,10 @@ def test_a_download_in_flight_at_the_stop_signal_arrives_complete(workspace: Wor
     assert run.wait_exit(45) == 0, run.output
     download.join(30)
     assert download.complete, f"{download.body} of {download.expected} bytes ({download.status!r})"
-    assert f"Received signal {signal.Signals(signum).name}, initiating graceful shutdown..." in run.stdout
+    assert (
+        f"Received signal {signal.Signals(signum).name}, initiating graceful shutdown..."
+        in run.stdout
+    )
     assert "Draining 1 client connections (up to 30 s)..." in run.stdout
     assert "Drained after" in run.stdout and "Squid stopped (exit code 0)" in run.stdout
     assert run.descendants_left() == []
@@ -116,10 +128,14 @@ def test_an_idle_proxy_takes_the_drained_path(workspace: Workspace, launch: Laun
         assert "Squid stopped (exit code 0)" in run.stdout and "Shutdown complete" in run.stdout
         if took[-1] <= IDLE_STOP_BOUND:
             break
-    assert min(took) <= IDLE_STOP_BOUND, f"idle stops took {', '.join(f'{t:.2f}' for t in took)} s (bound {IDLE_STOP_BOUND} s)"
+    assert min(took) <= IDLE_STOP_BOUND, (
+        f"idle stops took {', '.join(f'{t:.2f}' for t in took)} s (bound {IDLE_STOP_BOUND} s)"
+    )
 
 
-def test_shutdown_timeout_shorter_than_a_transfer_cuts_it_and_exits_0(workspace: Workspace, launch: Launcher, origin: LocalHttpServer) -> None:
+def test_shutdown_timeout_shorter_than_a_transfer_cuts_it_and_exits_0(
+    workspace: Workspace, launch: Launcher, origin: LocalHttpServer
+) -> None:
     run = launch(workspace.env(SHUTDOWN_TIMEOUT="2"))
     run.wait_ready()
     download = Download(workspace.squid_port, origin.port, 30)
@@ -136,7 +152,9 @@ def test_shutdown_timeout_shorter_than_a_transfer_cuts_it_and_exits_0(workspace:
     assert run.descendants_left() == []
 
 
-def test_a_custom_shorter_shutdown_lifetime_bounds_the_drain_and_is_logged(workspace: Workspace, launch: Launcher, origin: LocalHttpServer) -> None:
+def test_a_custom_shorter_shutdown_lifetime_bounds_the_drain_and_is_logged(
+    workspace: Workspace, launch: Launcher, origin: LocalHttpServer
+) -> None:
     custom_config(workspace, "1 seconds")
     run = launch()
     run.wait_ready()
@@ -150,7 +168,9 @@ def test_a_custom_shorter_shutdown_lifetime_bounds_the_drain_and_is_logged(works
     assert not download.complete
 
 
-def test_a_second_sigterm_kills_at_once(workspace: Workspace, launch: Launcher, origin: LocalHttpServer) -> None:
+def test_a_second_sigterm_kills_at_once(
+    workspace: Workspace, launch: Launcher, origin: LocalHttpServer
+) -> None:
     # Squid and SHUTDOWN_TIMEOUT would both let the 60 s transfer finish: only the kill is fast.
     custom_config(workspace, "90 seconds")
     run = launch(workspace.env(SHUTDOWN_TIMEOUT="90"))
@@ -166,7 +186,9 @@ def test_a_second_sigterm_kills_at_once(workspace: Workspace, launch: Launcher, 
 
 
 @pytest.mark.parametrize(("timeout", "rendered"), [("7", "7 seconds"), ("2.5s", "3 seconds")])
-def test_the_rendered_default_carries_shutdown_timeout(workspace: Workspace, launch: Launcher, timeout: str, rendered: str) -> None:
+def test_the_rendered_default_carries_shutdown_timeout(
+    workspace: Workspace, launch: Launcher, timeout: str, rendered: str
+) -> None:
     run = launch(workspace.env(SHUTDOWN_TIMEOUT=timeout))
     run.wait_ready()
     text = (workspace.runtime_dir("run") / "squid.conf").read_text()

@@ -27,7 +27,9 @@ def _handler_gone(pid: int, signum: int, timeout: float) -> bool:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_during_the_final_flush_is_ignored(launch: Launcher, workspace, signum: int) -> None:  # type: ignore[no-untyped-def]
+def test_a_stop_signal_during_the_final_flush_is_ignored(
+    launch: Launcher, workspace, signum: int
+) -> None:  # type: ignore[no-untyped-def]
     # A one-page stdout pipe nobody reads: lines queue up, so the final flush waits its full
     # second, which is the window a signal used to hit.
     read_end, write_end = os.pipe()
@@ -38,10 +40,14 @@ def test_a_stop_signal_during_the_final_flush_is_ignored(launch: Launcher, works
         write_end = -1
         wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200, 90)
         os.kill(run.pid, signal.SIGTERM)
-        assert _handler_gone(run.pid, signal.SIGTERM, SIGNAL_BOUND), "the supervisor's loop never ended"
+        assert _handler_gone(run.pid, signal.SIGTERM, SIGNAL_BOUND), (
+            "the supervisor's loop never ended"
+        )
         os.kill(run.pid, signum)
         code = run.wait_exit(SIGNAL_BOUND)
-        assert code == 0, f"{signal.Signals(signum).name} during the final flush: exit {code}; stderr:\n{run.stderr}"
+        assert code == 0, (
+            f"{signal.Signals(signum).name} during the final flush: exit {code}; stderr:\n{run.stderr}"
+        )
         assert "Traceback" not in run.stderr, run.stderr
     finally:
         if write_end >= 0:

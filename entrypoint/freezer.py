@@ -39,7 +39,9 @@ def _wait(predicate_file: Path, wanted: str) -> None:
     deadline = time.monotonic() + FREEZE_TIMEOUT
     while wanted not in predicate_file.read_text():
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{predicate_file} did not show {wanted!r} within {FREEZE_TIMEOUT:g} s")
+            raise RuntimeError(
+                f"{predicate_file} did not show {wanted!r} within {FREEZE_TIMEOUT:g} s"
+            )
         time.sleep(0.01)
 
 
@@ -50,12 +52,22 @@ def frozen(pid: int) -> Iterator[None]:
     name = f"cephaloproxy-test-{os.getpid()}-{pid}"
     if (v1 / "cgroup.procs").exists():
         home, group = v1, v1 / name
-        state, freeze, thaw, done = group / "freezer.state", "FROZEN", "THAWED", (group / "freezer.state", "FROZEN")
+        state, freeze, thaw, done = (
+            group / "freezer.state",
+            "FROZEN",
+            "THAWED",
+            (group / "freezer.state", "FROZEN"),
+        )
     else:
         own = _v2_own_group()
         assert own is not None, freeze_problem()
         home, group = own, own / name
-        state, freeze, thaw, done = group / "cgroup.freeze", "1", "0", (group / "cgroup.events", "frozen 1")
+        state, freeze, thaw, done = (
+            group / "cgroup.freeze",
+            "1",
+            "0",
+            (group / "cgroup.events", "frozen 1"),
+        )
     group.mkdir()
     try:
         (group / "cgroup.procs").write_text(str(pid))

@@ -52,7 +52,9 @@ def squid_path_directives() -> str:
 
 
 def squid_version() -> tuple[int, ...]:
-    output = subprocess.run([str(squid_bin()), "-v"], capture_output=True, text=True, timeout=30).stdout
+    output = subprocess.run(
+        [str(squid_bin()), "-v"], capture_output=True, text=True, timeout=30
+    ).stdout
     match = re.search(r"Version (\d+)\.(\d+)", output)
     return tuple(int(x) for x in match.groups()) if match else (0, 0)
 
@@ -85,8 +87,10 @@ def python_for_child() -> str:
         for candidate in candidates:
             try:
                 result = subprocess.run(
-                    [candidate, "-c", "import asyncio, ssl"], timeout=60,
-                    capture_output=True, **_child_user_options(),  # type: ignore[arg-type]
+                    [candidate, "-c", "import asyncio, ssl"],
+                    timeout=60,
+                    capture_output=True,
+                    **_child_user_options(),  # type: ignore[arg-type]
                 )
             except (OSError, subprocess.SubprocessError):
                 continue
@@ -105,7 +109,10 @@ def unprivileged_access_problem() -> str | None:
     try:
         python_for_child()
         result = subprocess.run(
-            [str(squid_bin()), "-v"], capture_output=True, timeout=60, **_child_user_options()  # type: ignore[arg-type]
+            [str(squid_bin()), "-v"],
+            capture_output=True,
+            timeout=60,
+            **_child_user_options(),  # type: ignore[arg-type]
         )
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         return f"UID {UNPRIVILEGED_UID} cannot run Squid/Python here: {error}"
@@ -130,14 +137,28 @@ class Workspace:
         self.tls_dir = self.etc / "ssl_cert"
         self.var = self.make_dir(self.root / "var")
         # The image layout: scripts in bin/, the package on PYTHONPATH in lib/.
-        shutil.copytree(PACKAGE_DIR, self.lib / "entrypoint", ignore=shutil.ignore_patterns("__pycache__", "*_test.py"))
+        shutil.copytree(
+            PACKAGE_DIR,
+            self.lib / "entrypoint",
+            ignore=shutil.ignore_patterns("__pycache__", "*_test.py"),
+        )
         for script in ("entrypoint.py", "healthcheck.py"):
             shutil.copy2(PACKAGE_DIR / script, self.bin / script)
-        if bytecode:  # unchecked-hash .pyc, like the image's layer, by the interpreter that imports them
+        if (
+            bytecode
+        ):  # unchecked-hash .pyc, like the image's layer, by the interpreter that imports them
             subprocess.run(
-                [python_for_child(), "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash",
-                 str(self.lib / "entrypoint")],
-                check=True, timeout=120,
+                [
+                    python_for_child(),
+                    "-m",
+                    "compileall",
+                    "-q",
+                    "--invalidation-mode",
+                    "unchecked-hash",
+                    str(self.lib / "entrypoint"),
+                ],
+                check=True,
+                timeout=120,
             )
         default = (PACKAGE_DIR / "squid.conf.default").read_text() + squid_path_directives()
         self.default_config = self.etc / "squid.conf.default"
@@ -179,8 +200,19 @@ class Workspace:
 
     def env(self, **overrides: str) -> dict[str, str]:
         environment = {
-            key: value for key, value in os.environ.items()
-            if not key.startswith(("CEPHALOPROXY_", "SQUID_", "HEALTH_", "LOG_LEVEL", "SHUTDOWN_", "PYTHON", "CONFIG_"))
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(
+                (
+                    "CEPHALOPROXY_",
+                    "SQUID_",
+                    "HEALTH_",
+                    "LOG_LEVEL",
+                    "SHUTDOWN_",
+                    "PYTHON",
+                    "CONFIG_",
+                )
+            )
         }
         environment.update(
             {
@@ -259,7 +291,9 @@ def catches(pid: int, signum: int) -> bool:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return False
-    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    caught = int(
+        next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16
+    )
     return bool(caught & (1 << (signum - 1)))
 
 
@@ -296,7 +330,12 @@ def describe_processes(pids: list[int]) -> str:
     described = []
     for pid in pids:
         try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            command = (
+                Path(f"/proc/{pid}/cmdline")
+                .read_bytes()
+                .replace(b"\0", b" ")
+                .decode(errors="replace")
+            )
             described.append(f"{pid} {command[:80]}")
         except OSError:
             described.append(f"{pid} (gone)")
@@ -313,8 +352,12 @@ class EntrypointRun:
     """The real entrypoint (image layout) as a child in its own session, output collected."""
 
     def __init__(
-        self, workspace: Workspace, env: Mapping[str, str], argv: list[str] | None = None,
-        stdout: int | None = None, user: tuple[int, int] | None = None,
+        self,
+        workspace: Workspace,
+        env: Mapping[str, str],
+        argv: list[str] | None = None,
+        stdout: int | None = None,
+        user: tuple[int, int] | None = None,
     ) -> None:
         """`stdout`: an fd to give the entrypoint as its stdout instead of a collected pipe.
 
@@ -325,7 +368,11 @@ class EntrypointRun:
         self.stderr_lines: list[str] = []
         self._changed = threading.Condition()
         command = argv or [python_for_child(), str(workspace.bin / "entrypoint.py")]
-        options = _child_user_options() if user is None else {"user": user[0], "group": user[1], "extra_groups": []}
+        options = (
+            _child_user_options()
+            if user is None
+            else {"user": user[0], "group": user[1], "extra_groups": []}
+        )
         out_read, out_write = os.pipe() if stdout is None else (-1, stdout)
         err_read, err_write = os.pipe()
         for fd in (out_write, err_write):
@@ -348,7 +395,9 @@ class EntrypointRun:
         self.started_at = time.monotonic()
         self._readers = [_Collector(os.fdopen(err_read, "rb"), self.stderr_lines, self._changed)]
         if stdout is None:
-            self._readers.append(_Collector(os.fdopen(out_read, "rb"), self.stdout_lines, self._changed))
+            self._readers.append(
+                _Collector(os.fdopen(out_read, "rb"), self.stdout_lines, self._changed)
+            )
         for reader in self._readers:
             reader.start()
 
@@ -370,7 +419,9 @@ class EntrypointRun:
     def output(self) -> str:
         return self.stdout + self.stderr
 
-    def wait_for_output(self, pattern: str, timeout: float = 60.0, stream: str = "stdout") -> re.Match[str]:
+    def wait_for_output(
+        self, pattern: str, timeout: float = 60.0, stream: str = "stdout"
+    ) -> re.Match[str]:
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         exited_at: float | None = None
@@ -449,13 +500,19 @@ class EntrypointRun:
 
 
 # -- HTTP ---------------------------------------------------------------------------------------
-def http_get(url: str, timeout: float = 10.0, proxy: str | None = None, method: str = "GET") -> tuple[int, str, Mapping[str, str]]:
+def http_get(
+    url: str, timeout: float = 10.0, proxy: str | None = None, method: str = "GET"
+) -> tuple[int, str, Mapping[str, str]]:
     handlers = [urllib.request.ProxyHandler({"http": proxy} if proxy else {})]
     opener = urllib.request.build_opener(*handlers)
     request = urllib.request.Request(url, method=method)
     try:
         with opener.open(request, timeout=timeout) as response:
-            return response.status, response.read().decode("utf-8", "replace"), dict(response.headers)
+            return (
+                response.status,
+                response.read().decode("utf-8", "replace"),
+                dict(response.headers),
+            )
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode("utf-8", "replace"), dict(error.headers)
 
@@ -517,7 +574,9 @@ def proxies_through(port: int, path: str = "/") -> bool:
     """Whether the proxy on 127.0.0.1:`port` fetches `path` from a fresh local origin."""
     origin = start_local_http_server("through")
     try:
-        return http_get(f"http://127.0.0.1:{origin.port}{path}", timeout=10, proxy=f"http://127.0.0.1:{port}")[:2] == (200, "through")
+        return http_get(
+            f"http://127.0.0.1:{origin.port}{path}", timeout=10, proxy=f"http://127.0.0.1:{port}"
+        )[:2] == (200, "through")
     except OSError:
         return False
     finally:
@@ -544,9 +603,15 @@ def pausing_squid(workspace: Workspace, mode: str, pause: float = 3.0) -> tuple[
     """(wrapper to use as CEPHALOPROXY_SQUID_BIN, marker written when `mode` starts)."""
     marker = workspace.var / "paused"
     wrapper = workspace.bin / "squid"
-    wrapper.write_text(PAUSING_SQUID.format(
-        python=python_for_child(), real=str(squid_bin()), mode=mode, marker=str(marker), pause=pause,
-    ))
+    wrapper.write_text(
+        PAUSING_SQUID.format(
+            python=python_for_child(),
+            real=str(squid_bin()),
+            mode=mode,
+            marker=str(marker),
+            pause=pause,
+        )
+    )
     os.chmod(wrapper, 0o775)
     return wrapper, marker
 
@@ -630,8 +695,14 @@ def as_pid1(argv: list[str], exec_stamp: Path) -> list[str]:
         raise RuntimeError(problem)
     assert _pid1_prefix is not None
     return [
-        *_pid1_prefix, sys.executable, "-c", _AS_PID1_STEP,
-        str(UNPRIVILEGED_UID), str(UNPRIVILEGED_GID), str(exec_stamp), *argv,
+        *_pid1_prefix,
+        sys.executable,
+        "-c",
+        _AS_PID1_STEP,
+        str(UNPRIVILEGED_UID),
+        str(UNPRIVILEGED_GID),
+        str(exec_stamp),
+        *argv,
     ]
 
 

@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-PROBE_REQUEST = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\n\r\n"
+PROBE_REQUEST = (
+    b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\n\r\n"
+)
 DRIBBLE_START = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
 DRIBBLE_INTERVAL = 0.4
 
@@ -55,7 +57,14 @@ class Attack(threading.Thread):
     most `renew_rate` per second. One thread, non-blocking sockets (the connects never wait for
     an accept)."""
 
-    def __init__(self, port: int, idle: int, dribblers: int, renew_rate: float = 500.0, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int,
+        idle: int,
+        dribblers: int,
+        renew_rate: float = 500.0,
+        host: str = "127.0.0.1",
+    ) -> None:
         super().__init__(daemon=True)
         self.address = (host, port)
         self.idle = idle
@@ -115,7 +124,9 @@ class Attack(threading.Thread):
                     continue
                 except OSError:
                     pass
-                self._closed(sock, bool(key.data))  # an answer (408), a close or a reset: the server let go
+                self._closed(
+                    sock, bool(key.data)
+                )  # an answer (408), a close or a reset: the server let go
             now = time.monotonic()
             allowance = min(allowance + (now - last) * self.renew_rate, self.renew_rate)
             last = now
@@ -147,8 +158,14 @@ def process_status(pid: int) -> dict[str, int]:
     return status
 
 
-def run_probes(port: int, count: int, interval: float, timeout: float = 1.0, give_up_after: int | None = None,
-               on_probe: Callable[[], None] | None = None) -> list[float | None]:
+def run_probes(
+    port: int,
+    count: int,
+    interval: float,
+    timeout: float = 1.0,
+    give_up_after: int | None = None,
+    on_probe: Callable[[], None] | None = None,
+) -> list[float | None]:
     """`count` probes, one every `interval` s; stops early after `give_up_after` unanswered ones."""
     results: list[float | None] = []
     for _ in range(count):

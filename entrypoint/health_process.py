@@ -34,7 +34,9 @@ RESTART_BACKOFF_RESET = 60.0  # a server that ran this long starts the backoff a
 class Spawn(Protocol):
     """Starts a child (Popen options passed through); where its stdout/stderr go is the spawner's choice."""
 
-    def __call__(self, argv: Sequence[str], **popen_options: Any) -> Awaitable[subprocess.Popen[bytes]]: ...
+    def __call__(
+        self, argv: Sequence[str], **popen_options: Any
+    ) -> Awaitable[subprocess.Popen[bytes]]: ...
 
 
 class HealthError(Exception):
@@ -47,7 +49,9 @@ class HealthBindError(HealthError):
 
 def proxy_address(config: ActiveConfig, settings: Settings) -> tuple[str, int]:
     """Where the health checks look for the proxy: the config's first http_port, else its first https_port."""
-    ports = config.http_ports or [parse_listen_address(d) for d in config.named("https_port") if d.args]
+    ports = config.http_ports or [
+        parse_listen_address(d) for d in config.named("https_port") if d.args
+    ]
     if not ports:
         return "127.0.0.1", settings.squid_port
     first = ports[0]
@@ -66,7 +70,9 @@ def health_environment() -> dict[str, str]:
 class HealthProcess:
     """One health server child at a time; `keep_alive` on every monitoring tick restarts a dead one."""
 
-    def __init__(self, settings: Settings, children: ChildProcesses, log: logging.Logger, spawn: Spawn) -> None:
+    def __init__(
+        self, settings: Settings, children: ChildProcesses, log: logging.Logger, spawn: Spawn
+    ) -> None:
         self.settings = settings
         self.port = settings.health_port
         self.children = children
@@ -87,14 +93,24 @@ class HealthProcess:
         proxy_host, proxy_port = proxy_address(config, settings)
         cache_dirs = [d.path for d in config.disk_cache_dirs] or [settings.spool_dir]
         argv = [
-            sys.executable, "-P", "-m", "entrypoint.healthcheck_cli",
-            "--port", str(self.port),
-            "--pid-file", str(config.pid_file),
-            "--squid-comm", settings.squid_bin.name,
-            "--proxy-host", proxy_host,
-            "--proxy-port", str(proxy_port),
-            "--config", str(config.path),
-            "--log-level", settings.log_level,
+            sys.executable,
+            "-P",
+            "-m",
+            "entrypoint.healthcheck_cli",
+            "--port",
+            str(self.port),
+            "--pid-file",
+            str(config.pid_file),
+            "--squid-comm",
+            settings.squid_bin.name,
+            "--proxy-host",
+            proxy_host,
+            "--proxy-port",
+            str(proxy_port),
+            "--config",
+            str(config.path),
+            "--log-level",
+            settings.log_level,
         ]
         for cache_dir in cache_dirs:
             argv += ["--cache-dir", str(cache_dir)]
@@ -116,7 +132,11 @@ class HealthProcess:
     def start_failed(self) -> bool:
         """Whether the start has already ended without listening (`wait_listening` would raise at once)."""
         pending = self._pending
-        return pending is not None and pending.done() and (pending.cancelled() or pending.exception() is not None)
+        return (
+            pending is not None
+            and pending.done()
+            and (pending.cancelled() or pending.exception() is not None)
+        )
 
     async def _launch(self) -> None:
         """Spawn and wait (HEALTH_START_TIMEOUT) for its own report that it listens; else HealthError."""
@@ -125,8 +145,13 @@ class HealthProcess:
             os.set_blocking(read_fd, False)
             try:
                 self.process = await self._spawn(
-                    [*self.argv, "--ready-fd", str(write_fd)], what="the health server",
-                    stdin=subprocess.DEVNULL, env=self.environment, cwd="/", process_group=0, pass_fds=(write_fd,),
+                    [*self.argv, "--ready-fd", str(write_fd)],
+                    what="the health server",
+                    stdin=subprocess.DEVNULL,
+                    env=self.environment,
+                    cwd="/",
+                    process_group=0,
+                    pass_fds=(write_fd,),
                 )
             except ForkError as error:
                 raise HealthError(str(error)) from None
@@ -184,13 +209,19 @@ class HealthProcess:
             )
         if words[0] == "error":
             detail = words[2] if len(words) > 2 else words[1] if len(words) > 1 else "unknown error"
-            raise HealthBindError(f"Health server cannot listen on HEALTH_PORT {self.port}: {detail}")
+            raise HealthBindError(
+                f"Health server cannot listen on HEALTH_PORT {self.port}: {detail}"
+            )
         if code is None:  # it lingers without having said it listens: never taken for listening
             self.children.kill_group(process)
             await self.children.wait(process, CHILD_STOP_TIMEOUT)
             what = "closed its report pipe" if not report else f"reported {report[:80]!r}"
-            raise HealthError(f"Health server {what} without listening on HEALTH_PORT {self.port} (it was killed)")
-        raise HealthError(f"Health server exited during startup ({describe_exit(code)}); see its messages above")
+            raise HealthError(
+                f"Health server {what} without listening on HEALTH_PORT {self.port} (it was killed)"
+            )
+        raise HealthError(
+            f"Health server exited during startup ({describe_exit(code)}); see its messages above"
+        )
 
     # -- running -----------------------------------------------------------------------
     def keep_alive(self) -> None:
@@ -210,7 +241,9 @@ class HealthProcess:
             return
         if time.monotonic() - self.started_at >= RESTART_BACKOFF_RESET:
             self.backoff = RESTART_BACKOFF_FIRST
-        self._pending = asyncio.ensure_future(self._relaunch(f"exited unexpectedly ({describe_exit(code)})"))
+        self._pending = asyncio.ensure_future(
+            self._relaunch(f"exited unexpectedly ({describe_exit(code)})")
+        )
 
     async def follow(self, config: ActiveConfig) -> None:
         """After a reload: restart it (same handshake) when what it checks (ports, pid file, dirs) changed."""
@@ -243,7 +276,9 @@ class HealthProcess:
                 what = f"restart failed: {error}"
                 continue
             if restart:
-                self.log.info("Health server restarted (restart %d), listening on port %d", restart, self.port)
+                self.log.info(
+                    "Health server restarted (restart %d), listening on port %d", restart, self.port
+                )
             return
 
     # -- stopping ----------------------------------------------------------------------

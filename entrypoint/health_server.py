@@ -25,7 +25,9 @@ from entrypoint.squid_serving import SquidWatch
 LISTEN_BACKLOG = 1024  # a burst of probes waits in the kernel's queue, not in SYN retries
 HEAD_TIMEOUT = 5.0  # the request head must be complete this long after the accept, else 408
 CLOSE_TIMEOUT = 1.0  # after the answer: how long the client's own close is awaited at most
-EXCHANGE_TIMEOUT = HEAD_TIMEOUT + CLOSE_TIMEOUT  # no connection is held longer, whatever the client does
+EXCHANGE_TIMEOUT = (
+    HEAD_TIMEOUT + CLOSE_TIMEOUT
+)  # no connection is held longer, whatever the client does
 MAX_CONNECTIONS = 256  # held at once; at the limit a new connection drops the oldest one
 ACCEPT_BATCH = 32  # accepts per loop turn, so connections accepted just before are read first
 FD_RESERVE = 32  # descriptors kept for /proc reads, the log and the listener
@@ -122,7 +124,9 @@ def render(result: Answer, include_body: bool) -> bytes:
 def printable(text: str) -> str:
     """`text` with every non-printable character and the backslash escaped repr-style (`\\x1b`, `\\x85`,
     `\\u2028`): what a client sent stays on one log line and cannot drive a terminal."""
-    return "".join(char if char.isprintable() and char != "\\" else ascii(char)[1:-1] for char in text)
+    return "".join(
+        char if char.isprintable() and char != "\\" else ascii(char)[1:-1] for char in text
+    )
 
 
 def request_line_of(head: bytes) -> bytes:
@@ -155,7 +159,11 @@ def respond(head: bytes | None, targets: HealthTargets, watch: SquidWatch) -> by
         method = parsed[0]
         result = answer(method, parsed[1], targets, watch)
     if head is not None and len(head) <= MAX_REQUEST_HEAD and log.isEnabledFor(logging.DEBUG):
-        log.debug("health %s -> %d", printable(request_line_of(head)[:200].decode("latin-1")), result.status)
+        log.debug(
+            "health %s -> %d",
+            printable(request_line_of(head)[:200].decode("latin-1")),
+            result.status,
+        )
     return render(result, include_body=method != "HEAD")
 
 
@@ -248,7 +256,9 @@ class HealthServer:
             self._expire(time.monotonic())
 
     def _timeout(self) -> float | None:
-        deadlines = [next(iter(held.values())).deadline for held in (self.reading, self.closing) if held]
+        deadlines = [
+            next(iter(held.values())).deadline for held in (self.reading, self.closing) if held
+        ]
         return max(min(deadlines) - time.monotonic(), 0.0) if deadlines else None
 
     # -- accepting ---------------------------------------------------------------------
@@ -313,7 +323,11 @@ class HealthServer:
             self._drop(conn)
             return
         conn.head += chunk
-        if chunk and len(conn.head) <= MAX_REQUEST_HEAD and not head_complete(conn.head, len(chunk)):
+        if (
+            chunk
+            and len(conn.head) <= MAX_REQUEST_HEAD
+            and not head_complete(conn.head, len(chunk))
+        ):
             return
         self._answer(conn, bytes(conn.head))  # complete, too large, or the client closed its side
 

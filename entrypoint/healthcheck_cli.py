@@ -29,7 +29,9 @@ def check(port: int) -> int:
     deadline = time.monotonic() + CHECK_TIMEOUT
     try:
         with socket.create_connection((CHECK_HOST, port), CHECK_TIMEOUT) as conn:
-            conn.sendall(f"GET /health HTTP/1.0\r\nHost: {CHECK_HOST}:{port}\r\n\r\n".encode("ascii"))
+            conn.sendall(
+                f"GET /health HTTP/1.0\r\nHost: {CHECK_HOST}:{port}\r\n\r\n".encode("ascii")
+            )
             data = b""
             while len(data) < 4096:
                 conn.settimeout(max(deadline - time.monotonic(), 0.01))
@@ -111,8 +113,11 @@ def serve(args: argparse.Namespace, cache_dirs: tuple[Path, ...]) -> int:
     try:
         threading.Thread(target=watch.run_sampler, args=(threading.Event(),), daemon=True).start()
     except RuntimeError as error:  # "can't start new thread": the kernel refused it (EAGAIN)
-        log.error("Health server cannot start its sampler thread (%s): the container's process limit"
-                  " (RLIMIT_NPROC / pids.max) is reached: raise it", error)
+        log.error(
+            "Health server cannot start its sampler thread (%s): the container's process limit"
+            " (RLIMIT_NPROC / pids.max) is reached: raise it",
+            error,
+        )
         listener.close()
         return 1
     log.info("Health server listening on port %d", args.port)
@@ -136,7 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, action="append", default=None)
     parser.add_argument("--config", type=Path, default=settings.config)
     parser.add_argument("--log-level", default=settings.log_level)
-    parser.add_argument("--ready-fd", type=_fd, default=None, help="pipe to report `listening PORT` or `error CODE ...` on")
+    parser.add_argument(
+        "--ready-fd",
+        type=_fd,
+        default=None,
+        help="pipe to report `listening PORT` or `error CODE ...` on",
+    )
     args = parser.parse_args(argv)
     if args.check:
         for warning in warnings:  # the entrypoint logs them for the server; the check is on its own

@@ -18,13 +18,27 @@ import pytest
 
 from entrypoint.harness import as_pid1, children_of, pid1_host_pid, pid_namespace_problem
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    UNPRIVILEGED_UID, Launcher, Workspace, http_get, launch, pausing_squid, process_state, process_uid,
-    python_for_child, running_as_root, squid_available, start_local_http_server, wait_for_status,
-    wait_until, workspace,
+    UNPRIVILEGED_UID,
+    Launcher,
+    Workspace,
+    http_get,
+    launch,
+    pausing_squid,
+    process_state,
+    process_uid,
+    python_for_child,
+    running_as_root,
+    squid_available,
+    start_local_http_server,
+    wait_for_status,
+    wait_until,
+    workspace,
 )
 
 
-def test_default_config_serves_health_ready_and_proxies(workspace: Workspace, launch: Launcher) -> None:
+def test_default_config_serves_health_ready_and_proxies(
+    workspace: Workspace, launch: Launcher
+) -> None:
     run = launch()
     run.wait_ready()
     health = f"http://127.0.0.1:{workspace.health_port}"
@@ -43,7 +57,9 @@ def test_default_config_serves_health_ready_and_proxies(workspace: Workspace, la
     # Squid's access log reaches the container's stdout through the entrypoint.
     run.wait_for_output(rf"GET http://127\.0\.0\.1:{origin.port}/page", 30)
     # The default was rendered into the run dir (SQUID_PORT differs); nothing written under etc/.
-    assert (workspace.runtime_dir("run") / "squid.conf").read_text().count(f"http_port {workspace.squid_port}") == 1
+    assert (workspace.runtime_dir("run") / "squid.conf").read_text().count(
+        f"http_port {workspace.squid_port}"
+    ) == 1
     assert sorted(p.name for p in workspace.etc.iterdir()) == ["squid.conf.default"]
 
 
@@ -87,7 +103,9 @@ def test_sighup_reconfigures_and_keeps_the_pid(workspace: Workspace, launch: Lau
     assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200)[0] == 200
 
 
-def test_bad_environment_values_warn_and_use_defaults(workspace: Workspace, launch: Launcher) -> None:
+def test_bad_environment_values_warn_and_use_defaults(
+    workspace: Workspace, launch: Launcher
+) -> None:
     env = workspace.env(LOG_LEVEL="chatty", SHUTDOWN_TIMEOUT="-3", HEALTH_PORT="99999")
     # HEALTH_PORT falls back to 8080, which may be taken on this host: point the check elsewhere.
     run = launch(env)
@@ -178,9 +196,15 @@ def assert_stdio_written_the_images_way(pid: int) -> None:
     for stdio in (1, 2):
         target = os.readlink(f"/proc/{pid}/fd/{stdio}")
         assert target.startswith("pipe:"), target
-        assert not fd_flags(pid, stdio) & os.O_NONBLOCK, f"fd {stdio} was made non-blocking: the fallback path"
-        writers = [int(fd) for fd in fds if int(fd) > 2 and _readlink(f"/proc/{pid}/fd/{fd}") == target]
-        assert any(fd_flags(pid, fd) & os.O_NONBLOCK for fd in writers), f"no non-blocking reopening of fd {stdio}"
+        assert not fd_flags(pid, stdio) & os.O_NONBLOCK, (
+            f"fd {stdio} was made non-blocking: the fallback path"
+        )
+        writers = [
+            int(fd) for fd in fds if int(fd) > 2 and _readlink(f"/proc/{pid}/fd/{fd}") == target
+        ]
+        assert any(fd_flags(pid, fd) & os.O_NONBLOCK for fd in writers), (
+            f"no non-blocking reopening of fd {stdio}"
+        )
 
 
 def _readlink(path: str) -> str:
@@ -210,7 +234,9 @@ def test_stdout_nobody_reads_never_blocks_pid1(workspace: Workspace, launch: Lau
         os.close(read_end)
 
 
-def test_dropped_lines_are_counted_once_the_reader_is_back(workspace: Workspace, launch: Launcher) -> None:
+def test_dropped_lines_are_counted_once_the_reader_is_back(
+    workspace: Workspace, launch: Launcher
+) -> None:
     read_end, write_end = os.pipe()
     received: list[bytes] = []
 
@@ -229,7 +255,9 @@ def test_dropped_lines_are_counted_once_the_reader_is_back(workspace: Workspace,
         proxied_traffic_with_long_urls(workspace, 300)
         reader.start()  # the reader comes back
         pattern = re.compile(rb"\[WARNING\] dropped (\d+) log lines \(stdout reader stalled\)")
-        assert wait_until(lambda: pattern.search(b"".join(received)), 30), b"".join(received)[-2000:]
+        assert wait_until(lambda: pattern.search(b"".join(received)), 30), b"".join(received)[
+            -2000:
+        ]
         run.process.send_signal(signal.SIGTERM)
         assert run.wait_exit(45) == 0
         reader.join(10)
@@ -238,7 +266,9 @@ def test_dropped_lines_are_counted_once_the_reader_is_back(workspace: Workspace,
         # Lines are relayed whole: every access-log line of a long URL is complete.
         for line in text.splitlines():
             if "/aaaa" in line:
-                assert re.search(r"/a{2000}\S* - HIER_DIRECT", line), f"mangled line: {line[:120]}..."
+                assert re.search(r"/a{2000}\S* - HIER_DIRECT", line), (
+                    f"mangled line: {line[:120]}..."
+                )
         # cache.log is stderr in the default config: each of its lines appears once, not twice.
         assert run.stderr.count("Accepting HTTP Socket connections at") == 1, run.stderr
     finally:
@@ -259,7 +289,9 @@ def assert_refused_naming_the_port(run, port: int) -> None:  # type: ignore[no-u
     assert run.descendants_left() == []
 
 
-def test_a_squatter_on_the_proxy_port_exits_1_naming_it(workspace: Workspace, launch: Launcher) -> None:
+def test_a_squatter_on_the_proxy_port_exits_1_naming_it(
+    workspace: Workspace, launch: Launcher
+) -> None:
     taken = squatter(workspace.squid_port)  # it accepts connections: a connect() check is fooled
     try:
         run = launch()
@@ -269,7 +301,9 @@ def test_a_squatter_on_the_proxy_port_exits_1_naming_it(workspace: Workspace, la
     assert_refused_naming_the_port(run, workspace.squid_port)
 
 
-def test_a_squatter_arriving_while_squid_starts_is_not_taken_for_squid(workspace: Workspace, launch: Launcher) -> None:
+def test_a_squatter_arriving_while_squid_starts_is_not_taken_for_squid(
+    workspace: Workspace, launch: Launcher
+) -> None:
     # Past the check before Squid starts: only "Squid's own LISTEN socket" can tell them apart.
     wrapper, marker = pausing_squid(workspace, "--foreground", pause=1.0)
     run = launch(workspace.env(CEPHALOPROXY_SQUID_BIN=str(wrapper)))
@@ -282,7 +316,9 @@ def test_a_squatter_arriving_while_squid_starts_is_not_taken_for_squid(workspace
     assert_refused_naming_the_port(run, workspace.squid_port)
 
 
-def test_a_stale_pid_file_naming_a_live_process_is_not_accepted(workspace: Workspace, launch: Launcher, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_stale_pid_file_naming_a_live_process_is_not_accepted(
+    workspace: Workspace, launch: Launcher, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     # A live process called "squid" that is not ours (a copy of sleep): its pid in the pid file.
     impostor_bin = tmp_path / "squid"
     shutil.copy("/bin/sleep", impostor_bin)
@@ -317,22 +353,30 @@ os.wait()
 
 def nspid(pid: int) -> int:
     """`pid` as its own (innermost) pid namespace numbers it."""
-    line = next(l for l in open(f"/proc/{pid}/status").read().splitlines() if l.startswith("NSpid:"))
+    line = next(
+        l for l in open(f"/proc/{pid}/status").read().splitlines() if l.startswith("NSpid:")
+    )
     return int(line.split()[-1])
 
 
-def test_a_descendant_pid1_may_not_signal_does_not_slow_the_stop(workspace: Workspace, launch: Launcher) -> None:
+def test_a_descendant_pid1_may_not_signal_does_not_slow_the_stop(
+    workspace: Workspace, launch: Launcher
+) -> None:
     if pid_namespace_problem() is not None:
         pytest.skip(str(pid_namespace_problem()))
     stamp = workspace.root / "exec-stamp"
-    run = launch(argv=as_pid1([python_for_child(), str(workspace.bin / "entrypoint.py")], stamp), user=(0, 0))
+    run = launch(
+        argv=as_pid1([python_for_child(), str(workspace.bin / "entrypoint.py")], stamp), user=(0, 0)
+    )
     run.wait_ready()
     pid1 = pid1_host_pid(run.pid)
     assert process_uid(pid1) == UNPRIVILEGED_UID and nspid(pid1) == 1
     assert_stdio_written_the_images_way(pid1)
     before = set(children_of(pid1))
     subprocess.run([sys.executable, "-c", ROOT_ORPHAN, str(pid1)], check=True, timeout=30)
-    assert wait_until(lambda: set(children_of(pid1)) - before, 10), "the root orphan was not re-parented to PID 1"
+    assert wait_until(lambda: set(children_of(pid1)) - before, 10), (
+        "the root orphan was not re-parented to PID 1"
+    )
     (orphan,) = set(children_of(pid1)) - before
     assert process_uid(orphan) == 0
     orphan_nspid = nspid(orphan)
@@ -350,7 +394,9 @@ def test_a_descendant_pid1_may_not_signal_does_not_slow_the_stop(workspace: Work
     assert wait_until(lambda: process_state(orphan) is None, 10)  # the namespace's end killed it
 
 
-def test_an_impostor_pid_written_while_squid_starts_is_not_accepted(workspace: Workspace, launch: Launcher, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_an_impostor_pid_written_while_squid_starts_is_not_accepted(
+    workspace: Workspace, launch: Launcher, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     # After the stale pid file is gone, before Squid writes its own: a live process named like
     # Squid (a copy of sleep) in the pid file. Only the Squid started here may be accepted.
     impostor_bin = tmp_path / "squid"
@@ -365,7 +411,9 @@ def test_an_impostor_pid_written_while_squid_starts_is_not_accepted(workspace: W
         time.sleep(0.5)  # the entrypoint reads the pid file every 10 ms meanwhile
         pid_file.unlink()  # so that Squid itself starts normally
         squid_pid = run.wait_ready()
-        assert squid_pid == int(marker.read_text()), f"accepted PID {squid_pid}; the impostor is {impostor.pid}"
+        assert squid_pid == int(marker.read_text()), (
+            f"accepted PID {squid_pid}; the impostor is {impostor.pid}"
+        )
         assert f"Squid started with PID {impostor.pid}" not in run.stdout
     finally:
         impostor.kill()

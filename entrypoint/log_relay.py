@@ -28,7 +28,9 @@ def identity(line: str) -> str:
 class LineRelay(asyncio.Protocol):
     """asyncio read-pipe protocol: bytes in, filtered lines out to `sink`."""
 
-    def __init__(self, sink: OutputSink, line_filter: LineFilter = identity, collapse_pairs: bool = False) -> None:
+    def __init__(
+        self, sink: OutputSink, line_filter: LineFilter = identity, collapse_pairs: bool = False
+    ) -> None:
         self.sink = sink
         self.line_filter = line_filter
         # Drop the second of two identical consecutive lines (Squid's `-d 0` copy of a

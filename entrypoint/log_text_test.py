@@ -66,8 +66,16 @@ def pipes() -> Iterator[_Pipes]:
     """Pipes for the records; the root logger is restored afterwards."""
     created = _Pipes()
     root = logging.getLogger()
-    saved = (list(root.handlers), root.level, logging.getLogger("asyncio").level, sys.excepthook, threading.excepthook)
-    logging.getLogger("asyncio").setLevel(logging.WARNING)  # its DEBUG line per new loop is not ours
+    saved = (
+        list(root.handlers),
+        root.level,
+        logging.getLogger("asyncio").level,
+        sys.excepthook,
+        threading.excepthook,
+    )
+    logging.getLogger("asyncio").setLevel(
+        logging.WARNING
+    )  # its DEBUG line per new loop is not ours
     try:
         yield created
     finally:
@@ -95,7 +103,10 @@ def relay_pipes(pipes: _Pipes) -> Iterator[_Pipes]:
     [
         ("\x1b[2J\x1b[31mred", "\\x1b[2J\\x1b[31mred"),
         ("a\r\nforged", "a\\r\\nforged"),
-        ("nel\x85 ls\u2028 ps\u2029 del\x7f bidi\u202e", "nel\\u0085 ls\\u2028 ps\\u2029 del\\x7f bidi\\u202e"),
+        (
+            "nel\x85 ls\u2028 ps\u2029 del\x7f bidi\u202e",
+            "nel\\u0085 ls\\u2028 ps\\u2029 del\\x7f bidi\\u202e",
+        ),
         (b"bad \xff\xc3 byte".decode("utf-8", "surrogateescape"), "bad \\xff\\xc3 byte"),
         ("tab\tand ünïcödé stay", "tab\tand ünïcödé stay"),
     ],
@@ -105,7 +116,9 @@ def test_escape_controls(text: str, expected: str) -> None:
 
 
 @given(message=_ANY_TEXT, level=st.sampled_from(_LEVELS), traceback=st.booleans())
-def test_every_record_is_one_clean_line(pipes: _Pipes, message: str, level: int, traceback: bool) -> None:
+def test_every_record_is_one_clean_line(
+    pipes: _Pipes, message: str, level: int, traceback: bool
+) -> None:
     """configure_logging + OutputSink into a pipe: a record is one line, whatever it holds."""
     log = configure_logging("DEBUG", pipes.sinks)
     if traceback:

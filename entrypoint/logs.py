@@ -52,7 +52,9 @@ class SinkHandler(logging.Handler):
             self.handleError(record)
 
 
-def _log_uncaught(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+def _log_uncaught(
+    kind: type[BaseException], error: BaseException, trace: TracebackType | None
+) -> None:
     logging.getLogger("cephaloproxy").critical("Uncaught exception", exc_info=(kind, error, trace))
 
 

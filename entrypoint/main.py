@@ -43,7 +43,10 @@ def main(early_signals: list[int] | None = None) -> int:
         log.warning("%s", warning)
     log.info(
         "Settings: SQUID_PORT=%d HEALTH_PORT=%d LOG_LEVEL=%s SHUTDOWN_TIMEOUT=%gs",
-        settings.squid_port, settings.health_port, settings.log_level, settings.shutdown_timeout,
+        settings.squid_port,
+        settings.health_port,
+        settings.log_level,
+        settings.shutdown_timeout,
     )
     import asyncio  # after the first log line: nothing above needs it
 

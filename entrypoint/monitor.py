@@ -22,7 +22,9 @@ async def watch(state: ProxyState, shutdown_requested: asyncio.Event) -> str | N
     try:
         while True:
             await asyncio.wait(
-                {squid.exited, shutdown}, timeout=MONITOR_INTERVAL, return_when=asyncio.FIRST_COMPLETED
+                {squid.exited, shutdown},
+                timeout=MONITOR_INTERVAL,
+                return_when=asyncio.FIRST_COMPLETED,
             )
             state.children.reap()
             if shutdown_requested.is_set():

@@ -73,7 +73,9 @@ def _symlink_problem(path: Path) -> FileProblem | None:
     try:
         os.stat(path)
     except FileNotFoundError:
-        return FileProblem(f"{path} is a dangling symlink (to '{target}', which does not exist): fix the mount")
+        return FileProblem(
+            f"{path} is a dangling symlink (to '{target}', which does not exist): fix the mount"
+        )
     except OSError as error:
         if error.errno == errno.ELOOP:
             return FileProblem(f"{path} is a symlink loop (to '{target}'): fix the mount")
@@ -112,7 +114,9 @@ def check_file(path: Path) -> bool:
     except OSError as error:
         raise _problem(path, error) from None
     if not stat.S_ISREG(info.st_mode):
-        raise FileProblem(f"{path} is {describe_kind(info.st_mode)}, not a regular file: fix the mount")
+        raise FileProblem(
+            f"{path} is {describe_kind(info.st_mode)}, not a regular file: fix the mount"
+        )
     return True
 
 
@@ -129,7 +133,9 @@ def _check_unfollowed(path: Path) -> None:
             target = os.readlink(path)
         except OSError:
             target = "?"
-        raise FileProblem(f"{path} is a symlink (to {target!r}), not a regular file: refused, never followed")
+        raise FileProblem(
+            f"{path} is a symlink (to {target!r}), not a regular file: refused, never followed"
+        )
     if not stat.S_ISREG(info.st_mode):
         raise FileProblem(f"{path} is {describe_kind(info.st_mode)}, not a regular file")
 
@@ -143,14 +149,22 @@ def _open_regular(path: Path, follow_symlinks: bool) -> int:
         raise FileAbsent(f"{path} does not exist")
     # O_NONBLOCK: a FIFO swapped in after the check must not hang the open or the read;
     # O_NOFOLLOW: nor may a symlink swapped in after the lstat be followed.
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY | (0 if follow_symlinks else os.O_NOFOLLOW)
+    flags = (
+        os.O_RDONLY
+        | os.O_NONBLOCK
+        | os.O_CLOEXEC
+        | os.O_NOCTTY
+        | (0 if follow_symlinks else os.O_NOFOLLOW)
+    )
     try:
         descriptor = os.open(path, flags)
     except FileNotFoundError:
         raise FileAbsent(f"{path} does not exist") from None
     except OSError as error:
         if error.errno == errno.ELOOP and not follow_symlinks:
-            raise FileProblem(f"{path} is a symlink, not a regular file: refused, never followed") from None
+            raise FileProblem(
+                f"{path} is a symlink, not a regular file: refused, never followed"
+            ) from None
         raise _problem(path, error) from None
     try:
         info = os.fstat(descriptor)

@@ -33,7 +33,9 @@ def test_a_stalled_reader_never_blocks_and_drops_are_reported_once_it_is_back() 
     line = b"x" * 99
     # 200 KB into 64 KB of pipe + 16 KB of queue: returns at once. Written in a thread so that
     # a write that blocks fails this test within a bound instead of hanging it.
-    writer = threading.Thread(target=lambda: [sink.write_line(line) for _ in range(2000)], daemon=True)
+    writer = threading.Thread(
+        target=lambda: [sink.write_line(line) for _ in range(2000)], daemon=True
+    )
     writer.start()
     writer.join(WRITE_BOUND)
     blocked = writer.is_alive()
@@ -49,7 +51,9 @@ def test_a_stalled_reader_never_blocks_and_drops_are_reported_once_it_is_back() 
     text = (first + read_all(read_end)).decode()
     lines = text.splitlines()
     assert all(l == "x" * 99 for l in lines[:-1]), "a line was split or mangled"
-    assert re.fullmatch(rf"\S+ \S+ \[WARNING\] dropped {dropped} log lines \(stdout reader stalled\)", lines[-1])
+    assert re.fullmatch(
+        rf"\S+ \S+ \[WARNING\] dropped {dropped} log lines \(stdout reader stalled\)", lines[-1]
+    )
     assert len(lines) - 1 + dropped == 2000
     sink.write_line(b"after")
     assert read_all(read_end) == b"after\n"  # reported once, then counting starts again
@@ -64,7 +68,9 @@ def test_relay_passes_whole_filtered_lines_from_split_chunks() -> None:
         sink.attach(asyncio.get_running_loop())
         child_read, child_write = os.pipe()
         relay = LineRelay(sink, lambda text: text.replace("secret", "[redacted]"))
-        await asyncio.get_running_loop().connect_read_pipe(lambda: relay, os.fdopen(child_read, "rb", 0))
+        await asyncio.get_running_loop().connect_read_pipe(
+            lambda: relay, os.fdopen(child_read, "rb", 0)
+        )
         for chunk in (b"one sec", b"ret line\ntwo", b"\nthree without newline"):
             os.write(child_write, chunk)
             await asyncio.sleep(0.05)

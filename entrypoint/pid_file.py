@@ -41,11 +41,19 @@ def read_pid_file(path: Path) -> int | None:
     except FileAbsent:
         return None
     except FileTooBig:
-        raise NoPidInFile(path, f"it is larger than the {PID_FILE_LIMIT} bytes a pid file holds") from None
+        raise NoPidInFile(
+            path, f"it is larger than the {PID_FILE_LIMIT} bytes a pid file holds"
+        ) from None
     except FileProblem as error:
-        raise PidFileError(f"pid file {error}: remove it (Squid writes its pid there as a regular file)") from None
+        raise PidFileError(
+            f"pid file {error}: remove it (Squid writes its pid there as a regular file)"
+        ) from None
     pid = parse_pid(data)
     if pid is None:
-        what = "it is empty" if not data.strip() else f"{len(data)} bytes that are not a pid 1-{PID_MAX}"
+        what = (
+            "it is empty"
+            if not data.strip()
+            else f"{len(data)} bytes that are not a pid 1-{PID_MAX}"
+        )
         raise NoPidInFile(path, what)
     return pid

@@ -49,7 +49,11 @@ def test_ipv6_addresses_decode() -> None:
 def test_process_tree_and_states_follow_real_children() -> None:
     # A child that starts a grandchild, both sleeping.
     child = subprocess.Popen(
-        [sys.executable, "-c", "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']); time.sleep(60)"]
+        [
+            sys.executable,
+            "-c",
+            "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']); time.sleep(60)",
+        ]
     )
     try:
         deadline = time.monotonic() + 10
@@ -73,7 +77,13 @@ def test_process_tree_and_states_follow_real_children() -> None:
 
 
 def test_comm_with_spaces_and_parentheses_is_read_whole() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import ctypes,time; ctypes.CDLL(None).prctl(15, b'a (b) c', 0, 0, 0); time.sleep(30)"])
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import ctypes,time; ctypes.CDLL(None).prctl(15, b'a (b) c', 0, 0, 0); time.sleep(30)",
+        ]
+    )
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and proc_table.read_process(child.pid).comm != "a (b) c":
@@ -97,11 +107,21 @@ def test_fd_links_of_a_process_we_may_not_trace_count_as_unreadable() -> None:
     # ptrace check that stops a container's root without CAP_SYS_PTRACE).
     # An interpreter those UIDs may run (a pyenv one under /root is not).
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-    target = subprocess.Popen([python, "-c", "import time; time.sleep(30)"], user=65534, group=65534)
+    target = subprocess.Popen(
+        [python, "-c", "import time; time.sleep(30)"], user=65534, group=65534
+    )
     try:
         probe = subprocess.run(
-            [python, "-c", f"from entrypoint import proc_table; print(proc_table.fds_readable({target.pid}))"],
-            user=65533, group=65533, capture_output=True, text=True, timeout=30,
+            [
+                python,
+                "-c",
+                f"from entrypoint import proc_table; print(proc_table.fds_readable({target.pid}))",
+            ],
+            user=65533,
+            group=65533,
+            capture_output=True,
+            text=True,
+            timeout=30,
             cwd=os.path.dirname(os.path.dirname(proc_table.__file__)),
         )
         assert probe.stdout.strip() == "False", probe.stderr

@@ -112,7 +112,9 @@ _not_ours: set[int] = set()
 def _give_up_on(pid: int) -> None:
     _not_ours.add(pid)
     info = proc_table.read_process(pid)
-    comm = repr(info.comm) if info is not None else "gone"  # repr: a name may hold control characters
+    comm = (
+        repr(info.comm) if info is not None else "gone"
+    )  # repr: a name may hold control characters
     logging.getLogger("cephaloproxy").warning(
         "Process %d (%s) is not ours to kill (another user's: EPERM); not waiting for it", pid, comm
     )
@@ -162,7 +164,9 @@ class ChildProcesses:
         become_child_subreaper()
         self.loop.add_signal_handler(signal.SIGCHLD, self.reap)
 
-    def spawn(self, argv: Sequence[str], what: str | None = None, **popen_options: object) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, argv: Sequence[str], what: str | None = None, **popen_options: object
+    ) -> subprocess.Popen[bytes]:
         """Start a child (never through a shell); its exit is collected by `reap`.
 
         ForkError when the kernel refuses a new process (an OSError: callers that handle a
@@ -174,7 +178,9 @@ class ChildProcesses:
             )
         except OSError as error:
             if error.errno in (errno.EAGAIN, errno.ENOMEM):
-                raise ForkError(what or " ".join([os.path.basename(argv[0]), *argv[1:3]]), error) from None
+                raise ForkError(
+                    what or " ".join([os.path.basename(argv[0]), *argv[1:3]]), error
+                ) from None
             raise
         self._exits[process.pid] = self.loop.create_future()
         self._popens[process.pid] = process
@@ -200,7 +206,9 @@ class ChildProcesses:
         future = self._exits[process.pid]
         return future.result() if future.done() else None
 
-    async def wait(self, process: subprocess.Popen[bytes], timeout: float | None = None) -> int | None:
+    async def wait(
+        self, process: subprocess.Popen[bytes], timeout: float | None = None
+    ) -> int | None:
         """The exit code, or None if it is still running after `timeout` seconds."""
         future = self._exits[process.pid]
         try:

@@ -23,7 +23,9 @@ MAX_REMEMBERED = 10_000  # distinct remembered strings (a bound, far above any r
 _WORD = r"""(?:[^ \t\r\n"']|"(?:[^"\\]|\\[\s\S]?)*(?:"|$)|'(?:[^'\\]|\\[\s\S]?)*(?:'|$))+"""
 _START = r"""(?<![^ \t\r\n"'(=,;])"""  # an option starts a word (or follows a quote or =)
 # Words in an option's name that say credential; `pass` only as a word of its own (not bypass=).
-_CREDENTIAL = r"(?:passw|passph|pwd|secret|token|login|key|credential|community|(?<![a-z])pass(?![a-z]))"
+_CREDENTIAL = (
+    r"(?:passw|passph|pwd|secret|token|login|key|credential|community|(?<![a-z])pass(?![a-z]))"
+)
 _NAME = rf"[a-z0-9_.-]*?{_CREDENTIAL}[a-z0-9_.-]*"
 _FLAGS = re.IGNORECASE | re.ASCII  # ASCII case folding: what Squid and its helpers fold
 _CREDENTIAL_RE = re.compile(_CREDENTIAL, _FLAGS)
@@ -78,53 +80,107 @@ def _keeps_secret_file(match: re.Match[str]) -> bool:
     """-W names a file holding the bind password (LDAP helpers), except in ext_edirectory_userip_acl."""
     start, _ = _value(match)
     return (
-        match.group("f") == "W" and match.string.startswith("/", start)
+        match.group("f") == "W"
+        and match.string.startswith("/", start)
         and "edirectory_userip" not in match.string.lower()
     )
 
 
 _RULES = (
     # name=value: login=, password=, --bindPassword=, client_secret=, api_key=, DSN attributes.
-    _Rule(re.compile(rf"(?<![a-z0-9_.-])(?P<n>-{{0,2}}{_NAME})=(?P<v>{_WORD})", _FLAGS), keep=_keeps_path_or_keyword),
+    _Rule(
+        re.compile(rf"(?<![a-z0-9_.-])(?P<n>-{{0,2}}{_NAME})=(?P<v>{_WORD})", _FLAGS),
+        keep=_keeps_path_or_keyword,
+    ),
     # --password VALUE, -bind_password VALUE (Getopt::Long and friends take the next word too).
-    _Rule(re.compile(rf"{_START}(?P<n>--?{_NAME})[ \t]+(?P<v>{_WORD})", _FLAGS), keep=_keeps_path_or_keyword),
+    _Rule(
+        re.compile(rf"{_START}(?P<n>--?{_NAME})[ \t]+(?P<v>{_WORD})", _FLAGS),
+        keep=_keeps_path_or_keyword,
+    ),
     # Getopt::Long abbreviations (basic_db_auth, ext_sql_session_acl): --pa ... --password, --ds(n).
-    _Rule(re.compile(
-        rf"{_START}--?(?:pa(?:s(?:s(?:w(?:o(?:r(?:d)?)?)?)?)?)?|dsn?)(?:=(?P<v>{_WORD})|[ \t]+(?P<w>{_WORD}))", _FLAGS
-    )),
+    _Rule(
+        re.compile(
+            rf"{_START}--?(?:pa(?:s(?:s(?:w(?:o(?:r(?:d)?)?)?)?)?)?|dsn?)(?:=(?P<v>{_WORD})|[ \t]+(?P<w>{_WORD}))",
+            _FLAGS,
+        )
+    ),
     # -w PASSWORD / -wPASSWORD (basic_ldap_auth, ext_ldap_group_acl, digest_*_auth, basic_radius_auth);
     # -W is a password file there (kept when it is a path) but the password in ext_edirectory_userip_acl.
-    _Rule(re.compile(rf"{_START}-(?P<f>[wW])(?:(?P<v>{_WORD})|[ \t]+(?P<w>{_WORD}))"), keep=_keeps_secret_file),
+    _Rule(
+        re.compile(rf"{_START}-(?P<f>[wW])(?:(?P<v>{_WORD})|[ \t]+(?P<w>{_WORD}))"),
+        keep=_keeps_secret_file,
+    ),
     # ext_edirectory_userip_acl: any flag cluster with W takes the next word as the password.
-    _Rule(re.compile(rf"{_START}-[a-z0-9]*w[a-z0-9]*[ \t]+(?P<v>{_WORD})", _FLAGS), context="edirectory_userip"),
+    _Rule(
+        re.compile(rf"{_START}-[a-z0-9]*w[a-z0-9]*[ \t]+(?P<v>{_WORD})", _FLAGS),
+        context="edirectory_userip",
+    ),
     # ext_kerberos_ldap_group_acl -p PASSWORD (getopt: -dpX, -d -p X).
-    _Rule(re.compile(rf"{_START}-[diasnh]*p(?:(?P<v>{_WORD})|[ \t]+(?P<w>{_WORD}))"), context="kerberos_ldap_group"),
+    _Rule(
+        re.compile(rf"{_START}-[diasnh]*p(?:(?P<v>{_WORD})|[ \t]+(?P<w>{_WORD}))"),
+        context="kerberos_ldap_group",
+    ),
     # scheme://user:PASSWORD@host: the password runs to the last @ of the word (it may hold / : @),
     # or of the quoted run the URL starts.
-    _Rule(re.compile(r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^ \t\r\n/?#@:\"']*:(?P<v>[^ \t\r\n]*)@", _FLAGS)),
-    _Rule(re.compile(r"(?P<q>[\"'])[a-z][a-z0-9+.-]*://[^ \t\r\n/?#@:\"']*:(?P<v>(?:(?!(?P=q)).)*)@", _FLAGS)),
+    _Rule(
+        re.compile(
+            r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^ \t\r\n/?#@:\"']*:(?P<v>[^ \t\r\n]*)@", _FLAGS
+        )
+    ),
+    _Rule(
+        re.compile(
+            r"(?P<q>[\"'])[a-z][a-z0-9+.-]*://[^ \t\r\n/?#@:\"']*:(?P<v>(?:(?!(?P=q)).)*)@", _FLAGS
+        )
+    ),
     # log_db_daemon's DSN as a log path: daemon:/host/database/table/user/PASSWORD (all after the
     # fifth /); Squid also prints it without `daemon:` when it starts the daemon.
-    _Rule(re.compile(
-        rf"(?:(?<![a-z0-9])daemon:|logfile daemon: (?:opening|closing) log )(?:[^/ \t\r\n]*/){{5}}(?P<v>{_WORD})", _FLAGS
-    )),
-    _Rule(re.compile(r"(?P<q>[\"'])daemon:(?:(?:(?!(?P=q))[^/])*/){5}(?P<v>(?:(?!(?P=q)).)*)", _FLAGS)),
+    _Rule(
+        re.compile(
+            rf"(?:(?<![a-z0-9])daemon:|logfile daemon: (?:opening|closing) log )(?:[^/ \t\r\n]*/){{5}}(?P<v>{_WORD})",
+            _FLAGS,
+        )
+    ),
+    _Rule(
+        re.compile(r"(?P<q>[\"'])daemon:(?:(?:(?!(?P=q))[^/])*/){5}(?P<v>(?:(?!(?P=q)).)*)", _FLAGS)
+    ),
     # A directive whose own name says credential: all its arguments (cachemgr_passwd SECRET all;
     # acl NAME snmp_community SECRET). Squid-style names only (a word with `_`).
     _Rule(
-        re.compile(r"(?<![^ \t\r\n:])(?=[a-z0-9]*_)[a-z][a-z0-9_]*(?:passw|secret|community)[a-z0-9_]*[ \t]+(?P<v>[^ \t\r\n].*)$", _FLAGS),
+        re.compile(
+            r"(?<![^ \t\r\n:])(?=[a-z0-9]*_)[a-z][a-z0-9_]*(?:passw|secret|community)[a-z0-9_]*[ \t]+(?P<v>[^ \t\r\n].*)$",
+            _FLAGS,
+        ),
         remember=_first_word,
     ),
     # request_header_add Authorization "Basic ..." / a dumped `Proxy-Authorization: Basic ...`.
     _Rule(
-        re.compile(rf"(?<![a-z0-9-])(?:proxy-)?authorization(?::[ \t]*(?P<v>.+)|[ \t]+(?P<w>{_WORD}))", _FLAGS),
+        re.compile(
+            rf"(?<![a-z0-9-])(?:proxy-)?authorization(?::[ \t]*(?P<v>.+)|[ \t]+(?P<w>{_WORD}))",
+            _FLAGS,
+        ),
         remember=_credentials,
     ),
 )
 
 # Cheap pre-check: a line holds none of these (lower case) -> no rule can match it.
-_TRIGGERS = ("pass", "pwd", "secret", "token", "login", "key", "credential", "community",
-             "-pa", "-ds", "-w", "edirectory_userip", "kerberos_ldap_group", "@", "daemon", "authorization")
+_TRIGGERS = (
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "login",
+    "key",
+    "credential",
+    "community",
+    "-pa",
+    "-ds",
+    "-w",
+    "edirectory_userip",
+    "kerberos_ldap_group",
+    "@",
+    "daemon",
+    "authorization",
+)
 
 _remembered: dict[str, None] = {}  # insertion-ordered set
 _remembering = threading.Lock()  # configs may be parsed off the event loop (reload)
@@ -228,7 +284,11 @@ def secret_strings(value: str) -> list[str]:
     strings = list(wholes)
     for whole in wholes:
         strings.extend(piece.strip(_QUOTES) for piece in _PIECE_SEPARATORS.split(whole))
-    return [s for s in dict.fromkeys(strings) if s and REDACTED.lower() not in s.lower() and _worth_remembering(s)]
+    return [
+        s
+        for s in dict.fromkeys(strings)
+        if s and REDACTED.lower() not in s.lower() and _worth_remembering(s)
+    ]
 
 
 def _worth_remembering(piece: str) -> bool:
@@ -243,8 +303,12 @@ def remember_secrets(line: str) -> None:
     outer_end = -1
     # The longest value first where several start at one place (a quoted URL's password, not the
     # part before its first @ that the unquoted rule sees).
-    for start, end, rule in sorted(_rule_matches(line, line.casefold()), key=lambda match: (match[0], -match[1])):
-        if start < outer_end:  # inside another value (password= in a quoted --dsn): only up to its end
+    for start, end, rule in sorted(
+        _rule_matches(line, line.casefold()), key=lambda match: (match[0], -match[1])
+    ):
+        if (
+            start < outer_end
+        ):  # inside another value (password= in a quoted --dsn): only up to its end
             end = min(end, outer_end)
         else:
             outer_end = end

@@ -33,11 +33,25 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 def _secret(form: str, chars: str = _CHARS) -> st.SearchStrategy[str]:
     """A distinctive secret: "xQ", the form's number (a leak names its form), then anything."""
-    return st.text(alphabet=chars, min_size=4, max_size=10).map(lambda text: f"xQ{_FORMS.index(form)}Q{text}")
+    return st.text(alphabet=chars, min_size=4, max_size=10).map(
+        lambda text: f"xQ{_FORMS.index(form)}Q{text}"
+    )
 
 
-_FORMS = ("login_a", "login_b", "quoted_1", "quoted_2", "cachemgr", "dsn_1", "dsn_2", "ldap_w",
-          "sql_dsn", "sql_password", "url", "authorization")
+_FORMS = (
+    "login_a",
+    "login_b",
+    "quoted_1",
+    "quoted_2",
+    "cachemgr",
+    "dsn_1",
+    "dsn_2",
+    "ldap_w",
+    "sql_dsn",
+    "sql_password",
+    "url",
+    "authorization",
+)
 
 
 def _any_case(word: str) -> st.SearchStrategy[str]:
@@ -50,7 +64,12 @@ def _any_case(word: str) -> st.SearchStrategy[str]:
 def secret_configs(draw: st.DrawFn) -> tuple[dict[str, str], dict[str, str]]:
     """(the secrets, by form; option names as written, in generated case)."""
     slashless = _CHARS.replace("/", "")
-    chars = {"cachemgr": _URL_SAFE, "dsn_1": slashless, "dsn_2": slashless, "sql_dsn": _CHARS.replace(";", "")}
+    chars = {
+        "cachemgr": _URL_SAFE,
+        "dsn_1": slashless,
+        "dsn_2": slashless,
+        "sql_dsn": _CHARS.replace(";", ""),
+    }
     # login=u:A,B (the part after , leaked); login="u:ONE TWO"; daemon:/h/d/t/u/ONE/TWO; -wSECRET;
     # --dsn "...;password=SECRET" --PassWord SECRET; http://bob:SECRET@; Authorization "Basic SECRET".
     secrets = {form: draw(_secret(form, chars.get(form, _CHARS))) for form in _FORMS}
@@ -82,15 +101,23 @@ def _stand_in_helpers(workspace: Workspace) -> Path:
     return helpers
 
 
-def secret_config(workspace: Workspace, secrets: dict[str, str], names: dict[str, str], broken: bool) -> str:
+def secret_config(
+    workspace: Workspace, secrets: dict[str, str], names: dict[str, str], broken: bool
+) -> str:
     helpers = _stand_in_helpers(workspace)
     s = secrets
     lines = [
         f"http_port 127.0.0.1:{workspace.squid_port}",
         f"pid_filename {workspace.runtime_dir('run')}/custom.pid",
-        "http_access allow localhost", "http_access deny all",
-        "cache_log /dev/stderr", "access_log stdio:/dev/stdout", "logfile_rotate 0",
-        "visible_hostname redact-test", "shutdown_lifetime 1 seconds", "pinger_enable off", "netdb_filename none",
+        "http_access allow localhost",
+        "http_access deny all",
+        "cache_log /dev/stderr",
+        "access_log stdio:/dev/stdout",
+        "logfile_rotate 0",
+        "visible_hostname redact-test",
+        "shutdown_lifetime 1 seconds",
+        "pinger_enable off",
+        "netdb_filename none",
         f"cache_peer 127.0.0.1 parent 9 0 no-query name=p1 {names['login']}=u:{s['login_a']},{s['login_b']}",
         f'cache_peer 127.0.0.1 parent 9 0 no-query name=p2 login="u:{s["quoted_1"]} {s["quoted_2"]}"',
         f"cachemgr_passwd {s['cachemgr']} all",
@@ -98,14 +125,16 @@ def secret_config(workspace: Workspace, secrets: dict[str, str], names: dict[str
         f"access_log daemon:/db.example/squid/log/logger/{s['dsn_1']}/{s['dsn_2']} squid",
         f"auth_param basic program {helpers}/basic_ldap_auth -b dc=x -D cn=admin -w{s['ldap_w']} -h 127.0.0.1",
         "auth_param basic children 1 startup=0 idle=1",
-        f'external_acl_type sess children-startup=0 %SRC {helpers}/ext_sql_session_acl'
+        f"external_acl_type sess children-startup=0 %SRC {helpers}/ext_sql_session_acl"
         f' --dsn "DBI:mysql:database=squid;password={s["sql_dsn"]}" --{names["password"]} {s["sql_password"]}',
         f"url_rewrite_program {helpers}/url_fake_rewrite http://bob:{s['url']}@host.example/",
         "url_rewrite_children 1 startup=0 idle=1",
         f'request_header_add Authorization "Basic {s["authorization"]}" all',
     ]
     if broken:
-        lines.append(f"cache_peer 127.0.0.1 parent notaport 0 no-query name=p3 login=u:{s['login_a']}")
+        lines.append(
+            f"cache_peer 127.0.0.1 parent notaport 0 no-query name=p3 login=u:{s['login_a']}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -126,10 +155,17 @@ def _stop(run: EntrypointRun) -> None:
 @pytest.mark.parametrize("level", LEVELS)
 # Each example runs the entrypoint and Squid (seconds): a few examples, and no shrinking (a
 # failure's output already names the leaked secret and the line it leaked in).
-@settings(max_examples=3, phases=[Phase.explicit, Phase.generate], suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=3,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(case=secret_configs())
 def test_no_generated_secret_reaches_the_log(
-    squid_available: None, level: str, broken: bool, case: tuple[dict[str, str], dict[str, str]]  # noqa: F811
+    squid_available: None,
+    level: str,
+    broken: bool,
+    case: tuple[dict[str, str], dict[str, str]],  # noqa: F811
 ) -> None:
     secrets, names = case
     workspace = Workspace()
@@ -140,16 +176,25 @@ def test_no_generated_secret_reaches_the_log(
         if broken:
             assert run.wait_exit(60) == 1
         else:
-            assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/health", 200, 60)[0] == 200, run.output
+            assert (
+                wait_for_status(f"http://127.0.0.1:{workspace.health_port}/health", 200, 60)[0]
+                == 200
+            ), run.output
             # A cachemgr request carries the password in its URL, into the access log on stdout.
             assert wait_until(lambda: _accepts(workspace.squid_port), 30), run.output
-            http_get(f"http://127.0.0.1:{workspace.squid_port}/squid-internal-mgr/menu@{secrets['cachemgr']}")
+            http_get(
+                f"http://127.0.0.1:{workspace.squid_port}/squid-internal-mgr/menu@{secrets['cachemgr']}"
+            )
             _stop(run)
         output = run.stdout + run.stderr
         leaked = [piece for piece in _pieces(secrets) if piece in output]
         assert not leaked, f"{leaked} leaked at LOG_LEVEL={level}:\n{output}"
         if level == "DEBUG":  # the parse echo was there, redacted, directive names kept
-            assert re.search(r"cache_peer 127\.0\.0\.1 parent 9 0 no-query name=p1 login=<redacted>", output, re.I), output
+            assert re.search(
+                r"cache_peer 127\.0\.0\.1 parent 9 0 no-query name=p1 login=<redacted>",
+                output,
+                re.I,
+            ), output
     finally:
         if run is not None:
             run.cleanup()
@@ -177,8 +222,12 @@ def test_control_characters_from_config_env_path_and_health_client_are_escaped(
             "http_access deny odd\n"
         )
         os.chmod(config, 0o664)
-        run = EntrypointRun(workspace, workspace.env(LOG_LEVEL="DEBUG", CEPHALOPROXY_CONFIG=str(config)))
-        assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/health", 200, 60)[0] == 200, run.output
+        run = EntrypointRun(
+            workspace, workspace.env(LOG_LEVEL="DEBUG", CEPHALOPROXY_CONFIG=str(config))
+        )
+        assert (
+            wait_for_status(f"http://127.0.0.1:{workspace.health_port}/health", 200, 60)[0] == 200
+        ), run.output
         with socket.create_connection(("127.0.0.1", workspace.health_port), timeout=10) as client:
             client.sendall(b"GET /health\x1b[2J\x1b]0;owned\x07\r\xc2\x85x HTTP/1.0\r\n\r\n")
             client.recv(4096)
@@ -187,7 +236,9 @@ def test_control_characters_from_config_env_path_and_health_client_are_escaped(
         output = run.stdout + run.stderr
         raw = [repr(char) for char in _CONTROLS if char in output]
         assert not raw, f"raw {raw} in the log:\n{output!r}"
-        assert "conf\\x1b[2J\\r\\u0085\\u2028d" in output, output  # the env path, escaped, still readable
+        assert "conf\\x1b[2J\\r\\u0085\\u2028d" in output, (
+            output
+        )  # the env path, escaped, still readable
         assert ".esc\\x1b[31m.example" in output, output  # the config value (Squid's parse echo)
     finally:
         if run is not None:

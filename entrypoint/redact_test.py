@@ -16,21 +16,44 @@ from entrypoint.squid_process import problem_lines
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("Processing: cache_peer p parent 3128 0 login=admin:S3CR", "Processing: cache_peer p parent 3128 0 login=<redacted>"),
-        ("FATAL: Bungled squid.conf line 7: cache_peer p parent x 0 login=u:S3CR no-query",
-         "FATAL: Bungled squid.conf line 7: cache_peer p parent x 0 login=<redacted> no-query"),
+        (
+            "Processing: cache_peer p parent 3128 0 login=admin:S3CR",
+            "Processing: cache_peer p parent 3128 0 login=<redacted>",
+        ),
+        (
+            "FATAL: Bungled squid.conf line 7: cache_peer p parent x 0 login=u:S3CR no-query",
+            "FATAL: Bungled squid.conf line 7: cache_peer p parent x 0 login=<redacted> no-query",
+        ),
         ("cache_peer p parent 3128 0 login=PASSTHRU", "cache_peer p parent 3128 0 login=PASSTHRU"),
-        ("auth_param basic program /h --password=S3CR x", "auth_param basic program /h --password=<redacted> x"),
-        ("external_acl_type g %LOGIN /h --bind_password=S3CR", "external_acl_type g %LOGIN /h --bind_password=<redacted>"),
+        (
+            "auth_param basic program /h --password=S3CR x",
+            "auth_param basic program /h --password=<redacted> x",
+        ),
+        (
+            "external_acl_type g %LOGIN /h --bind_password=S3CR",
+            "external_acl_type g %LOGIN /h --bind_password=<redacted>",
+        ),
         ("helper -D cn=a -w S3CR -h ldap", "helper -D cn=a -w <redacted> -h ldap"),
-        ("x api_key=S3CR client-secret='S3 CR' token=S3CR", "x api_key=<redacted> client-secret=<redacted> token=<redacted>"),
+        (
+            "x api_key=S3CR client-secret='S3 CR' token=S3CR",
+            "x api_key=<redacted> client-secret=<redacted> token=<redacted>",
+        ),
         ('x password="S3 CR" y', "x password=<redacted> y"),
-        ("url_rewrite_program /h http://bob:S3@CR@host.example/p", "url_rewrite_program /h http://bob:<redacted>@host.example/p"),
+        (
+            "url_rewrite_program /h http://bob:S3@CR@host.example/p",
+            "url_rewrite_program /h http://bob:<redacted>@host.example/p",
+        ),
         ("line 4: cachemgr_passwd S3CR all", "line 4: cachemgr_passwd <redacted>"),
         # Key *files* are paths, not secrets; prose and ordinary options are left alone.
-        ("http_port 3128 tls-cert=/a.pem tls-key=/b.key", "http_port 3128 tls-cert=/a.pem tls-key=/b.key"),
+        (
+            "http_port 3128 tls-cert=/a.pem tls-key=/b.key",
+            "http_port 3128 tls-cert=/a.pem tls-key=/b.key",
+        ),
         ("No password file /etc/squid/passwd given", "No password file /etc/squid/passwd given"),
-        ("http_port 3128 ssl-bump generate-host-certificates=on", "http_port 3128 ssl-bump generate-host-certificates=on"),
+        (
+            "http_port 3128 ssl-bump generate-host-certificates=on",
+            "http_port 3128 ssl-bump generate-host-certificates=on",
+        ),
     ],
 )
 def test_redact_replaces_values_and_keeps_directive_and_line(line: str, expected: str) -> None:
@@ -44,7 +67,9 @@ def test_redact_text_keeps_the_lines() -> None:
 
 def test_problem_lines_are_redacted() -> None:
     output = "Processing: cache_peer p parent x 0 login=u:S3CR\nFATAL: Bungled s.conf line 2: cache_peer p parent x 0 login=u:S3CR\n"
-    assert problem_lines(output) == ["FATAL: Bungled s.conf line 2: cache_peer p parent x 0 login=<redacted>"]
+    assert problem_lines(output) == [
+        "FATAL: Bungled s.conf line 2: cache_peer p parent x 0 login=<redacted>"
+    ]
     # Without a recognised error line the last lines are shown: redacted as well.
     assert problem_lines("Processing: cache_peer p parent 1 0 login=u:S3CR\n") == [
         "Processing: cache_peer p parent 1 0 login=<redacted>"
@@ -77,8 +102,12 @@ from entrypoint.redact import REDACTED, forget_secrets, remember_secrets  # noqa
 # Characters a secret may hold wherever Squid takes it as one word (no whitespace, no quote).
 _WORD_CHARS = string.ascii_letters + string.digits + "!#$%&()*+,-./:;<=>?@[]^_{|}~"
 # Squid's echo prefixes: the line itself, the DEBUG parse echo, a rejected line, cache.log.
-_ECHOES = ("{}", "Processing: {}", "FATAL: Bungled /etc/squid/squid.conf line 3: {}",
-           "2026/12/07 01:12:15 kid1| ERROR: {}")
+_ECHOES = (
+    "{}",
+    "Processing: {}",
+    "FATAL: Bungled /etc/squid/squid.conf line 3: {}",
+    "2026/12/07 01:12:15 kid1| ERROR: {}",
+)
 
 
 def _cases(word: str) -> st.SearchStrategy[str]:
@@ -101,14 +130,35 @@ _quoted_words = st.lists(_piece(_WORD_CHARS.replace("\\", "")), min_size=2, max_
 @st.composite
 def secret_lines(draw: st.DrawFn) -> tuple[str, list[str]]:
     """(a config line carrying a secret in one of its forms, the secret's pieces that must not leak)."""
-    form = draw(st.sampled_from([
-        "login", "login_quoted", "option", "option_space", "getopt_long", "dsn", "cachemgr", "daemon",
-        "flag_w", "flag_quoted", "edirectory", "kerberos", "url", "url_quoted", "snmp", "authorization", "wccp",
-    ]))
+    form = draw(
+        st.sampled_from(
+            [
+                "login",
+                "login_quoted",
+                "option",
+                "option_space",
+                "getopt_long",
+                "dsn",
+                "cachemgr",
+                "daemon",
+                "flag_w",
+                "flag_quoted",
+                "edirectory",
+                "kerberos",
+                "url",
+                "url_quoted",
+                "snmp",
+                "authorization",
+                "wccp",
+            ]
+        )
+    )
     secret = draw(_plain)
     if form == "login":
         keyword = draw(_cases("login"))
-        return f"cache_peer peer.example parent 3128 0 no-query {keyword}=u:{secret} proxy-only", [secret]
+        return f"cache_peer peer.example parent 3128 0 no-query {keyword}=u:{secret} proxy-only", [
+            secret
+        ]
     if form == "login_quoted":
         words = draw(_quoted_words)
         quote = draw(st.sampled_from(['"', "'"]))
@@ -116,52 +166,108 @@ def secret_lines(draw: st.DrawFn) -> tuple[str, list[str]]:
         value = f"{quote}u:{' '.join(words)}{quote}"
         return f"cache_peer peer.example parent 3128 0 no-query {keyword}={value} proxy-only", words
     if form == "option":  # name=value, the name in any case and with any dashes
-        name = draw(st.sampled_from(["password", "passwd", "bindpassword", "bind_password", "client_secret",
-                                     "secret", "token", "api_key", "pass", "pwd", "credentials", "passphrase"]))
+        name = draw(
+            st.sampled_from(
+                [
+                    "password",
+                    "passwd",
+                    "bindpassword",
+                    "bind_password",
+                    "client_secret",
+                    "secret",
+                    "token",
+                    "api_key",
+                    "pass",
+                    "pwd",
+                    "credentials",
+                    "passphrase",
+                ]
+            )
+        )
         dashes = draw(st.sampled_from(["", "-", "--"]))
-        return f"auth_param basic program /usr/lib/squid/helper {dashes}{draw(_cases(name))}={secret} -x", [secret]
+        return (
+            f"auth_param basic program /usr/lib/squid/helper {dashes}{draw(_cases(name))}={secret} -x",
+            [secret],
+        )
     if form == "option_space":  # --password SECRET, --bindPassword SECRET
-        name = draw(st.sampled_from(["password", "bindpassword", "bind-password", "client_secret", "token"]))
+        name = draw(
+            st.sampled_from(["password", "bindpassword", "bind-password", "client_secret", "token"])
+        )
         dashes = draw(st.sampled_from(["-", "--"]))
-        return f"auth_param basic program /usr/lib/squid/basic_db_auth {dashes}{draw(_cases(name))} {secret} --plaintext", [secret]
+        return (
+            f"auth_param basic program /usr/lib/squid/basic_db_auth {dashes}{draw(_cases(name))} {secret} --plaintext",
+            [secret],
+        )
     if form == "getopt_long":  # Getopt::Long: any unique abbreviation, any case, = or space
         name = "password"[: draw(st.integers(2, 8))]
         dashes = draw(st.sampled_from(["-", "--"]))
         gap = draw(st.sampled_from(["=", " "]))
-        return f"external_acl_type s %SRC /usr/lib/squid/ext_sql_session_acl {dashes}{draw(_cases(name))}{gap}{secret} --persist", [secret]
+        return (
+            f"external_acl_type s %SRC /usr/lib/squid/ext_sql_session_acl {dashes}{draw(_cases(name))}{gap}{secret} --persist",
+            [secret],
+        )
     if form == "dsn":
         name = draw(_cases(draw(st.sampled_from(["dsn", "ds"]))))
         dsn = f"DBI:mysql:database=squid;host=db;password={secret}"
         quoted = draw(st.booleans())
         dsn = f'"{dsn}"' if quoted else dsn
         gap = draw(st.sampled_from(["=", " "]))
-        return f"auth_param basic program /usr/lib/squid/basic_db_auth --{name}{gap}{dsn} --user squid", [secret]
+        return (
+            f"auth_param basic program /usr/lib/squid/basic_db_auth --{name}{gap}{dsn} --user squid",
+            [secret],
+        )
     if form == "cachemgr":
         return f"{draw(_cases('cachemgr_passwd'))} {secret} info stats/objects", [secret]
-    if form == "daemon":  # log_db_daemon: /host/database/table/user/password (the password may hold /)
+    if (
+        form == "daemon"
+    ):  # log_db_daemon: /host/database/table/user/password (the password may hold /)
         password = draw(st.lists(_no_slash, min_size=1, max_size=3).map("/".join))
         return f"access_log daemon:/db.example/squid/log/logger/{password} squid", [password]
-    if form == "flag_w":  # -w SECRET, -wSECRET (basic_ldap_auth, ext_ldap_group_acl, basic_radius_auth)
+    if (
+        form == "flag_w"
+    ):  # -w SECRET, -wSECRET (basic_ldap_auth, ext_ldap_group_acl, basic_radius_auth)
         gap = draw(st.sampled_from(["", " ", "  ", "\t"]))
-        helper = draw(st.sampled_from(["basic_ldap_auth", "ext_ldap_group_acl", "basic_radius_auth", "digest_ldap_auth"]))
-        return f"auth_param basic program /usr/lib/squid/{helper} -b dc=x -D cn=admin -w{gap}{secret} -h ldap", [secret]
+        helper = draw(
+            st.sampled_from(
+                ["basic_ldap_auth", "ext_ldap_group_acl", "basic_radius_auth", "digest_ldap_auth"]
+            )
+        )
+        return (
+            f"auth_param basic program /usr/lib/squid/{helper} -b dc=x -D cn=admin -w{gap}{secret} -h ldap",
+            [secret],
+        )
     if form == "flag_quoted":  # a quoted value is one word to the helper: redacted whole
         words = draw(_quoted_words)
         quote = draw(st.sampled_from(['"', "'"]))
         flag = draw(st.sampled_from(["-w ", "-w", "--password ", "--PASSWORD=", "-bindpassword "]))
-        return f"auth_param basic program /usr/lib/squid/helper {flag}{quote}{' '.join(words)}{quote} -x", words
+        return (
+            f"auth_param basic program /usr/lib/squid/helper {flag}{quote}{' '.join(words)}{quote} -x",
+            words,
+        )
     if form == "edirectory":  # -W SECRET, alone or in a flag cluster
         cluster = draw(st.sampled_from(["-W", "-ZW", "-W4", "-dPW"]))
-        return f"external_acl_type e %SRC /usr/lib/squid/ext_edirectory_userip_acl -b o=x -D cn=a {cluster} {secret} -H ldap", [secret]
+        return (
+            f"external_acl_type e %SRC /usr/lib/squid/ext_edirectory_userip_acl -b o=x -D cn=a {cluster} {secret} -H ldap",
+            [secret],
+        )
     if form == "kerberos":  # getopt -p: -p SECRET, -pSECRET, -dp SECRET
         flag = draw(st.sampled_from(["-p ", "-p", "-dp", "-di -p "]))
-        return f"external_acl_type k %LOGIN /usr/lib/squid/ext_kerberos_ldap_group_acl -g G -u ldapuser {flag}{secret} -l ldap://h", [secret]
+        return (
+            f"external_acl_type k %LOGIN /usr/lib/squid/ext_kerberos_ldap_group_acl -g G -u ldapuser {flag}{secret} -l ldap://h",
+            [secret],
+        )
     if form == "url":  # user:password@ with any characters in the password, / : @ included
         scheme = draw(st.sampled_from(["http", "https", "icap", "ftp"]))
-        return f"url_rewrite_program /usr/lib/squid/rewriter {scheme}://bob:{secret}@host.example:8080/p x", [secret]
+        return (
+            f"url_rewrite_program /usr/lib/squid/rewriter {scheme}://bob:{secret}@host.example:8080/p x",
+            [secret],
+        )
     if form == "url_quoted":
         words = draw(_quoted_words)
-        return f'url_rewrite_program /usr/lib/squid/rewriter "http://bob:{" ".join(words)}@host.example/p" x', words
+        return (
+            f'url_rewrite_program /usr/lib/squid/rewriter "http://bob:{" ".join(words)}@host.example/p" x',
+            words,
+        )
     if form == "snmp":
         return f"acl snmppublic {draw(_cases('snmp_community'))} {secret}", [secret]
     if form == "authorization":
@@ -178,7 +284,10 @@ def _leaks(text: str, pieces: list[str]) -> list[str]:
 @example(("cache_peer p parent 3128 0 login=u:xQa,bcd", ["xQa,bcd"]), "{}")  # after , (issue 21)
 @example(("cache_peer p parent 3128 0 LOGIN=u:xQS3CR", ["xQS3CR"]), "{}")
 @example(("x --bindPassword=xQS3CR", ["xQS3CR"]), "{}")
-@example(("access_log daemon:/db.example/squid/log/logger/xQPASSWORD squid", ["xQPASSWORD"]), "Logfile: opening log {}")
+@example(
+    ("access_log daemon:/db.example/squid/log/logger/xQPASSWORD squid", ["xQPASSWORD"]),
+    "Logfile: opening log {}",
+)
 def test_rules_never_let_a_secret_through(case: tuple[str, list[str]], echo: str) -> None:
     forget_secrets()
     line, pieces = case
@@ -204,7 +313,9 @@ _FRAGMENTS = (
     ('url_rewrite_program /h "http://bob:xQ0@0 xQ000@host.example/p" x', ["xQ0@0", "xQ000"]),
     "ERROR: Ignoring unknown cache_peer option '{}'",
 )
-def test_remembered_values_and_their_pieces_never_leak_alone(case: tuple[str, list[str]], fragment: str) -> None:
+def test_remembered_values_and_their_pieces_never_leak_alone(
+    case: tuple[str, list[str]], fragment: str
+) -> None:
     """Squid prints values without their option, or a quoted value's words one by one."""
     forget_secrets()
     line, pieces = case
@@ -229,15 +340,30 @@ def test_precheck_never_skips_a_line_a_rule_matches(line: str) -> None:
     ("line", "expected"),
     [
         # Squid 7.7 prints log_db_daemon's DSN without `daemon:` when it starts the daemon.
-        ("Logfile Daemon: opening log /db.example/squid/log/logger/PW", "Logfile Daemon: opening log /db.example/squid/log/logger/<redacted>"),
+        (
+            "Logfile Daemon: opening log /db.example/squid/log/logger/PW",
+            "Logfile Daemon: opening log /db.example/squid/log/logger/<redacted>",
+        ),
         # A log file path is no DSN (fewer than five /): kept.
-        ("Logfile: opening log daemon:/var/log/squid/access.log", "Logfile: opening log daemon:/var/log/squid/access.log"),
+        (
+            "Logfile: opening log daemon:/var/log/squid/access.log",
+            "Logfile: opening log daemon:/var/log/squid/access.log",
+        ),
         # -W names the LDAP helpers' password *file*: kept; in ext_edirectory_userip_acl it is the password.
-        ("/usr/lib/squid/basic_ldap_auth -D cn=a -W /etc/squid/ldap.secret", "/usr/lib/squid/basic_ldap_auth -D cn=a -W /etc/squid/ldap.secret"),
-        ("/usr/lib/squid/ext_edirectory_userip_acl -W /S3CR", "/usr/lib/squid/ext_edirectory_userip_acl -W <redacted>"),
+        (
+            "/usr/lib/squid/basic_ldap_auth -D cn=a -W /etc/squid/ldap.secret",
+            "/usr/lib/squid/basic_ldap_auth -D cn=a -W /etc/squid/ldap.secret",
+        ),
+        (
+            "/usr/lib/squid/ext_edirectory_userip_acl -W /S3CR",
+            "/usr/lib/squid/ext_edirectory_userip_acl -W <redacted>",
+        ),
         # -p is a port elsewhere, the password only in ext_kerberos_ldap_group_acl.
         ("/usr/lib/squid/basic_ldap_auth -p 389", "/usr/lib/squid/basic_ldap_auth -p 389"),
-        ("icap_service s reqmod_precache icap://h/ bypass=on", "icap_service s reqmod_precache icap://h/ bypass=on"),
+        (
+            "icap_service s reqmod_precache icap://h/ bypass=on",
+            "icap_service s reqmod_precache icap://h/ bypass=on",
+        ),
     ],
 )
 def test_redact_keeps_what_is_no_secret(line: str, expected: str) -> None:
@@ -250,7 +376,10 @@ def test_a_remembered_value_is_replaced_anywhere_in_any_case() -> None:
     try:
         remember_secrets("cachemgr_passwd Mgr-S3cret all")
         # cachemgr URLs carry the password after @: an access-log line holds it.
-        assert redact("GET cache_object://localhost/info@mgr-s3cret -") == f"GET cache_object://localhost/info@{REDACTED} -"
+        assert (
+            redact("GET cache_object://localhost/info@mgr-s3cret -")
+            == f"GET cache_object://localhost/info@{REDACTED} -"
+        )
         # Only the password is remembered, not the actions (else every "all" would go).
         assert redact("http_access deny all") == "http_access deny all"
     finally:
@@ -264,6 +393,9 @@ def test_many_remembered_values_stay_cheap_and_all_match() -> None:
         for number in range(redact_module.MAX_HINTS * 3):
             remember_secrets(f"cachemgr_passwd Mgr{number:04d}pw menu")
         for number in (0, redact_module.MAX_HINTS * 3 - 1):
-            assert redact(f"GET cache_object://h/menu@Mgr{number:04d}pw") == f"GET cache_object://h/menu@{REDACTED}"
+            assert (
+                redact(f"GET cache_object://h/menu@Mgr{number:04d}pw")
+                == f"GET cache_object://h/menu@{REDACTED}"
+            )
     finally:
         forget_secrets()

@@ -22,10 +22,23 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from entrypoint import config_snapshot, proc_table, runtime_dirs, squid_user
-from entrypoint.config_steps import activate_snapshot, install_tls, read_config, recheck_cert_dbs, validate_tls, write_snapshot
+from entrypoint.config_steps import (
+    activate_snapshot,
+    install_tls,
+    read_config,
+    recheck_cert_dbs,
+    validate_tls,
+    write_snapshot,
+)
 from entrypoint.log_text import escape_controls
 from entrypoint.squid_config import DISK_CACHE_TYPES, ActiveConfig, ConfigError, write_atomically
-from entrypoint.squid_process import SquidError, SquidProcess, foreign_listeners, listen_ports, privileged_port_problem
+from entrypoint.squid_process import (
+    SquidError,
+    SquidProcess,
+    foreign_listeners,
+    listen_ports,
+    privileged_port_problem,
+)
 from entrypoint.state import ProxyState
 
 UNEXPECTED_MESSAGE_LIMIT = 300
@@ -94,7 +107,9 @@ def cache_dir_layouts(config: ActiveConfig) -> dict[Path, tuple[str, ...]]:
     return layouts
 
 
-async def prepare_new_cache_dirs(state: ProxyState, config: ActiveConfig, old: ActiveConfig, snapshot: Path) -> None:
+async def prepare_new_cache_dirs(
+    state: ProxyState, config: ActiveConfig, old: ActiveConfig, snapshot: Path
+) -> None:
     """A cache_dir the running Squid does not have, made as at startup: dirs, probe, `squid -z` (Squid's reconfigure never runs -z)."""
     known = {cache_dir.path for cache_dir in old.disk_cache_dirs}
     added = [cache_dir.path for cache_dir in config.disk_cache_dirs if cache_dir.path not in known]
@@ -123,10 +138,13 @@ def taken_ports(config: ActiveConfig, old: ActiveConfig, squid: SquidProcess) ->
     # Squid's kids (another UID) cannot be looked into: any listener on a port Squid was not
     # configured for is someone else's.
     added = set(ports) - set(listen_ports(old))
-    return sorted({
-        sock.local_port for sock in proc_table.tcp_sockets()
-        if sock.state == proc_table.TCP_LISTEN and sock.local_port in added
-    })
+    return sorted(
+        {
+            sock.local_port
+            for sock in proc_table.tcp_sockets()
+            if sock.state == proc_table.TCP_LISTEN and sock.local_port in added
+        }
+    )
 
 
 def one_line(error: BaseException) -> str:
@@ -141,7 +159,9 @@ def log_unexpected(state: ProxyState, what: str, error: BaseException) -> None:
     """One line at ERROR; the traceback (escaped too) at DEBUG only."""
     state.log.error("%s: unexpected error %s", what, one_line(error))
     if state.log.isEnabledFor(logging.DEBUG):
-        state.log.debug("The unexpected error:\n%s", escape_controls("".join(traceback.format_exception(error))))
+        state.log.debug(
+            "The unexpected error:\n%s", escape_controls("".join(traceback.format_exception(error)))
+        )
 
 
 async def prepare(state: ProxyState, squid: SquidProcess, old: ActiveConfig) -> ActiveConfig:
@@ -166,7 +186,9 @@ async def prepare(state: ProxyState, squid: SquidProcess, old: ActiveConfig) -> 
         await state.commands.check_config(config, snapshot.candidate)
         await prepare_new_cache_dirs(state, config, old, snapshot.candidate)
         if material is not None:
-            await install_tls(material, config, settings, state.children, log, state.commands.stdio_owner)
+            await install_tls(
+                material, config, settings, state.children, log, state.commands.stdio_owner
+            )
         activate_snapshot(snapshot)
     except BaseException:
         config_snapshot.discard(snapshot)

@@ -21,9 +21,28 @@ from entrypoint.reload import refuse_restart_changes
 from entrypoint.squid_config import ActiveConfig, ConfigError, Directive
 from entrypoint.harness import proxies_through
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    EntrypointRun, Launcher, Workspace, free_port, http_get, key_body_lines, launch, make_ca, make_server_cert, openssl,
-    process_state, python_for_child, running_as_root, session_processes, squid_available, squid_bin,
-    ssl_bump_config, start_local_http_server, wait_for_status, wait_until, with_private_shm, workspace,
+    EntrypointRun,
+    Launcher,
+    Workspace,
+    free_port,
+    http_get,
+    key_body_lines,
+    launch,
+    make_ca,
+    make_server_cert,
+    openssl,
+    process_state,
+    python_for_child,
+    running_as_root,
+    session_processes,
+    squid_available,
+    squid_bin,
+    ssl_bump_config,
+    start_local_http_server,
+    wait_for_status,
+    wait_until,
+    with_private_shm,
+    workspace,
 )
 
 SKIPPED = "Reload skipped, Squid keeps its current config: "
@@ -40,7 +59,9 @@ def port_config(workspace: Workspace, port: int) -> str:
     )
 
 
-def started_on_port_config(workspace: Workspace, launch: Launcher, **env: str) -> tuple[str, EntrypointRun, int]:
+def started_on_port_config(
+    workspace: Workspace, launch: Launcher, **env: str
+) -> tuple[str, EntrypointRun, int]:
     """(the config, the run, Squid's pid) of an entrypoint started and ready on `port_config`."""
     good = port_config(workspace, workspace.squid_port)
     workspace.write_custom_config(good)
@@ -48,7 +69,9 @@ def started_on_port_config(workspace: Workspace, launch: Launcher, **env: str) -
     return good, run, run.wait_ready()
 
 
-def test_sighup_moves_squid_and_the_readiness_check_to_a_new_port(workspace: Workspace, launch: Launcher) -> None:
+def test_sighup_moves_squid_and_the_readiness_check_to_a_new_port(
+    workspace: Workspace, launch: Launcher
+) -> None:
     workspace.write_custom_config(port_config(workspace, workspace.squid_port))
     run = launch()
     squid_pid = run.wait_ready()
@@ -65,7 +88,9 @@ def test_sighup_moves_squid_and_the_readiness_check_to_a_new_port(workspace: Wor
     assert process_state(squid_pid) not in (None, "Z")
 
 
-def test_a_health_server_restarted_by_a_reload_must_report_listening_again(workspace: Workspace, launch: Launcher) -> None:
+def test_a_health_server_restarted_by_a_reload_must_report_listening_again(
+    workspace: Workspace, launch: Launcher
+) -> None:
     workspace.write_custom_config(port_config(workspace, workspace.squid_port))
     run = launch()
     run.wait_ready()
@@ -79,22 +104,32 @@ def test_a_health_server_restarted_by_a_reload_must_report_listening_again(works
     run.wait_for_output(
         rf"Health server restart failed: Health server did not report listening on HEALTH_PORT"
         rf" {workspace.health_port} within {HEALTH_START_TIMEOUT:g} s \(it was killed\); restart 1 in 0.5 s",
-        HEALTH_START_TIMEOUT + 30, stream="stderr",
+        HEALTH_START_TIMEOUT + 30,
+        stream="stderr",
     )
     assert run.process.poll() is None  # a silent server is retried, not fatal
     restored = server.with_suffix(".restored")
     restored.write_text(original)
     restored.replace(server)  # atomically: a restart must never read half a file
-    run.wait_for_output(rf"Health server restarted \(restart \d+\), listening on port {workspace.health_port}", 30)
-    assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200, 30) == (200, "READY\n")
+    run.wait_for_output(
+        rf"Health server restarted \(restart \d+\), listening on port {workspace.health_port}", 30
+    )
+    assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200, 30) == (
+        200,
+        "READY\n",
+    )
     assert run.process.poll() is None
 
 
-def test_invalid_config_on_sighup_keeps_squid_and_never_reconfigures(workspace: Workspace, launch: Launcher) -> None:
+def test_invalid_config_on_sighup_keeps_squid_and_never_reconfigures(
+    workspace: Workspace, launch: Launcher
+) -> None:
     good, run, squid_pid = started_on_port_config(workspace, launch)
     workspace.write_custom_config(good + "http_access allow no_such_acl\n")
     run.process.send_signal(signal.SIGHUP)
-    run.wait_for_output(r"(?s)Reload skipped, Squid keeps its current config: .*no_such_acl", stream="stderr")
+    run.wait_for_output(
+        r"(?s)Reload skipped, Squid keeps its current config: .*no_such_acl", stream="stderr"
+    )
     time.sleep(2)  # a reconfigure would have been logged by Squid by now
     assert "Reconfiguring Squid Cache" not in run.stderr
     assert "Squid reconfigured" not in run.stdout
@@ -107,7 +142,9 @@ def test_invalid_config_on_sighup_keeps_squid_and_never_reconfigures(workspace: 
 
 
 @pytest.mark.skipif(openssl() is None, reason="the openssl CLI is needed to make the test CAs")
-def test_sighup_remerges_a_rotated_tls_secret_and_refuses_a_bad_one(workspace: Workspace, launch: Launcher, tmp_path: Path) -> None:
+def test_sighup_remerges_a_rotated_tls_secret_and_refuses_a_bad_one(
+    workspace: Workspace, launch: Launcher, tmp_path: Path
+) -> None:
     first, second = make_ca(tmp_path, "First CA"), make_ca(tmp_path, "Second CA")
     workspace.make_dir(workspace.tls_dir, 0o775)
 
@@ -130,7 +167,9 @@ def test_sighup_remerges_a_rotated_tls_secret_and_refuses_a_bad_one(workspace: W
     # A mismatched pair: refused, the merged file and Squid stay as they were.
     mount(second[0], first[1])
     run.process.send_signal(signal.SIGHUP)
-    run.wait_for_output(r"Reload skipped, Squid keeps its current config: .*not the private key", stream="stderr")
+    run.wait_for_output(
+        r"Reload skipped, Squid keeps its current config: .*not the private key", stream="stderr"
+    )
     assert merged.read_bytes() == second[0].read_bytes() + second[1].read_bytes()
     assert run.stdout.count("Squid reconfigured") == 1
     for key in (first[1], second[1]):
@@ -154,12 +193,16 @@ os.execv(REAL, [REAL, *args])
 """
 
 
-def test_a_storm_of_sighups_runs_one_reload_at_a_time_and_at_most_one_more(workspace: Workspace, launch: Launcher) -> None:
+def test_a_storm_of_sighups_runs_one_reload_at_a_time_and_at_most_one_more(
+    workspace: Workspace, launch: Launcher
+) -> None:
     record = workspace.var / "parses.jsonl"
     record.touch()
     os.chmod(record, 0o666)
     wrapper = workspace.bin / "squid"
-    wrapper.write_text(PARSE_RECORDER.format(python=python_for_child(), real=str(squid_bin()), record=str(record)))
+    wrapper.write_text(
+        PARSE_RECORDER.format(python=python_for_child(), real=str(squid_bin()), record=str(record))
+    )
     os.chmod(wrapper, 0o775)
     workspace.write_custom_config(port_config(workspace, workspace.squid_port))
     run = launch(workspace.env(CEPHALOPROXY_SQUID_BIN=str(wrapper)))
@@ -182,7 +225,9 @@ def test_a_storm_of_sighups_runs_one_reload_at_a_time_and_at_most_one_more(works
     # about (storm / 0.3) + 2 runs; a queue of every SIGHUP would run 100.
     limit = int((storm_ended - storm_started) / 0.3) + 2
     assert 1 <= len(runs) <= limit, f"{len(runs)} reloads for one storm (limit {limit})"
-    assert all(start < storm_ended + 1.0 for start, _ in runs[:-1]), "reloads kept running long after the storm"
+    assert all(start < storm_ended + 1.0 for start, _ in runs[:-1]), (
+        "reloads kept running long after the storm"
+    )
     assert process_state(squid_pid) not in (None, "Z")
     assert run.stdout.count("Squid reconfigured") == len(runs)
     run.process.send_signal(signal.SIGTERM)
@@ -198,10 +243,14 @@ def outcomes(run: EntrypointRun) -> int:
 def reload_and_wait(run: EntrypointRun, timeout: float = 60) -> None:
     before = outcomes(run)
     run.process.send_signal(signal.SIGHUP)
-    assert wait_until(lambda: outcomes(run) > before or run.process.poll() is not None, timeout), "the reload never ended"
+    assert wait_until(lambda: outcomes(run) > before or run.process.poll() is not None, timeout), (
+        "the reload never ended"
+    )
 
 
-def test_a_reload_onto_a_port_another_process_holds_is_skipped_and_squid_keeps_its_port(workspace: Workspace, launch: Launcher) -> None:
+def test_a_reload_onto_a_port_another_process_holds_is_skipped_and_squid_keeps_its_port(
+    workspace: Workspace, launch: Launcher
+) -> None:
     workspace.write_custom_config(port_config(workspace, workspace.squid_port))
     run = launch()
     squid_pid = run.wait_ready()
@@ -212,10 +261,15 @@ def test_a_reload_onto_a_port_another_process_holds_is_skipped_and_squid_keeps_i
         workspace.write_custom_config(port_config(workspace, taken))
         run.process.send_signal(signal.SIGHUP)
         run.wait_for_output(
-            rf"{SKIPPED}port {taken} is in use by another process: free it or choose another http_port", 30, stream="stderr"
+            rf"{SKIPPED}port {taken} is in use by another process: free it or choose another http_port",
+            30,
+            stream="stderr",
         )
         time.sleep(2)  # a reconfigure onto a taken port kills Squid's kid within this
-        assert "Squid reconfigured" not in run.stdout and "Unable to open HTTP Socket" not in run.stderr
+        assert (
+            "Squid reconfigured" not in run.stdout
+            and "Unable to open HTTP Socket" not in run.stderr
+        )
         assert process_state(squid_pid) not in (None, "Z") and proxies_through(workspace.squid_port)
         assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/ready", 200, 30)[0] == 200
     # Freed, the same config goes through.
@@ -225,7 +279,9 @@ def test_a_reload_onto_a_port_another_process_holds_is_skipped_and_squid_keeps_i
     assert run.process.poll() is None
 
 
-def test_as_root_squid_rereads_the_snapshot_and_a_taken_port_is_still_refused(workspace: Workspace, launch: Launcher) -> None:
+def test_as_root_squid_rereads_the_snapshot_and_a_taken_port_is_still_refused(
+    workspace: Workspace, launch: Launcher
+) -> None:
     # As root, Squid's kid runs as another user: its fds cannot be read, and it reads the
     # snapshot (mode 0640, root's) as root on a reconfigure.
     if not running_as_root():
@@ -237,7 +293,10 @@ def test_as_root_squid_rereads_the_snapshot_and_a_taken_port_is_still_refused(wo
     workspace.share_tree(conf_d)
     include = f"include {conf_d}/*.conf\n"
     workspace.write_custom_config(port_config(workspace, workspace.squid_port) + include)
-    run = launch(argv=with_private_shm([python_for_child(), str(workspace.bin / "entrypoint.py")]), user=(0, 0))
+    run = launch(
+        argv=with_private_shm([python_for_child(), str(workspace.bin / "entrypoint.py")]),
+        user=(0, 0),
+    )
     squid_pid = run.wait_ready()
     moved = free_port()
     workspace.write_custom_config(port_config(workspace, moved) + include)
@@ -250,11 +309,15 @@ def test_as_root_squid_rereads_the_snapshot_and_a_taken_port_is_still_refused(wo
         taken = squatter.getsockname()[1]
         workspace.write_custom_config(port_config(workspace, taken) + include)
         run.process.send_signal(signal.SIGHUP)
-        run.wait_for_output(rf"{SKIPPED}port {taken} is in use by another process", 30, stream="stderr")
+        run.wait_for_output(
+            rf"{SKIPPED}port {taken} is in use by another process", 30, stream="stderr"
+        )
     assert proxies_through(moved) and "FATAL" not in run.output
 
 
-def test_a_reload_changing_pid_filename_is_skipped_as_needing_a_restart(workspace: Workspace, launch: Launcher) -> None:
+def test_a_reload_changing_pid_filename_is_skipped_as_needing_a_restart(
+    workspace: Workspace, launch: Launcher
+) -> None:
     good, run, squid_pid = started_on_port_config(workspace, launch)
     old_pid_file = workspace.runtime_dir("run") / "squid.pid"
     new_pid_file = workspace.runtime_dir("run") / "moved.pid"
@@ -262,7 +325,9 @@ def test_a_reload_changing_pid_filename_is_skipped_as_needing_a_restart(workspac
     run.process.send_signal(signal.SIGHUP)
     run.wait_for_output(
         rf"{SKIPPED}pid_filename changed from {old_pid_file} to {new_pid_file}: Squid keeps writing {old_pid_file}"
-        r" until it is restarted, so this needs a restart", 30, stream="stderr",
+        r" until it is restarted, so this needs a restart",
+        30,
+        stream="stderr",
     )
     # The health server still reads the pid file Squid writes: alive, for as long as we look.
     health = f"http://127.0.0.1:{workspace.health_port}/health"
@@ -272,7 +337,9 @@ def test_a_reload_changing_pid_filename_is_skipped_as_needing_a_restart(workspac
     assert "Squid reconfigured" not in run.stdout and process_state(squid_pid) not in (None, "Z")
 
 
-def test_a_reload_cannot_switch_between_the_packaged_default_and_a_mounted_config(workspace: Workspace, launch: Launcher) -> None:
+def test_a_reload_cannot_switch_between_the_packaged_default_and_a_mounted_config(
+    workspace: Workspace, launch: Launcher
+) -> None:
     run = launch()  # no mounted config: the packaged default on SQUID_PORT
     squid_pid = run.wait_ready()
     mounted_port = free_port()
@@ -280,7 +347,9 @@ def test_a_reload_cannot_switch_between_the_packaged_default_and_a_mounted_confi
     run.process.send_signal(signal.SIGHUP)
     run.wait_for_output(
         rf"{SKIPPED}the config changed from the packaged default {workspace.default_config} to the mounted config"
-        rf" {workspace.custom_config}: switching needs a restart", 30, stream="stderr",
+        rf" {workspace.custom_config}: switching needs a restart",
+        30,
+        stream="stderr",
     )
     assert proxies_through(workspace.squid_port) and not proxies_through(mounted_port)
     assert "Squid reconfigured" not in run.stdout and process_state(squid_pid) not in (None, "Z")
@@ -293,7 +362,9 @@ def test_a_reload_cannot_switch_between_the_packaged_default_and_a_mounted_confi
     run.process.send_signal(signal.SIGHUP)
     run.wait_for_output(
         rf"{SKIPPED}the config changed from the mounted config {workspace.custom_config} to the packaged default"
-        rf" {workspace.default_config}: switching needs a restart", 30, stream="stderr",
+        rf" {workspace.default_config}: switching needs a restart",
+        30,
+        stream="stderr",
     )
     assert proxies_through(mounted_port) and not proxies_through(workspace.squid_port)
     assert "Squid reconfigured" not in run.stdout and process_state(squid_pid) not in (None, "Z")
@@ -313,7 +384,9 @@ def squid_pids(run: EntrypointRun) -> set[int]:
 
 
 def served_variant(port: int, origin_port: int) -> str | None:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{port}"}))
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{port}"})
+    )
     try:
         with opener.open(f"http://127.0.0.1:{origin_port}/", timeout=10) as response:
             return response.headers.get("X-Variant")
@@ -321,7 +394,9 @@ def served_variant(port: int, origin_port: int) -> str | None:
         return None
 
 
-def test_a_config_rewritten_during_a_reload_storm_reaches_squid_only_as_checked(workspace: Workspace, launch: Launcher) -> None:
+def test_a_config_rewritten_during_a_reload_storm_reaches_squid_only_as_checked(
+    workspace: Workspace, launch: Launcher
+) -> None:
     conf_d = workspace.make_dir(workspace.etc / "conf.d", 0o775)
     variant = conf_d / "variant.conf"
 
@@ -376,10 +451,14 @@ def test_a_config_rewritten_during_a_reload_storm_reaches_squid_only_as_checked(
     # `kidN|`; `squid -k parse` lines in a skip message do not) never FATALed or restarted.
     assert not re.search(r"kid\d+\|.*FATAL", run.stderr), run.stderr[-3000:]
     assert squid_pids(run) == squids, "Squid's kid was restarted"
-    assert f"{workspace.runtime_dir('run')}/config-" not in run.output  # Squid's messages name the real files
+    assert (
+        f"{workspace.runtime_dir('run')}/config-" not in run.output
+    )  # Squid's messages name the real files
 
 
-def test_a_bad_included_file_is_named_with_its_line_not_the_snapshot(workspace: Workspace, launch: Launcher) -> None:
+def test_a_bad_included_file_is_named_with_its_line_not_the_snapshot(
+    workspace: Workspace, launch: Launcher
+) -> None:
     conf_d = workspace.make_dir(workspace.etc / "conf.d", 0o775)
     (conf_d / "10-ok.conf").write_text("acl ok src 127.0.0.1\n")
     main = port_config(workspace, workspace.squid_port) + f"include {conf_d}/*.conf\n"
@@ -389,14 +468,20 @@ def test_a_bad_included_file_is_named_with_its_line_not_the_snapshot(workspace: 
     run.wait_ready()
     (conf_d / "20-bad.conf").write_text("# second line is wrong\nhttp_access allow no_such_acl\n")
     run.process.send_signal(signal.SIGHUP)
-    run.wait_for_output(rf"(?s){SKIPPED}.*{conf_d}/20-bad.conf line 2: http_access allow no_such_acl", 30, stream="stderr")
+    run.wait_for_output(
+        rf"(?s){SKIPPED}.*{conf_d}/20-bad.conf line 2: http_access allow no_such_acl",
+        30,
+        stream="stderr",
+    )
     snapshot_paths = re.compile(rf"{workspace.runtime_dir('run')}/(config-|\.?squid\.conf)")
     assert not snapshot_paths.search(run.output), run.output
     assert f"Processing Configuration File: {conf_d}/10-ok.conf (depth 1)" in run.stderr
 
 
 # -- include expansion: bounded, off the event loop --------------------------------------------
-def test_a_huge_include_fan_out_is_refused_at_reload_and_at_startup(workspace: Workspace, launch: Launcher) -> None:
+def test_a_huge_include_fan_out_is_refused_at_reload_and_at_startup(
+    workspace: Workspace, launch: Launcher
+) -> None:
     conf_d = workspace.make_dir(workspace.etc / "conf.d", 0o775)
     for n in range(1500):
         (conf_d / f"{n:05d}.conf").write_text(f"acl a{n} src 127.0.0.1\n")
@@ -416,7 +501,9 @@ def test_a_huge_include_fan_out_is_refused_at_reload_and_at_startup(workspace: W
     run.cleanup()
     run = launch()
     assert run.wait_exit(60) == 1
-    assert re.search(message.removeprefix(SKIPPED), run.stderr) and "Starting Squid" not in run.stdout
+    assert (
+        re.search(message.removeprefix(SKIPPED), run.stderr) and "Starting Squid" not in run.stdout
+    )
 
 
 def _threads(pid: int) -> int:
@@ -428,7 +515,9 @@ SYS_GLOB = "/sys/*/*/*/*/*/*/*/*/*/*/*/nomatch"  # matches nothing, walks a huge
 
 
 @pytest.mark.skipif(not os.path.isdir("/sys/devices"), reason="needs /sys")
-def test_an_include_glob_walking_a_huge_tree_is_skipped_at_reload_and_leaves_no_thread_walking(workspace: Workspace, launch: Launcher) -> None:
+def test_an_include_glob_walking_a_huge_tree_is_skipped_at_reload_and_leaves_no_thread_walking(
+    workspace: Workspace, launch: Launcher
+) -> None:
     good, run, squid_pid = started_on_port_config(workspace, launch)
     workspace.write_custom_config(good + f"include {SYS_GLOB}\n")
     line = good.count("\n") + 1
@@ -461,7 +550,9 @@ def _split_line_config(workspace: Workspace, good: str) -> tuple[str, str]:
     return good + long_line + "\n", message
 
 
-def test_a_line_squid_would_split_is_refused_at_reload_and_at_startup(workspace: Workspace, launch: Launcher) -> None:
+def test_a_line_squid_would_split_is_refused_at_reload_and_at_startup(
+    workspace: Workspace, launch: Launcher
+) -> None:
     good, run, squid_pid = started_on_port_config(workspace, launch)
     config, message = _split_line_config(workspace, good)
     workspace.write_custom_config(config)
@@ -475,7 +566,9 @@ def test_a_line_squid_would_split_is_refused_at_reload_and_at_startup(workspace:
     assert re.search(message, run.stderr) and "Starting Squid" not in run.stdout
 
 
-def test_a_slow_reload_keeps_relaying_squids_output_and_sigterm_is_handled_at_once(workspace: Workspace, launch: Launcher) -> None:
+def test_a_slow_reload_keeps_relaying_squids_output_and_sigterm_is_handled_at_once(
+    workspace: Workspace, launch: Launcher
+) -> None:
     good, run, _ = started_on_port_config(workspace, launch)
     # Large but allowed: about 8 MB in 1000 files (the limits are 8 MiB and 1024 files).
     conf_d = workspace.make_dir(workspace.etc / "conf.d", 0o775)
@@ -492,7 +585,10 @@ def test_a_slow_reload_keeps_relaying_squids_output_and_sigterm_is_handled_at_on
         # Squid's access log line (its stdout) is relayed meanwhile.
         asked = time.monotonic()
         proxy = f"http://127.0.0.1:{workspace.squid_port}"
-        assert http_get(f"http://127.0.0.1:{origin.port}/during", timeout=10, proxy=proxy)[:2] == (200, "during")
+        assert http_get(f"http://127.0.0.1:{origin.port}/during", timeout=10, proxy=proxy)[:2] == (
+            200,
+            "during",
+        )
         run.wait_for_output(rf"GET http://127\.0\.0\.1:{origin.port}/during", 30)
         relay = time.monotonic() - asked
     finally:
@@ -504,7 +600,9 @@ def test_a_slow_reload_keeps_relaying_squids_output_and_sigterm_is_handled_at_on
     handled = time.monotonic() - sent
     code = run.wait_exit(30)
     stopped = time.monotonic() - sent
-    print(f"access log relayed {relay:.2f} s after the request; SIGTERM handled after {handled:.2f} s, exit after {stopped:.2f} s")
+    print(
+        f"access log relayed {relay:.2f} s after the request; SIGTERM handled after {handled:.2f} s, exit after {stopped:.2f} s"
+    )
     assert relay < 0.5, f"Squid's output waited {relay:.2f} s for the include expansion"
     assert handled < 0.5, f"SIGTERM waited {handled:.2f} s for the include expansion"
     assert still_reading, "the include tree was read before the SIGTERM: make it larger"
@@ -515,7 +613,9 @@ def test_a_slow_reload_keeps_relaying_squids_output_and_sigterm_is_handled_at_on
 
 # -- nothing unexpected ends PID 1 --------------------------------------------------------------
 @pytest.mark.parametrize("level", ["INFO", "DEBUG"])
-def test_an_unexpected_reload_error_is_one_line_and_squid_keeps_serving(workspace: Workspace, launch: Launcher, level: str) -> None:
+def test_an_unexpected_reload_error_is_one_line_and_squid_keeps_serving(
+    workspace: Workspace, launch: Launcher, level: str
+) -> None:
     good, run, squid_pid = started_on_port_config(workspace, launch, LOG_LEVEL=level)
     # A fault nobody foresaw: the module SSL-bump needs (imported at its first use) is broken.
     tls_module = workspace.lib / "entrypoint" / "tls.py"
@@ -524,13 +624,20 @@ def test_an_unexpected_reload_error_is_one_line_and_squid_keeps_serving(workspac
     workspace.write_custom_config(good + "ssl_bump splice all\n")
     run.process.send_signal(signal.SIGHUP)
     match = run.wait_for_output(rf"{SKIPPED}unexpected error RuntimeError: .*", 30, stream="stderr")
-    assert match.group(0) == f"{SKIPPED}unexpected error RuntimeError: planted fault \\x1b[31m in the TLS module"
+    assert (
+        match.group(0)
+        == f"{SKIPPED}unexpected error RuntimeError: planted fault \\x1b[31m in the TLS module"
+    )
     if level == "DEBUG":  # the traceback too, at DEBUG only
-        run.wait_for_output(r"The unexpected error:\\n.*Traceback.*RuntimeError: planted fault \\x1b")
+        run.wait_for_output(
+            r"The unexpected error:\\n.*Traceback.*RuntimeError: planted fault \\x1b"
+        )
     assert ("Traceback" in run.output) == (level == "DEBUG")
     assert process_state(squid_pid) not in (None, "Z") and proxies_through(workspace.squid_port)
     # A port of 5000 digits: a ConfigError or an unexpected error, never the end of PID 1.
-    workspace.write_custom_config(good.replace(f"127.0.0.1:{workspace.squid_port}", "127.0.0.1:" + "9" * 5000))
+    workspace.write_custom_config(
+        good.replace(f"127.0.0.1:{workspace.squid_port}", "127.0.0.1:" + "9" * 5000)
+    )
     reload_and_wait(run)
     assert run.stderr.count(SKIPPED) == 2 and ("Traceback" in run.output) == (level == "DEBUG")
     # Reloads still work.
@@ -543,7 +650,9 @@ def test_an_unexpected_reload_error_is_one_line_and_squid_keeps_serving(workspac
     assert run.process.poll() is None and "\x1b" not in run.output
 
 
-def test_a_reload_adding_a_disk_cache_dir_prepares_it_and_a_changed_one_needs_a_restart(workspace: Workspace, launch: Launcher) -> None:
+def test_a_reload_adding_a_disk_cache_dir_prepares_it_and_a_changed_one_needs_a_restart(
+    workspace: Workspace, launch: Launcher
+) -> None:
     # Squid's reconfigure never runs -z: an unprepared new cache_dir killed the kid (swap.state).
     good, run, squid_pid = started_on_port_config(workspace, launch)
     added = workspace.runtime_dir("added-cache") / "ufs"  # not there yet: made like at startup
@@ -558,18 +667,31 @@ def test_a_reload_adding_a_disk_cache_dir_prepares_it_and_a_changed_one_needs_a_
     assert wait_for_status(f"http://127.0.0.1:{workspace.health_port}/health", 200, 30)[0] == 200
     # Other L1/L2 (or type) under the same path: Squid cannot take it at a reconfigure.
     for changed in ("ufs 10 8 8", "aufs 10 4 8"):
-        workspace.write_custom_config(good + f"cache_dir {changed.replace(' 10', f' {added} 10')}\n")
+        workspace.write_custom_config(
+            good + f"cache_dir {changed.replace(' 10', f' {added} 10')}\n"
+        )
         run.process.send_signal(signal.SIGHUP)
         to = changed.replace(" 10", "")
-        run.wait_for_output(rf"{SKIPPED}cache_dir {added} changed from ufs 4 8 to {to}: .*needs a restart", 30, stream="stderr")
+        run.wait_for_output(
+            rf"{SKIPPED}cache_dir {added} changed from ufs 4 8 to {to}: .*needs a restart",
+            30,
+            stream="stderr",
+        )
     assert run.stdout.count("Squid reconfigured") == 1
     # Dropped and added back (made already: no second -z), Squid keeps running.
     for text in (good, with_cache):
         workspace.write_custom_config(text)
         reload_and_wait(run)
-    assert run.stdout.count("Squid reconfigured") == 3 and run.stdout.count("Initialising Squid cache") == 1
+    assert (
+        run.stdout.count("Squid reconfigured") == 3
+        and run.stdout.count("Initialising Squid cache") == 1
+    )
     time.sleep(2)
-    assert "FATAL" not in run.stderr and process_state(squid_pid) not in (None, "Z") and proxies_through(workspace.squid_port)
+    assert (
+        "FATAL" not in run.stderr
+        and process_state(squid_pid) not in (None, "Z")
+        and proxies_through(workspace.squid_port)
+    )
 
 
 def unprivileged_port_start() -> int:
@@ -579,9 +701,13 @@ def unprivileged_port_start() -> int:
         return 1024
 
 
-def test_a_privileged_port_is_refused_at_reload_and_at_startup_when_not_root(workspace: Workspace, launch: Launcher) -> None:
+def test_a_privileged_port_is_refused_at_reload_and_at_startup_when_not_root(
+    workspace: Workspace, launch: Launcher
+) -> None:
     if not running_as_root():
-        pytest.skip("needs root to run the entrypoint as the unprivileged UID")  # the default launch user
+        pytest.skip(
+            "needs root to run the entrypoint as the unprivileged UID"
+        )  # the default launch user
     start = unprivileged_port_start()
     if start == 0:
         pytest.skip("every port is unprivileged here")
@@ -591,7 +717,9 @@ def test_a_privileged_port_is_refused_at_reload_and_at_startup_when_not_root(wor
         run.process.send_signal(signal.SIGHUP)
         run.wait_for_output(
             rf"{SKIPPED}port {port} is privileged \(below ip_unprivileged_port_start {start}\)"
-            rf" and UID 1000660000 may not bind it: ", 30, stream="stderr",
+            rf" and UID 1000660000 may not bind it: ",
+            30,
+            stream="stderr",
         )
     time.sleep(2)  # a reconfigure onto the port kills Squid's kid within this
     assert "Squid reconfigured" not in run.stdout and "FATAL" not in run.stderr
@@ -602,12 +730,19 @@ def test_a_privileged_port_is_refused_at_reload_and_at_startup_when_not_root(wor
     workspace.write_custom_config(port_config(workspace, 80))
     second = launch()
     assert second.wait_exit(60) == 1
-    assert re.search(r"port 80 is privileged \(below ip_unprivileged_port_start \d+\) and UID 1000660000 may not bind it", second.output)
+    assert re.search(
+        r"port 80 is privileged \(below ip_unprivileged_port_start \d+\) and UID 1000660000 may not bind it",
+        second.output,
+    )
     assert "Starting Squid proxy" not in second.output and "FATAL" not in second.output
 
 
-@pytest.mark.skipif(openssl() is None, reason="the openssl CLI is needed to make the test certificates")
-def test_the_health_checks_follow_an_https_port_when_there_is_no_http_port(workspace: Workspace, launch: Launcher, tmp_path: Path) -> None:
+@pytest.mark.skipif(
+    openssl() is None, reason="the openssl CLI is needed to make the test certificates"
+)
+def test_the_health_checks_follow_an_https_port_when_there_is_no_http_port(
+    workspace: Workspace, launch: Launcher, tmp_path: Path
+) -> None:
     certs = workspace.make_dir(workspace.etc / "certs")
     ca, ca_key = make_ca(certs, "Listen CA")
     cert, key = make_server_cert(certs, ca, ca_key, "proxy.test")
@@ -631,16 +766,24 @@ def test_the_health_checks_follow_an_https_port_when_there_is_no_http_port(works
 _store = st.tuples(
     st.sampled_from(["ufs", "aufs", "diskd", "rock"]),
     st.integers(1, 10_000).map(str),  # the size: Squid takes a new one on a reconfigure
-    st.integers(1, 256).map(str), st.integers(1, 256).map(str),
+    st.integers(1, 256).map(str),
+    st.integers(1, 256).map(str),
 )
 
 
 @given(_store, _store)
-def test_only_a_cache_dirs_type_or_l1_l2_change_needs_a_restart(before: tuple[str, ...], after: tuple[str, ...]) -> None:
+def test_only_a_cache_dirs_type_or_l1_l2_change_needs_a_restart(
+    before: tuple[str, ...], after: tuple[str, ...]
+) -> None:
     def config(store: tuple[str, ...]) -> ActiveConfig:
         kind, size, l1, l2 = store
         args = (kind, "/cache/one", size) + (() if kind == "rock" else (l1, l2))
-        return ActiveConfig(Path("/run/squid.conf"), Path("/etc/squid.conf"), True, (Directive(1, "cache_dir", args),))
+        return ActiveConfig(
+            Path("/run/squid.conf"),
+            Path("/etc/squid.conf"),
+            True,
+            (Directive(1, "cache_dir", args),),
+        )
 
     def layout(store: tuple[str, ...]) -> tuple[str, ...]:
         return ("rock",) if store[0] == "rock" else (store[0], *store[2:])
@@ -649,6 +792,10 @@ def test_only_a_cache_dirs_type_or_l1_l2_change_needs_a_restart(before: tuple[st
     try:
         refuse_restart_changes(config(after), config(before))
     except ConfigError as error:
-        assert not same and str(error).startswith("cache_dir /cache/one changed from ") and "needs a restart" in str(error)
+        assert (
+            not same
+            and str(error).startswith("cache_dir /cache/one changed from ")
+            and "needs a restart" in str(error)
+        )
     else:
         assert same

@@ -31,8 +31,10 @@ def describe_unwritable(path: Path, error: OSError) -> str:
     existing = _nearest_existing(path)
     try:
         info = os.stat(existing)
-        owner = f"owned by UID {info.st_uid} GID {info.st_gid}, mode {stat.filemode(info.st_mode)}" \
+        owner = (
+            f"owned by UID {info.st_uid} GID {info.st_gid}, mode {stat.filemode(info.st_mode)}"
             f" ({oct(stat.S_IMODE(info.st_mode))})"
+        )
     except OSError:
         owner = "owner and mode unknown"
     where = "" if existing == path else f" (nearest existing parent {existing})"
@@ -56,8 +58,16 @@ def non_directory_in_the_way(path: Path) -> str | None:
             continue  # missing (made below) or unreadable (the probe reports it)
         if stat.S_ISDIR(info.st_mode):
             return None
-        kind = "a regular file" if stat.S_ISREG(info.st_mode) else f"not a directory ({stat.filemode(info.st_mode)})"
-        what = f"Runtime directory {path}" if candidate == path else f"{candidate}, a parent of the runtime directory {path},"
+        kind = (
+            "a regular file"
+            if stat.S_ISREG(info.st_mode)
+            else f"not a directory ({stat.filemode(info.st_mode)})"
+        )
+        what = (
+            f"Runtime directory {path}"
+            if candidate == path
+            else f"{candidate}, a parent of the runtime directory {path},"
+        )
         return (
             f"{what} is {kind} where a directory is needed:"
             f" remove or rename it, or mount a volume (Kubernetes emptyDir) at {path}"

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.runtime_dirs import PROBE_PREFIX, RuntimeDirError, check_shared_memory, prepare_runtime_dirs
+from entrypoint.runtime_dirs import (
+    PROBE_PREFIX,
+    RuntimeDirError,
+    check_shared_memory,
+    prepare_runtime_dirs,
+)
 
 
 def test_dirs_are_created_0770_whatever_the_umask_and_probes_are_removed(tmp_path: Path) -> None:
@@ -41,7 +46,9 @@ def test_unusable_shm_is_explained(tmp_path: Path, kind: str) -> None:
     shm = tmp_path / "shm"
     if kind == "file":
         shm.write_text("")
-    with pytest.raises(RuntimeDirError, match=rf"{shm} is not (usable|a directory).*medium: Memory"):
+    with pytest.raises(
+        RuntimeDirError, match=rf"{shm} is not (usable|a directory).*medium: Memory"
+    ):
         check_shared_memory(shm)
 
 

@@ -17,7 +17,9 @@ DEFAULT_HEALTH_PORT = 8080
 DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 
-MAX_SHUTDOWN_TIMEOUT = 86400.0  # a day: anything longer is a typo (and Squid's shutdown_lifetime must hold it)
+MAX_SHUTDOWN_TIMEOUT = (
+    86400.0  # a day: anything longer is a typo (and Squid's shutdown_lifetime must hold it)
+)
 # CONFIG_RELOAD: "watch" polls the mounted files and reloads on a settled change; "signal" waits for SIGHUP.
 RELOAD_MODES = ("watch", "signal")
 DEFAULT_RELOAD_MODE = "watch"
@@ -65,7 +67,11 @@ LOG_LEVEL_ALIASES: dict[str, str] = {
 # The upstream CephaloProxy image's LOG_LEVEL was Squid's debug level (0 critical, 1 important,
 # its default, 2 verbose ... 9 all). Accepted with a warning, for drop-in compatibility. 0 maps
 # to WARNING, not ERROR, so that warnings (an expired CA, a port mismatch) are never hidden.
-NUMERIC_LOG_LEVELS: dict[str, str] = {"0": "WARNING", "1": "INFO", **{str(n): "DEBUG" for n in range(2, 10)}}
+NUMERIC_LOG_LEVELS: dict[str, str] = {
+    "0": "WARNING",
+    "1": "INFO",
+    **{str(n): "DEBUG" for n in range(2, 10)},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +248,9 @@ def load_settings(env: Mapping[str, str]) -> tuple[Settings, list[str]]:
     squid_port = _parse_port(env, "SQUID_PORT", DEFAULT_SQUID_PORT, warnings)
     health_port = _parse_port(env, "HEALTH_PORT", DEFAULT_HEALTH_PORT, warnings)
     if health_port == squid_port:
-        fallback = DEFAULT_HEALTH_PORT if squid_port != DEFAULT_HEALTH_PORT else DEFAULT_HEALTH_PORT + 1
+        fallback = (
+            DEFAULT_HEALTH_PORT if squid_port != DEFAULT_HEALTH_PORT else DEFAULT_HEALTH_PORT + 1
+        )
         warnings.append(
             f"Invalid HEALTH_PORT={shown(env.get('HEALTH_PORT', ''))}: equals SQUID_PORT {squid_port};"
             f" using {fallback}"

@@ -12,22 +12,41 @@ from entrypoint.settings import PATH_DEFAULTS, load_settings
 def test_defaults_are_the_container_contract() -> None:
     settings, warnings = load_settings({})
     assert warnings == []
-    assert (settings.squid_port, settings.health_port, settings.log_level, settings.shutdown_timeout) == (3128, 8080, "INFO", 30.0)
+    assert (
+        settings.squid_port,
+        settings.health_port,
+        settings.log_level,
+        settings.shutdown_timeout,
+    ) == (3128, 8080, "INFO", 30.0)
     assert settings.config == Path("/etc/squid/squid.conf")
     assert settings.default_config == Path("/etc/squid/squid.conf.default")
     assert settings.tls_cert == Path("/etc/squid/ssl_cert/tls.crt")
     assert settings.merged_ca_pem == Path("/var/lib/squid/squid-ca.pem")
     assert [str(p) for p in settings.runtime_dirs] == [
-        "/var/run/squid", "/var/log/squid", "/var/lib/squid", "/var/spool/squid", "/var/cache/squid"
+        "/var/run/squid",
+        "/var/log/squid",
+        "/var/lib/squid",
+        "/var/spool/squid",
+        "/var/cache/squid",
     ]
 
 
 def test_valid_values_and_path_overrides_are_used() -> None:
-    env = {"SQUID_PORT": "3129", "HEALTH_PORT": "9090", "LOG_LEVEL": "warn", "SHUTDOWN_TIMEOUT": "12.5s"}
+    env = {
+        "SQUID_PORT": "3129",
+        "HEALTH_PORT": "9090",
+        "LOG_LEVEL": "warn",
+        "SHUTDOWN_TIMEOUT": "12.5s",
+    }
     env.update({name: f"/x/{name.lower()}" for name in PATH_DEFAULTS})
     settings, warnings = load_settings(env)
     assert warnings == []
-    assert (settings.squid_port, settings.health_port, settings.log_level, settings.shutdown_timeout) == (3129, 9090, "WARNING", 12.5)
+    assert (
+        settings.squid_port,
+        settings.health_port,
+        settings.log_level,
+        settings.shutdown_timeout,
+    ) == (3129, 9090, "WARNING", 12.5)
     assert settings.squid_bin == Path("/x/cephaloproxy_squid_bin")
     assert settings.spool_dir == Path("/x/cephaloproxy_spool_dir")
 
@@ -52,7 +71,9 @@ def test_valid_values_and_path_overrides_are_used() -> None:
         ("CEPHALOPROXY_RUN_DIR", "relative/dir", "run_dir", Path("/var/run/squid")),
     ],
 )
-def test_bad_value_warns_naming_variable_and_value_and_uses_default(name: str, value: str, field: str, default: object) -> None:
+def test_bad_value_warns_naming_variable_and_value_and_uses_default(
+    name: str, value: str, field: str, default: object
+) -> None:
     settings, warnings = load_settings({name: value})
     assert getattr(settings, field) == default
     assert len(warnings) == 1
@@ -66,12 +87,17 @@ def test_health_port_equal_to_squid_port_is_refused() -> None:
     assert "equals SQUID_PORT" in warnings[0]
 
 
-@pytest.mark.parametrize(("value", "level"), [("0", "WARNING"), ("1", "INFO"), ("2", "DEBUG"), (" 9 ", "DEBUG")])
+@pytest.mark.parametrize(
+    ("value", "level"), [("0", "WARNING"), ("1", "INFO"), ("2", "DEBUG"), (" 9 ", "DEBUG")]
+)
 def test_upstream_numeric_log_level_is_mapped_with_a_warning(value: str, level: str) -> None:
     settings, warnings = load_settings({"LOG_LEVEL": value})
     assert settings.log_level == level
     assert len(warnings) == 1
-    assert f"LOG_LEVEL={value!r} is the upstream image's numeric Squid debug level; using {level}" in warnings[0]
+    assert (
+        f"LOG_LEVEL={value!r} is the upstream image's numeric Squid debug level; using {level}"
+        in warnings[0]
+    )
 
 
 @pytest.mark.parametrize("value", ["10", "-1", "\u0662", "1.0"])
@@ -86,13 +112,36 @@ from hypothesis import given, strategies as st  # noqa: E402
 
 from entrypoint.settings import LOG_LEVEL_ALIASES, MAX_SHUTDOWN_TIMEOUT, Settings  # noqa: E402
 
-_VARIABLES = ["SQUID_PORT", "HEALTH_PORT", "LOG_LEVEL", "SHUTDOWN_TIMEOUT", "CONFIG_RELOAD", "CONFIG_WATCH_INTERVAL", *PATH_DEFAULTS]
+_VARIABLES = [
+    "SQUID_PORT",
+    "HEALTH_PORT",
+    "LOG_LEVEL",
+    "SHUTDOWN_TIMEOUT",
+    "CONFIG_RELOAD",
+    "CONFIG_WATCH_INTERVAL",
+    *PATH_DEFAULTS,
+]
 _values = st.one_of(
     st.text(),
     st.text("0123456789", min_size=4290, max_size=5000),  # int()'s digit limit is 4300
     st.builds(lambda zeros, n: "0" * zeros + str(n), st.integers(0, 5000), st.integers(0, 70000)),
     st.from_regex(r"[ \t]*[0-9]{0,9}(\.[0-9]{0,4})?s?[ \t]*", fullmatch=True),
-    st.sampled_from(["DEBUG", "warn", "0", "9", "10", "\x1b[31m", "/x\n", "/x\0", "inf", "nan", "1e400", "86400.5"]),
+    st.sampled_from(
+        [
+            "DEBUG",
+            "warn",
+            "0",
+            "9",
+            "10",
+            "\x1b[31m",
+            "/x\n",
+            "/x\0",
+            "inf",
+            "nan",
+            "1e400",
+            "86400.5",
+        ]
+    ),
     st.text(st.characters(codec="utf-8", categories=["Cc", "Zl", "Zp", "Nd"]), max_size=20),
     st.text(min_size=1).map(lambda text: "/" + text),
 )
@@ -109,9 +158,18 @@ def test_any_environment_gives_valid_settings_and_escaped_warnings(env: dict[str
     assert settings.config_reload in ("watch", "signal")
     assert 0.1 <= settings.watch_interval <= 3600
     for name in PATH_DEFAULTS:
-        path = str(getattr(settings, {"CEPHALOPROXY_SQUID_BIN": "squid_bin", "CEPHALOPROXY_CERTGEN_BIN": "certgen_bin",
-                                       "CEPHALOPROXY_CONFIG": "config", "CEPHALOPROXY_DEFAULT_CONFIG": "default_config",
-                                       "CEPHALOPROXY_TLS_DIR": "tls_dir"}.get(name, name.removeprefix("CEPHALOPROXY_").lower())))
+        path = str(
+            getattr(
+                settings,
+                {
+                    "CEPHALOPROXY_SQUID_BIN": "squid_bin",
+                    "CEPHALOPROXY_CERTGEN_BIN": "certgen_bin",
+                    "CEPHALOPROXY_CONFIG": "config",
+                    "CEPHALOPROXY_DEFAULT_CONFIG": "default_config",
+                    "CEPHALOPROXY_TLS_DIR": "tls_dir",
+                }.get(name, name.removeprefix("CEPHALOPROXY_").lower()),
+            )
+        )
         assert path.startswith("/") and "\n" not in path and "\0" not in path
     for warning in warnings:
         named = [name for name in _VARIABLES if f"{name}=" in warning]
@@ -123,11 +181,19 @@ def test_any_environment_gives_valid_settings_and_escaped_warnings(env: dict[str
 @pytest.mark.parametrize("name", ["SQUID_PORT", "HEALTH_PORT", "SHUTDOWN_TIMEOUT"])
 def test_numbers_over_the_4300_digit_limit_warn_and_use_the_default(name: str) -> None:
     settings, warnings = load_settings({name: "1" * 5000})
-    assert (settings.squid_port, settings.health_port, settings.shutdown_timeout) == (3128, 8080, 30.0)
+    assert (settings.squid_port, settings.health_port, settings.shutdown_timeout) == (
+        3128,
+        8080,
+        30.0,
+    )
     assert warnings == [
         f"Invalid {name}={'1' * 80!r}... (5000 characters): expected a"
-        + (" TCP port number 1-65535; using default " + ("3128" if name == "SQUID_PORT" else "8080")
-           if name != "SHUTDOWN_TIMEOUT" else " positive number of seconds up to 86400; using default 30")
+        + (
+            " TCP port number 1-65535; using default "
+            + ("3128" if name == "SQUID_PORT" else "8080")
+            if name != "SHUTDOWN_TIMEOUT"
+            else " positive number of seconds up to 86400; using default 30"
+        )
     ]
 
 
@@ -136,10 +202,17 @@ def test_leading_zeros_are_still_a_port() -> None:
 
 
 def test_config_reload_and_the_watch_interval() -> None:
-    assert (load_settings({})[0].config_reload, load_settings({})[0].watch_interval) == ("watch", 2.0)
-    settings, warnings = load_settings({"CONFIG_RELOAD": " Signal ", "CONFIG_WATCH_INTERVAL": "0.5s"})
+    assert (load_settings({})[0].config_reload, load_settings({})[0].watch_interval) == (
+        "watch",
+        2.0,
+    )
+    settings, warnings = load_settings(
+        {"CONFIG_RELOAD": " Signal ", "CONFIG_WATCH_INTERVAL": "0.5s"}
+    )
     assert (settings.config_reload, settings.watch_interval, warnings) == ("signal", 0.5, [])
-    settings, warnings = load_settings({"CONFIG_RELOAD": "inotify", "CONFIG_WATCH_INTERVAL": "0.01"})
+    settings, warnings = load_settings(
+        {"CONFIG_RELOAD": "inotify", "CONFIG_WATCH_INTERVAL": "0.01"}
+    )
     assert (settings.config_reload, settings.watch_interval) == ("watch", 2.0)
     assert warnings == [
         "Invalid CONFIG_RELOAD='inotify': expected 'watch' (reload when the mounted config or TLS secret"

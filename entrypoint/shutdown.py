@@ -29,10 +29,18 @@ WAKE_INTERVAL = 0.05
 CHILD_STOP_TIMEOUT = 5.0
 SQUID_DEFAULT_SHUTDOWN_LIFETIME = 30.0
 _UNITS = {
-    "ms": 0.001, "millisecond": 0.001, "milliseconds": 0.001,
-    "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0,
-    "min": 60.0, "minute": 60.0, "minutes": 60.0,
-    "hour": 3600.0, "hours": 3600.0,
+    "ms": 0.001,
+    "millisecond": 0.001,
+    "milliseconds": 0.001,
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "seconds": 1.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "minutes": 60.0,
+    "hour": 3600.0,
+    "hours": 3600.0,
 }
 
 
@@ -61,7 +69,10 @@ def drain_limit(state: ProxyState) -> float:
         if lifetime < limit:
             state.log.info(
                 "The custom config's shutdown_lifetime (%g s) is shorter than SHUTDOWN_TIMEOUT"
-                " (%g s): Squid ends transfers after %g s", lifetime, limit, lifetime,
+                " (%g s): Squid ends transfers after %g s",
+                lifetime,
+                limit,
+                lifetime,
             )
             limit = lifetime
     return limit
@@ -114,7 +125,9 @@ async def _finish(squid: SquidProcess, force: asyncio.Event) -> None:
     """Wait up to FINISH_MARGIN for Squid told to finish now, waking its kids once their stop is due."""
     told = time.monotonic()
     await _wait_any(squid.exited, force, SQUID_FINISH_DELAY)
-    while not squid.exited.done() and not force.is_set() and time.monotonic() - told < FINISH_MARGIN:
+    while (
+        not squid.exited.done() and not force.is_set() and time.monotonic() - told < FINISH_MARGIN
+    ):
         squid.wake_workers()
         await _wait_any(squid.exited, force, WAKE_INTERVAL)
 

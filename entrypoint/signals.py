@@ -20,8 +20,18 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # SIGILL, SIGFPE, SIGABRT: handling those in Python could loop), nor SIGPIPE and SIGXFSZ, which
 # Python ignores; the real-time signals all terminate by default.
 _TERMINATING = (
-    "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGTRAP", "SIGSTKFLT", "SIGXCPU", "SIGVTALRM",
-    "SIGPROF", "SIGIO", "SIGPWR", "SIGSYS",
+    "SIGQUIT",
+    "SIGUSR1",
+    "SIGUSR2",
+    "SIGALRM",
+    "SIGTRAP",
+    "SIGSTKFLT",
+    "SIGXCPU",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGIO",
+    "SIGPWR",
+    "SIGSYS",
 )
 FATAL_SIGNALS = tuple(
     dict.fromkeys(getattr(signal, name) for name in _TERMINATING if hasattr(signal, name))

@@ -12,8 +12,16 @@ import pytest
 from entrypoint.harness import as_pid1, children_of, pid1_host_pid, pid_namespace_problem
 from entrypoint.proc_table import process_tree
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    Launcher, Workspace, catches, launch, pausing_squid, process_state, python_for_child, squid_available,
-    wait_until, workspace,
+    Launcher,
+    Workspace,
+    catches,
+    launch,
+    pausing_squid,
+    process_state,
+    python_for_child,
+    squid_available,
+    wait_until,
+    workspace,
 )
 
 # Runs entrypoint.py, pausing 0.5 s the first time `target` is imported (after writing `marker`),
@@ -42,24 +50,41 @@ def assert_aborted_cleanly(run) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.parametrize("module", ["entrypoint.main", "asyncio", "entrypoint.supervisor"])
-def test_stop_signal_during_the_imports_aborts_startup(workspace: Workspace, launch: Launcher, module: str, signum: int) -> None:
+def test_stop_signal_during_the_imports_aborts_startup(
+    workspace: Workspace, launch: Launcher, module: str, signum: int
+) -> None:
     marker = workspace.var / "importing"
-    run = launch(argv=[python_for_child(), "-c", IMPORT_PAUSE, module, str(marker), str(workspace.bin / "entrypoint.py")])
+    run = launch(
+        argv=[
+            python_for_child(),
+            "-c",
+            IMPORT_PAUSE,
+            module,
+            str(marker),
+            str(workspace.bin / "entrypoint.py"),
+        ]
+    )
     assert wait_until(marker.exists, 60), run.output
     run.process.send_signal(signum)
     assert_aborted_cleanly(run)
     assert "Starting Squid proxy" not in run.stdout
 
 
-def test_sigterm_as_soon_as_it_is_caught_aborts_startup_every_time(workspace: Workspace, launch: Launcher) -> None:
+def test_sigterm_as_soon_as_it_is_caught_aborts_startup_every_time(
+    workspace: Workspace, launch: Launcher
+) -> None:
     for attempt in range(8):
         run = launch()
-        assert wait_until(lambda: catches(run.pid, signal.SIGTERM), 30, interval=0.001), f"attempt {attempt}"
+        assert wait_until(lambda: catches(run.pid, signal.SIGTERM), 30, interval=0.001), (
+            f"attempt {attempt}"
+        )
         run.process.send_signal(signal.SIGTERM)
         assert_aborted_cleanly(run)
 
 
-def test_sigterm_during_the_config_check_aborts_before_squid_starts(workspace: Workspace, launch: Launcher) -> None:
+def test_sigterm_during_the_config_check_aborts_before_squid_starts(
+    workspace: Workspace, launch: Launcher
+) -> None:
     wrapper, marker = pausing_squid(workspace, "-k parse")
     run = launch(workspace.env(CEPHALOPROXY_SQUID_BIN=str(wrapper)))
     assert wait_until(marker.exists, 60), run.output
@@ -70,7 +95,9 @@ def test_sigterm_during_the_config_check_aborts_before_squid_starts(workspace: W
     assert process_state(parse_pid) is None
 
 
-def test_sigterm_while_squid_starts_stops_it_before_ready(workspace: Workspace, launch: Launcher) -> None:
+def test_sigterm_while_squid_starts_stops_it_before_ready(
+    workspace: Workspace, launch: Launcher
+) -> None:
     wrapper, marker = pausing_squid(workspace, "--foreground -d")
     run = launch(workspace.env(CEPHALOPROXY_SQUID_BIN=str(wrapper)))
     assert wait_until(marker.exists, 60), run.output
@@ -97,8 +124,12 @@ for line in sys.stdin:
 """
 
 
-@pytest.mark.parametrize("signum", [signal.SIGQUIT, signal.SIGUSR1, signal.SIGXCPU, signal.SIGSYS, signal.SIGRTMIN + 2])
-def test_fatal_signal_as_subreaper_leaves_no_descendant_alive(workspace: Workspace, launch: Launcher, signum: int) -> None:
+@pytest.mark.parametrize(
+    "signum", [signal.SIGQUIT, signal.SIGUSR1, signal.SIGXCPU, signal.SIGSYS, signal.SIGRTMIN + 2]
+)
+def test_fatal_signal_as_subreaper_leaves_no_descendant_alive(
+    workspace: Workspace, launch: Launcher, signum: int
+) -> None:
     helper = workspace.etc / "orphan_maker.py"
     helper.write_text(ORPHAN_MAKER)
     os.chmod(helper, 0o664)
@@ -122,7 +153,9 @@ def test_fatal_signal_as_subreaper_leaves_no_descendant_alive(workspace: Workspa
     run.process.send_signal(signum)
     run.wait_exit(30)
     for pid in alive + [orphan]:
-        assert wait_until(lambda: process_state(pid) in (None, "Z"), 10), f"pid {pid} outlived the entrypoint"
+        assert wait_until(lambda: process_state(pid) in (None, "Z"), 10), (
+            f"pid {pid} outlived the entrypoint"
+        )
 
 
 # A url_rewrite helper leaving two processes that left Squid's session and process group: one
@@ -165,7 +198,9 @@ def config_with_helper(workspace: Workspace, script: str, record: Path) -> None:
 
 
 @pytest.mark.parametrize("way_out", ["sigterm", "squid-dies"])
-def test_every_descendant_is_killed_on_the_way_out(workspace: Workspace, launch: Launcher, way_out: str) -> None:
+def test_every_descendant_is_killed_on_the_way_out(
+    workspace: Workspace, launch: Launcher, way_out: str
+) -> None:
     record = workspace.var / "left"
     config_with_helper(workspace, SETSID_PAIR, record)
     run = launch()
@@ -174,7 +209,9 @@ def test_every_descendant_is_killed_on_the_way_out(workspace: Workspace, launch:
     assert wait_until(lambda: all(m.exists() for m in marks), 60), run.output
     in_tree, orphan = (int(m.read_text()) for m in marks)
     assert wait_until(lambda: orphan in children_of(run.pid), 10), "the orphan was not re-parented"
-    tree = [p.pid for p in process_tree(run.pid)[1:]]  # Squid, its kid, the helper, the health server, both
+    tree = [
+        p.pid for p in process_tree(run.pid)[1:]
+    ]  # Squid, its kid, the helper, the health server, both
     assert {squid_pid, in_tree, orphan} <= set(tree) and len(tree) >= 6, tree
     if way_out == "sigterm":
         run.process.send_signal(signal.SIGTERM)
@@ -196,14 +233,16 @@ EXEC_DELAYS = (0.0, 0.005, 0.010, 0.015, 0.020, 0.025, 0.030, 0.040, 0.060)
 def launch_as_pid1(workspace: Workspace, launch: Launcher) -> tuple[object, int, float]:
     """The entrypoint as PID 1 of its own pid namespace: (run, its pid here, time.monotonic() of its exec)."""
     stamp = workspace.root / f"exec-stamp-{time.monotonic_ns()}"
-    run = launch(argv=as_pid1([python_for_child(), str(workspace.bin / "entrypoint.py")], stamp), user=(0, 0))
+    run = launch(
+        argv=as_pid1([python_for_child(), str(workspace.bin / "entrypoint.py")], stamp), user=(0, 0)
+    )
     assert wait_until(stamp.exists, 30, interval=0.0005), run.output
     exec_at = float(stamp.read_text())
     return run, pid1_host_pid(run.pid), exec_at
 
 
 def sigterm_outcome(run, pid1: int) -> str:  # type: ignore[no-untyped-def]
-    """"honoured" (startup aborted, exit 0) or "lost" (it went on to `Container ready`)."""
+    """ "honoured" (startup aborted, exit 0) or "lost" (it went on to `Container ready`)."""
     run.wait_for_output(r"Startup aborted by signal|Container ready", 90)
     if "Container ready" in run.stdout:
         os.kill(pid1, signal.SIGTERM)
@@ -213,7 +252,9 @@ def sigterm_outcome(run, pid1: int) -> str:  # type: ignore[no-untyped-def]
     return "honoured"
 
 
-def test_sigterm_to_pid1_is_honoured_once_caught_and_from_the_first_log_line_on(workspace: Workspace, launch: Launcher) -> None:
+def test_sigterm_to_pid1_is_honoured_once_caught_and_from_the_first_log_line_on(
+    workspace: Workspace, launch: Launcher
+) -> None:
     if pid_namespace_problem() is not None:
         pytest.skip(str(pid_namespace_problem()))
     # The measurement: SIGTERM at increasing delays after exec. Before the handler is installed
@@ -235,4 +276,6 @@ def test_sigterm_to_pid1_is_honoured_once_caught_and_from_the_first_log_line_on(
         run, pid1, _ = launch_as_pid1(workspace, launch)
         run.wait_for_output(r"CephaloProxy entrypoint starting", 60)
         os.kill(pid1, signal.SIGTERM)
-        assert sigterm_outcome(run, pid1) == "honoured", f"attempt {attempt}: lost after the first log line"
+        assert sigterm_outcome(run, pid1) == "honoured", (
+            f"attempt {attempt}: lost after the first log line"
+        )

@@ -53,7 +53,9 @@ class Directive:
 
     @property
     def where(self) -> str:
-        return f"{self.source} line {self.line_number}" if self.source else f"line {self.line_number}"
+        return (
+            f"{self.source} line {self.line_number}" if self.source else f"line {self.line_number}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,7 +205,8 @@ def _squid_lines(text: str) -> Iterator[tuple[int, int, list[str]]]:
 def parse_directives(text: str, source: Path | None = None) -> tuple[Directive, ...]:
     """Uncommented directives with their (first) line numbers; `\\` continues a line."""
     return tuple(
-        Directive(first, words[0], tuple(words[1:]), source) for first, _, words in _squid_lines(text)
+        Directive(first, words[0], tuple(words[1:]), source)
+        for first, _, words in _squid_lines(text)
     )
 
 
@@ -253,7 +256,9 @@ class _Budget:
             )
 
 
-def _glob_in_dir(directory: str, pattern: str, dir_only: bool, budget: _Budget, where: str) -> list[str]:
+def _glob_in_dir(
+    directory: str, pattern: str, dir_only: bool, budget: _Budget, where: str
+) -> list[str]:
     """The names in `directory` matching one pattern component, as Python's glob (and glob(3)
     without GLOB_PERIOD) match them: a leading '.' only by a pattern starting with '.'."""
     names: list[str] = []
@@ -284,12 +289,19 @@ def _glob(pattern: str, dir_only: bool, budget: _Budget, where: str) -> list[str
         if name:
             return [pattern] if os.path.lexists(pattern) else []
         return [pattern] if os.path.isdir(directory) else []
-    parents = _glob(directory, True, budget, where) if directory != pattern and glob.has_magic(directory) else [directory]
+    parents = (
+        _glob(directory, True, budget, where)
+        if directory != pattern and glob.has_magic(directory)
+        else [directory]
+    )
     found: list[str] = []
     for parent in parents:
         if glob.has_magic(name):
-            found += [os.path.join(parent, match) for match in _glob_in_dir(parent, name, dir_only, budget, where)]
-        elif (os.path.isdir(parent) if not name else os.path.lexists(os.path.join(parent, name))):
+            found += [
+                os.path.join(parent, match)
+                for match in _glob_in_dir(parent, name, dir_only, budget, where)
+            ]
+        elif os.path.isdir(parent) if not name else os.path.lexists(os.path.join(parent, name)):
             found.append(os.path.join(parent, name))
         budget.check_time(where)
     return found
@@ -314,7 +326,11 @@ def _include_targets(directive: Directive, pattern: str, budget: _Budget) -> lis
     hint = ""
     if not os.path.isabs(pattern) and directive.source is not None:
         beside = directive.source.parent / pattern
-        if _glob(str(beside), False, budget, where) if glob.has_magic(str(beside)) else os.path.lexists(beside):
+        if (
+            _glob(str(beside), False, budget, where)
+            if glob.has_magic(str(beside))
+            else os.path.lexists(beside)
+        ):
             hint = (
                 "; Squid resolves relative include paths from its working directory"
                 f" {os.getcwd()}, not from the config's directory: write 'include {beside}'"
@@ -327,7 +343,9 @@ def _check_line_lengths(path: Path, data: bytes) -> None:
     lines = data.split(b"\n")
     if max(map(len, lines)) <= MAX_LINE_BYTES:
         return
-    number, line = next((n, line) for n, line in enumerate(lines, start=1) if len(line) > MAX_LINE_BYTES)
+    number, line = next(
+        (n, line) for n, line in enumerate(lines, start=1) if len(line) > MAX_LINE_BYTES
+    )
     raise ConfigError(
         f"Squid config {path} line {number}: the line is {len(line)} bytes long, more than"
         f" {MAX_LINE_BYTES} bytes (the limit): Squid would read the rest of it as another line:"
@@ -336,15 +354,21 @@ def _check_line_lengths(path: Path, data: bytes) -> None:
 
 
 def _read_tree(
-    path: Path, data: bytes | None, stack: tuple[str, ...], budget: _Budget,
-    directives: list[Directive], files: list[ConfigFile],
+    path: Path,
+    data: bytes | None,
+    stack: tuple[str, ...],
+    budget: _Budget,
+    directives: list[Directive],
+    files: list[ConfigFile],
 ) -> int:
     """Read `path` (or take `data`, its bytes), expanding includes; returns its index in `files`."""
     real = os.path.realpath(path)
     if real in stack:
         raise ConfigError(f"Squid config include cycle: {' -> '.join((*stack, real))}")
     if len(stack) > MAX_INCLUDE_DEPTH:
-        raise ConfigError(f"Squid config {path}: includes nest deeper than {MAX_INCLUDE_DEPTH} levels")
+        raise ConfigError(
+            f"Squid config {path}: includes nest deeper than {MAX_INCLUDE_DEPTH} levels"
+        )
     budget.check_time(path)
     if data is None:
         try:
@@ -357,7 +381,9 @@ def _read_tree(
     files.append(ConfigFile(path, data))
     includes: list[IncludeLine] = []
     # A newline byte stays a newline whatever the decoding replaces: line numbers hold.
-    for count, (first, last, words) in enumerate(_squid_lines(data.decode("utf-8", errors="replace"))):
+    for count, (first, last, words) in enumerate(
+        _squid_lines(data.decode("utf-8", errors="replace"))
+    ):
         directive = Directive(first, words[0], tuple(words[1:]), path)
         if count % 4096 == 4095:
             budget.check_time(directive.where)
@@ -415,7 +441,11 @@ def parse_listen_address(directive: Directive) -> ListenAddress:
         host, _, port_text = spec.rpartition(":")
     port = port_number(port_text)  # over-long digit strings too: int() would raise ValueError
     if port is None:
-        line = f"'{directive.name} {spec}'" if len(spec) <= 80 else f"'{directive.name} {spec[:80]}...' ({len(spec)} characters)"
+        line = (
+            f"'{directive.name} {spec}'"
+            if len(spec) <= 80
+            else f"'{directive.name} {spec[:80]}...' ({len(spec)} characters)"
+        )
         raise ConfigError(
             f"Squid config {directive.where}: cannot read the port of {line}:"
             " expected [host:]port with a port 1-65535 in ASCII digits"
@@ -479,7 +509,11 @@ def check_helpers(directives: tuple[Directive, ...], helpers_dir: Path) -> None:
         if problem is None:
             continue
         candidate = helpers_dir / os.path.basename(program)
-        hint = f" (did you mean {candidate}?)" if candidate.is_file() and str(candidate) != program else ""
+        hint = (
+            f" (did you mean {candidate}?)"
+            if candidate.is_file() and str(candidate) != program
+            else ""
+        )
         raise ConfigError(
             f"Squid config {directive.where}: {directive.name} program {program} {problem}{hint};"
             f" the image's Squid helpers are in {helpers_dir}"
@@ -586,18 +620,25 @@ def include_patterns(config: ActiveConfig) -> tuple[str, ...]:
             continue
         lines = file.data.split(b"\n")
         for include in file.includes:
-            text = b"\n".join(lines[include.first - 1:include.last]).decode("utf-8", errors="replace")
+            text = b"\n".join(lines[include.first - 1 : include.last]).decode(
+                "utf-8", errors="replace"
+            )
             for directive in parse_directives(text):
                 for pattern in directive.args if directive.name == "include" else ():
-                    patterns[pattern if os.path.isabs(pattern) else os.path.join(os.getcwd(), pattern)] = None
+                    patterns[
+                        pattern if os.path.isabs(pattern) else os.path.join(os.getcwd(), pattern)
+                    ] = None
     return tuple(patterns)
 
 
-def include_glob_matches(patterns: tuple[str, ...], cancel: threading.Event | None = None) -> dict[str, tuple[str, ...]]:
+def include_glob_matches(
+    patterns: tuple[str, ...], cancel: threading.Event | None = None
+) -> dict[str, tuple[str, ...]]:
     """What each absolute include glob matches now, all within one budget of the walker's
     bounds (entries visited, time): ConfigError past them."""
     budget = _Budget(cancel)
     return {
         pattern: tuple(sorted(_glob(pattern, False, budget, f"include {pattern}")))
-        for pattern in patterns if glob.has_magic(pattern)
+        for pattern in patterns
+        if glob.has_magic(pattern)
     }

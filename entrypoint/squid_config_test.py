@@ -10,7 +10,12 @@ import pytest
 
 from entrypoint.settings import load_settings
 from entrypoint.squid_config import (
-    ConfigError, ListenAddress, parse_directives, parse_listen_address, render_default, select_config,
+    ConfigError,
+    ListenAddress,
+    parse_directives,
+    parse_listen_address,
+    render_default,
+    select_config,
     uses_ssl_bump,
 )
 
@@ -18,7 +23,9 @@ PACKAGED_DEFAULT = Path(__file__).resolve().parent / "squid.conf.default"
 
 
 def test_comments_blank_lines_and_continuations() -> None:
-    directives = parse_directives("# http_port 1 ssl-bump\n\n  http_port 3128 \\\n   name=x\nacl a src all\n")
+    directives = parse_directives(
+        "# http_port 1 ssl-bump\n\n  http_port 3128 \\\n   name=x\nacl a src all\n"
+    )
     assert [(d.line_number, d.name, d.args) for d in directives] == [
         (3, "http_port", ("3128", "name=x")),
         (5, "acl", ("a", "src", "all")),
@@ -62,13 +69,20 @@ def test_unreadable_port_is_a_config_error() -> None:
 
 
 def test_packaged_default_has_the_contracted_directives() -> None:
-    settings, _ = load_settings({"CEPHALOPROXY_DEFAULT_CONFIG": str(PACKAGED_DEFAULT), "CEPHALOPROXY_CONFIG": "/nonexistent/squid.conf"})
+    settings, _ = load_settings(
+        {
+            "CEPHALOPROXY_DEFAULT_CONFIG": str(PACKAGED_DEFAULT),
+            "CEPHALOPROXY_CONFIG": "/nonexistent/squid.conf",
+        }
+    )
     active = select_config(settings)
     assert not active.is_custom and active.source == PACKAGED_DEFAULT
     assert active.files[0].data == PACKAGED_DEFAULT.read_bytes()  # nothing to render
     assert active.http_ports == [ListenAddress(None, 3128)]
     assert active.pid_file == Path("/var/run/squid/squid.pid")
-    assert [(d.store_type, d.path) for d in active.disk_cache_dirs] == [("ufs", Path("/var/spool/squid"))]
+    assert [(d.store_type, d.path) for d in active.disk_cache_dirs] == [
+        ("ufs", Path("/var/spool/squid"))
+    ]
     assert not active.uses_ssl_bump
     names = {d.name: d.args for d in active.directives}
     assert names["access_log"] == ("stdio:/dev/stdout",)
@@ -87,7 +101,9 @@ def test_default_is_rendered_with_port_and_dirs_for_the_run_dir(tmp_path: Path) 
     }
     settings, _ = load_settings(env)
     active = select_config(settings)
-    assert active.path == tmp_path / "run" / "squid.conf"  # where its snapshot goes (config_snapshot)
+    assert (
+        active.path == tmp_path / "run" / "squid.conf"
+    )  # where its snapshot goes (config_snapshot)
     assert active.http_ports == [ListenAddress(None, 3999)]
     assert active.pid_file == tmp_path / "run" / "squid.pid"
     assert active.disk_cache_dirs[0].path == tmp_path / "spool"
@@ -99,16 +115,22 @@ def test_default_is_rendered_with_port_and_dirs_for_the_run_dir(tmp_path: Path) 
 def test_custom_config_wins(tmp_path: Path) -> None:
     custom = tmp_path / "squid.conf"
     custom.write_text("http_port 4000\npid_filename /run/x.pid\n")
-    settings, _ = load_settings({"CEPHALOPROXY_CONFIG": str(custom), "CEPHALOPROXY_DEFAULT_CONFIG": str(PACKAGED_DEFAULT)})
+    settings, _ = load_settings(
+        {"CEPHALOPROXY_CONFIG": str(custom), "CEPHALOPROXY_DEFAULT_CONFIG": str(PACKAGED_DEFAULT)}
+    )
     active = select_config(settings)
-    assert active.is_custom and active.source == custom and active.files[0].data == custom.read_bytes()
+    assert (
+        active.is_custom and active.source == custom and active.files[0].data == custom.read_bytes()
+    )
     assert active.pid_file == Path("/run/x.pid")
 
 
 def test_cert_db_location_comes_from_sslcrtd_program() -> None:
     from entrypoint.squid_config import ActiveConfig
 
-    directives = parse_directives("sslcrtd_program /usr/lib/squid/security_file_certgen -s /data/db -M 16MB\n")
+    directives = parse_directives(
+        "sslcrtd_program /usr/lib/squid/security_file_certgen -s /data/db -M 16MB\n"
+    )
     active = ActiveConfig(Path("/c"), Path("/c"), True, directives)
     (db,) = active.cert_dbs(Path("/var/lib/squid/ssl_db"))
     assert (db.path, db.size) == (Path("/data/db"), "16MB")
@@ -121,11 +143,15 @@ def _custom(tmp_path: Path, text: str) -> Path:
 
 
 def _select(custom: Path):  # type: ignore[no-untyped-def]
-    settings, _ = load_settings({"CEPHALOPROXY_CONFIG": str(custom), "CEPHALOPROXY_DEFAULT_CONFIG": str(PACKAGED_DEFAULT)})
+    settings, _ = load_settings(
+        {"CEPHALOPROXY_CONFIG": str(custom), "CEPHALOPROXY_DEFAULT_CONFIG": str(PACKAGED_DEFAULT)}
+    )
     return select_config(settings)
 
 
-def test_includes_are_followed_with_globs_in_order_from_the_working_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_includes_are_followed_with_globs_in_order_from_the_working_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     conf_d = tmp_path / "conf.d"
     conf_d.mkdir()
     (conf_d / "20-pid.conf").write_text("pid_filename /run/included.pid\n")
@@ -141,12 +167,17 @@ def test_includes_are_followed_with_globs_in_order_from_the_working_dir(tmp_path
     assert [d.name for d in active.directives] == ["http_port", "ssl_bump", "pid_filename"]
 
 
-def test_relative_include_beside_the_config_is_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_include_beside_the_config_is_explained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config_dir = tmp_path / "etc"
     (config_dir / "conf.d").mkdir(parents=True)
     (config_dir / "conf.d" / "a.conf").write_text("pid_filename /run/a.pid\n")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match=r"line 2: include conf.d/\*.conf matches no file; Squid resolves relative include paths from its working directory"):
+    with pytest.raises(
+        ConfigError,
+        match=r"line 2: include conf.d/\*.conf matches no file; Squid resolves relative include paths from its working directory",
+    ):
         _select(_custom(config_dir, "http_port 3128\ninclude conf.d/*.conf\n"))
 
 
@@ -170,14 +201,30 @@ def test_included_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
         _select(_custom(tmp_path, f"include {tmp_path}/fifo.conf\n"))
 
 
-@pytest.mark.parametrize("spec", ["\u0668\u0660\u0668\u0661", "3128abc", "3_128", "0", "70000", "127.0.0.1:\uff18\uff10", "[::1]:"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "\u0668\u0660\u0668\u0661",
+        "3128abc",
+        "3_128",
+        "0",
+        "70000",
+        "127.0.0.1:\uff18\uff10",
+        "[::1]:",
+    ],
+)
 def test_ports_need_ascii_digits_in_range(tmp_path: Path, spec: str) -> None:
-    with pytest.raises(ConfigError, match=rf"squid.conf line 2: cannot read the port of 'http_port {re.escape(spec)}'"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"squid.conf line 2: cannot read the port of 'http_port {re.escape(spec)}'",
+    ):
         _select(_custom(tmp_path, f"pid_filename /run/x.pid\nhttp_port {spec}\n"))
 
 
 def test_relative_pid_filename_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"line 1: pid_filename squid.pid must be an absolute path"):
+    with pytest.raises(
+        ConfigError, match=r"line 1: pid_filename squid.pid must be an absolute path"
+    ):
         _select(_custom(tmp_path, "pid_filename squid.pid\nhttp_port 3128\n"))
 
 
@@ -210,12 +257,21 @@ def test_missing_or_unexecutable_helper_is_refused_with_the_real_location(tmp_pa
     helpers.mkdir()
     (helpers / "security_file_certgen").write_text("#!/bin/true\n")
     os.chmod(helpers / "security_file_certgen", 0o755)
-    wrong = parse_directives("\nsslcrtd_program /usr/libexec/squid/security_file_certgen -s /db\n", tmp_path / "squid.conf")
+    wrong = parse_directives(
+        "\nsslcrtd_program /usr/libexec/squid/security_file_certgen -s /db\n",
+        tmp_path / "squid.conf",
+    )
     with pytest.raises(ConfigError) as failure:
         check_helpers(wrong, helpers)
     message = str(failure.value)
-    assert "squid.conf line 2: sslcrtd_program program /usr/libexec/squid/security_file_certgen does not exist" in message
-    assert f"did you mean {helpers}/security_file_certgen?" in message and f"helpers are in {helpers}" in message
+    assert (
+        "squid.conf line 2: sslcrtd_program program /usr/libexec/squid/security_file_certgen does not exist"
+        in message
+    )
+    assert (
+        f"did you mean {helpers}/security_file_certgen?" in message
+        and f"helpers are in {helpers}" in message
+    )
     plain = tmp_path / "plain"
     plain.write_text("")
     os.chmod(plain, 0o644)
@@ -229,11 +285,15 @@ from hypothesis import given, strategies as st  # noqa: E402
 
 from entrypoint.squid_config import Directive, ListenAddress, parse_listen_address  # noqa: E402
 
-_digits = st.text("0123456789", min_size=1, max_size=6) | st.text("0123456789", min_size=4290, max_size=5000)
+_digits = st.text("0123456789", min_size=1, max_size=6) | st.text(
+    "0123456789", min_size=4290, max_size=5000
+)
 _specs = st.one_of(
     st.text(),
     _digits,
-    st.tuples(st.sampled_from(["", "127.0.0.1:", "[::1]:", "[::]:", "host:", "a:b:", "[", "]:"]), _digits).map("".join),
+    st.tuples(
+        st.sampled_from(["", "127.0.0.1:", "[::1]:", "[::]:", "host:", "a:b:", "[", "]:"]), _digits
+    ).map("".join),
     st.text("0123456789:[].\u0660\uff11_ab", max_size=12),
 )
 
@@ -244,7 +304,9 @@ def test_any_port_argument_is_an_address_or_a_config_error(name: str, spec: str)
     try:
         address = parse_listen_address(directive)
     except ConfigError as error:
-        assert str(error).startswith(f"Squid config /etc/squid/squid.conf line 7: cannot read the port of '{name} ")
+        assert str(error).startswith(
+            f"Squid config /etc/squid/squid.conf line 7: cannot read the port of '{name} "
+        )
         assert len(str(error)) < 300
         return
     assert isinstance(address, ListenAddress) and 1 <= address.port <= 65535
@@ -252,7 +314,10 @@ def test_any_port_argument_is_an_address_or_a_config_error(name: str, spec: str)
 
 
 def test_a_port_of_5000_digits_is_a_config_error_not_a_value_error() -> None:
-    with pytest.raises(ConfigError, match=r"cannot read the port of 'http_port 127\.0\.0\.1:1{60}.*\.\.\.' \(5010 characters\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"cannot read the port of 'http_port 127\.0\.0\.1:1{60}.*\.\.\.' \(5010 characters\)",
+    ):
         parse_listen_address(Directive(1, "http_port", ("127.0.0.1:" + "1" * 5000,)))
 
 
@@ -270,12 +335,19 @@ from entrypoint.config_steps import in_worker  # noqa: E402
 SYS_GLOB = "/sys/*/*/*/*/*/*/*/*/*/*/*/nomatch"  # matches nothing, walks a huge tree
 
 
-def _select_in_thread(custom: Path, cancel: threading.Event | None = None, bound: float = 25.0) -> BaseException | None:
+def _select_in_thread(
+    custom: Path, cancel: threading.Event | None = None, bound: float = 25.0
+) -> BaseException | None:
     """select_config in a daemon thread; the error it raised. AssertionError if still running after `bound`."""
     outcome: list[BaseException | None] = []
 
     def work() -> None:
-        settings, _ = load_settings({"CEPHALOPROXY_CONFIG": str(custom), "CEPHALOPROXY_DEFAULT_CONFIG": str(PACKAGED_DEFAULT)})
+        settings, _ = load_settings(
+            {
+                "CEPHALOPROXY_CONFIG": str(custom),
+                "CEPHALOPROXY_DEFAULT_CONFIG": str(PACKAGED_DEFAULT),
+            }
+        )
         try:
             select_config(settings, cancel)
             outcome.append(None)
@@ -301,29 +373,43 @@ def test_an_include_glob_walking_a_huge_tree_is_refused_at_the_entry_limit(tmp_p
 
 
 @pytest.mark.skipif(not os.path.isdir("/sys/devices"), reason="needs /sys")
-def test_the_time_limit_and_cancel_stop_an_include_glob_at_any_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_time_limit_and_cancel_stop_an_include_glob_at_any_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(squid_config, "MAX_GLOB_ENTRIES", 10**9)
     monkeypatch.setattr(squid_config, "READ_TIME_LIMIT", 1.0)
     custom = _custom(tmp_path, f"http_port 3128\ninclude {SYS_GLOB}\n")
     error = _select_in_thread(custom, bound=15.0)
     assert isinstance(error, ConfigError)
-    assert f"squid.conf line 2: include {SYS_GLOB}: reading the config and its includes took longer than 1 s (the limit)" in str(error)
+    assert (
+        f"squid.conf line 2: include {SYS_GLOB}: reading the config and its includes took longer than 1 s (the limit)"
+        in str(error)
+    )
     monkeypatch.setattr(squid_config, "READ_TIME_LIMIT", 60.0)
     cancel = threading.Event()
     threading.Timer(0.5, cancel.set).start()
     error = _select_in_thread(custom, cancel, bound=15.0)
-    assert isinstance(error, ConfigError) and "line 2: include" in str(error) and "abandoned" in str(error)
+    assert (
+        isinstance(error, ConfigError)
+        and "line 2: include" in str(error)
+        and "abandoned" in str(error)
+    )
 
 
 _NAMES = st.sampled_from(["a", "b", "ab", "a.conf", "b.conf", ".h", ".h.conf", "x[1]", "d", ".d"])
-_PARTS = st.sampled_from(["*", "?", "a*", "*.conf", ".*", "[ab]", "[!a]*", "d", ".d", "a", "**", "*[1]"])
+_PARTS = st.sampled_from(
+    ["*", "?", "a*", "*.conf", ".*", "[ab]", "[!a]*", "d", ".d", "a", "**", "*[1]"]
+)
 
 
 @given(
     tree=st.lists(st.lists(_NAMES, min_size=1, max_size=3), max_size=12),
-    pattern=st.lists(_PARTS, min_size=1, max_size=3), trailing_slash=st.booleans(),
+    pattern=st.lists(_PARTS, min_size=1, max_size=3),
+    trailing_slash=st.booleans(),
 )
-def test_include_globs_match_what_glob_matches(tree: list[list[str]], pattern: list[str], trailing_slash: bool) -> None:
+def test_include_globs_match_what_glob_matches(
+    tree: list[list[str]], pattern: list[str], trailing_slash: bool
+) -> None:
     with tempfile.TemporaryDirectory() as root:
         for parts in tree:
             path = Path(root, *parts)
@@ -333,7 +419,9 @@ def test_include_globs_match_what_glob_matches(tree: list[list[str]], pattern: l
                     path.write_text("")
             except (FileExistsError, NotADirectoryError):
                 pass  # a file is in the way: that tree is what it is
-        os.symlink(root, Path(root, "d", "loop") if Path(root, "d").is_dir() else Path(root, "loop"))
+        os.symlink(
+            root, Path(root, "d", "loop") if Path(root, "d").is_dir() else Path(root, "loop")
+        )
         full = os.path.join(root, *pattern) + ("/" if trailing_slash else "")
         budget = squid_config._Budget(None)
         assert sorted(squid_config._glob(full, False, budget, "test")) == sorted(pyglob.glob(full))
@@ -358,10 +446,15 @@ def _line_config(tmp_path: Path, long_line: bytes, in_include: bool) -> tuple[Pa
     in_include=st.booleans(),
 )
 def test_a_line_squid_would_split_is_refused_naming_the_file_line_and_limit(
-    length: int, filler: bytes, start: bytes, in_include: bool,
+    length: int,
+    filler: bytes,
+    start: bytes,
+    in_include: bool,
 ) -> None:
     with tempfile.TemporaryDirectory() as root:
-        line = (start + filler * length)[:length]  # `length` bytes: Squid's fgets takes 8191 at most
+        line = (start + filler * length)[
+            :length
+        ]  # `length` bytes: Squid's fgets takes 8191 at most
         custom, where, number = _line_config(Path(root), line, in_include)
         with pytest.raises(ConfigError) as raised:
             _select(custom)
@@ -383,19 +476,27 @@ def test_the_split_line_attack_cannot_hide_an_include(tmp_path: Path) -> None:
     hidden.write_text("http_port 3130\n")
     line = "#" + "x" * 8190 + f"include {hidden}"
     custom = _custom(tmp_path, f"http_port 3128\n{line}\n")
-    with pytest.raises(ConfigError, match=rf"squid.conf line 2: the line is {len(line)} bytes long, more than 8190 bytes \(the limit\)"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"squid.conf line 2: the line is {len(line)} bytes long, more than 8190 bytes \(the limit\)",
+    ):
         _select(custom)
 
 
 # -- the worker thread --------------------------------------------------------------------------
-def test_no_thread_to_be_had_is_a_config_error_and_the_job_never_runs_on_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_thread_to_be_had_is_a_config_error_and_the_job_never_runs_on_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     ran: list[bool] = []
 
     def refuse(self: threading.Thread) -> None:
         raise RuntimeError("can't start new thread")
 
     monkeypatch.setattr(threading.Thread, "start", refuse)
-    with pytest.raises(ConfigError, match=r"^cannot start a thread for reading the Squid config /x: the container's process limit \(RLIMIT_NPROC / pids.max\) is reached: raise it$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^cannot start a thread for reading the Squid config /x: the container's process limit \(RLIMIT_NPROC / pids.max\) is reached: raise it$",
+    ):
         asyncio.run(in_worker(lambda cancel: ran.append(True), "reading the Squid config /x"))
     assert ran == []
 
@@ -413,6 +514,14 @@ def test_a_real_process_limit_is_a_config_error_not_a_read_on_the_loop() -> None
         "    print('ConfigError:', error)\n"
     )
     root = str(Path(__file__).resolve().parent.parent)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, cwd=root,
-                          env={**os.environ, "PYTHONPATH": root})
-    assert done.stdout.startswith("ConfigError: cannot start a thread for reading the Squid config /x: the container's process limit"), (done.stdout, done.stderr)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    assert done.stdout.startswith(
+        "ConfigError: cannot start a thread for reading the Squid config /x: the container's process limit"
+    ), (done.stdout, done.stderr)

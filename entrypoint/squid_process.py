@@ -60,7 +60,9 @@ def cache_log_is_stderr(config: ActiveConfig) -> bool:
 def listen_ports(config: ActiveConfig) -> list[int]:
     """The client ports the config opens (http_port, https_port)."""
     ports = [address.port for address in config.http_ports]
-    ports += [parse_listen_address(d).port for d in config.named("https_port") if d.args]  # validated: no ConfigError
+    ports += [
+        parse_listen_address(d).port for d in config.named("https_port") if d.args
+    ]  # validated: no ConfigError
     return list(dict.fromkeys(ports))
 
 
@@ -103,12 +105,15 @@ class SquidProcess:
     def listening(self, ports: list[int]) -> set[int]:
         """Which of `ports` Squid itself (master or a kid) holds a LISTEN socket on."""
         tree = self.tree()
-        found = {sock.local_port for sock in proc_table.owned_sockets(tree, ports, proc_table.TCP_LISTEN)}
+        found = {
+            sock.local_port for sock in proc_table.owned_sockets(tree, ports, proc_table.TCP_LISTEN)
+        }
         if not all(proc_table.fds_readable(pid) for pid in tree):
             # Started as root, Squid's kids switch UID and their fds cannot be read (no
             # CAP_SYS_PTRACE): any listener counts; the check before the start found none.
             found |= {
-                sock.local_port for sock in proc_table.tcp_sockets()
+                sock.local_port
+                for sock in proc_table.tcp_sockets()
                 if sock.state == proc_table.TCP_LISTEN and sock.local_port in ports
             }
         return found
@@ -155,7 +160,8 @@ def foreign_listeners(ports: list[int], squid_pid: int | None) -> list[proc_tabl
     """
     wanted = set(ports)
     listening = [
-        sock for sock in proc_table.tcp_sockets()
+        sock
+        for sock in proc_table.tcp_sockets()
         if sock.state == proc_table.TCP_LISTEN and sock.local_port in wanted
     ]
     if not listening:
@@ -248,10 +254,11 @@ class SquidCommands:
             return False
         for cache_dir in missing:
             if cache_dir.remove_partial_rock_db():
-                self.log.warning("Removed the partial rock db in %s left by an interrupted squid -z", cache_dir.path)
-        self.log.info(
-            "Initialising Squid cache: %s", ", ".join(str(d.path) for d in missing)
-        )
+                self.log.warning(
+                    "Removed the partial rock db in %s left by an interrupted squid -z",
+                    cache_dir.path,
+                )
+        self.log.info("Initialising Squid cache: %s", ", ".join(str(d.path) for d in missing))
         # -N: without it `squid -z` backgrounds itself and returns before the dirs exist.
         argv = [str(self.squid_bin), "-N", "-z", "-f", str(path or config.path)]
         try:
@@ -271,12 +278,16 @@ class SquidCommands:
             except OSError as error:
                 self.log.warning(
                     "Cannot mark %s as initialised (%s): squid -z runs again at the next start",
-                    cache_dir.path, error.strerror,
+                    cache_dir.path,
+                    error.strerror,
                 )
         return True
 
     async def start(
-        self, config: ActiveConfig, sinks: tuple[OutputSink, OutputSink], line_filter: LineFilter = identity
+        self,
+        config: ActiveConfig,
+        sinks: tuple[OutputSink, OutputSink],
+        line_filter: LineFilter = identity,
     ) -> SquidProcess:
         """Start Squid in the foreground as our direct child, in its own process group.
 
@@ -356,7 +367,8 @@ class SquidCommands:
             # Until anything listens on the ports, the socket table alone says so: the process
             # tree and its fds are read only then (a cheaper poll leaves the CPU to Squid).
             anything = any(
-                sock.state == proc_table.TCP_LISTEN and sock.local_port in wanted for sock in proc_table.tcp_sockets()
+                sock.state == proc_table.TCP_LISTEN and sock.local_port in wanted
+                for sock in proc_table.tcp_sockets()
             )
             held = squid.listening(ports) if anything else set()  # one read of the tree per poll
             missing = [port for port in ports if port not in held]
@@ -371,7 +383,8 @@ class SquidCommands:
                 taken = sorted({sock.local_port for sock in squatters})
                 what = (
                     f"another process already listens on port {', '.join(map(str, taken))}"
-                    if taken else f"Squid does not listen on port {', '.join(map(str, missing))}"
+                    if taken
+                    else f"Squid does not listen on port {', '.join(map(str, missing))}"
                     f" after {LISTEN_TIMEOUT:g} s"
                 )
                 raise SquidError(

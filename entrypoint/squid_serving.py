@@ -53,7 +53,9 @@ class Observation:
     holder: Holder | None = None  # of the worker seen serving (not in uninterruptible sleep)
     asleep: tuple[tuple[int, int], ...] = ()  # (pid, context switches): the holders, all in state D
     backlog: int = 0  # connections waiting in the proxy port's accept queue(s)
-    activity: int | None = None  # the candidates' I/O syscalls so far, while a backlog waits (None: unknown)
+    activity: int | None = (
+        None  # the candidates' I/O syscalls so far, while a backlog waits (None: unknown)
+    )
 
 
 def _kid_name(pid: int) -> str | None:
@@ -165,7 +167,9 @@ def _describe(process: ProcessInfo) -> str:
     return f"pid {process.pid} {_STATE_NAMES.get(process.state, process.state)}"
 
 
-def _squid_processes(tree: list[ProcessInfo], master: int, comm: str) -> dict[int, str | None] | None:
+def _squid_processes(
+    tree: list[ProcessInfo], master: int, comm: str
+) -> dict[int, str | None] | None:
     """{pid: kid name (None: the master)} of the master and its kids; None when the master does not run.
 
     The master and its direct children only: a kid's own fork (before it execs a helper such as
@@ -174,18 +178,26 @@ def _squid_processes(tree: list[ProcessInfo], master: int, comm: str) -> dict[in
     name = comm[:15]  # /proc's comm is truncated to 15 characters
     if not tree or tree[0].comm != name or tree[0].state in ("Z", "X"):
         return None
-    return {p.pid: _kid_name(p.pid) for p in tree if p.comm == name and (p.pid == master or p.ppid == master)}
+    return {
+        p.pid: _kid_name(p.pid)
+        for p in tree
+        if p.comm == name and (p.pid == master or p.ppid == master)
+    }
 
 
 def _serving_candidates(tree: list[ProcessInfo], names: dict[int, str | None]) -> list[ProcessInfo]:
     """The master and the worker kids (not the SMP coordinator or diskers)."""
     return [
-        p for p in tree
-        if p.pid in names and not any(role in (names[p.pid] or "") for role in _NON_SERVING_KID_ROLES)
+        p
+        for p in tree
+        if p.pid in names
+        and not any(role in (names[p.pid] or "") for role in _NON_SERVING_KID_ROLES)
     ]
 
 
-def _awake_holder(awake: list[ProcessInfo], listening: dict[int, int], hint: Holder | None) -> Holder | None:
+def _awake_holder(
+    awake: list[ProcessInfo], listening: dict[int, int], hint: Holder | None
+) -> Holder | None:
     """(pid, fd, link) of a runnable, not sleeping-uninterruptibly candidate holding a listening socket.
 
     `hint` is the previous observation's holder: while that worker still has that socket on that
@@ -204,7 +216,9 @@ def _unreadable(processes: list[ProcessInfo], listening: dict[int, int]) -> bool
     return bool(listening) and any(not fds_readable(p.pid) for p in processes)
 
 
-def _asleep_holders(candidates: list[ProcessInfo], listening: dict[int, int]) -> tuple[tuple[int, int], ...]:
+def _asleep_holders(
+    candidates: list[ProcessInfo], listening: dict[int, int]
+) -> tuple[tuple[int, int], ...]:
     """(pid, context switches) of the candidates in state D that hold a listening socket (or
     whose fds we may not read)."""
     asleep = [p for p in candidates if p.state == "D"]
@@ -213,7 +227,9 @@ def _asleep_holders(candidates: list[ProcessInfo], listening: dict[int, int]) ->
 
 
 def _nobody_serves(candidates: list[ProcessInfo], listening: dict[int, int], port_list: str) -> str:
-    holders = [p for p in candidates if not p.runnable and held_socket(p.pid, listening) is not None]
+    holders = [
+        p for p in candidates if not p.runnable and held_socket(p.pid, listening) is not None
+    ]
     if holders:
         return f"no runnable Squid process listens on port {port_list} ({', '.join(_describe(p) for p in holders)})"
     return f"no Squid process listens on port {port_list}"
@@ -225,7 +241,9 @@ class Serving(NamedTuple):
     asleep: tuple[tuple[int, int], ...] = ()
 
 
-def _serving(candidates: list[ProcessInfo], listening: dict[int, int], hint: Holder | None, port_list: str) -> Serving:
+def _serving(
+    candidates: list[ProcessInfo], listening: dict[int, int], hint: Holder | None, port_list: str
+) -> Serving:
     """Whether a candidate serves: awake and holding the socket, else asleep (state D) holding it, else the problem."""
     awake = [p for p in candidates if p.runnable and p.state != "D"]
     holder = _awake_holder(awake, listening, hint)
@@ -272,7 +290,9 @@ def observe(
     # Only with connections waiting: a worker that still reads and writes is working (an
     # overloaded Squid keeps a full queue), so a queue counts as stuck only without I/O.
     activity = io_syscalls(p.pid for p in candidates) if backlog else None
-    return Observation(now, pid, None, serving.problem, kids, serving.holder, serving.asleep, backlog, activity)
+    return Observation(
+        now, pid, None, serving.problem, kids, serving.holder, serving.asleep, backlog, activity
+    )
 
 
 def _queue_stuck(previous: Observation | None, seen: Observation) -> bool:
@@ -302,7 +322,13 @@ class Stall:
 class SquidWatch:
     """Squid's liveness over time: sampled by a thread and by every probe, shared by both."""
 
-    def __init__(self, pid_file: Path, comm: str, ports: Iterable[int], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        pid_file: Path,
+        comm: str,
+        ports: Iterable[int],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.pid_file = pid_file
         self.comm = comm
         self.ports = tuple(ports)
@@ -318,8 +344,18 @@ class SquidWatch:
         """Look now and fold the observation into the history."""
         with self._lock:  # one look at a time, folded in the order taken
             previous = self._previous
-            seen = observe(self.pid_file, self.comm, self.ports, self.clock, previous.holder if previous else None)
-            if seen.master_problem is not None or previous is None or previous.master_pid != seen.master_pid:
+            seen = observe(
+                self.pid_file,
+                self.comm,
+                self.ports,
+                self.clock,
+                previous.holder if previous else None,
+            )
+            if (
+                seen.master_problem is not None
+                or previous is None
+                or previous.master_pid != seen.master_pid
+            ):
                 self._new_history()  # a new (or no) master: its start-up is not a crash loop
             else:
                 self._kid_exits.extend(seen.at for _ in previous.kids - seen.kids)
@@ -334,7 +370,9 @@ class SquidWatch:
     def _fold(self, previous: Observation | None, seen: Observation) -> None:
         alive = seen.master_problem is None
         self._not_serving.fold(alive and seen.serving_problem is not None, True, seen.at)
-        self._asleep.fold(bool(seen.asleep), previous is not None and previous.asleep == seen.asleep, seen.at)
+        self._asleep.fold(
+            bool(seen.asleep), previous is not None and previous.asleep == seen.asleep, seen.at
+        )
         serving = alive and seen.serving_problem is None
         self._queued.fold(serving and seen.backlog > 0, _queue_stuck(previous, seen), seen.at)
         while self._kid_exits and self._kid_exits[0] < seen.at - CRASH_LOOP_WINDOW:

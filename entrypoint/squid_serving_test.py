@@ -53,7 +53,9 @@ class StandIn:
     """A stand-in Squid with its pid file, and a SquidWatch on it driven by a fake clock."""
 
     def __init__(self, tmp_path: Path, program: str) -> None:
-        self.process = subprocess.Popen([sys.executable, "-c", program], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", program], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
         assert self.process.stdout is not None
         self.port = int(self.process.stdout.readline())
         comm = Path(f"/proc/{self.process.pid}/comm").read_text().strip()
@@ -65,7 +67,9 @@ class StandIn:
 
     def queue(self, count: int) -> None:
         """`count` connections that the kernel completes and queues (nobody accepts them)."""
-        self.clients += [socket.create_connection(("127.0.0.1", self.port), 5) for _ in range(count)]
+        self.clients += [
+            socket.create_connection(("127.0.0.1", self.port), 5) for _ in range(count)
+        ]
 
     def at(self, seconds: float) -> SquidWatch:
         self.clock.now = 1000.0 + seconds
@@ -112,7 +116,9 @@ def test_the_accept_queue_is_read_from_the_listen_row(never_accepts: StandIn) ->
     assert _wait(lambda: backlog(never_accepts.port) == 2)
 
 
-def test_connections_never_accepted_fail_ready_then_health_after_the_grace(never_accepts: StandIn) -> None:
+def test_connections_never_accepted_fail_ready_then_health_after_the_grace(
+    never_accepts: StandIn,
+) -> None:
     assert never_accepts.at(0).liveness_problem() is None
     never_accepts.queue(3)
     assert never_accepts.at(0.5).liveness_problem() is None
@@ -124,7 +130,10 @@ def test_connections_never_accepted_fail_ready_then_health_after_the_grace(never
     for second in range(3, 11):  # sampled every second, as the sampler does
         assert never_accepts.at(second).liveness_problem() is None, second
     problem = never_accepts.at(0.5 + LIVENESS_GRACE).liveness_problem()
-    assert problem == f"3 connections to port {never_accepts.port} wait unaccepted (accept queue not draining) for 10 s"
+    assert (
+        problem
+        == f"3 connections to port {never_accepts.port} wait unaccepted (accept queue not draining) for 10 s"
+    )
     never_accepts.queue(1)  # more waiting is no progress either
     assert never_accepts.at(12).liveness_problem() is not None
 
@@ -169,7 +178,10 @@ def test_a_worker_frozen_in_state_d_fails_ready_then_health_after_the_grace(busy
         ), problems
         assert busy.at(1 + LIVENESS_GRACE - 0.5).liveness_problem() is None
         problem = busy.at(1 + LIVENESS_GRACE).liveness_problem()
-        assert problem == f"squid worker pid {busy.process.pid} made no progress in uninterruptible sleep (D) for 10 s"
+        assert (
+            problem
+            == f"squid worker pid {busy.process.pid} made no progress in uninterruptible sleep (D) for 10 s"
+        )
     assert _wait(lambda: _state(busy.process.pid) != "D")
     assert busy.at(12).liveness_problem() is None  # awake again: serving at once
     assert busy.at(12).readiness_problems() == []
@@ -197,4 +209,3 @@ def _wait(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-
             return False
         time.sleep(0.01)
     return True
-

@@ -34,7 +34,8 @@ def effective_user(directives: tuple[Directive, ...], version_output: str) -> pw
     name = configured[-1].args[0] if configured else compiled_default_user(version_output)
     where = (
         f"Squid config {configured[-1].where}: cache_effective_user {name}"
-        if configured else f"Squid's compiled-in effective user {name}"
+        if configured
+        else f"Squid's compiled-in effective user {name}"
     )
     try:
         user = pwd.getpwnam(name)
@@ -52,7 +53,9 @@ def effective_user(directives: tuple[Directive, ...], version_output: str) -> pw
     return user
 
 
-async def when_root(children: ChildProcesses, squid_bin: Path, directives: tuple[Directive, ...]) -> pwd.struct_passwd | None:
+async def when_root(
+    children: ChildProcesses, squid_bin: Path, directives: tuple[Directive, ...]
+) -> pwd.struct_passwd | None:
     """The user Squid will switch to if we run as root (None otherwise); ConfigError if unusable."""
     if os.geteuid() != 0:
         return None
@@ -61,7 +64,9 @@ async def when_root(children: ChildProcesses, squid_bin: Path, directives: tuple
     except ForkError as error:
         raise ConfigError(str(error)) from None
     except OSError as error:
-        raise ConfigError(f"cannot run {squid_bin} -v: {error.strerror} (set CEPHALOPROXY_SQUID_BIN)") from None
+        raise ConfigError(
+            f"cannot run {squid_bin} -v: {error.strerror} (set CEPHALOPROXY_SQUID_BIN)"
+        ) from None
     return effective_user(directives, version_output)
 
 

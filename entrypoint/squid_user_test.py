@@ -11,7 +11,9 @@ import pytest
 from entrypoint.squid_config import ConfigError, parse_directives
 from entrypoint.squid_user import compiled_default_user, effective_user, hand_over
 
-DEBIAN_V = "configure options:  '--build=x86_64-linux-gnu' '--with-default-user=proxy' '--enable-ssl-crtd'"
+DEBIAN_V = (
+    "configure options:  '--build=x86_64-linux-gnu' '--with-default-user=proxy' '--enable-ssl-crtd'"
+)
 
 
 def test_compiled_default_user_comes_from_squid_v() -> None:
@@ -22,13 +24,20 @@ def test_compiled_default_user_comes_from_squid_v() -> None:
 
 def test_configured_user_wins_over_the_compiled_default() -> None:
     someone = next(p for p in pwd.getpwall() if p.pw_uid != 0)
-    user = effective_user(parse_directives(f"cache_effective_user {someone.pw_name}\n"), "'--with-default-user=nosuch'")
+    user = effective_user(
+        parse_directives(f"cache_effective_user {someone.pw_name}\n"),
+        "'--with-default-user=nosuch'",
+    )
     assert user.pw_uid == someone.pw_uid
 
 
 def test_root_effective_user_is_refused() -> None:
-    with pytest.raises(ConfigError, match=r"line 2: cache_effective_user root: Squid refuses to run as root"):
-        effective_user(parse_directives("\ncache_effective_user root\n", Path("/c/squid.conf")), DEBIAN_V)
+    with pytest.raises(
+        ConfigError, match=r"line 2: cache_effective_user root: Squid refuses to run as root"
+    ):
+        effective_user(
+            parse_directives("\ncache_effective_user root\n", Path("/c/squid.conf")), DEBIAN_V
+        )
 
 
 @pytest.mark.parametrize("config", ["cache_effective_user nosuchuser42\n", ""])
@@ -44,5 +53,7 @@ def test_hand_over_changes_the_owner_only(tmp_path: Path) -> None:
     (tmp_path / "db" / "certs" / "index.txt").write_text("")
     os.chown(tmp_path / "db", 0, 0)
     hand_over([tmp_path / "db"], 4242, recursive=True)
-    owners = {(p.stat().st_uid, p.stat().st_gid) for p in [tmp_path / "db", *(tmp_path / "db").rglob("*")]}
+    owners = {
+        (p.stat().st_uid, p.stat().st_gid) for p in [tmp_path / "db", *(tmp_path / "db").rglob("*")]
+    }
     assert owners == {(4242, 0)}

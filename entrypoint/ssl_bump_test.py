@@ -16,11 +16,25 @@ import pytest
 
 from entrypoint.testing import assert_no_key_material, install_ca
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    ORIGIN_HOSTNAME, Launcher, Workspace, certgen_bin, launch, make_ca, make_server_cert, openssl,
-    python_for_child, squid_available, ssl_bump_config, start_local_https_server, with_private_shm, workspace,
+    ORIGIN_HOSTNAME,
+    Launcher,
+    Workspace,
+    certgen_bin,
+    launch,
+    make_ca,
+    make_server_cert,
+    openssl,
+    python_for_child,
+    squid_available,
+    ssl_bump_config,
+    start_local_https_server,
+    with_private_shm,
+    workspace,
 )
 
-pytestmark = pytest.mark.skipif(openssl() is None, reason="the openssl CLI is needed to make test CAs")
+pytestmark = pytest.mark.skipif(
+    openssl() is None, reason="the openssl CLI is needed to make test CAs"
+)
 
 
 def bump_with_origin(workspace: Workspace, tmp_path: Path) -> tuple[Path, Path, Path, Path]:
@@ -36,14 +50,18 @@ def bump_with_origin(workspace: Workspace, tmp_path: Path) -> tuple[Path, Path, 
     return bump_cert, bump_key, origin_cert, origin_key
 
 
-def bumped_get(workspace: Workspace, bump_cert: Path, origin_cert: Path, origin_key: Path) -> tuple[str, int, str, str]:
+def bumped_get(
+    workspace: Workspace, bump_cert: Path, origin_cert: Path, origin_key: Path
+) -> tuple[str, int, str, str]:
     """GET through the proxy's CONNECT, trusting only the bump CA: (issuer CN, status, body, origin's body)."""
     origin = start_local_https_server(f"secret origin {uuid.uuid4()}", origin_cert, origin_key)
     try:
         context = ssl.create_default_context(cafile=str(bump_cert))
         context.check_hostname = False
         context.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
-        connection = http.client.HTTPSConnection("127.0.0.1", workspace.squid_port, context=context, timeout=60)
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", workspace.squid_port, context=context, timeout=60
+        )
         connection.set_tunnel(ORIGIN_HOSTNAME, origin.port)  # a name: Squid 5.7 ignores IP SANs
         try:
             connection.request("GET", "/bumped")
@@ -79,9 +97,13 @@ def test_bumped_connect_presents_a_certificate_from_the_mounted_ca(
 
 
 @pytest.mark.parametrize("missing", ["tls.crt", "tls.key"])
-def test_missing_ca_file_exits_1_naming_it(workspace: Workspace, launch: Launcher, tmp_path: Path, missing: str) -> None:
+def test_missing_ca_file_exits_1_naming_it(
+    workspace: Workspace, launch: Launcher, tmp_path: Path, missing: str
+) -> None:
     cert, key = make_ca(tmp_path, "Bump CA")
-    install_ca(workspace, None if missing == "tls.crt" else cert, None if missing == "tls.key" else key)
+    install_ca(
+        workspace, None if missing == "tls.crt" else cert, None if missing == "tls.key" else key
+    )
     workspace.write_custom_config(ssl_bump_config(workspace))
     run = launch()
     assert run.wait_exit(60) == 1
@@ -92,23 +114,43 @@ def test_missing_ca_file_exits_1_naming_it(workspace: Workspace, launch: Launche
     assert_no_key_material(run.output, key)
 
 
-def test_mismatched_pair_exits_1_naming_both_files(workspace: Workspace, launch: Launcher, tmp_path: Path) -> None:
+def test_mismatched_pair_exits_1_naming_both_files(
+    workspace: Workspace, launch: Launcher, tmp_path: Path
+) -> None:
     cert, key = make_ca(tmp_path, "Bump CA")
     _, other_key = make_ca(tmp_path, "Other CA")
     install_ca(workspace, cert, other_key)
     workspace.write_custom_config(ssl_bump_config(workspace))
     run = launch()
     assert run.wait_exit(60) == 1
-    assert f"{workspace.tls_dir / 'tls.key'} is not the private key of the certificate in" in run.stderr
+    assert (
+        f"{workspace.tls_dir / 'tls.key'} is not the private key of the certificate in"
+        in run.stderr
+    )
     assert str(workspace.tls_dir / "tls.crt") in run.stderr
     assert not (workspace.runtime_dir("lib") / "squid-ca.pem").exists()
     assert_no_key_material(run.output, key, other_key)
 
 
-def test_commented_ssl_bump_lines_do_not_require_a_ca(workspace: Workspace, launch: Launcher) -> None:
+def test_commented_ssl_bump_lines_do_not_require_a_ca(
+    workspace: Workspace, launch: Launcher
+) -> None:
     config = ssl_bump_config(workspace)
     commented = "\n".join(
-        line if line.startswith(("pid_filename", "cache_log", "access_log", "http_access", "visible", "shutdown", "pinger", "netdb", "logfile"))
+        line
+        if line.startswith(
+            (
+                "pid_filename",
+                "cache_log",
+                "access_log",
+                "http_access",
+                "visible",
+                "shutdown",
+                "pinger",
+                "netdb",
+                "logfile",
+            )
+        )
         else f"# {line}"
         for line in config.splitlines()
     )
@@ -118,7 +160,9 @@ def test_commented_ssl_bump_lines_do_not_require_a_ca(workspace: Workspace, laun
     assert "SSL-bump configured" not in run.stdout
 
 
-def test_tls_secret_in_kubernetes_layout_is_used(workspace: Workspace, launch: Launcher, tmp_path: Path) -> None:
+def test_tls_secret_in_kubernetes_layout_is_used(
+    workspace: Workspace, launch: Launcher, tmp_path: Path
+) -> None:
     # kubelet: tls.crt -> ..data/tls.crt, ..data -> ..<timestamp>/ holding the real files.
     cert, key = make_ca(tmp_path, "Bump CA")
     workspace.make_dir(workspace.tls_dir, 0o775)
@@ -131,7 +175,9 @@ def test_tls_secret_in_kubernetes_layout_is_used(workspace: Workspace, launch: L
     workspace.write_custom_config(ssl_bump_config(workspace))
     run = launch()
     run.wait_ready()
-    assert (workspace.runtime_dir("lib") / "squid-ca.pem").read_bytes() == cert.read_bytes() + key.read_bytes()
+    assert (
+        workspace.runtime_dir("lib") / "squid-ca.pem"
+    ).read_bytes() == cert.read_bytes() + key.read_bytes()
 
 
 @pytest.mark.parametrize("kind", ["directory", "FIFO", "dangling symlink"])
@@ -167,10 +213,40 @@ def make_expired_ca(directory: Path) -> tuple[Path, Path]:
         "[p]\ncommonName = supplied\n"
         "[ext]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n"
     )
-    run = lambda *args: subprocess.run([openssl(), *args], cwd=work, check=True, capture_output=True, timeout=120)  # noqa: E731
-    run("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.csr", "-subj", "/CN=Expired CA")
-    run("ca", "-batch", "-config", "ca.cnf", "-selfsign", "-keyfile", "ca.key", "-in", "ca.csr", "-out", "ca.crt",
-        "-notext", "-startdate", "20200101000000Z", "-enddate", "20200102000000Z")
+    run = lambda *args: subprocess.run(
+        [openssl(), *args], cwd=work, check=True, capture_output=True, timeout=120
+    )  # noqa: E731
+    run(
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.csr",
+        "-subj",
+        "/CN=Expired CA",
+    )
+    run(
+        "ca",
+        "-batch",
+        "-config",
+        "ca.cnf",
+        "-selfsign",
+        "-keyfile",
+        "ca.key",
+        "-in",
+        "ca.csr",
+        "-out",
+        "ca.crt",
+        "-notext",
+        "-startdate",
+        "20200101000000Z",
+        "-enddate",
+        "20200102000000Z",
+    )
     return work / "ca.crt", work / "ca.key"
 
 
@@ -194,7 +270,9 @@ def test_unfit_signing_certificate_is_warned_about(
     assert_no_key_material(run.output, key)
 
 
-def test_fit_ca_gives_no_certificate_warning(workspace: Workspace, launch: Launcher, tmp_path: Path) -> None:
+def test_fit_ca_gives_no_certificate_warning(
+    workspace: Workspace, launch: Launcher, tmp_path: Path
+) -> None:
     cert, key = make_ca(tmp_path, "Good CA")
     install_ca(workspace, cert, key)
     workspace.write_custom_config(ssl_bump_config(workspace))
@@ -224,7 +302,9 @@ def test_merged_pem_replaces_an_old_world_readable_file_by_rename(
     assert info.st_ino != old_inode, "squid-ca.pem was rewritten in place, not replaced"
     assert stat.S_IMODE(info.st_mode) == 0o600
     assert merged.read_bytes() == cert.read_bytes() + key.read_bytes()
-    assert [name for name in os.listdir(lib) if name.startswith(".squid-ca.pem")] == []  # no temp left
+    assert [
+        name for name in os.listdir(lib) if name.startswith(".squid-ca.pem")
+    ] == []  # no temp left
     run.process.terminate()
     assert run.wait_exit(60) == 0
     assert "[DEBUG]" in run.stdout  # DEBUG really was on
@@ -238,12 +318,22 @@ def test_wrong_sslcrtd_program_path_is_refused_before_squid_starts(
     cert, key = make_ca(tmp_path, "Bump CA")
     install_ca(workspace, cert, key)
     wrong = "/usr/libexec/squid/security_file_certgen"
-    config = ssl_bump_config(workspace).replace(f"sslcrtd_program {certgen_bin()}", f"sslcrtd_program {wrong}")
+    config = ssl_bump_config(workspace).replace(
+        f"sslcrtd_program {certgen_bin()}", f"sslcrtd_program {wrong}"
+    )
     workspace.write_custom_config(config)
     run = launch()
     assert run.wait_exit(60) == 1
-    line = config.splitlines().index(next(l for l in config.splitlines() if l.startswith("sslcrtd_program"))) + 1
-    assert f"{workspace.custom_config} line {line}: sslcrtd_program program {wrong} does not exist" in run.stderr, run.stderr
+    line = (
+        config.splitlines().index(
+            next(l for l in config.splitlines() if l.startswith("sslcrtd_program"))
+        )
+        + 1
+    )
+    assert (
+        f"{workspace.custom_config} line {line}: sslcrtd_program program {wrong} does not exist"
+        in run.stderr
+    ), run.stderr
     assert f"the image's Squid helpers are in {certgen_bin().parent}" in run.stderr
     assert "Starting Squid proxy" not in run.stdout
 
@@ -255,7 +345,10 @@ def test_ssl_bump_works_as_root(workspace: Workspace, launch: Launcher, tmp_path
     for directory in (workspace.root, workspace.var):
         os.chmod(directory, 0o755)  # like the image's /var
     bump_cert, bump_key, origin_cert, origin_key = bump_with_origin(workspace, tmp_path)
-    run = launch(argv=with_private_shm([python_for_child(), str(workspace.bin / "entrypoint.py")]), user=(0, 0))
+    run = launch(
+        argv=with_private_shm([python_for_child(), str(workspace.bin / "entrypoint.py")]),
+        user=(0, 0),
+    )
     run.wait_ready()
     squid_uid = int(re.search(r"Squid switches to user \S+ \(UID (\d+)\)", run.stdout).group(1))  # type: ignore[union-attr]
     assert squid_uid != 0

@@ -6,11 +6,22 @@ import asyncio
 import time
 
 from entrypoint import runtime_dirs, squid_user
-from entrypoint.config_steps import activate_snapshot, install_tls, read_config, validate_tls, write_snapshot
+from entrypoint.config_steps import (
+    activate_snapshot,
+    install_tls,
+    read_config,
+    validate_tls,
+    write_snapshot,
+)
 from entrypoint.health_process import HealthError
 from entrypoint.squid_config import ActiveConfig, ConfigError
 from entrypoint.pid_file import NoPidInFile, PidFileError, read_pid_file
-from entrypoint.squid_process import SquidError, foreign_listeners, listen_ports, privileged_port_problem
+from entrypoint.squid_process import (
+    SquidError,
+    foreign_listeners,
+    listen_ports,
+    privileged_port_problem,
+)
 from entrypoint.state import ProxyState
 
 
@@ -44,7 +55,9 @@ def log_selection(state: ProxyState, config: ActiveConfig) -> None:
     else:
         log.info(
             "No custom config at %s; using the packaged default %s (http_port %d)",
-            settings.config, config.source, settings.squid_port,
+            settings.config,
+            config.source,
+            settings.squid_port,
         )
 
 
@@ -56,7 +69,9 @@ def remove_stale_pid_file(state: ProxyState, config: ActiveConfig) -> None:
         what = f"PID {read_pid_file(config.pid_file)} is not a Squid started here"
     except NoPidInFile as error:
         what = f"it holds no pid: {error.reason}"
-    except PidFileError as error:  # a FIFO, symlink, directory, socket: not Squid's, not ours to remove
+    except (
+        PidFileError
+    ) as error:  # a FIFO, symlink, directory, socket: not Squid's, not ours to remove
         raise StartupError(str(error)) from None
     try:
         config.pid_file.unlink()
@@ -83,12 +98,17 @@ async def start_up(state: ProxyState) -> None:
     state.config = config
     log_selection(state, config)
     try:  # as root: who Squid becomes, refused at once if Squid would refuse it
-        squid_owner = await squid_user.when_root(state.children, settings.squid_bin, config.directives)
+        squid_owner = await squid_user.when_root(
+            state.children, settings.squid_bin, config.directives
+        )
     except ConfigError as error:
         raise StartupError(str(error)) from None
     if squid_owner is not None:
-        log.info("Running as root: Squid switches to user %s (UID %d), which gets its runtime dirs and stdio",
-                 squid_owner.pw_name, squid_owner.pw_uid)
+        log.info(
+            "Running as root: Squid switches to user %s (UID %d), which gets its runtime dirs and stdio",
+            squid_owner.pw_name,
+            squid_owner.pw_uid,
+        )
         state.commands.stdio_owner = squid_owner.pw_uid
     phases.done("config_selection")
 
@@ -102,7 +122,9 @@ async def start_up(state: ProxyState) -> None:
     try:
         ca_material = validate_tls(config, settings)
         if ca_material is not None:
-            log.info("SSL-bump configured; validated CA %s and %s", settings.tls_cert, settings.tls_key)
+            log.info(
+                "SSL-bump configured; validated CA %s and %s", settings.tls_cert, settings.tls_key
+            )
         assert config.pid_file is not None  # select_config refuses a config without one
         dirs = list(settings.runtime_dirs) + [config.pid_file.parent]
         dirs += [cache_dir.path for cache_dir in config.disk_cache_dirs]
@@ -111,11 +133,15 @@ async def start_up(state: ProxyState) -> None:
             squid_user.hand_over(dirs, squid_owner.pw_uid)
         # No Squid runs yet: the snapshot is active at once, and checked below before Squid starts.
         activate_snapshot(await write_snapshot(config, state.commands.names))
-        log.info("Runtime directories are writable: %s", ", ".join(str(d) for d in dict.fromkeys(dirs)))
+        log.info(
+            "Runtime directories are writable: %s", ", ".join(str(d) for d in dict.fromkeys(dirs))
+        )
         remove_stale_pid_file(state, config)
         phases.done("runtime_dirs")
         if ca_material is not None:
-            await install_tls(ca_material, config, settings, state.children, log, state.commands.stdio_owner)
+            await install_tls(
+                ca_material, config, settings, state.children, log, state.commands.stdio_owner
+            )
         phases.done("tls_setup")
     except (runtime_dirs.RuntimeDirError, ConfigError) as error:
         raise StartupError(str(error)) from None

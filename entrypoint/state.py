@@ -22,7 +22,9 @@ class ProxyState:
     commands: SquidCommands
     health: HealthProcess
     sinks: tuple[OutputSink, OutputSink]
-    line_filter: LineFilter = identity  # applied to every line Squid writes (a redactor plugs in here)
+    line_filter: LineFilter = (
+        identity  # applied to every line Squid writes (a redactor plugs in here)
+    )
     config: ActiveConfig | None = None
     squid: SquidProcess | None = None
     squid_pid: int | None = None

@@ -24,7 +24,9 @@ FATAL_FLUSH_TIMEOUT = 0.5
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, log: logging.Logger, sinks: tuple[OutputSink, OutputSink]) -> None:
+    def __init__(
+        self, settings: Settings, log: logging.Logger, sinks: tuple[OutputSink, OutputSink]
+    ) -> None:
         children = ChildProcesses(log)
         self.state = ProxyState(
             settings=settings,
@@ -41,7 +43,11 @@ class Supervisor:
         self.reload_when_ready = False
         self.config_read_at = time.time_ns()  # when the startup or the last reload began reading
         self.watcher = watch.Watcher(
-            settings, lambda: self.state.config, lambda: self.config_read_at, self.on_watched_change, self.warn
+            settings,
+            lambda: self.state.config,
+            lambda: self.config_read_at,
+            self.on_watched_change,
+            self.warn,
         )
 
     async def reload(self) -> None:
@@ -60,7 +66,9 @@ class Supervisor:
 
     def on_watched_change(self, paths: list[str]) -> None:
         """Watch mode saw a settled change: exactly what a SIGHUP does."""
-        shown = ", ".join(escape_controls(path) for path in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        shown = ", ".join(escape_controls(path) for path in paths[:3]) + (
+            f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+        )
         if self.signals.shutdown_requested.is_set():
             return
         if not self.ready:
@@ -77,19 +85,26 @@ class Supervisor:
         """CONFIG_RELOAD=watch: the polling thread, from before the config is read (a change
         during startup is reloaded once ready); the single-file mounts are told either way."""
         settings = self.state.settings
-        for path in watch.single_file_mounts([settings.config, settings.tls_cert, settings.tls_key]):
+        for path in watch.single_file_mounts(
+            [settings.config, settings.tls_cert, settings.tls_key]
+        ):
             self.warn(watch.single_file_warning(path))
         if settings.config_reload != "watch":
-            self.log.info("CONFIG_RELOAD=signal: the config and TLS secret are reloaded on SIGHUP only")
+            self.log.info(
+                "CONFIG_RELOAD=signal: the config and TLS secret are reloaded on SIGHUP only"
+            )
             return
         try:
             self.watcher.start(asyncio.get_running_loop())
         except RuntimeError:
-            self.log.error("Watch mode is off: no thread could be started (RLIMIT_NPROC / pids.max); send SIGHUP to reload")
+            self.log.error(
+                "Watch mode is off: no thread could be started (RLIMIT_NPROC / pids.max); send SIGHUP to reload"
+            )
             return
         self.log.info(
             "CONFIG_RELOAD=watch: reloading when %s, its includes or the TLS secret change (checked every %g s)",
-            escape_controls(str(settings.config)), settings.watch_interval,
+            escape_controls(str(settings.config)),
+            settings.watch_interval,
         )
 
     def fatal(self, signum: int) -> None:

@@ -58,14 +58,25 @@ def with_private_shm(argv: list[str], mount_options: str = "size=64m") -> list[s
         f"subprocess.run([{tools[1]!r}, '-t', 'tmpfs', '-o', {mount_options!r}, 'tmpfs', '/dev/shm'], check=True); "
         "os.execvp(sys.argv[1], sys.argv[1:])"
     )
-    return [tools[0], "--mount", "--propagation", _propagation(tools[0]), sys.executable, "-c", step, *argv]  # type: ignore[list-item]
+    return [
+        tools[0],
+        "--mount",
+        "--propagation",
+        _propagation(tools[0]),
+        sys.executable,
+        "-c",
+        step,
+        *argv,
+    ]  # type: ignore[list-item]
 
 
 def _propagation(unshare: str) -> str:
     # "private" keeps the tmpfs from propagating to the host. In a chroot "/" is no mount point
     # and unshare cannot make it private: there (tools/debian-bazel) the chroot already lives
     # in a private mount namespace whose mounts are private, so "unchanged" stays contained.
-    probe = subprocess.run([unshare, "--mount", "--propagation", "private", "true"], capture_output=True, timeout=30)
+    probe = subprocess.run(
+        [unshare, "--mount", "--propagation", "private", "true"], capture_output=True, timeout=30
+    )
     return "private" if probe.returncode == 0 else "unchanged"
 
 
@@ -77,12 +88,32 @@ def openssl() -> str | None:
 def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
     key, cert = directory / f"{name}.key", directory / f"{name}.crt"
     subprocess.run(
-        [openssl(), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "2",
-         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}",
-         "-addext", "basicConstraints=critical,CA:TRUE",
-         "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-         "-addext", "subjectKeyIdentifier=hash"],
-        check=True, capture_output=True, timeout=120,
+        [
+            openssl(),
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-sha256",
+            "-days",
+            "2",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-addext",
+            "subjectKeyIdentifier=hash",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     return cert, key
 
@@ -96,13 +127,46 @@ def make_server_cert(directory: Path, ca_cert: Path, ca_key: Path, name: str) ->
         "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n"
     )
     subprocess.run(
-        [openssl(), "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
-         "-subj", f"/CN={name}"], check=True, capture_output=True, timeout=120,
+        [
+            openssl(),
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+            "-subj",
+            f"/CN={name}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     subprocess.run(
-        [openssl(), "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
-         "-CAcreateserial", "-days", "2", "-sha256", "-extfile", str(extensions), "-out", str(cert)],
-        check=True, capture_output=True, timeout=120,
+        [
+            openssl(),
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(ca_cert),
+            "-CAkey",
+            str(ca_key),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-sha256",
+            "-extfile",
+            str(extensions),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     return cert, key
 
@@ -158,10 +222,14 @@ def launch(workspace: Workspace, squid_available: None) -> Iterator[Launcher]:
     runs: list[EntrypointRun] = []
 
     def start(
-        env: Mapping[str, str] | None = None, argv: list[str] | None = None, stdout: int | None = None,
+        env: Mapping[str, str] | None = None,
+        argv: list[str] | None = None,
+        stdout: int | None = None,
         user: tuple[int, int] | None = None,
     ) -> EntrypointRun:
-        run = EntrypointRun(workspace, env if env is not None else workspace.env(), argv, stdout, user)
+        run = EntrypointRun(
+            workspace, env if env is not None else workspace.env(), argv, stdout, user
+        )
         runs.append(run)
         return run
 

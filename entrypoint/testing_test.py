@@ -19,7 +19,9 @@ _DIES_LEAVING_A_GRANDCHILD = (
 
 
 def test_dead_entrypoint_is_reported_with_exit_code_and_output(workspace: Workspace) -> None:
-    run = EntrypointRun(workspace, workspace.env(), [python_for_child(), "-c", _DIES_LEAVING_A_GRANDCHILD])
+    run = EntrypointRun(
+        workspace, workspace.env(), [python_for_child(), "-c", _DIES_LEAVING_A_GRANDCHILD]
+    )
     try:
         started = time.monotonic()
         with pytest.raises(AssertionError) as failure:

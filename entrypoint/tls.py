@@ -19,7 +19,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
-from entrypoint.mounted_files import TLS_SIZE_LIMIT, FileAbsent, FileProblem, describe_kind, read_bounded
+from entrypoint.mounted_files import (
+    TLS_SIZE_LIMIT,
+    FileAbsent,
+    FileProblem,
+    describe_kind,
+    read_bounded,
+)
 from entrypoint.log_text import escape_controls
 from entrypoint.processes import ChildProcesses, describe_exit
 from entrypoint.redact import redact_text
@@ -47,7 +53,7 @@ def in_memory(data: bytes, name: str) -> Iterator[str]:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(descriptor, view):]
+            view = view[os.write(descriptor, view) :]
         yield f"/proc/self/fd/{descriptor}"
     finally:
         os.close(descriptor)
@@ -104,7 +110,9 @@ def certificate_problems(cert: Path, cert_bytes: bytes, now: float | None = None
             " Squid signs with it; renew the CA"
         )
     elif not_before > now:
-        problems.append(f"{cert} is not valid before {fields['notBefore']}: check the CA or the clock")
+        problems.append(
+            f"{cert} is not valid before {fields['notBefore']}: check the CA or the clock"
+        )
     return problems
 
 
@@ -302,17 +310,23 @@ async def ensure_cert_db(
     """
     async with _REBUILD_LOCK:
         path = Path(os.path.realpath(db.path))  # a symlinked DB is rebuilt where it really is
-        _clean_leftovers(path)  # also beside a fit DB: a rebuild stopped before removing the old one
+        _clean_leftovers(
+            path
+        )  # also beside a fit DB: a rebuild stopped before removing the old one
         reason = rebuild_reason(path, fingerprint)
         if reason is None:
-            log.info("SSL certificate DB %s was made for this CA (sha256 %s)", db.path, fingerprint[:16])
+            log.info(
+                "SSL certificate DB %s was made for this CA (sha256 %s)", db.path, fingerprint[:16]
+            )
             return False
         log.info("Initialising SSL certificate DB %s (%s): %s", db.path, db.size, reason)
         await _rebuild(children, certgen_bin, db, path, fingerprint)
         return True
 
 
-async def _rebuild(children: ChildProcesses, certgen_bin: Path, db: CertDb, path: Path, fingerprint: str) -> None:
+async def _rebuild(
+    children: ChildProcesses, certgen_bin: Path, db: CertDb, path: Path, fingerprint: str
+) -> None:
     try:
         in_place = _in_place(path)
         if in_place:
@@ -405,12 +419,20 @@ def foreign_leaves(
 
 
 # config_steps.in_worker: runs job(cancel) in a daemon thread, waits at most `timeout` seconds.
-Worker = Callable[[Callable[[threading.Event], tuple[int, list[str]]], str, float], Awaitable[tuple[int, list[str]]]]
+Worker = Callable[
+    [Callable[[threading.Event], tuple[int, list[str]]], str, float],
+    Awaitable[tuple[int, list[str]]],
+]
 
 
 async def recheck_cert_db(
-    children: ChildProcesses, certgen_bin: Path, db: CertDb, ca_cert: bytes, log: logging.Logger,
-    checked: set[str], in_worker: Worker,
+    children: ChildProcesses,
+    certgen_bin: Path,
+    db: CertDb,
+    ca_cert: bytes,
+    log: logging.Logger,
+    checked: set[str],
+    in_worker: Worker,
 ) -> bool:
     """After Squid reconfigured: rebuild a DB (re)built for this CA again if leaves of another CA
     reached it meanwhile (connections bumped by the previous config store theirs in it too).
@@ -429,19 +451,24 @@ async def recheck_cert_db(
             return False
         ca_pem = first.group(0).decode("ascii")
         foreign, skipped = await in_worker(
-            lambda cancel: foreign_leaves(path, ca_pem, checked, cancel), f"checking the leaves in {db.path}",
+            lambda cancel: foreign_leaves(path, ca_pem, checked, cancel),
+            f"checking the leaves in {db.path}",
             RECHECK_TIMEOUT,
         )
         if skipped:
             log.warning(
                 "SSL certificate DB %s: %d entry(ies) in certs/ skipped, e.g. %s; remove them",
-                db.path, len(skipped), escape_controls(skipped[0]),
+                db.path,
+                len(skipped),
+                escape_controls(skipped[0]),
             )
         if not foreign:
             return False
         log.warning(
             "SSL certificate DB %s: %d certificate(s) signed by the previous CA were stored while Squid"
-            " reconfigured; rebuilding it", db.path, foreign,
+            " reconfigured; rebuilding it",
+            db.path,
+            foreign,
         )
         await _rebuild(children, certgen_bin, db, path, fingerprint)
         REBUILT.discard(path)  # this recheck has it in hand

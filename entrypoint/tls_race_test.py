@@ -16,11 +16,23 @@ import pytest
 
 from entrypoint import tls
 from entrypoint.testing import (  # noqa: F401 - fixtures
-    Launcher, Workspace, certgen_bin, install_ca, launch, make_ca, make_server_cert, openssl, python_for_child,
-    squid_available, ssl_bump_config, workspace,
+    Launcher,
+    Workspace,
+    certgen_bin,
+    install_ca,
+    launch,
+    make_ca,
+    make_server_cert,
+    openssl,
+    python_for_child,
+    squid_available,
+    ssl_bump_config,
+    workspace,
 )
 
-pytestmark = pytest.mark.skipif(openssl() is None, reason="the openssl CLI is needed to make test CAs")
+pytestmark = pytest.mark.skipif(
+    openssl() is None, reason="the openssl CLI is needed to make test CAs"
+)
 
 
 def _pair_matches(cert: bytes, key: bytes) -> bool:
@@ -29,7 +41,9 @@ def _pair_matches(cert: bytes, key: bytes) -> bool:
     try:
         os.write(cert_fd, cert)
         os.write(key_fd, key)
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(f"/proc/self/fd/{cert_fd}", f"/proc/self/fd/{key_fd}")
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+            f"/proc/self/fd/{cert_fd}", f"/proc/self/fd/{key_fd}"
+        )
     except ssl.SSLError:
         return False
     finally:
@@ -50,7 +64,9 @@ def _secret_tree(tls_dir: Path, tmp_path: Path) -> None:
         os.symlink(f"..data/{name}", tls_dir / name)
 
 
-def test_validate_ca_pair_returns_a_matching_pair_while_the_secret_is_swapped(tmp_path: Path) -> None:
+def test_validate_ca_pair_returns_a_matching_pair_while_the_secret_is_swapped(
+    tmp_path: Path,
+) -> None:
     # Was: the bytes were read, then the pair was checked again by path; a swap between the
     # reads passed CA 1's certificate with CA 2's key on to the merge (Squid FATALs on it).
     tls_dir = tmp_path / "tls"
@@ -83,7 +99,9 @@ def test_validate_ca_pair_returns_a_matching_pair_while_the_secret_is_swapped(tm
     finally:
         stop.set()
         thread.join(10)
-    print(f"swaps {swaps[0]}, pairs returned {returned}, refused {refused}, mismatched {mismatched}")
+    print(
+        f"swaps {swaps[0]}, pairs returned {returned}, refused {refused}, mismatched {mismatched}"
+    )
     assert mismatched == 0, (
         f"validate_ca_pair returned a certificate and a key that do not match (try {returned + refused},"
         f" {swaps[0]} swaps)"
@@ -129,7 +147,10 @@ def test_a_fifo_or_a_symlink_among_the_leaves_does_not_hang_the_recheck(tmp_path
     db = tmp_path / "ssl_db"
     child = subprocess.Popen(
         [python_for_child(), "-c", _RECHECK, str(db), str(certgen_bin()), str(ca_cert)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         cwd=Path(__file__).resolve().parent.parent,
     )
     try:
@@ -150,7 +171,9 @@ def test_a_fifo_or_a_symlink_among_the_leaves_does_not_hang_the_recheck(tmp_path
         except subprocess.TimeoutExpired:
             child.kill()
             output, _ = child.communicate(timeout=10)
-            raise AssertionError(f"the recheck did not finish within 30 s (a FIFO or /dev/zero read?): {output}")
+            raise AssertionError(
+                f"the recheck did not finish within 30 s (a FIFO or /dev/zero read?): {output}"
+            )
     finally:
         if child.poll() is None:
             child.kill()
@@ -182,7 +205,9 @@ def test_a_fifo_among_the_leaves_neither_blocks_the_next_rotation_nor_sigterm(
         deadline = time.monotonic() + 30
         while run.stdout.count("Squid reconfigured") == before and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert run.stdout.count("Squid reconfigured") > before, "the rotation after the FIFO never finished:\n" + run.stdout[-3000:]
+        assert run.stdout.count("Squid reconfigured") > before, (
+            "the rotation after the FIFO never finished:\n" + run.stdout[-3000:]
+        )
         assert "entry(ies) in certs/ skipped" in run.stdout
         run.process.terminate()
         assert run.wait_exit(40) == 0
@@ -223,16 +248,27 @@ def test_sighups_racing_a_secret_update_never_hand_squid_a_mismatched_pair(
             before = run.output.count("Squid reconfigured") + run.output.count("Reload skipped")
             run.process.send_signal(signal.SIGHUP)
             deadline = time.monotonic() + 30
-            while (run.output.count("Squid reconfigured") + run.output.count("Reload skipped") == before
-                   and run.process.poll() is None and time.monotonic() < deadline):
+            while (
+                run.output.count("Squid reconfigured") + run.output.count("Reload skipped")
+                == before
+                and run.process.poll() is None
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.05)
-            assert run.process.poll() is None, f"the entrypoint exited at reload {attempt}:\n{run.output[-3000:]}"
+            assert run.process.poll() is None, (
+                f"the entrypoint exited at reload {attempt}:\n{run.output[-3000:]}"
+            )
             pem = merged.read_bytes()
-            assert _pair_matches(pem, pem), f"reload {attempt} merged a certificate and a key that do not match"
+            assert _pair_matches(pem, pem), (
+                f"reload {attempt} merged a certificate and a key that do not match"
+            )
     finally:
         stop.set()
         thread.join(10)
-    reconfigured, skipped = run.output.count("Squid reconfigured"), run.output.count("Reload skipped")
+    reconfigured, skipped = (
+        run.output.count("Squid reconfigured"),
+        run.output.count("Reload skipped"),
+    )
     print(f"reconfigured {reconfigured}, skipped {skipped}")
     assert reconfigured > 0
     run.process.terminate()

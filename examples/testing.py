@@ -47,7 +47,13 @@ IMAGE_DIRS = (
     "var/cache/squid",
 )
 # Written by Squid (as "nobody" when the tests run as root), so world-writable.
-_WRITABLE = ("var/run/squid", "var/log/squid", "var/lib/squid", "var/spool/squid", "var/cache/squid")
+_WRITABLE = (
+    "var/run/squid",
+    "var/log/squid",
+    "var/lib/squid",
+    "var/spool/squid",
+    "var/cache/squid",
+)
 
 
 def example_config(name: str) -> Path:
@@ -60,7 +66,11 @@ def example_conf_d(name: str) -> Path:
 
 def list_entries(path: Path) -> list[str]:
     """Non-comment lines of a Squid ACL list file."""
-    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        line.strip()
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 @dataclass
@@ -103,7 +113,14 @@ def image_tree() -> Iterator[ImageTree]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-_IMAGE_PREFIXES = ("/etc/squid/", "/var/run/squid", "/var/log/squid", "/var/lib/squid", "/var/spool/squid", "/var/cache/squid")
+_IMAGE_PREFIXES = (
+    "/etc/squid/",
+    "/var/run/squid",
+    "/var/log/squid",
+    "/var/lib/squid",
+    "/var/spool/squid",
+    "/var/cache/squid",
+)
 
 
 def relocate(text: str, tree: ImageTree, layout: SquidLayout) -> str:
@@ -115,7 +132,9 @@ def relocate(text: str, tree: ImageTree, layout: SquidLayout) -> str:
 
 def listen_on(text: str, port: int) -> str:
     """Every `http_port 3128 ...` becomes `http_port 127.0.0.1:<port> ...` (options kept)."""
-    result, count = re.subn(r"^http_port\s+3128\b", f"http_port 127.0.0.1:{port}", text, flags=re.MULTILINE)
+    result, count = re.subn(
+        r"^http_port\s+3128\b", f"http_port 127.0.0.1:{port}", text, flags=re.MULTILINE
+    )
     if count == 0:
         raise AssertionError("the example has no `http_port 3128` line")
     return result
@@ -130,7 +149,12 @@ def privilege_directives() -> str:
 
 def test_directives(layout: SquidLayout, extra: str = "") -> str:
     """Appended after the example (later lines win): where this Squid's data files are, and privileges."""
-    return "\n# --- added by the test ---\n" + layout.data_directives() + privilege_directives() + extra
+    return (
+        "\n# --- added by the test ---\n"
+        + layout.data_directives()
+        + privilege_directives()
+        + extra
+    )
 
 
 def parse(layout: SquidLayout, config: Path) -> subprocess.CompletedProcess[str]:
@@ -156,7 +180,12 @@ def chown_to_squid_user(path: Path) -> None:
 
 def create_cert_db(layout: SquidLayout, db: Path) -> None:
     """What the entrypoint does for sslcrtd_program -s: initialise the certificate DB."""
-    subprocess.run([str(layout.certgen), "-c", "-s", str(db), "-M", "16MB"], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [str(layout.certgen), "-c", "-s", str(db), "-M", "16MB"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     chown_to_squid_user(db)
 
 
@@ -180,14 +209,24 @@ class HostSquid:
     def initialise_cache(self) -> None:
         """`squid -z`, as the entrypoint does for a disk cache_dir that is not initialised."""
         done = subprocess.run(
-            [str(self.layout.squid), "-z", "-N", "-n", self._service_name(), "-f", str(self.config)],
+            [
+                str(self.layout.squid),
+                "-z",
+                "-N",
+                "-n",
+                self._service_name(),
+                "-f",
+                str(self.config),
+            ],
             capture_output=True,
             text=True,
             timeout=120,
             check=False,
         )
         if done.returncode != 0:
-            raise AssertionError(f"squid -z failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+            raise AssertionError(
+                f"squid -z failed ({done.returncode}):\n{done.stdout}{done.stderr}"
+            )
 
     def _service_name(self) -> str:
         # Own shared-memory names in /dev/shm: no collision with other Squids.
@@ -213,7 +252,9 @@ class HostSquid:
             except OSError:
                 time.sleep(0.2)
         self.__exit__()
-        raise AssertionError(f"squid did not listen on 127.0.0.1:{self.port} within 30 s:\n{self.logs()}")
+        raise AssertionError(
+            f"squid did not listen on 127.0.0.1:{self.port} within 30 s:\n{self.logs()}"
+        )
 
     def __exit__(self, *_: object) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -253,14 +294,20 @@ class Response:
 
 
 def proxy_request(
-    proxy_host: str, proxy_port: int, url: str, headers: Mapping[str, str] | None = None, timeout: float = 30.0
+    proxy_host: str,
+    proxy_port: int,
+    url: str,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
 ) -> Response:
     """GET an absolute http:// URL through a forward proxy, with extra request headers."""
     connection = http.client.HTTPConnection(proxy_host, proxy_port, timeout=timeout)
     try:
         connection.request("GET", url, headers=dict(headers or {}))
         response = connection.getresponse()
-        return Response(response.status, response.read(), {k.lower(): v for k, v in response.getheaders()})
+        return Response(
+            response.status, response.read(), {k.lower(): v for k, v in response.getheaders()}
+        )
     finally:
         connection.close()
 
@@ -273,7 +320,12 @@ def basic_credentials(user: str, password: str) -> dict[str, str]:
 def htpasswd_line(user: str, password: str) -> str:
     """An MD5-crypt ($apr1$) htpasswd entry made by the openssl CLI, as the basic-auth example suggests."""
     done = subprocess.run(
-        ["openssl", "passwd", "-apr1", "-stdin"], input=password, capture_output=True, text=True, check=True, timeout=30
+        ["openssl", "passwd", "-apr1", "-stdin"],
+        input=password,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     )
     return f"{user}:{done.stdout.strip()}\n"
 
@@ -307,12 +359,16 @@ class _RecordingHandler(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-        self.server.recorder.add(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
+        self.server.recorder.add(
+            self.command, self.path, {k.lower(): v for k, v in self.headers.items()}
+        )
         body = f"{self.server.label} {self.path}\n".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "public, max-age=3600" if self.server.cacheable else "no-store")
+        self.send_header(
+            "Cache-Control", "public, max-age=3600" if self.server.cacheable else "no-store"
+        )
         self.send_header("Last-Modified", "Thu, 01 Jan 2015 00:00:00 GMT")
         self.end_headers()
         self.wfile.write(body)
@@ -361,8 +417,13 @@ def access_log_lines(text: str, needle: str) -> list[str]:
 def point_parent(text: str, host: str, port: int) -> str:
     """The parent-proxy example's cache_peer line aimed at a test parent."""
     result, count = re.subn(
-        r"^(cache_peer\s+)\S+(\s+parent\s+)\d+", rf"\g<1>{host}\g<2>{port}", text, flags=re.MULTILINE
+        r"^(cache_peer\s+)\S+(\s+parent\s+)\d+",
+        rf"\g<1>{host}\g<2>{port}",
+        text,
+        flags=re.MULTILINE,
     )
     if count != 1:
-        raise AssertionError("the parent-proxy example must have exactly one `cache_peer <host> parent <port>` line")
+        raise AssertionError(
+            "the parent-proxy example must have exactly one `cache_peer <host> parent <port>` line"
+        )
     return result

@@ -17,4 +17,6 @@ def built_image_or_skip(
     layout = image_layout_from_env()
     if layout is None:
         pytest.skip("no built image: run under Bazel or after `bazel build //image:image`")
-    return load_image(Path(layout), inspect_file=inspect_file, inspect_prefix_bytes=inspect_prefix_bytes)
+    return load_image(
+        Path(layout), inspect_file=inspect_file, inspect_prefix_bytes=inspect_prefix_bytes
+    )

@@ -57,7 +57,11 @@ def test_oci_labels(config: dict[str, object]) -> None:
     assert missing == []
     assert labels["org.opencontainers.image.title"] == "CephaloProxy"
     # The publisher's labels appear only when the builder sets them (//image/labels).
-    publisher = {"org.opencontainers.image.source", "org.opencontainers.image.url", "org.opencontainers.image.vendor"}
+    publisher = {
+        "org.opencontainers.image.source",
+        "org.opencontainers.image.url",
+        "org.opencontainers.image.vendor",
+    }
     assert {key: labels[key] for key in publisher if key in labels} == {}
     # Unstamped builds carry fixed values (reproducible); --stamp fills them in.
     created = labels["org.opencontainers.image.created"].replace("Z", "+00:00")

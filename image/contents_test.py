@@ -10,7 +10,10 @@ from image.layers import allowlist
 def test_built_layers_hold_only_allowlisted_paths() -> None:
     image = built_image_or_skip(inspect_file=allowlist.first_line, inspect_prefix_bytes=b"#!")
     problems = allowlist.check(image, allowlist.load())
-    assert problems == [], "not allowed in the image (fix the layer or image/layers/allowlist.txt):\n" + "\n".join(problems)
+    assert problems == [], (
+        "not allowed in the image (fix the layer or image/layers/allowlist.txt):\n"
+        + "\n".join(problems)
+    )
 
 
 def test_the_check_saw_the_scripts_it_must_judge() -> None:

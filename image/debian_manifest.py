@@ -33,7 +33,9 @@ def _yaml_list(path: Path, key: str) -> list[str]:
         if inside:
             stripped = line.strip()
             if not stripped.startswith("- "):
-                raise ManifestError(f"{path}:{number}: expected '- item' under '{key}:', got {raw!r}")
+                raise ManifestError(
+                    f"{path}:{number}: expected '- item' under '{key}:', got {raw!r}"
+                )
             items.append(stripped[2:].strip().strip("'\""))
     if not items:
         raise ManifestError(f"{path}: no '{key}:' list found")
@@ -66,6 +68,10 @@ def status_records(image: Image) -> dict[str, dict[str, str]]:
     for entry in iter_entries(image, "file"):
         if entry.path.startswith(STATUS_DIR) and not entry.path.endswith(".md5sums"):
             text = image.read_file(entry.path).decode()
-            fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line and not line.startswith(" "))
-            records[entry.path[len(STATUS_DIR):]] = fields
+            fields = dict(
+                line.split(": ", 1)
+                for line in text.splitlines()
+                if ": " in line and not line.startswith(" ")
+            )
+            records[entry.path[len(STATUS_DIR) :]] = fields
     return records

@@ -17,7 +17,10 @@ from image.layers.oci_layout import Image
 
 
 # glibc's multiarch directories, per ELF machine (e_machine).
-MULTIARCH_TRIPLETS = {elf_check.EM_X86_64: "x86_64-linux-gnu", elf_check.EM_AARCH64: "aarch64-linux-gnu"}
+MULTIARCH_TRIPLETS = {
+    elf_check.EM_X86_64: "x86_64-linux-gnu",
+    elf_check.EM_AARCH64: "aarch64-linux-gnu",
+}
 
 
 def inspect(path: str, data: bytes) -> elf_check.DynamicRequirements | None:
@@ -31,14 +34,18 @@ def default_search_paths(machine: int) -> tuple[str, ...]:
     """Where glibc's loader looks after RPATH/RUNPATH on Debian (ld.so.conf.d
     multiarch dirs, then the trusted dirs)."""
     triplet = MULTIARCH_TRIPLETS.get(machine)
-    multiarch = (f"/usr/local/lib/{triplet}", f"/lib/{triplet}", f"/usr/lib/{triplet}") if triplet else ()
+    multiarch = (
+        (f"/usr/local/lib/{triplet}", f"/lib/{triplet}", f"/usr/lib/{triplet}") if triplet else ()
+    )
     return multiarch + ("/usr/local/lib", "/lib", "/usr/lib", "/lib64", "/usr/lib64")
 
 
 def candidate_dirs(info: elf_check.DynamicRequirements, file_path: str) -> list[str]:
     """Directories to search for this file's DT_NEEDED, $ORIGIN expanded."""
     origin = posixpath.dirname(file_path)
-    expanded = [p.replace("${ORIGIN}", origin).replace("$ORIGIN", origin) for p in info.search_paths]
+    expanded = [
+        p.replace("${ORIGIN}", origin).replace("$ORIGIN", origin) for p in info.search_paths
+    ]
     return expanded + list(default_search_paths(info.machine))
 
 
@@ -59,7 +66,11 @@ def find_library(image: Image, name: str, directories: list[str]) -> str | None:
 
 
 def test_every_elf_file_finds_its_libraries(image: Image) -> None:
-    dynamic = {p: info for p, info in image.file_facts.items() if isinstance(info, elf_check.DynamicRequirements) and info.is_dynamic}
+    dynamic = {
+        p: info
+        for p, info in image.file_facts.items()
+        if isinstance(info, elf_check.DynamicRequirements) and info.is_dynamic
+    }
     assert dynamic, "no dynamically linked ELF file found in the image"
     missing: list[str] = []
     for path, info in sorted(dynamic.items()):
@@ -81,6 +92,12 @@ def test_checked_files_include_squid_and_python(image: Image) -> None:
 
 
 def test_elf_files_match_the_image_architecture(image: Image) -> None:
-    expected = {"amd64": elf_check.EM_X86_64, "arm64": elf_check.EM_AARCH64}[str(image.config["architecture"])]
-    wrong = sorted(p for p, info in image.file_facts.items() if isinstance(info, elf_check.DynamicRequirements) and info.machine != expected)
+    expected = {"amd64": elf_check.EM_X86_64, "arm64": elf_check.EM_AARCH64}[
+        str(image.config["architecture"])
+    ]
+    wrong = sorted(
+        p
+        for p, info in image.file_facts.items()
+        if isinstance(info, elf_check.DynamicRequirements) and info.machine != expected
+    )
     assert wrong == []

@@ -31,7 +31,9 @@ def test_lock_pins_exactly_the_manifest_for_every_arch() -> None:
     locked = lock_packages(LOCK)
     assert set(locked) == set(manifest_archs(MANIFEST))
     for arch, packages in locked.items():
-        assert set(packages) == wanted, f"{arch}: lock has {sorted(set(packages) ^ wanted)} beyond/short of the manifest"
+        assert set(packages) == wanted, (
+            f"{arch}: lock has {sorted(set(packages) ^ wanted)} beyond/short of the manifest"
+        )
 
 
 def test_image_packages_equal_the_manifest(image: Image) -> None:
@@ -45,5 +47,7 @@ def test_image_package_versions_match_the_lock(image: Image) -> None:
     arch = str(image.config["architecture"])
     pinned = lock_packages(LOCK)[arch]
     for name, fields in status_records(image).items():
-        assert fields["Version"] == pinned[name], f"{name}: image has {fields['Version']}, lock pins {pinned[name]}"
+        assert fields["Version"] == pinned[name], (
+            f"{name}: image has {fields['Version']}, lock pins {pinned[name]}"
+        )
         assert fields["Architecture"] in (arch, "all")

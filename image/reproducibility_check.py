@@ -41,6 +41,7 @@ def build_digests(bazel: list[str], output_base: Path, extra: list[str]) -> tupl
 
 def remove_tree(path: Path) -> None:
     """Bazel leaves read-only directories behind; make them writable first."""
+
     def make_writable_and_retry(function, failed_path, _info) -> None:  # type: ignore[no-untyped-def]
         Path(failed_path).parent.chmod(0o755)
         function(failed_path)
@@ -51,30 +52,52 @@ def remove_tree(path: Path) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bazel", default="bazel", help="command that runs Bazel (split like a shell would)")
-    parser.add_argument("--output-base-root", type=Path, default=None,
-                        help="directory for the two output bases (default: a new temporary directory)")
+    parser.add_argument(
+        "--bazel", default="bazel", help="command that runs Bazel (split like a shell would)"
+    )
+    parser.add_argument(
+        "--output-base-root",
+        type=Path,
+        default=None,
+        help="directory for the two output bases (default: a new temporary directory)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the output bases afterwards")
-    parser.add_argument("--allow-cache", action="store_true",
-                        help="keep the configured disk/remote caches (faster, but cached actions prove nothing)")
+    parser.add_argument(
+        "--allow-cache",
+        action="store_true",
+        help="keep the configured disk/remote caches (faster, but cached actions prove nothing)",
+    )
     parser.add_argument("build_args", nargs="*", help="extra `bazel build` arguments (after --)")
     args = parser.parse_args(argv)
     if not Path("MODULE.bazel").is_file():
-        print("reproducibility_check: run from the repository root (no MODULE.bazel here)", file=sys.stderr)
+        print(
+            "reproducibility_check: run from the repository root (no MODULE.bazel here)",
+            file=sys.stderr,
+        )
         return 2
     root = args.output_base_root or Path(tempfile.mkdtemp(prefix="cephaloproxy-repro-"))
     root = root.resolve()
     bases = [root / "first", root / "second"]
     for base in bases:
         if base.exists():
-            print(f"reproducibility_check: {base} exists; give an empty --output-base-root", file=sys.stderr)
+            print(
+                f"reproducibility_check: {base} exists; give an empty --output-base-root",
+                file=sys.stderr,
+            )
             return 2
     if shutil.which(shlex.split(args.bazel)[0]) is None:
-        print(f"reproducibility_check: {args.bazel!r} is not on PATH: install bazelisk as `bazel` "
-              "(https://github.com/bazelbuild/bazelisk), or pass --bazel tools/debian-bazel/run (offline)", file=sys.stderr)
+        print(
+            f"reproducibility_check: {args.bazel!r} is not on PATH: install bazelisk as `bazel` "
+            "(https://github.com/bazelbuild/bazelisk), or pass --bazel tools/debian-bazel/run (offline)",
+            file=sys.stderr,
+        )
         return 2
     bazel = shlex.split(args.bazel)
-    build_args = list(args.build_args) if args.allow_cache else ["--disk_cache=", "--remote_cache=", *args.build_args]
+    build_args = (
+        list(args.build_args)
+        if args.allow_cache
+        else ["--disk_cache=", "--remote_cache=", *args.build_args]
+    )
     try:
         first = build_digests(bazel, bases[0], build_args)
         second = build_digests(bazel, bases[1], build_args)
@@ -84,8 +107,12 @@ def main(argv: list[str]) -> int:
     finally:
         if not args.keep:
             for base in bases:
-                subprocess.run(bazel + [f"--output_base={base}", "shutdown"], check=False,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                subprocess.run(
+                    bazel + [f"--output_base={base}", "shutdown"],
+                    check=False,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 remove_tree(base)
     print(f"first build:  {first[0]}")
     print(f"second build: {second[0]}")

@@ -34,8 +34,18 @@ def main(argv: list[str]) -> int:
     history = image.config.get("history", [])
     rows = []
     for index, blob in enumerate(image.layer_blobs):
-        created_by = history[index].get("created_by", "") if isinstance(history, list) and index < len(history) else ""
-        rows.append((created_by.replace("bazel build ", ""), blob.stat().st_size, gzip_uncompressed_size(blob)))
+        created_by = (
+            history[index].get("created_by", "")
+            if isinstance(history, list) and index < len(history)
+            else ""
+        )
+        rows.append(
+            (
+                created_by.replace("bazel build ", ""),
+                blob.stat().st_size,
+                gzip_uncompressed_size(blob),
+            )
+        )
     total_compressed = sum(r[1] for r in rows)
     total_uncompressed = sum(r[2] for r in rows)
     base_compressed = packages_layer.stat().st_size
@@ -44,10 +54,16 @@ def main(argv: list[str]) -> int:
     print(f"{'layer':<34} {'compressed':>12} {'uncompressed':>13}")
     for name, compressed, uncompressed in rows:
         print(f"{name:<34} {megabytes(compressed):>12} {megabytes(uncompressed):>13}")
-    print(f"{'image total (' + str(len(rows)) + ' layers)':<34} {megabytes(total_compressed):>12} {megabytes(total_uncompressed):>13}")
-    print(f"{'Debian package set alone':<34} {megabytes(base_compressed):>12} {megabytes(base_uncompressed):>13}")
-    print(f"image / package set: {total_compressed / base_compressed:.2f}x compressed, "
-          f"{total_uncompressed / base_uncompressed:.2f}x uncompressed")
+    print(
+        f"{'image total (' + str(len(rows)) + ' layers)':<34} {megabytes(total_compressed):>12} {megabytes(total_uncompressed):>13}"
+    )
+    print(
+        f"{'Debian package set alone':<34} {megabytes(base_compressed):>12} {megabytes(base_uncompressed):>13}"
+    )
+    print(
+        f"image / package set: {total_compressed / base_compressed:.2f}x compressed, "
+        f"{total_uncompressed / base_uncompressed:.2f}x uncompressed"
+    )
     return 0
 
 

@@ -28,7 +28,9 @@ def git(*args: str) -> str:
 
 
 def module_version() -> str:
-    text = Path("MODULE.bazel").read_text(encoding="utf-8") if Path("MODULE.bazel").is_file() else ""
+    text = (
+        Path("MODULE.bazel").read_text(encoding="utf-8") if Path("MODULE.bazel").is_file() else ""
+    )
     match = re.search(r'module\([^)]*?version\s*=\s*"([^"]+)"', text, re.S)
     return match.group(1) if match else "0.0.0"
 
@@ -48,7 +50,9 @@ def main() -> int:
         version = module_version()
     else:
         version = f"{module_version()}-{commit[:12]}"
-    created = datetime.datetime.fromtimestamp(commit_epoch, tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = datetime.datetime.fromtimestamp(commit_epoch, tz=datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
     print(f"STABLE_GIT_COMMIT {commit}")
     print(f"STABLE_GIT_COMMIT_TIME {created}")
     print(f"STABLE_CEPHALOPROXY_VERSION {version}")

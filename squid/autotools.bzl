@@ -117,6 +117,7 @@ def _autotools_build_impl(ctx):
     args.add("FORCE_INCLUDES=" + " ".join([f.path for f in ctx.files.force_includes]))
     args.add("FIXUP=" + (ctx.executable.fixup.path if ctx.attr.fixup else ""))
     args.add("INSTALL_TARGET=" + ctx.attr.install_target)
+
     # bazel-out/<config>/bin/<package>/<name>/: DESTDIR's layout is copied below it.
     args.add("OUT_ROOT=" + out_files[0].path[:-len(ctx.attr.out_files[0])])
     for name, value in sorted(env.items()):

@@ -45,11 +45,15 @@ def run(command: list[str], log: Path) -> float:
         result = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT)
     elapsed = time.monotonic() - start
     if result.returncode != 0:
-        raise SystemExit(f"build_benchmark: `{shlex.join(command)}` failed ({result.returncode}); see {log}")
+        raise SystemExit(
+            f"build_benchmark: `{shlex.join(command)}` failed ({result.returncode}); see {log}"
+        )
     return elapsed
 
 
-def measure(bazel: list[str], target: str, phases: list[str], disk_cache: Path, log: Path) -> list[Timing]:
+def measure(
+    bazel: list[str], target: str, phases: list[str], disk_cache: Path, log: Path
+) -> list[Timing]:
     cache_flag = f"--disk_cache={disk_cache}"
     timings: list[Timing] = []
     for phase in phases:
@@ -72,11 +76,21 @@ def report(timings: list[Timing]) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bazel", default="bazel", help="Bazel command or wrapper (split like a shell)")
+    parser.add_argument(
+        "--bazel", default="bazel", help="Bazel command or wrapper (split like a shell)"
+    )
     parser.add_argument("--target", default="//squid:layer")
-    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {PHASES}")
-    parser.add_argument("--disk-cache", type=Path, help="disk cache dir (default: a new empty one; 'cold' needs it empty)")
-    parser.add_argument("--log", type=Path, default=Path(tempfile.gettempdir()) / "squid-build-benchmark.log")
+    parser.add_argument(
+        "--phases", default=",".join(PHASES), help=f"comma-separated subset of {PHASES}"
+    )
+    parser.add_argument(
+        "--disk-cache",
+        type=Path,
+        help="disk cache dir (default: a new empty one; 'cold' needs it empty)",
+    )
+    parser.add_argument(
+        "--log", type=Path, default=Path(tempfile.gettempdir()) / "squid-build-benchmark.log"
+    )
     args = parser.parse_args(argv)
 
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
@@ -88,8 +102,11 @@ def main(argv: list[str]) -> int:
         parser.error(f"--disk-cache {disk_cache} is not empty; a cold build needs an empty one")
 
     if shutil.which(shlex.split(args.bazel)[0]) is None:
-        print(f"build_benchmark: {args.bazel!r} is not on PATH: install bazelisk as `bazel` "
-              "(https://github.com/bazelbuild/bazelisk), or pass --bazel tools/debian-bazel/run (offline)", file=sys.stderr)
+        print(
+            f"build_benchmark: {args.bazel!r} is not on PATH: install bazelisk as `bazel` "
+            "(https://github.com/bazelbuild/bazelisk), or pass --bazel tools/debian-bazel/run (offline)",
+            file=sys.stderr,
+        )
         return 2
     print(f"target {args.target}, disk cache {disk_cache}, log {args.log}", flush=True)
     timings = measure(shlex.split(args.bazel), args.target, phases, disk_cache, args.log)

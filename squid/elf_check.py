@@ -112,7 +112,9 @@ class _Reader:
         full = self.endian + fmt
         end = offset + struct.calcsize(full)
         if offset < 0 or end > len(self.data):
-            raise ElfError(f"{self.path}: truncated ELF file (needs bytes {offset}..{end}, has {len(self.data)})")
+            raise ElfError(
+                f"{self.path}: truncated ELF file (needs bytes {offset}..{end}, has {len(self.data)})"
+            )
         return struct.unpack_from(full, self.data, offset)
 
     def string_at(self, table: _Section, offset: int) -> str:
@@ -149,20 +151,30 @@ class _Reader:
             else:
                 p_type, offset, _, _, filesz = self.unpack("IIIII", base)
             if p_type == _PT_INTERP:
-                return self.data[offset : offset + filesz].split(b"\0", 1)[0].decode("utf-8", "replace")
+                return (
+                    self.data[offset : offset + filesz]
+                    .split(b"\0", 1)[0]
+                    .decode("utf-8", "replace")
+                )
         return None
 
     def sections(self) -> list[_Section]:
         _, shoff, shentsize, shnum = self.header()
         if shoff == 0 or shnum == 0:
-            raise ElfError(f"{self.path}: no section headers (cannot find .dynamic and .gnu.version_r)")
+            raise ElfError(
+                f"{self.path}: no section headers (cannot find .dynamic and .gnu.version_r)"
+            )
         result = []
         for index in range(shnum):
             base = shoff + index * shentsize
             if self.is64:
-                _, kind, _, _, offset, size, link, info, _, entsize = self.unpack("IIQQQQIIQQ", base)
+                _, kind, _, _, offset, size, link, info, _, entsize = self.unpack(
+                    "IIQQQQIIQQ", base
+                )
             else:
-                _, kind, _, _, offset, size, link, info, _, entsize = self.unpack("IIIIIIIIII", base)
+                _, kind, _, _, offset, size, link, info, _, entsize = self.unpack(
+                    "IIIIIIIIII", base
+                )
             result.append(_Section(kind, offset, size, link, info, entsize))
         return result
 
@@ -204,7 +216,9 @@ def _verneed(reader: _Reader, sections: list[_Section]) -> dict[str, tuple[str, 
                 if next_aux == 0:
                     break
                 aux_offset += next_aux
-            versions[library] = tuple(sorted(set(versions.get(library, ())) | set(names), key=version_key))
+            versions[library] = tuple(
+                sorted(set(versions.get(library, ())) | set(names), key=version_key)
+            )
             if next_entry == 0:
                 break
             offset += next_entry
@@ -216,7 +230,9 @@ def parse(name: str, data: bytes) -> DynamicRequirements:
     reader = _Reader(name, data)
     machine = reader.header()[0]
     sections = reader.sections()
-    runpath = _dynamic_strings(reader, sections, _DT_RUNPATH) or _dynamic_strings(reader, sections, _DT_RPATH)
+    runpath = _dynamic_strings(reader, sections, _DT_RUNPATH) or _dynamic_strings(
+        reader, sections, _DT_RPATH
+    )
     return DynamicRequirements(
         path=name,
         machine=machine,

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from squid.elf_check import ElfError, is_elf, read_dynamic_requirements, version_at_most, version_key
+from squid.elf_check import (
+    ElfError,
+    is_elf,
+    read_dynamic_requirements,
+    version_at_most,
+    version_key,
+)
 
 
 def _dynamic_interpreter() -> Path:
@@ -32,11 +38,21 @@ def test_matches_readelf_where_available() -> None:
         pytest.skip("binutils' readelf is not installed; nothing to compare with")
     binary = _dynamic_interpreter()
     found = read_dynamic_requirements(binary)
-    dynamic = subprocess.run([readelf, "-d", str(binary)], capture_output=True, text=True, check=True).stdout
-    expected_needed = [line.split("[", 1)[1].rstrip("]") for line in dynamic.splitlines() if "(NEEDED)" in line]
+    dynamic = subprocess.run(
+        [readelf, "-d", str(binary)], capture_output=True, text=True, check=True
+    ).stdout
+    expected_needed = [
+        line.split("[", 1)[1].rstrip("]") for line in dynamic.splitlines() if "(NEEDED)" in line
+    ]
     assert list(found.needed) == expected_needed
-    versions = subprocess.run([readelf, "-V", str(binary)], capture_output=True, text=True, check=True).stdout
-    expected_names = {line.split("Name:", 1)[1].split()[0] for line in versions.splitlines() if "Name:" in line and "Flags" in line}
+    versions = subprocess.run(
+        [readelf, "-V", str(binary)], capture_output=True, text=True, check=True
+    ).stdout
+    expected_names = {
+        line.split("Name:", 1)[1].split()[0]
+        for line in versions.splitlines()
+        if "Name:" in line and "Flags" in line
+    }
     actual_names = {name for names in found.versions.values() for name in names}
     assert actual_names == expected_names
 

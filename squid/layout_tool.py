@@ -100,10 +100,14 @@ def collect_entries(squid: Path, helpers: Path, data: Path) -> list[Entry]:
         raise LayoutError(f"{squid}: the squid binary is missing")
     for helper in REQUIRED_HELPERS:
         if not (helpers / helper).is_file():
-            raise LayoutError(f"{helpers / helper}: required helper missing; check --enable-* flags in squid/configure_flags.bzl")
+            raise LayoutError(
+                f"{helpers / helper}: required helper missing; check --enable-* flags in squid/configure_flags.bzl"
+            )
     for name in DATA_ENTRIES:
         if not (data / name).exists():
-            raise LayoutError(f"{data / name}: missing from the install; check --datadir and DEFAULT_MIME_TABLE in squid/configure_flags.bzl")
+            raise LayoutError(
+                f"{data / name}: missing from the install; check --datadir and DEFAULT_MIME_TABLE in squid/configure_flags.bzl"
+            )
 
     entries = [
         Entry(PurePosixPath(d), "dir")
@@ -174,8 +178,12 @@ def _write_tar_entries(entries: list[Entry], partial: Path) -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--squid", type=Path, required=True, help="installed usr/sbin/squid")
-    parser.add_argument("--helpers", type=Path, required=True, help="installed usr/lib/squid directory")
-    parser.add_argument("--data", type=Path, required=True, help="installed usr/share/squid directory")
+    parser.add_argument(
+        "--helpers", type=Path, required=True, help="installed usr/lib/squid directory"
+    )
+    parser.add_argument(
+        "--data", type=Path, required=True, help="installed usr/share/squid directory"
+    )
     output = parser.add_mutually_exclusive_group(required=True)
     output.add_argument("--out-dir", type=Path, help="write the layout as a directory tree")
     output.add_argument("--out-tar", type=Path, help="write the layout as a tar layer")

@@ -15,7 +15,13 @@ def fake_install(base: Path) -> tuple[Path, Path, Path]:
     squid = base / "usr/sbin/squid"
     helpers = base / "usr/lib/squid"
     data = base / "usr/share/squid"
-    for directory in (squid.parent, helpers, data / "errors/templates", data / "errors/en", data / "icons"):
+    for directory in (
+        squid.parent,
+        helpers,
+        data / "errors/templates",
+        data / "errors/en",
+        data / "icons",
+    ):
         directory.mkdir(parents=True, exist_ok=True)
     squid.write_bytes(b"\x7fELF squid")
     squid.chmod(0o750)
@@ -34,7 +40,21 @@ def fake_install(base: Path) -> tuple[Path, Path, Path]:
 def test_directory_layout(tmp_path: Path) -> None:
     squid, helpers, data = fake_install(tmp_path / "install")
     out = tmp_path / "rootfs"
-    assert layout_tool.main(["--squid", str(squid), "--helpers", str(helpers), "--data", str(data), "--out-dir", str(out)]) == 0
+    assert (
+        layout_tool.main(
+            [
+                "--squid",
+                str(squid),
+                "--helpers",
+                str(helpers),
+                "--data",
+                str(data),
+                "--out-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / "usr/sbin/squid").stat().st_mode & 0o7777 == 0o755
     assert (out / "usr/lib/squid/basic_ncsa_auth").stat().st_mode & 0o7777 == 0o755
     assert (out / "usr/share/squid/mime.conf").stat().st_mode & 0o7777 == 0o644
@@ -46,7 +66,16 @@ def test_tar_is_reproducible_and_root_owned(tmp_path: Path) -> None:
     squid, helpers, data = fake_install(tmp_path / "install")
     first, second = tmp_path / "a.tar", tmp_path / "b.tar"
     for out in (first, second):
-        args = ["--squid", str(squid), "--helpers", str(helpers), "--data", str(data), "--out-tar", str(out)]
+        args = [
+            "--squid",
+            str(squid),
+            "--helpers",
+            str(helpers),
+            "--data",
+            str(data),
+            "--out-tar",
+            str(out),
+        ]
         assert layout_tool.main(args) == 0
     assert first.read_bytes() == second.read_bytes()
     with tarfile.open(first) as tar:
@@ -54,7 +83,9 @@ def test_tar_is_reproducible_and_root_owned(tmp_path: Path) -> None:
     assert members["usr/sbin/squid"].mode == 0o755
     assert members["usr/lib/squid/security_file_certgen"].mode == 0o755
     assert members["usr/share/squid/errors/en-us"].linkname == "en"
-    assert all(m.uid == 0 and m.gid == 0 and m.mtime == layout_tool.FIXED_MTIME for m in members.values())
+    assert all(
+        m.uid == 0 and m.gid == 0 and m.mtime == layout_tool.FIXED_MTIME for m in members.values()
+    )
     assert not any(name.startswith(("var", "etc")) for name in members)
 
 
@@ -62,7 +93,21 @@ def test_missing_helper_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[s
     squid, helpers, data = fake_install(tmp_path / "install")
     (helpers / "security_file_certgen").unlink()
     out = tmp_path / "layer.tar"
-    assert layout_tool.main(["--squid", str(squid), "--helpers", str(helpers), "--data", str(data), "--out-tar", str(out)]) == 1
+    assert (
+        layout_tool.main(
+            [
+                "--squid",
+                str(squid),
+                "--helpers",
+                str(helpers),
+                "--data",
+                str(data),
+                "--out-tar",
+                str(out),
+            ]
+        )
+        == 1
+    )
     assert "security_file_certgen: required helper missing" in capsys.readouterr().err
     assert not out.exists() and not out.with_name("layer.tar.partial").exists()
 
@@ -78,7 +123,16 @@ def test_sandbox_staged_inputs_are_followed(tmp_path: Path) -> None:
     (staged / "helpers" / "helper-mux").write_text("#!/usr/bin/perl\n")
     (staged / "data").symlink_to(data.resolve())
     out = tmp_path / "rootfs"
-    args = ["--squid", str(squid), "--helpers", str(staged / "helpers"), "--data", str(staged / "data"), "--out-dir", str(out)]
+    args = [
+        "--squid",
+        str(squid),
+        "--helpers",
+        str(staged / "helpers"),
+        "--data",
+        str(staged / "data"),
+        "--out-dir",
+        str(out),
+    ]
     assert layout_tool.main(args) == 0
     certgen = out / "usr/lib/squid/security_file_certgen"
     assert certgen.is_file() and not certgen.is_symlink()

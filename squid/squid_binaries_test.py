@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from squid.elf_check import EM_AARCH64, EM_X86_64, DynamicRequirements, read_dynamic_requirements, version_at_most
+from squid.elf_check import (
+    EM_AARCH64,
+    EM_X86_64,
+    DynamicRequirements,
+    read_dynamic_requirements,
+    version_at_most,
+)
 from squid.squid_under_test import SquidLayout, expected_arch, resolve_runfile, squid_under_test
 
 TRIXIE_CEILINGS = {
@@ -38,14 +44,22 @@ _EXPECTED_NEEDED = {
 }
 
 # Fragments of build-sandbox paths; none may be baked into a shipped file.
-SANDBOX_MARKERS = (b"/execroot/", b"bazel-out/", b"/sandbox/", b".build_tmpdir", b"_main~squid_source")
+SANDBOX_MARKERS = (
+    b"/execroot/",
+    b"bazel-out/",
+    b"/sandbox/",
+    b".build_tmpdir",
+    b"_main~squid_source",
+)
 
 
 @pytest.fixture(scope="module")
 def layout() -> SquidLayout:
     found = squid_under_test()
     if found.is_system:
-        pytest.skip("checks the Squid //squid builds; CEPHALOPROXY_SQUID_ROOT is unset or '/' (system Squid)")
+        pytest.skip(
+            "checks the Squid //squid builds; CEPHALOPROXY_SQUID_ROOT is unset or '/' (system Squid)"
+        )
     return found
 
 
@@ -56,18 +70,31 @@ def requirements(layout: SquidLayout, relative: str) -> DynamicRequirements:
 _MACHINES = {"amd64": EM_X86_64, "arm64": EM_AARCH64}
 
 
-@pytest.mark.parametrize("relative", sorted(_EXPECTED_NEEDED) + ["usr/lib/squid/log_file_daemon", "usr/lib/squid/unlinkd"])
-def test_binaries_are_built_for_the_expected_architecture(layout: SquidLayout, relative: str) -> None:
+@pytest.mark.parametrize(
+    "relative",
+    sorted(_EXPECTED_NEEDED) + ["usr/lib/squid/log_file_daemon", "usr/lib/squid/unlinkd"],
+)
+def test_binaries_are_built_for_the_expected_architecture(
+    layout: SquidLayout, relative: str
+) -> None:
     arch = expected_arch()
-    assert requirements(layout, relative).machine == _MACHINES[arch], f"{relative} is not a linux/{arch} program"
+    assert requirements(layout, relative).machine == _MACHINES[arch], (
+        f"{relative} is not a linux/{arch} program"
+    )
 
 
 @pytest.mark.parametrize("relative", sorted(_EXPECTED_NEEDED))
 def test_symbol_versions_are_within_trixie(layout: SquidLayout, relative: str) -> None:
     found = requirements(layout, relative)
-    assert found.highest("GLIBC_") is not None, f"{relative}: no glibc symbol versions at all; not a dynamic binary?"
+    assert found.highest("GLIBC_") is not None, (
+        f"{relative}: no glibc symbol versions at all; not a dynamic binary?"
+    )
     for prefix, ceiling in TRIXIE_CEILINGS.items():
-        too_new = [name for name in found.versions_with_prefix(prefix) if not version_at_most(name, ceiling)]
+        too_new = [
+            name
+            for name in found.versions_with_prefix(prefix)
+            if not version_at_most(name, ceiling)
+        ]
         assert not too_new, f"{relative} needs {too_new}, newer than Debian 13's {ceiling}"
 
 
@@ -75,12 +102,16 @@ def test_symbol_versions_are_within_trixie(layout: SquidLayout, relative: str) -
 def test_needed_libraries_are_exactly_the_expected_set(layout: SquidLayout, relative: str) -> None:
     found = requirements(layout, relative)
     loader = _LOADERS.get(found.machine)
-    assert loader, f"{relative}: unexpected ELF machine {found.machine}; add its dynamic loader to _LOADERS"
+    assert loader, (
+        f"{relative}: unexpected ELF machine {found.machine}; add its dynamic loader to _LOADERS"
+    )
     # The statically linked C++ runtime uses thread-local storage through
     # __tls_get_addr, which the dynamic loader itself exports.
     expected = _EXPECTED_NEEDED[relative] | {loader}
     assert set(found.needed) == expected
-    assert len(found.needed) == len(set(found.needed)), f"{relative}: duplicate DT_NEEDED {found.needed}"
+    assert len(found.needed) == len(set(found.needed)), (
+        f"{relative}: duplicate DT_NEEDED {found.needed}"
+    )
 
 
 def test_no_sandbox_paths_in_shipped_files(layout: SquidLayout) -> None:
@@ -88,14 +119,24 @@ def test_no_sandbox_paths_in_shipped_files(layout: SquidLayout) -> None:
     for path in sorted(layout.root.rglob("*")):
         if path.is_file() and not path.is_symlink():
             data = path.read_bytes()
-            offenders += [f"{path.relative_to(layout.root)}: {m.decode()}" for m in SANDBOX_MARKERS if m in data]
+            offenders += [
+                f"{path.relative_to(layout.root)}: {m.decode()}"
+                for m in SANDBOX_MARKERS
+                if m in data
+            ]
     assert not offenders, "build paths leaked into: " + ", ".join(offenders)
 
 
 def test_rootfs_has_the_image_layout(layout: SquidLayout) -> None:
     root = layout.root
     assert os.access(root / "usr/sbin/squid", os.X_OK)
-    for helper in ("security_file_certgen", "basic_ncsa_auth", "log_file_daemon", "unlinkd", "pinger"):
+    for helper in (
+        "security_file_certgen",
+        "basic_ncsa_auth",
+        "log_file_daemon",
+        "unlinkd",
+        "pinger",
+    ):
         assert os.access(root / "usr/lib/squid" / helper, os.X_OK), helper
     assert (root / "usr/share/squid/errors/templates/ERR_ACCESS_DENIED").is_file()
     assert (root / "usr/share/squid/icons").is_dir()
@@ -125,6 +166,8 @@ def test_layer_matches_rootfs_and_is_root_owned(layout: SquidLayout) -> None:
         assert not member.name.startswith(("var", "etc", "/", "./")), member.name
         if member.isfile():
             program = member.name.startswith(("usr/sbin/", "usr/lib/squid/"))
-            assert member.mode == (0o755 if program else 0o644), f"{member.name}: mode {member.mode:o}"
+            assert member.mode == (0o755 if program else 0o644), (
+                f"{member.name}: mode {member.mode:o}"
+            )
     assert "usr/sbin/squid" in names
     assert "usr/lib/squid/security_file_certgen" in names

@@ -37,7 +37,9 @@ def test_parses_the_packaged_default_config(layout: SquidLayout) -> None:
         # The default config as shipped, plus where this root keeps its data
         # files when it is not installed at "/": later lines override earlier.
         config = state / "squid.conf"
-        config.write_text(DEFAULT_CONFIG.read_text() + "\n" + layout.data_directives() + privilege_directives())
+        config.write_text(
+            DEFAULT_CONFIG.read_text() + "\n" + layout.data_directives() + privilege_directives()
+        )
         result = subprocess.run(
             [str(layout.squid), "-k", "parse", "-f", str(config)],
             capture_output=True,
@@ -68,12 +70,12 @@ def test_proxies_http_to_a_local_server(layout: SquidLayout, origin: tuple[int, 
             "http_access allow localhost\n"
             "http_access deny all\n"
             # Proxy only; nothing cached, so the origin sees the request.
-            "cache deny all\n"
-            + runtime_directives(state)
-            + layout.data_directives()
+            "cache deny all\n" + runtime_directives(state) + layout.data_directives()
         )
         with RunningSquid(layout, config, state, port):
-            opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{port}"}))
+            opener = urllib.request.build_opener(
+                urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{port}"})
+            )
             with opener.open(f"http://127.0.0.1:{origin_port}/hello", timeout=30) as response:
                 received = response.read()
                 via = response.headers.get("Via", "")

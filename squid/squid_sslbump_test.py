@@ -39,12 +39,26 @@ def _openssl(*args: str) -> None:
     assert result.returncode == 0, f"openssl {' '.join(args)} failed:\n{result.stderr}"
 
 
-def make_self_signed(directory: Path, stem: str, subject: str, extensions: list[str]) -> tuple[Path, Path]:
+def make_self_signed(
+    directory: Path, stem: str, subject: str, extensions: list[str]
+) -> tuple[Path, Path]:
     cert, key = directory / f"{stem}.pem", directory / f"{stem}.key"
     extension_args = [arg for ext in extensions for arg in ("-addext", ext)]
     _openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        "-subj", subject, "-keyout", str(key), "-out", str(cert), *extension_args,
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        subject,
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+        *extension_args,
     )
     key.chmod(0o644)  # readable after Squid drops root privileges (test-only keys)
     return cert, key
@@ -68,7 +82,9 @@ def test_certgen_creates_a_certificate_db(layout: SquidLayout) -> None:
     with state_directory() as state:
         db = state / "ssl_db"
         result = init_certificate_db(layout, db)
-        assert result.returncode == 0, f"security_file_certgen -c failed:\n{result.stdout}{result.stderr}"
+        assert result.returncode == 0, (
+            f"security_file_certgen -c failed:\n{result.stdout}{result.stderr}"
+        )
         assert (db / "index.txt").is_file()
         assert (db / "certs").is_dir()
         assert (db / "size").read_text().strip() == "0"
@@ -90,7 +106,10 @@ class _TlsOriginHandler(StaticBodyHandler):
 @pytest.fixture()
 def tls_origin(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     cert, key = make_self_signed(
-        tmp_path, "origin", "/CN=127.0.0.1", ["subjectAltName=IP:127.0.0.1", "basicConstraints=critical,CA:TRUE"]
+        tmp_path,
+        "origin",
+        "/CN=127.0.0.1",
+        ["subjectAltName=IP:127.0.0.1", "basicConstraints=critical,CA:TRUE"],
     )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
@@ -100,7 +119,9 @@ def tls_origin(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         yield port, cert
 
 
-def test_bumps_a_connect_with_the_test_ca(layout: SquidLayout, tls_origin: tuple[int, Path]) -> None:
+def test_bumps_a_connect_with_the_test_ca(
+    layout: SquidLayout, tls_origin: tuple[int, Path]
+) -> None:
     origin_port, origin_cert = tls_origin
     port = free_port()
     with state_directory() as state:
@@ -126,9 +147,7 @@ def test_bumps_a_connect_with_the_test_ca(layout: SquidLayout, tls_origin: tuple
             f"tls_outgoing_options cafile={trusted_origin}\n"
             "http_access allow localhost\n"
             "http_access deny all\n"
-            "cache deny all\n"
-            + runtime_directives(state)
-            + layout.data_directives()
+            "cache deny all\n" + runtime_directives(state) + layout.data_directives()
         )
         db.chmod(0o777)
         for path in db.rglob("*"):
@@ -142,7 +161,9 @@ def test_bumps_a_connect_with_the_test_ca(layout: SquidLayout, tls_origin: tuple
             # an Authority Key Identifier) that Squid's minted certificates do
             # not carry; the chain must still lead to the bump CA.
             client_context.verify_flags &= ~ssl.VERIFY_X509_STRICT
-            connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=client_context)
+            connection = http.client.HTTPSConnection(
+                "127.0.0.1", port, timeout=30, context=client_context
+            )
             connection.set_tunnel("127.0.0.1", origin_port)
             try:
                 connection.request("GET", "/secret")

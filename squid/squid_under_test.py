@@ -79,7 +79,7 @@ def runnable_squid() -> SquidLayout:
             raise
         problem = (
             f"{layout.squid} is a linux/{expected_arch()} program and this {host_arch()} kernel cannot run it"
-            " (Exec format error): register qemu-user-static with binfmt_misc (README \"Platforms\")"
+            ' (Exec format error): register qemu-user-static with binfmt_misc (README "Platforms")'
         )
         if os.environ.get("CEPHALOPROXY_REQUIRE_EMULATION") == "1":
             pytest.fail(problem + "; CEPHALOPROXY_REQUIRE_EMULATION=1 requires it")
@@ -143,17 +143,23 @@ def state_directory() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 30.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"squid exited with {process.returncode} before listening:\n{read_log(log)}")
+            raise AssertionError(
+                f"squid exited with {process.returncode} before listening:\n{read_log(log)}"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return
         except OSError:
             time.sleep(0.2)
-    raise AssertionError(f"squid did not listen on 127.0.0.1:{port} within {timeout} s:\n{read_log(log)}")
+    raise AssertionError(
+        f"squid did not listen on 127.0.0.1:{port} within {timeout} s:\n{read_log(log)}"
+    )
 
 
 def read_log(log: Path) -> str:
@@ -179,7 +185,14 @@ class RunningSquid:
             # A unique service name (-n) gives this Squid its own shared-memory
             # segment names in /dev/shm, so concurrent or leftover Squids
             # (other tests, a crashed run) cannot collide with it.
-            [str(self.layout.squid), "-N", "-n", f"sqt{os.getpid()}p{self.port}", "-f", str(self.config)],
+            [
+                str(self.layout.squid),
+                "-N",
+                "-n",
+                f"sqt{os.getpid()}p{self.port}",
+                "-f",
+                str(self.config),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )

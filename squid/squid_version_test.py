@@ -8,7 +8,14 @@ import subprocess
 
 import pytest
 
-from squid.squid_under_test import ARCH_TRIPLET, REPO_ROOT, expected_arch, expected_version, host_arch, runnable_squid
+from squid.squid_under_test import (
+    ARCH_TRIPLET,
+    REPO_ROOT,
+    expected_arch,
+    expected_version,
+    host_arch,
+    runnable_squid,
+)
 
 # Fragments of the places a build sandbox lives; none may reach `squid -v`.
 SANDBOX_MARKERS = ("execroot", "bazel-out", "sandbox", ".build_tmpdir", "_main~", "/tmp/")
@@ -18,7 +25,9 @@ SANDBOX_MARKERS = ("execroot", "bazel-out", "sandbox", ".build_tmpdir", "_main~"
 def version_output() -> str:
     layout = runnable_squid()
     if layout.is_system:
-        pytest.skip("checks the Squid //squid builds; CEPHALOPROXY_SQUID_ROOT is unset or '/' (system Squid)")
+        pytest.skip(
+            "checks the Squid //squid builds; CEPHALOPROXY_SQUID_ROOT is unset or '/' (system Squid)"
+        )
     result = subprocess.run([str(layout.squid), "-v"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, f"squid -v exited {result.returncode}: {result.stderr}"
     return result.stdout
@@ -35,7 +44,12 @@ def test_uses_openssl(version_output: str) -> None:
 
 def test_was_configured_for_ssl_bump(version_output: str) -> None:
     options = version_output.split("configure options:", 1)[1]
-    for flag in ("'--with-openssl'", "'--enable-ssl-crtd'", "'--prefix=/usr'", "'--sysconfdir=/etc/squid'"):
+    for flag in (
+        "'--with-openssl'",
+        "'--enable-ssl-crtd'",
+        "'--prefix=/usr'",
+        "'--sysconfdir=/etc/squid'",
+    ):
         assert flag in options
 
 
@@ -48,7 +62,10 @@ def configure_flags() -> list[str]:
     """SQUID_CONFIGURE_FLAGS as squid/configure_flags.bzl lists them (Starlark list literal)."""
     tree = ast.parse((REPO_ROOT / "squid" / "configure_flags.bzl").read_text())
     for node in tree.body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "SQUID_CONFIGURE_FLAGS":
+        if (
+            isinstance(node, ast.Assign)
+            and getattr(node.targets[0], "id", "") == "SQUID_CONFIGURE_FLAGS"
+        ):
             return list(ast.literal_eval(node.value))
     raise AssertionError("squid/configure_flags.bzl has no SQUID_CONFIGURE_FLAGS")
 

@@ -13,7 +13,9 @@ import pytest
 from tests.support import certs, netutil
 
 
-def _handshake(server_pair: certs.KeyPair, ca_cert: Path, server_hostname: str) -> dict[str, object]:
+def _handshake(
+    server_pair: certs.KeyPair, ca_cert: Path, server_hostname: str
+) -> dict[str, object]:
     """Serve one TLS connection with `server_pair` and connect trusting only `ca_cert`."""
     server_context = netutil.server_tls_context(str(server_pair.cert), str(server_pair.key))
     listener = socket.create_server((netutil.LOOPBACK, 0))
@@ -31,7 +33,9 @@ def _handshake(server_pair: certs.KeyPair, ca_cert: Path, server_hostname: str) 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        client_context = ssl.create_default_context(cafile=str(ca_cert))  # strict defaults of this Python
+        client_context = ssl.create_default_context(
+            cafile=str(ca_cert)
+        )  # strict defaults of this Python
         with socket.create_connection((netutil.LOOPBACK, port), timeout=10) as raw:
             with client_context.wrap_socket(raw, server_hostname=server_hostname) as tls:
                 certificate = tls.getpeercert()
@@ -69,7 +73,9 @@ def test_wrong_host_name_is_rejected(tmp_path: Path) -> None:
 
 def test_ca_is_a_usable_squid_signing_pair(tmp_path: Path) -> None:
     ca = certs.generate_ca(tmp_path / "ca")
-    ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(ca.cert, ca.key)  # raises if they do not match
+    ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+        ca.cert, ca.key
+    )  # raises if they do not match
     assert "CN=CephaloProxy Test CA" == certs.certificate_subject(ca.cert)
 
 

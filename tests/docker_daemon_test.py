@@ -105,7 +105,9 @@ def tiny_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
     except FileNotFoundError:
-        pytest.fail("gcc is not installed: this test compiles its image's program (apt-get install gcc libc6-dev)")
+        pytest.fail(
+            "gcc is not installed: this test compiles its image's program (apt-get install gcc libc6-dev)"
+        )
     assert built.returncode == 0, f"gcc -static failed (needs libc6-dev):\n{built.stderr}"
     rootfs = work / "rootfs.tar"
     with tarfile.open(rootfs, "w") as archive:
@@ -113,7 +115,9 @@ def tiny_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return rootfs
 
 
-def _docker(engine: docker_daemon.DockerDaemon, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _docker(
+    engine: docker_daemon.DockerDaemon, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         engine.docker_argv(*args), env=engine.environ(), capture_output=True, text=True,
         timeout=timeouts.scaled(timeout), check=False,
@@ -125,7 +129,9 @@ def _import_tiny(engine: docker_daemon.DockerDaemon, rootfs: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def _serve(engine: docker_daemon.DockerDaemon, name: str, line: str, publish: str | None = None) -> None:
+def _serve(
+    engine: docker_daemon.DockerDaemon, name: str, line: str, publish: str | None = None
+) -> None:
     flags = ["--publish", publish] if publish else []
     done = _docker(engine, "run", "--detach", "--name", name, *flags, IMAGE, "serve", "8000", line)
     assert done.returncode == 0, done.stderr
@@ -173,12 +179,16 @@ def test_container_exit_codes_reach_the_cli(engine: docker_daemon.DockerDaemon) 
 
 
 @needs_dockerd
-def test_published_port_answers_in_the_engine_namespace_only(engine: docker_daemon.DockerDaemon) -> None:
+def test_published_port_answers_in_the_engine_namespace_only(
+    engine: docker_daemon.DockerDaemon,
+) -> None:
     port = netutil.free_port()
     token = f"published-{os.getpid()}"
     _serve(engine, "tiny-published", token, publish=f"127.0.0.1:{port}:8000")
     try:
-        inside = engine.run_in_netns([sys.executable, "-c", CONNECT, str(port), str(timeouts.scaled(30))], timeout=120)
+        inside = engine.run_in_netns(
+            [sys.executable, "-c", CONNECT, str(port), str(timeouts.scaled(30))], timeout=120
+        )
         assert (inside.returncode, inside.stdout.strip()) == (0, token), inside.stderr
         # From this (the host's) namespace the port is not there: why the suite runs under `run --`.
         assert not netutil.port_accepts(netutil.LOOPBACK, port)
@@ -187,7 +197,9 @@ def test_published_port_answers_in_the_engine_namespace_only(engine: docker_daem
 
 
 @needs_dockerd
-def test_containers_reach_a_server_on_the_gateway_address(engine: docker_daemon.DockerDaemon) -> None:
+def test_containers_reach_a_server_on_the_gateway_address(
+    engine: docker_daemon.DockerDaemon,
+) -> None:
     gateway = _wrapper(engine).gateway_address()
     assert gateway is not None, "no gateway found for the default bridge"
     routes = engine.run_in_netns(["ip", "-4", "-o", "addr", "show", "docker0"])
@@ -211,7 +223,9 @@ def test_containers_reach_a_server_on_the_gateway_address(engine: docker_daemon.
 
 
 @needs_dockerd
-def test_exec_of_a_missing_program_exits_with_the_docker_code(engine: docker_daemon.DockerDaemon) -> None:
+def test_exec_of_a_missing_program_exits_with_the_docker_code(
+    engine: docker_daemon.DockerDaemon,
+) -> None:
     wrapper = _wrapper(engine)
     assert wrapper.exec_not_found_exit_code == 126
     _serve(engine, "tiny-exec", "x")
@@ -229,11 +243,17 @@ def test_exec_of_a_missing_program_exits_with_the_docker_code(engine: docker_dae
         _docker(engine, "rm", "--force", "tiny-exec")
 
 
-def _assert_nothing_left(engine: docker_daemon.DockerDaemon, runtime_dir: Path, pids: list[int]) -> None:
+def _assert_nothing_left(
+    engine: docker_daemon.DockerDaemon, runtime_dir: Path, pids: list[int]
+) -> None:
     alive = [pid for pid in pids if docker_daemon._is_running(pid)]
     assert alive == [], f"still running after stop: {alive}"
     marker = str(runtime_dir)
-    named = [info.describe() for info in docker_daemon.process_table().values() if marker in info.cmdline and info.state != "Z"]
+    named = [
+        info.describe()
+        for info in docker_daemon.process_table().values()
+        if marker in info.cmdline and info.state != "Z"
+    ]
     assert named == [], named
     mounted = [point for point in docker_daemon.mount_points() if point.startswith(marker)]
     assert mounted == [], mounted
@@ -263,13 +283,19 @@ def test_stop_leaves_nothing_running_or_mounted(tiny_rootfs: Path) -> None:
         _import_tiny(daemon, tiny_rootfs)
         _serve(daemon, "tiny-running-at-stop", "x", publish=f"127.0.0.1:{netutil.free_port()}:8000")
         pids = _engine_processes(daemon, _container_pid(daemon, "tiny-running-at-stop"))
-        assert [p for p in daemon.leftover_mounts() if p != str(daemon.netns)], "dockerd mounts nothing?"
+        assert [p for p in daemon.leftover_mounts() if p != str(daemon.netns)], (
+            "dockerd mounts nothing?"
+        )
     finally:
         report = daemon.stop()
     assert report.daemon_exited, "dockerd must end on SIGTERM"
-    assert report.killed == () and report.unmounted == (), f"dockerd should clean up after itself: {report}"
+    assert report.killed == () and report.unmounted == (), (
+        f"dockerd should clean up after itself: {report}"
+    )
     _assert_nothing_left(daemon, runtime_dir, pids)
-    assert daemon.stop() == docker_daemon.StopReport(False, (), (), (), ()), "a second stop is a no-op"
+    assert daemon.stop() == docker_daemon.StopReport(False, (), (), (), ()), (
+        "a second stop is a no-op"
+    )
 
 
 @needs_dockerd
@@ -290,7 +316,9 @@ def test_stop_after_dockerd_was_killed_removes_its_orphans(tiny_rootfs: Path) ->
     assert not report.daemon_exited
     assert any(f"pid {container_pid} " in line for line in report.killed), report.killed
     assert any("containerd-shim-runc-v2" in line for line in report.killed), report.killed
-    assert report.unmounted, "dockerd's own mounts (data root, container namespaces) must be left to clean"
+    assert report.unmounted, (
+        "dockerd's own mounts (data root, container namespaces) must be left to clean"
+    )
     _assert_nothing_left(daemon, runtime_dir, pids)
 
 
@@ -315,7 +343,9 @@ def test_cli_run_passes_the_exit_code_and_runs_inside_the_engine_namespace() -> 
     assert match, done.stderr
     runtime_dir = Path(match.group(1))
     assert not runtime_dir.exists(), f"{runtime_dir} left behind"
-    assert not [info for info in docker_daemon.process_table().values() if str(runtime_dir) in info.cmdline]
+    assert not [
+        info for info in docker_daemon.process_table().values() if str(runtime_dir) in info.cmdline
+    ]
 
 
 def _fake_dockerd(directory: Path, body: str) -> dict[str, str]:
@@ -329,7 +359,9 @@ def _fake_dockerd(directory: Path, body: str) -> dict[str, str]:
 
 @needs_dockerd
 def test_a_dockerd_that_dies_at_start_is_reported_with_its_log(tmp_path: Path) -> None:
-    env = _fake_dockerd(tmp_path / "bin", 'print("failed to start daemon: planted failure"); sys.exit(1)')
+    env = _fake_dockerd(
+        tmp_path / "bin", 'print("failed to start daemon: planted failure"); sys.exit(1)'
+    )
     daemon = docker_daemon.DockerDaemon(environ=env)
     with pytest.raises(docker_daemon.DockerDaemonError) as raised:
         daemon.start()
@@ -359,7 +391,11 @@ def test_missing_tools_are_named_with_their_packages(tmp_path: Path) -> None:
 
 
 def test_gateway_from_inspect_uses_the_subnet_when_docker_leaves_it_out() -> None:
-    assert runtime.gateway_from_inspect("|172.17.0.0/16 ") == "172.17.0.1"  # docker.io 20.10, auto-numbered
-    assert runtime.gateway_from_inspect("10.88.0.1|10.88.0.0/16 ") == "10.88.0.1"  # podman, or docker --bip
+    assert (
+        runtime.gateway_from_inspect("|172.17.0.0/16 ") == "172.17.0.1"
+    )  # docker.io 20.10, auto-numbered
+    assert (
+        runtime.gateway_from_inspect("10.88.0.1|10.88.0.0/16 ") == "10.88.0.1"
+    )  # podman, or docker --bip
     assert runtime.gateway_from_inspect("|fd00::/64 |192.168.5.0/24 ") == "192.168.5.1"
     assert runtime.gateway_from_inspect("") is None

@@ -28,7 +28,9 @@ def test_nothing_named_means_skip_with_reason() -> None:
 
 
 def test_reference_wins_over_tarball(tmp_path: Path) -> None:
-    choice = image_source.choose_image({image_source.IMAGE_ENV: "cephaloproxy:dev", image_source.TARBALL_ENV: "x"})
+    choice = image_source.choose_image(
+        {image_source.IMAGE_ENV: "cephaloproxy:dev", image_source.TARBALL_ENV: "x"}
+    )
     assert choice == image_source.ImageChoice(reference="cephaloproxy:dev")
 
 
@@ -54,7 +56,11 @@ def test_repo_tags_docker_and_oci(tmp_path: Path) -> None:
     oci = _tar_with(
         tmp_path / "o.tar",
         "index.json",
-        {"manifests": [{"annotations": {"org.opencontainers.image.ref.name": "cephaloproxy:latest"}}]},
+        {
+            "manifests": [
+                {"annotations": {"org.opencontainers.image.ref.name": "cephaloproxy:latest"}}
+            ]
+        },
     )
     assert image_source.repo_tags_in_tarball(oci) == ["cephaloproxy:latest"]
     not_an_image = _tar_with(tmp_path / "x.tar", "hello.json", {})

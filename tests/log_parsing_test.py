@@ -25,7 +25,15 @@ SAMPLE = """\
 
 def test_parse_keeps_only_entrypoint_lines_in_order() -> None:
     lines = logs.parse_log_lines(SAMPLE)
-    assert [line.level for line in lines] == ["INFO", "WARNING", "INFO", "INFO", "INFO", "INFO", "ERROR"]
+    assert [line.level for line in lines] == [
+        "INFO",
+        "WARNING",
+        "INFO",
+        "INFO",
+        "INFO",
+        "INFO",
+        "ERROR",
+    ]
     assert lines[0].timestamp == datetime.datetime(2026, 11, 28, 20, 0, 1)
     assert lines[0].message == "CephaloProxy entrypoint starting (UID: 1000660000, GID: 0)"
     assert [line.index for line in lines] == list(range(7))
@@ -34,7 +42,12 @@ def test_parse_keeps_only_entrypoint_lines_in_order() -> None:
 def test_in_order_accepts_substrings_and_regexes() -> None:
     matched = logs.assert_in_order(
         SAMPLE,
-        ["entrypoint starting", re.compile(r"Checking Squid config \S+"), "Squid started with PID", "Container ready"],
+        [
+            "entrypoint starting",
+            re.compile(r"Checking Squid config \S+"),
+            "Squid started with PID",
+            "Container ready",
+        ],
     )
     assert [m.index for m in matched] == [0, 2, 4, 5]
 
@@ -48,13 +61,17 @@ def test_out_of_order_is_reported_with_what_was_seen() -> None:
 
 
 def test_find_in_order_reports_first_missing() -> None:
-    check = logs.find_in_order(logs.parse_log_lines(SAMPLE), ["starting", "Shutdown complete", "Container ready"])
+    check = logs.find_in_order(
+        logs.parse_log_lines(SAMPLE), ["starting", "Shutdown complete", "Container ready"]
+    )
     assert not check.ok
     assert check.missing == "Shutdown complete"
     assert len(check.matched) == 1
 
 
 def test_levels_and_pid_helpers() -> None:
-    assert logs.messages_at(SAMPLE, ["error"]) == ["Squid process died unexpectedly (signal SIGKILL)"]
+    assert logs.messages_at(SAMPLE, ["error"]) == [
+        "Squid process died unexpectedly (signal SIGKILL)"
+    ]
     assert logs.squid_pid(SAMPLE) == 17
     assert logs.squid_pid("no pid here") is None

@@ -82,7 +82,10 @@ def forward_proxy() -> Iterator[int]:
 
 
 def test_burst_through_a_proxy_counts_every_request(forward_proxy: int) -> None:
-    with netutil.LocalServer() as server, netutil.StatusPoller(server.host, server.port, "/health") as poller:
+    with (
+        netutil.LocalServer() as server,
+        netutil.StatusPoller(server.host, server.port, "/health") as poller,
+    ):
         result = netutil.run_burst(
             netutil.LOOPBACK,
             forward_proxy,
@@ -116,4 +119,6 @@ def test_burst_reports_wrong_bodies_and_dead_proxy(forward_proxy: int) -> None:
 
 def test_wait_for_status_gives_up_with_the_last_outcome() -> None:
     with pytest.raises(TimeoutError, match="process is gone"):
-        netutil.wait_for_status(netutil.LOOPBACK, netutil.free_port(), "/ready", timeout=5, still_alive=lambda: False)
+        netutil.wait_for_status(
+            netutil.LOOPBACK, netutil.free_port(), "/ready", timeout=5, still_alive=lambda: False
+        )

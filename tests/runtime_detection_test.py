@@ -61,7 +61,9 @@ def test_docker_cli_without_engine_falls_back_to_podman_with_runc_and_conf(tmp_p
     record = tmp_path / "record.jsonl"
     environ = {"PATH": str(bin_dir), "FAKE_RECORD": str(record)}
 
-    detection = runtime.detect_runtime(environ, conf_dir=tmp_path / "conf", probe_timeout=30, extra_dirs=())
+    detection = runtime.detect_runtime(
+        environ, conf_dir=tmp_path / "conf", probe_timeout=30, extra_dirs=()
+    )
 
     assert detection.spec is not None, detection.rejected
     assert detection.spec.name == "podman"
@@ -71,7 +73,9 @@ def test_docker_cli_without_engine_falls_back_to_podman_with_runc_and_conf(tmp_p
     conf = Path(detection.spec.env["CONTAINERS_CONF"])
     assert conf.read_text() == "[containers]\ndefault_ulimits = []\n"
     podman_calls = [r for r in _records(record) if Path(str(r["argv"][0])).name == "podman"]  # type: ignore[index]
-    assert podman_calls and podman_calls[0]["conf"] == str(conf), "the probe must already use the written conf"
+    assert podman_calls and podman_calls[0]["conf"] == str(conf), (
+        "the probe must already use the written conf"
+    )
 
 
 def test_existing_containers_conf_is_honoured(tmp_path: Path) -> None:
@@ -79,10 +83,14 @@ def test_existing_containers_conf_is_honoured(tmp_path: Path) -> None:
     _fake(bin_dir, "podman", engine_up=True)
     mine = tmp_path / "mine.conf"
     mine.write_text("[containers]\n")
-    detection = runtime.detect_runtime({"PATH": str(bin_dir), "CONTAINERS_CONF": str(mine)}, conf_dir=tmp_path / "c", extra_dirs=())
+    detection = runtime.detect_runtime(
+        {"PATH": str(bin_dir), "CONTAINERS_CONF": str(mine)}, conf_dir=tmp_path / "c", extra_dirs=()
+    )
     assert detection.spec is not None
     assert detection.spec.env["CONTAINERS_CONF"] == str(mine)
-    assert "--runtime" not in detection.spec.base_argv, "no runc on PATH: keep podman's default runtime"
+    assert "--runtime" not in detection.spec.base_argv, (
+        "no runc on PATH: keep podman's default runtime"
+    )
     assert not (tmp_path / "c" / "containers.conf").exists()
 
 
@@ -90,7 +98,9 @@ def test_docker_with_engine_wins(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     docker = _fake(bin_dir, "docker", engine_up=True)
     _fake(bin_dir, "podman", engine_up=True)
-    detection = runtime.detect_runtime({"PATH": str(bin_dir)}, conf_dir=tmp_path / "c", extra_dirs=())
+    detection = runtime.detect_runtime(
+        {"PATH": str(bin_dir)}, conf_dir=tmp_path / "c", extra_dirs=()
+    )
     assert detection.spec is not None
     assert (detection.spec.name, detection.spec.base_argv) == ("docker", (str(docker),))
     assert "CONTAINERS_CONF" not in detection.spec.env
@@ -99,7 +109,11 @@ def test_docker_with_engine_wins(tmp_path: Path) -> None:
 def test_forced_runtime_and_nothing_found(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     _fake(bin_dir, "docker", engine_up=True)
-    forced = runtime.detect_runtime({"PATH": str(bin_dir), runtime.RUNTIME_ENV: "podman"}, conf_dir=tmp_path / "c", extra_dirs=())
+    forced = runtime.detect_runtime(
+        {"PATH": str(bin_dir), runtime.RUNTIME_ENV: "podman"},
+        conf_dir=tmp_path / "c",
+        extra_dirs=(),
+    )
     assert forced.spec is None
     assert forced.reason() == f"${runtime.RUNTIME_ENV}=podman: not found on PATH"
 
@@ -117,7 +131,9 @@ def test_system_dirs_are_searched_after_path(tmp_path: Path) -> None:
     runc = _fake(system, "runc", engine_up=True)
     empty = tmp_path / "empty"
     empty.mkdir()
-    detection = runtime.detect_runtime({"PATH": str(empty)}, conf_dir=tmp_path / "c", extra_dirs=(str(system),))
+    detection = runtime.detect_runtime(
+        {"PATH": str(empty)}, conf_dir=tmp_path / "c", extra_dirs=(str(system),)
+    )
     assert detection.spec is not None
     assert detection.spec.base_argv == (str(podman), "--runtime", str(runc))
 
@@ -126,7 +142,9 @@ def test_wrapper_builds_argv_and_parses_answers(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     _fake(bin_dir, "podman", engine_up=True)
     record = tmp_path / "record.jsonl"
-    detection = runtime.detect_runtime({"PATH": str(bin_dir), "FAKE_RECORD": str(record)}, conf_dir=tmp_path / "c", extra_dirs=())
+    detection = runtime.detect_runtime(
+        {"PATH": str(bin_dir), "FAKE_RECORD": str(record)}, conf_dir=tmp_path / "c", extra_dirs=()
+    )
     assert detection.spec is not None
     wrapper = runtime.ContainerRuntime(detection.spec)
 
@@ -152,8 +170,12 @@ def test_wrapper_builds_argv_and_parses_answers(tmp_path: Path) -> None:
 
 
 def test_parse_loaded_refs_docker_and_podman_formats() -> None:
-    assert runtime.parse_loaded_refs("Loaded image: cephaloproxy:latest\n") == ["cephaloproxy:latest"]
-    assert runtime.parse_loaded_refs("Getting image source signatures\nLoaded image(s): a:1,b:2\n") == ["a:1", "b:2"]
+    assert runtime.parse_loaded_refs("Loaded image: cephaloproxy:latest\n") == [
+        "cephaloproxy:latest"
+    ]
+    assert runtime.parse_loaded_refs(
+        "Getting image source signatures\nLoaded image(s): a:1,b:2\n"
+    ) == ["a:1", "b:2"]
     assert runtime.parse_loaded_refs("Loaded image ID: sha256:abc\n") == ["sha256:abc"]
     assert runtime.parse_loaded_refs("nothing here") == []
 

@@ -95,7 +95,9 @@ def shebang_problem(image: Image, entry: Entry, line: bytes) -> str | None:
     return f"starts with {line.decode('utf-8', 'replace')!r}, but {interpreter} is not an executable file in the image"
 
 
-def decide(rules: list[path_rules.Rule], path: str, letter: str) -> tuple[str, path_rules.Rule | None]:
+def decide(
+    rules: list[path_rules.Rule], path: str, letter: str
+) -> tuple[str, path_rules.Rule | None]:
     """The first rule that forbids the path or allows its kind decides; a
     matching rule for other kinds only explains a refusal (a directory that
     only such rules match is judged by what is below it)."""

@@ -15,7 +15,15 @@ import pytest
 
 from image.layers import allowlist, layer_builder, path_rules
 from image.layers.oci_layout import Image, load_image
-from image.layers.oci_testing import Member, directory, file, script, symlink, write_layout, write_tar
+from image.layers.oci_testing import (
+    Member,
+    directory,
+    file,
+    script,
+    symlink,
+    write_layout,
+    write_tar,
+)
 
 LAYERS_DIR = Path(__file__).parent
 ELF = b"\x7fELF" + b"\0" * 60
@@ -25,11 +33,17 @@ INTERPRETER = ELF + b"python 3.13 interpreter"
 DEBIAN_UNWANTED = [
     script("usr/sbin/update-ca-certificates", "#!/bin/sh -e"),
     file("usr/share/man/man8/update-ca-certificates.8.gz", b"\x1f\x8b"),
-    file("usr/share/gdb/auto-load/usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.33-gdb.py", b"import gdb\n"),
+    file(
+        "usr/share/gdb/auto-load/usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.33-gdb.py",
+        b"import gdb\n",
+    ),
     file("usr/share/gcc/python/libstdcxx/v6/printers.py", b"# pretty-printers\n"),
     file("usr/share/lintian/overrides/libc6", b"libc6: x\n"),
     file("usr/share/doc/libc6/changelog.Debian.gz", b"\x1f\x8b"),
-    script("usr/share/doc/ca-certificates/examples/ca-certificates-local/debian/rules", "#!/usr/bin/make -f"),
+    script(
+        "usr/share/doc/ca-certificates/examples/ca-certificates-local/debian/rules",
+        "#!/usr/bin/make -f",
+    ),
     symlink("usr/share/doc/libgcc-s1", "gcc-14-base"),
     script("etc/update-motd.d/10-uname", "#!/bin/sh"),
     file("usr/share/base-files/dot.bashrc", b"# ~/.bashrc\n"),
@@ -81,7 +95,9 @@ PYTHON_UNWANTED = [
     file("lib/tcl8.6/init.tcl", b"# tcl\n"),
 ]
 PYTHON_WANTED = [
-    Member("bin/python3", "file", 0o755, INTERPRETER),  # a copy: Bazel follows the archive's symlink
+    Member(
+        "bin/python3", "file", 0o755, INTERPRETER
+    ),  # a copy: Bazel follows the archive's symlink
     Member("bin/python3.13", "file", 0o755, INTERPRETER),
     file("lib/libpython3.13.so.1.0", ELF + b"3.13.9\0"),
     file("lib/python3.13/os.py", b"import abc\n"),
@@ -110,15 +126,21 @@ def python_layer(tmp_path: Path, members: list[Member], name: str = "python.tar.
         source.write_bytes(member.data)
         source.chmod(member.mode)
         mode = "0644" if member.path.startswith("lib/") and member.path.endswith(".py") else "auto"
-        entries.append({"type": "file", "path": "usr/" + member.path, "src": str(source), "mode": mode})
+        entries.append(
+            {"type": "file", "path": "usr/" + member.path, "src": str(source), "mode": mode}
+        )
     spec = tmp_path / (name + ".json")
-    spec.write_text(json.dumps({
-        "mtime": 0,
-        "exclude_rules": str(LAYERS_DIR / "python_runtime.exclude"),
-        "exclude_prefix": "usr",
-        "link_duplicates": True,
-        "entries": entries,
-    }))
+    spec.write_text(
+        json.dumps(
+            {
+                "mtime": 0,
+                "exclude_rules": str(LAYERS_DIR / "python_runtime.exclude"),
+                "exclude_prefix": "usr",
+                "link_duplicates": True,
+                "entries": entries,
+            }
+        )
+    )
     output = tmp_path / name
     assert layer_builder.main([str(spec), str(output)]) == 0
     return output
@@ -128,7 +150,12 @@ def debian_layer(tmp_path: Path, members: list[Member]) -> Path:
     """//image:debian_packages: the flattened .debs through debian_packages.exclude."""
     raw = write_tar(tmp_path / "debs.tar.gz", members)
     output = tmp_path / "debian.tar.gz"
-    assert layer_builder.main(["--filter", str(LAYERS_DIR / "debian_packages.exclude"), str(raw), str(output)]) == 0
+    assert (
+        layer_builder.main(
+            ["--filter", str(LAYERS_DIR / "debian_packages.exclude"), str(raw), str(output)]
+        )
+        == 0
+    )
     return output
 
 
@@ -152,7 +179,9 @@ def rules() -> list[path_rules.Rule]:
     return allowlist.load()
 
 
-def test_filtered_layers_pass_the_allowlist(tmp_path: Path, built_layers: list[Path], rules: list[path_rules.Rule]) -> None:
+def test_filtered_layers_pass_the_allowlist(
+    tmp_path: Path, built_layers: list[Path], rules: list[path_rules.Rule]
+) -> None:
     image = image_of(tmp_path, built_layers)
     assert allowlist.check(image, rules) == []
     # What stays: one interpreter file, python3 linking to it, the licence text.
@@ -163,28 +192,59 @@ def test_filtered_layers_pass_the_allowlist(tmp_path: Path, built_layers: list[P
     assert image.entries["/usr/lib/python3.13/base64.py"].mode == 0o644
 
 
-def test_unfiltered_inputs_fail_on_every_unwanted_file(tmp_path: Path, rules: list[path_rules.Rule]) -> None:
+def test_unfiltered_inputs_fail_on_every_unwanted_file(
+    tmp_path: Path, rules: list[path_rules.Rule]
+) -> None:
     raw_python = tmp_path / "raw_python.tar.gz"
-    write_tar(raw_python, [Member("usr/" + m.path, m.kind, m.mode, m.data, m.target) for m in PYTHON_WANTED + PYTHON_UNWANTED])
+    write_tar(
+        raw_python,
+        [
+            Member("usr/" + m.path, m.kind, m.mode, m.data, m.target)
+            for m in PYTHON_WANTED + PYTHON_UNWANTED
+        ],
+    )
     raw_debian = write_tar(tmp_path / "raw_debian.tar.gz", DEBIAN_WANTED + DEBIAN_UNWANTED)
     image = image_of(tmp_path, [raw_debian, raw_python, write_tar(tmp_path / "app.tar.gz", APP)])
     flagged = {line.split(" ", 1)[0] for line in allowlist.check(image, rules)}
-    expected = {"/" + m.path for m in DEBIAN_UNWANTED} | {"/usr/" + m.path for m in PYTHON_UNWANTED} | {"/usr/bin/python3"}
+    expected = (
+        {"/" + m.path for m in DEBIAN_UNWANTED}
+        | {"/usr/" + m.path for m in PYTHON_UNWANTED}
+        | {"/usr/bin/python3"}
+    )
     assert expected <= flagged, f"not flagged: {sorted(expected - flagged)}"
 
 
-UNWANTED_IN_IMAGE = [pytest.param(m, id=m.path) for m in DEBIAN_UNWANTED] + [
-    pytest.param(Member("usr/" + m.path, m.kind, m.mode, m.data, m.target), id="usr/" + m.path) for m in PYTHON_UNWANTED
-] + [
-    pytest.param(Member("usr/bin/python3", "file", 0o755, INTERPRETER), id="second-full-python3"),
-    pytest.param(script("usr/bin/pydoc3", "#!/usr/bin/python3"), id="pydoc3-with-valid-shebang"),
-    pytest.param(file("usr/bin/python3.13-config", b"#!/bin/sh\n"), id="python-config-not-executable"),
-    # Bytecode only as add_bytecode writes it: this Python's tag, beside the stdlib or the package.
-    pytest.param(file("usr/lib/python3.13/__pycache__/base64.pyc", b"\xf3\r\r\n"), id="pyc-without-tag"),
-    pytest.param(file("usr/lib/python3.13/__pycache__/base64.cpython-313.opt-1.pyc", b"\xf3\r\r\n"), id="pyc-optimized"),
-    pytest.param(file("usr/local/bin/__pycache__/healthcheck.cpython-313.pyc", b"\xf3\r\r\n"), id="pyc-outside-the-libs"),
-    pytest.param(directory("etc/__pycache__"), id="pycache-dir-outside-the-libs"),
-]
+UNWANTED_IN_IMAGE = (
+    [pytest.param(m, id=m.path) for m in DEBIAN_UNWANTED]
+    + [
+        pytest.param(Member("usr/" + m.path, m.kind, m.mode, m.data, m.target), id="usr/" + m.path)
+        for m in PYTHON_UNWANTED
+    ]
+    + [
+        pytest.param(
+            Member("usr/bin/python3", "file", 0o755, INTERPRETER), id="second-full-python3"
+        ),
+        pytest.param(
+            script("usr/bin/pydoc3", "#!/usr/bin/python3"), id="pydoc3-with-valid-shebang"
+        ),
+        pytest.param(
+            file("usr/bin/python3.13-config", b"#!/bin/sh\n"), id="python-config-not-executable"
+        ),
+        # Bytecode only as add_bytecode writes it: this Python's tag, beside the stdlib or the package.
+        pytest.param(
+            file("usr/lib/python3.13/__pycache__/base64.pyc", b"\xf3\r\r\n"), id="pyc-without-tag"
+        ),
+        pytest.param(
+            file("usr/lib/python3.13/__pycache__/base64.cpython-313.opt-1.pyc", b"\xf3\r\r\n"),
+            id="pyc-optimized",
+        ),
+        pytest.param(
+            file("usr/local/bin/__pycache__/healthcheck.cpython-313.pyc", b"\xf3\r\r\n"),
+            id="pyc-outside-the-libs",
+        ),
+        pytest.param(directory("etc/__pycache__"), id="pycache-dir-outside-the-libs"),
+    ]
+)
 
 
 @pytest.mark.parametrize("unwanted", UNWANTED_IN_IMAGE)
@@ -199,44 +259,85 @@ def test_each_unwanted_file_fails_if_it_comes_back(
 @pytest.mark.parametrize(
     ("member", "message"),
     [
-        (script("usr/local/bin/tool.py", "#!/usr/bin/env python3"), "/usr/bin/env is not an executable file"),
-        (script("usr/lib/squid/helper", "#!/usr/bin/perl -w"), "/usr/bin/perl is not an executable file"),
+        (
+            script("usr/local/bin/tool.py", "#!/usr/bin/env python3"),
+            "/usr/bin/env is not an executable file",
+        ),
+        (
+            script("usr/lib/squid/helper", "#!/usr/bin/perl -w"),
+            "/usr/bin/perl is not an executable file",
+        ),
         (file("usr/lib/python3.13/webbrowser.py", b"#!/usr/bin/env perl\n"), "/usr/bin/env is not"),
         (script("usr/lib/squid/empty", "#!"), "empty #! line"),
     ],
 )
 def test_shebangs_must_name_an_interpreter_in_the_image(
-    tmp_path: Path, built_layers: list[Path], rules: list[path_rules.Rule], member: Member, message: str
+    tmp_path: Path,
+    built_layers: list[Path],
+    rules: list[path_rules.Rule],
+    member: Member,
+    message: str,
 ) -> None:
     extra = write_tar(tmp_path / "extra.tar.gz", [member])
     problems = allowlist.check(image_of(tmp_path, built_layers + [extra]), rules)
-    assert [p for p in problems if p.startswith("/" + member.path + " ")] and message in "\n".join(problems), problems
+    assert [p for p in problems if p.startswith("/" + member.path + " ")] and message in "\n".join(
+        problems
+    ), problems
 
 
-def test_a_module_naming_python_through_env_is_fine(tmp_path: Path, built_layers: list[Path], rules: list[path_rules.Rule]) -> None:
-    extra = write_tar(tmp_path / "extra.tar.gz", [file("usr/lib/python3.13/pdb.py", b"#! /usr/bin/env python3\n")])
+def test_a_module_naming_python_through_env_is_fine(
+    tmp_path: Path, built_layers: list[Path], rules: list[path_rules.Rule]
+) -> None:
+    extra = write_tar(
+        tmp_path / "extra.tar.gz", [file("usr/lib/python3.13/pdb.py", b"#! /usr/bin/env python3\n")]
+    )
     assert allowlist.check(image_of(tmp_path, built_layers + [extra]), rules) == []
 
 
-def test_a_script_naming_the_interpreter_directly_is_fine(tmp_path: Path, built_layers: list[Path], rules: list[path_rules.Rule]) -> None:
-    extra = write_tar(tmp_path / "extra.tar.gz", [script("usr/local/bin/healthcheck.py", "#!/usr/bin/python3")])
+def test_a_script_naming_the_interpreter_directly_is_fine(
+    tmp_path: Path, built_layers: list[Path], rules: list[path_rules.Rule]
+) -> None:
+    extra = write_tar(
+        tmp_path / "extra.tar.gz", [script("usr/local/bin/healthcheck.py", "#!/usr/bin/python3")]
+    )
     assert allowlist.check(image_of(tmp_path, built_layers + [extra]), rules) == []
 
 
-def test_dangling_symlink_and_empty_unlisted_directory_fail(tmp_path: Path, built_layers: list[Path], rules: list[path_rules.Rule]) -> None:
-    extra = write_tar(tmp_path / "extra.tar.gz", [
-        symlink("usr/lib/x86_64-linux-gnu/libgone.so.1", "libgone.so.1.0"),
-        directory("usr/share/gdb"),
-    ])
+def test_dangling_symlink_and_empty_unlisted_directory_fail(
+    tmp_path: Path, built_layers: list[Path], rules: list[path_rules.Rule]
+) -> None:
+    extra = write_tar(
+        tmp_path / "extra.tar.gz",
+        [
+            symlink("usr/lib/x86_64-linux-gnu/libgone.so.1", "libgone.so.1.0"),
+            directory("usr/share/gdb"),
+        ],
+    )
     problems = allowlist.check(image_of(tmp_path, built_layers + [extra]), rules)
-    assert any(p.startswith("/usr/lib/x86_64-linux-gnu/libgone.so.1 is a symlink to libgone.so.1.0") for p in problems), problems
-    assert any(p.startswith("/usr/share/gdb is a directory with nothing allowed below it") for p in problems), problems
+    assert any(
+        p.startswith("/usr/lib/x86_64-linux-gnu/libgone.so.1 is a symlink to libgone.so.1.0")
+        for p in problems
+    ), problems
+    assert any(
+        p.startswith("/usr/share/gdb is a directory with nothing allowed below it")
+        for p in problems
+    ), problems
 
 
-def test_a_later_whiteout_removes_an_unwanted_file(tmp_path: Path, rules: list[path_rules.Rule]) -> None:
-    raw = write_tar(tmp_path / "raw.tar.gz", DEBIAN_WANTED + [script("usr/sbin/update-ca-certificates", "#!/bin/sh -e")])
+def test_a_later_whiteout_removes_an_unwanted_file(
+    tmp_path: Path, rules: list[path_rules.Rule]
+) -> None:
+    raw = write_tar(
+        tmp_path / "raw.tar.gz",
+        DEBIAN_WANTED + [script("usr/sbin/update-ca-certificates", "#!/bin/sh -e")],
+    )
     whiteout = write_tar(tmp_path / "wh.tar.gz", [file("usr/sbin/.wh.update-ca-certificates")])
-    layers = [raw, whiteout, python_layer(tmp_path, PYTHON_WANTED), write_tar(tmp_path / "app.tar.gz", APP)]
+    layers = [
+        raw,
+        whiteout,
+        python_layer(tmp_path, PYTHON_WANTED),
+        write_tar(tmp_path / "app.tar.gz", APP),
+    ]
     assert allowlist.check(image_of(tmp_path, layers), rules) == []
 
 
@@ -244,23 +345,31 @@ def test_bytecode_beside_its_source_is_allowed_with_its_directories(
     tmp_path: Path, built_layers: list[Path], rules: list[path_rules.Rule]
 ) -> None:
     # What add_bytecode writes: the __pycache__ directory entries too, not only the .pyc files.
-    extra = write_tar(tmp_path / "extra.tar.gz", [
-        directory("usr/lib/python3.13/__pycache__"),
-        file("usr/lib/python3.13/__pycache__/base64.cpython-313.pyc", b"\xf3\r\r\n"),
-        directory("usr/lib/python3.13/asyncio/__pycache__"),
-        file("usr/lib/python3.13/asyncio/__pycache__/events.cpython-313.pyc", b"\xf3\r\r\n"),
-        directory("usr/lib/cephaloproxy/entrypoint/__pycache__"),
-        file("usr/lib/cephaloproxy/entrypoint/__pycache__/main.cpython-313.pyc", b"\xf3\r\r\n"),
-    ])
+    extra = write_tar(
+        tmp_path / "extra.tar.gz",
+        [
+            directory("usr/lib/python3.13/__pycache__"),
+            file("usr/lib/python3.13/__pycache__/base64.cpython-313.pyc", b"\xf3\r\r\n"),
+            directory("usr/lib/python3.13/asyncio/__pycache__"),
+            file("usr/lib/python3.13/asyncio/__pycache__/events.cpython-313.pyc", b"\xf3\r\r\n"),
+            directory("usr/lib/cephaloproxy/entrypoint/__pycache__"),
+            file("usr/lib/cephaloproxy/entrypoint/__pycache__/main.cpython-313.pyc", b"\xf3\r\r\n"),
+        ],
+    )
     assert allowlist.check(image_of(tmp_path, built_layers + [extra]), rules) == []
 
 
-def test_the_arm64_loader_link_is_allowed(tmp_path: Path, built_layers: list[Path], rules: list[path_rules.Rule]) -> None:
+def test_the_arm64_loader_link_is_allowed(
+    tmp_path: Path, built_layers: list[Path], rules: list[path_rules.Rule]
+) -> None:
     # Debian arm64's PT_INTERP is /lib/ld-linux-aarch64.so.1: a link in usr/lib, not usr/lib64.
-    extra = write_tar(tmp_path / "extra.tar.gz", [
-        Member("usr/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1", "file", 0o755, ELF),
-        symlink("usr/lib/ld-linux-aarch64.so.1", "aarch64-linux-gnu/ld-linux-aarch64.so.1"),
-    ])
+    extra = write_tar(
+        tmp_path / "extra.tar.gz",
+        [
+            Member("usr/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1", "file", 0o755, ELF),
+            symlink("usr/lib/ld-linux-aarch64.so.1", "aarch64-linux-gnu/ld-linux-aarch64.so.1"),
+        ],
+    )
     assert allowlist.check(image_of(tmp_path, built_layers + [extra]), rules) == []
 
 

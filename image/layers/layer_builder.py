@@ -93,7 +93,12 @@ def exclude_rules(rules_file: str, prefix: str) -> list[path_rules.Rule]:
     base = path_rules.relative(prefix)
     if not base:
         return rules
-    return [path_rules.Rule(glob=f"{base}/{path_rules.relative(r.glob)}", verdict=r.verdict, line=r.line) for r in rules]
+    return [
+        path_rules.Rule(
+            glob=f"{base}/{path_rules.relative(r.glob)}", verdict=r.verdict, line=r.line
+        )
+        for r in rules
+    ]
 
 
 def parse_entries(spec: dict[str, object]) -> list[Entry]:
@@ -102,7 +107,9 @@ def parse_entries(spec: dict[str, object]) -> list[Entry]:
     raw_entries = spec.get("entries", [])
     if not isinstance(raw_entries, list):
         raise SpecError("spec 'entries' must be a list")
-    rules = exclude_rules(str(spec.get("exclude_rules") or ""), str(spec.get("exclude_prefix") or ""))
+    rules = exclude_rules(
+        str(spec.get("exclude_rules") or ""), str(spec.get("exclude_prefix") or "")
+    )
     for raw in raw_entries:
         kind = raw["type"]
         path = normalize_path(raw["path"])
@@ -123,13 +130,19 @@ def parse_entries(spec: dict[str, object]) -> list[Entry]:
             raise SpecError(f"unknown entry type {kind!r} for /{path}; use file, dir or symlink")
         previous = by_path.get(path)
         if previous is not None and previous != entry:
-            raise SpecError(f"/{path} is given twice with different contents: {previous} and {entry}")
+            raise SpecError(
+                f"/{path} is given twice with different contents: {previous} and {entry}"
+            )
         by_path[path] = entry
     bytecode = spec.get("bytecode")
     if bytecode:
         if not isinstance(bytecode, dict):
             raise SpecError("spec 'bytecode' must be an object with 'cache_tag' and 'under'")
-        add_bytecode(by_path, str(bytecode["cache_tag"]), [normalize_path(p) for p in bytecode.get("under", [])])
+        add_bytecode(
+            by_path,
+            str(bytecode["cache_tag"]),
+            [normalize_path(p) for p in bytecode.get("under", [])],
+        )
     if spec.get("link_duplicates"):
         link_duplicates(by_path)
     add_missing_parents(by_path)
@@ -158,9 +171,13 @@ def add_bytecode(by_path: dict[str, Entry], cache_tag: str, under: list[str]) ->
     sources = [
         entry
         for path, entry in sorted(by_path.items())
-        if entry.kind == "file" and path.endswith(".py") and any(path.startswith(p) for p in prefixes)
+        if entry.kind == "file"
+        and path.endswith(".py")
+        and any(path.startswith(p) for p in prefixes)
     ]
-    for entry, data in zip(sources, compile_bytecode([(entry.src or "", "/" + entry.path) for entry in sources])):
+    for entry, data in zip(
+        sources, compile_bytecode([(entry.src or "", "/" + entry.path) for entry in sources])
+    ):
         if data is None:
             continue  # not Python 3 source (test fixtures with bad syntax): nothing to cache
         module = PurePosixPath(entry.path)
@@ -206,7 +223,9 @@ def compile_bytecode(sources: list[tuple[str, str]]) -> list[bytes | None]:
     if not sources:
         return []
     if not sys.executable:
-        raise SpecError("bytecode asked for, but the layer builder cannot find its own interpreter (sys.executable)")
+        raise SpecError(
+            "bytecode asked for, but the layer builder cannot find its own interpreter (sys.executable)"
+        )
     with tempfile.TemporaryDirectory(prefix="layer-bytecode-") as scratch:
         empty_cache = os.path.join(scratch, "pycache")
         os.mkdir(empty_cache)
@@ -214,13 +233,27 @@ def compile_bytecode(sources: list[tuple[str, str]]) -> list[bytes | None]:
         for src, dfile in sources:
             fields += [os.fsencode(src), dfile.encode("utf-8", "surrogateescape")]
         done = subprocess.run(
-            [sys.executable, "-S", "-s", "-P", "-B", "-X", f"pycache_prefix={empty_cache}", "-c", _COMPILER],
-            input=b"\0".join(fields), capture_output=True, check=False,
+            [
+                sys.executable,
+                "-S",
+                "-s",
+                "-P",
+                "-B",
+                "-X",
+                f"pycache_prefix={empty_cache}",
+                "-c",
+                _COMPILER,
+            ],
+            input=b"\0".join(fields),
+            capture_output=True,
+            check=False,
             env={"LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0"},
         )
         if done.returncode != 0:
             error = done.stderr.decode("utf-8", "replace").strip().splitlines()
-            raise SpecError(f"compiling bytecode failed: {error[-1] if error else f'exit {done.returncode}'}")
+            raise SpecError(
+                f"compiling bytecode failed: {error[-1] if error else f'exit {done.returncode}'}"
+            )
         results: list[bytes | None] = []
         for number in range(len(sources)):
             output = Path(scratch, f"{number}.pyc")
@@ -261,7 +294,9 @@ def link_duplicates(by_path: dict[str, Entry]) -> None:
             for path in same:
                 if path != keep:
                     old = by_path[path]
-                    by_path[path] = Entry("symlink", path, 0o777, old.uid, old.gid, target=PurePosixPath(keep).name)
+                    by_path[path] = Entry(
+                        "symlink", path, 0o777, old.uid, old.gid, target=PurePosixPath(keep).name
+                    )
 
 
 def add_missing_parents(by_path: dict[str, Entry]) -> None:
@@ -275,7 +310,9 @@ def add_missing_parents(by_path: dict[str, Entry]) -> None:
             if existing is None:
                 by_path[name] = Entry("dir", name, DEFAULT_DIR_MODE, 0, 0)
             elif existing.kind != "dir":
-                raise SpecError(f"/{name} is a {existing.kind} but /{path} needs it to be a directory")
+                raise SpecError(
+                    f"/{name} is a {existing.kind} but /{path} needs it to be a directory"
+                )
 
 
 def tar_info(entry: Entry, mtime: int) -> tarfile.TarInfo:
@@ -302,7 +339,9 @@ def write_gzip(tar: bytes, output: Path) -> None:
     """Gzip with a zero header timestamp and no file name, written atomically."""
     temporary = output.with_name(output.name + ".partial")
     with open(temporary, "wb") as sink:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=6) as zipped:
+        with gzip.GzipFile(
+            filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=6
+        ) as zipped:
             zipped.write(tar)
     temporary.replace(output)
 
@@ -310,7 +349,9 @@ def write_gzip(tar: bytes, output: Path) -> None:
 def write_layer(entries: list[Entry], mtime: int, output: Path) -> None:
     """Writes the tar into gzip with a zero header timestamp and no file name."""
     raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as archive:
+    with tarfile.open(
+        fileobj=raw, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8"
+    ) as archive:
         for entry in entries:
             info = tar_info(entry, mtime)
             if entry.kind == "file" and entry.data is not None:
@@ -354,7 +395,9 @@ def filter_layer(rules: list[path_rules.Rule], source: Path, output: Path) -> in
                 if name in gone:
                     continue
                 if member.islnk() and path_rules.relative(member.linkname) in gone:
-                    raise SpecError(f"/{name} is a hard link to /{path_rules.relative(member.linkname)}, which the rules drop; drop both or neither")
+                    raise SpecError(
+                        f"/{name} is a hard link to /{path_rules.relative(member.linkname)}, which the rules drop; drop both or neither"
+                    )
                 sink.addfile(member, archive.extractfile(member) if member.isfile() else None)
     write_gzip(raw.getvalue(), output)
     return len(gone)
@@ -363,7 +406,9 @@ def filter_layer(rules: list[path_rules.Rule], source: Path, output: Path) -> in
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--filter"]:
         if len(argv) != 4:
-            print("usage: layer_builder --filter RULES LAYER.tar[.gz] OUTPUT.tar.gz", file=sys.stderr)
+            print(
+                "usage: layer_builder --filter RULES LAYER.tar[.gz] OUTPUT.tar.gz", file=sys.stderr
+            )
             return 2
         try:
             rules = path_rules.parse_filter(Path(argv[1]).read_text(encoding="utf-8").splitlines())

@@ -65,10 +65,21 @@ def read_members(layer: Path) -> list[Member]:
                 content = archive.extractfile(info)
                 digest = hashlib.file_digest(content, "sha256").hexdigest() if content else ""
             pax = tuple(sorted((k, v) for k, v in info.pax_headers.items() if k not in _SHOWN_PAX))
-            found.append(Member(
-                info.name, oci_layout.member_kind(info), info.linkname, info.size, info.mode,
-                info.uid, info.gid, f"{info.uname}:{info.gname}", info.mtime, digest, pax,
-            ))
+            found.append(
+                Member(
+                    info.name,
+                    oci_layout.member_kind(info),
+                    info.linkname,
+                    info.size,
+                    info.mode,
+                    info.uid,
+                    info.gid,
+                    f"{info.uname}:{info.gname}",
+                    info.mtime,
+                    digest,
+                    pax,
+                )
+            )
     return found
 
 
@@ -95,11 +106,16 @@ def compare_layers(first: Path, second: Path) -> list[str]:
             return [f"member {index} differs: {a.path}", _side("first ", a), _side("second", b)]
         return [
             f"member {index} differs: {a.path if a else '(end of layer)'} vs {b.path if b else '(end of layer)'}",
-            _side("first ", a), _side("second", b),
+            _side("first ", a),
+            _side("second", b),
         ]
     if _tar_bytes(first) == _tar_bytes(second):
-        return [f"same {len(ours)} members and tar; only the compression differs (gzip header or level)"]
-    return [f"same {len(ours)} members and contents; the tar headers differ (format, pax records or padding)"]
+        return [
+            f"same {len(ours)} members and tar; only the compression differs (gzip header or level)"
+        ]
+    return [
+        f"same {len(ours)} members and contents; the tar headers differ (format, pax records or padding)"
+    ]
 
 
 def compare_layouts(first: Path, second: Path) -> list[str]:
@@ -112,12 +128,20 @@ def compare_layouts(first: Path, second: Path) -> list[str]:
     configs = [m["config"]["digest"] for m in (first_manifest, second_manifest)]  # type: ignore[index]
     if configs[0] != configs[1]:
         lines.append(f"config {configs[0]} vs {configs[1]}")
-    layers = [[str(layer["digest"]) for layer in m["layers"]] for m in (first_manifest, second_manifest)]  # type: ignore[union-attr, index]
+    layers = [
+        [str(layer["digest"]) for layer in m["layers"]] for m in (first_manifest, second_manifest)
+    ]  # type: ignore[union-attr, index]
     for index, (a, b) in enumerate(zip(layers[0], layers[1])):
         if a != b:
-            return lines + [f"layer {index}: {a} vs {b}"] + compare_layers(first_blobs[index], second_blobs[index])
+            return (
+                lines
+                + [f"layer {index}: {a} vs {b}"]
+                + compare_layers(first_blobs[index], second_blobs[index])
+            )
     if len(layers[0]) != len(layers[1]):
-        lines.append(f"{len(layers[0])} layers vs {len(layers[1])}; the first {min(map(len, layers))} agree")
+        lines.append(
+            f"{len(layers[0])} layers vs {len(layers[1])}; the first {min(map(len, layers))} agree"
+        )
     elif len(lines) == 1:
         lines.append("same config and layers; the manifests differ in annotations or media types")
     return lines
@@ -141,7 +165,14 @@ def main(argv: list[str]) -> int:
         else:
             lines = compare_layers(args.first, args.second)
             digest = "sha256:" + hashlib.sha256(args.first.read_bytes()).hexdigest()
-    except (OSError, EOFError, tarfile.TarError, oci_layout.LayoutError, KeyError, TypeError) as error:
+    except (
+        OSError,
+        EOFError,
+        tarfile.TarError,
+        oci_layout.LayoutError,
+        KeyError,
+        TypeError,
+    ) as error:
         print(f"layer_diff: {error}", file=sys.stderr)
         return 2
     if not lines:

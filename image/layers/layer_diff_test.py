@@ -18,11 +18,28 @@ def write_layer(tmp_path: Path, name: str) -> Path:
     (tmp_path / "squid.conf").write_text("http_port 3128\n")
     (tmp_path / "tool.py").write_text("print('hi')\n")
     spec = tmp_path / f"{name}.json"
-    spec.write_text(json.dumps({"mtime": 0, "entries": [
-        {"type": "file", "path": "etc/squid/squid.conf", "src": str(tmp_path / "squid.conf"), "mode": "0644"},
-        {"type": "file", "path": "usr/local/bin/tool.py", "src": str(tmp_path / "tool.py"), "mode": "0755"},
-        {"type": "symlink", "path": "usr/bin/tool", "target": "../local/bin/tool.py"},
-    ]}))
+    spec.write_text(
+        json.dumps(
+            {
+                "mtime": 0,
+                "entries": [
+                    {
+                        "type": "file",
+                        "path": "etc/squid/squid.conf",
+                        "src": str(tmp_path / "squid.conf"),
+                        "mode": "0644",
+                    },
+                    {
+                        "type": "file",
+                        "path": "usr/local/bin/tool.py",
+                        "src": str(tmp_path / "tool.py"),
+                        "mode": "0755",
+                    },
+                    {"type": "symlink", "path": "usr/bin/tool", "target": "../local/bin/tool.py"},
+                ],
+            }
+        )
+    )
     output = tmp_path / f"{name}.tar.gz"
     assert layer_builder.main([str(spec), str(output)]) == 0
     return output
@@ -33,13 +50,17 @@ def diff(first: Path, second: Path, capsys: pytest.CaptureFixture[str]) -> tuple
     return code, capsys.readouterr().out
 
 
-def test_identical_layers_print_the_digest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_identical_layers_print_the_digest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     first, second = write_layer(tmp_path, "a"), write_layer(tmp_path, "b")
     code, out = diff(first, second, capsys)
     assert code == 0 and out.startswith("identical sha256:")
 
 
-def test_a_planted_clock_leak_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_planted_clock_leak_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A writer that stamps one member with the time of the build: a second build an hour
     later differs, and the tool names that member and both mtimes."""
     honest = write_layer(tmp_path, "honest")
@@ -66,23 +87,40 @@ def test_a_planted_clock_leak_is_named(tmp_path: Path, monkeypatch: pytest.Monke
     assert code == 1 and "mtime=0 " in out.splitlines()[1]
 
 
-def test_a_missing_member_and_a_mode_difference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_member_and_a_mode_difference(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     base = [oci_testing.directory("etc"), oci_testing.file("etc/a", b"a")]
-    first = oci_testing.write_tar(tmp_path / "first.tar.gz", base + [oci_testing.file("etc/b", b"b")])
+    first = oci_testing.write_tar(
+        tmp_path / "first.tar.gz", base + [oci_testing.file("etc/b", b"b")]
+    )
     second = oci_testing.write_tar(tmp_path / "second.tar.gz", base)
     code, out = diff(first, second, capsys)
     assert code == 1 and out.splitlines()[0] == "member 2 differs: etc/b vs (end of layer)"
     assert "(absent)" in out.splitlines()[2]
-    umask_077 = oci_testing.write_tar(tmp_path / "umask.tar.gz", [oci_testing.directory("etc"), oci_testing.file("etc/a", b"a", 0o600)])
+    umask_077 = oci_testing.write_tar(
+        tmp_path / "umask.tar.gz",
+        [oci_testing.directory("etc"), oci_testing.file("etc/a", b"a", 0o600)],
+    )
     code, out = diff(second, umask_077, capsys)
-    assert code == 1 and "mode=0644" in out and "mode=0600" in out and out.startswith("member 1 differs: etc/a")
+    assert (
+        code == 1
+        and "mode=0644" in out
+        and "mode=0600" in out
+        and out.startswith("member 1 differs: etc/a")
+    )
 
 
-def test_same_members_with_other_compression_or_headers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_same_members_with_other_compression_or_headers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     members = [oci_testing.file("etc/a", b"a")]
     plain = oci_testing.write_tar(tmp_path / "layer.tar", members, compress=False)
     gzipped = tmp_path / "named.tar.gz"
-    with gzipped.open("wb") as raw, gzip.GzipFile(filename="layer.tar", mode="wb", fileobj=raw, mtime=12345) as zipped:
+    with (
+        gzipped.open("wb") as raw,
+        gzip.GzipFile(filename="layer.tar", mode="wb", fileobj=raw, mtime=12345) as zipped,
+    ):
         zipped.write(plain.read_bytes())  # the file name and time in the gzip header
     code, out = diff(plain, gzipped, capsys)
     assert code == 1 and "only the compression differs" in out
@@ -94,8 +132,12 @@ def test_same_members_with_other_compression_or_headers(tmp_path: Path, capsys: 
     assert code == 1 and "tar headers differ" in out
 
 
-def test_layouts_name_the_layer_then_the_member(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    shared = oci_testing.write_tar(tmp_path / "base.tar.gz", [oci_testing.file("etc/os-release", b"ID=debian\n")])
+def test_layouts_name_the_layer_then_the_member(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shared = oci_testing.write_tar(
+        tmp_path / "base.tar.gz", [oci_testing.file("etc/os-release", b"ID=debian\n")]
+    )
     app = oci_testing.write_tar(tmp_path / "app.tar.gz", [oci_testing.file("app/x", b"1")])
     changed = oci_testing.write_tar(tmp_path / "app2.tar.gz", [oci_testing.file("app/x", b"2")])
     first = oci_testing.write_layout(tmp_path / "first", [shared, app])
@@ -105,11 +147,17 @@ def test_layouts_name_the_layer_then_the_member(tmp_path: Path, capsys: pytest.C
     assert code == 0 and out.startswith("identical sha256:")
     code, out = diff(first, second, capsys)
     lines = out.splitlines()
-    assert code == 1 and lines[0].startswith("manifest sha256:") and lines[1].startswith("layer 1: sha256:")
+    assert (
+        code == 1
+        and lines[0].startswith("manifest sha256:")
+        and lines[1].startswith("layer 1: sha256:")
+    )
     assert lines[2] == "member 0 differs: app/x" and "size=1" in lines[3]
 
 
-def test_unreadable_or_mixed_inputs_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreadable_or_mixed_inputs_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     layer = oci_testing.write_tar(tmp_path / "a.tar.gz", [oci_testing.file("a")])
     assert layer_diff.main([str(layer), str(tmp_path)]) == 2
     assert "two layer files or two OCI layout directories" in capsys.readouterr().err
@@ -118,7 +166,9 @@ def test_unreadable_or_mixed_inputs_exit_2(tmp_path: Path, capsys: pytest.Captur
     assert capsys.readouterr().err.startswith("layer_diff: ")
 
 
-def test_relative_paths_are_the_callers_under_bazel_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_relative_paths_are_the_callers_under_bazel_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     oci_testing.write_tar(tmp_path / "a.tar.gz", [oci_testing.file("a")])
     monkeypatch.setenv("BUILD_WORKING_DIRECTORY", str(tmp_path))
     assert layer_diff.main(["a.tar.gz", "a.tar.gz"]) == 0

@@ -76,22 +76,35 @@ def write_layout(directory_path: Path, layers: list[Path], architecture: str = "
     layer_descriptors = []
     for layer in layers:
         data = layer.read_bytes()
-        layer_descriptors.append({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": put(data),
-            "size": len(data),
-        })
+        layer_descriptors.append(
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": put(data),
+                "size": len(data),
+            }
+        )
     config = json.dumps({"architecture": architecture, "os": "linux", "config": {}}).encode()
-    manifest = json.dumps({
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": put(config),
+                "size": len(config),
+            },
+            "layers": layer_descriptors,
+        }
+    ).encode()
+    index = {
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(config), "size": len(config)},
-        "layers": layer_descriptors,
-    }).encode()
-    index = {"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": put(manifest),
-        "size": len(manifest),
-    }]}
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": put(manifest),
+                "size": len(manifest),
+            }
+        ],
+    }
     (directory_path / "index.json").write_text(json.dumps(index))
     return directory_path

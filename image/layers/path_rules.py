@@ -38,7 +38,7 @@ def _segment_regex(segment: str, glob: str) -> str:
             end = segment.find("]", index + 2)
             if end < 0:
                 raise RuleError(f"unclosed '[' in {glob!r}")
-            body = segment[index + 1:end]
+            body = segment[index + 1 : end]
             if body.startswith("!"):
                 body = "^" + body[1:]
             out.append("[" + body.replace("\\", "\\\\") + "]")

@@ -30,7 +30,11 @@ from pathlib import Path
 from typing import Any
 
 DEBIAN_DISTRO = "debian-13"
-UNSTAMPED = {"version": "0.0.0-unstamped", "revision": "unstamped-revision", "created": "1970-01-01T00:00:00Z"}
+UNSTAMPED = {
+    "version": "0.0.0-unstamped",
+    "revision": "unstamped-revision",
+    "created": "1970-01-01T00:00:00Z",
+}
 TOOL = "spdx_sbom.py (CephaloProxy, image/sbom)"
 
 
@@ -51,9 +55,13 @@ def purl_quote(value: str) -> str:
 def external_refs(purl: str, cpe: str | None = None) -> list[dict[str, str]]:
     """A purl (what package managers and Trivy match) and a CPE (what NVD-based
     scanners such as Grype match)."""
-    refs = [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": purl}]
+    refs = [
+        {"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": purl}
+    ]
     if cpe:
-        refs.append({"referenceCategory": "SECURITY", "referenceType": "cpe23Type", "referenceLocator": cpe})
+        refs.append(
+            {"referenceCategory": "SECURITY", "referenceType": "cpe23Type", "referenceLocator": cpe}
+        )
     return refs
 
 
@@ -70,11 +78,15 @@ def debian_packages(lock_path: Path, arch: str) -> list[dict[str, Any]]:
     found = [p for p in lock.get("packages", []) if p.get("arch") == arch]
     if not found:
         archs = sorted({str(p.get("arch")) for p in lock.get("packages", [])})
-        raise SbomError(f"{lock_path} has no packages for arch {arch!r} (it has {archs}); refresh the lock with `bazel run @trixie//:lock`")
+        raise SbomError(
+            f"{lock_path} has no packages for arch {arch!r} (it has {archs}); refresh the lock with `bazel run @trixie//:lock`"
+        )
     for package in found:
         missing = [key for key in ("name", "version", "sha256", "urls") if not package.get(key)]
         if missing:
-            raise SbomError(f"{lock_path}: package {package.get('name', '?')} ({arch}) lacks {', '.join(missing)}")
+            raise SbomError(
+                f"{lock_path}: package {package.get('name', '?')} ({arch}) lacks {', '.join(missing)}"
+            )
     return sorted(found, key=lambda p: str(p["name"]))
 
 
@@ -126,7 +138,10 @@ def squid_package(squid: dict[str, Any]) -> dict[str, Any]:
         "licenseDeclared": "GPL-2.0-or-later",
         "copyrightText": "NOASSERTION",
         "sourceInfo": "compiled from the release tarball by //squid (rules_foreign_cc configure_make); checksum is the tarball's",
-        "externalRefs": external_refs(f"pkg:generic/squid@{purl_quote(version)}", f"cpe:2.3:a:squid-cache:squid:{version}:*:*:*:*:*:*:*"),
+        "externalRefs": external_refs(
+            f"pkg:generic/squid@{purl_quote(version)}",
+            f"cpe:2.3:a:squid-cache:squid:{version}:*:*:*:*:*:*:*",
+        ),
         "comment": f"/usr/sbin/squid, /usr/lib/squid. ./configure --prefix=/usr {flags}; make {make_args}".rstrip(),
     }
 
@@ -139,7 +154,9 @@ def patchlevel_version(path: Path) -> str:
         raise SbomError(f"cannot read {path}: {error}") from error
     match = re.search(r'^#define\s+PY_VERSION\s+"([^"]+)"', text, re.M)
     if not match:
-        raise SbomError(f"{path} has no '#define PY_VERSION \"X.Y.Z\"' line; is it CPython's patchlevel.h?")
+        raise SbomError(
+            f"{path} has no '#define PY_VERSION \"X.Y.Z\"' line; is it CPython's patchlevel.h?"
+        )
     return match.group(1)
 
 
@@ -174,7 +191,10 @@ def python_package(python: dict[str, Any], version: str) -> dict[str, Any]:
         "licenseConcluded": "NOASSERTION",
         "licenseDeclared": "PSF-2.0",
         "copyrightText": "NOASSERTION",
-        "externalRefs": external_refs(f"pkg:generic/python@{purl_quote(version)}", f"cpe:2.3:a:python:python:{version}:*:*:*:*:*:*:*"),
+        "externalRefs": external_refs(
+            f"pkg:generic/python@{purl_quote(version)}",
+            f"cpe:2.3:a:python:python:{version}:*:*:*:*:*:*:*",
+        ),
         "comment": f"CPython of the resolved rules_python toolchain: {python.get('interpreter', '/usr/bin/python3')} and its standard library",
     }
 
@@ -193,7 +213,9 @@ def read_stamp(path: Path | None) -> dict[str, str]:
             continue
         key, sep, value = line.partition("=")
         if not sep or key.strip() not in UNSTAMPED:
-            raise SbomError(f"{path}:{number}: expected one of {sorted(UNSTAMPED)} as key=value, got {line!r}")
+            raise SbomError(
+                f"{path}:{number}: expected one of {sorted(UNSTAMPED)} as key=value, got {line!r}"
+            )
         values[key.strip()] = value.strip()
     if not re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", values["created"]):
         raise SbomError(f"{path}: created={values['created']!r} is not YYYY-MM-DDTHH:MM:SSZ (UTC)")
@@ -218,9 +240,14 @@ def project_package(project: dict[str, Any], stamp: dict[str, str]) -> dict[str,
     }
     if source:
         package["homepage"] = source
-        host, owner_repo = urllib.parse.urlparse(source).netloc, urllib.parse.urlparse(source).path.strip("/")
+        host, owner_repo = (
+            urllib.parse.urlparse(source).netloc,
+            urllib.parse.urlparse(source).path.strip("/"),
+        )
         purl_type = "github" if host == "github.com" else "generic"
-        package["externalRefs"] = external_refs(f"pkg:{purl_type}/{owner_repo}@{purl_quote(stamp['version'])}")
+        package["externalRefs"] = external_refs(
+            f"pkg:{purl_type}/{owner_repo}@{purl_quote(stamp['version'])}"
+        )
     return package
 
 
@@ -228,10 +255,16 @@ def download_location(source: str, stamp: dict[str, str]) -> str:
     """The project's download location: its repository at the revision, when the builder named one."""
     if not source:
         return "NOASSERTION"
-    return f"git+{source}@{stamp['revision']}" if stamp["revision"] != UNSTAMPED["revision"] else source
+    return (
+        f"git+{source}@{stamp['revision']}"
+        if stamp["revision"] != UNSTAMPED["revision"]
+        else source
+    )
 
 
-def build_document(lock: Path, arch: str, facts: dict[str, Any], patchlevel: Path | None, stamp: dict[str, str]) -> dict[str, Any]:
+def build_document(
+    lock: Path, arch: str, facts: dict[str, Any], patchlevel: Path | None, stamp: dict[str, str]
+) -> dict[str, Any]:
     try:
         project, squid, python = facts["project"], facts["squid"], facts["python"]
     except KeyError as error:
@@ -252,12 +285,28 @@ def build_document(lock: Path, arch: str, facts: dict[str, Any], patchlevel: Pat
         "documentNamespace": "",
         "creationInfo": {
             "created": stamp["created"],
-            "creators": [f"Tool: {TOOL}", f"Organization: {project.get('supplier', 'CephaloProxy')}"],
+            "creators": [
+                f"Tool: {TOOL}",
+                f"Organization: {project.get('supplier', 'CephaloProxy')}",
+            ],
             "comment": f"Generated by the Bazel build of {project.get('source_url') or project['name']} (revision {stamp['revision']}) from image/trixie.lock.json, squid/version.bzl and the resolved Python toolchain.",
         },
         "packages": [top] + contained,
-        "relationships": [{"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": top["SPDXID"]}]
-        + [{"spdxElementId": top["SPDXID"], "relationshipType": "CONTAINS", "relatedSpdxElement": i} for i in ids],
+        "relationships": [
+            {
+                "spdxElementId": "SPDXRef-DOCUMENT",
+                "relationshipType": "DESCRIBES",
+                "relatedSpdxElement": top["SPDXID"],
+            }
+        ]
+        + [
+            {
+                "spdxElementId": top["SPDXID"],
+                "relationshipType": "CONTAINS",
+                "relatedSpdxElement": i,
+            }
+            for i in ids
+        ],
     }
     # Same content, same namespace: reproducible, and unique per version and package set.
     digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
@@ -270,16 +319,26 @@ def build_document(lock: Path, arch: str, facts: dict[str, Any], patchlevel: Pat
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lock", type=Path, required=True)
-    parser.add_argument("--arch", required=True, help="Debian architecture of the image: amd64, arm64")
+    parser.add_argument(
+        "--arch", required=True, help="Debian architecture of the image: amd64, arm64"
+    )
     parser.add_argument("--facts", type=Path, required=True)
     parser.add_argument("--python-patchlevel", type=Path)
     parser.add_argument("--stamp", type=Path)
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
-        document = build_document(args.lock, args.arch, read_json(args.facts), args.python_patchlevel, read_stamp(args.stamp))
+        document = build_document(
+            args.lock,
+            args.arch,
+            read_json(args.facts),
+            args.python_patchlevel,
+            read_stamp(args.stamp),
+        )
         temporary = args.output.with_name(args.output.name + ".partial")
-        temporary.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        temporary.write_text(
+            json.dumps(document, indent=2, sort_keys=False) + "\n", encoding="utf-8"
+        )
         temporary.replace(args.output)
     except (SbomError, OSError) as error:
         print(f"spdx_sbom: {error}", file=sys.stderr)

@@ -20,11 +20,19 @@ LOCK = TESTDATA / "lock.json"
 PATCHLEVEL = TESTDATA / "runtime" / "include" / "python3.13" / "patchlevel.h"
 
 FACTS: dict[str, Any] = {
-    "project": {"name": "cephaloproxy", "source_url": "https://github.com/cephaloproxy/cephaloproxy", "license": "GPL-2.0-or-later", "supplier": "CephaloProxy"},
+    "project": {
+        "name": "cephaloproxy",
+        "source_url": "https://github.com/cephaloproxy/cephaloproxy",
+        "license": "GPL-2.0-or-later",
+        "supplier": "CephaloProxy",
+    },
     "squid": {
         "version": "7.7",
         "sha256": "e3bd613b91b1c498ec2992276063342a85cd6edddd5521294e04f44bc055da9b",
-        "urls": ["https://github.com/squid-cache/squid/releases/download/SQUID_7_7/squid-7.7.tar.xz", "https://deb.debian.org/debian/pool/main/s/squid/squid_7.7.orig.tar.xz"],
+        "urls": [
+            "https://github.com/squid-cache/squid/releases/download/SQUID_7_7/squid-7.7.tar.xz",
+            "https://deb.debian.org/debian/pool/main/s/squid/squid_7.7.orig.tar.xz",
+        ],
         "configure_flags": ["--with-openssl", "--enable-ssl-crtd"],
         "make_args": ["DEFAULT_MIME_TABLE=/usr/share/squid/mime.conf"],
     },
@@ -32,12 +40,27 @@ FACTS: dict[str, Any] = {
 }
 
 
-def generate(tmp_path: Path, facts: dict[str, Any] = FACTS, arch: str = "amd64", stamp: str | None = None,
-             patchlevel: Path | None = PATCHLEVEL, name: str = "sbom.spdx.json") -> Path:
+def generate(
+    tmp_path: Path,
+    facts: dict[str, Any] = FACTS,
+    arch: str = "amd64",
+    stamp: str | None = None,
+    patchlevel: Path | None = PATCHLEVEL,
+    name: str = "sbom.spdx.json",
+) -> Path:
     facts_file = tmp_path / (name + ".facts.json")
     facts_file.write_text(json.dumps(facts))
     output = tmp_path / name
-    argv = ["--lock", str(LOCK), "--arch", arch, "--facts", str(facts_file), "--output", str(output)]
+    argv = [
+        "--lock",
+        str(LOCK),
+        "--arch",
+        arch,
+        "--facts",
+        str(facts_file),
+        "--output",
+        str(output),
+    ]
     if patchlevel:
         argv += ["--python-patchlevel", str(patchlevel)]
     if stamp is not None:
@@ -57,7 +80,9 @@ def by_name(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def refs(package: dict[str, Any], kind: str) -> list[str]:
-    return [r["referenceLocator"] for r in package.get("externalRefs", []) if r["referenceType"] == kind]
+    return [
+        r["referenceLocator"] for r in package.get("externalRefs", []) if r["referenceType"] == kind
+    ]
 
 
 def test_document_header(tmp_path: Path) -> None:
@@ -67,7 +92,9 @@ def test_document_header(tmp_path: Path) -> None:
     assert document["SPDXID"] == "SPDXRef-DOCUMENT"
     assert document["creationInfo"]["created"] == "1970-01-01T00:00:00Z"
     assert any(c.startswith("Tool: ") for c in document["creationInfo"]["creators"])
-    assert document["documentNamespace"].startswith("https://github.com/cephaloproxy/cephaloproxy/spdx/cephaloproxy-0.0.0-unstamped-linux-amd64-")
+    assert document["documentNamespace"].startswith(
+        "https://github.com/cephaloproxy/cephaloproxy/spdx/cephaloproxy-0.0.0-unstamped-linux-amd64-"
+    )
 
 
 def test_packages_of_the_arch_only_with_versions_hashes_and_purls(tmp_path: Path) -> None:
@@ -75,10 +102,16 @@ def test_packages_of_the_arch_only_with_versions_hashes_and_purls(tmp_path: Path
     assert set(packages) == {"cephaloproxy", "libstdc++6", "tzdata", "squid", "python"}
     libstdcxx = packages["libstdc++6"]
     assert libstdcxx["versionInfo"] == "14.2.0-19"
-    assert libstdcxx["checksums"] == [{"algorithm": "SHA256", "checksumValue": "1" * 64}]  # amd64's, not arm64's
-    assert refs(libstdcxx, "purl") == ["pkg:deb/debian/libstdc%2B%2B6@14.2.0-19?arch=amd64&distro=debian-13"]
+    assert libstdcxx["checksums"] == [
+        {"algorithm": "SHA256", "checksumValue": "1" * 64}
+    ]  # amd64's, not arm64's
+    assert refs(libstdcxx, "purl") == [
+        "pkg:deb/debian/libstdc%2B%2B6@14.2.0-19?arch=amd64&distro=debian-13"
+    ]
     # Arch-independent packages say "all", as their status records do.
-    assert refs(packages["tzdata"], "purl") == ["pkg:deb/debian/tzdata@2026f-0%2Bdeb13u1?arch=all&distro=debian-13"]
+    assert refs(packages["tzdata"], "purl") == [
+        "pkg:deb/debian/tzdata@2026f-0%2Bdeb13u1?arch=all&distro=debian-13"
+    ]
     assert packages["tzdata"]["packageFileName"] == "tzdata_2026f-0+deb13u1_all.deb"
     assert packages["tzdata"]["downloadLocation"].startswith("https://snapshot.debian.org/")
 
@@ -86,7 +119,9 @@ def test_packages_of_the_arch_only_with_versions_hashes_and_purls(tmp_path: Path
 def test_other_arch(tmp_path: Path) -> None:
     packages = by_name(load(generate(tmp_path, arch="arm64")))
     assert set(packages) == {"cephaloproxy", "libstdc++6", "squid", "python"}
-    assert refs(packages["libstdc++6"], "purl") == ["pkg:deb/debian/libstdc%2B%2B6@14.2.0-19?arch=arm64&distro=debian-13"]
+    assert refs(packages["libstdc++6"], "purl") == [
+        "pkg:deb/debian/libstdc%2B%2B6@14.2.0-19?arch=arm64&distro=debian-13"
+    ]
 
 
 def test_squid_from_the_facts(tmp_path: Path) -> None:
@@ -109,17 +144,40 @@ def test_python_version_from_patchlevel_and_provider(tmp_path: Path) -> None:
 
 def test_python_version_from_either_source_alone(tmp_path: Path) -> None:
     only_files = dict(FACTS, python={"version_info": ""})
-    assert by_name(load(generate(tmp_path, facts=only_files, name="a.json")))["python"]["versionInfo"] == "3.13.9"
+    assert (
+        by_name(load(generate(tmp_path, facts=only_files, name="a.json")))["python"]["versionInfo"]
+        == "3.13.9"
+    )
     only_provider = dict(FACTS, python={"version_info": "3.13.7"})
-    assert by_name(load(generate(tmp_path, facts=only_provider, patchlevel=None, name="b.json")))["python"]["versionInfo"] == "3.13.7"
+    assert (
+        by_name(load(generate(tmp_path, facts=only_provider, patchlevel=None, name="b.json")))[
+            "python"
+        ]["versionInfo"]
+        == "3.13.7"
+    )
 
 
-def run_failing(tmp_path: Path, capsys: pytest.CaptureFixture[str], facts: dict[str, Any], arch: str = "amd64",
-                patchlevel: Path | None = PATCHLEVEL, stamp: str | None = None) -> str:
+def run_failing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    facts: dict[str, Any],
+    arch: str = "amd64",
+    patchlevel: Path | None = PATCHLEVEL,
+    stamp: str | None = None,
+) -> str:
     facts_file = tmp_path / "facts.json"
     facts_file.write_text(json.dumps(facts))
     output = tmp_path / "out.spdx.json"
-    argv = ["--lock", str(LOCK), "--arch", arch, "--facts", str(facts_file), "--output", str(output)]
+    argv = [
+        "--lock",
+        str(LOCK),
+        "--arch",
+        arch,
+        "--facts",
+        str(facts_file),
+        "--output",
+        str(output),
+    ]
     if patchlevel:
         argv += ["--python-patchlevel", str(patchlevel)]
     if stamp is not None:
@@ -130,7 +188,9 @@ def run_failing(tmp_path: Path, capsys: pytest.CaptureFixture[str], facts: dict[
     return capsys.readouterr().err
 
 
-def test_python_versions_that_disagree_fail(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_python_versions_that_disagree_fail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     err = run_failing(tmp_path, capsys, dict(FACTS, python={"version_info": "3.13.8"}))
     assert "3.13.8" in err and "3.13.9" in err and "patchlevel.h" in err
 
@@ -140,7 +200,9 @@ def test_no_exact_python_version_fails(tmp_path: Path, capsys: pytest.CaptureFix
     assert "no exact Python version" in err
 
 
-def test_unknown_arch_fails_naming_the_lock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_arch_fails_naming_the_lock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     err = run_failing(tmp_path, capsys, FACTS, arch="riscv64")
     assert "riscv64" in err and str(LOCK) in err
 
@@ -157,8 +219,18 @@ def test_relationships_describe_the_project_which_contains_the_rest(tmp_path: Pa
     assert all(re.fullmatch(r"SPDXRef-[A-Za-z0-9.-]+", i) for i in ids)
     top = by_name(document)["cephaloproxy"]["SPDXID"]
     describes = [r for r in document["relationships"] if r["relationshipType"] == "DESCRIBES"]
-    assert describes == [{"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": top}]
-    contained = {r["relatedSpdxElement"] for r in document["relationships"] if r["relationshipType"] == "CONTAINS" and r["spdxElementId"] == top}
+    assert describes == [
+        {
+            "spdxElementId": "SPDXRef-DOCUMENT",
+            "relationshipType": "DESCRIBES",
+            "relatedSpdxElement": top,
+        }
+    ]
+    contained = {
+        r["relatedSpdxElement"]
+        for r in document["relationships"]
+        if r["relationshipType"] == "CONTAINS" and r["spdxElementId"] == top
+    }
     assert contained == set(ids) - {top}
 
 
@@ -170,11 +242,20 @@ def test_unstamped_builds_are_byte_identical(tmp_path: Path) -> None:
 
 def test_stamped_version_revision_and_time(tmp_path: Path) -> None:
     unstamped = load(generate(tmp_path, name="u.json"))
-    stamped = load(generate(tmp_path, name="s.json", stamp="version=0.1.0-abcdef123456\nrevision=abcdef1234567890\ncreated=2026-11-30T12:00:00Z\n"))
+    stamped = load(
+        generate(
+            tmp_path,
+            name="s.json",
+            stamp="version=0.1.0-abcdef123456\nrevision=abcdef1234567890\ncreated=2026-11-30T12:00:00Z\n",
+        )
+    )
     top = by_name(stamped)["cephaloproxy"]
     assert top["versionInfo"] == "0.1.0-abcdef123456"
     assert refs(top, "purl") == ["pkg:github/cephaloproxy/cephaloproxy@0.1.0-abcdef123456"]
-    assert top["downloadLocation"] == "git+https://github.com/cephaloproxy/cephaloproxy@abcdef1234567890"
+    assert (
+        top["downloadLocation"]
+        == "git+https://github.com/cephaloproxy/cephaloproxy@abcdef1234567890"
+    )
     assert stamped["creationInfo"]["created"] == "2026-11-30T12:00:00Z"
     assert stamped["documentNamespace"] != unstamped["documentNamespace"]
     assert "0.1.0-abcdef123456" in stamped["documentNamespace"]
@@ -182,7 +263,11 @@ def test_stamped_version_revision_and_time(tmp_path: Path) -> None:
 
 def test_a_changed_input_changes_the_namespace(tmp_path: Path) -> None:
     one = load(generate(tmp_path, name="one.json"))
-    other = load(generate(tmp_path, name="two.json", facts=dict(FACTS, squid=dict(FACTS["squid"], version="7.8"))))
+    other = load(
+        generate(
+            tmp_path, name="two.json", facts=dict(FACTS, squid=dict(FACTS["squid"], version="7.8"))
+        )
+    )
     assert one["documentNamespace"] != other["documentNamespace"]
 
 

@@ -40,7 +40,12 @@ def checkout_facts(python_version: str) -> dict[str, object]:
     version = starlark_constants(REPO / "squid" / "version.bzl")
     flags = starlark_constants(REPO / "squid" / "configure_flags.bzl")
     return {
-        "project": {"name": "cephaloproxy", "source_url": "", "license": "GPL-2.0-or-later", "supplier": "CephaloProxy"},
+        "project": {
+            "name": "cephaloproxy",
+            "source_url": "",
+            "license": "GPL-2.0-or-later",
+            "supplier": "CephaloProxy",
+        },
         "squid": {
             "version": version["SQUID_VERSION"],
             "sha256": version["SQUID_SHA256"],
@@ -60,7 +65,21 @@ def generate_from_checkout(directory: Path) -> list[Path]:
     outputs = []
     for arch in archs:
         output = directory / f"cephaloproxy-{arch}.spdx.json"
-        if spdx_sbom.main(["--lock", str(lock), "--arch", arch, "--facts", str(facts), "--output", str(output)]) != 0:
+        if (
+            spdx_sbom.main(
+                [
+                    "--lock",
+                    str(lock),
+                    "--arch",
+                    arch,
+                    "--facts",
+                    str(facts),
+                    "--output",
+                    str(output),
+                ]
+            )
+            != 0
+        ):
             raise SystemExit(1)
         outputs.append(output)
     return outputs
@@ -76,8 +95,10 @@ def validate(path: Path) -> list[str]:
     except SPDXParsingError as error:
         return [f"parse error: {message}" for message in error.get_messages()]
     messages = [m.validation_message for m in validate_full_spdx_document(document, "SPDX-2.3")]
-    print(f"{path}: SPDX {document.creation_info.spdx_version}, {len(document.packages)} packages, "
-          f"{len(document.relationships)} relationships, {len(messages)} validation messages")
+    print(
+        f"{path}: SPDX {document.creation_info.spdx_version}, {len(document.packages)} packages, "
+        f"{len(document.relationships)} relationships, {len(messages)} validation messages"
+    )
     return messages
 
 

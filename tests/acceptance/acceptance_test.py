@@ -22,11 +22,15 @@ def test_image_runs_as_non_root_with_exec_form_python_entrypoint(
     assert str(config.get("User", "")).split(":")[0] == "1000"
     entrypoint = config.get("Entrypoint") or []
     assert isinstance(entrypoint, list) and entrypoint, f"no exec-form ENTRYPOINT: {config}"
-    assert entrypoint[0].startswith("/usr/bin/python3"), f"ENTRYPOINT must start the interpreter: {entrypoint}"
+    assert entrypoint[0].startswith("/usr/bin/python3"), (
+        f"ENTRYPOINT must start the interpreter: {entrypoint}"
+    )
     assert not any(part in ("/bin/sh", "sh", "-c") for part in entrypoint), entrypoint
 
 
-def test_image_exposes_proxy_and_health_ports(container_runtime: ContainerRuntime, image_ref: str) -> None:
+def test_image_exposes_proxy_and_health_ports(
+    container_runtime: ContainerRuntime, image_ref: str
+) -> None:
     exposed = _config(container_runtime, image_ref).get("ExposedPorts") or {}
     assert isinstance(exposed, dict)
     assert {"3128/tcp", "8080/tcp"} <= set(exposed), exposed

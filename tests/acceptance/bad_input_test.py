@@ -23,7 +23,9 @@ def test_invalid_squid_conf_shows_the_line(
 ) -> None:
     text = default_squid_conf.rstrip("\n") + "\n"
     bad_line_number = len(text.splitlines()) + 1
-    config = harness.write_readable(tmp_path / "conf" / "squid.conf", text + "acl broken no_such_acl_type value\n")
+    config = harness.write_readable(
+        tmp_path / "conf" / "squid.conf", text + "acl broken no_such_acl_type value\n"
+    )
     proxy = containers.start("badconf", mounts=[Mount(config, harness.CONFIG_PATH)])
     output = _exits_with_error(proxy)
     assert "no_such_acl_type" in output.combined, output.combined
@@ -32,10 +34,15 @@ def test_invalid_squid_conf_shows_the_line(
 
 
 def test_ssl_bump_without_tls_key(
-    containers: harness.ContainerFactory, default_squid_conf: str, test_ca: certs.KeyPair, tmp_path: Path
+    containers: harness.ContainerFactory,
+    default_squid_conf: str,
+    test_ca: certs.KeyPair,
+    tmp_path: Path,
 ) -> None:
     secret = certs.write_tls_secret(tmp_path / "secret", test_ca.cert, None)
-    config = harness.write_readable(tmp_path / "conf" / "squid.conf", harness.ssl_bump_config(default_squid_conf))
+    config = harness.write_readable(
+        tmp_path / "conf" / "squid.conf", harness.ssl_bump_config(default_squid_conf)
+    )
     proxy = containers.start(
         "nokey", mounts=[Mount(config, harness.CONFIG_PATH), Mount(secret, harness.TLS_SECRET_PATH)]
     )
@@ -45,13 +52,19 @@ def test_ssl_bump_without_tls_key(
 
 
 def test_mismatched_certificate_and_key(
-    containers: harness.ContainerFactory, default_squid_conf: str, test_ca: certs.KeyPair, tmp_path: Path
+    containers: harness.ContainerFactory,
+    default_squid_conf: str,
+    test_ca: certs.KeyPair,
+    tmp_path: Path,
 ) -> None:
     other_ca = certs.generate_ca(tmp_path / "other-ca", "Another Test CA")
     secret = certs.write_tls_secret(tmp_path / "secret", test_ca.cert, other_ca.key)
-    config = harness.write_readable(tmp_path / "conf" / "squid.conf", harness.ssl_bump_config(default_squid_conf))
+    config = harness.write_readable(
+        tmp_path / "conf" / "squid.conf", harness.ssl_bump_config(default_squid_conf)
+    )
     proxy = containers.start(
-        "mismatch", mounts=[Mount(config, harness.CONFIG_PATH), Mount(secret, harness.TLS_SECRET_PATH)]
+        "mismatch",
+        mounts=[Mount(config, harness.CONFIG_PATH), Mount(secret, harness.TLS_SECRET_PATH)],
     )
     output = _exits_with_error(proxy)
     errors = "\n".join(logs.messages_at(output.combined, ["ERROR"]))
@@ -68,7 +81,9 @@ def test_unwritable_runtime_dir(containers: harness.ContainerFactory, tmp_path: 
     if os.geteuid() == 0:
         os.chown(unwritable, 0, 0)
     unwritable.chmod(0o755)
-    proxy = containers.start("unwritable", mounts=[Mount(unwritable, "/var/log/squid", read_only=False)])
+    proxy = containers.start(
+        "unwritable", mounts=[Mount(unwritable, "/var/log/squid", read_only=False)]
+    )
     output = _exits_with_error(proxy)
     errors = "\n".join(logs.messages_at(output.combined, ["ERROR"]))
     assert "/var/log/squid" in errors, output.combined

@@ -45,7 +45,10 @@ def _spread(name: str, unit: str, values: Sequence[float]) -> str:
 def _runtime_start_baseline(factory: harness.ContainerFactory) -> float:
     started = time.monotonic()
     done = factory.runtime.run_once(
-        factory.image, RunOptions(name=factory.unique_name("baseline"), entrypoint=harness.PYTHON, command=("-c", "pass"))
+        factory.image,
+        RunOptions(
+            name=factory.unique_name("baseline"), entrypoint=harness.PYTHON, command=("-c", "pass")
+        ),
     )
     if done.returncode != 0:
         raise SystemExit(f"baseline container failed: {done.stderr.strip()}")
@@ -55,7 +58,9 @@ def _runtime_start_baseline(factory: harness.ContainerFactory) -> float:
 DOWNLOAD_SECONDS = 10
 
 
-def _first_proxied_200(port: int, url: str, started: float, still_running: Callable[[], bool]) -> float:
+def _first_proxied_200(
+    port: int, url: str, started: float, still_running: Callable[[], bool]
+) -> float:
     """Seconds from `started` until a GET of `url` through 127.0.0.1:`port` answers 200."""
     deadline = started + timeouts.scaled(harness.READY_TIMEOUT_S)
     while time.monotonic() < deadline:
@@ -67,7 +72,9 @@ def _first_proxied_200(port: int, url: str, started: float, still_running: Calla
         if not still_running():
             raise SystemExit("benchmark: the container exited before proxying")
         time.sleep(0.01)
-    raise SystemExit(f"benchmark: no proxied 200 from port {port} within {harness.READY_TIMEOUT_S:g} s")
+    raise SystemExit(
+        f"benchmark: no proxied 200 from port {port} within {harness.READY_TIMEOUT_S:g} s"
+    )
 
 
 def _made_cache(factory: harness.ContainerFactory, parent: Path) -> Path:
@@ -101,7 +108,9 @@ def _squid_alone(factory: harness.ContainerFactory, url: str, cache: Path) -> tu
     )
     started = time.monotonic()
     factory.runtime.run_detached(factory.image, options)
-    first = _first_proxied_200(proxy_port, url, started, lambda: factory.runtime.state(name).running)
+    first = _first_proxied_200(
+        proxy_port, url, started, lambda: factory.runtime.state(name).running
+    )
     time.sleep(0.5)
     stopped = time.monotonic()
     factory.runtime.stop(name, 30)
@@ -134,7 +143,9 @@ def _stop_during_download(factory: harness.ContainerFactory, url: str) -> tuple[
     received: dict[str, float] = {}
 
     def download() -> None:
-        connection = http.client.HTTPConnection(netutil.LOOPBACK, proxy.proxy_port, timeout=timeouts.scaled(60))
+        connection = http.client.HTTPConnection(
+            netutil.LOOPBACK, proxy.proxy_port, timeout=timeouts.scaled(60)
+        )
         size = 0
         try:
             connection.request("GET", url)
@@ -159,11 +170,17 @@ def _stop_during_download(factory: harness.ContainerFactory, url: str) -> tuple[
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5, help="fresh containers to measure (default 5)")
+    parser.add_argument(
+        "--runs", type=int, default=5, help="fresh containers to measure (default 5)"
+    )
     parser.add_argument("--image", help=f"image reference (default ${image_source.IMAGE_ENV})")
-    parser.add_argument("--tarball", help=f"image tar to load (default ${image_source.TARBALL_ENV})")
+    parser.add_argument(
+        "--tarball", help=f"image tar to load (default ${image_source.TARBALL_ENV})"
+    )
     parser.add_argument("--requests", type=int, default=2000, help="burst size (default 2000)")
-    parser.add_argument("--connections", type=int, default=20, help="burst connections (default 20)")
+    parser.add_argument(
+        "--connections", type=int, default=20, help="burst connections (default 20)"
+    )
     options = parser.parse_args(argv)
     if options.runs < 1:
         parser.error("--runs must be at least 1")
@@ -182,7 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if choice is None:
         print(f"benchmark: {image_source.NO_IMAGE_REASON}", file=sys.stderr)
         return 2
-    conf_dir = tempfile.TemporaryDirectory(prefix="cephaloproxy-bench-")  # podman conf, removed at exit
+    conf_dir = tempfile.TemporaryDirectory(
+        prefix="cephaloproxy-bench-"
+    )  # podman conf, removed at exit
     detection = detect_runtime(conf_dir=Path(conf_dir.name))
     if detection.spec is None:
         print(f"benchmark: no usable container runtime: {detection.reason()}", file=sys.stderr)
@@ -191,12 +210,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     image = choice.reference or runtime.load(choice.tarball)[0]  # type: ignore[arg-type]
     address = harness.host_address(runtime)
     if address is None:
-        print(f"benchmark: cannot find the host address for containers; set {harness.HOST_ADDRESS_ENV}", file=sys.stderr)
+        print(
+            f"benchmark: cannot find the host address for containers; set {harness.HOST_ADDRESS_ENV}",
+            file=sys.stderr,
+        )
         return 2
 
     print(f"runtime: {'; '.join(detection.spec.notes)}")
-    print(f"image:   {image}  size {runtime.image_size(image) / 1e6:.1f} MB (uncompressed, as the runtime reports)")
-    print(f"runs:    {options.runs}; burst {options.requests} requests over {options.connections} connections\n")
+    print(
+        f"image:   {image}  size {runtime.image_size(image) / 1e6:.1f} MB (uncompressed, as the runtime reports)"
+    )
+    print(
+        f"runs:    {options.runs}; burst {options.requests} requests over {options.connections} connections\n"
+    )
 
     ready_s: list[float] = []
     first_200_s: list[float] = []
@@ -219,18 +245,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             for run in range(1, options.runs + 1):
                 baseline_s.append(_runtime_start_baseline(factory))
                 probe_url = server.url("/first", host=address)
-                alone_first, alone_stop = _squid_alone(factory, probe_url, _made_cache(factory, scratch))
+                alone_first, alone_stop = _squid_alone(
+                    factory, probe_url, _made_cache(factory, scratch)
+                )
                 alone_first_200_s.append(alone_first)
                 alone_stop_s.append(alone_stop)
                 # The entrypoint on a made cache too (it then skips `squid -z`), as Squid alone.
                 cache = _made_cache(factory, scratch)
                 started = time.monotonic()
-                again = factory.start(f"restart{run}", mounts=(Mount(cache, "/var/spool/squid", read_only=False),))
-                restart_200_s.append(_first_proxied_200(again.proxy_port, probe_url, started, again.is_running))
+                again = factory.start(
+                    f"restart{run}", mounts=(Mount(cache, "/var/spool/squid", read_only=False),)
+                )
+                restart_200_s.append(
+                    _first_proxied_200(again.proxy_port, probe_url, started, again.is_running)
+                )
                 again.stop(30)
                 started = time.monotonic()
                 proxy = factory.start(f"run{run}")
-                first_200_s.append(_first_proxied_200(proxy.proxy_port, probe_url, started, proxy.is_running))
+                first_200_s.append(
+                    _first_proxied_200(proxy.proxy_port, probe_url, started, proxy.is_running)
+                )
                 proxy.wait_ready()
                 ready_s.append(time.monotonic() - started)
                 # Stop only after the entrypoint said so: /ready can answer a moment earlier.
@@ -294,14 +328,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if first_200_s and alone_first_200_s:
         for label, values in (("first start", first_200_s), ("cache made", restart_200_s)):
             ratio = statistics.median(values) / statistics.median(alone_first_200_s)
-            print(f"{'start / squid alone, ' + label:<34} {ratio:.2f}x (medians, n={len(values)}; goal <= 1.5)")
+            print(
+                f"{'start / squid alone, ' + label:<34} {ratio:.2f}x (medians, n={len(values)}; goal <= 1.5)"
+            )
     if stop_s and alone_stop_s:
         ratio = statistics.median(stop_s) / statistics.median(alone_stop_s)
-        print(f"{'idle stop / squid alone SIGINT':<34} {ratio:.2f}x (medians, n={len(stop_s)}; goal: stop <= 1.5 s)")
+        print(
+            f"{'idle stop / squid alone SIGINT':<34} {ratio:.2f}x (medians, n={len(stop_s)}; goal: stop <= 1.5 s)"
+        )
     if ready_s and baseline_s:
-        print(f"{'startup / runtime baseline':<34} {statistics.median(ready_s) / statistics.median(baseline_s):.2f}x (medians)")
+        print(
+            f"{'startup / runtime baseline':<34} {statistics.median(ready_s) / statistics.median(baseline_s):.2f}x (medians)"
+        )
     if proxied_rps and direct_rps:
-        print(f"{'proxied / direct throughput':<34} {statistics.median(proxied_rps) / statistics.median(direct_rps):.2f}x (medians)")
+        print(
+            f"{'proxied / direct throughput':<34} {statistics.median(proxied_rps) / statistics.median(direct_rps):.2f}x (medians)"
+        )
     return 0
 
 

@@ -119,7 +119,9 @@ def default_squid_conf(container_runtime: ContainerRuntime, image_ref: str) -> s
     """The packaged default config, read from the image, as the base for test configs."""
     factory = harness.ContainerFactory(container_runtime, image_ref, label="default-conf")
     try:
-        return factory.run_python(f"import sys; sys.stdout.write(open({harness.DEFAULT_CONFIG_PATH!r}).read())")
+        return factory.run_python(
+            f"import sys; sys.stdout.write(open({harness.DEFAULT_CONFIG_PATH!r}).read())"
+        )
     finally:
         factory.cleanup()
 
@@ -134,4 +136,3 @@ def host_server(host_address: str) -> Iterator[netutil.LocalServer]:
 @pytest.fixture
 def test_ca(tmp_path: Path) -> certs.KeyPair:
     return certs.generate_ca(tmp_path / "ca")
-

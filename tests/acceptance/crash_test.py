@@ -19,5 +19,9 @@ def test_squid_killed_exits_1(containers: harness.ContainerFactory) -> None:
     state = proxy.wait_for_exit(30)
     output = proxy.logs()
     assert state.exit_code == 1, output.combined
-    died = [m for m in logs.messages_at(output.combined, ["ERROR"]) if m.startswith("Squid process died unexpectedly")]
+    died = [
+        m
+        for m in logs.messages_at(output.combined, ["ERROR"])
+        if m.startswith("Squid process died unexpectedly")
+    ]
     assert died, output.combined

@@ -18,7 +18,8 @@ def test_custom_config_denies_one_domain(
     # First match wins in http_access, so the deny goes before the packaged rules.
     config = harness.write_readable(
         tmp_path / "conf" / "squid.conf",
-        "acl denied_domain dstdomain denied.test\nhttp_access deny denied_domain\n" + default_squid_conf,
+        "acl denied_domain dstdomain denied.test\nhttp_access deny denied_domain\n"
+        + default_squid_conf,
     )
     proxy = containers.start(
         "customconf",

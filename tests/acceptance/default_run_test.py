@@ -5,7 +5,9 @@ from __future__ import annotations
 from tests.support import harness, logs, netutil
 
 
-def test_default_run(containers: harness.ContainerFactory, host_server: netutil.LocalServer, host_address: str) -> None:
+def test_default_run(
+    containers: harness.ContainerFactory, host_server: netutil.LocalServer, host_address: str
+) -> None:
     proxy = containers.start("default")
     proxy.wait_ready()
     proxy.wait_for_log("Container ready, entering monitoring loop")
@@ -34,5 +36,7 @@ def test_default_run(containers: harness.ContainerFactory, host_server: netutil.
     assert result.body == host_server.expected_body("/through-the-proxy")
     assert host_server.requests == 1
 
-    healthcheck = containers.runtime.exec(proxy.name, ["python3", "/usr/local/bin/healthcheck.py", "--check"])
+    healthcheck = containers.runtime.exec(
+        proxy.name, ["python3", "/usr/local/bin/healthcheck.py", "--check"]
+    )
     assert healthcheck.returncode == 0, (healthcheck.stdout, healthcheck.stderr)

@@ -61,12 +61,20 @@ def start_example(
 
 
 def test_domain_filtering_denies_the_listed_domains(
-    containers: harness.ContainerFactory, host_server: netutil.LocalServer, host_address: str, tmp_path: Path
+    containers: harness.ContainerFactory,
+    host_server: netutil.LocalServer,
+    host_address: str,
+    tmp_path: Path,
 ) -> None:
     copy = readable_copy("domain-filtering", tmp_path / "conf")
     entries = examples.list_entries(copy / "conf.d" / "blocked-domains.txt")
-    blocked = ["www" + next(e for e in entries if e.startswith(".")), next(e for e in entries if not e.startswith("."))]
-    proxy = start_example(containers, copy, add_hosts={name: host_address for name in [*blocked, "allowed.test"]})
+    blocked = [
+        "www" + next(e for e in entries if e.startswith(".")),
+        next(e for e in entries if not e.startswith(".")),
+    ]
+    proxy = start_example(
+        containers, copy, add_hosts={name: host_address for name in [*blocked, "allowed.test"]}
+    )
     for name in blocked:
         url = f"http://{name}:{host_server.port}/must-not-arrive"
         assert proxy.get_via_proxy(url).status == 403
@@ -76,26 +84,43 @@ def test_domain_filtering_denies_the_listed_domains(
     assert (allowed.status, allowed.body) == (200, host_server.expected_body("/fine"))
 
 
-def wait_for_access_log(proxy: harness.ProxyContainer, url: str, status: str, timeout: float = 15.0) -> bool:
+def wait_for_access_log(
+    proxy: harness.ProxyContainer, url: str, status: str, timeout: float = 15.0
+) -> bool:
     """Squid writes the access log line after the response; wait for it in the container's stdout."""
-    return wait_until(lambda: any(status in line for line in examples.access_log_lines(proxy.logs().stdout, url)), timeout)
+    return wait_until(
+        lambda: any(status in line for line in examples.access_log_lines(proxy.logs().stdout, url)),
+        timeout,
+    )
 
 
 def test_basic_auth_requires_the_htpasswd_credentials(
-    containers: harness.ContainerFactory, host_server: netutil.LocalServer, host_address: str, tmp_path: Path
+    containers: harness.ContainerFactory,
+    host_server: netutil.LocalServer,
+    host_address: str,
+    tmp_path: Path,
 ) -> None:
     copy = readable_copy("basic-auth", tmp_path / "conf")
-    auth = harness.write_readable(tmp_path / "auth" / "htpasswd", examples.htpasswd_line("alice", "correct horse"))
-    proxy = start_example(containers, copy, extra_mounts=[Mount(auth.parent, "/etc/squid/auth", read_only=True)])
+    auth = harness.write_readable(
+        tmp_path / "auth" / "htpasswd", examples.htpasswd_line("alice", "correct horse")
+    )
+    proxy = start_example(
+        containers, copy, extra_mounts=[Mount(auth.parent, "/etc/squid/auth", read_only=True)]
+    )
     url = host_server.url("/private", host=host_address)
     anonymous = examples.proxy_request(netutil.LOOPBACK, proxy.proxy_port, url)
     assert anonymous.status == 407, anonymous
     assert 'Basic realm="CephaloProxy"' in anonymous.headers.get("proxy-authenticate", "")
-    wrong = examples.proxy_request(netutil.LOOPBACK, proxy.proxy_port, url, examples.basic_credentials("alice", "nope"))
+    wrong = examples.proxy_request(
+        netutil.LOOPBACK, proxy.proxy_port, url, examples.basic_credentials("alice", "nope")
+    )
     assert wrong.status == 407
     assert host_server.requests == 0
     right = examples.proxy_request(
-        netutil.LOOPBACK, proxy.proxy_port, url, examples.basic_credentials("alice", "correct horse")
+        netutil.LOOPBACK,
+        proxy.proxy_port,
+        url,
+        examples.basic_credentials("alice", "correct horse"),
     )
     assert (right.status, right.body) == (200, host_server.expected_body("/private"))
     assert host_server.requests == 1
@@ -104,11 +129,15 @@ def test_basic_auth_requires_the_htpasswd_credentials(
 def test_ssl_bump_signs_with_the_mounted_ca_and_splices_the_no_bump_list(
     containers: harness.ContainerFactory, host_address: str, test_ca: certs.KeyPair, tmp_path: Path
 ) -> None:
-    spliced_entry = examples.list_entries(examples.example_conf_d("ssl-bump") / "no-bump-domains.txt")[0]
+    spliced_entry = examples.list_entries(
+        examples.example_conf_d("ssl-bump") / "no-bump-domains.txt"
+    )[0]
     spliced_name = "www" + spliced_entry if spliced_entry.startswith(".") else spliced_entry
     bumped_name = "bumped.test"
     upstream_ca = certs.generate_ca(tmp_path / "upstream-ca", "CephaloProxy Upstream Test CA")
-    server = certs.generate_server_cert(upstream_ca, tmp_path / "server", [bumped_name, spliced_name])
+    server = certs.generate_server_cert(
+        upstream_ca, tmp_path / "server", [bumped_name, spliced_name]
+    )
     secret = certs.write_tls_secret(tmp_path / "secret", test_ca.cert, test_ca.key)
     shutil.copyfile(upstream_ca.cert, secret / "upstream-ca.crt")
     (secret / "upstream-ca.crt").chmod(0o644)
@@ -136,7 +165,10 @@ def test_ssl_bump_signs_with_the_mounted_ca_and_splices_the_no_bump_list(
             netutil.client_tls_context(str(upstream_ca.cert)),
         )  # fmt: skip
         assert (spliced.status, spliced.body) == (200, origin.expected_body("/spliced"))
-        assert netutil.name_field(spliced.peer_certificate.get("issuer")) == "CephaloProxy Upstream Test CA"
+        assert (
+            netutil.name_field(spliced.peer_certificate.get("issuer"))
+            == "CephaloProxy Upstream Test CA"
+        )
         assert origin.requests == 2
 
 
@@ -146,7 +178,9 @@ def test_parent_proxy_receives_every_request(
     peer_name = "parent-proxy.example.internal"
     parent = examples.RecordingServer(host_address, "parent")
     with examples.serving(parent):
-        text = examples.point_parent(examples.example_config("parent-proxy").read_text(), peer_name, parent.port)
+        text = examples.point_parent(
+            examples.example_config("parent-proxy").read_text(), peer_name, parent.port
+        )
         copy = readable_copy("parent-proxy", tmp_path / "conf", text)
         proxy = start_example(containers, copy, add_hosts={peer_name: host_address})
         url = "http://origin.test/through-the-parent"
@@ -167,13 +201,17 @@ def test_disk_cache_survives_a_new_container(
     origin = examples.RecordingServer(host_address, "cacheable", cacheable=True)
     with examples.serving(origin):
         url = f"http://{host_address}:{origin.port}/object"
-        first_proxy = start_example(containers, copy, [Mount(spool, "/var/spool/squid", read_only=False)], tmpfs=tmpfs)
+        first_proxy = start_example(
+            containers, copy, [Mount(spool, "/var/spool/squid", read_only=False)], tmpfs=tmpfs
+        )
         assert "squid -z" in first_proxy.logs().combined or (spool / "00").is_dir()
         first = first_proxy.get_via_proxy(url)
         assert first.status == 200
         assert wait_for_access_log(first_proxy, url, "TCP_MISS")
         first_proxy.stop()
-        second_proxy = start_example(containers, copy, [Mount(spool, "/var/spool/squid", read_only=False)], tmpfs=tmpfs)
+        second_proxy = start_example(
+            containers, copy, [Mount(spool, "/var/spool/squid", read_only=False)], tmpfs=tmpfs
+        )
         second = second_proxy.get_via_proxy(url)
         assert (second.status, second.body) == (200, first.body)
         assert wait_for_access_log(second_proxy, url, "TCP_HIT/200"), second_proxy.logs().stdout

@@ -20,7 +20,9 @@ PACKAGE_MANAGER = re.compile(
 
 
 @pytest.fixture(scope="module")
-def exported(container_runtime: ContainerRuntime, image_ref: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def exported(
+    container_runtime: ContainerRuntime, image_ref: str, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     factory = harness.ContainerFactory(container_runtime, image_ref, label="export")
     name = factory.unique_name()
     destination = tmp_path_factory.mktemp("export") / "rootfs.tar"
@@ -34,7 +36,9 @@ def exported(container_runtime: ContainerRuntime, image_ref: str, tmp_path_facto
 
 def _members(tar_path: Path) -> dict[str, tarfile.TarInfo]:
     with tarfile.open(tar_path) as archive:
-        return {"/" + member.name.lstrip("./").rstrip("/"): member for member in archive.getmembers()}
+        return {
+            "/" + member.name.lstrip("./").rstrip("/"): member for member in archive.getmembers()
+        }
 
 
 def _read_following_links(tar_path: Path, path: str) -> str:
@@ -62,14 +66,17 @@ def test_no_package_manager_binaries(exported: Path) -> None:
     found = sorted(
         path
         for path, member in _members(exported).items()
-        if PACKAGE_MANAGER.match(posixpath.basename(path)) and (member.issym() or (member.isfile() and member.mode & 0o111))
+        if PACKAGE_MANAGER.match(posixpath.basename(path))
+        and (member.issym() or (member.isfile() and member.mode & 0o111))
     )
     assert found == [], f"package-manager executables in the image: {found}"
 
 
 def test_os_release_is_debian_13_trixie(exported: Path) -> None:
     fields = dict(
-        line.split("=", 1) for line in _read_following_links(exported, "/etc/os-release").splitlines() if "=" in line
+        line.split("=", 1)
+        for line in _read_following_links(exported, "/etc/os-release").splitlines()
+        if "=" in line
     )
     values = {key: value.strip('"') for key, value in fields.items()}
     assert values.get("ID") == "debian", values
@@ -81,7 +88,10 @@ def test_python_is_3_13_or_newer(container_runtime: ContainerRuntime, image_ref:
     factory = harness.ContainerFactory(container_runtime, image_ref, label="pyversion")
     try:
         done = container_runtime.run_once(
-            image_ref, RunOptions(name=factory.unique_name(), entrypoint=harness.PYTHON, command=("--version",))
+            image_ref,
+            RunOptions(
+                name=factory.unique_name(), entrypoint=harness.PYTHON, command=("--version",)
+            ),
         )
     finally:
         factory.cleanup()
@@ -91,11 +101,14 @@ def test_python_is_3_13_or_newer(container_runtime: ContainerRuntime, image_ref:
     assert (int(match.group(1)), int(match.group(2))) >= (3, 13), match.group(0)
 
 
-def test_squid_is_built_with_openssl_and_ssl_crtd(container_runtime: ContainerRuntime, image_ref: str) -> None:
+def test_squid_is_built_with_openssl_and_ssl_crtd(
+    container_runtime: ContainerRuntime, image_ref: str
+) -> None:
     factory = harness.ContainerFactory(container_runtime, image_ref, label="squidv")
     try:
         done = container_runtime.run_once(
-            image_ref, RunOptions(name=factory.unique_name(), entrypoint="/usr/sbin/squid", command=("-v",))
+            image_ref,
+            RunOptions(name=factory.unique_name(), entrypoint="/usr/sbin/squid", command=("-v",)),
         )
     finally:
         factory.cleanup()

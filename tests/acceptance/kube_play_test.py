@@ -37,7 +37,9 @@ READY_TIMEOUT_S = 90.0
 def kubectl() -> str:
     found = shutil.which("kubectl")
     if found is None:
-        pytest.fail("kubectl is required to render deploy/kubernetes for `podman kube play`", pytrace=False)
+        pytest.fail(
+            "kubectl is required to render deploy/kubernetes for `podman kube play`", pytrace=False
+        )
     return found
 
 
@@ -53,7 +55,9 @@ def kube_gateway(podman: ContainerRuntime) -> str:
     """The host's address on podman's kube network (created as `kube play` would)."""
     if podman.command(["network", "exists", KUBE_NETWORK], check=False).returncode != 0:
         podman.command(["network", "create", KUBE_NETWORK])
-    done = podman.command(["network", "inspect", KUBE_NETWORK, "--format", "{{range .Subnets}}{{.Gateway}} {{end}}"])
+    done = podman.command(
+        ["network", "inspect", KUBE_NETWORK, "--format", "{{range .Subnets}}{{.Gateway}} {{end}}"]
+    )
     return done.stdout.split()[0]
 
 
@@ -70,10 +74,14 @@ class KubePlay:
 
     def render(self, base: Path, extra: str = "") -> str:
         """A scratch overlay of `base`: the image under test, one replica, a unique suffix, plus `extra`."""
-        name, _, tag = self.image.rpartition(":") if ":" in self.image.rsplit("/", 1)[-1] else (self.image, "", "latest")
+        name, _, tag = (
+            self.image.rpartition(":")
+            if ":" in self.image.rsplit("/", 1)[-1]
+            else (self.image, "", "latest")
+        )
         (self.scratch / "kustomization.yaml").write_text(
             "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-            f"nameSuffix: \"{self.suffix}\"\n"
+            f'nameSuffix: "{self.suffix}"\n'
             f"resources:\n  - {os.path.relpath(base, self.scratch)}\n"
             f"images:\n  - name: cephaloproxy\n    newName: {name}\n    newTag: {tag}\n"
             "patches:\n"
@@ -81,7 +89,9 @@ class KubePlay:
             "    patch: |-\n"
             "      - op: add\n        path: /spec/replicas\n        value: 1\n" + extra
         )
-        done = subprocess.run([kubectl(), "kustomize", str(self.scratch)], capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [kubectl(), "kustomize", str(self.scratch)], capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, done.stderr
         self.manifest.write_text(done.stdout)
         return done.stdout
@@ -92,7 +102,9 @@ class KubePlay:
         return self.container()
 
     def container(self) -> str:
-        done = self.podman.command(["ps", "--all", "--format", "json", "--filter", f"name=cephaloproxy{self.suffix}"])
+        done = self.podman.command(
+            ["ps", "--all", "--format", "json", "--filter", f"name=cephaloproxy{self.suffix}"]
+        )
         names = [c["Names"][0] for c in json.loads(done.stdout or "[]") if not c.get("IsInfra")]
         assert len(names) == 1, f"expected one proxy container, got {names}"
         return names[0]
@@ -107,17 +119,26 @@ class KubePlay:
     def wait_ready(self, container: str, address: str) -> None:
         try:
             netutil.wait_for_status(
-                address, 8080, "/ready", 200, READY_TIMEOUT_S, still_alive=lambda: self.podman.state(container).running
+                address,
+                8080,
+                "/ready",
+                200,
+                READY_TIMEOUT_S,
+                still_alive=lambda: self.podman.state(container).running,
             )
         except TimeoutError as error:
             logs = self.podman.logs(container)
-            raise AssertionError(f"{container} never became ready: {error}\n{logs.combined}") from error
+            raise AssertionError(
+                f"{container} never became ready: {error}\n{logs.combined}"
+            ) from error
 
     def python(self, container: str, code: str) -> subprocess.CompletedProcess[str]:
         return self.podman.exec(container, ["/usr/bin/python3", "-c", code])
 
     def grace_seconds(self) -> int:
-        match = re.search(r"^\s*terminationGracePeriodSeconds: (\d+)$", self.manifest.read_text(), re.MULTILINE)
+        match = re.search(
+            r"^\s*terminationGracePeriodSeconds: (\d+)$", self.manifest.read_text(), re.MULTILINE
+        )
         assert match, "the rendered Deployment sets no terminationGracePeriodSeconds"
         return int(match.group(1))
 
@@ -179,7 +200,9 @@ def test_the_base_deployment_runs_and_stops_gracefully(kube: KubePlay, kube_gate
     lines = probe.stdout.splitlines()
     assert lines[0] == "errno 30", "the root filesystem must be read-only (EROFS)"
     assert lines[1] == "1000 0"
-    assert lines[2] == "['squid.conf'] True", "the ConfigMap is a directory mount beside the packaged default"
+    assert lines[2] == "['squid.conf'] True", (
+        "the ConfigMap is a directory mount beside the packaged default"
+    )
 
     logs, exit_code = kube.stop_and_down()
     assert "Received signal SIGTERM, initiating graceful shutdown" in logs, logs[-3000:]
@@ -187,7 +210,9 @@ def test_the_base_deployment_runs_and_stops_gracefully(kube: KubePlay, kube_gate
     assert exit_code == 0
 
 
-def test_the_openshift_overlay_runs_as_an_arbitrary_uid_with_gid_0(kube: KubePlay, kube_gateway: str) -> None:
+def test_the_openshift_overlay_runs_as_an_arbitrary_uid_with_gid_0(
+    kube: KubePlay, kube_gateway: str
+) -> None:
     # What the restricted-v2 SCC injects into the pod; the overlay itself sets no UID.
     manifest = kube.render(
         KUBERNETES_DIR / "overlays" / "openshift",
@@ -197,8 +222,14 @@ def test_the_openshift_overlay_runs_as_an_arbitrary_uid_with_gid_0(kube: KubePla
     container = kube.play()
     address = kube.pod_ip(container)
     kube.wait_ready(container, address)
-    assert kube.python(container, "import os; print(os.getuid(), os.getgid())").stdout.strip() == "1000660000 0"
-    assert "CephaloProxy entrypoint starting (UID: 1000660000, GID: 0)" in kube.podman.logs(container).stdout
+    assert (
+        kube.python(container, "import os; print(os.getuid(), os.getgid())").stdout.strip()
+        == "1000660000 0"
+    )
+    assert (
+        "CephaloProxy entrypoint starting (UID: 1000660000, GID: 0)"
+        in kube.podman.logs(container).stdout
+    )
     with netutil.LocalServer(kube_gateway, freebind=True) as server:
         result = proxied_get(address, server, "/openshift")
         assert (result.status, result.body) == (200, server.expected_body("/openshift"))
@@ -223,19 +254,24 @@ def kubelet_secret_dir(directory: Path, files: dict[str, Path]) -> Path:
 def test_the_ssl_bump_overlay_uses_a_secret_mounted_the_kubelet_way(
     kube: KubePlay, kube_gateway: str, tmp_path: Path
 ) -> None:
-    bumped, spliced = "bumped.test", "www.bank.example"  # the latter is in examples/ssl-bump's no-bump list
+    bumped, spliced = (
+        "bumped.test",
+        "www.bank.example",
+    )  # the latter is in examples/ssl-bump's no-bump list
     bump_ca = certs.generate_ca(tmp_path / "bump-ca", "CephaloProxy Kube Bump CA")
     upstream_ca = certs.generate_ca(tmp_path / "upstream-ca", "CephaloProxy Kube Upstream CA")
     server_pair = certs.generate_server_cert(upstream_ca, tmp_path / "server", [bumped, spliced])
     secret = kubelet_secret_dir(
-        tmp_path / "secret", {"tls.crt": bump_ca.cert, "tls.key": bump_ca.key, "upstream-ca.crt": upstream_ca.cert}
+        tmp_path / "secret",
+        {"tls.crt": bump_ca.cert, "tls.key": bump_ca.key, "upstream-ca.crt": upstream_ca.cert},
     )
     tls = netutil.server_tls_context(str(server_pair.cert), str(server_pair.key))
     with netutil.LocalServer(kube_gateway, tls=tls, freebind=True) as server:
         # The example's config with the test origin's port and CA, as a replaced ConfigMap.
         config = (REPO / "examples" / "ssl-bump" / "squid.conf").read_text()
         (kube.scratch / "squid.conf").write_text(
-            config + f"acl SSL_ports port {server.port}\ntls_outgoing_options cafile=/etc/squid/ssl_cert/upstream-ca.crt\n"
+            config
+            + f"acl SSL_ports port {server.port}\ntls_outgoing_options cafile=/etc/squid/ssl_cert/upstream-ca.crt\n"
         )
         kube.render(
             KUBERNETES_DIR / "overlays" / "ssl-bump",
@@ -248,22 +284,41 @@ def test_the_ssl_bump_overlay_uses_a_secret_mounted_the_kubelet_way(
             "configMapGenerator:\n  - name: cephaloproxy-config\n    behavior: replace\n    files: [squid.conf]\n",
         )
         rendered = kube.manifest.read_text()
-        assert f"path: {secret}" in rendered and "secretName:" not in rendered, "the patch missed the tls volume"
+        assert f"path: {secret}" in rendered and "secretName:" not in rendered, (
+            "the patch missed the tls volume"
+        )
         container = kube.play()
         address = kube.pod_ip(container)
         kube.wait_ready(container, address)
         assert "SSL-bump configured" in kube.podman.logs(container).stdout
-        listing = kube.python(container, "import os; print(os.readlink('/etc/squid/ssl_cert/..data'))")
+        listing = kube.python(
+            container, "import os; print(os.readlink('/etc/squid/ssl_cert/..data'))"
+        )
         assert listing.stdout.strip().startswith("..2026"), listing
 
         result = netutil.tls_get_via_connect(
-            address, 3128, bumped, server.port, "/bumped", netutil.client_tls_context(str(bump_ca.cert))
+            address,
+            3128,
+            bumped,
+            server.port,
+            "/bumped",
+            netutil.client_tls_context(str(bump_ca.cert)),
         )
         assert (result.status, result.body) == (200, server.expected_body("/bumped"))
-        assert netutil.name_field(result.peer_certificate.get("issuer")) == "CephaloProxy Kube Bump CA"
-        passthrough = netutil.tls_get_via_connect(
-            address, 3128, spliced, server.port, "/spliced", netutil.client_tls_context(str(upstream_ca.cert))
+        assert (
+            netutil.name_field(result.peer_certificate.get("issuer")) == "CephaloProxy Kube Bump CA"
         )
-        assert netutil.name_field(passthrough.peer_certificate.get("issuer")) == "CephaloProxy Kube Upstream CA"
+        passthrough = netutil.tls_get_via_connect(
+            address,
+            3128,
+            spliced,
+            server.port,
+            "/spliced",
+            netutil.client_tls_context(str(upstream_ca.cert)),
+        )
+        assert (
+            netutil.name_field(passthrough.peer_certificate.get("issuer"))
+            == "CephaloProxy Kube Upstream CA"
+        )
     logs, exit_code = kube.stop_and_down()
     assert "Shutdown complete" in logs and exit_code == 0, logs[-3000:]

@@ -23,6 +23,11 @@ def test_exec_shell_fails_with_not_found(containers: harness.ContainerFactory, s
     proxy.wait_ready()
     done = containers.runtime.exec(proxy.name, [shell, "-c", "true"])
     expected = containers.runtime.exec_not_found_exit_code
-    assert done.returncode == expected, (containers.runtime.name, done.returncode, done.stdout, done.stderr)
+    assert done.returncode == expected, (
+        containers.runtime.name,
+        done.returncode,
+        done.stdout,
+        done.stderr,
+    )
     assert NOT_FOUND.search(done.stdout + done.stderr), (done.stdout, done.stderr)
     assert proxy.is_running(), "a failed exec must not disturb the running proxy"

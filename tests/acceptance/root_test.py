@@ -9,10 +9,15 @@ from tests.support import harness, logs, netutil
 
 @pytest.mark.parametrize("read_only", [False, True], ids=["writable-root", "read-only-root"])
 def test_runs_as_root(
-    containers: harness.ContainerFactory, host_server: netutil.LocalServer, host_address: str, read_only: bool
+    containers: harness.ContainerFactory,
+    host_server: netutil.LocalServer,
+    host_address: str,
+    read_only: bool,
 ) -> None:
     tmpfs = harness.tmpfs_runtime_dirs() if read_only else ()
-    proxy = containers.start(f"root-{'ro' if read_only else 'rw'}", user="0:0", read_only=read_only, tmpfs=tmpfs)
+    proxy = containers.start(
+        f"root-{'ro' if read_only else 'rw'}", user="0:0", read_only=read_only, tmpfs=tmpfs
+    )
     proxy.wait_ready()
     proxy.wait_for_log("Container ready, entering monitoring loop")
     output = proxy.logs()

@@ -31,7 +31,9 @@ def test_connect_is_bumped_with_the_test_ca(
     tls_context = netutil.server_tls_context(str(server_pair.cert), str(server_pair.key))
     with netutil.LocalServer(host_address, tls=tls_context, freebind=True) as server:
         config_text = harness.ssl_bump_config(
-            default_squid_conf, [server.port], upstream_ca=f"{harness.TLS_SECRET_PATH}/{UPSTREAM_CA_FILE}"
+            default_squid_conf,
+            [server.port],
+            upstream_ca=f"{harness.TLS_SECRET_PATH}/{UPSTREAM_CA_FILE}",
         )
         config = harness.write_readable(tmp_path / "conf" / "squid.conf", config_text)
         proxy = containers.start(

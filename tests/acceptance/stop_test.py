@@ -17,13 +17,19 @@ BUSY_SHUTDOWN_TIMEOUT_S = 12
 def _assert_clean_shutdown(proxy: harness.ProxyContainer, elapsed: float) -> None:
     state = proxy.state()
     output = proxy.logs()
-    assert state.exit_code == 0, f"exit code {state.exit_code} after {elapsed:.1f} s:\n{output.combined}"
+    assert state.exit_code == 0, (
+        f"exit code {state.exit_code} after {elapsed:.1f} s:\n{output.combined}"
+    )
     # A SIGKILL at the end of the grace period would give 137, so 0 already proves it
     # stopped inside the grace period; the elapsed bound states it plainly.
     assert elapsed < GRACE_S, f"stop took {elapsed:.1f} s"
     logs.assert_in_order(
         output.stdout,
-        ["Container ready", "Received signal SIGTERM, initiating graceful shutdown...", "Shutdown complete"],
+        [
+            "Container ready",
+            "Received signal SIGTERM, initiating graceful shutdown...",
+            "Shutdown complete",
+        ],
     )
 
 
@@ -44,7 +50,9 @@ class _Download(threading.Thread):
         self.ended = threading.Event()
 
     def run(self) -> None:
-        connection = http.client.HTTPConnection(netutil.LOOPBACK, self.proxy_port, timeout=timeouts.scaled(60))
+        connection = http.client.HTTPConnection(
+            netutil.LOOPBACK, self.proxy_port, timeout=timeouts.scaled(60)
+        )
         try:
             connection.request("GET", self.url)
             response = connection.getresponse()
@@ -62,22 +70,31 @@ def test_stop_during_active_downloads(
 ) -> None:
     proxy = containers.start("stop-busy", env={"SHUTDOWN_TIMEOUT": str(BUSY_SHUTDOWN_TIMEOUT_S)})
     proxy.wait_ready()
-    downloads = [_Download(proxy.proxy_port, host_server.url(f"/slow?seconds=120&n={n}", host=host_address)) for n in range(3)]
+    downloads = [
+        _Download(proxy.proxy_port, host_server.url(f"/slow?seconds=120&n={n}", host=host_address))
+        for n in range(3)
+    ]
     for download in downloads:
         download.start()
     deadline = time.monotonic() + timeouts.scaled(30)
     while not all(d.received > 0 for d in downloads) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert all(d.received > 0 for d in downloads), [d.received for d in downloads]
-    assert not any(d.ended.is_set() for d in downloads), "downloads must still be running when stop begins"
+    assert not any(d.ended.is_set() for d in downloads), (
+        "downloads must still be running when stop begins"
+    )
 
     elapsed = proxy.stop(GRACE_S)
     _assert_clean_shutdown(proxy, elapsed)
     # The downloads were drained, not cut at once: the stop waited for SHUTDOWN_TIMEOUT.
-    assert elapsed >= BUSY_SHUTDOWN_TIMEOUT_S, f"stop took only {elapsed:.1f} s: transfers were not drained"
+    assert elapsed >= BUSY_SHUTDOWN_TIMEOUT_S, (
+        f"stop took only {elapsed:.1f} s: transfers were not drained"
+    )
     logs.assert_in_order(
         proxy.logs().stdout,
         ["Received signal SIGTERM", "Draining 3 client connections (up to 12 s)..."],
     )
     for download in downloads:
-        assert download.ended.wait(timeouts.scaled(30)), "client connections must be closed once the container is gone"
+        assert download.ended.wait(timeouts.scaled(30)), (
+            "client connections must be closed once the container is gone"
+        )

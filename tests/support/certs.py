@@ -32,15 +32,26 @@ class KeyPair:
 def _openssl(args: Sequence[str], cwd: Path) -> None:
     executable = shutil.which("openssl")
     if executable is None:
-        raise CertificateError("the `openssl` command is required to generate test certificates; install openssl")
+        raise CertificateError(
+            "the `openssl` command is required to generate test certificates; install openssl"
+        )
     done = subprocess.run(
-        [executable, *args], cwd=cwd, capture_output=True, text=True, timeout=OPENSSL_TIMEOUT_S, check=False
+        [executable, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=OPENSSL_TIMEOUT_S,
+        check=False,
     )
     if done.returncode != 0:
-        raise CertificateError(f"openssl {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+        raise CertificateError(
+            f"openssl {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}"
+        )
 
 
-def generate_ca(directory: Path, common_name: str = "CephaloProxy Test CA", days: int = 2) -> KeyPair:
+def generate_ca(
+    directory: Path, common_name: str = "CephaloProxy Test CA", days: int = 2
+) -> KeyPair:
     """A self-signed CA certificate and its unencrypted RSA key."""
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / "ca.crt", directory / "ca.key"
@@ -69,7 +80,9 @@ def subject_alt_names(names: Sequence[str]) -> str:
     return ",".join(entries)
 
 
-def generate_server_cert(ca: KeyPair, directory: Path, names: Sequence[str], days: int = 2) -> KeyPair:
+def generate_server_cert(
+    ca: KeyPair, directory: Path, names: Sequence[str], days: int = 2
+) -> KeyPair:
     """A server certificate for `names` (DNS names and/or IPs) signed by `ca`."""
     if not names:
         raise CertificateError("a server certificate needs at least one DNS name or IP address")

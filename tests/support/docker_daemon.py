@@ -82,18 +82,24 @@ class DockerDaemonError(RuntimeError):
     """The private engine could not be started or stopped; the message says what to do."""
 
 
-def search_path(environ: Mapping[str, str] | None = None, extra_dirs: Sequence[str] = SYSTEM_DIRS) -> str:
+def search_path(
+    environ: Mapping[str, str] | None = None, extra_dirs: Sequence[str] = SYSTEM_DIRS
+) -> str:
     """$PATH followed by the system dirs (dockerd and runc live in /usr/sbin)."""
     env = os.environ if environ is None else environ
     return os.pathsep.join([env.get("PATH", os.defpath), *extra_dirs])
 
 
-def dockerd_installed(environ: Mapping[str, str] | None = None, extra_dirs: Sequence[str] = SYSTEM_DIRS) -> str | None:
+def dockerd_installed(
+    environ: Mapping[str, str] | None = None, extra_dirs: Sequence[str] = SYSTEM_DIRS
+) -> str | None:
     """The dockerd path, or None when Docker's engine is not installed."""
     return shutil.which("dockerd", path=search_path(environ, extra_dirs))
 
 
-def find_tools(environ: Mapping[str, str] | None = None, extra_dirs: Sequence[str] = SYSTEM_DIRS) -> dict[str, str]:
+def find_tools(
+    environ: Mapping[str, str] | None = None, extra_dirs: Sequence[str] = SYSTEM_DIRS
+) -> dict[str, str]:
     """Absolute paths of every REQUIRED_TOOLS program; raises naming each missing one and its package."""
     path = search_path(environ, extra_dirs)
     found: dict[str, str] = {}
@@ -182,7 +188,9 @@ def mount_points(table: str | None = None) -> list[str]:
     for line in text.splitlines():
         fields = line.split()
         if len(fields) > 4:
-            points.append(re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), fields[4]))
+            points.append(
+                re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), fields[4])
+            )
     return points
 
 
@@ -197,7 +205,9 @@ def _under(path: str, roots: Sequence[Path]) -> bool:
 class StopReport:
     """What stop() had to do beyond dockerd's own shutdown (empty lists: dockerd cleaned up everything)."""
 
-    daemon_exited: bool  # dockerd ended on SIGTERM (False: it had to be killed, or was already gone)
+    daemon_exited: (
+        bool  # dockerd ended on SIGTERM (False: it had to be killed, or was already gone)
+    )
     killed: tuple[str, ...]
     unmounted: tuple[str, ...]
     still_running: tuple[str, ...]
@@ -228,7 +238,11 @@ class DockerDaemon:
         self._environ = dict(os.environ if environ is None else environ)
         self._extra_dirs = tuple(extra_dirs)
         self._given_data_root = data_root.resolve() if data_root is not None else None
-        self._start_timeout = timeouts.scaled(START_TIMEOUT_S, self._environ) if start_timeout is None else start_timeout
+        self._start_timeout = (
+            timeouts.scaled(START_TIMEOUT_S, self._environ)
+            if start_timeout is None
+            else start_timeout
+        )
         self._tools: dict[str, str] = {}
         self._process: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
@@ -288,7 +302,9 @@ class DockerDaemon:
     # Start ---------------------------------------------------------------------------
     def start(self) -> "DockerDaemon":
         if os.geteuid() != 0:
-            raise DockerDaemonError("a private Docker engine needs root (network namespaces, mounts); run as root")
+            raise DockerDaemonError(
+                "a private Docker engine needs root (network namespaces, mounts); run as root"
+            )
         self._tools = find_tools(self._environ, self._extra_dirs)
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="cp-dockerd-"))
         try:
@@ -317,11 +333,21 @@ class DockerDaemon:
     def _make_netns(self) -> None:
         self.netns.touch()
         # unshare bind-mounts the new namespace onto the file, so it outlives `true`.
-        self._run_tool([self._tools["unshare"], f"--net={self.netns}", "true"], "create a network namespace")
+        self._run_tool(
+            [self._tools["unshare"], f"--net={self.netns}", "true"], "create a network namespace"
+        )
         ns = os.stat(self.netns)
         self._netns_id = (ns.st_dev, ns.st_ino)
         self._run_tool(
-            [self._tools["nsenter"], f"--net={self.netns}", self._tools["ip"], "link", "set", "lo", "up"],
+            [
+                self._tools["nsenter"],
+                f"--net={self.netns}",
+                self._tools["ip"],
+                "link",
+                "set",
+                "lo",
+                "up",
+            ],
             "bring loopback up in the namespace",
         )
 
@@ -371,7 +397,11 @@ class DockerDaemon:
             return f"(no log: {error})"
 
     def _write_state(self) -> None:
-        state = {"pid": self.pid, "data_root": str(self.data_root), "owns_data_root": self._given_data_root is None}
+        state = {
+            "pid": self.pid,
+            "data_root": str(self.data_root),
+            "owns_data_root": self._given_data_root is None,
+        }
         (self._dir() / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
 
     @classmethod
@@ -381,7 +411,9 @@ class DockerDaemon:
         try:
             state = json.loads(state_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
-            raise DockerDaemonError(f"{state_path}: not a runtime dir written by `start` ({error})") from None
+            raise DockerDaemonError(
+                f"{state_path}: not a runtime dir written by `start` ({error})"
+            ) from None
         daemon = cls(None if state["owns_data_root"] else Path(state["data_root"]), environ=environ)
         daemon.runtime_dir = runtime_dir.resolve()
         daemon._tools = find_tools(daemon._environ, daemon._extra_dirs)
@@ -394,7 +426,9 @@ class DockerDaemon:
         return daemon
 
     # Use -----------------------------------------------------------------------------
-    def run_in_netns(self, argv: Sequence[str], timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    def run_in_netns(
+        self, argv: Sequence[str], timeout: float | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run argv in the engine's network namespace (where published ports are) with environ()."""
         return subprocess.run(
             [self.tool("nsenter"), f"--net={self.netns}", *argv],
@@ -414,7 +448,8 @@ class DockerDaemon:
         roots = {
             info.pid
             for info in table.values()
-            if marker in info.cmdline or (self._netns_id is not None and info.netns == self._netns_id)
+            if marker in info.cmdline
+            or (self._netns_id is not None and info.netns == self._netns_id)
         }
         if self.pid is not None and self.pid in table and marker in table[self.pid].cmdline:
             roots.add(self.pid)
@@ -433,7 +468,9 @@ class DockerDaemon:
     def leftover_mounts(self) -> list[str]:
         if self.runtime_dir is None:
             return []
-        return [point for point in mount_points() if _under(point, [self.runtime_dir, self.data_root])]
+        return [
+            point for point in mount_points() if _under(point, [self.runtime_dir, self.data_root])
+        ]
 
     # Stop ----------------------------------------------------------------------------
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> StopReport:
@@ -445,7 +482,9 @@ class DockerDaemon:
         unmounted = self._unmount_leftovers()
         # Our own namespace file last: with no process left in it, the namespace is gone.
         if str(self.netns) in mount_points():
-            self._run_tool([self._tools["umount"], str(self.netns)], "release the network namespace")
+            self._run_tool(
+                [self._tools["umount"], str(self.netns)], "release the network namespace"
+            )
         still_running = tuple(info.describe() for info in self.related_processes())
         still_mounted = tuple(self.leftover_mounts())
         report = StopReport(exited, killed, unmounted, still_running, still_mounted)
@@ -514,17 +553,26 @@ class DockerDaemon:
         """Unmount what dockerd left mounted (its data-root bind, container netns and shm mounts)."""
         unmounted: list[str] = []
         for _ in range(3):  # stacked mounts (a bind over a bind) need several passes
-            points = sorted(set(self.leftover_mounts()) - {str(self.netns)}, key=len, reverse=True)  # deepest first
+            points = sorted(
+                set(self.leftover_mounts()) - {str(self.netns)}, key=len, reverse=True
+            )  # deepest first
             if not points:
                 break
             for point in points:
                 done = subprocess.run(
-                    [self._tools["umount"], point], capture_output=True, text=True, timeout=30, check=False
+                    [self._tools["umount"], point],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=False,
                 )
                 if done.returncode != 0:
                     # Busy (a process we could not see holds it): detach it so the dir can go.
                     subprocess.run(
-                        [self._tools["umount"], "--lazy", point], capture_output=True, timeout=30, check=False
+                        [self._tools["umount"], "--lazy", point],
+                        capture_output=True,
+                        timeout=30,
+                        check=False,
                     )
                 unmounted.append(point)
         return tuple(unmounted)
@@ -534,15 +582,21 @@ class DockerDaemon:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python3 -m tests.support.docker_daemon", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python3 -m tests.support.docker_daemon", description=__doc__.splitlines()[0]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("start", "start an engine and leave it running; prints DOCKER_HOST and the stop command"),
         ("run", "start an engine, run CMD in its network namespace with DOCKER_HOST set, stop it"),
     ):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("--data-root", type=Path, help="keep images here between runs (default: a temp dir)")
-        sub.add_argument("--timeout", type=float, help="seconds to wait for `docker info` (default 60, scaled)")
+        sub.add_argument(
+            "--data-root", type=Path, help="keep images here between runs (default: a temp dir)"
+        )
+        sub.add_argument(
+            "--timeout", type=float, help="seconds to wait for `docker info` (default 60, scaled)"
+        )
         if name == "run":
             sub.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     stop = commands.add_parser("stop", help="stop the engine `start` left in --runtime-dir")
@@ -567,19 +621,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "start":
             daemon.start()
             print(f"export DOCKER_HOST={daemon.docker_host}")
-            print(f"# published ports listen in the engine's network namespace: nsenter --net={daemon.netns} CMD")
-            print(f"# stop: python3 -m tests.support.docker_daemon stop --runtime-dir {daemon.runtime_dir}")
+            print(
+                f"# published ports listen in the engine's network namespace: nsenter --net={daemon.netns} CMD"
+            )
+            print(
+                f"# stop: python3 -m tests.support.docker_daemon stop --runtime-dir {daemon.runtime_dir}"
+            )
             return 0
         cmd = list(args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd)
         if not cmd:
-            print("docker_daemon run: give the command after --, e.g. run -- python3 -m pytest tests/acceptance", file=sys.stderr)
+            print(
+                "docker_daemon run: give the command after --, e.g. run -- python3 -m pytest tests/acceptance",
+                file=sys.stderr,
+            )
             return 2
         daemon.start()
         print(f"docker_daemon: dockerd {' '.join(daemon.command_line())}", file=sys.stderr)
         try:
             # Not run_in_netns(): the command's output goes straight to the terminal.
             code = subprocess.run(
-                [daemon.tool("nsenter"), f"--net={daemon.netns}", *cmd], env=daemon.environ(), check=False
+                [daemon.tool("nsenter"), f"--net={daemon.netns}", *cmd],
+                env=daemon.environ(),
+                check=False,
             ).returncode
         finally:
             report = daemon.stop()

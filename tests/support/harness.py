@@ -65,11 +65,18 @@ class ProxyContainer:
         """Seconds until /ready answered 200 (within `timeout`, scaled); raises with the container's logs otherwise."""
         try:
             return netutil.wait_for_status(
-                netutil.LOOPBACK, self.health_port, "/ready", 200, timeouts.scaled(timeout), still_alive=self.is_running
+                netutil.LOOPBACK,
+                self.health_port,
+                "/ready",
+                200,
+                timeouts.scaled(timeout),
+                still_alive=self.is_running,
             )
         except TimeoutError as error:
             logs = self.logs()
-            raise AssertionError(f"{self.name} never became ready: {error}\n{logs.combined}") from error
+            raise AssertionError(
+                f"{self.name} never became ready: {error}\n{logs.combined}"
+            ) from error
 
     def wait_for_log(self, text: str, timeout: float = 10.0) -> None:
         """Until `text` is in the container's stdout: /ready can answer 200 a moment before
@@ -77,11 +84,15 @@ class ProxyContainer:
         deadline = time.monotonic() + timeouts.scaled(timeout)
         while text not in self.logs().stdout:
             if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name}: {text!r} not logged within {timeout:g} s:\n{self.logs().combined}")
+                raise AssertionError(
+                    f"{self.name}: {text!r} not logged within {timeout:g} s:\n{self.logs().combined}"
+                )
             time.sleep(0.1)
 
     def health(self, path: str = "/health") -> netutil.HttpResult:
-        return netutil.http_get(netutil.LOOPBACK, self.health_port, path, timeouts.scaled(HTTP_TIMEOUT_S))
+        return netutil.http_get(
+            netutil.LOOPBACK, self.health_port, path, timeouts.scaled(HTTP_TIMEOUT_S)
+        )
 
     def get_via_proxy(self, url: str, timeout: float = 30.0) -> netutil.HttpResult:
         return netutil.proxy_get(netutil.LOOPBACK, self.proxy_port, url, timeouts.scaled(timeout))
@@ -107,7 +118,9 @@ class ContainerFactory:
 
     def unique_name(self, purpose: str = "") -> str:
         suffix = re.sub(r"[^a-z0-9]+", "-", purpose.lower()).strip("-")[:20]
-        name = "-".join(part for part in ("cephaloproxy-acc", self.label, suffix, secrets.token_hex(4)) if part)
+        name = "-".join(
+            part for part in ("cephaloproxy-acc", self.label, suffix, secrets.token_hex(4)) if part
+        )
         self.names.append(name)
         return name
 
@@ -148,7 +161,9 @@ class ContainerFactory:
         options = RunOptions(name=self.unique_name("py"), entrypoint=PYTHON, command=("-c", code))
         done = self.runtime.run_once(self.image, options, timeout=timeout)
         if done.returncode != 0:
-            raise AssertionError(f"python3 -c in the image exited {done.returncode}: {done.stderr.strip()}")
+            raise AssertionError(
+                f"python3 -c in the image exited {done.returncode}: {done.stderr.strip()}"
+            )
         return done.stdout
 
     def cleanup(self) -> list[str]:
@@ -182,7 +197,9 @@ def write_readable(path: Path, text: str) -> Path:
 
 
 def ssl_bump_config(
-    default_config: str, connect_ports: Sequence[int] = (), upstream_ca: str = f"{TLS_SECRET_PATH}/tls.crt"
+    default_config: str,
+    connect_ports: Sequence[int] = (),
+    upstream_ca: str = f"{TLS_SECRET_PATH}/tls.crt",
 ) -> str:
     """The packaged default turned into an SSL-bump config using the mounted CA.
 
@@ -195,7 +212,10 @@ def ssl_bump_config(
         f"http_port {SQUID_CONTAINER_PORT} ssl-bump tls-cert=/var/lib/squid/squid-ca.pem"
         " generate-host-certificates=on dynamic_cert_mem_cache_size=4MB"
     )
-    lines = [bump_port if line.split()[:1] == ["http_port"] else line for line in default_config.splitlines()]
+    lines = [
+        bump_port if line.split()[:1] == ["http_port"] else line
+        for line in default_config.splitlines()
+    ]
     if bump_port not in lines:
         lines.insert(0, bump_port)
     header = [f"acl SSL_ports port {port}" for port in connect_ports]

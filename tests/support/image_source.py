@@ -100,7 +100,9 @@ def repo_tags_in_tarball(tarball: Path) -> list[str]:
                 return [
                     ref
                     for entry in index.get("manifests", [])
-                    if (ref := entry.get("annotations", {}).get("org.opencontainers.image.ref.name"))
+                    if (
+                        ref := entry.get("annotations", {}).get("org.opencontainers.image.ref.name")
+                    )
                 ]
     except (tarfile.TarError, OSError, json.JSONDecodeError) as error:
         raise ImageSourceError(f"{tarball}: not a readable image tar ({error})") from error

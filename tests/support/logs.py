@@ -67,7 +67,9 @@ def find_in_order(lines: Sequence[LogLine], patterns: Iterable[Pattern]) -> Orde
         regex = _compile(pattern)
         found = next((line for line in lines[position:] if regex.search(line.message)), None)
         if found is None:
-            return OrderCheck(tuple(matched), pattern if isinstance(pattern, str) else pattern.pattern)
+            return OrderCheck(
+                tuple(matched), pattern if isinstance(pattern, str) else pattern.pattern
+            )
         matched.append(found)
         position = found.index + 1
     return OrderCheck(tuple(matched), None)
@@ -78,9 +80,14 @@ def assert_in_order(text: str, patterns: Sequence[Pattern]) -> list[LogLine]:
     lines = parse_log_lines(text)
     check = find_in_order(lines, patterns)
     if not check.ok:
-        seen = "\n".join(f"  {line.level}: {line.message}" for line in lines) or "  (no entrypoint-format lines)"
+        seen = (
+            "\n".join(f"  {line.level}: {line.message}" for line in lines)
+            or "  (no entrypoint-format lines)"
+        )
         after = f" after {check.matched[-1].message!r}" if check.matched else ""
-        raise AssertionError(f"log line matching {check.missing!r} not found{after}; entrypoint lines were:\n{seen}")
+        raise AssertionError(
+            f"log line matching {check.missing!r} not found{after}; entrypoint lines were:\n{seen}"
+        )
     return list(check.matched)
 
 

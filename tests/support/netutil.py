@@ -103,7 +103,9 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], token: str, tls: ssl.SSLContext | None, freebind: bool) -> None:
+    def __init__(
+        self, address: tuple[str, int], token: str, tls: ssl.SSLContext | None, freebind: bool
+    ) -> None:
         self.token = token
         self.tls = tls
         self.freebind = freebind
@@ -153,20 +155,29 @@ class LocalServer:
     """
 
     def __init__(
-        self, host: str = LOOPBACK, port: int = 0, tls: ssl.SSLContext | None = None, freebind: bool = False
+        self,
+        host: str = LOOPBACK,
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
+        freebind: bool = False,
     ) -> None:
         self.token = "cephaloproxy-test-" + secrets.token_hex(8)
         self._server = _Server((host, port), self.token, tls, freebind)
         self.host = host
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"server-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name=f"server-{self.port}", daemon=True
+        )
 
     def __enter__(self) -> "LocalServer":
         self._thread.start()
         return self
 
     def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -257,7 +268,9 @@ def tls_get_via_connect(
     timeout: float = 30.0,
 ) -> TunnelResult:
     """CONNECT through the proxy, then TLS (SNI + host name check = target_host) and GET `path`."""
-    connection = http.client.HTTPSConnection(proxy_host, proxy_port, timeout=timeout, context=context)
+    connection = http.client.HTTPSConnection(
+        proxy_host, proxy_port, timeout=timeout, context=context
+    )
     try:
         connection.set_tunnel(target_host, target_port)
         connection.request("GET", path, headers={"Host": f"{target_host}:{target_port}"})
@@ -303,9 +316,13 @@ def wait_for_status(
         except http.client.HTTPException as error:
             last = repr(error)
         if not still_alive():
-            raise TimeoutError(f"gave up waiting for {path} on {host}:{port}: the process is gone (last: {last})")
+            raise TimeoutError(
+                f"gave up waiting for {path} on {host}:{port}: the process is gone (last: {last})"
+            )
         time.sleep(0.2)
-    raise TimeoutError(f"{path} on {host}:{port} did not answer {status} within {timeout:.0f} s (last: {last})")
+    raise TimeoutError(
+        f"{path} on {host}:{port} did not answer {status} within {timeout:.0f} s (last: {last})"
+    )
 
 
 # Load --------------------------------------------------------------------------------
@@ -358,7 +375,9 @@ def run_burst(
         try:
             for index in range(offset, total, connections):
                 if time.monotonic() > stop_at:
-                    record_error(f"request {index}: not sent, overall deadline of {deadline_s:.0f} s passed")
+                    record_error(
+                        f"request {index}: not sent, overall deadline of {deadline_s:.0f} s passed"
+                    )
                     continue
                 try:
                     connection.request("GET", url_for(index))
@@ -377,7 +396,10 @@ def run_burst(
             connection.close()
 
     started = time.monotonic()
-    threads = [threading.Thread(target=worker, args=(offset,), daemon=True) for offset in range(connections)]
+    threads = [
+        threading.Thread(target=worker, args=(offset,), daemon=True)
+        for offset in range(connections)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -401,7 +423,9 @@ class StatusPoller:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.outcomes.append(str(http_get(self.host, self.port, self.path, timeout=5.0).status))
+                self.outcomes.append(
+                    str(http_get(self.host, self.port, self.path, timeout=5.0).status)
+                )
             except (OSError, http.client.HTTPException) as error:
                 self.outcomes.append(repr(error))
             self._stop.wait(self.interval_s)
@@ -411,7 +435,10 @@ class StatusPoller:
         return self
 
     def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
     ) -> None:
         self._stop.set()
         self._thread.join(timeout=10)

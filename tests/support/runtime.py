@@ -33,7 +33,14 @@ PODMAN_CONTAINERS_CONF = "[containers]\ndefault_ulimits = []\n"
 
 # Bazel runs tests with a minimal PATH (often without /usr/sbin, where Debian puts runc),
 # so the usual system dirs are searched after $PATH.
-SYSTEM_DIRS: tuple[str, ...] = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/sbin", "/sbin")
+SYSTEM_DIRS: tuple[str, ...] = (
+    "/usr/local/bin",
+    "/usr/bin",
+    "/bin",
+    "/usr/local/sbin",
+    "/usr/sbin",
+    "/sbin",
+)
 
 # Wait bounds before $CEPHALOPROXY_TEST_TIMEOUT_SCALE (tests/support/timeouts.py) is applied.
 DEFAULT_TIMEOUT_S = 120.0
@@ -227,7 +234,11 @@ class ContainerLogs:
 
     @property
     def combined(self) -> str:
-        return self.stdout + ("\n" if self.stdout and not self.stdout.endswith("\n") else "") + self.stderr
+        return (
+            self.stdout
+            + ("\n" if self.stdout and not self.stdout.endswith("\n") else "")
+            + self.stderr
+        )
 
 
 _LOADED = re.compile(r"^Loaded image(?:\(s\))?(?: ID)?:\s*(?P<refs>\S.*)$", re.MULTILINE)
@@ -246,7 +257,9 @@ class ContainerRuntime:
 
     def __init__(self, spec: RuntimeSpec, default_timeout: float | None = None) -> None:
         self.spec = spec
-        self.default_timeout = timeouts.scaled(DEFAULT_TIMEOUT_S) if default_timeout is None else default_timeout
+        self.default_timeout = (
+            timeouts.scaled(DEFAULT_TIMEOUT_S) if default_timeout is None else default_timeout
+        )
         # Every per-call bound below is a wait, scaled the same way.
         self.scale = timeouts.scale()
 
@@ -279,7 +292,9 @@ class ContainerRuntime:
                 check=False,
             )
         except subprocess.TimeoutExpired as error:
-            raise ContainerRuntimeError(f"timed out after {limit:.0f} s: {' '.join(argv)}") from error
+            raise ContainerRuntimeError(
+                f"timed out after {limit:.0f} s: {' '.join(argv)}"
+            ) from error
         if check and done.returncode != 0:
             raise ContainerRuntimeError(
                 f"`{' '.join(argv)}` exited {done.returncode}\nstdout: {done.stdout.strip()}\n"
@@ -309,14 +324,18 @@ class ContainerRuntime:
 
     # Containers -------------------------------------------------------------------
     def run_detached(self, image: str, options: RunOptions, timeout: float = 120.0) -> str:
-        done = self.command(["run", "--detach", *options.flags(), image, *options.command], timeout=timeout)
+        done = self.command(
+            ["run", "--detach", *options.flags(), image, *options.command], timeout=timeout
+        )
         return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else options.name
 
     def run_once(
         self, image: str, options: RunOptions, timeout: float = 120.0
     ) -> subprocess.CompletedProcess[str]:
         """`run --rm` in the foreground; returns the finished process (not checked)."""
-        return self.command(["run", "--rm", *options.flags(), image, *options.command], timeout=timeout, check=False)
+        return self.command(
+            ["run", "--rm", *options.flags(), image, *options.command], timeout=timeout, check=False
+        )
 
     def create(self, image: str, name: str, timeout: float = 120.0) -> None:
         self.command(["create", "--name", name, image], timeout=timeout)
@@ -358,7 +377,9 @@ class ContainerRuntime:
             raise ContainerRuntimeError(f"`inspect {name}` has no State object")
         status = str(raw.get("Status", "")).lower()
         return ContainerState(
-            status=status, running=bool(raw.get("Running", False)), exit_code=int(raw.get("ExitCode", -1))
+            status=status,
+            running=bool(raw.get("Running", False)),
+            exit_code=int(raw.get("ExitCode", -1)),
         )
 
     def wait_for_exit(self, name: str, timeout: float, poll_s: float = 0.2) -> ContainerState:
@@ -367,18 +388,37 @@ class ContainerRuntime:
         deadline = time.monotonic() + timeout
         while True:
             state = self.state(name)
-            if not state.running and state.status not in ("running", "created", "configured", "initialized"):
+            if not state.running and state.status not in (
+                "running",
+                "created",
+                "configured",
+                "initialized",
+            ):
                 return state
             if time.monotonic() >= deadline:
-                raise ContainerRuntimeError(f"container {name} still {state.status} after {timeout:.0f} s")
+                raise ContainerRuntimeError(
+                    f"container {name} still {state.status} after {timeout:.0f} s"
+                )
             time.sleep(poll_s)
 
     def gateway_address(self) -> str | None:
         """The host's address on the default bridge network, as seen from containers."""
         if self.name == "podman":
-            argv = ["network", "inspect", "podman", "--format", "{{range .Subnets}}{{.Gateway}}|{{.Subnet}} {{end}}"]
+            argv = [
+                "network",
+                "inspect",
+                "podman",
+                "--format",
+                "{{range .Subnets}}{{.Gateway}}|{{.Subnet}} {{end}}",
+            ]
         else:
-            argv = ["network", "inspect", "bridge", "--format", "{{range .IPAM.Config}}{{.Gateway}}|{{.Subnet}} {{end}}"]
+            argv = [
+                "network",
+                "inspect",
+                "bridge",
+                "--format",
+                "{{range .IPAM.Config}}{{.Gateway}}|{{.Subnet}} {{end}}",
+            ]
         return gateway_from_inspect(self.command(argv, check=False, timeout=60).stdout)
 
 

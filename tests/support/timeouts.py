@@ -28,10 +28,14 @@ def scale(environ: Mapping[str, str] | None = None) -> float:
     try:
         factor = float(raw)
     except ValueError:
-        raise TimeoutScaleError(f"{SCALE_ENV}={raw!r} is not a number; set it to a factor such as 3") from None
+        raise TimeoutScaleError(
+            f"{SCALE_ENV}={raw!r} is not a number; set it to a factor such as 3"
+        ) from None
     # Below 1 would tighten bounds the suite was written with; inf/nan would never time out.
     if not math.isfinite(factor) or factor < 1.0:
-        raise TimeoutScaleError(f"{SCALE_ENV}={raw!r} must be a finite factor >= 1 (e.g. 3 for vfs or emulation)")
+        raise TimeoutScaleError(
+            f"{SCALE_ENV}={raw!r} must be a finite factor >= 1 (e.g. 3 for vfs or emulation)"
+        )
     return factor
 
 

@@ -38,7 +38,9 @@ def count(events_file: Path) -> tuple[int, int, int]:
         result = event.get("testResult")
         if result is None:
             continue
-        xml_outputs = [out for out in result.get("testActionOutput", []) if out.get("name") == "test.xml"]
+        xml_outputs = [
+            out for out in result.get("testActionOutput", []) if out.get("name") == "test.xml"
+        ]
         xml_path = Path(unquote(urlparse(xml_outputs[0]["uri"]).path)) if xml_outputs else None
         if xml_path is not None and xml_path.is_file():
             p, f, s = _xml_counts(xml_path)
@@ -58,7 +60,10 @@ def main(argv: list[str]) -> int:
     for name in argv:
         events = Path(name)
         if not events.is_file():
-            print(f"count_test_cases: {events} does not exist: that Bazel run did not start", file=sys.stderr)
+            print(
+                f"count_test_cases: {events} does not exist: that Bazel run did not start",
+                file=sys.stderr,
+            )
             return 1
         p, f, s = count(events)
         passed, failed, skipped = passed + p, failed + f, skipped + s

@@ -30,7 +30,14 @@ def _events(path: Path, results: list[tuple[str, Path | None]]) -> Path:
         outputs = [{"name": "test.log", "uri": "file:///nowhere/test.log"}]
         if xml is not None:
             outputs.append({"name": "test.xml", "uri": xml.as_uri()})
-        lines.append(json.dumps({"id": {"testResult": {"label": "//x:y"}}, "testResult": {"status": status, "testActionOutput": outputs}}))
+        lines.append(
+            json.dumps(
+                {
+                    "id": {"testResult": {"label": "//x:y"}},
+                    "testResult": {"status": status, "testActionOutput": outputs},
+                }
+            )
+        )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

@@ -48,4 +48,6 @@ def test_offline_tests_run_the_squid_that_ships() -> None:
     # //squid or switched every test to Debian's Squid would make CI test another Squid
     # than the image ships.
     assert "squid" not in _deleted_packages()
-    assert not [line for line in _rc_lines() if "use_system_squid" in line and not line.startswith("#")]
+    assert not [
+        line for line in _rc_lines() if "use_system_squid" in line and not line.startswith("#")
+    ]

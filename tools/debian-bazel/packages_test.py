@@ -31,18 +31,27 @@ def _pins(path: Path) -> list[re.Match[str]]:
 def test_the_base_list_pins_only_native_packages() -> None:
     pins = _pins(_HERE / "packages.txt")
     assert pins
-    assert not [m.group(0) for m in pins if m.group("arch")], "foreign packages belong in packages-cross-*.txt"
+    assert not [m.group(0) for m in pins if m.group("arch")], (
+        "foreign packages belong in packages-cross-*.txt"
+    )
 
 
 @pytest.mark.parametrize("host", sorted(_CROSS))
 def test_each_cross_list_brings_the_cross_compiler_and_the_foreign_libraries(host: str) -> None:
     path = _HERE / f"packages-cross-{host}.txt"
     foreign, triplet = _CROSS[host]
-    declared = re.findall(r"^# foreign-architecture: *(\S+)$", path.read_text(encoding="utf-8"), re.MULTILINE)
-    assert declared == [foreign], f"{path.name} must declare `# foreign-architecture: {foreign}` once"
+    declared = re.findall(
+        r"^# foreign-architecture: *(\S+)$", path.read_text(encoding="utf-8"), re.MULTILINE
+    )
+    assert declared == [foreign], (
+        f"{path.name} must declare `# foreign-architecture: {foreign}` once"
+    )
     pins = _pins(path)
     names = {m.group("name"): m.group("arch") for m in pins}
-    assert names.get(f"gcc-{triplet}", "missing") is None and names.get(f"g++-{triplet}", "missing") is None
+    assert (
+        names.get(f"gcc-{triplet}", "missing") is None
+        and names.get(f"g++-{triplet}", "missing") is None
+    )
     # Squid links the target's OpenSSL; configure --host=<triplet> asks for <triplet>-pkg-config.
     assert names.get("libssl-dev") == foreign and names.get("pkgconf") == foreign
     # libc6-dev brings libcrypt-dev natively; basic_ncsa_auth needs crypt(3) on both.

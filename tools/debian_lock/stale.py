@@ -81,8 +81,12 @@ class Version:
         upstream, hyphen, revision = rest.rpartition("-")
         if not hyphen:
             upstream, revision = rest, ""
-        if not upstream or (hyphen and not revision) or not re.fullmatch(r"[0-9A-Za-z.+~:-]+", upstream) \
-                or not re.fullmatch(r"[0-9A-Za-z.+~]*", revision):
+        if (
+            not upstream
+            or (hyphen and not revision)
+            or not re.fullmatch(r"[0-9A-Za-z.+~:-]+", upstream)
+            or not re.fullmatch(r"[0-9A-Za-z.+~]*", revision)
+        ):
             raise ValueError(f"not a Debian version: {text!r}")
         return cls(int(epoch_text), upstream, revision)
 
@@ -124,7 +128,9 @@ def compare_versions(a: str, b: str) -> int:
     left, right = Version.parse(a), Version.parse(b)
     if left.epoch != right.epoch:
         return -1 if left.epoch < right.epoch else 1
-    return _compare_part(left.upstream, right.upstream) or _compare_part(left.revision, right.revision)
+    return _compare_part(left.upstream, right.upstream) or _compare_part(
+        left.revision, right.revision
+    )
 
 
 # --- Inputs: the lock, the manifest's channels, the indices ---------------------------------
@@ -161,7 +167,9 @@ def read_lock(path: Path) -> list[Locked]:
     except (OSError, ValueError) as error:
         raise InputError(f"cannot read the lock {path}: {error}") from error
     except (KeyError, TypeError) as error:
-        raise InputError(f"cannot read the lock {path}: not a rules_distroless lock ({error!r})") from error
+        raise InputError(
+            f"cannot read the lock {path}: not a rules_distroless lock ({error!r})"
+        ) from error
     for entry in entries:
         try:
             Version.parse(entry.version)
@@ -202,7 +210,9 @@ def read_manifest(path: Path) -> tuple[list[Channel], list[str]]:
         if item.startswith("channel:"):
             words = item.removeprefix("channel:").strip().strip("'\"").split()
             if len(words) < 2:
-                raise InputError(f"{path}:{number}: expected 'channel: <suite> <component>...', got {raw.strip()!r}")
+                raise InputError(
+                    f"{path}:{number}: expected 'channel: <suite> <component>...', got {raw.strip()!r}"
+                )
             channels.append(Channel(words[0], tuple(words[1:])))
         elif "://" in item:
             match = SNAPSHOT_TIMESTAMP.search(item)
@@ -237,7 +247,9 @@ def read_index(url: str, wanted: set[str], timeout: float) -> dict[str, list[tup
     try:
         text = lzma.decompress(compressed)
     except lzma.LZMAError as error:
-        raise InputError(f"cannot read {url}: not an xz-compressed Packages index ({error})") from error
+        raise InputError(
+            f"cannot read {url}: not an xz-compressed Packages index ({error})"
+        ) from error
     found: dict[str, list[tuple[str, str]]] = {}
     for stanza in text.split(b"\n\n"):
         stanza = stanza.strip(b"\n")
@@ -245,20 +257,29 @@ def read_index(url: str, wanted: set[str], timeout: float) -> dict[str, list[tup
             if stanza:
                 raise InputError(f"cannot read {url}: a stanza does not start with 'Package:'")
             continue
-        name = stanza.split(b"\n", 1)[0][len(b"Package: "):].decode().strip()
+        name = stanza.split(b"\n", 1)[0][len(b"Package: ") :].decode().strip()
         if name not in wanted:
             continue
         fields = dict(
-            line.decode().split(": ", 1) for line in stanza.split(b"\n") if b": " in line and not line.startswith(b" ")
+            line.decode().split(": ", 1)
+            for line in stanza.split(b"\n")
+            if b": " in line and not line.startswith(b" ")
         )
         if "Version" not in fields:
             raise InputError(f"cannot read {url}: {name} has no Version")
-        found.setdefault(name, []).append((fields["Version"].strip(), fields.get("SHA256", "").strip()))
+        found.setdefault(name, []).append(
+            (fields["Version"].strip(), fields.get("SHA256", "").strip())
+        )
     return found
 
 
 def current_candidates(
-    channels: Sequence[Channel], archs: Sequence[str], wanted: set[str], mirror: str, security_mirror: str, timeout: float
+    channels: Sequence[Channel],
+    archs: Sequence[str],
+    wanted: set[str],
+    mirror: str,
+    security_mirror: str,
+    timeout: float,
 ) -> dict[tuple[str, str], list[Candidate]]:
     """(package, arch) -> every version of it in any channel's index."""
     candidates: dict[tuple[str, str], list[Candidate]] = {}
@@ -266,7 +287,9 @@ def current_candidates(
         base = security_mirror if channel.suite.endswith("-security") else mirror
         for component in channel.components:
             for arch in archs:
-                for name, versions in read_index(index_url(base, channel.suite, component, arch), wanted, timeout).items():
+                for name, versions in read_index(
+                    index_url(base, channel.suite, component, arch), wanted, timeout
+                ).items():
                     candidates.setdefault((name, arch), []).extend(
                         Candidate(version, sha256, channel.suite) for version, sha256 in versions
                     )
@@ -289,7 +312,9 @@ def newest(candidates: Sequence[Candidate]) -> tuple[str, list[str]]:
     return best, channels
 
 
-def check(locked: Sequence[Locked], candidates: dict[tuple[str, str], list[Candidate]]) -> tuple[list[str], list[str]]:
+def check(
+    locked: Sequence[Locked], candidates: dict[tuple[str, str], list[Candidate]]
+) -> tuple[list[str], list[str]]:
     """(stale lines, error lines) for the locked packages against the indices' candidates."""
     stale: list[str] = []
     errors: list[str] = []
@@ -304,7 +329,9 @@ def check(locked: Sequence[Locked], candidates: dict[tuple[str, str], list[Candi
                     f"{candidate.channel}'s index, which has {candidate.sha256}"
                 )
         if not found:
-            stale.append(f"stale: {label} locked {entry.version}, no longer in the pool, and no channel has {entry.name} any more")
+            stale.append(
+                f"stale: {label} locked {entry.version}, no longer in the pool, and no channel has {entry.name} any more"
+            )
             continue
         best, channels = newest(found)
         current = f"{best} from {', '.join(channels)}"
@@ -314,9 +341,13 @@ def check(locked: Sequence[Locked], candidates: dict[tuple[str, str], list[Candi
         if same:
             stale.append(f"stale: {label} locked {entry.version}, current {current}")
         elif order < 0:
-            stale.append(f"stale: {label} locked {entry.version}, no longer in the pool, current {current}")
+            stale.append(
+                f"stale: {label} locked {entry.version}, no longer in the pool, current {current}"
+            )
         else:
-            stale.append(f"stale: {label} locked {entry.version}, not in the mirror's indices, whose newest is {current} (is the mirror behind?)")
+            stale.append(
+                f"stale: {label} locked {entry.version}, not in the mirror's indices, whose newest is {current} (is the mirror behind?)"
+            )
     return stale, errors
 
 
@@ -341,19 +372,31 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO, now: datetime | None = No
     parser = argparse.ArgumentParser(prog="stale.py", description=DESCRIPTION)
     parser.add_argument("--lock", type=Path, default=root / "image" / "trixie.lock.json")
     parser.add_argument("--manifest", type=Path, default=root / "image" / "trixie.yaml")
-    parser.add_argument("--mirror", default=os.environ.get("DEBIAN_MIRROR") or DEFAULT_MIRROR,
-                        help="Debian archive URL or local directory (env DEBIAN_MIRROR; default %(default)s)")
-    parser.add_argument("--security-mirror", default=os.environ.get("DEBIAN_SECURITY_MIRROR") or DEFAULT_SECURITY_MIRROR,
-                        help="security archive URL or local directory (env DEBIAN_SECURITY_MIRROR; default %(default)s)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per download (default %(default)s)")
+    parser.add_argument(
+        "--mirror",
+        default=os.environ.get("DEBIAN_MIRROR") or DEFAULT_MIRROR,
+        help="Debian archive URL or local directory (env DEBIAN_MIRROR; default %(default)s)",
+    )
+    parser.add_argument(
+        "--security-mirror",
+        default=os.environ.get("DEBIAN_SECURITY_MIRROR") or DEFAULT_SECURITY_MIRROR,
+        help="security archive URL or local directory (env DEBIAN_SECURITY_MIRROR; default %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds per download (default %(default)s)"
+    )
     args = parser.parse_args(argv)
     try:
         locked = read_lock(args.lock)
         channels, timestamps = read_manifest(args.manifest)
         archs = sorted({entry.arch for entry in locked})
         candidates = current_candidates(
-            channels, archs, {entry.name for entry in locked},
-            mirror_url(args.mirror), mirror_url(args.security_mirror), args.timeout,
+            channels,
+            archs,
+            {entry.name for entry in locked},
+            mirror_url(args.mirror),
+            mirror_url(args.security_mirror),
+            args.timeout,
         )
     except InputError as error:
         print(f"error: {error}", file=err)
@@ -369,7 +412,10 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO, now: datetime | None = No
         return 2
     if stale:
         return 1
-    print(f"lock is current ({len({entry.name for entry in locked})} packages, {len(archs)} archs)", file=out)
+    print(
+        f"lock is current ({len({entry.name for entry in locked})} packages, {len(archs)} archs)",
+        file=out,
+    )
     return 0
 
 

@@ -84,7 +84,9 @@ def write_index(mirror: Path, suite: str, arch: str, stanzas: list[str]) -> None
     directory = mirror / "dists" / suite / "main" / f"binary-{arch}"
     directory.mkdir(parents=True, exist_ok=True)
     # Other packages around the locked ones, as in a real index.
-    text = "\n".join([stanza("zzz-other", "1.0-1", arch), *stanzas, stanza("aaa-other", "2:0.1", arch)])
+    text = "\n".join(
+        [stanza("zzz-other", "1.0-1", arch), *stanzas, stanza("aaa-other", "2:0.1", arch)]
+    )
     (directory / "Packages.xz").write_bytes(lzma.compress(text.encode()))
 
 
@@ -103,7 +105,9 @@ class Fixture:
                 "key": f"{name}_{version}_{arch}",
                 "name": name,
                 "sha256": sha(name, version, arch),
-                "urls": [f"https://deb.debian.org/debian/pool/main/{name[0]}/{name}/{name}_{version}_{arch}.deb"],
+                "urls": [
+                    f"https://deb.debian.org/debian/pool/main/{name[0]}/{name}/{name}_{version}_{arch}.deb"
+                ],
                 "version": version,
             }
             for arch in ARCHS
@@ -113,16 +117,32 @@ class Fixture:
         # The lock is current: every locked version in trixie, empty updates, security has
         # an older libssl.
         for arch in ARCHS:
-            self.index("trixie", arch, [stanza(name, version, arch) for name, (version, _) in LOCKED.items()])
+            self.index(
+                "trixie",
+                arch,
+                [stanza(name, version, arch) for name, (version, _) in LOCKED.items()],
+            )
             self.index("trixie-updates", arch, [])
             self.index("trixie-security", arch, [stanza("libssl3t64", "3.5.4-1~deb13u1", arch)])
 
     def index(self, suite: str, arch: str, stanzas: list[str]) -> None:
-        write_index(self.security if suite.endswith("-security") else self.mirror, suite, arch, stanzas)
+        write_index(
+            self.security if suite.endswith("-security") else self.mirror, suite, arch, stanzas
+        )
 
     def args(self) -> list[str]:
-        return ["--lock", str(self.lock), "--manifest", str(self.manifest),
-                "--mirror", str(self.mirror), "--security-mirror", str(self.security), "--timeout", "5"]
+        return [
+            "--lock",
+            str(self.lock),
+            "--manifest",
+            str(self.manifest),
+            "--mirror",
+            str(self.mirror),
+            "--security-mirror",
+            str(self.security),
+            "--timeout",
+            "5",
+        ]
 
     def run(self, *extra: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
@@ -157,11 +177,15 @@ def test_security_update_supersedes_the_locked_version(fake: Fixture) -> None:
 
 
 def test_point_release_removed_the_locked_version_from_the_pool(fake: Fixture) -> None:
-    fake.index("trixie", "arm64", [
-        stanza("base-files", "13.8+deb13u9", "arm64"),
-        stanza("tzdata", "2026f-0+deb13u1", "arm64"),
-        stanza("libssl3t64", "3.5.9-1~deb13u1", "arm64"),
-    ])
+    fake.index(
+        "trixie",
+        "arm64",
+        [
+            stanza("base-files", "13.8+deb13u9", "arm64"),
+            stanza("tzdata", "2026f-0+deb13u1", "arm64"),
+            stanza("libssl3t64", "3.5.9-1~deb13u1", "arm64"),
+        ],
+    )
     assert fake.run() == stale_report(
         "stale: base-files (arm64) locked 13.8+deb13u8, no longer in the pool, current 13.8+deb13u9 from trixie",
     )
@@ -169,7 +193,14 @@ def test_point_release_removed_the_locked_version_from_the_pool(fake: Fixture) -
 
 def test_update_in_trixie_updates_and_a_package_gone_from_every_channel(fake: Fixture) -> None:
     fake.index("trixie-updates", "amd64", [stanza("tzdata", "2026g-0+deb13u1", "amd64")])
-    fake.index("trixie", "arm64", [stanza("base-files", "13.8+deb13u8", "arm64"), stanza("tzdata", "2026f-0+deb13u1", "arm64")])
+    fake.index(
+        "trixie",
+        "arm64",
+        [
+            stanza("base-files", "13.8+deb13u8", "arm64"),
+            stanza("tzdata", "2026f-0+deb13u1", "arm64"),
+        ],
+    )
     fake.index("trixie-security", "arm64", [])
     assert fake.run() == stale_report(
         "stale: tzdata (amd64) locked 2026f-0+deb13u1, current 2026g-0+deb13u1 from trixie-updates",
@@ -188,15 +219,23 @@ def test_version_in_two_channels_names_both(fake: Fixture) -> None:
 
 
 def test_sha256_mismatch_is_an_error(fake: Fixture) -> None:
-    fake.index("trixie", "amd64", [
-        stanza("base-files", "13.8+deb13u8", "amd64"),
-        stanza("tzdata", "2026f-0+deb13u1", "amd64", sha256="0" * 64),
-        stanza("libssl3t64", "3.5.9-1~deb13u1", "amd64"),
-    ])
+    fake.index(
+        "trixie",
+        "amd64",
+        [
+            stanza("base-files", "13.8+deb13u8", "amd64"),
+            stanza("tzdata", "2026f-0+deb13u1", "amd64", sha256="0" * 64),
+            stanza("libssl3t64", "3.5.9-1~deb13u1", "amd64"),
+        ],
+    )
     locked = sha("tzdata", "2026f-0+deb13u1", "amd64")
-    assert fake.run() == (2, "", (
-        f"error: tzdata (amd64) 2026f-0+deb13u1: the lock's sha256 {locked} differs from trixie's index, which has {'0' * 64}\n"
-    ))
+    assert fake.run() == (
+        2,
+        "",
+        (
+            f"error: tzdata (amd64) 2026f-0+deb13u1: the lock's sha256 {locked} differs from trixie's index, which has {'0' * 64}\n"
+        ),
+    )
 
 
 def test_unreachable_mirror(fake: Fixture) -> None:
@@ -224,7 +263,9 @@ def test_index_that_is_not_xz(fake: Fixture) -> None:
     index.write_bytes(b"Package: plain text\n")
     code, out, err = fake.run()
     assert (code, out) == (2, "")
-    assert err.startswith(f"error: cannot read {index.resolve().as_uri()}: not an xz-compressed Packages index ("), err
+    assert err.startswith(
+        f"error: cannot read {index.resolve().as_uri()}: not an xz-compressed Packages index ("
+    ), err
 
 
 def test_bad_lock_and_manifest(fake: Fixture) -> None:
@@ -232,11 +273,17 @@ def test_bad_lock_and_manifest(fake: Fixture) -> None:
     code, out, err = fake.run()
     assert (code, out) == (2, "")
     assert err.startswith(f"error: cannot read the lock {fake.lock}: "), err
-    fake.lock.write_text('{"packages": [{"name": "x", "arch": "amd64", "version": "1:", "sha256": ""}]}')
+    fake.lock.write_text(
+        '{"packages": [{"name": "x", "arch": "amd64", "version": "1:", "sha256": ""}]}'
+    )
     assert fake.run() == (2, "", f"error: {fake.lock}: x (amd64): not a Debian version: '1:'\n")
     Fixture(fake.root)  # a good lock again
     fake.manifest.write_text("sources:\n  - channel: trixie\n")
-    assert fake.run() == (2, "", f"error: {fake.manifest}:2: expected 'channel: <suite> <component>...', got '- channel: trixie'\n")
+    assert fake.run() == (
+        2,
+        "",
+        f"error: {fake.manifest}:2: expected 'channel: <suite> <component>...', got '- channel: trixie'\n",
+    )
 
 
 def test_mirrors_from_the_environment(fake: Fixture, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -250,12 +297,25 @@ def test_mirrors_from_the_environment(fake: Fixture, monkeypatch: pytest.MonkeyP
 def test_command_line(fake: Fixture) -> None:
     fake.index("trixie-security", "amd64", [stanza("libssl3t64", "3.5.10-1~deb13u1", "amd64")])
     script = Path(stale.__file__)
-    env = {k: v for k, v in os.environ.items() if k not in ("DEBIAN_MIRROR", "DEBIAN_SECURITY_MIRROR")}
-    result = subprocess.run([sys.executable, str(script), *fake.args()], capture_output=True, text=True, env=env, timeout=60)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DEBIAN_MIRROR", "DEBIAN_SECURITY_MIRROR")
+    }
+    result = subprocess.run(
+        [sys.executable, str(script), *fake.args()],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     lines = result.stdout.splitlines()
     assert (result.returncode, result.stderr) == (1, "")
-    assert lines[0] == "stale: libssl3t64 (amd64) locked 3.5.9-1~deb13u1, current 3.5.10-1~deb13u1 from trixie-security"
-    assert lines[1].startswith(f"to refresh: in image/trixie.yaml replace {SNAPSHOT} with 20"), lines
+    assert (
+        lines[0]
+        == "stale: libssl3t64 (amd64) locked 3.5.9-1~deb13u1, current 3.5.10-1~deb13u1 from trixie-security"
+    )
+    assert lines[1].startswith(f"to refresh: in image/trixie.yaml replace {SNAPSHOT} with 20"), (
+        lines
+    )
     assert len(lines) == 2
 
 
@@ -324,7 +384,12 @@ DPKG = shutil.which("dpkg")
 
 def dpkg_compare(a: str, b: str) -> int:
     for result, relation in ((-1, "lt"), (0, "eq")):
-        if subprocess.run([DPKG or "dpkg", "--compare-versions", a, relation, b], check=False).returncode == 0:
+        if (
+            subprocess.run(
+                [DPKG or "dpkg", "--compare-versions", a, relation, b], check=False
+            ).returncode
+            == 0
+        ):
             return result
     return 1
 
