@@ -7,6 +7,12 @@ plus the image's own contract (deploy/checks.py). Not a Bazel test: kubectl and
 kubernetes-validate exist on the host, not in the offline build environment; .ci/run's
 deploy phase runs it from a venv made from deploy/requirements_lock.txt. It never skips:
 without kubectl or kubernetes-validate it fails and says what to install.
+
+kubernetes-validate knows only the built-in kinds (a cert-manager Certificate is its
+SchemaNotFoundError). cert-manager's objects are validated, as strictly, against
+CERT_MANAGER_SCHEMAS: written here from the cert-manager.io/v1 API reference for the
+fields this repository uses (unknown fields rejected, types and enums checked), not the
+full CRDs; a field not listed there fails until it is added with its type.
 """
 
 from __future__ import annotations
@@ -34,13 +40,167 @@ KUBERNETES_VERSION = "1.32.0"
 REPO = Path(__file__).absolute().parent.parent
 KUBERNETES_DIR = REPO / "deploy" / "kubernetes"
 EXAMPLES_DIR = REPO / "examples"
-OVERLAYS = ("openshift", "ssl-bump", "cache", "autoscaling", "metrics", "metrics-annotations")
+OVERLAYS = (
+    "openshift",
+    "ssl-bump",
+    "cache",
+    "autoscaling",
+    "ssl-bump-cert-manager",
+    "metrics",
+    "metrics-annotations",
+)
 # Custom resources kubernetes-validate has no schema for: checked by their own tests below.
 CUSTOM_KINDS = {"PodMonitor"}
 EXAMPLE_COMPONENTS = tuple(sorted(p.parent.name for p in EXAMPLES_DIR.glob("*/kustomization.yaml")))
 # Secrets the operator creates (never in git); the overlays name them.
 OPERATOR_SECRETS = {"cephaloproxy-tls", "cephaloproxy-htpasswd"}
 TARGETS = ("base", *OVERLAYS, *(f"base+{name}" for name in EXAMPLE_COMPONENTS))
+
+_GO_DURATION = {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(h|m|s|ms))+$"}
+_METADATA = {
+    "type": "object",
+    "required": ["name"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string"},
+        "namespace": {"type": "string"},
+        "labels": {"type": "object"},
+        "annotations": {"type": "object"},
+    },
+}
+CERT_MANAGER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Issuer": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "cert-manager.io/v1"},
+            "kind": {"const": "Issuer"},
+            "metadata": _METADATA,
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "minProperties": 1,
+                "maxProperties": 1,
+                "properties": {
+                    "selfSigned": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "crlDistributionPoints": {"type": "array", "items": {"type": "string"}}
+                        },
+                    },
+                    "ca": {
+                        "type": "object",
+                        "required": ["secretName"],
+                        "additionalProperties": False,
+                        "properties": {"secretName": {"type": "string"}},
+                    },
+                },
+            },
+        },
+    },
+    "Certificate": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "cert-manager.io/v1"},
+            "kind": {"const": "Certificate"},
+            "metadata": _METADATA,
+            "spec": {
+                "type": "object",
+                "required": ["issuerRef", "secretName"],
+                "additionalProperties": False,
+                "properties": {
+                    "isCA": {"type": "boolean"},
+                    "commonName": {"type": "string", "maxLength": 64},
+                    "subject": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            key: {"type": "array", "items": {"type": "string"}}
+                            for key in (
+                                "organizations",
+                                "organizationalUnits",
+                                "countries",
+                                "localities",
+                                "provinces",
+                            )
+                        },
+                    },
+                    "secretName": {"type": "string"},
+                    "duration": _GO_DURATION,
+                    "renewBefore": _GO_DURATION,
+                    "privateKey": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                            "size": {"type": "integer"},
+                            "encoding": {"enum": ["PKCS1", "PKCS8"]},
+                            "rotationPolicy": {"enum": ["Never", "Always"]},
+                        },
+                    },
+                    "usages": {
+                        "type": "array",
+                        "items": {
+                            "enum": [
+                                "signing",
+                                "digital signature",
+                                "content commitment",
+                                "key encipherment",
+                                "key agreement",
+                                "data encipherment",
+                                "cert sign",
+                                "crl sign",
+                                "encipher only",
+                                "decipher only",
+                                "any",
+                                "server auth",
+                                "client auth",
+                                "code signing",
+                                "email protection",
+                                "s/mime",
+                                "ipsec end system",
+                                "ipsec tunnel",
+                                "ipsec user",
+                                "timestamping",
+                                "ocsp signing",
+                                "microsoft sgc",
+                                "netscape sgc",
+                            ]
+                        },
+                    },
+                    "issuerRef": {
+                        "type": "object",
+                        "required": ["name"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string"},
+                            "kind": {"enum": ["Issuer", "ClusterIssuer"]},
+                            "group": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def validate_object(doc: dict[str, Any]) -> None:
+    """kubernetes-validate for the built-in kinds, CERT_MANAGER_SCHEMAS for cert-manager's; raises when invalid."""
+    if str(doc.get("apiVersion", "")).startswith("cert-manager.io/"):
+        import jsonschema  # kubernetes-validate's own dependency
+
+        schema = CERT_MANAGER_SCHEMAS.get(doc.get("kind", ""))
+        assert schema is not None, (
+            f"no schema for cert-manager kind {doc.get('kind')}: add it to CERT_MANAGER_SCHEMAS"
+        )
+        jsonschema.validate(doc, schema)
+        return
+    validator().validate(doc, KUBERNETES_VERSION, strict=True)
 
 
 def kubectl() -> str:
@@ -131,14 +291,13 @@ def mount_at(pod: dict[str, Any], path: str) -> dict[str, Any] | None:
 def test_every_object_validates_against_the_kubernetes_schema(
     rendered: dict[str, list[dict[str, Any]]], target: str
 ) -> None:
-    validate = validator().validate
     docs = rendered[target]
     assert docs, f"{target} rendered nothing"
     for doc in docs:
         if doc["kind"] in CUSTOM_KINDS:
             continue
         try:
-            validate(doc, KUBERNETES_VERSION, strict=True)
+            validate_object(doc)
         except Exception as error:
             pytest.fail(
                 f"{target}: {doc['kind']}/{doc['metadata'].get('name')}: {error}", pytrace=False
@@ -157,6 +316,14 @@ def test_the_schema_check_can_fail(rendered: dict[str, list[dict[str, Any]]]) ->
         # A schema violation, not a missing schema or an unsupported version.
         with pytest.raises(validator().ValidationError):
             validate(broken, KUBERNETES_VERSION, strict=True)
+    certificate = the(rendered["ssl-bump-cert-manager"], "Certificate")
+    for field, value in (("renewbefore", "720h"), ("duration", "30 days"), ("isCA", "yes")):
+        broken = copy.deepcopy(certificate)
+        broken["spec"][field] = value
+        import jsonschema  # kubernetes-validate's own dependency
+
+        with pytest.raises(jsonschema.ValidationError):
+            validate_object(broken)
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -193,7 +360,8 @@ def test_every_reference_resolves(rendered: dict[str, list[dict[str, Any]]], tar
         if "configMap" in item:
             assert item["configMap"]["name"] in configmaps, item
         if "secret" in item:
-            assert item["secret"]["secretName"] in OPERATOR_SECRETS, item
+            issued = {c["spec"]["secretName"] for c in of_kind(docs, "Certificate")}
+            assert item["secret"]["secretName"] in OPERATOR_SECRETS | issued, item
         if "persistentVolumeClaim" in item:
             assert item["persistentVolumeClaim"]["claimName"] in claims, item
     for kind, selector in (
@@ -241,6 +409,7 @@ EXPECTED_CONFIG = {
     "metrics": KUBERNETES_DIR / "base" / "squid.conf",
     "metrics-annotations": KUBERNETES_DIR / "base" / "squid.conf",
     "ssl-bump": EXAMPLES_DIR / "ssl-bump" / "squid.conf",
+    "ssl-bump-cert-manager": EXAMPLES_DIR / "ssl-bump" / "squid.conf",
     "cache": EXAMPLES_DIR / "disk-cache" / "squid.conf",
     **{f"base+{name}": EXAMPLES_DIR / name / "squid.conf" for name in EXAMPLE_COMPONENTS},
 }
@@ -314,6 +483,36 @@ def test_ssl_bump_mounts_the_tls_secret_as_a_directory(
     secret = volume(pod, mount["name"])["secret"]
     assert secret["secretName"] == "cephaloproxy-tls"
     assert secret["defaultMode"] & 0o007 == 0, "the CA key must not be world-readable"
+
+
+def test_cert_manager_issues_and_rotates_the_ca_the_ssl_bump_pod_mounts(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["ssl-bump-cert-manager"]
+    pod = the(docs, "Deployment")["spec"]["template"]["spec"]
+    mount = mount_at(pod, "/etc/squid/ssl_cert")
+    assert mount is not None, "nothing is mounted at /etc/squid/ssl_cert"
+    mounted = volume(pod, mount["name"])["secret"]["secretName"]
+    certificate = the(docs, "Certificate")["spec"]
+    assert certificate["secretName"] == mounted == "cephaloproxy-tls"
+    assert certificate["isCA"] is True and "cert sign" in certificate["usages"]
+    issuer = the(docs, "Issuer")
+    assert certificate["issuerRef"] == {
+        "name": issuer["metadata"]["name"],
+        "kind": "Issuer",
+        "group": "cert-manager.io",
+    }
+    assert "selfSigned" in issuer["spec"]
+    hours = {key: float(certificate[key].removesuffix("h")) for key in ("duration", "renewBefore")}
+    assert 0 < hours["renewBefore"] < hours["duration"] / 2, hours
+    assert certificate["privateKey"]["rotationPolicy"] == "Always"  # a renewal rotates the CA key
+    # Watch mode (the default) is what makes the pod take the renewed CA without a rollout.
+    env = checks.container_env(checks.proxy_container(pod))
+    assert env.get("CONFIG_RELOAD", "watch") == "watch"
+    ssl_bump = [doc for doc in rendered["ssl-bump"] if doc["kind"] != "ConfigMap"]
+    assert [
+        doc for doc in docs if doc["kind"] not in ("Certificate", "Issuer", "ConfigMap")
+    ] == ssl_bump
 
 
 def test_cache_puts_the_cache_dir_on_a_claim(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -531,3 +531,36 @@ def test_any_db_state_ends_as_a_complete_db_for_the_current_ca(
     index_inode = (db / "index.txt").stat().st_ino
     asyncio.run(_ensure(db, fp, log))
     assert (db / "index.txt").stat().st_ino == index_inode
+
+
+def test_a_kubelet_secret_swap_rotates_the_ca_without_a_signal_and_a_half_pair_is_skipped(
+    workspace: Workspace, launch: Launcher, origins: Origins, tmp_path: Path
+) -> None:
+    """CONFIG_RELOAD=watch with the TLS secret as a kubelet volume (issue 24): no SIGHUP is sent."""
+    from tests.entrypoint.kubelet_volume import KubeletVolume
+
+    old_cert, old_key = make_ca(tmp_path, OLD_CA)
+    new_cert, new_key = make_ca(tmp_path, NEW_CA)
+    secret = KubeletVolume(workspace.tls_dir)
+    secret.publish({"tls.crt": old_cert.read_bytes(), "tls.key": old_key.read_bytes()})
+    run = launch(workspace.env(CONFIG_RELOAD="watch", CONFIG_WATCH_INTERVAL="0.5"))
+    run.wait_ready()
+    assert fetch(workspace, origins, ORIGIN_HOSTNAME, old_cert)[:2] == (OLD_CA, 200)
+    # A half-rotated secret that stays so (the new certificate, the old key) is refused ...
+    secret.publish({"tls.crt": new_cert.read_bytes(), "tls.key": old_key.read_bytes()})
+    run.wait_for_output(
+        r"Reload skipped, Squid keeps its current config: .*is not the private key",
+        60,
+        stream="stderr",
+    )
+    assert "Squid reconfigured" not in run.stdout
+    assert fetch(workspace, origins, SECOND_HOSTNAME, old_cert)[:2] == (OLD_CA, 200)
+    # ... and the complete pair reaches Squid by itself: every host's leaf is the new CA's.
+    secret.publish({"tls.crt": new_cert.read_bytes(), "tls.key": new_key.read_bytes()})
+    run.wait_for_output(r"Watch: .*tls\.(crt|key).* changed; reloading the config", 60)
+    run.wait_for_output(r"Squid reconfigured", 60)
+    assert_new_ca_everywhere(workspace, origins, new_cert, run)
+    assert run.stdout.count("Squid reconfigured") == 1
+    run.process.terminate()
+    assert run.wait_exit(60) == 0
+    assert_no_key_material(run.output, old_key, new_key, *origins.keys)

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from entrypoint.health_process import HEALTH_START_TIMEOUT
 from entrypoint.reload import refuse_restart_changes
 from entrypoint.squid_config import ActiveConfig, ConfigError, Directive
+from tests.entrypoint.harness import proxies_through
 from tests.entrypoint.testing import (
     EntrypointRun,
     Launcher,
@@ -65,18 +66,6 @@ def started_on_port_config(
     workspace.write_custom_config(good)
     run = launch(workspace.env(**env))
     return good, run, run.wait_ready()
-
-
-def proxies_through(port: int) -> bool:
-    origin = start_local_http_server("through")
-    try:
-        return http_get(
-            f"http://127.0.0.1:{origin.port}/", timeout=10, proxy=f"http://127.0.0.1:{port}"
-        )[:2] == (200, "through")
-    except OSError:
-        return False
-    finally:
-        origin.close()
 
 
 def test_sighup_moves_squid_and_the_readiness_check_to_a_new_port(

@@ -23,6 +23,12 @@ LOG_FORMATS = ("text", "json")  # the first is the default
 MAX_SHUTDOWN_TIMEOUT = (
     86400.0  # a day: anything longer is a typo (and Squid's shutdown_lifetime must hold it)
 )
+# CONFIG_RELOAD: "watch" polls the mounted files and reloads on a settled change; "signal" waits for SIGHUP.
+RELOAD_MODES = ("watch", "signal")
+DEFAULT_RELOAD_MODE = "watch"
+DEFAULT_WATCH_INTERVAL = 2.0
+# Below 0.1 s the stat polling stops being next to free; above an hour nobody would call it watching.
+MIN_WATCH_INTERVAL, MAX_WATCH_INTERVAL = 0.1, 3600.0
 
 # ASCII only: int()/float() also take "٨٠٨١", "3_128" and "1e3".
 _ASCII_INTEGER = re.compile(r"[0-9]+")
@@ -89,6 +95,8 @@ class Settings:
     cache_dir: Path
     log_format: str = LOG_FORMATS[0]
     metrics: bool = True  # METRICS: GET /metrics on HEALTH_PORT
+    config_reload: str = DEFAULT_RELOAD_MODE
+    watch_interval: float = DEFAULT_WATCH_INTERVAL
 
     @property
     def runtime_dirs(self) -> tuple[Path, ...]:
@@ -226,6 +234,36 @@ def _parse_switch(env: Mapping[str, str], name: str, default: bool, warnings: li
     return default
 
 
+def _parse_reload_mode(env: Mapping[str, str], warnings: list[str]) -> str:
+    raw = env.get("CONFIG_RELOAD")
+    if raw is None or raw.strip() == "":
+        return DEFAULT_RELOAD_MODE
+    if raw.strip().lower() not in RELOAD_MODES:
+        warnings.append(
+            f"Invalid CONFIG_RELOAD={shown(raw)}: expected 'watch' (reload when the mounted config or"
+            f" TLS secret changes) or 'signal' (reload on SIGHUP only); using default {DEFAULT_RELOAD_MODE}"
+        )
+        return DEFAULT_RELOAD_MODE
+    return raw.strip().lower()
+
+
+def _parse_watch_interval(env: Mapping[str, str], warnings: list[str]) -> float:
+    raw = env.get("CONFIG_WATCH_INTERVAL")
+    if raw is None or raw.strip() == "":
+        return DEFAULT_WATCH_INTERVAL
+    text = raw.strip()
+    if text.endswith("s"):  # "2s" as well as "2", as SHUTDOWN_TIMEOUT
+        text = text[:-1]
+    value = float(text) if _ASCII_DECIMAL.fullmatch(text) else math.nan
+    if not MIN_WATCH_INTERVAL <= value <= MAX_WATCH_INTERVAL:  # NaN fails too
+        warnings.append(
+            f"Invalid CONFIG_WATCH_INTERVAL={shown(raw)}: expected seconds from {MIN_WATCH_INTERVAL:g}"
+            f" to {MAX_WATCH_INTERVAL:g}; using default {DEFAULT_WATCH_INTERVAL:g}"
+        )
+        return DEFAULT_WATCH_INTERVAL
+    return value
+
+
 def _parse_path(env: Mapping[str, str], name: str, warnings: list[str]) -> Path:
     default = PATH_DEFAULTS[name]
     raw = env.get(name)
@@ -271,5 +309,7 @@ def load_settings(env: Mapping[str, str]) -> tuple[Settings, list[str]]:
         cache_dir=paths["CEPHALOPROXY_CACHE_DIR"],
         log_format=_parse_log_format(env),
         metrics=_parse_switch(env, "METRICS", True, warnings),
+        config_reload=_parse_reload_mode(env, warnings),
+        watch_interval=_parse_watch_interval(env, warnings),
     )
     return settings, warnings

@@ -118,7 +118,15 @@ def test_other_numbers_are_invalid_log_levels(value: str) -> None:
 # -- property: any environment gives valid Settings and escaped warnings ---------------------------
 
 
-_VARIABLES = ["SQUID_PORT", "HEALTH_PORT", "LOG_LEVEL", "SHUTDOWN_TIMEOUT", *PATH_DEFAULTS]
+_VARIABLES = [
+    "SQUID_PORT",
+    "HEALTH_PORT",
+    "LOG_LEVEL",
+    "SHUTDOWN_TIMEOUT",
+    "CONFIG_RELOAD",
+    "CONFIG_WATCH_INTERVAL",
+    *PATH_DEFAULTS,
+]
 _values = st.one_of(
     st.text(),
     st.text("0123456789", min_size=4290, max_size=5000),  # int()'s digit limit is 4300
@@ -153,6 +161,8 @@ def test_any_environment_gives_valid_settings_and_escaped_warnings(env: dict[str
     assert settings.health_port != settings.squid_port
     assert settings.log_level in LOG_LEVEL_ALIASES.values()
     assert 0 < settings.shutdown_timeout <= MAX_SHUTDOWN_TIMEOUT
+    assert settings.config_reload in ("watch", "signal")
+    assert 0.1 <= settings.watch_interval <= 3600
     for name in PATH_DEFAULTS:
         path = str(
             getattr(
@@ -195,3 +205,23 @@ def test_numbers_over_the_4300_digit_limit_warn_and_use_the_default(name: str) -
 
 def test_leading_zeros_are_still_a_port() -> None:
     assert load_settings({"SQUID_PORT": "0" * 5000 + "3129"})[0].squid_port == 3129
+
+
+def test_config_reload_and_the_watch_interval() -> None:
+    assert (load_settings({})[0].config_reload, load_settings({})[0].watch_interval) == (
+        "watch",
+        2.0,
+    )
+    settings, warnings = load_settings(
+        {"CONFIG_RELOAD": " Signal ", "CONFIG_WATCH_INTERVAL": "0.5s"}
+    )
+    assert (settings.config_reload, settings.watch_interval, warnings) == ("signal", 0.5, [])
+    settings, warnings = load_settings(
+        {"CONFIG_RELOAD": "inotify", "CONFIG_WATCH_INTERVAL": "0.01"}
+    )
+    assert (settings.config_reload, settings.watch_interval) == ("watch", 2.0)
+    assert warnings == [
+        "Invalid CONFIG_RELOAD='inotify': expected 'watch' (reload when the mounted config or TLS secret"
+        " changes) or 'signal' (reload on SIGHUP only); using default watch",
+        "Invalid CONFIG_WATCH_INTERVAL='0.01': expected seconds from 0.1 to 3600; using default 2",
+    ]

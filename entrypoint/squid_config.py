@@ -618,3 +618,35 @@ def select_config(settings: Settings, cancel: threading.Event | None = None) -> 
     # Squid's helpers live beside security_file_certgen (/usr/lib/squid in the image).
     validate(active, settings.certgen_bin.parent)
     return active
+
+
+def include_patterns(config: ActiveConfig) -> tuple[str, ...]:
+    """Every `include` argument of the tree as read, absolute (for watch mode's re-evaluation)."""
+    patterns: dict[str, None] = {}
+    for file in config.files:
+        if not file.includes:
+            continue
+        lines = file.data.split(b"\n")
+        for include in file.includes:
+            text = b"\n".join(lines[include.first - 1 : include.last]).decode(
+                "utf-8", errors="replace"
+            )
+            for directive in parse_directives(text):
+                for pattern in directive.args if directive.name == "include" else ():
+                    patterns[
+                        pattern if os.path.isabs(pattern) else os.path.join(os.getcwd(), pattern)
+                    ] = None
+    return tuple(patterns)
+
+
+def include_glob_matches(
+    patterns: tuple[str, ...], cancel: threading.Event | None = None
+) -> dict[str, tuple[str, ...]]:
+    """What each absolute include glob matches now, all within one budget of the walker's
+    bounds (entries visited, time): ConfigError past them."""
+    budget = _Budget(cancel)
+    return {
+        pattern: tuple(sorted(_glob(pattern, False, budget, f"include {pattern}")))
+        for pattern in patterns
+        if glob.has_magic(pattern)
+    }

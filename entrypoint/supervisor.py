@@ -6,11 +6,12 @@ import asyncio
 import logging
 import os
 import signal
+import time
 
-from entrypoint import log_json, monitor, reload, shutdown
+from entrypoint import log_json, monitor, reload, shutdown, watch
 from entrypoint.health_process import HealthError, HealthProcess
 from entrypoint.log_relay import LineRender, relayed_spawn
-from entrypoint.log_text import safe_line
+from entrypoint.log_text import escape_controls, safe_line
 from entrypoint.metrics_state import STATE_FILE_NAME, EntrypointMetrics
 from entrypoint.output_sink import OutputSink
 from entrypoint.processes import ChildProcesses, kill_descendants_now
@@ -59,9 +60,21 @@ class Supervisor:
         self.state.metrics = entrypoint_metrics(self.state)
         self.log = log
         self.signals = SignalRouter(log, on_reload=self.request_reload, on_fatal=self.fatal)
-        self.reloads = reload.Serializer(lambda: reload.reload_config(self.state))
+        self.reloads = reload.Serializer(self.reload)
         self.ready = False
         self.reload_when_ready = False
+        self.config_read_at = time.time_ns()  # when the startup or the last reload began reading
+        self.watcher = watch.Watcher(
+            settings,
+            lambda: self.state.config,
+            lambda: self.config_read_at,
+            self.on_watched_change,
+            self.warn,
+        )
+
+    async def reload(self) -> None:
+        self.config_read_at = time.time_ns()
+        await reload.reload_config(self.state)
 
     def request_reload(self) -> None:
         if self.signals.shutdown_requested.is_set():
@@ -72,6 +85,49 @@ class Supervisor:
         else:
             self.log.info("Received signal SIGHUP, reloading the config...")
             self.reloads.request()
+
+    def on_watched_change(self, paths: list[str]) -> None:
+        """Watch mode saw a settled change: exactly what a SIGHUP does."""
+        shown = ", ".join(escape_controls(path) for path in paths[:3]) + (
+            f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+        )
+        if self.signals.shutdown_requested.is_set():
+            return
+        if not self.ready:
+            self.log.info("Watch: %s changed during startup; reloading once Squid is ready", shown)
+            self.reload_when_ready = True
+        else:
+            self.log.info("Watch: %s changed; reloading the config...", shown)
+            self.reloads.request()
+
+    def warn(self, message: str) -> None:
+        self.log.warning("%s", escape_controls(message))
+
+    def start_watching(self) -> None:
+        """CONFIG_RELOAD=watch: the polling thread, from before the config is read (a change
+        during startup is reloaded once ready); the single-file mounts are told either way."""
+        settings = self.state.settings
+        for path in watch.single_file_mounts(
+            [settings.config, settings.tls_cert, settings.tls_key]
+        ):
+            self.warn(watch.single_file_warning(path))
+        if settings.config_reload != "watch":
+            self.log.info(
+                "CONFIG_RELOAD=signal: the config and TLS secret are reloaded on SIGHUP only"
+            )
+            return
+        try:
+            self.watcher.start(asyncio.get_running_loop())
+        except RuntimeError:
+            self.log.error(
+                "Watch mode is off: no thread could be started (RLIMIT_NPROC / pids.max); send SIGHUP to reload"
+            )
+            return
+        self.log.info(
+            "CONFIG_RELOAD=watch: reloading when %s, its includes or the TLS secret change (checked every %g s)",
+            escape_controls(str(settings.config)),
+            settings.watch_interval,
+        )
 
     def fatal(self, signum: int) -> None:
         """A signal that would end us without cleanup: stop every descendant, then die of it."""
@@ -86,12 +142,19 @@ class Supervisor:
         os.kill(os.getpid(), signum)
 
     async def shut_down(self) -> None:
+        self.watcher.stop()
         self.reloads.cancel()
         await shutdown.stop_squid(self.state, self.signals.force)
         await shutdown.stop_everything(self.state)
         self.log.info("Shutdown complete")
 
     async def run(self, pending_signals: list[int]) -> int:
+        try:
+            return await self._run(pending_signals)
+        finally:
+            self.watcher.stop()
+
+    async def _run(self, pending_signals: list[int]) -> int:
         self.state.children.install()
         startup = asyncio.ensure_future(start_up(self.state))
 
@@ -100,6 +163,7 @@ class Supervisor:
 
         self.signals.listeners.append(cancel_startup)
         self.signals.install(pending_signals)
+        self.start_watching()
         try:
             await startup
         except asyncio.CancelledError:

@@ -116,7 +116,7 @@ class KubePlay:
         pod = self.podman.inspect(container)["Pod"]
         infra = json.loads(self.podman.command(["pod", "inspect", str(pod)]).stdout)
         infra_id = (infra[0] if isinstance(infra, list) else infra)["InfraContainerID"]
-        networks = self.podman.inspect(infra_id)["NetworkSettings"]["Networks"]  # type: ignore[index]
+        networks = self.podman.inspect(infra_id)["NetworkSettings"]["Networks"]
         return next(iter(networks.values()))["IPAddress"]
 
     def wait_ready(self, container: str, address: str) -> None:
@@ -191,7 +191,7 @@ def test_the_base_deployment_runs_and_stops_gracefully(kube: KubePlay, kube_gate
         result = proxied_get(address, server, "/kube-play")
         assert (result.status, result.body) == (200, server.expected_body("/kube-play"))
 
-    assert kube.podman.inspect(container)["HostConfig"]["ReadonlyRootfs"] is True  # type: ignore[index]
+    assert kube.podman.inspect(container)["HostConfig"]["ReadonlyRootfs"] is True
     probe = kube.python(
         container,
         "import os\n"

@@ -15,7 +15,7 @@ def test_read_only_root_with_tmpfs_runtime_dirs(
 ) -> None:
     proxy = containers.start("readonly", read_only=True, tmpfs=harness.tmpfs_runtime_dirs())
     proxy.wait_ready()
-    assert containers.runtime.inspect(proxy.name)["HostConfig"]["ReadonlyRootfs"] is True  # type: ignore[index]
+    assert containers.runtime.inspect(proxy.name)["HostConfig"]["ReadonlyRootfs"] is True
     assert proxy.health("/health").status == 200
     result = proxy.get_via_proxy(host_server.url("/read-only", host=host_address))
     assert (result.status, result.body) == (200, host_server.expected_body("/read-only"))

@@ -205,7 +205,15 @@ class Workspace:
             key: value
             for key, value in os.environ.items()
             if not key.startswith(
-                ("CEPHALOPROXY_", "SQUID_", "HEALTH_", "LOG_LEVEL", "SHUTDOWN_", "PYTHON")
+                (
+                    "CEPHALOPROXY_",
+                    "SQUID_",
+                    "HEALTH_",
+                    "LOG_LEVEL",
+                    "SHUTDOWN_",
+                    "PYTHON",
+                    "CONFIG_",
+                )
             )
         }
         environment.update(
@@ -224,6 +232,8 @@ class Workspace:
                 "CEPHALOPROXY_LIB_DIR": str(self.runtime_dir("lib")),
                 "CEPHALOPROXY_SPOOL_DIR": str(self.runtime_dir("spool")),
                 "CEPHALOPROXY_CACHE_DIR": str(self.runtime_dir("cache")),
+                # Tests send SIGHUP and count reloads: watch mode is what watch_e2e_test turns on.
+                "CONFIG_RELOAD": "signal",
             }
         )
         environment.update(overrides)
@@ -563,6 +573,19 @@ def start_local_http_server(body: str, cache_control: str = "no-store") -> Local
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return LocalHttpServer(body, server, thread)
+
+
+def proxies_through(port: int, path: str = "/") -> bool:
+    """Whether the proxy on 127.0.0.1:`port` fetches `path` from a fresh local origin."""
+    origin = start_local_http_server("through")
+    try:
+        return http_get(
+            f"http://127.0.0.1:{origin.port}{path}", timeout=10, proxy=f"http://127.0.0.1:{port}"
+        )[:2] == (200, "through")
+    except OSError:
+        return False
+    finally:
+        origin.close()
 
 
 # A stand-in for the Squid binary that writes a marker (its pid) and pauses in one mode, then

@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from tests.support import timeouts
 
@@ -369,7 +370,7 @@ class ContainerRuntime:
         """Force-remove; a container that is already gone is fine."""
         self.command(["rm", "--force", name], timeout=120, check=False)
 
-    def inspect(self, name: str) -> dict[str, object]:
+    def inspect(self, name: str) -> dict[str, Any]:  # parsed JSON
         done = self.command(["inspect", name], timeout=60)
         data = json.loads(done.stdout)
         if not isinstance(data, list) or not data or not isinstance(data[0], dict):
