@@ -45,3 +45,16 @@ def test_default_run(
         proxy.name, ["python3", "/usr/local/bin/healthcheck.py", "--check"]
     )
     assert healthcheck.returncode == 0, (healthcheck.stdout, healthcheck.stderr)
+
+    # Metrics built in (docs/operating.md "Metrics"): Squid's own figures from its cache manager
+    # (the request proxied above is counted) and PID 1's, in Prometheus' text format.
+    metrics = proxy.health("/metrics")
+    assert metrics.status == 200, metrics
+    assert metrics.headers.get("Content-Type") == "text/plain; version=0.0.4; charset=utf-8"
+    text = metrics.body.decode("utf-8")
+    samples = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    assert samples.get("squid_up") == "1", text[:3000]
+    assert float(samples["squid_client_http_requests_total"]) >= 1, text[:3000]
+    assert any(name.startswith("cephaloproxy_build_info{") for name in samples), text[:3000]
