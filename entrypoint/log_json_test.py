@@ -254,7 +254,7 @@ def test_packaged_default_switches_its_access_log_only_for_json(
     """The rendered default names the JSON logformat on the stdout access_log, ACLs after it kept."""
     packaged = (Path(__file__).parent / "squid.conf.default").read_text()
     default = tmp_path / "squid.conf.default"
-    default.write_text(packaged + "access_log stdio:/dev/stdout !manager\naccess_log none\n")
+    default.write_text(packaged + "access_log stdio:/dev/stdout !manager all\naccess_log none\n")
     settings, _ = load_settings(
         {"CEPHALOPROXY_DEFAULT_CONFIG": str(default), "LOG_FORMAT": log_format}
     )
@@ -263,8 +263,9 @@ def test_packaged_default_switches_its_access_log_only_for_json(
     ]
     switched = " logformat=cephaloproxy_json" if log_format == "json" else ""
     assert rendered == [
-        f"access_log stdio:/dev/stdout{switched}",
+        # The packaged line (the metrics scrapes kept out by !manager), then the added one.
         f"access_log stdio:/dev/stdout{switched} !manager",
+        f"access_log stdio:/dev/stdout{switched} !manager all",
         "access_log none",
     ], rendered
     assert "logformat cephaloproxy_json {" in packaged

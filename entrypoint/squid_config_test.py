@@ -96,7 +96,8 @@ def test_packaged_default_has_the_contracted_directives() -> None:
     ]
     assert not active.uses_ssl_bump
     names = {d.name: d.args for d in active.directives}
-    assert names["access_log"] == ("stdio:/dev/stdout",)
+    # The metrics scrapes' manager requests stay out of the access log.
+    assert names["access_log"] == ("stdio:/dev/stdout", "!manager")
     assert names["cache_log"] == ("/dev/stderr",)
     assert names["shutdown_lifetime"] == ("30", "seconds")  # follows SHUTDOWN_TIMEOUT when rendered
     assert "visible_hostname" in names and "cache_effective_user" not in names
