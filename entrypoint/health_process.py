@@ -60,6 +60,21 @@ def proxy_address(config: ActiveConfig, settings: Settings) -> tuple[str, int]:
     return (first.host or "127.0.0.1"), first.port
 
 
+# http_port modes that take only intercepted connections: a plain request from the scrape is
+# refused there, and Squid logs two ERROR lines for it (NAT lookup failed) at every report.
+_INTERCEPTING = frozenset({"intercept", "transparent", "tproxy"})
+
+
+def manager_address(config: ActiveConfig, settings: Settings) -> tuple[str, int]:
+    """Where /metrics asks Squid's cache manager: the first http_port that takes plain forward-proxy
+    requests (not intercept/tproxy), else where the health checks look (proxy_address)."""
+    for directive in config.named("http_port"):
+        if directive.args and not _INTERCEPTING.intersection(a.lower() for a in directive.args[1:]):
+            address = parse_listen_address(directive)
+            return (address.host or "127.0.0.1"), address.port
+    return proxy_address(config, settings)
+
+
 def health_environment() -> dict[str, str]:
     """Our environment with the package's parent dir first on PYTHONPATH."""
     package_parent = str(Path(entrypoint.__file__).resolve().parent.parent)
@@ -117,7 +132,12 @@ class HealthProcess:
             "on" if settings.metrics else "off",
         ]
         if settings.metrics:
+            manager_host, manager_port = manager_address(config, settings)
             argv += [
+                "--manager-host",
+                manager_host,
+                "--manager-port",
+                str(manager_port),
                 "--metrics-state",
                 str(settings.run_dir / STATE_FILE_NAME),
                 "--config-source",

@@ -17,6 +17,7 @@ from tests.entrypoint.metrics_testing import Series, parse_exposition
 from tests.entrypoint.testing import (
     Launcher,
     Workspace,
+    free_port,
     http_get,
     process_state,
     start_local_http_server,
@@ -358,3 +359,83 @@ def test_pid1_counts_skipped_reloads_and_health_server_restarts(
     series = scrape(base)[0]
     assert value(series, "cephaloproxy_log_lines_dropped_total", stream="stdout") == 0
     assert value(series, "squid_up") == 1  # Squid kept its config and its manager
+
+
+MANAGER_PASSWORD = "Mgr-Pa55-7f3k"
+PASSWORD_CONFIG = """
+http_port 127.0.0.1:{port}
+{passwords}
+http_access allow localhost manager
+http_access deny manager
+http_access allow localhost
+http_access deny all
+cache deny all
+access_log stdio:/dev/stdout !manager
+cache_log /dev/stderr
+cache_store_log none
+pid_filename {run}/squid.pid
+coredump_dir {spool}
+visible_hostname test
+pinger_enable off
+shutdown_lifetime 1 seconds
+"""
+
+
+def test_a_manager_password_is_named_as_the_cause_and_the_advice_works(
+    workspace: Workspace, launch: Launcher
+) -> None:
+    """`cachemgr_passwd SECRET all`: Squid answers the scrape 401. The log blamed http_access
+    ("denies the cache manager to localhost ... add http_access allow localhost manager"),
+    which the config already had. It names cachemgr_passwd, its advice works, and the
+    password is in no log line."""
+
+    def start(passwords: str) -> tuple[object, Series]:
+        workspace.write_custom_config(
+            PASSWORD_CONFIG.format(
+                port=workspace.squid_port,
+                passwords=passwords,
+                run=workspace.runtime_dir("run"),
+                spool=workspace.runtime_dir("spool"),
+            )
+        )
+        run, base, _ = ready(workspace, launch)
+        return run, scrape(base)[0]
+
+    run, series = start(f"cachemgr_passwd {MANAGER_PASSWORD} all")
+    assert value(series, "squid_up") == 0
+    assert value(series, "cephaloproxy_squid_manager_denied") == 1
+    run.wait_for_output(r"Metrics: the cache manager refused", 10, stream="stderr")  # type: ignore[attr-defined]
+    lines = [line for line in run.output.splitlines() if "Metrics:" in line]  # type: ignore[attr-defined]
+    assert len(lines) == 1 and "(HTTP 401)" in lines[0], lines
+    assert "cachemgr_passwd" in lines[0] and "http_access allow" not in lines[0], lines[0]
+    assert "`cachemgr_passwd none counters info service_times`" in lines[0]
+    run.cleanup()  # type: ignore[attr-defined]
+    assert MANAGER_PASSWORD.lower() not in run.output.lower()  # type: ignore[attr-defined]
+
+    run, series = start(
+        f"cachemgr_passwd none counters info service_times\ncachemgr_passwd {MANAGER_PASSWORD} all"
+    )
+    assert value(series, "squid_up") == 1, "the advice did not let the scrape in"
+    assert value(series, "cephaloproxy_squid_manager_denied") == 0
+
+
+def test_an_intercept_first_port_is_not_scraped(workspace: Workspace, launch: Launcher) -> None:
+    """First http_port `intercept`, a plain one after it: the scrape asked the NAT port, which
+    refuses plain requests, so squid_up stayed 0 and Squid logged two ERROR lines (NAT lookup
+    failed) per report, six per scrape. The manager is read on the plain port."""
+    plain = free_port()
+    workspace.write_custom_config(
+        PASSWORD_CONFIG.replace("http_port 127.0.0.1:{port}", "http_port {port} intercept").format(
+            port=workspace.squid_port,
+            passwords=f"http_port 127.0.0.1:{plain}",
+            run=workspace.runtime_dir("run"),
+            spool=workspace.runtime_dir("spool"),
+        )
+    )
+    run, base, _ = ready(workspace, launch)
+    for _ in range(3):
+        series, _, _ = scrape(base)
+        assert value(series, "squid_up") == 1
+    time.sleep(0.5)
+    nat_errors = [line for line in run.output.splitlines() if "NAT lookup failed" in line]  # type: ignore[attr-defined]
+    assert nat_errors == [], nat_errors[:3]
