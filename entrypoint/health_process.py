@@ -65,13 +65,16 @@ def proxy_address(config: ActiveConfig, settings: Settings) -> tuple[str, int]:
 _INTERCEPTING = frozenset({"intercept", "transparent", "tproxy"})
 
 
-def manager_address(config: ActiveConfig, settings: Settings) -> tuple[str, int]:
+def manager_address(config: ActiveConfig, settings: Settings) -> tuple[str, int] | None:
     """Where /metrics asks Squid's cache manager: the first http_port that takes plain forward-proxy
-    requests (not intercept/tproxy), else where the health checks look (proxy_address)."""
+    requests (not intercept/tproxy); None when there is none (only https_port or intercepting
+    ports: a plain request there fails, and Squid logs an ERROR for each one)."""
     for directive in config.named("http_port"):
         if directive.args and not _INTERCEPTING.intersection(a.lower() for a in directive.args[1:]):
             address = parse_listen_address(directive)
             return (address.host or "127.0.0.1"), address.port
+    if config.named("http_port") or config.named("https_port"):
+        return None
     return proxy_address(config, settings)
 
 
@@ -132,12 +135,13 @@ class HealthProcess:
             "on" if settings.metrics else "off",
         ]
         if settings.metrics:
-            manager_host, manager_port = manager_address(config, settings)
+            manager = manager_address(config, settings)
+            argv += (
+                ["--manager-host", manager[0], "--manager-port", str(manager[1])]
+                if manager is not None
+                else ["--no-manager"]
+            )
             argv += [
-                "--manager-host",
-                manager_host,
-                "--manager-port",
-                str(manager_port),
                 "--metrics-state",
                 str(settings.run_dir / STATE_FILE_NAME),
                 "--config-source",

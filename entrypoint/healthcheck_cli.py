@@ -121,7 +121,7 @@ def serve(args: argparse.Namespace, cache_dirs: tuple[Path, ...]) -> int:
 
         collector = Collector(
             args.manager_host or args.proxy_host,
-            args.manager_port or args.proxy_port,
+            None if args.no_manager else args.manager_port or args.proxy_port,
             args.metrics_state,
             args.config_source or args.config,
         )
@@ -161,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Where /metrics reads the cache manager (default: the proxy's address above).
     parser.add_argument("--manager-host", default=None)
     parser.add_argument("--manager-port", type=_port, default=None)
+    # No plain http_port (https_port or intercept only): the manager is not asked at all.
+    parser.add_argument("--no-manager", action="store_true")
     parser.add_argument("--cache-dir", type=Path, action="append", default=None)
     parser.add_argument("--config", type=Path, default=settings.config)
     parser.add_argument("--log-level", default=settings.log_level)

@@ -25,6 +25,11 @@ MANAGER_TIMEOUT = (
     2.0  # seconds for all three reports together: a scrape never waits longer on Squid
 )
 KIB = 1024.0
+NO_PLAIN_PORT = (
+    "the Squid config has no plain http_port (only https_port or intercept/tproxy ports, where"
+    " a plain request fails and Squid logs an error for each), so its cache manager is not read;"
+    " add one for the scrape, e.g. `http_port 127.0.0.1:3129`"
+)
 
 log = logging.getLogger("cephaloproxy.health")
 
@@ -156,8 +161,9 @@ class Collector:
     """Gathers Squid's reports and PID 1's figures; runs on the metrics worker thread (it blocks, bounded by MANAGER_TIMEOUT)."""
 
     def __init__(
-        self, proxy_host: str, proxy_port: int, state_file: Path | None, config: Path
+        self, proxy_host: str, proxy_port: int | None, state_file: Path | None, config: Path
     ) -> None:
+        """`proxy_port` None: the config has no plain http_port to ask the manager on."""
         self.proxy_host = proxy_host
         self.proxy_port = proxy_port
         self.state_file = state_file
@@ -205,6 +211,8 @@ class Collector:
 
     def _reports(self, deadline: float) -> tuple[dict[str, str], str | None, bool, bool]:
         reports: dict[str, str] = {}
+        if self.proxy_port is None:
+            return reports, NO_PLAIN_PORT, False, False
         for report in REPORTS:
             try:
                 body, server = fetch(self.proxy_host, self.proxy_port, report, deadline)

@@ -19,6 +19,8 @@ from tests.entrypoint.testing import (
     Workspace,
     free_port,
     http_get,
+    make_ca,
+    make_server_cert,
     process_state,
     start_local_http_server,
     start_slow_origin,
@@ -439,3 +441,38 @@ def test_an_intercept_first_port_is_not_scraped(workspace: Workspace, launch: La
     time.sleep(0.5)
     nat_errors = [line for line in run.output.splitlines() if "NAT lookup failed" in line]  # type: ignore[attr-defined]
     assert nat_errors == [], nat_errors[:3]
+
+
+def test_an_https_only_config_is_not_scraped_in_plain_text(
+    workspace: Workspace, launch: Launcher
+) -> None:
+    """Only an https_port: each scrape sent plain HTTP to the TLS port; Squid logged `ERROR: Cannot
+    accept a TLS connection` and a WARNING for every one (two lines per scrape, for ever) and the
+    log said "Connection reset by peer". Now the manager is not asked; one line says why and what to add."""
+    certs = workspace.make_dir(workspace.etc / "certs")
+    ca, ca_key = make_ca(certs, "Metrics CA")
+    cert, key = make_server_cert(certs, ca, ca_key, "proxy.test")
+    workspace.share_tree(certs)
+    workspace.write_custom_config(
+        PASSWORD_CONFIG.replace(
+            "http_port 127.0.0.1:{port}",
+            f"https_port 127.0.0.1:{{port}} tls-cert={cert} tls-key={key}",
+        ).format(
+            port=workspace.squid_port,
+            passwords="",
+            run=workspace.runtime_dir("run"),
+            spool=workspace.runtime_dir("spool"),
+        )
+    )
+    run, base, _ = ready(workspace, launch)
+    for _ in range(3):
+        series, _, _ = scrape(base)
+        assert value(series, "squid_up") == 0
+        assert value(series, "cephaloproxy_ready") == 1
+    time.sleep(0.5)
+    output = run.output  # type: ignore[attr-defined]
+    assert "Cannot accept a TLS connection" not in output
+    lines = [line for line in output.splitlines() if "Metrics:" in line]
+    assert (
+        len(lines) == 1 and "no plain http_port" in lines[0] and "`http_port 127.0.0.1:" in lines[0]
+    ), lines

@@ -265,7 +265,9 @@ def test_a_secret_across_the_piece_boundary_of_a_long_line_never_leaks(
         head, secret = "Proxy-Authorization: Negotiate " + "A" * (start - 31), "TOKEN-TAIL-9876"
     else:
         head, secret = "y" * (start - 9) + "password=", "hunter2-top-secret"
-    line = (head + secret + " tail " + "z" * 40_000 + "\nnext line\n").encode()  # its head (96 KiB) arrives alone
+    line = (
+        head + secret + " tail " + "z" * 40_000 + "\nnext line\n"
+    ).encode()  # its head (96 KiB) arrives alone
     render = log_json.render_cache_log if json_format else log_relay.safe_line
     with _remembered_secret():
         output = _relayed(line, render).decode("utf-8")
@@ -275,7 +277,7 @@ def test_a_secret_across_the_piece_boundary_of_a_long_line_never_leaks(
         secret[cut:] for cut in range(5, len(secret) - 5)
     ]
     joined = "".join(lines)  # a secret in two output lines is still a secret
-    assert not [piece for piece in pieces if piece in joined], [l[-80:] for l in lines]
+    assert not [piece for piece in pieces if piece in joined], [text[-80:] for text in lines]
     if json_format:
         assert all(json.loads(text) for text in lines)
 
@@ -287,4 +289,7 @@ def test_a_line_too_long_to_hold_is_dropped_and_said_so() -> None:
     line = ("a" * (size - 200) + _SECRET + "b" * 178).encode() + b"\nafter\n"
     with _remembered_secret():
         output = _relayed(line, log_relay.safe_line).decode()
-    assert output == f"[a line of {size} bytes dropped: longer than {log_relay.MAX_HELD_BYTES}]\nafter\n"
+    assert (
+        output
+        == f"[a line of {size} bytes dropped: longer than {log_relay.MAX_HELD_BYTES}]\nafter\n"
+    )
