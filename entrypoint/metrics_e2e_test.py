@@ -149,16 +149,22 @@ shutdown_lifetime 1 seconds
 """
 
 
-def test_denied_manager_gives_entrypoint_figures_and_one_log_line(
-    workspace: Workspace, launch: Launcher
-) -> None:
+def write_config(workspace: Workspace, template: str, **fields: str) -> None:
+    """`template` (its {port}, {run}, {spool} and `fields`) as the custom config."""
     workspace.write_custom_config(
-        MANAGER_DENIED_CONFIG.format(
+        template.format(
             port=workspace.squid_port,
             run=workspace.runtime_dir("run"),
             spool=workspace.runtime_dir("spool"),
+            **fields,
         )
     )
+
+
+def test_denied_manager_gives_entrypoint_figures_and_one_log_line(
+    workspace: Workspace, launch: Launcher
+) -> None:
+    write_config(workspace, MANAGER_DENIED_CONFIG)
     run, base, _ = ready(workspace, launch)
     for _ in range(5):
         series, _, body = scrape(base)
@@ -394,14 +400,7 @@ def test_a_manager_password_is_named_as_the_cause_and_the_advice_works(
     password is in no log line."""
 
     def start(passwords: str) -> tuple[object, Series]:
-        workspace.write_custom_config(
-            PASSWORD_CONFIG.format(
-                port=workspace.squid_port,
-                passwords=passwords,
-                run=workspace.runtime_dir("run"),
-                spool=workspace.runtime_dir("spool"),
-            )
-        )
+        write_config(workspace, PASSWORD_CONFIG, passwords=passwords)
         run, base, _ = ready(workspace, launch)
         return run, scrape(base)[0]
 
@@ -428,13 +427,10 @@ def test_an_intercept_first_port_is_not_scraped(workspace: Workspace, launch: La
     refuses plain requests, so squid_up stayed 0 and Squid logged two ERROR lines (NAT lookup
     failed) per report, six per scrape. The manager is read on the plain port."""
     plain = free_port()
-    workspace.write_custom_config(
-        PASSWORD_CONFIG.replace("http_port 127.0.0.1:{port}", "http_port {port} intercept").format(
-            port=workspace.squid_port,
-            passwords=f"http_port 127.0.0.1:{plain}",
-            run=workspace.runtime_dir("run"),
-            spool=workspace.runtime_dir("spool"),
-        )
+    write_config(
+        workspace,
+        PASSWORD_CONFIG.replace("http_port 127.0.0.1:{port}", "http_port {port} intercept"),
+        passwords=f"http_port 127.0.0.1:{plain}",
     )
     run, base, _ = ready(workspace, launch)
     for _ in range(3):
@@ -455,17 +451,10 @@ def test_an_https_only_config_is_not_scraped_in_plain_text(
     ca, ca_key = make_ca(certs, "Metrics CA")
     cert, key = make_server_cert(certs, ca, ca_key, "proxy.test")
     workspace.share_tree(certs)
-    workspace.write_custom_config(
-        PASSWORD_CONFIG.replace(
-            "http_port 127.0.0.1:{port}",
-            f"https_port 127.0.0.1:{{port}} tls-cert={cert} tls-key={key}",
-        ).format(
-            port=workspace.squid_port,
-            passwords="",
-            run=workspace.runtime_dir("run"),
-            spool=workspace.runtime_dir("spool"),
-        )
+    https_only = PASSWORD_CONFIG.replace(
+        "http_port 127.0.0.1:{port}", f"https_port 127.0.0.1:{{port}} tls-cert={cert} tls-key={key}"
     )
+    write_config(workspace, https_only, passwords="")
     run, base, _ = ready(workspace, launch)
     for _ in range(3):
         series, _, _ = scrape(base)
