@@ -60,17 +60,18 @@ def proxy_address(config: ActiveConfig, settings: Settings) -> tuple[str, int]:
     return (first.host or "127.0.0.1"), first.port
 
 
-# http_port modes that take only intercepted connections: a plain request from the scrape is
-# refused there, and Squid logs two ERROR lines for it (NAT lookup failed) at every report.
-_INTERCEPTING = frozenset({"intercept", "transparent", "tproxy"})
+# http_port options under which a plain request from the scrape is refused, and Squid logs it at
+# every report: intercepted connections only (two ERROR lines: NAT lookup failed), or a PROXY
+# protocol header first (a WARNING).
+_NOT_PLAIN = frozenset({"intercept", "transparent", "tproxy", "require-proxy-header"})
 
 
 def manager_address(config: ActiveConfig, settings: Settings) -> tuple[str, int] | None:
     """Where /metrics asks Squid's cache manager: the first http_port that takes plain forward-proxy
-    requests (not intercept/tproxy); None when there is none (only https_port or intercepting
+    requests (not intercept/tproxy/require-proxy-header); None when there is none (only https_port or intercepting
     ports: a plain request there fails, and Squid logs an ERROR for each one)."""
     for directive in config.named("http_port"):
-        if directive.args and not _INTERCEPTING.intersection(a.lower() for a in directive.args[1:]):
+        if directive.args and not _NOT_PLAIN.intersection(a.lower() for a in directive.args[1:]):
             address = parse_listen_address(directive)
             return (address.host or "127.0.0.1"), address.port
     if config.named("http_port") or config.named("https_port"):

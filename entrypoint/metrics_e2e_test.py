@@ -12,6 +12,8 @@ import time
 import uuid
 from collections.abc import Callable
 
+import pytest
+
 from entrypoint.metrics_route import SCRAPE_DEADLINE
 from entrypoint.proc_table import process_tree
 from tests.entrypoint.harness import entrypoint_with_rlimit
@@ -422,23 +424,33 @@ def test_a_manager_password_is_named_as_the_cause_and_the_advice_works(
     assert value(series, "cephaloproxy_squid_manager_denied") == 0
 
 
-def test_an_intercept_first_port_is_not_scraped(workspace: Workspace, launch: Launcher) -> None:
-    """First http_port `intercept`, a plain one after it: the scrape asked the NAT port, which
-    refuses plain requests, so squid_up stayed 0 and Squid logged two ERROR lines (NAT lookup
-    failed) per report, six per scrape. The manager is read on the plain port."""
+@pytest.mark.parametrize(
+    ("option", "log_line"),
+    [
+        ("intercept", "NAT lookup failed"),
+        ("require-proxy-header", "manager ACL is used in context"),
+    ],
+)
+def test_a_first_port_that_refuses_plain_requests_is_not_scraped(
+    workspace: Workspace, launch: Launcher, option: str, log_line: str
+) -> None:
+    """First http_port `intercept` (or `require-proxy-header`), a plain one after it: the scrape
+    asked the first port, which refuses plain requests, so squid_up stayed 0 and Squid logged
+    two ERROR lines (NAT lookup failed) per report, six per scrape (a WARNING per report). The
+    manager is read on the plain port."""
     plain = free_port()
     write_config(
         workspace,
-        PASSWORD_CONFIG.replace("http_port 127.0.0.1:{port}", "http_port {port} intercept"),
-        passwords=f"http_port 127.0.0.1:{plain}",
+        PASSWORD_CONFIG.replace("http_port 127.0.0.1:{port}", f"http_port {{port}} {option}"),
+        passwords=f"http_port 127.0.0.1:{plain}\nproxy_protocol_access allow localhost",
     )
     run, base, _ = ready(workspace, launch)
     for _ in range(3):
         series, _, _ = scrape(base)
         assert value(series, "squid_up") == 1
     time.sleep(0.5)
-    nat_errors = [line for line in run.output.splitlines() if "NAT lookup failed" in line]  # type: ignore[attr-defined]
-    assert nat_errors == [], nat_errors[:3]
+    logged = [line for line in run.output.splitlines() if log_line in line]  # type: ignore[attr-defined]
+    assert logged == [], logged[:3]
 
 
 def test_an_https_only_config_is_not_scraped_in_plain_text(
