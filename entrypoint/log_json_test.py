@@ -263,7 +263,7 @@ def test_packaged_default_switches_its_access_log_only_for_json(
     ]
     switched = " logformat=cephaloproxy_json" if log_format == "json" else ""
     assert rendered == [
-        f"access_log stdio:/dev/stdout{switched}",
+        f"access_log stdio:/dev/stdout{switched} !manager",  # the packaged line (scrapes kept out)
         f"access_log stdio:/dev/stdout{switched} !manager",
         "access_log none",
     ], rendered
