@@ -134,14 +134,8 @@ def test_metrics_off_is_404(workspace: Workspace, launch: Launcher) -> None:
     assert (status, body) == (404, "Not Found\n")
 
 
-MANAGER_DENIED_CONFIG = """
-http_port 127.0.0.1:{port}
-acl localnet src 10.0.0.0/8
-http_access allow localnet
-http_access deny all
-cache deny all
-access_log stdio:/dev/stdout
-cache_log /dev/stderr
+# What every config here ends with (logs to the entrypoint, paths in the workspace).
+CONFIG_TAIL = """cache_log /dev/stderr
 cache_store_log none
 pid_filename {run}/squid.pid
 coredump_dir {spool}
@@ -149,6 +143,17 @@ visible_hostname test
 pinger_enable off
 shutdown_lifetime 1 seconds
 """
+MANAGER_DENIED_CONFIG = (
+    """
+http_port 127.0.0.1:{port}
+acl localnet src 10.0.0.0/8
+http_access allow localnet
+http_access deny all
+cache deny all
+access_log stdio:/dev/stdout
+"""
+    + CONFIG_TAIL
+)
 
 
 def write_config(workspace: Workspace, template: str, **fields: str) -> None:
@@ -374,7 +379,8 @@ def test_pid1_counts_skipped_reloads_and_health_server_restarts(
 
 
 MANAGER_PASSWORD = "Mgr-Pa55-7f3k"
-PASSWORD_CONFIG = """
+PASSWORD_CONFIG = (
+    """
 http_port 127.0.0.1:{port}
 {passwords}
 http_access allow localhost manager
@@ -383,14 +389,9 @@ http_access allow localhost
 http_access deny all
 cache deny all
 access_log stdio:/dev/stdout !manager
-cache_log /dev/stderr
-cache_store_log none
-pid_filename {run}/squid.pid
-coredump_dir {spool}
-visible_hostname test
-pinger_enable off
-shutdown_lifetime 1 seconds
 """
+    + CONFIG_TAIL
+)
 
 
 def test_a_manager_password_is_named_as_the_cause_and_the_advice_works(
