@@ -60,6 +60,25 @@ def proxy_address(config: ActiveConfig, settings: Settings) -> tuple[str, int]:
     return (first.host or "127.0.0.1"), first.port
 
 
+# http_port options under which a plain request from the scrape is refused, and Squid logs it at
+# every report: intercepted connections only (two ERROR lines: NAT lookup failed), or a PROXY
+# protocol header first (a WARNING).
+_NOT_PLAIN = frozenset({"intercept", "transparent", "tproxy", "require-proxy-header"})
+
+
+def manager_address(config: ActiveConfig, settings: Settings) -> tuple[str, int] | None:
+    """Where /metrics asks Squid's cache manager: the first http_port that takes plain forward-proxy
+    requests (not intercept/tproxy/require-proxy-header); None when there is none (only https_port or intercepting
+    ports: a plain request there fails, and Squid logs an ERROR for each one)."""
+    for directive in config.named("http_port"):
+        if directive.args and not _NOT_PLAIN.intersection(a.lower() for a in directive.args[1:]):
+            address = parse_listen_address(directive)
+            return (address.host or "127.0.0.1"), address.port
+    if config.named("http_port") or config.named("https_port"):
+        return None
+    return proxy_address(config, settings)
+
+
 def health_environment() -> dict[str, str]:
     """Our environment with the package's parent dir first on PYTHONPATH."""
     package_parent = str(Path(entrypoint.__file__).resolve().parent.parent)
@@ -117,6 +136,12 @@ class HealthProcess:
             "on" if settings.metrics else "off",
         ]
         if settings.metrics:
+            manager = manager_address(config, settings)
+            argv += (
+                ["--manager-host", manager[0], "--manager-port", str(manager[1])]
+                if manager is not None
+                else ["--no-manager"]
+            )
             argv += [
                 "--metrics-state",
                 str(settings.run_dir / STATE_FILE_NAME),

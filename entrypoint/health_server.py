@@ -273,6 +273,7 @@ class HealthServer:
         self.selector.register(listener, selectors.EVENT_READ, None)
         if metrics is not None:
             self.selector.register(metrics.wakeup, selectors.EVENT_READ, WAKEUP)
+            metrics.max_parked = max(1, min(metrics.max_parked, self.limit // 2))
 
     def serve_forever(self) -> None:
         """Until a signal handler raises (SIGTERM)."""
@@ -308,9 +309,14 @@ class HealthServer:
                     time.sleep(0.05)  # out of descriptors with no client to drop: others hold them
                     return
                 continue
-            if len(self.reading) + len(self.closing) >= self.limit:
+            if self._held() >= self.limit:
                 self._evict()
             self._admit(conn)
+
+    def _held(self) -> int:
+        """Client connections holding a descriptor: reading, closing and parked scrapes."""
+        parked = len(self.metrics.parked) if self.metrics is not None else 0
+        return len(self.reading) + len(self.closing) + parked
 
     def _admit(self, conn: socket.socket) -> None:
         conn.setblocking(False)

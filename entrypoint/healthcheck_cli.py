@@ -120,7 +120,10 @@ def serve(args: argparse.Namespace, cache_dirs: tuple[Path, ...]) -> int:
         from entrypoint.metrics_route import MetricsRoute
 
         collector = Collector(
-            args.proxy_host, args.proxy_port, args.metrics_state, args.config_source or args.config
+            args.manager_host or args.proxy_host,
+            None if args.no_manager else args.manager_port or args.proxy_port,
+            args.metrics_state,
+            args.config_source or args.config,
         )
         metrics = MetricsRoute(
             collector.collect,
@@ -155,6 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--squid-comm", default=settings.squid_bin.name)
     parser.add_argument("--proxy-host", default="127.0.0.1")
     parser.add_argument("--proxy-port", type=_port, default=settings.squid_port)
+    # Where /metrics reads the cache manager (default: the proxy's address above).
+    parser.add_argument("--manager-host", default=None)
+    parser.add_argument("--manager-port", type=_port, default=None)
+    # No plain http_port (https_port or intercept only): the manager is not asked at all.
+    parser.add_argument("--no-manager", action="store_true")
     parser.add_argument("--cache-dir", type=Path, action="append", default=None)
     parser.add_argument("--config", type=Path, default=settings.config)
     parser.add_argument("--log-level", default=settings.log_level)

@@ -23,7 +23,11 @@ from entrypoint.processes import ChildProcesses
 
 LineFilter = Callable[[str], str]
 LineRender = Callable[[str], str]  # a filtered line -> the safe line written (no newline)
-MAX_LINE_BYTES = 64 * 1024  # a longer "line" is passed on in pieces
+MAX_LINE_BYTES = 64 * 1024  # a longer line is written in pieces of this size (after redaction)
+# A line is held whole up to this, so redaction sees all of it: a secret cut in two by a piece
+# boundary would pass as two harmless halves. A longer line is dropped, a note says so
+# (redacting it would also hold PID 1's loop: ~1 s per MiB of hostile text).
+MAX_HELD_BYTES = 4 * MAX_LINE_BYTES
 # Squid writes each access-log line on its own (buffered_logs off): read at once, every line
 # would cost PID 1 a wakeup, a read, a write and a timer (measured: 18-22 us per line at 2 ms,
 # 6 us at 20 ms, on a loaded 2-core machine). After a small read the relay rests this long, so
@@ -59,6 +63,7 @@ class LineRelay(asyncio.Protocol):
         self.collapse_pairs = collapse_pairs
         self._previous: bytes | None = None
         self._partial = b""
+        self._skipping = 0  # bytes of an overlong line dropped so far (0: not in one)
         self._resting = False
         self._rest = SHORT_BATCH_WAIT
         self._rests = True  # False once the end is awaited: EOF is seen at once then
@@ -97,13 +102,25 @@ class LineRelay(asyncio.Protocol):
             self.transport.resume_reading()  # a no-op when not paused
 
     def _take(self, data: bytes) -> None:
+        lines: list[bytes] = []
+        if self._skipping:  # the rest of an overlong line, up to its newline
+            end = data.find(b"\n")
+            if end < 0:
+                self._skipping += len(data)
+                return
+            lines.append(self._dropped_note(self._skipping + end))
+            self._skipping, data = 0, data[end + 1 :]
         buffer = self._partial + data
-        *lines, self._partial = buffer.split(b"\n")
-        while len(self._partial) > MAX_LINE_BYTES:
-            lines.append(self._partial[:MAX_LINE_BYTES])
-            self._partial = self._partial[MAX_LINE_BYTES:]
+        *complete, self._partial = buffer.split(b"\n")
+        lines += complete
+        if len(self._partial) > MAX_HELD_BYTES:
+            self._skipping, self._partial = len(self._partial), b""
         if lines:
             self._emit_all(lines)
+
+    @staticmethod
+    def _dropped_note(size: int) -> bytes:
+        return f"[a line of {size} bytes dropped: longer than {MAX_HELD_BYTES}]".encode()
 
     def _emit_all(self, raws: list[bytes]) -> None:
         """Every line filtered, made safe and queued; all that arrived together as one write."""
@@ -123,7 +140,7 @@ class LineRelay(asyncio.Protocol):
         rendered = (
             safe_lines(texts) if self.render is safe_line else [self.render(t) for t in texts]
         )
-        self.sink.write_lines([text.encode("utf-8", errors="replace") + b"\n" for text in rendered])
+        self.sink.write_lines([piece for text in rendered for piece in _pieces(text)])
 
     def _collapsed(self, raws: list[bytes]) -> list[bytes]:
         kept = []
@@ -141,12 +158,15 @@ class LineRelay(asyncio.Protocol):
             text = self.render(self.line_filter(text))
         except Exception:  # a broken filter must not take PID 1 down; never leak the line
             text = self.render("[line dropped: log filter failed]")
-        self.sink.write_line(text.encode("utf-8", errors="replace") + b"\n")
+        self.sink.write_lines(_pieces(text))
 
     def eof_received(self) -> bool | None:
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._skipping:
+            self._emit(self._dropped_note(self._skipping))
+            self._skipping = 0
         if self._partial:
             if self.collapse_pairs:
                 self._partial = b"".join(self._collapsed([self._partial]))
@@ -159,6 +179,16 @@ class LineRelay(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+def _pieces(text: str) -> list[bytes]:
+    """A rendered (already redacted) line as output lines of at most MAX_LINE_BYTES characters."""
+    if len(text) <= MAX_LINE_BYTES:
+        return [text.encode("utf-8", errors="replace") + b"\n"]
+    return [
+        text[start : start + MAX_LINE_BYTES].encode("utf-8", errors="replace") + b"\n"
+        for start in range(0, len(text), MAX_LINE_BYTES)
+    ]
 
 
 def relayed_spawn(

@@ -25,6 +25,11 @@ MANAGER_TIMEOUT = (
     2.0  # seconds for all three reports together: a scrape never waits longer on Squid
 )
 KIB = 1024.0
+NO_PLAIN_PORT = (
+    "the Squid config has no plain http_port (only https_port or intercept/tproxy ports, where"
+    " a plain request fails and Squid logs an error for each), so its cache manager is not read;"
+    " add one for the scrape, e.g. `http_port 127.0.0.1:3129`"
+)
 
 log = logging.getLogger("cephaloproxy.health")
 
@@ -156,8 +161,9 @@ class Collector:
     """Gathers Squid's reports and PID 1's figures; runs on the metrics worker thread (it blocks, bounded by MANAGER_TIMEOUT)."""
 
     def __init__(
-        self, proxy_host: str, proxy_port: int, state_file: Path | None, config: Path
+        self, proxy_host: str, proxy_port: int | None, state_file: Path | None, config: Path
     ) -> None:
+        """`proxy_port` None: the config has no plain http_port to ask the manager on."""
         self.proxy_host = proxy_host
         self.proxy_port = proxy_port
         self.state_file = state_file
@@ -170,8 +176,8 @@ class Collector:
 
     def collect(self) -> list[Family]:
         started = time.monotonic()
-        reports, problem, denied = self._reports(started + MANAGER_TIMEOUT)
-        self._log_change(problem, denied)
+        reports, problem, denied, password = self._reports(started + MANAGER_TIMEOUT)
+        self._log_change(problem, denied, password)
         families = squid_families(reports)
         families += [
             gauge(
@@ -203,24 +209,35 @@ class Collector:
         )
         return families
 
-    def _reports(self, deadline: float) -> tuple[dict[str, str], str | None, bool]:
+    def _reports(self, deadline: float) -> tuple[dict[str, str], str | None, bool, bool]:
         reports: dict[str, str] = {}
+        if self.proxy_port is None:
+            return reports, NO_PLAIN_PORT, False, False
         for report in REPORTS:
             try:
                 body, server = fetch(self.proxy_host, self.proxy_port, report, deadline)
             except ManagerError as error:
-                return {}, str(error), error.denied
+                return {}, str(error), error.denied, error.password
             reports[report] = body
             if server.startswith("squid/"):
                 self.squid_version = _version_label(server[len("squid/") :])
-        return reports, None, False
+        return reports, None, False, False
 
-    def _log_change(self, problem: str | None, denied: bool) -> None:
+    def _log_change(self, problem: str | None, denied: bool, password: bool = False) -> None:
         if problem == self.problem:
             return
         self.problem = problem
         if problem is None:
             log.info("Squid's cache manager answers the metrics scrape again")
+        elif password:  # http_access let it in; a cachemgr_passwd line wants a password
+            log.error(
+                "Metrics: %s: the Squid config %s asks a cache manager password (cachemgr_passwd),"
+                " so /metrics has no Squid figures (squid_up 0). Let the scrape's three read-only"
+                " reports in without one: put `cachemgr_passwd none counters info service_times`"
+                " before the other cachemgr_passwd lines",
+                escape_controls(problem),
+                self.config,
+            )
         elif denied:
             log.error(
                 "Metrics: %s: the Squid config %s denies the cache manager to localhost, so /metrics has no Squid figures"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import signal
 import socket
@@ -11,13 +12,19 @@ import time
 import uuid
 from collections.abc import Callable
 
+import pytest
+
 from entrypoint.metrics_route import SCRAPE_DEADLINE
 from entrypoint.proc_table import process_tree
+from tests.entrypoint.harness import entrypoint_with_rlimit
 from tests.entrypoint.metrics_testing import Series, parse_exposition
 from tests.entrypoint.testing import (
     Launcher,
     Workspace,
+    free_port,
     http_get,
+    make_ca,
+    make_server_cert,
     process_state,
     start_local_http_server,
     start_slow_origin,
@@ -127,14 +134,8 @@ def test_metrics_off_is_404(workspace: Workspace, launch: Launcher) -> None:
     assert (status, body) == (404, "Not Found\n")
 
 
-MANAGER_DENIED_CONFIG = """
-http_port 127.0.0.1:{port}
-acl localnet src 10.0.0.0/8
-http_access allow localnet
-http_access deny all
-cache deny all
-access_log stdio:/dev/stdout
-cache_log /dev/stderr
+# What every config here ends with (logs to the entrypoint, paths in the workspace).
+CONFIG_TAIL = """cache_log /dev/stderr
 cache_store_log none
 pid_filename {run}/squid.pid
 coredump_dir {spool}
@@ -142,18 +143,35 @@ visible_hostname test
 pinger_enable off
 shutdown_lifetime 1 seconds
 """
+MANAGER_DENIED_CONFIG = (
+    """
+http_port 127.0.0.1:{port}
+acl localnet src 10.0.0.0/8
+http_access allow localnet
+http_access deny all
+cache deny all
+access_log stdio:/dev/stdout
+"""
+    + CONFIG_TAIL
+)
+
+
+def write_config(workspace: Workspace, template: str, **fields: str) -> None:
+    """`template` (its {port}, {run}, {spool} and `fields`) as the custom config."""
+    workspace.write_custom_config(
+        template.format(
+            port=workspace.squid_port,
+            run=workspace.runtime_dir("run"),
+            spool=workspace.runtime_dir("spool"),
+            **fields,
+        )
+    )
 
 
 def test_denied_manager_gives_entrypoint_figures_and_one_log_line(
     workspace: Workspace, launch: Launcher
 ) -> None:
-    workspace.write_custom_config(
-        MANAGER_DENIED_CONFIG.format(
-            port=workspace.squid_port,
-            run=workspace.runtime_dir("run"),
-            spool=workspace.runtime_dir("spool"),
-        )
-    )
+    write_config(workspace, MANAGER_DENIED_CONFIG)
     run, base, _ = ready(workspace, launch)
     for _ in range(5):
         series, _, body = scrape(base)
@@ -358,3 +376,149 @@ def test_pid1_counts_skipped_reloads_and_health_server_restarts(
     series = scrape(base)[0]
     assert value(series, "cephaloproxy_log_lines_dropped_total", stream="stdout") == 0
     assert value(series, "squid_up") == 1  # Squid kept its config and its manager
+
+
+MANAGER_PASSWORD = "Mgr-Pa55-7f3k"
+PASSWORD_CONFIG = (
+    """
+http_port 127.0.0.1:{port}
+{passwords}
+http_access allow localhost manager
+http_access deny manager
+http_access allow localhost
+http_access deny all
+cache deny all
+access_log stdio:/dev/stdout !manager
+"""
+    + CONFIG_TAIL
+)
+
+
+def test_a_manager_password_is_named_as_the_cause_and_the_advice_works(
+    workspace: Workspace, launch: Launcher
+) -> None:
+    """`cachemgr_passwd SECRET all`: Squid answers the scrape 401. The log blamed http_access
+    ("denies the cache manager to localhost ... add http_access allow localhost manager"),
+    which the config already had. It names cachemgr_passwd, its advice works, and the
+    password is in no log line."""
+
+    def start(passwords: str) -> tuple[object, Series]:
+        write_config(workspace, PASSWORD_CONFIG, passwords=passwords)
+        run, base, _ = ready(workspace, launch)
+        return run, scrape(base)[0]
+
+    run, series = start(f"cachemgr_passwd {MANAGER_PASSWORD} all")
+    assert value(series, "squid_up") == 0
+    assert value(series, "cephaloproxy_squid_manager_denied") == 1
+    run.wait_for_output(r"Metrics: the cache manager refused", 10, stream="stderr")  # type: ignore[attr-defined]
+    lines = [line for line in run.output.splitlines() if "Metrics:" in line]  # type: ignore[attr-defined]
+    assert len(lines) == 1 and "(HTTP 401)" in lines[0], lines
+    assert "cachemgr_passwd" in lines[0] and "http_access allow" not in lines[0], lines[0]
+    assert "`cachemgr_passwd none counters info service_times`" in lines[0]
+    run.cleanup()  # type: ignore[attr-defined]
+    assert MANAGER_PASSWORD.lower() not in run.output.lower()  # type: ignore[attr-defined]
+
+    run, series = start(
+        f"cachemgr_passwd none counters info service_times\ncachemgr_passwd {MANAGER_PASSWORD} all"
+    )
+    assert value(series, "squid_up") == 1, "the advice did not let the scrape in"
+    assert value(series, "cephaloproxy_squid_manager_denied") == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "log_line"),
+    [
+        ("intercept", "NAT lookup failed"),
+        ("require-proxy-header", "manager ACL is used in context"),
+    ],
+)
+def test_a_first_port_that_refuses_plain_requests_is_not_scraped(
+    workspace: Workspace, launch: Launcher, option: str, log_line: str
+) -> None:
+    """First http_port `intercept` (or `require-proxy-header`), a plain one after it: the scrape
+    asked the first port, which refuses plain requests, so squid_up stayed 0 and Squid logged
+    two ERROR lines (NAT lookup failed) per report, six per scrape (a WARNING per report). The
+    manager is read on the plain port."""
+    plain = free_port()
+    write_config(
+        workspace,
+        PASSWORD_CONFIG.replace("http_port 127.0.0.1:{port}", f"http_port {{port}} {option}"),
+        passwords=f"http_port 127.0.0.1:{plain}\nproxy_protocol_access allow localhost",
+    )
+    run, base, _ = ready(workspace, launch)
+    for _ in range(3):
+        series, _, _ = scrape(base)
+        assert value(series, "squid_up") == 1
+    time.sleep(0.5)
+    logged = [line for line in run.output.splitlines() if log_line in line]  # type: ignore[attr-defined]
+    assert logged == [], logged[:3]
+
+
+def test_an_https_only_config_is_not_scraped_in_plain_text(
+    workspace: Workspace, launch: Launcher
+) -> None:
+    """Only an https_port: each scrape sent plain HTTP to the TLS port; Squid logged `ERROR: Cannot
+    accept a TLS connection` and a WARNING for every one (two lines per scrape, for ever) and the
+    log said "Connection reset by peer". Now the manager is not asked; one line says why and what to add."""
+    certs = workspace.make_dir(workspace.etc / "certs")
+    ca, ca_key = make_ca(certs, "Metrics CA")
+    cert, key = make_server_cert(certs, ca, ca_key, "proxy.test")
+    workspace.share_tree(certs)
+    https_only = PASSWORD_CONFIG.replace(
+        "http_port 127.0.0.1:{port}", f"https_port 127.0.0.1:{{port}} tls-cert={cert} tls-key={key}"
+    )
+    write_config(workspace, https_only, passwords="")
+    run, base, _ = ready(workspace, launch)
+    for _ in range(3):
+        series, _, _ = scrape(base)
+        assert value(series, "squid_up") == 0
+        assert value(series, "cephaloproxy_ready") == 1
+    time.sleep(0.5)
+    output = run.output  # type: ignore[attr-defined]
+    assert "Cannot accept a TLS connection" not in output
+    lines = [line for line in output.splitlines() if "Metrics:" in line]
+    assert (
+        len(lines) == 1 and "no plain http_port" in lines[0] and "`http_port 127.0.0.1:" in lines[0]
+    ), lines
+
+
+def test_parked_scrapes_leave_descriptors_for_the_probes(
+    workspace: Workspace, launch: Launcher
+) -> None:
+    """Parked scrapes were not counted against the health server's connection limit (nor its
+    FD_RESERVE for /proc reads): under RLIMIT_NOFILE 120, 140 scrapes on a hung manager plus 80
+    idle clients made 21 of 28 /health probes end without an answer (0 of 37 without the
+    scrapes). Parked scrapes now count, and take at most half the limit."""
+    run = launch(workspace.env(), argv=entrypoint_with_rlimit(workspace, "RLIMIT_NOFILE", 120))
+    squid_pid = run.wait_ready()
+    base = f"http://127.0.0.1:{workspace.health_port}"
+    kids = [process.pid for process in process_tree(squid_pid)[1:]]
+    idle: list[socket.socket] = []
+    scrapers: list[socket.socket] = []
+    stop_all(kids, signal.SIGSTOP)  # scrapes stay parked (the worker has /health's 10 s grace)
+    try:
+        for _ in range(140):
+            with contextlib.suppress(OSError):
+                scraper = socket.create_connection(("127.0.0.1", workspace.health_port), 2)
+                scraper.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                scrapers.append(scraper)
+        for _ in range(80):
+            with contextlib.suppress(OSError):
+                client = socket.create_connection(("127.0.0.1", workspace.health_port), 2)
+                client.sendall(b"GET /")  # a head that never completes
+                idle.append(client)
+        failures = []
+        for _ in range(8):
+            try:
+                status, took = timed_get(f"{base}/health")
+            except OSError as error:
+                status, took = 0, 0.0
+                failures.append(str(error))
+            if status != 200 or took >= PROBE_BOUND:
+                failures.append(f"{status} after {took:.2f} s")
+            time.sleep(0.2)
+        assert failures == [], failures
+    finally:
+        stop_all(kids, signal.SIGCONT)
+        for held in (*idle, *scrapers):
+            held.close()

@@ -52,6 +52,9 @@ class MetricsRoute:
         self.collect = collect  # on the worker thread (may block, bounded)
         self.local = local  # on the loop (cheap: what a probe costs)
         self.parked: list[Parked] = []
+        # Set lower by the health server: parked clients hold descriptors too, and may use at
+        # most half of its connection limit (the rest, and FD_RESERVE, stay for the probes).
+        self.max_parked = MAX_PARKED
         self.wakeup, self._notify = socket.socketpair()
         self.wakeup.setblocking(False)
         self._notify.setblocking(False)
@@ -63,7 +66,7 @@ class MetricsRoute:
 
     def park(self, client: object) -> Reply | None:
         """Take a scrape: None when parked (answered by `finished`), else the immediate Reply (503)."""
-        if len(self.parked) >= MAX_PARKED:
+        if len(self.parked) >= self.max_parked:
             return Reply(503, "Too many scrapes at once; retry\n", "text/plain; charset=utf-8")
         if not self._start_worker():
             return Reply(

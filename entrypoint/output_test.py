@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
+import json
 import os
 import re
 import select
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entrypoint import log_relay, output_sink
+from entrypoint import log_json, log_relay, output_sink, redact
 from entrypoint.log_relay import LineRelay
 from entrypoint.output_sink import OutputSink
 
@@ -198,3 +201,95 @@ def test_the_relay_rests_after_a_small_read_and_never_after_a_large_one() -> Non
     assert resumed, f"still resting {WRITE_BOUND} s later"
     assert follows_fast_output, "rested after a large read: a fast writer could fill the pipe"
     assert size >= log_relay.PIPE_BYTES
+
+
+def _relayed(data: bytes, render: log_relay.LineRender) -> bytes:
+    """`data` written by a "child" into a real pipe (a long line arrives in several reads),
+    relayed by LineRelay with `render`; what reached our side's pipe."""
+
+    async def scenario() -> bytes:
+        out_read, out_write = os.pipe()
+        fcntl.fcntl(out_write, fcntl.F_SETPIPE_SZ, 1 << 20)
+        sink = OutputSink(out_write, "stdout", limit_bytes=4 << 20)
+        sink.attach(asyncio.get_running_loop())
+        child_read, child_write = os.pipe()
+        relay = LineRelay(sink, render=render)
+        await asyncio.get_running_loop().connect_read_pipe(
+            lambda: relay, os.fdopen(child_read, "rb", 0)
+        )
+        view = memoryview(data)
+        while view:  # the relay reads between the writes: it sees the line's head alone first
+            written = await asyncio.to_thread(os.write, child_write, view[: 48 * 1024])
+            view = view[written:]
+            await asyncio.sleep(0.03)
+        os.close(child_write)
+        await asyncio.wait_for(relay.closed, WRITE_BOUND)
+        sink.attach(None)
+        output = read_all(out_read)
+        for fd in (out_read, out_write, sink.fd):
+            os.close(fd)
+        return output
+
+    return asyncio.run(scenario())
+
+
+_SECRET = "Remembered-Secret-1234"
+
+
+@contextlib.contextmanager
+def _remembered_secret() -> Iterator[None]:
+    redact.forget_secrets()
+    redact.remember_secrets(f"cache_peer p parent 3128 0 login=alice:{_SECRET}")
+    try:
+        yield
+    finally:
+        redact.forget_secrets()
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    offset=st.integers(-30, 10),
+    kind=st.sampled_from(["remembered", "authorization", "password"]),
+    json_format=st.booleans(),
+)
+def test_a_secret_across_the_piece_boundary_of_a_long_line_never_leaks(
+    offset: int, kind: str, json_format: bool
+) -> None:
+    """A line over 64 KiB was cut into raw pieces before redaction: a secret straddling the cut
+    passed as two harmless halves (its tail, or both halves of a remembered value). Redaction
+    now sees the whole line; only its result is cut into pieces."""
+    start = log_relay.MAX_LINE_BYTES + offset  # where the secret starts, near the cut
+    if kind == "remembered":
+        head, secret = "x" * start, _SECRET
+    elif kind == "authorization":
+        head, secret = "Proxy-Authorization: Negotiate " + "A" * (start - 31), "TOKEN-TAIL-9876"
+    else:
+        head, secret = "y" * (start - 9) + "password=", "hunter2-top-secret"
+    line = (
+        head + secret + " tail " + "z" * 40_000 + "\nnext line\n"
+    ).encode()  # its head (96 KiB) arrives alone
+    render = log_json.render_cache_log if json_format else log_relay.safe_line
+    with _remembered_secret():
+        output = _relayed(line, render).decode("utf-8")
+    lines = output.splitlines()
+    assert lines[-1].endswith("next line" + ('"}' if json_format else "")), lines[-1][-80:]
+    pieces = [secret[:cut] for cut in range(6, len(secret) - 5)] + [
+        secret[cut:] for cut in range(5, len(secret) - 5)
+    ]
+    joined = "".join(lines)  # a secret in two output lines is still a secret
+    assert not [piece for piece in pieces if piece in joined], [text[-80:] for text in lines]
+    if json_format:
+        assert all(json.loads(text) for text in lines)
+
+
+def test_a_line_too_long_to_hold_is_dropped_and_said_so() -> None:
+    """Over MAX_HELD_BYTES a line cannot be redacted whole: dropped (never passed unredacted),
+    one line says so, and the next line is relayed as usual."""
+    size = log_relay.MAX_HELD_BYTES + 100_000
+    line = ("a" * (size - 200) + _SECRET + "b" * 178).encode() + b"\nafter\n"
+    with _remembered_secret():
+        output = _relayed(line, log_relay.safe_line).decode()
+    assert (
+        output
+        == f"[a line of {size} bytes dropped: longer than {log_relay.MAX_HELD_BYTES}]\nafter\n"
+    )

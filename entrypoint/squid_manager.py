@@ -17,9 +17,10 @@ REPORTS = ("counters", "info", "service_times")
 class ManagerError(Exception):
     """The manager did not give the report; `denied` when Squid answered 403 (http_access)."""
 
-    def __init__(self, message: str, denied: bool = False) -> None:
+    def __init__(self, message: str, denied: bool = False, password: bool = False) -> None:
         super().__init__(message)
         self.denied = denied
+        self.password = password  # 401: a cachemgr_passwd line asks a password, not http_access
 
 
 def loopback_host(host: str) -> str:
@@ -77,7 +78,11 @@ def _body(data: bytes, report: str) -> tuple[str, str]:
         raise ManagerError(f"the cache manager's answer to {report} is not HTTP")
     status = status_line[1].decode("ascii", "replace")
     if status in ("401", "403", "407"):
-        raise ManagerError(f"the cache manager refused {report} (HTTP {status})", denied=True)
+        raise ManagerError(
+            f"the cache manager refused {report} (HTTP {status})",
+            denied=True,
+            password=status == "401",
+        )
     if status != "200":
         raise ManagerError(f"the cache manager answered {report} with HTTP {status[:3]}")
     server = ""
