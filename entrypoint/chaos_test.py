@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -132,7 +132,7 @@ GARBAGE = (
 @dataclasses.dataclass
 class Step:
     kind: str
-    params: dict[str, object] = dataclasses.field(default_factory=dict)
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)  # the plan's JSON-like values
 
     def __str__(self) -> str:
         return f"{self.kind}({', '.join(f'{k}={v}' for k, v in self.params.items())})"
@@ -173,7 +173,7 @@ def mandatory(kinds: tuple[str, ...], seed: int, index: int, groups: int) -> lis
 
 
 def step_for(kind: str, rng: random.Random) -> Step:
-    params: dict[str, object] = {}
+    params: dict[str, Any] = {}
     if kind == "sighup_storm":
         params = {"count": rng.randint(2, 12), "gap": round(rng.uniform(0, 0.2), 3)}
     elif kind == "valid_reload":
@@ -228,7 +228,7 @@ def stop_for(shape: str, seed: int, index: int, rng: random.Random) -> Step:
     group = full_runs.index(index) if index in full_runs else rng.randrange(len(full_runs))
     extras = mandatory(STOP_EXTRAS, seed, group, len(full_runs))
     extras += [extra for extra in STOP_EXTRAS if extra not in extras and rng.random() < 0.15]
-    params: dict[str, object] = {
+    params: dict[str, Any] = {
         "signal": rng.choice(("SIGTERM", "SIGINT")),
         "extras": sorted(extras),
     }
@@ -688,7 +688,7 @@ class ChaosRun:
         self.prober.start()
         for number, step in enumerate(self.plan.steps, 1):
             self.step_number = number
-            self.pause(float(step.params.get("pause", 0)))  # type: ignore[arg-type]
+            self.pause(float(step.params.get("pause", 0)))
             print(f"  run {self.plan.index} step {self.step_number}: {step}", flush=True)
             getattr(self, f"step_{step.kind}")(step)
             self.check_running()
@@ -720,13 +720,13 @@ class ChaosRun:
         run = self.launch()
         early = False
         if startup.kind == "sighup_during_startup":
-            time.sleep(float(startup.params["delay"]))  # type: ignore[arg-type]
+            time.sleep(float(startup.params["delay"]))
             early = not entrypoint_handles_signals(run.pid)
-            for _ in range(int(startup.params["count"])):  # type: ignore[call-overload]
+            for _ in range(int(startup.params["count"])):
                 self.send(signal.SIGHUP)
                 time.sleep(0.02)
         elif startup.kind == "stall_stdout_during_startup":
-            self.timers.append(run.stall_stdout(float(startup.params["seconds"])))  # type: ignore[arg-type]
+            self.timers.append(run.stall_stdout(float(startup.params["seconds"])))
         try:
             self.squid_pid = run.wait_ready(STARTUP_BOUND)
         except AssertionError as error:
@@ -775,9 +775,9 @@ class ChaosRun:
         params = self.plan.startup.params
         signum = signal.Signals[str(params["signal"])]
         run = self.launch()
-        time.sleep(float(params["delay"]))  # type: ignore[arg-type]
+        time.sleep(float(params["delay"]))
         handler_installed = entrypoint_handles_signals(run.pid)
-        for _ in range(int(params["sighups_before"])):  # type: ignore[call-overload]
+        for _ in range(int(params["sighups_before"])):
             self.send(signal.SIGHUP)
         signalled = time.monotonic()
         self.send(signum)
@@ -798,9 +798,9 @@ class ChaosRun:
 
     # -- steps
     def step_sighup_storm(self, step: Step) -> None:
-        for _ in range(int(step.params["count"])):  # type: ignore[call-overload]
+        for _ in range(int(step.params["count"])):
             self.send(signal.SIGHUP)
-            time.sleep(float(step.params["gap"]))  # type: ignore[arg-type]
+            time.sleep(float(step.params["gap"]))
         self.wait_reloads_settled()
 
     def reload_counts(self) -> tuple[int, int, int]:
@@ -859,7 +859,7 @@ class ChaosRun:
             self.fail(f"Squid's PID {self.squid_pid} was not kept by the reload")
 
     def step_invalid_reload(self, step: Step) -> None:
-        for variant in step.params["variants"]:  # type: ignore[attr-defined]
+        for variant in step.params["variants"]:
             self.workspace.write_custom_config(
                 invalid_config(self.workspace, self.workspace.squid_port, variant, self.plan.helper)
             )
@@ -966,13 +966,13 @@ class ChaosRun:
         self.hold_not_serving("stop", bound=True, hold=0)
 
     def step_stop_kids_short(self, step: Step) -> None:
-        self.hold_not_serving("stop", bound=False, hold=float(step.params["hold"]))  # type: ignore[arg-type]
+        self.hold_not_serving("stop", bound=False, hold=float(step.params["hold"]))
 
     def step_freeze_kids_bound(self, step: Step) -> None:
         self.hold_not_serving("freeze", bound=True, hold=0)
 
     def step_freeze_kids_short(self, step: Step) -> None:
-        self.hold_not_serving("freeze", bound=False, hold=float(step.params["hold"]))  # type: ignore[arg-type]
+        self.hold_not_serving("freeze", bound=False, hold=float(step.params["hold"]))
 
     def step_kill_kid(self, step: Step) -> None:
         (kid, *_) = self.current_kids()
@@ -989,7 +989,7 @@ class ChaosRun:
             self.fail(f"Squid did not respawn its kid within {WAIT_BOUND} s after SIGKILL of {kid}")
 
     def step_stall_stdout(self, step: Step) -> None:
-        self.timers.append(self.entry.stall_stdout(float(step.params["seconds"])))  # type: ignore[arg-type]
+        self.timers.append(self.entry.stall_stdout(float(step.params["seconds"])))
 
     def start_hostile(self, kind: str, count: int, seconds: float) -> None:
         clients = HostileClients(self.workspace.health_port, kind, count, seconds)
@@ -997,13 +997,13 @@ class ChaosRun:
         clients.start()
 
     def step_dribblers(self, step: Step) -> None:
-        self.start_hostile("dribble", int(step.params["count"]), float(step.params["seconds"]))  # type: ignore[arg-type, call-overload]
+        self.start_hostile("dribble", int(step.params["count"]), float(step.params["seconds"]))
 
     def step_idle_clients(self, step: Step) -> None:
-        self.start_hostile("idle", int(step.params["count"]), float(step.params["seconds"]))  # type: ignore[arg-type, call-overload]
+        self.start_hostile("idle", int(step.params["count"]), float(step.params["seconds"]))
 
     def step_garbage_clients(self, step: Step) -> None:
-        self.start_hostile("garbage", int(step.params["count"]), 8.0)  # type: ignore[call-overload]
+        self.start_hostile("garbage", int(step.params["count"]), 8.0)
 
     # -- endings
     def lift_faults(self) -> None:
@@ -1033,7 +1033,7 @@ class ChaosRun:
 
     def stop(self) -> None:
         params = self.plan.stop.params
-        extras = list(params["extras"])  # type: ignore[call-overload]
+        extras = list(params["extras"])
         self.lift_faults()
         self.wait_reloads_settled()
         self.check_recovers()
@@ -1045,28 +1045,28 @@ class ChaosRun:
         if "kid_frozen_at_stop" in extras:
             if self.freezer.available:
                 self.freezer.freeze(self.current_kids())
-                timer = threading.Timer(float(params["thaw_after"]), self.freezer.thaw)  # type: ignore[arg-type]
+                timer = threading.Timer(float(params["thaw_after"]), self.freezer.thaw)
                 timer.daemon = True
                 timer.start()
                 self.timers.append(timer)
             else:
                 self.notes.append("no writable cgroup freezer here: kid_frozen_at_stop skipped")
         if "stall_stdout_at_stop" in extras:
-            self.timers.append(self.entry.stall_stdout(float(params["stall"])))  # type: ignore[arg-type]
+            self.timers.append(self.entry.stall_stdout(float(params["stall"])))
         if "stop_during_reload" in extras:
             self.send(signal.SIGHUP)
-            time.sleep(float(params["reload_delay"]))  # type: ignore[arg-type]
+            time.sleep(float(params["reload_delay"]))
         if "signal_at_exit" in extras:
             self.signal_when_output("Shutdown complete", signal.Signals[str(params["at_exit"])])
         signum = signal.Signals[str(params["signal"])]
         signalled = time.monotonic()
         self.send(signum)
         if "sighup_storm_at_stop" in extras:
-            for _ in range(int(params["storm"])):  # type: ignore[call-overload]
+            for _ in range(int(params["storm"])):
                 self.send(signal.SIGHUP)
                 time.sleep(0.05)
         if "second_signal" in extras:
-            time.sleep(float(params["second_delay"]))  # type: ignore[arg-type]
+            time.sleep(float(params["second_delay"]))
             self.send(signal.SIGTERM)
         code = self.wait_exit(
             STOP_BOUND - (time.monotonic() - signalled), f"{signum.name}: no exit"
@@ -1099,7 +1099,7 @@ class ChaosRun:
 
     def kill_master(self) -> None:
         self.lift_faults()
-        self.pause(float(self.plan.stop.params["pause"]))  # type: ignore[arg-type]
+        self.pause(float(self.plan.stop.params["pause"]))
         print(f"  run {self.plan.index} step {self.step_number}: {self.plan.stop}", flush=True)
         os.kill(self.squid_pid, signal.SIGKILL)
         killed = time.monotonic()

@@ -45,7 +45,7 @@ async def in_worker(
         if error is not None:
             outcome.set_exception(error)
         else:
-            outcome.set_result(result)  # type: ignore[arg-type]
+            outcome.set_result(result)  # type: ignore[arg-type]  # set only when the call returned
 
     def work() -> None:
         result: T | None = None

@@ -16,7 +16,7 @@ import pytest
 
 from entrypoint.metrics_route import SCRAPE_DEADLINE
 from entrypoint.proc_table import process_tree
-from tests.entrypoint.harness import entrypoint_with_rlimit
+from tests.entrypoint.harness import EntrypointRun, entrypoint_with_rlimit
 from tests.entrypoint.metrics_testing import Series, parse_exposition
 from tests.entrypoint.testing import (
     Launcher,
@@ -51,7 +51,7 @@ def value(series: Series, name: str, **labels: str) -> float:
     return series[(name, tuple(sorted(labels.items())))]
 
 
-def ready(workspace: Workspace, launch: Launcher, **env: str) -> tuple[object, str, str]:
+def ready(workspace: Workspace, launch: Launcher, **env: str) -> tuple[EntrypointRun, str, str]:
     run = launch(workspace.env(**env))
     run.wait_ready()
     base = f"http://127.0.0.1:{workspace.health_port}"
@@ -124,7 +124,7 @@ def test_counters_move_by_exactly_the_requests_sent(workspace: Workspace, launch
     assert value(third, "cephaloproxy_reloads_total", result="ok") == 0
     # The scrapes' manager requests stay out of the access log (the default config's `!manager`).
     time.sleep(1)
-    assert "squid-internal-mgr" not in run.stdout  # type: ignore[attr-defined]
+    assert "squid-internal-mgr" not in run.stdout
     assert body.endswith("\n")
 
 
@@ -184,7 +184,7 @@ def test_denied_manager_gives_entrypoint_figures_and_one_log_line(
         ) not in series  # family kept, no made-up value
         assert "# TYPE squid_client_http_requests_total counter" in body
     time.sleep(0.5)
-    lines = [line for line in run.output.splitlines() if "denies the cache manager" in line]  # type: ignore[attr-defined]
+    lines = [line for line in run.output.splitlines() if "denies the cache manager" in line]
     assert len(lines) == 1, lines
     assert (
         "`http_access allow localhost manager`" in lines[0]
@@ -205,7 +205,7 @@ def test_hung_manager_and_100_scrapes_never_delay_the_probes(
     workspace: Workspace, launch: Launcher
 ) -> None:
     run, base, _ = ready(workspace, launch)
-    squid_pid = run.wait_ready()  # type: ignore[attr-defined]
+    squid_pid = run.wait_ready()
     kids = [
         process.pid for process in process_tree(squid_pid)[1:]
     ]  # the worker (and its helpers): a hung manager
@@ -239,8 +239,8 @@ def test_hung_manager_and_100_scrapes_never_delay_the_probes(
     try:
         pending.submit(http_get, f"{base}/metrics", SCRAPE_DEADLINE + SLACK)
         time.sleep(0.2)
-        os.kill(run.pid, signal.SIGTERM)  # type: ignore[attr-defined]
-        run.wait_for_output(r"Received signal SIGTERM, initiating graceful shutdown", PROBE_BOUND)  # type: ignore[attr-defined]
+        os.kill(run.pid, signal.SIGTERM)
+        run.wait_for_output(r"Received signal SIGTERM, initiating graceful shutdown", PROBE_BOUND)
     finally:
         stop_all(kids, signal.SIGCONT)
         pending.shutdown(wait=True)
@@ -277,8 +277,8 @@ def test_scrapes_during_reload_and_drain(workspace: Workspace, launch: Launcher)
     scraper = threading.Thread(target=hammer, daemon=True)
     scraper.start()
     try:
-        os.kill(run.pid, signal.SIGHUP)  # type: ignore[attr-defined]
-        run.wait_for_output(r"Squid reconfigured", 60)  # type: ignore[attr-defined]
+        os.kill(run.pid, signal.SIGHUP)
+        run.wait_for_output(r"Squid reconfigured", 60)
         for _ in range(5):
             assert timed_get(f"{base}/health")[1] < PROBE_BOUND
         assert wait_until(
@@ -294,8 +294,8 @@ def test_scrapes_during_reload_and_drain(workspace: Workspace, launch: Launcher)
         )
         transfer.start()
         time.sleep(1.0)
-        os.kill(run.pid, signal.SIGTERM)  # type: ignore[attr-defined]
-        run.wait_for_output(r"Draining \d+ client connections", 30)  # type: ignore[attr-defined]
+        os.kill(run.pid, signal.SIGTERM)
+        run.wait_for_output(r"Draining \d+ client connections", 30)
         draining, _, _ = scrape(base)
         assert value(draining, "cephaloproxy_draining") == 1
         assert value(draining, "cephaloproxy_last_drain_connections") >= 1
@@ -303,7 +303,7 @@ def test_scrapes_during_reload_and_drain(workspace: Workspace, launch: Launcher)
     finally:
         stop.set()
         scraper.join(SCRAPE_DEADLINE + SLACK)
-    assert run.wait_exit(40) == 0  # type: ignore[attr-defined]
+    assert run.wait_exit(40) == 0
     assert answers
     for status, body in answers:
         assert status == 200, body
@@ -356,10 +356,10 @@ def test_pid1_counts_skipped_reloads_and_health_server_restarts(
     workspace.write_custom_config(
         "this_is_no_directive at all\n"
     )  # a mounted config wins: the reload refuses it
-    os.kill(run.pid, signal.SIGHUP)  # type: ignore[attr-defined]
-    run.wait_for_output(r"Reload skipped", 60, stream="stderr")  # type: ignore[attr-defined]
-    os.kill(health_server_pid(run.pid), signal.SIGKILL)  # type: ignore[attr-defined]
-    run.wait_for_output(r"Health server restarted \(restart 1\)", 60)  # type: ignore[attr-defined]
+    os.kill(run.pid, signal.SIGHUP)
+    run.wait_for_output(r"Reload skipped", 60, stream="stderr")
+    os.kill(health_server_pid(run.pid), signal.SIGKILL)
+    run.wait_for_output(r"Health server restarted \(restart 1\)", 60)
 
     def counted() -> bool:
         try:
@@ -402,7 +402,7 @@ def test_a_manager_password_is_named_as_the_cause_and_the_advice_works(
     which the config already had. It names cachemgr_passwd, its advice works, and the
     password is in no log line."""
 
-    def start(passwords: str) -> tuple[object, Series]:
+    def start(passwords: str) -> tuple[EntrypointRun, Series]:
         write_config(workspace, PASSWORD_CONFIG, passwords=passwords)
         run, base, _ = ready(workspace, launch)
         return run, scrape(base)[0]
@@ -410,13 +410,13 @@ def test_a_manager_password_is_named_as_the_cause_and_the_advice_works(
     run, series = start(f"cachemgr_passwd {MANAGER_PASSWORD} all")
     assert value(series, "squid_up") == 0
     assert value(series, "cephaloproxy_squid_manager_denied") == 1
-    run.wait_for_output(r"Metrics: the cache manager refused", 10, stream="stderr")  # type: ignore[attr-defined]
-    lines = [line for line in run.output.splitlines() if "Metrics:" in line]  # type: ignore[attr-defined]
+    run.wait_for_output(r"Metrics: the cache manager refused", 10, stream="stderr")
+    lines = [line for line in run.output.splitlines() if "Metrics:" in line]
     assert len(lines) == 1 and "(HTTP 401)" in lines[0], lines
     assert "cachemgr_passwd" in lines[0] and "http_access allow" not in lines[0], lines[0]
     assert "`cachemgr_passwd none counters info service_times`" in lines[0]
-    run.cleanup()  # type: ignore[attr-defined]
-    assert MANAGER_PASSWORD.lower() not in run.output.lower()  # type: ignore[attr-defined]
+    run.cleanup()
+    assert MANAGER_PASSWORD.lower() not in run.output.lower()
 
     run, series = start(
         f"cachemgr_passwd none counters info service_times\ncachemgr_passwd {MANAGER_PASSWORD} all"
@@ -450,7 +450,7 @@ def test_a_first_port_that_refuses_plain_requests_is_not_scraped(
         series, _, _ = scrape(base)
         assert value(series, "squid_up") == 1
     time.sleep(0.5)
-    logged = [line for line in run.output.splitlines() if log_line in line]  # type: ignore[attr-defined]
+    logged = [line for line in run.output.splitlines() if log_line in line]
     assert logged == [], logged[:3]
 
 
@@ -474,7 +474,7 @@ def test_an_https_only_config_is_not_scraped_in_plain_text(
         assert value(series, "squid_up") == 0
         assert value(series, "cephaloproxy_ready") == 1
     time.sleep(0.5)
-    output = run.output  # type: ignore[attr-defined]
+    output = run.output
     assert "Cannot accept a TLS connection" not in output
     lines = [line for line in output.splitlines() if "Metrics:" in line]
     assert (

@@ -175,6 +175,7 @@ class ChildProcesses:
         program that cannot run handle it too, but its message names the limit to raise).
         """
         try:
+            # popen_options is **kwargs: typeshed's overloads cannot see that it sets no text mode.
             process: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
                 list(argv), shell=False, **popen_options
             )

@@ -159,8 +159,9 @@ async def start_up(state: ProxyState) -> None:
             cache.cancel()
         await asyncio.gather(check, cache, return_exceptions=True)
         for step in (check, cache):
-            if not step.cancelled() and step.exception() is not None:
-                raise step.exception()  # type: ignore[misc]
+            failure = None if step.cancelled() else step.exception()
+            if failure is not None:
+                raise failure
     except SquidError as error:
         raise StartupError(str(error)) from None
     finally:

@@ -126,6 +126,7 @@ def changed_since_read(
             if any(match not in read for match in value):
                 changed.append(key)
         elif kind == "file" and path in read:
+            # a file stamp's 7th field is its ctime in ns (see stamp()); a glob's value is names
             fresh = len(value) == 7 and int(value[6]) >= read_at_ns - CLOCK_SLACK_NS  # type: ignore[call-overload]
             if value[0] in ("absent", "unusable") or fresh:
                 changed.append(key)
