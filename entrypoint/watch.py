@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import glob
 import os
 import threading
 from collections.abc import Callable
@@ -42,6 +43,10 @@ class WatchSpec:
     files: tuple[str, ...]
     globs: tuple[str, ...]
 
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return self.files + self.globs
+
 
 def spec_for(settings: Settings, config: ActiveConfig | None) -> WatchSpec:
     """The config path always (it may appear); its includes; the TLS pair unless the config does not bump."""
@@ -55,6 +60,15 @@ def spec_for(settings: Settings, config: ActiveConfig | None) -> WatchSpec:
         files[str(settings.tls_cert)] = None
         files[str(settings.tls_key)] = None
     return WatchSpec(tuple(files), globs)
+
+
+def with_attempted(spec: WatchSpec, attempted: tuple[str, ...]) -> WatchSpec:
+    """`spec` plus what a skipped reload read: its files (also ones not there yet) and globs."""
+    files = dict.fromkeys(spec.files)
+    globs = dict.fromkeys(spec.globs)
+    for path in attempted:
+        (globs if glob.has_magic(path) else files)[path] = None
+    return WatchSpec(tuple(files), tuple(globs))
 
 
 def stamp(path: str) -> Stamp:
@@ -111,12 +125,17 @@ def changed_paths(applied: Fingerprint, current: Fingerprint) -> list[str]:
 
 
 def changed_since_read(
-    applied: Fingerprint, current: Fingerprint, config: ActiveConfig | None, read_at_ns: int
+    applied: Fingerprint,
+    current: Fingerprint,
+    config: ActiveConfig | None,
+    read_at_ns: int,
+    attempted: tuple[str, ...] = (),
 ) -> list[str]:
-    """Paths a new config (a reload, the startup) made watched that changed after it was read:
-    an included file gone or changed since, a glob that now matches a file the read did not.
-    Returns their fingerprint keys."""
-    read = {str(file.path) for file in config.files} if config is not None else set()
+    """Paths a new config (a reload, the startup) or a skipped reload made watched that changed
+    after it was read: an included file gone or changed since, a glob that now matches a file
+    the read did not. Returns their fingerprint keys."""
+    applied_read = {str(file.path) for file in config.files} if config is not None else set()
+    read = applied_read | set(attempted)
     changed = []
     for key, value in current.items():
         if key in applied:
@@ -127,7 +146,9 @@ def changed_since_read(
                 changed.append(key)
         elif kind == "file" and path in read:
             fresh = len(value) == 7 and int(value[6]) >= read_at_ns - CLOCK_SLACK_NS  # type: ignore[call-overload]
-            if value[0] in ("absent", "unusable") or fresh:
+            # A skipped reload's file may never have been there (the missing include it named).
+            gone = value[0] in ("absent", "unusable") and path in applied_read
+            if gone or fresh:
                 changed.append(key)
     return changed
 
@@ -142,17 +163,19 @@ class Watcher:
         read_at: Callable[[], int],
         on_change: Callable[[list[str]], None],
         on_warning: Callable[[str], None],
+        attempted: Callable[[], tuple[str, ...]] = tuple,
     ) -> None:
         self.settings = settings
         # Read from the thread: one reference (or int), each replaced whole.
         self.current_config = current_config
+        self.attempted = attempted  # what the last skipped reload read (ProxyState.attempted_paths)
         self.read_at = read_at  # time.time_ns() when the last config read began
         self.on_change = on_change
         self.on_warning = on_warning
         self.stopping = threading.Event()
         self.polls = 0
         self.told_cap = False  # the cap's WARNING is logged once
-        self._spec: tuple[ActiveConfig | None, WatchSpec] | None = None
+        self._spec: tuple[tuple[ActiveConfig | None, tuple[str, ...]], WatchSpec] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """RuntimeError when no thread can be had (RLIMIT_NPROC)."""
@@ -162,14 +185,18 @@ class Watcher:
     def stop(self) -> None:
         self.stopping.set()
 
-    def _spec_now(self) -> tuple[ActiveConfig | None, WatchSpec]:
-        config = self.current_config()
-        if self._spec is None or self._spec[0] is not config:
-            self._spec = (config, spec_for(self.settings, config))  # parsed once per config
+    def _spec_now(self) -> tuple[tuple[ActiveConfig | None, tuple[str, ...]], WatchSpec]:
+        """The spec and what it was made from: (config, attempted) are taken once per look, so
+        a reload finishing meanwhile cannot give a look the new spec but the old config."""
+        config, attempted = self.current_config(), self.attempted()
+        if self._spec is None or self._spec[0][0] is not config or self._spec[0][1] != attempted:
+            # parsed once per config
+            spec = with_attempted(spec_for(self.settings, config), attempted)
+            self._spec = ((config, attempted), spec)
         return self._spec
 
-    def _poll(self) -> Fingerprint:
-        prints, capped = fingerprint(self._spec_now()[1], self.stopping)
+    def _poll(self, spec: WatchSpec) -> Fingerprint:
+        prints, capped = fingerprint(spec, self.stopping)
         self.polls += 1
         if capped and not self.told_cap:
             self.told_cap = True
@@ -188,17 +215,18 @@ class Watcher:
 
     def _run(self) -> None:
         try:
-            applied = self._poll()
-            applied_for = self._spec_now()[0]
+            applied_for, spec = self._spec_now()
+            applied = self._poll(spec)
             candidate: Fingerprint | None = None
             while not self.stopping.wait(self.settings.watch_interval):
                 read_at = self.read_at()  # before the config: a read begun meanwhile is not missed
-                config = self._spec_now()[0]
-                current = self._poll()
-                if config is not applied_for:  # a reload or the startup read a new tree
-                    for key in changed_since_read(applied, current, config, read_at):
+                made_from, spec = self._spec_now()
+                current = self._poll(spec)
+                if made_from != applied_for:  # a reload or the startup read a new tree
+                    config, attempted = made_from
+                    for key in changed_since_read(applied, current, config, read_at, attempted):
                         applied[key] = CHANGED_SINCE_READ  # differs from any stamp until applied
-                    applied_for = config
+                    applied_for = made_from
                 changed = changed_paths(applied, current)
                 if not changed:
                     applied, candidate = current, None  # also adopts paths a reload added
