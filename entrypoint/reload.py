@@ -180,6 +180,12 @@ async def prepare(state: ProxyState, squid: SquidProcess, old: ActiveConfig) -> 
         )
     material = validate_tls(config, settings)
     log.info("Reloading: checking Squid config %s", config.source)
+    if material is not None and not settings.merged_ca_pem.exists():
+        # `squid -k parse` loads tls-cert=: a reload that turns SSL-bump on needs the merged
+        # CA before the check (as startup writes it first). Nothing reads a file not there yet.
+        await install_tls(
+            material, config, settings, state.children, log, state.commands.stdio_owner
+        )
     snapshot = await write_snapshot(config, state.commands.names)
     try:
         await state.commands.check_config(config, snapshot.candidate)

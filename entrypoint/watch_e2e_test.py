@@ -22,8 +22,11 @@ from tests.entrypoint.testing import (
     Launcher,
     Workspace,
     free_port,
+    install_ca,
+    make_ca,
     running_as_root,
     squid_path_directives,
+    ssl_bump_config,
     wait_for_status,
     wait_until,
 )
@@ -396,3 +399,19 @@ def test_fixing_a_file_only_the_skipped_config_includes_reloads_it(
     )
     assert wait_until(lambda: proxies_through(new_port), REACTION_BOUND), run.output[-3000:]
 
+
+def test_the_tls_secret_a_config_turning_on_ssl_bump_lacked_reloads_it_when_it_arrives(
+    workspace: Workspace, launch: Launcher, tmp_path: Path
+) -> None:
+    workspace.custom_config.write_bytes(port_config(workspace, workspace.squid_port))
+    run = launch(watching(workspace, workspace.custom_config))
+    run.wait_ready()
+    workspace.make_dir(workspace.tls_dir, 0o775)
+    text = ssl_bump_config(workspace)  # the same port: only the secret is missing
+    workspace.custom_config.write_text(text)
+    os.chmod(workspace.custom_config, 0o664)
+    cert, key = make_ca(tmp_path, "watch-attempted")
+    assert_skipped_once_then_applied_when_fixed(
+        run, r"tls\.crt", lambda: install_ca(workspace, cert, key)
+    )
+    assert "Merged CA certificate and key" in run.stdout  # the first bump by reload works
