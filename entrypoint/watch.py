@@ -32,6 +32,10 @@ from entrypoint.squid_config import (
 
 MAX_WATCHED_FILES = MAX_CONFIG_FILES  # what the include walker reads at most for one config
 MOUNTINFO_LIMIT = 4 * 1024 * 1024
+# A file rewritten faster than the interval never looks the same twice: after this many looks
+# of a pending change the reload runs anyway (a WARNING names what keeps changing), so one
+# restless file cannot hold back every other change for ever.
+MAX_UNSETTLED_LOOKS = 10
 Stamp = tuple[object, ...]
 Fingerprint = dict[str, Stamp]
 
@@ -207,6 +211,14 @@ class Watcher:
             )
         return prints
 
+    def _restless(self, before: Fingerprint | None, now: Fingerprint) -> str:
+        moving = changed_paths(before or {}, now)
+        shown = ", ".join(moving[:3]) + (f" and {len(moving) - 3} more" if len(moving) > 3 else "")
+        return (
+            f"Watch: {shown} kept changing for {MAX_UNSETTLED_LOOKS + 1} looks"
+            f" ({self.settings.watch_interval:g} s apart); reloading without waiting for it to settle"
+        )
+
     def _tell(self, callback: Callable[..., None], *args: object) -> None:
         try:
             self.loop.call_soon_threadsafe(callback, *args)
@@ -218,6 +230,7 @@ class Watcher:
             applied_for, spec = self._spec_now()
             applied = self._poll(spec)
             candidate: Fingerprint | None = None
+            unsettled = 0  # looks in a row that saw a pending change still moving
             while not self.stopping.wait(self.settings.watch_interval):
                 read_at = self.read_at()  # before the config: a read begun meanwhile is not missed
                 made_from, spec = self._spec_now()
@@ -229,11 +242,15 @@ class Watcher:
                     applied_for = made_from
                 changed = changed_paths(applied, current)
                 if not changed:
-                    applied, candidate = current, None  # also adopts paths a reload added
-                elif candidate != current:
+                    applied, candidate, unsettled = current, None, 0  # also adopts new paths
+                elif candidate != current and unsettled < MAX_UNSETTLED_LOOKS:
+                    if candidate is not None:
+                        unsettled += 1
                     candidate = current  # still changing (or just changed): wait one more interval
                 else:
-                    applied, candidate = current, None
+                    if unsettled >= MAX_UNSETTLED_LOOKS and candidate != current:
+                        self._tell(self.on_warning, self._restless(candidate, current))
+                    applied, candidate, unsettled = current, None, 0
                     self._tell(self.on_change, changed)
         except Exception as error:  # a bug here must not go unnoticed, nor take PID 1 along
             self._tell(

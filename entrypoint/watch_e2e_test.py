@@ -394,9 +394,11 @@ def test_fixing_a_file_only_the_skipped_config_includes_reloads_it(
     workspace.custom_config.write_bytes(
         port_config(workspace, new_port, f"include {new_dir}/*.conf\n")
     )
-    assert_skipped_once_then_applied_when_fixed(
-        run, "no_such_acl", lambda: broken.write_text("acl fixed src 10.0.0.1\n")
-    )
+
+    def fix() -> None:
+        broken.write_text("acl fixed src 10.0.0.1\n")
+
+    assert_skipped_once_then_applied_when_fixed(run, "no_such_acl", fix)
     assert wait_until(lambda: proxies_through(new_port), REACTION_BOUND), run.output[-3000:]
 
 

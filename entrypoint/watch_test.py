@@ -268,6 +268,28 @@ def test_a_half_rotated_secret_is_reported_only_once_it_stays_still(tmp_path: Pa
     assert recorder.changes == [[str(settings.tls_cert), str(settings.tls_key)]]
 
 
+def test_a_file_that_never_settles_holds_back_a_reload_only_for_a_bounded_number_of_looks(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(tmp_path, CONFIG_WATCH_INTERVAL="0.1")
+    settings.config.parent.mkdir()
+    settings.config.write_bytes(b"0\n")
+    flapping = watch.MAX_UNSETTLED_LOOKS + 4
+
+    def body(watcher: watch.Watcher) -> None:
+        wait_polls(watcher, 1)
+        for generation in range(1, flapping + 1):  # a new state at every look: never settled
+            settings.config.write_bytes(f"{generation}\n".encode() * generation)
+            wait_polls(watcher, 1)
+        # stopped at once: a call seen now was made while the file was still moving
+
+    recorder = run_watcher(settings, None, body)
+    assert recorder.changes, "a file rewritten at every look held back every reload"
+    assert len(recorder.warnings) == 1, recorder.warnings
+    assert str(settings.config) in recorder.warnings[0]
+    assert "kept changing" in recorder.warnings[0]
+
+
 # -- single-file mounts (mountinfo parsing; the real bind mount is in watch_e2e_test) --------------
 def test_single_file_mounts_are_read_from_mountinfo_with_escaped_spaces(tmp_path: Path) -> None:
     config = tmp_path / "my conf" / "squid.conf"
