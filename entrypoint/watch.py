@@ -75,6 +75,14 @@ def with_attempted(spec: WatchSpec, attempted: tuple[str, ...]) -> WatchSpec:
     return WatchSpec(tuple(files), tuple(globs))
 
 
+def tls_read_by(settings: Settings, config: ActiveConfig | None) -> tuple[str, ...]:
+    """The TLS pair when `config` bumps: its reload read them too (a rotation right after it
+    must not become the baseline unnoticed when a reload turned SSL-bump on)."""
+    if config is None or not config.uses_ssl_bump:
+        return ()
+    return (str(settings.tls_cert), str(settings.tls_key))
+
+
 def stamp(path: str) -> Stamp:
     """What changes when the file at `path` is swapped, replaced, edited, removed or appears."""
     try:
@@ -237,7 +245,8 @@ class Watcher:
                 current = self._poll(spec)
                 if made_from != applied_for:  # a reload or the startup read a new tree
                     config, attempted = made_from
-                    for key in changed_since_read(applied, current, config, read_at, attempted):
+                    read_too = attempted + tls_read_by(self.settings, config)
+                    for key in changed_since_read(applied, current, config, read_at, read_too):
                         applied[key] = CHANGED_SINCE_READ  # differs from any stamp until applied
                     applied_for = made_from
                 changed = changed_paths(applied, current)

@@ -290,6 +290,46 @@ def test_a_file_that_never_settles_holds_back_a_reload_only_for_a_bounded_number
     assert "kept changing" in recorder.warnings[0]
 
 
+def test_a_secret_rotated_just_after_a_reload_turned_ssl_bump_on_is_a_change(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(tmp_path, CONFIG_WATCH_INTERVAL="0.1")
+    plain = config_of(settings, "http_port 3128\n")
+    bumping = config_of(settings, "http_port 3128 ssl-bump\n")
+    settings.tls_dir.mkdir()
+    settings.tls_cert.write_bytes(b"cert 1")
+    settings.tls_key.write_bytes(b"key 1")
+    config_now: list[ActiveConfig] = [plain]
+    read_at = [0]
+    recorder = Recorder()
+
+    def body(watcher: watch.Watcher) -> None:
+        wait_polls(watcher, 2)  # the plain config's spec: the TLS pair is not watched
+        time.sleep(0.3)  # the pair's ctime well before the reload's read
+        read_at[0] = time.time_ns()  # the reload that turns SSL-bump on reads the pair ...
+        settings.tls_cert.write_bytes(b"cert 2")  # ... and the secret rotates right after
+        settings.tls_key.write_bytes(b"key 2")
+        config_now[0] = bumping  # the reload is applied; the next look watches the pair
+        wait_polls(watcher, 5)
+
+    async def main() -> None:
+        watcher = watch.Watcher(
+            settings,
+            lambda: config_now[0],
+            lambda: read_at[0],
+            recorder.changes.append,
+            recorder.warnings.append,
+        )
+        watcher.start(asyncio.get_running_loop())
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, body, watcher)
+        finally:
+            watcher.stop()
+
+    asyncio.run(main())
+    assert recorder.changes == [[str(settings.tls_cert), str(settings.tls_key)]], recorder.changes
+
+
 # -- single-file mounts (mountinfo parsing; the real bind mount is in watch_e2e_test) --------------
 def test_single_file_mounts_are_read_from_mountinfo_with_escaped_spaces(tmp_path: Path) -> None:
     config = tmp_path / "my conf" / "squid.conf"
