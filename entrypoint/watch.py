@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import glob
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -33,9 +34,11 @@ from entrypoint.squid_config import (
 MAX_WATCHED_FILES = MAX_CONFIG_FILES  # what the include walker reads at most for one config
 MOUNTINFO_LIMIT = 4 * 1024 * 1024
 # A file rewritten faster than the interval never looks the same twice: after this many looks
-# of a pending change the reload runs anyway (a WARNING names what keeps changing), so one
-# restless file cannot hold back every other change for ever.
+# of a pending change, and at least this long, the reload runs anyway (a WARNING names what
+# keeps changing), so one restless file cannot hold back every other change for ever; the
+# seconds keep a short interval from turning a restless file into a reconfigure a second.
 MAX_UNSETTLED_LOOKS = 10
+MIN_UNSETTLED_SECONDS = 20.0
 Stamp = tuple[object, ...]
 Fingerprint = dict[str, Stamp]
 
@@ -187,6 +190,9 @@ class Watcher:
         self.stopping = threading.Event()
         self.polls = 0
         self.told_cap = False  # the cap's WARNING is logged once
+        self.unsettled_limit = max(
+            MAX_UNSETTLED_LOOKS, math.ceil(MIN_UNSETTLED_SECONDS / settings.watch_interval)
+        )
         self._spec: tuple[tuple[ActiveConfig | None, tuple[str, ...]], WatchSpec] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -223,7 +229,7 @@ class Watcher:
         moving = changed_paths(before or {}, now)
         shown = ", ".join(moving[:3]) + (f" and {len(moving) - 3} more" if len(moving) > 3 else "")
         return (
-            f"Watch: {shown} kept changing for {MAX_UNSETTLED_LOOKS + 1} looks"
+            f"Watch: {shown} kept changing for {self.unsettled_limit + 1} looks"
             f" ({self.settings.watch_interval:g} s apart); reloading without waiting for it to settle"
         )
 
@@ -252,12 +258,12 @@ class Watcher:
                 changed = changed_paths(applied, current)
                 if not changed:
                     applied, candidate, unsettled = current, None, 0  # also adopts new paths
-                elif candidate != current and unsettled < MAX_UNSETTLED_LOOKS:
+                elif candidate != current and unsettled < self.unsettled_limit:
                     if candidate is not None:
                         unsettled += 1
                     candidate = current  # still changing (or just changed): wait one more interval
                 else:
-                    if unsettled >= MAX_UNSETTLED_LOOKS and candidate != current:
+                    if unsettled >= self.unsettled_limit and candidate != current:
                         self._tell(self.on_warning, self._restless(candidate, current))
                     applied, candidate, unsettled = current, None, 0
                     self._tell(self.on_change, changed)

@@ -269,8 +269,9 @@ def test_a_half_rotated_secret_is_reported_only_once_it_stays_still(tmp_path: Pa
 
 
 def test_a_file_that_never_settles_holds_back_a_reload_only_for_a_bounded_number_of_looks(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(watch, "MIN_UNSETTLED_SECONDS", 0.0)  # the looks bound alone, for speed
     settings = settings_for(tmp_path, CONFIG_WATCH_INTERVAL="0.1")
     settings.config.parent.mkdir()
     settings.config.write_bytes(b"0\n")
