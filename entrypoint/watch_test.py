@@ -207,13 +207,22 @@ class Recorder:
 
 
 def run_watcher(
-    settings: Settings, config: ActiveConfig | None, body: Callable[[watch.Watcher], None]
+    settings: Settings,
+    config: ActiveConfig | None,
+    body: Callable[[watch.Watcher], None],
+    config_now: Callable[[], ActiveConfig | None] | None = None,
+    read_at: Callable[[], int] = lambda: 0,
 ) -> Recorder:
+    """`config_now`: the running config as the supervisor's state gives it (default: `config`)."""
     recorder = Recorder()
 
     async def main() -> None:
         watcher = watch.Watcher(
-            settings, lambda: config, lambda: 0, recorder.changes.append, recorder.warnings.append
+            settings,
+            config_now or (lambda: config),
+            read_at,
+            recorder.changes.append,
+            recorder.warnings.append,
         )
         watcher.start(asyncio.get_running_loop())
         try:
@@ -302,7 +311,6 @@ def test_a_secret_rotated_just_after_a_reload_turned_ssl_bump_on_is_a_change(
     settings.tls_key.write_bytes(b"key 1")
     config_now: list[ActiveConfig] = [plain]
     read_at = [0]
-    recorder = Recorder()
 
     def body(watcher: watch.Watcher) -> None:
         wait_polls(watcher, 2)  # the plain config's spec: the TLS pair is not watched
@@ -313,21 +321,9 @@ def test_a_secret_rotated_just_after_a_reload_turned_ssl_bump_on_is_a_change(
         config_now[0] = bumping  # the reload is applied; the next look watches the pair
         wait_polls(watcher, 5)
 
-    async def main() -> None:
-        watcher = watch.Watcher(
-            settings,
-            lambda: config_now[0],
-            lambda: read_at[0],
-            recorder.changes.append,
-            recorder.warnings.append,
-        )
-        watcher.start(asyncio.get_running_loop())
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, body, watcher)
-        finally:
-            watcher.stop()
-
-    asyncio.run(main())
+    recorder = run_watcher(
+        settings, None, body, config_now=lambda: config_now[0], read_at=lambda: read_at[0]
+    )
     assert recorder.changes == [[str(settings.tls_cert), str(settings.tls_key)]], recorder.changes
 
 
