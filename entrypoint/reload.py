@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from entrypoint import config_snapshot, proc_table, runtime_dirs, squid_user
+from entrypoint import config_snapshot, proc_table, runtime_dirs, squid_user, watch
 from entrypoint.config_steps import (
     activate_snapshot,
     install_tls,
@@ -162,7 +162,12 @@ async def prepare(state: ProxyState, squid: SquidProcess, old: ActiveConfig) -> 
     """Everything up to the snapshot becoming Squid's config; ConfigError/SquidError to skip."""
     settings, log = state.settings, state.log
     log.info("Reloading: reading Squid config %s", old.source)
-    config = await read_config(settings)
+    try:
+        config = await read_config(settings)
+    except ConfigError as error:
+        state.attempted_paths = error.read_paths
+        raise
+    state.attempted_paths = watch.spec_for(settings, config).paths  # until it is applied
     refuse_restart_changes(config, old)
     privileged = privileged_port_problem(sorted(set(listen_ports(config)) - set(listen_ports(old))))
     if privileged:
@@ -175,6 +180,12 @@ async def prepare(state: ProxyState, squid: SquidProcess, old: ActiveConfig) -> 
         )
     material = validate_tls(config, settings)
     log.info("Reloading: checking Squid config %s", config.source)
+    if material is not None and not settings.merged_ca_pem.exists():
+        # `squid -k parse` loads tls-cert=: a reload that turns SSL-bump on needs the merged
+        # CA before the check (as startup writes it first). Nothing reads a file not there yet.
+        await install_tls(
+            material, config, settings, state.children, log, state.commands.stdio_owner
+        )
     snapshot = await write_snapshot(config, state.commands.names)
     try:
         await state.commands.check_config(config, snapshot.candidate)
@@ -206,7 +217,7 @@ async def reload_config(state: ProxyState) -> None:
         log_unexpected(state, "Reload skipped, Squid keeps its current config", error)
         state.metrics.reload_done("failed")
         return
-    state.config = config
+    state.config, state.attempted_paths = config, ()
     try:
         await state.health.follow(config)
     except Exception as error:

@@ -44,6 +44,10 @@ ROCK_HEADER_SIZE = 16 * 1024  # Rock::SwapDir::HeaderSize: -z sizes the db, then
 class ConfigError(Exception):
     """A config problem the operator must fix; the message says what and where."""
 
+    # What the failed read had read or looked for (files, absolute include patterns): watch
+    # mode watches them too, so fixing a file only the refused config names is a change.
+    read_paths: tuple[str, ...] = ()
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Directive:
@@ -218,6 +222,7 @@ class _Budget:
         self.files = 0
         self.bytes = 0
         self.entries = 0  # directory entries include globs visited
+        self.seen: dict[str, None] = {}  # files read and include patterns looked for, in order
         self.deadline = time.monotonic() + READ_TIME_LIMIT
         self.cancel = cancel
 
@@ -312,6 +317,7 @@ def _include_targets(directive: Directive, pattern: str, budget: _Budget) -> lis
     """The files one `include` argument names, in Squid's order (glob() sorts)."""
     # Squid opens relative include paths from its working directory, which is ours.
     full = pattern if os.path.isabs(pattern) else os.path.join(os.getcwd(), pattern)
+    budget.seen[full] = None
     where = f"{directive.where}: include {pattern}"
     if glob.has_magic(full):
         matches = sorted(_glob(full, False, budget, where))
@@ -371,6 +377,7 @@ def _read_tree(
             f"Squid config {path}: includes nest deeper than {MAX_INCLUDE_DEPTH} levels"
         )
     budget.check_time(path)
+    budget.seen[str(path)] = None
     if data is None:
         try:
             data = read_bounded(path, CONFIG_SIZE_LIMIT)
@@ -408,7 +415,12 @@ def read_tree(
     place, and every file as read; ConfigError past a limit (depth, files, bytes, time)."""
     directives: list[Directive] = []
     files: list[ConfigFile] = []
-    _read_tree(path, data, (), _Budget(cancel), directives, files)
+    budget = _Budget(cancel)
+    try:
+        _read_tree(path, data, (), budget, directives, files)
+    except ConfigError as error:
+        error.read_paths = tuple(budget.seen)
+        raise
     return tuple(directives), tuple(files)
 
 
@@ -616,7 +628,11 @@ def select_config(settings: Settings, cancel: threading.Event | None = None) -> 
     directives, files = read_tree(source, data, cancel)
     active = ActiveConfig(settings.run_dir / ACTIVE_CONFIG_NAME, source, custom, directives, files)
     # Squid's helpers live beside security_file_certgen (/usr/lib/squid in the image).
-    validate(active, settings.certgen_bin.parent)
+    try:
+        validate(active, settings.certgen_bin.parent)
+    except ConfigError as error:
+        error.read_paths = tuple(str(file.path) for file in files) + include_patterns(active)
+        raise
     return active
 
 

@@ -27,6 +27,9 @@ class ProxyState:
         identity  # applied to every line Squid writes (a redactor plugs in here)
     )
     config: ActiveConfig | None = None
+    # What the last skipped reload read (files, include patterns, the TLS pair it needed):
+    # watch mode watches these too until a reload succeeds, so a fix there is a change.
+    attempted_paths: tuple[str, ...] = ()
     squid: SquidProcess | None = None
     squid_pid: int | None = None
     metrics: EntrypointMetrics = dataclasses.field(

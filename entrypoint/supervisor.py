@@ -70,6 +70,7 @@ class Supervisor:
             lambda: self.config_read_at,
             self.on_watched_change,
             self.warn,
+            lambda: self.state.attempted_paths,
         )
 
     async def reload(self) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import glob
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -31,6 +33,12 @@ from entrypoint.squid_config import (
 
 MAX_WATCHED_FILES = MAX_CONFIG_FILES  # what the include walker reads at most for one config
 MOUNTINFO_LIMIT = 4 * 1024 * 1024
+# A file rewritten faster than the interval never looks the same twice: after this many looks
+# of a pending change, and at least this long, the reload runs anyway (a WARNING names what
+# keeps changing), so one restless file cannot hold back every other change for ever; the
+# seconds keep a short interval from turning a restless file into a reconfigure a second.
+MAX_UNSETTLED_LOOKS = 10
+MIN_UNSETTLED_SECONDS = 20.0
 Stamp = tuple[object, ...]
 Fingerprint = dict[str, Stamp]
 
@@ -41,6 +49,10 @@ class WatchSpec:
 
     files: tuple[str, ...]
     globs: tuple[str, ...]
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return self.files + self.globs
 
 
 def spec_for(settings: Settings, config: ActiveConfig | None) -> WatchSpec:
@@ -55,6 +67,23 @@ def spec_for(settings: Settings, config: ActiveConfig | None) -> WatchSpec:
         files[str(settings.tls_cert)] = None
         files[str(settings.tls_key)] = None
     return WatchSpec(tuple(files), globs)
+
+
+def with_attempted(spec: WatchSpec, attempted: tuple[str, ...]) -> WatchSpec:
+    """`spec` plus what a skipped reload read: its files (also ones not there yet) and globs."""
+    files = dict.fromkeys(spec.files)
+    globs = dict.fromkeys(spec.globs)
+    for path in attempted:
+        (globs if glob.has_magic(path) else files)[path] = None
+    return WatchSpec(tuple(files), tuple(globs))
+
+
+def tls_read_by(settings: Settings, config: ActiveConfig | None) -> tuple[str, ...]:
+    """The TLS pair when `config` bumps: its reload read them too (a rotation right after it
+    must not become the baseline unnoticed when a reload turned SSL-bump on)."""
+    if config is None or not config.uses_ssl_bump:
+        return ()
+    return (str(settings.tls_cert), str(settings.tls_key))
 
 
 def stamp(path: str) -> Stamp:
@@ -111,12 +140,17 @@ def changed_paths(applied: Fingerprint, current: Fingerprint) -> list[str]:
 
 
 def changed_since_read(
-    applied: Fingerprint, current: Fingerprint, config: ActiveConfig | None, read_at_ns: int
+    applied: Fingerprint,
+    current: Fingerprint,
+    config: ActiveConfig | None,
+    read_at_ns: int,
+    attempted: tuple[str, ...] = (),
 ) -> list[str]:
-    """Paths a new config (a reload, the startup) made watched that changed after it was read:
-    an included file gone or changed since, a glob that now matches a file the read did not.
-    Returns their fingerprint keys."""
-    read = {str(file.path) for file in config.files} if config is not None else set()
+    """Paths a new config (a reload, the startup) or a skipped reload made watched that changed
+    after it was read: an included file gone or changed since, a glob that now matches a file
+    the read did not. Returns their fingerprint keys."""
+    applied_read = {str(file.path) for file in config.files} if config is not None else set()
+    read = applied_read | set(attempted)
     changed = []
     for key, value in current.items():
         if key in applied:
@@ -128,7 +162,9 @@ def changed_since_read(
         elif kind == "file" and path in read:
             # a file stamp's 7th field is its ctime in ns (see stamp()); a glob's value is names
             fresh = len(value) == 7 and int(value[6]) >= read_at_ns - CLOCK_SLACK_NS  # type: ignore[call-overload]
-            if value[0] in ("absent", "unusable") or fresh:
+            # A skipped reload's file may never have been there (the missing include it named).
+            gone = value[0] in ("absent", "unusable") and path in applied_read
+            if gone or fresh:
                 changed.append(key)
     return changed
 
@@ -143,17 +179,22 @@ class Watcher:
         read_at: Callable[[], int],
         on_change: Callable[[list[str]], None],
         on_warning: Callable[[str], None],
+        attempted: Callable[[], tuple[str, ...]] = tuple,
     ) -> None:
         self.settings = settings
         # Read from the thread: one reference (or int), each replaced whole.
         self.current_config = current_config
+        self.attempted = attempted  # what the last skipped reload read (ProxyState.attempted_paths)
         self.read_at = read_at  # time.time_ns() when the last config read began
         self.on_change = on_change
         self.on_warning = on_warning
         self.stopping = threading.Event()
         self.polls = 0
         self.told_cap = False  # the cap's WARNING is logged once
-        self._spec: tuple[ActiveConfig | None, WatchSpec] | None = None
+        self.unsettled_limit = max(
+            MAX_UNSETTLED_LOOKS, math.ceil(MIN_UNSETTLED_SECONDS / settings.watch_interval)
+        )
+        self._spec: tuple[tuple[ActiveConfig | None, tuple[str, ...]], WatchSpec] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """RuntimeError when no thread can be had (RLIMIT_NPROC)."""
@@ -163,14 +204,18 @@ class Watcher:
     def stop(self) -> None:
         self.stopping.set()
 
-    def _spec_now(self) -> tuple[ActiveConfig | None, WatchSpec]:
-        config = self.current_config()
-        if self._spec is None or self._spec[0] is not config:
-            self._spec = (config, spec_for(self.settings, config))  # parsed once per config
+    def _spec_now(self) -> tuple[tuple[ActiveConfig | None, tuple[str, ...]], WatchSpec]:
+        """The spec and what it was made from: (config, attempted) are taken once per look, so
+        a reload finishing meanwhile cannot give a look the new spec but the old config."""
+        config, attempted = self.current_config(), self.attempted()
+        if self._spec is None or self._spec[0][0] is not config or self._spec[0][1] != attempted:
+            # parsed once per config
+            spec = with_attempted(spec_for(self.settings, config), attempted)
+            self._spec = ((config, attempted), spec)
         return self._spec
 
-    def _poll(self) -> Fingerprint:
-        prints, capped = fingerprint(self._spec_now()[1], self.stopping)
+    def _poll(self, spec: WatchSpec) -> Fingerprint:
+        prints, capped = fingerprint(spec, self.stopping)
         self.polls += 1
         if capped and not self.told_cap:
             self.told_cap = True
@@ -181,6 +226,14 @@ class Watcher:
             )
         return prints
 
+    def _restless(self, before: Fingerprint | None, now: Fingerprint) -> str:
+        moving = changed_paths(before or {}, now)
+        shown = ", ".join(moving[:3]) + (f" and {len(moving) - 3} more" if len(moving) > 3 else "")
+        return (
+            f"Watch: {shown} kept changing for {self.unsettled_limit + 1} looks"
+            f" ({self.settings.watch_interval:g} s apart); reloading without waiting for it to settle"
+        )
+
     def _tell(self, callback: Callable[..., None], *args: object) -> None:
         try:
             self.loop.call_soon_threadsafe(callback, *args)
@@ -189,24 +242,31 @@ class Watcher:
 
     def _run(self) -> None:
         try:
-            applied = self._poll()
-            applied_for = self._spec_now()[0]
+            applied_for, spec = self._spec_now()
+            applied = self._poll(spec)
             candidate: Fingerprint | None = None
+            unsettled = 0  # looks in a row that saw a pending change still moving
             while not self.stopping.wait(self.settings.watch_interval):
                 read_at = self.read_at()  # before the config: a read begun meanwhile is not missed
-                config = self._spec_now()[0]
-                current = self._poll()
-                if config is not applied_for:  # a reload or the startup read a new tree
-                    for key in changed_since_read(applied, current, config, read_at):
+                made_from, spec = self._spec_now()
+                current = self._poll(spec)
+                if made_from != applied_for:  # a reload or the startup read a new tree
+                    config, attempted = made_from
+                    read_too = attempted + tls_read_by(self.settings, config)
+                    for key in changed_since_read(applied, current, config, read_at, read_too):
                         applied[key] = CHANGED_SINCE_READ  # differs from any stamp until applied
-                    applied_for = config
+                    applied_for = made_from
                 changed = changed_paths(applied, current)
                 if not changed:
-                    applied, candidate = current, None  # also adopts paths a reload added
-                elif candidate != current:
+                    applied, candidate, unsettled = current, None, 0  # also adopts new paths
+                elif candidate != current and unsettled < self.unsettled_limit:
+                    if candidate is not None:
+                        unsettled += 1
                     candidate = current  # still changing (or just changed): wait one more interval
                 else:
-                    applied, candidate = current, None
+                    if unsettled >= self.unsettled_limit and candidate != current:
+                        self._tell(self.on_warning, self._restless(candidate, current))
+                    applied, candidate, unsettled = current, None, 0
                     self._tell(self.on_change, changed)
         except Exception as error:  # a bug here must not go unnoticed, nor take PID 1 along
             self._tell(

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,11 @@ from tests.entrypoint.testing import (
     Launcher,
     Workspace,
     free_port,
+    install_ca,
+    make_ca,
     running_as_root,
     squid_path_directives,
+    ssl_bump_config,
     wait_for_status,
     wait_until,
 )
@@ -340,3 +344,76 @@ def test_an_include_glob_whose_tree_explodes_is_skipped_once_and_pid1_stays_resp
     assert run.stderr.count("Reload skipped") == 1, run.stderr[-3000:]
     assert proxies_through(workspace.squid_port)
     assert_pid1_responsive(run)
+
+
+def assert_skipped_once_then_applied_when_fixed(
+    run: EntrypointRun, skipped: str, fix: Callable[[], None]
+) -> None:
+    """The refused config's own file, fixed, is the next change (not only the running config's)."""
+    run.wait_for_output(
+        rf"(?s)Reload skipped, Squid keeps its current config: .*{skipped}",
+        REACTION_BOUND,
+        stream="stderr",
+    )
+    time.sleep(4 * INTERVAL)  # the same broken state is not retried poll after poll
+    assert run.stderr.count("Reload skipped") == 1, run.stderr[-3000:]
+    fix()
+    run.wait_for_output(r"Squid reconfigured", REACTION_BOUND)
+    assert run.stderr.count("Reload skipped") == 1, run.stderr[-3000:]
+
+
+def test_creating_the_include_a_skipped_config_missed_reloads_it(
+    workspace: Workspace, launch: Launcher
+) -> None:
+    workspace.custom_config.write_bytes(port_config(workspace, workspace.squid_port))
+    run = launch(watching(workspace, workspace.custom_config))
+    run.wait_ready()
+    extra = workspace.etc / "extra.conf"  # named only by the new config, not there yet
+    new_port = free_port()
+    workspace.custom_config.write_bytes(port_config(workspace, new_port, f"include {extra}\n"))
+
+    def create() -> None:
+        extra.write_text("acl created src 10.0.0.1\n")
+        os.chmod(extra, 0o664)
+
+    assert_skipped_once_then_applied_when_fixed(run, r"extra\.conf matches no file", create)
+    assert wait_until(lambda: proxies_through(new_port), REACTION_BOUND), run.output[-3000:]
+
+
+def test_fixing_a_file_only_the_skipped_config_includes_reloads_it(
+    workspace: Workspace, launch: Launcher
+) -> None:
+    workspace.custom_config.write_bytes(port_config(workspace, workspace.squid_port))
+    run = launch(watching(workspace, workspace.custom_config))
+    run.wait_ready()
+    new_dir = workspace.make_dir(workspace.etc / "new.d", 0o775)
+    broken = new_dir / "a.conf"
+    broken.write_text("http_access allow no_such_acl\n")
+    os.chmod(broken, 0o664)
+    new_port = free_port()
+    workspace.custom_config.write_bytes(
+        port_config(workspace, new_port, f"include {new_dir}/*.conf\n")
+    )
+
+    def fix() -> None:
+        broken.write_text("acl fixed src 10.0.0.1\n")
+
+    assert_skipped_once_then_applied_when_fixed(run, "no_such_acl", fix)
+    assert wait_until(lambda: proxies_through(new_port), REACTION_BOUND), run.output[-3000:]
+
+
+def test_the_tls_secret_a_config_turning_on_ssl_bump_lacked_reloads_it_when_it_arrives(
+    workspace: Workspace, launch: Launcher, tmp_path: Path
+) -> None:
+    workspace.custom_config.write_bytes(port_config(workspace, workspace.squid_port))
+    run = launch(watching(workspace, workspace.custom_config))
+    run.wait_ready()
+    workspace.make_dir(workspace.tls_dir, 0o775)
+    text = ssl_bump_config(workspace)  # the same port: only the secret is missing
+    workspace.custom_config.write_text(text)
+    os.chmod(workspace.custom_config, 0o664)
+    cert, key = make_ca(tmp_path, "watch-attempted")
+    assert_skipped_once_then_applied_when_fixed(
+        run, r"tls\.crt", lambda: install_ca(workspace, cert, key)
+    )
+    assert "Merged CA certificate and key" in run.stdout  # the first bump by reload works

@@ -207,13 +207,22 @@ class Recorder:
 
 
 def run_watcher(
-    settings: Settings, config: ActiveConfig | None, body: Callable[[watch.Watcher], None]
+    settings: Settings,
+    config: ActiveConfig | None,
+    body: Callable[[watch.Watcher], None],
+    config_now: Callable[[], ActiveConfig | None] | None = None,
+    read_at: Callable[[], int] = lambda: 0,
 ) -> Recorder:
+    """`config_now`: the running config as the supervisor's state gives it (default: `config`)."""
     recorder = Recorder()
 
     async def main() -> None:
         watcher = watch.Watcher(
-            settings, lambda: config, lambda: 0, recorder.changes.append, recorder.warnings.append
+            settings,
+            config_now or (lambda: config),
+            read_at,
+            recorder.changes.append,
+            recorder.warnings.append,
         )
         watcher.start(asyncio.get_running_loop())
         try:
@@ -266,6 +275,56 @@ def test_a_half_rotated_secret_is_reported_only_once_it_stays_still(tmp_path: Pa
 
     recorder = run_watcher(settings, None, body)
     assert recorder.changes == [[str(settings.tls_cert), str(settings.tls_key)]]
+
+
+def test_a_file_that_never_settles_holds_back_a_reload_only_for_a_bounded_number_of_looks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watch, "MIN_UNSETTLED_SECONDS", 0.0)  # the looks bound alone, for speed
+    settings = settings_for(tmp_path, CONFIG_WATCH_INTERVAL="0.1")
+    settings.config.parent.mkdir()
+    settings.config.write_bytes(b"0\n")
+    flapping = watch.MAX_UNSETTLED_LOOKS + 4
+
+    def body(watcher: watch.Watcher) -> None:
+        wait_polls(watcher, 1)
+        for generation in range(1, flapping + 1):  # a new state at every look: never settled
+            settings.config.write_bytes(f"{generation}\n".encode() * generation)
+            wait_polls(watcher, 1)
+        # stopped at once: a call seen now was made while the file was still moving
+
+    recorder = run_watcher(settings, None, body)
+    assert recorder.changes, "a file rewritten at every look held back every reload"
+    assert len(recorder.warnings) == 1, recorder.warnings
+    assert str(settings.config) in recorder.warnings[0]
+    assert "kept changing" in recorder.warnings[0]
+
+
+def test_a_secret_rotated_just_after_a_reload_turned_ssl_bump_on_is_a_change(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(tmp_path, CONFIG_WATCH_INTERVAL="0.1")
+    plain = config_of(settings, "http_port 3128\n")
+    bumping = config_of(settings, "http_port 3128 ssl-bump\n")
+    settings.tls_dir.mkdir()
+    settings.tls_cert.write_bytes(b"cert 1")
+    settings.tls_key.write_bytes(b"key 1")
+    config_now: list[ActiveConfig] = [plain]
+    read_at = [0]
+
+    def body(watcher: watch.Watcher) -> None:
+        wait_polls(watcher, 2)  # the plain config's spec: the TLS pair is not watched
+        time.sleep(0.3)  # the pair's ctime well before the reload's read
+        read_at[0] = time.time_ns()  # the reload that turns SSL-bump on reads the pair ...
+        settings.tls_cert.write_bytes(b"cert 2")  # ... and the secret rotates right after
+        settings.tls_key.write_bytes(b"key 2")
+        config_now[0] = bumping  # the reload is applied; the next look watches the pair
+        wait_polls(watcher, 5)
+
+    recorder = run_watcher(
+        settings, None, body, config_now=lambda: config_now[0], read_at=lambda: read_at[0]
+    )
+    assert recorder.changes == [[str(settings.tls_cert), str(settings.tls_key)]], recorder.changes
 
 
 # -- single-file mounts (mountinfo parsing; the real bind mount is in watch_e2e_test) --------------
