@@ -14,8 +14,13 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.acceptance.kube_play_test import KUBERNETES_DIR, KubePlay, kube, kube_gateway, podman  # noqa: F401 - fixtures
 from tests.support import netutil
+
+# `podman kube play` only: the docker run of the suite leaves it out (like kube_play_test).
+pytestmark = pytest.mark.podman_only
 
 CONFIG_DIR = "/etc/squid/custom"
 WATCH_INTERVAL_S = 1
