@@ -25,6 +25,7 @@ from tests.entrypoint.testing import (
     make_ca,
     make_server_cert,
     openssl,
+    openssl_path,
     python_for_child,
     ssl_bump_config,
     start_local_https_server,
@@ -218,7 +219,7 @@ def make_expired_ca(directory: Path) -> tuple[Path, Path]:
 
     def run(*args: str) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
-            [openssl(), *args], cwd=work, check=True, capture_output=True, timeout=120
+            [openssl_path(), *args], cwd=work, check=True, capture_output=True, timeout=120
         )
 
     run(

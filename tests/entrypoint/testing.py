@@ -82,8 +82,14 @@ def _propagation(unshare: str) -> str:
 
 
 # -- certificates (openssl CLI, tests only) --------------------------------------------------------
-def openssl() -> str:
-    found = shutil.which("openssl")
+def openssl() -> str | None:
+    """The openssl CLI, or None: modules skip on None (`skipif(openssl() is None)`)."""
+    return shutil.which("openssl")
+
+
+def openssl_path() -> str:
+    """The openssl CLI for a command line; the test skips when there is none."""
+    found = openssl()
     if found is None:
         pytest.skip("needs the openssl command line tool")
     return found
@@ -93,7 +99,7 @@ def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
     key, cert = directory / f"{name}.key", directory / f"{name}.crt"
     subprocess.run(
         [
-            openssl(),
+            openssl_path(),
             "req",
             "-x509",
             "-newkey",
@@ -132,7 +138,7 @@ def make_server_cert(directory: Path, ca_cert: Path, ca_key: Path, name: str) ->
     )
     subprocess.run(
         [
-            openssl(),
+            openssl_path(),
             "req",
             "-newkey",
             "rsa:2048",
@@ -150,7 +156,7 @@ def make_server_cert(directory: Path, ca_cert: Path, ca_key: Path, name: str) ->
     )
     subprocess.run(
         [
-            openssl(),
+            openssl_path(),
             "x509",
             "-req",
             "-in",
