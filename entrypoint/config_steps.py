@@ -16,6 +16,7 @@ from entrypoint.mounted_files import TLS_SIZE_LIMIT, FileProblem, read_bounded
 from entrypoint.processes import ChildProcesses
 from entrypoint.settings import Settings
 from entrypoint.squid_config import ActiveConfig, CertDb, ConfigError
+from entrypoint.threads import start_daemon_thread
 
 if TYPE_CHECKING:
     from entrypoint.state import ProxyState
@@ -60,7 +61,7 @@ async def in_worker(
             pass  # the loop is closed: nobody waits any more
 
     try:
-        threading.Thread(target=work, name="cephaloproxy-config", daemon=True).start()
+        start_daemon_thread(work, "cephaloproxy-config")
     except RuntimeError:
         raise ConfigError(
             f"cannot start a thread for {what}: the container's process limit"

@@ -94,6 +94,7 @@ def serve(args: argparse.Namespace, cache_dirs: tuple[Path, ...]) -> int:
     )
     from entrypoint.logs import configure_logging
     from entrypoint.squid_serving import SquidWatch
+    from entrypoint.threads import start_daemon_thread
 
     log = configure_logging(args.log_level)
     signal.signal(signal.SIGTERM, _stop)
@@ -131,7 +132,7 @@ def serve(args: argparse.Namespace, cache_dirs: tuple[Path, ...]) -> int:
         )
     server = HealthServer(listener, targets, watch, metrics)
     try:
-        threading.Thread(target=watch.run_sampler, args=(threading.Event(),), daemon=True).start()
+        start_daemon_thread(watch.run_sampler, "sampler", (threading.Event(),))
     except RuntimeError as error:  # "can't start new thread": the kernel refused it (EAGAIN)
         log.error(
             "Health server cannot start its sampler thread (%s): the container's process limit"

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from entrypoint.exposition import CONTENT_TYPE, Family, render
 from entrypoint.metrics import MANAGER_TIMEOUT
+from entrypoint.threads import start_daemon_thread
 
 SCRAPE_DEADLINE = (
     MANAGER_TIMEOUT + 3.0
@@ -120,9 +121,8 @@ class MetricsRoute:
     def _start_worker(self) -> bool:
         if self._thread is not None:
             return True
-        thread = threading.Thread(target=self._work, name="metrics", daemon=True)
         try:
-            thread.start()
+            thread = start_daemon_thread(self._work, "metrics")
         except RuntimeError as error:  # "can't start new thread": EAGAIN from the kernel
             log.error(
                 "Health server cannot start its metrics thread (%s): raise the process limit", error

@@ -30,6 +30,7 @@ from entrypoint.squid_config import (
     include_glob_matches,
     include_patterns,
 )
+from entrypoint.threads import start_daemon_thread
 
 MAX_WATCHED_FILES = MAX_CONFIG_FILES  # what the include walker reads at most for one config
 MOUNTINFO_LIMIT = 4 * 1024 * 1024
@@ -199,7 +200,7 @@ class Watcher:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """RuntimeError when no thread can be had (RLIMIT_NPROC)."""
         self.loop = loop
-        threading.Thread(target=self._run, name="cephaloproxy-watch", daemon=True).start()
+        start_daemon_thread(self._run, "cephaloproxy-watch")
 
     def stop(self) -> None:
         self.stopping.set()
