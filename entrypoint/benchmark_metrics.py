@@ -14,6 +14,7 @@ Ratios only, measured in the same run; nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import threading
@@ -73,9 +74,20 @@ def load(proxy: str, origin_port: int, stop: threading.Event, done: list[int]) -
     done.append(count)
 
 
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One phase's result: CPU seconds per second of Squid and of the health server, scrape and probe walls."""
+
+    elapsed: float
+    squid: float
+    health: float
+    walls: list[float]
+    probes: list[float]
+
+
 def measure(
     pids: list[int], health: int, scrapes: int, interval: float, scrape_url: str | None
-) -> dict[str, object]:
+) -> Phase:
     """CPU rates over scrapes x interval seconds; with `scrape_url`, one scrape at the start of each interval."""
     squid_before, health_before = cpu_seconds(pids), cpu_seconds([health])
     started = time.monotonic()
@@ -94,13 +106,13 @@ def measure(
             probes.append(time.monotonic() - began)
     time.sleep(max(0.0, started + scrapes * interval - time.monotonic()))
     elapsed = time.monotonic() - started
-    return {
-        "elapsed": elapsed,
-        "squid": (cpu_seconds(pids) - squid_before) / elapsed,
-        "health": (cpu_seconds([health]) - health_before) / elapsed,
-        "walls": walls,
-        "probes": probes,
-    }
+    return Phase(
+        elapsed=elapsed,
+        squid=(cpu_seconds(pids) - squid_before) / elapsed,
+        health=(cpu_seconds([health]) - health_before) / elapsed,
+        walls=walls,
+        probes=probes,
+    )
 
 
 def main() -> int:
@@ -147,12 +159,12 @@ def main() -> int:
         run.cleanup()
         origin.close()
         workspace.remove()
-    walls = sorted(wall * 1000 for wall in scraped["walls"])  # type: ignore[attr-defined]
-    probes = sorted(probe * 1000 for probe in scraped["probes"])  # type: ignore[attr-defined]
+    walls = sorted(wall * 1000 for wall in scraped.walls)
+    probes = sorted(probe * 1000 for probe in scraped.probes)
     n = len(walls)
-    squid_alone, squid_scraped = float(alone["squid"]), float(scraped["squid"])  # type: ignore[arg-type]
-    health_alone, health_scraped = float(alone["health"]), float(scraped["health"])  # type: ignore[arg-type]
-    elapsed = float(scraped["elapsed"])  # type: ignore[arg-type]  # the phase's result dict
+    squid_alone, squid_scraped = alone.squid, scraped.squid
+    health_alone, health_scraped = alone.health, scraped.health
+    elapsed = scraped.elapsed
 
     def per_scrape(rate_b: float, rate_a: float) -> float:
         return (rate_b - rate_a) * elapsed / max(n, 1) * 1000

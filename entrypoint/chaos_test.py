@@ -486,6 +486,15 @@ class Sample:
     status: int
 
 
+@dataclasses.dataclass
+class NotServing:
+    """A span in which the plan left nothing serving; end is None while it lasts."""
+
+    start: float
+    label: str
+    end: float | None = None
+
+
 class Prober(threading.Thread):
     """Asks /health every PROBE_INTERVAL (new connection, PROBE_TIMEOUT) and records the answers."""
 
@@ -607,7 +616,7 @@ class ChaosRun:
         self.watchers: list[threading.Thread] = []
         self.stopped_kids: list[int] = []
         self.squatter: socket.socket | None = None
-        self.not_serving: list[list[object]] = []  # [start, end or None, label]
+        self.not_serving: list[NotServing] = []
         self.squid_pid = 0
         self.step_number = 0
         self.violations: list[str] = []
@@ -927,19 +936,15 @@ class ChaosRun:
             lambda: all(process_state(k) in (state, None) for k in kids), 10
         ):
             self.notes.append(f"kids {describe_processes(kids)} not in state {state} within 10 s")
-        interval: list[object] = [
-            time.monotonic(),
-            None,
-            f"kids {kids} {'frozen' if frozen else 'stopped'}",
-        ]
+        interval = NotServing(time.monotonic(), f"kids {kids} {'frozen' if frozen else 'stopped'}")
         self.not_serving.append(interval)
         try:
             if bound:
-                self.wait_health_fails(float(interval[0]))  # type: ignore[arg-type]
+                self.wait_health_fails(interval.start)
             else:
                 time.sleep(hold)
         finally:
-            interval[1] = time.monotonic()
+            interval.end = time.monotonic()
             self.release_kids()
         self.check_liveness()
 
@@ -1160,14 +1165,15 @@ class ChaosRun:
         if self.prober is None:
             return
         samples = list(self.prober.samples)
-        for start, end, label in self.not_serving:
-            limit = float(start) + LIVENESS_BOUND + SLACK  # type: ignore[arg-type]
-            finish = float("inf") if end is None else float(end)  # type: ignore[arg-type]
+        for interval in self.not_serving:
+            limit = interval.start + LIVENESS_BOUND + SLACK
+            finish = float("inf") if interval.end is None else interval.end
             late = [s for s in samples if s.start >= limit and s.end <= finish and s.status == 200]
             if late:
+                label = interval.label
                 self.record_once(
                     f"liveness {label}",
-                    f"/health answered 200 {late[-1].start - float(start):.1f} s after {label} (nothing"  # type: ignore[arg-type]
+                    f"/health answered 200 {late[-1].start - interval.start:.1f} s after {label} (nothing"
                     f" served; liveness bound {LIVENESS_BOUND:g} s + {SLACK:g} s slack), {len(late)} such probe(s)",
                 )
 

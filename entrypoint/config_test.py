@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.entrypoint.harness import search_group
 from tests.entrypoint.testing import (
     UNPRIVILEGED_GID,
     UNPRIVILEGED_UID,
+    EntrypointRun,
     Launcher,
     Workspace,
     free_port,
@@ -129,8 +131,8 @@ def test_unwritable_runtime_dir_exits_1_naming_it(workspace: Workspace, launch: 
     assert run.descendants_left() == []
 
 
-def run_uid(run) -> int:
-    return int(re.search(r"UID: (\d+)", run.stdout).group(1))  # type: ignore[union-attr]
+def run_uid(run: EntrypointRun) -> int:
+    return int(search_group(r"UID: (\d+)", run.stdout))
 
 
 # Secrets a config may carry: a cache_peer login and auth helper arguments.
@@ -349,7 +351,8 @@ def test_stale_write_probe_of_pid_1_does_not_block_a_restart(
 ) -> None:
     # In a container the entrypoint is always PID 1: a probe named after the pid, left by a
     # crash on a persistent volume, used to make every later start fail. Run it as PID 1.
-    if not running_as_root() or not (shutil.which("unshare") and shutil.which("setpriv")):
+    unshare, setpriv = shutil.which("unshare"), shutil.which("setpriv")
+    if not running_as_root() or unshare is None or setpriv is None:
         pytest.skip(
             "needs root, unshare and setpriv to run the entrypoint as PID 1 of a pid namespace"
         )
@@ -358,13 +361,13 @@ def test_stale_write_probe_of_pid_1_does_not_block_a_restart(
     stale.write_text("left by a crash\n")
     argv = [
         # --propagation unchanged: with_private_shm has already made the mounts private.
-        shutil.which("unshare"),
+        unshare,
         "--pid",
         "--fork",
         "--mount-proc",
         "--propagation",
         "unchanged",
-        shutil.which("setpriv"),
+        setpriv,
         f"--reuid={UNPRIVILEGED_UID}",
         f"--regid={UNPRIVILEGED_GID}",
         "--clear-groups",
@@ -372,7 +375,7 @@ def test_stale_write_probe_of_pid_1_does_not_block_a_restart(
         python_for_child(),
         str(workspace.bin / "entrypoint.py"),
     ]
-    run = launch(argv=with_private_shm(argv), user=(0, 0))  # type: ignore[arg-type]
+    run = launch(argv=with_private_shm(argv), user=(0, 0))
     run.wait_ready()
     assert "(UID: 1000660000" in run.stdout
     leftovers = sorted(
@@ -407,10 +410,11 @@ def test_unwritable_dev_shm_is_refused_with_the_fix(
 ) -> None:
     # The real /dev/shm, replaced in a private mount namespace by a read-only or a root-owned
     # 0755 tmpfs; the entrypoint then runs as the unprivileged UID as usual.
-    if not shutil.which("setpriv"):
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
         pytest.skip("needs setpriv")
     inner = [
-        shutil.which("setpriv"),
+        setpriv,
         f"--reuid={UNPRIVILEGED_UID}",
         f"--regid={UNPRIVILEGED_GID}",
         "--clear-groups",
@@ -418,7 +422,7 @@ def test_unwritable_dev_shm_is_refused_with_the_fix(
         python_for_child(),
         str(workspace.bin / "entrypoint.py"),
     ]
-    run = launch(argv=with_private_shm(inner, mount_options), user=(0, 0))  # type: ignore[arg-type]
+    run = launch(argv=with_private_shm(inner, mount_options), user=(0, 0))
     assert run.wait_exit(60) == 1
     assert "/dev/shm is not writable" in run.stderr, run.stderr
     assert "medium: Memory" in run.stderr

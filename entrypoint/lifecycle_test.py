@@ -15,7 +15,13 @@ import uuid
 
 import pytest
 
-from tests.entrypoint.harness import as_pid1, children_of, pid1_host_pid, pid_namespace_problem
+from tests.entrypoint.harness import (
+    as_pid1,
+    children_of,
+    pid1_host_pid,
+    pid_namespace_problem,
+    search_group,
+)
 from tests.entrypoint.testing import (
     UNPRIVILEGED_UID,
     Launcher,
@@ -182,7 +188,7 @@ def proxied_traffic_with_long_urls(workspace: Workspace, requests: int) -> None:
 
 def fd_flags(pid: int, fd: int) -> int:
     fdinfo = open(f"/proc/{pid}/fdinfo/{fd}").read()
-    return int(re.search(r"^flags:\s+(\d+)", fdinfo, re.MULTILINE).group(1), 8)  # type: ignore[union-attr]
+    return int(search_group(r"^flags:\s+(\d+)", fdinfo, re.MULTILINE), 8)
 
 
 def assert_stdio_written_the_images_way(pid: int) -> None:

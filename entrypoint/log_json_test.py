@@ -74,7 +74,9 @@ def json_records() -> Iterator[_Lines]:
     root = logging.getLogger()
     saved = (list(root.handlers), root.level, sys.excepthook, threading.excepthook)
     configure_logging("DEBUG", log_format="json")
-    collector = _Lines(root.handlers[0].formatter)  # type: ignore[arg-type]
+    formatter = root.handlers[0].formatter
+    assert formatter is not None, "configure_logging left its handler without a formatter"
+    collector = _Lines(formatter)
     for handler in list(root.handlers):
         root.removeHandler(handler)
     root.addHandler(collector)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.entrypoint.harness import search_group
 from tests.entrypoint.testing import (
     ORIGIN_HOSTNAME,
     Launcher,
@@ -356,7 +357,7 @@ def test_ssl_bump_works_as_root(workspace: Workspace, launch: Launcher, tmp_path
         user=(0, 0),
     )
     run.wait_ready()
-    squid_uid = int(re.search(r"Squid switches to user \S+ \(UID (\d+)\)", run.stdout).group(1))  # type: ignore[union-attr]
+    squid_uid = int(search_group(r"Squid switches to user \S+ \(UID (\d+)\)", run.stdout))
     assert squid_uid != 0
     db = workspace.runtime_dir("lib") / "ssl_db"
     assert {p.stat().st_uid for p in [db, *db.rglob("*")]} == {squid_uid}

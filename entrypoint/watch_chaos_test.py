@@ -53,19 +53,19 @@ class Rig:
     def __init__(
         self,
         workspace: Workspace,
-        run: EntrypointRun,
         volume: KubeletVolume,
         cas: list[tuple[Path, Path]],
         ports: list[int],
     ) -> None:
-        self.workspace, self.run, self.volume, self.cas, self.ports = (
-            workspace,
-            run,
-            volume,
-            cas,
-            ports,
-        )
+        self.workspace, self.volume, self.cas, self.ports = workspace, volume, cas, ports
         self.template = ssl_bump_config(workspace)
+        # None until the entrypoint runs: it starts on the files this rig writes first.
+        self.started: EntrypointRun | None = None
+
+    @property
+    def run(self) -> EntrypointRun:
+        assert self.started is not None, "the rig's entrypoint has not started yet"
+        return self.started
 
     def config(self, port: int, broken: bool = False) -> bytes:
         text = self.template.replace(f"127.0.0.1:{self.workspace.squid_port}", f"127.0.0.1:{port}")
@@ -86,7 +86,7 @@ def rig(workspace: Workspace, launch: Launcher, tmp_path: Path) -> Iterator[Rig]
     volume = KubeletVolume(workspace.etc / "custom")
     workspace.make_dir(workspace.tls_dir, 0o775)
     run = None
-    rig_ = Rig(workspace, None, volume, cas, ports)  # type: ignore[arg-type]
+    rig_ = Rig(workspace, volume, cas, ports)
     volume.publish({"squid.conf": rig_.config(ports[0])})
     rig_.write_tls("tls.crt", cas[0][0].read_bytes())
     rig_.write_tls("tls.key", cas[0][1].read_bytes())
@@ -98,7 +98,7 @@ def rig(workspace: Workspace, launch: Launcher, tmp_path: Path) -> Iterator[Rig]
         )
     )
     run.wait_ready()
-    rig_.run = run
+    rig_.started = run
     yield rig_
     run.process.terminate()
     assert run.wait_exit(60) == 0, "PID 1 did not stop within 60 s after the chaos"

@@ -65,15 +65,22 @@ def _diff_ids_match(image: image_defects.Archive) -> None:
         f"sha256:{hashlib.sha256(image_defects._uncompressed(layer)).hexdigest()}"
         for layer in image.layers
     ]
-    assert image.config["rootfs"]["diff_ids"] == expected  # type: ignore[index]
+    assert image_defects._diff_ids(image.config) == expected
+
+
+def _run_config(image: image_defects.Archive) -> dict[str, object]:
+    """The image config's "config" object: User, Entrypoint and the like."""
+    run_config = image.config["config"]
+    assert isinstance(run_config, dict), image.config
+    return run_config
 
 
 def test_with_user_changes_only_the_config(tmp_path: Path) -> None:
     source = _archive(tmp_path / "real.tar")
     broken = image_defects.with_user(source, tmp_path / "root.tar", "0")
     image = image_defects.read_archive(broken)
-    assert image.config["config"]["User"] == "0"  # type: ignore[index]
-    assert image.config["config"]["Entrypoint"] == ["/usr/bin/python3"]  # type: ignore[index]
+    assert _run_config(image)["User"] == "0"
+    assert _run_config(image)["Entrypoint"] == ["/usr/bin/python3"]
     assert image.layers == image_defects.read_archive(source).layers
     assert image_source.repo_tags_in_tarball(broken) == ["cephaloproxy-planted:user-0"]
 

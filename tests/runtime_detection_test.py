@@ -7,6 +7,7 @@ scripts that record their argv and CONTAINERS_CONF and answer like the real CLIs
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -49,8 +50,23 @@ def _fake(directory: Path, name: str, engine_up: bool) -> Path:
     return path
 
 
-def _records(path: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One run of a fake, as it recorded it: its argv and the CONTAINERS_CONF it saw."""
+
+    argv: list[str]
+    conf: str | None
+
+
+def _calls(path: Path) -> list[Call]:
+    calls = []
+    for line in path.read_text().splitlines():
+        fields = json.loads(line)
+        argv, conf = fields["argv"], fields["conf"]
+        assert isinstance(argv, list) and all(isinstance(arg, str) for arg in argv), line
+        assert conf is None or isinstance(conf, str), line
+        calls.append(Call(argv, conf))
+    return calls
 
 
 def test_docker_cli_without_engine_falls_back_to_podman_with_runc_and_conf(tmp_path: Path) -> None:
@@ -72,8 +88,8 @@ def test_docker_cli_without_engine_falls_back_to_podman_with_runc_and_conf(tmp_p
     assert "Cannot connect to the Docker daemon" in detection.rejected[0]
     conf = Path(detection.spec.env["CONTAINERS_CONF"])
     assert conf.read_text() == "[containers]\ndefault_ulimits = []\n"
-    podman_calls = [r for r in _records(record) if Path(str(r["argv"][0])).name == "podman"]  # type: ignore[index]
-    assert podman_calls and podman_calls[0]["conf"] == str(conf), (
+    podman_calls = [call for call in _calls(record) if Path(call.argv[0]).name == "podman"]
+    assert podman_calls and podman_calls[0].conf == str(conf), (
         "the probe must already use the written conf"
     )
 
@@ -161,8 +177,8 @@ def test_wrapper_builds_argv_and_parses_answers(tmp_path: Path) -> None:
         add_hosts={"a.test": "10.88.0.1"},
     )
     wrapper.run_detached("img:1", options)
-    last = _records(record)[-1]["argv"]
-    assert last[1:] == [  # type: ignore[index]
+    last = _calls(record)[-1].argv
+    assert last[1:] == [
         "run", "--detach", "--name", "n1", "--env", "LOG_LEVEL=DEBUG", "--user", "1234567:0",
         "--publish", "127.0.0.1:40001:3128/tcp", "--volume", f"{tmp_path}:/etc/squid/ssl_cert:ro",
         "--tmpfs", "/tmp", "--read-only", "--add-host", "a.test:10.88.0.1", "img:1",

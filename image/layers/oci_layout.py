@@ -143,9 +143,13 @@ def read_manifest(layout: Path) -> tuple[str, dict[str, object], dict[str, objec
     if not isinstance(manifests, list) or len(manifests) != 1:
         raise LayoutError(f"{layout}/index.json should list exactly one image manifest")
     digest = str(manifests[0]["digest"])
-    manifest = _read_json(_blob(layout, digest))
-    config = _read_json(_blob(layout, manifest["config"]["digest"]))  # type: ignore[index]
-    blobs = [_blob(layout, layer["digest"]) for layer in manifest["layers"]]  # type: ignore[attr-defined]
+    manifest_file = _blob(layout, digest)
+    manifest = _read_json(manifest_file)
+    config_descriptor, layers = manifest.get("config"), manifest.get("layers")
+    if not isinstance(config_descriptor, dict) or not isinstance(layers, list):
+        raise LayoutError(f"{manifest_file} should hold a config descriptor and a list of layers")
+    config = _read_json(_blob(layout, str(config_descriptor["digest"])))
+    blobs = [_blob(layout, str(layer["digest"])) for layer in layers]
     return digest, manifest, config, blobs
 
 

@@ -18,14 +18,18 @@ def document() -> dict[str, object]:
 
 
 def test_rule_output_describes_lock_squid_and_the_runtime(document: dict[str, object]) -> None:
-    packages = {p["name"]: p for p in document["packages"]}  # type: ignore[attr-defined]
+    listed = document["packages"]
+    assert isinstance(listed, list), document
+    packages = {p["name"]: p for p in listed}
     assert sorted(packages) == ["cephaloproxy", "libstdc++6", "python", "squid", "tzdata"]
     # patchlevel.h of the runtime's files, found by the rule.
     assert packages["python"]["versionInfo"] == "3.13.9"
     assert packages["squid"]["versionInfo"] == "7.7"
     assert "--with-openssl" in packages["squid"]["comment"]
     assert packages["cephaloproxy"]["versionInfo"] == "0.0.0-unstamped"
-    assert document["creationInfo"]["created"] == "1970-01-01T00:00:00Z"  # type: ignore[index]
+    creation = document["creationInfo"]
+    assert isinstance(creation, dict), document
+    assert creation["created"] == "1970-01-01T00:00:00Z"
 
 
 def test_the_cyclonedx_rule_describes_the_same_packages() -> None:

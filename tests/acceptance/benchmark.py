@@ -214,7 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"benchmark: no usable container runtime: {detection.reason()}", file=sys.stderr)
         return 2
     runtime = ContainerRuntime(detection.spec)
-    image = choice.reference or runtime.load(choice.tarball)[0]  # type: ignore[arg-type]
+    if choice.reference:
+        image = choice.reference
+    else:
+        assert choice.tarball is not None, "choose_image gives a reference or a tarball"
+        image = runtime.load(choice.tarball)[0]
     address = harness.host_address(runtime)
     if address is None:
         print(

@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from tools.squid.squid_under_test import squid_under_test
 
@@ -61,6 +61,13 @@ def squid_version() -> tuple[int, ...]:
     return tuple(int(x) for x in match.groups()) if match else (0, 0)
 
 
+def search_group(pattern: str, text: str, flags: int = 0) -> str:
+    """Group 1 of `pattern`'s first match in `text`; fails naming the pattern and the text's end when none."""
+    match = re.search(pattern, text, flags)
+    assert match is not None, f"no match for {pattern!r} in:\n{text[-2500:]}"
+    return match.group(1)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -72,7 +79,15 @@ def running_as_root() -> bool:
 
 
 # -- where the entrypoint runs ----------------------------------------------------------------
-def _child_user_options() -> dict[str, Any]:
+class ChildUser(TypedDict, total=False):
+    """subprocess keyword arguments that choose a child's user (empty: ours)."""
+
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
+def _child_user_options() -> ChildUser:
     if not running_as_root():
         return {}
     return {"user": UNPRIVILEGED_UID, "group": UNPRIVILEGED_GID, "extra_groups": []}
@@ -370,7 +385,7 @@ class EntrypointRun:
         self.stderr_lines: list[str] = []
         self._changed = threading.Condition()
         command = argv or [python_for_child(), str(workspace.bin / "entrypoint.py")]
-        options = (
+        options: ChildUser = (
             _child_user_options()
             if user is None
             else {"user": user[0], "group": user[1], "extra_groups": []}
@@ -378,7 +393,7 @@ class EntrypointRun:
         out_read, out_write = os.pipe() if stdout is None else (-1, stdout)
         err_read, err_write = os.pipe()
         for fd in (out_write, err_write):
-            give_pipe_to(fd, options.get("user"))  # type: ignore[arg-type]
+            give_pipe_to(fd, options.get("user"))
         try:
             self.process = subprocess.Popen(
                 command,

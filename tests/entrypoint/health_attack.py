@@ -58,6 +58,13 @@ def probe(
     return elapsed if elapsed <= timeout else None
 
 
+def _registered_socket(key: selectors.SelectorKey) -> socket.socket:
+    """The socket a selector key holds: the attack registers only sockets."""
+    sock = key.fileobj
+    assert isinstance(sock, socket.socket), sock
+    return sock
+
+
 class Attack(threading.Thread):
     """`idle` connections that send nothing and `dribblers` that send a request head one byte
     every DRIBBLE_INTERVAL, all opened at once; each one the server closes is opened again, at
@@ -123,8 +130,7 @@ class Attack(threading.Thread):
         allowance, last = 0.0, time.monotonic()
         while not self.stopping.is_set():
             for key, _ in self.selector.select(0.05):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
+                sock = _registered_socket(key)
                 try:
                     sock.recv(4096)
                 except BlockingIOError:
@@ -144,7 +150,7 @@ class Attack(threading.Thread):
                     self._open(dribbler)
             self._dribble(now)
         for key in list(self.selector.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
+            _registered_socket(key).close()
         self.selector.close()
 
     def stop(self) -> None:

@@ -26,6 +26,8 @@ def parse_exposition(text: str) -> tuple[Series, dict[str, str]]:
         "\n"
     ):  # the parser infers a family for a sample without TYPE: be strict here
         if line and not line.startswith("#"):
-            name = re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group()  # type: ignore[union-attr]
+            match = re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line)
+            assert match is not None, f"no metric name at the start of {line!r}"
+            name = match.group()
             assert f"# TYPE {name} " in text and f"# HELP {name} " in text, line
     return series, types

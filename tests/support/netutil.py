@@ -120,12 +120,16 @@ class _Server(http.server.ThreadingHTTPServer):
             self.socket.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
         super().server_bind()
 
-    def finish_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
+    def finish_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: tuple[str, int]
+    ) -> None:
         # TLS handshake here, in the per-connection thread, so one stalled client
         # cannot block accept() for the others.
         if self.tls is None:
             super().finish_request(request, client_address)
             return
+        # BaseServer's signature also admits UDP's (data, socket); a TCP server gets sockets.
+        assert isinstance(request, socket.socket), request
         request.settimeout(30)
         tls_request = self.tls.wrap_socket(request, server_side=True)  # detaches `request`
         try:

@@ -96,7 +96,9 @@ def outputs_from_events(events: list[dict[str, object]]) -> dict[str, Path]:
         event_id = event.get("id", {})
         assert isinstance(event_id, dict)
         if "namedSet" in event_id:
-            named_sets[str(event_id["namedSet"]["id"])] = event.get("namedSetOfFiles", {})  # type: ignore[assignment]
+            named_set = event.get("namedSetOfFiles", {})
+            assert isinstance(named_set, dict), event
+            named_sets[str(event_id["namedSet"]["id"])] = named_set
         elif "targetCompleted" in event_id:
             completed = event.get("completed", {})
             assert isinstance(completed, dict)
