@@ -162,7 +162,8 @@ def changed_since_read(
                 changed.append(key)
         elif kind == "file" and path in read:
             # a file stamp's 7th field is its ctime in ns (see stamp()); a glob's value is names
-            fresh = len(value) == 7 and int(value[6]) >= read_at_ns - CLOCK_SLACK_NS  # type: ignore[call-overload]
+            ctime_ns = value[6] if len(value) == 7 else None
+            fresh = isinstance(ctime_ns, int) and ctime_ns >= read_at_ns - CLOCK_SLACK_NS
             # A skipped reload's file may never have been there (the missing include it named).
             gone = value[0] in ("absent", "unusable") and path in applied_read
             if gone or fresh:
