@@ -140,7 +140,10 @@ class LineRelay(asyncio.Protocol):
         rendered = (
             safe_lines(texts) if self.render is safe_line else [self.render(t) for t in texts]
         )
-        self.sink.write_lines([piece for text in rendered for piece in _pieces(text)])
+        if max(map(len, rendered)) <= MAX_LINE_BYTES:  # no line to cut: one block, no per-line work
+            self.sink.write_block(("\n".join(rendered) + "\n").encode("utf-8", errors="replace"))
+        else:
+            self.sink.write_lines([piece for text in rendered for piece in _pieces(text)])
 
     def _collapsed(self, raws: list[bytes]) -> list[bytes]:
         kept = []

@@ -116,6 +116,19 @@ class OutputSink:
         if not self._watching:
             self._flush()
 
+    def write_block(self, block: bytes) -> None:
+        """Queue several lines joined (each ends with a newline): whole when all fit (the common
+        case: no per-line work), else line by line as write_lines drops them."""
+        if self._broken or not block:
+            return
+        if self._queued_bytes + len(block) > self.limit_bytes:
+            self.write_lines([line + b"\n" for line in block.split(b"\n")[:-1]])
+            return
+        self._queue.append(memoryview(block))
+        self._queued_bytes += len(block)
+        if not self._watching:
+            self._flush()
+
     def _notice(self) -> bytes:
         message = f"dropped {self.dropped} log lines ({self.name} reader stalled)"
         return f"{self.render_notice(message)}\n".encode()

@@ -156,16 +156,19 @@ def test_a_batch_queues_and_drops_each_line_as_one_by_one_would(
 ) -> None:
     """The slow-reader protection is per line whether lines come one by one or as a batch."""
     lines = [b"x" * (size - 1) + b"\n" for size in sizes]
-    one, batch = _full_sink(limit), _full_sink(limit)
+    one, batch, block = _full_sink(limit), _full_sink(limit), _full_sink(limit)
     try:
         for line in lines:
             one[0].write_line(line)
         batch[0].write_lines(lines[:split])
         batch[0].write_lines(lines[split:])
-        assert (batch[0].pending_bytes, batch[0].dropped) == (one[0].pending_bytes, one[0].dropped)
-        assert b"".join(batch[0]._queue) == b"".join(one[0]._queue)
+        block[0].write_block(b"".join(lines[:split]))  # the relay's joined block, no per-line work
+        block[0].write_block(b"".join(lines[split:]))
+        for sink in (batch[0], block[0]):
+            assert (sink.pending_bytes, sink.dropped) == (one[0].pending_bytes, one[0].dropped)
+            assert b"".join(sink._queue) == b"".join(one[0]._queue)
     finally:
-        for sink, read_end, write_end in (one, batch):
+        for sink, read_end, write_end in (one, batch, block):
             for fd in (read_end, write_end, sink.fd):
                 os.close(fd)
 

@@ -27,7 +27,11 @@ _START = r"""(?<![^ \t\r\n"'(=,;])"""  # an option starts a word (or follows a q
 _CREDENTIAL = (
     r"(?:passw|passph|pwd|secret|token|login|key|credential|community|(?<![a-z])pass(?![a-z]))"
 )
-_NAME = rf"[a-z0-9_.-]*?{_CREDENTIAL}[a-z0-9_.-]*"
+# An option name: a run of name characters holding a credential word. The lookahead finds the
+# word, then the run is taken whole and never given back (possessive): one pass over the run,
+# where `[...]*?CREDENTIAL[...]*` retried the tail at every credential word in it (quadratic:
+# 8 KiB of "--pwd" in a URL cost 0.9 s of PID 1's loop).
+_NAME = rf"(?=[a-z0-9_.-]*?{_CREDENTIAL})[a-z0-9_.-]*+"
 _FLAGS = re.IGNORECASE | re.ASCII  # ASCII case folding: what Squid and its helpers fold
 _CREDENTIAL_RE = re.compile(_CREDENTIAL, _FLAGS)
 _FIRST_WORD = re.compile(_WORD)
@@ -53,17 +57,66 @@ def _credentials(value: str) -> str:
     return value.split(None, 1)[1] if " " in value else value
 
 
+def _every_match(pattern: re.Pattern[str], line: str) -> Iterator[re.Match[str]]:
+    return pattern.finditer(line)
+
+
 class _Rule(NamedTuple):
     pattern: re.Pattern[str]
     context: str = ""  # only for lines that contain this (lower case), e.g. a helper's name
     keep: Callable[[re.Match[str]], bool] = lambda match: False  # a match that is no secret
     remember: Callable[[str], str] = _whole  # what of the value to remember (remember_secrets)
+    # The pattern's matches, as finditer finds them; a rule whose failed tries would rescan the
+    # rest of a word at every start (quadratic on a hostile line) finds them in one pass instead.
+    finder: Callable[[re.Pattern[str], str], Iterator[re.Match[str]]] = _every_match
 
 
 def _value(match: re.Match[str]) -> tuple[int, int]:
     """The span of the secret: group v or w, whichever matched something."""
     groups = match.groupdict()
     return match.span("v") if groups.get("v") else match.span("w") if groups.get("w") else (0, 0)
+
+
+_STRETCH = re.compile(r"[^ \t\r\n]+")
+_URL_START = re.compile(r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*+://[^ \t\r\n/?#@:\"']*+:", _FLAGS)
+_DAEMON_START = re.compile(r"(?<![a-z0-9])daemon:|logfile daemon: (?:opening|closing) log ", _FLAGS)
+_BLANK = re.compile(r"[ \t\r\n]")
+
+
+def _url_matches(pattern: re.Pattern[str], line: str) -> Iterator[re.Match[str]]:
+    """finditer's matches of the unquoted URL rule, in one pass: its value runs to the last @ of
+    the word, so a word's first URL start before that @ is its only match (and a word without
+    one has none: finditer would rescan the word from every `a://` in it)."""
+    for word in _STRETCH.finditer(line):
+        at = line.rfind("@", word.start(), word.end())
+        if at < 0:
+            continue
+        start = _URL_START.search(line, word.start(), at)
+        if start is not None:
+            match = pattern.match(line, start.start())
+            if match is not None:
+                yield match
+
+
+def _daemon_matches(pattern: re.Pattern[str], line: str) -> Iterator[re.Match[str]]:
+    """finditer's matches of the daemon-path rule, in one pass: when a `daemon:` start fails (fewer
+    than five / before the next blank), every later `daemon:` before that blank fails too and is
+    not tried (finditer would rescan the rest of the word from each)."""
+    position, hopeless_until = 0, -1
+    while (start := _DAEMON_START.search(line, position)) is not None:
+        plain = start.group()[0] in "dD"  # the `daemon:` form, not the `logfile daemon:` one
+        if plain and start.start() < hopeless_until:
+            position = start.start() + 1
+            continue
+        match = pattern.match(line, start.start())
+        if match is not None:
+            yield match
+            position = match.end()
+            continue
+        if plain:
+            blank = _BLANK.search(line, start.end())
+            hopeless_until = blank.start() if blank else len(line)
+        position = start.start() + 1
 
 
 def _keeps_path_or_keyword(match: re.Match[str]) -> bool:
@@ -90,35 +143,35 @@ def _keeps_secret_file(match: re.Match[str]) -> bool:
 _RULES = (
     # name=value: login=, password=, --bindPassword=, client_secret=, api_key=, DSN attributes.
     _Rule(
-        re.compile(rf"(?<![a-z0-9_.-])(?P<n>-{{0,2}}{_NAME})=(?P<v>{_WORD})", _FLAGS),
+        re.compile(rf"(?<![a-z0-9_.-])(?P<n>{_NAME})=(?P<v>{_WORD})", _FLAGS),
         keep=_keeps_path_or_keyword,
     ),
     # --password VALUE, -bind_password VALUE (Getopt::Long and friends take the next word too).
     _Rule(
-        re.compile(rf"{_START}(?P<n>--?{_NAME})[ \t]+(?P<v>{_WORD})", _FLAGS),
+        re.compile(rf"{_START}(?P<n>--?{_NAME})[ \t]++(?P<v>{_WORD})", _FLAGS),
         keep=_keeps_path_or_keyword,
     ),
     # Getopt::Long abbreviations (basic_db_auth, ext_sql_session_acl): --pa ... --password, --ds(n).
     _Rule(
         re.compile(
-            rf"{_START}--?(?:pa(?:s(?:s(?:w(?:o(?:r(?:d)?)?)?)?)?)?|dsn?)(?:=(?P<v>{_WORD})|[ \t]+(?P<w>{_WORD}))",
+            rf"{_START}--?(?:pa(?:s(?:s(?:w(?:o(?:r(?:d)?)?)?)?)?)?|dsn?)(?:=(?P<v>{_WORD})|[ \t]++(?P<w>{_WORD}))",
             _FLAGS,
         )
     ),
     # -w PASSWORD / -wPASSWORD (basic_ldap_auth, ext_ldap_group_acl, digest_*_auth, basic_radius_auth);
     # -W is a password file there (kept when it is a path) but the password in ext_edirectory_userip_acl.
     _Rule(
-        re.compile(rf"{_START}-(?P<f>[wW])(?:(?P<v>{_WORD})|[ \t]+(?P<w>{_WORD}))"),
+        re.compile(rf"{_START}-(?P<f>[wW])(?:(?P<v>{_WORD})|[ \t]++(?P<w>{_WORD}))"),
         keep=_keeps_secret_file,
     ),
     # ext_edirectory_userip_acl: any flag cluster with W takes the next word as the password.
     _Rule(
-        re.compile(rf"{_START}-[a-z0-9]*w[a-z0-9]*[ \t]+(?P<v>{_WORD})", _FLAGS),
+        re.compile(rf"{_START}-(?=[a-z0-9]*?w)[a-z0-9]*+[ \t]++(?P<v>{_WORD})", _FLAGS),
         context="edirectory_userip",
     ),
     # ext_kerberos_ldap_group_acl -p PASSWORD (getopt: -dpX, -d -p X).
     _Rule(
-        re.compile(rf"{_START}-[diasnh]*p(?:(?P<v>{_WORD})|[ \t]+(?P<w>{_WORD}))"),
+        re.compile(rf"{_START}-[diasnh]*+p(?:(?P<v>{_WORD})|[ \t]++(?P<w>{_WORD}))"),
         context="kerberos_ldap_group",
     ),
     # scheme://user:PASSWORD@host: the password runs to the last @ of the word (it may hold / : @),
@@ -126,7 +179,8 @@ _RULES = (
     _Rule(
         re.compile(
             r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^ \t\r\n/?#@:\"']*:(?P<v>[^ \t\r\n]*)@", _FLAGS
-        )
+        ),
+        finder=_url_matches,
     ),
     _Rule(
         re.compile(
@@ -137,9 +191,10 @@ _RULES = (
     # fifth /); Squid also prints it without `daemon:` when it starts the daemon.
     _Rule(
         re.compile(
-            rf"(?:(?<![a-z0-9])daemon:|logfile daemon: (?:opening|closing) log )(?:[^/ \t\r\n]*/){{5}}(?P<v>{_WORD})",
+            rf"(?:(?<![a-z0-9])daemon:|logfile daemon: (?:opening|closing) log )(?:[^/ \t\r\n]*+/){{5}}(?P<v>{_WORD})",
             _FLAGS,
-        )
+        ),
+        finder=_daemon_matches,
     ),
     _Rule(
         re.compile(r"(?P<q>[\"'])daemon:(?:(?:(?!(?P=q))[^/])*/){5}(?P<v>(?:(?!(?P=q)).)*)", _FLAGS)
@@ -148,7 +203,7 @@ _RULES = (
     # acl NAME snmp_community SECRET). Squid-style names only (a word with `_`).
     _Rule(
         re.compile(
-            r"(?<![^ \t\r\n:])(?=[a-z0-9]*_)[a-z][a-z0-9_]*(?:passw|secret|community)[a-z0-9_]*[ \t]+(?P<v>[^ \t\r\n].*)$",
+            r"(?<![^ \t\r\n:])(?=[a-z0-9]*+_)(?=[a-z][a-z0-9_]*?(?:passw|secret|community))[a-z][a-z0-9_]*+[ \t]++(?P<v>[^ \t\r\n].*)$",
             _FLAGS,
         ),
         remember=_first_word,
@@ -156,7 +211,7 @@ _RULES = (
     # request_header_add Authorization "Basic ..." / a dumped `Proxy-Authorization: Basic ...`.
     _Rule(
         re.compile(
-            rf"(?<![a-z0-9-])(?:proxy-)?authorization(?::[ \t]*(?P<v>.+)|[ \t]+(?P<w>{_WORD}))",
+            rf"(?<![a-z0-9-])(?:proxy-)?authorization(?::[ \t]*(?P<v>.+)|[ \t]++(?P<w>{_WORD}))",
             _FLAGS,
         ),
         remember=_credentials,
@@ -218,7 +273,7 @@ def _all_rule_matches(line: str, folded: str) -> Iterator[tuple[int, int, _Rule]
     for rule in _RULES:
         if rule.context and rule.context not in folded:
             continue
-        for match in rule.pattern.finditer(line):
+        for match in rule.finder(rule.pattern, line):
             start, end = _value(match)
             if end > start and not rule.keep(match):
                 yield start, end, rule

@@ -82,9 +82,21 @@ def drain_limit(state: ProxyState) -> float:
 
 async def stop_squid(state: ProxyState, force: asyncio.Event) -> None:
     """Graceful, drain-aware stop of Squid; `force` (a second signal) kills it at once."""
-    squid, log = state.squid, state.log
+    squid = state.squid
     if squid is None or squid.exited.done():
         return
+    # One waiter for `force` for the whole stop: a task per 50 ms poll cost PID 1 more than the poll.
+    forced = asyncio.ensure_future(force.wait())
+    try:
+        await _drain_and_stop(state, squid, force, forced)
+    finally:
+        forced.cancel()
+
+
+async def _drain_and_stop(
+    state: ProxyState, squid: SquidProcess, force: asyncio.Event, forced: asyncio.Future[Any]
+) -> None:
+    log = state.log
     started = time.monotonic()
     limit = drain_limit(state)
     deadline = started + limit
@@ -108,7 +120,7 @@ async def stop_squid(state: ProxyState, force: asyncio.Event) -> None:
             log.info("Draining %d client connections (up to %g s)...", clients, limit)
             state.metrics.drain_started(clients)
             announced = True
-        await _wait_any(squid.exited, force, DRAIN_POLL_INTERVAL)
+        await _wait_any(DRAIN_POLL_INTERVAL, squid.exited, forced)
     state.metrics.drain_ended(time.monotonic() - started)
     if finish_reason and not squid.exited.done() and not force.is_set():
         if finish_reason.startswith("Drained"):
@@ -116,7 +128,7 @@ async def stop_squid(state: ProxyState, force: asyncio.Event) -> None:
         else:
             log.warning("%s", finish_reason)
         squid.send(signal.SIGINT)  # shut down with no further wait
-        await _finish(squid, force)
+        await _finish(squid, force, forced)
     if squid.exited.done():
         returncode = squid.exited.result()
         log.info("Squid stopped (%s)", describe_exit(returncode), extra=exit_fields(returncode))
@@ -126,24 +138,38 @@ async def stop_squid(state: ProxyState, force: asyncio.Event) -> None:
     squid.kill_all()
 
 
-async def _finish(squid: SquidProcess, force: asyncio.Event) -> None:
+async def _finish(squid: SquidProcess, force: asyncio.Event, forced: asyncio.Future[Any]) -> None:
     """Wait up to FINISH_MARGIN for Squid told to finish now, waking its kids once their stop is due."""
     told = time.monotonic()
-    await _wait_any(squid.exited, force, SQUID_FINISH_DELAY)
+    await _wait_any(SQUID_FINISH_DELAY, squid.exited, forced)
     while (
         not squid.exited.done() and not force.is_set() and time.monotonic() - told < FINISH_MARGIN
     ):
         squid.wake_workers()
-        await _wait_any(squid.exited, force, WAKE_INTERVAL)
+        await _wait_any(WAKE_INTERVAL, squid.exited, forced)
 
 
-async def _wait_any(future: asyncio.Future[int], event: asyncio.Event, timeout: float) -> None:
-    waiter = asyncio.ensure_future(event.wait())
-    either: set[asyncio.Future[Any]] = {future, waiter}
+async def _wait_any(timeout: float, *futures: asyncio.Future[Any]) -> None:
+    """Until one of `futures` is done or `timeout` passes: one timer and callbacks, no task
+    (the drain waits here 20 times a second)."""
+    if any(future.done() for future in futures):
+        return
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    timer = loop.call_later(timeout, wake)
+    for future in futures:
+        future.add_done_callback(wake)
     try:
-        await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await woken
     finally:
-        waiter.cancel()
+        timer.cancel()
+        for future in futures:
+            future.remove_done_callback(wake)
 
 
 async def stop_everything(state: ProxyState) -> None:

@@ -84,7 +84,7 @@ class _Count(NamedTuple):
     pids: tuple[int, ...]
     fd_numbers: tuple[tuple[str, ...] | None, ...]
     inodes: frozenset[int]
-    connections: int
+    clients: frozenset[int]  # the inodes among them that were client connections when counted
     unchanged_polls: int
 
 
@@ -148,11 +148,13 @@ class SquidProcess:
         """ESTABLISHED client connections Squid still serves on `ports`.
 
         The kernel finds ESTABLISHED sockets by walking its whole connection hash (every
-        namespace's sockets: 5-15 ms here, polled every 50 ms by the drain), so the count is
-        taken again only when the sockets Squid's processes hold have changed (one opened or
-        closed: read from their fd links, O(Squid's fds)); else the last count stands. Between
-        those reads, a poll lists the same processes' fd numbers only (no link read): while
-        they are unchanged, at most FD_LINKS_EVERY polls in a row, nothing was closed.
+        namespace's sockets: O(the host's connections), 5-15 ms at 20k rows), so it is asked
+        only when Squid holds a socket it did not hold at the last look (read from the
+        processes' fd links, O(Squid's fds)): a new one may be a client. When sockets were only
+        closed, the clients are those of the last count still held, no kernel walk; a drain
+        (no new clients once Squid stops accepting) walks once. Between link reads, a poll
+        lists the same processes' fd numbers only: while they are unchanged, at most
+        FD_LINKS_EVERY polls in a row, nothing was opened or closed.
         """
         key = tuple(ports)
         counted = self._counted
@@ -163,17 +165,17 @@ class SquidProcess:
         ):
             if _fd_numbers(counted.pids) == counted.fd_numbers:
                 self._counted = counted._replace(unchanged_polls=counted.unchanged_polls + 1)
-                return counted.connections
+                return len(counted.clients)
         pids = self.tree()
         fd_numbers = _fd_numbers(pids)
         inodes = frozenset(proc_table.socket_inodes(pids))
-        if counted is not None and counted.ports == key and counted.inodes == inodes:
-            count = counted.connections
+        if counted is not None and counted.ports == key and inodes <= counted.inodes:
+            clients = counted.clients & inodes  # only closed since: no new client, no walk
         else:
             established = proc_table.sockets_on(ports, proc_table.TCP_ESTABLISHED) if inodes else []
-            count = sum(1 for sock in established if sock.inode in inodes)
-        self._counted = _Count(key, tuple(pids), fd_numbers, inodes, count, 0)
-        return count
+            clients = frozenset(sock.inode for sock in established if sock.inode in inodes)
+        self._counted = _Count(key, tuple(pids), fd_numbers, inodes, clients, 0)
+        return len(clients)
 
     def wake_workers(self) -> None:
         """SIGCHLD to Squid's own processes below the master (its kids), to wake their event loops.
