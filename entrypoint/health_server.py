@@ -167,7 +167,13 @@ def parse_request(head: bytes | None) -> tuple[str, str] | Answer:
 
 def respond(head: bytes | None, targets: HealthTargets, watch: SquidWatch) -> bytes:
     """The whole answer (head and body; no body for HEAD) to a request head, None meaning too late."""
-    parsed = parse_request(head)
+    return respond_parsed(head, parse_request(head), targets, watch)
+
+
+def respond_parsed(
+    head: bytes | None, parsed: tuple[str, str] | Answer, targets: HealthTargets, watch: SquidWatch
+) -> bytes:
+    """respond, the head parsed already."""
     method = ""
     if isinstance(parsed, Answer):
         result = parsed
@@ -183,9 +189,8 @@ def respond(head: bytes | None, targets: HealthTargets, watch: SquidWatch) -> by
     return render(result, include_body=method != "HEAD")
 
 
-def scrape_method(head: bytes) -> str | None:
-    """GET or HEAD when the request is a scrape of /metrics, else None (other methods take the usual 404/405 path)."""
-    parsed = parse_request(head)
+def scrape_method(parsed: tuple[str, str] | Answer) -> str | None:
+    """GET or HEAD when the (parsed) request is a scrape of /metrics, else None (other methods take the usual 404/405 path)."""
     if (
         isinstance(parsed, tuple)
         and parsed[0] in ("GET", "HEAD")
@@ -388,12 +393,13 @@ class HealthServer:
         self._answer(conn, bytes(conn.head))  # complete, too large, or the client closed its side
 
     def _answer(self, conn: Connection, head: bytes | None) -> None:
-        method = scrape_method(head) if self.metrics is not None and head is not None else None
+        parsed = parse_request(head)
+        method = scrape_method(parsed) if self.metrics is not None else None
         if method is not None:
             self._park(conn, method)
             return
         try:
-            conn.out = respond(head, self.targets, self.watch)
+            conn.out = respond_parsed(head, parsed, self.targets, self.watch)
         except Exception:
             log.exception("Health check failed unexpectedly")
             self._drop(conn)

@@ -197,6 +197,7 @@ class Readers:
         self.pid_file = CachedPidFile(pid_file)
         self.processes = HeldProcesses()
         self._names: dict[int, tuple[tuple[str, str, str], str | None]] = {}
+        self._kept: set[int] = set()
         self._listeners: list[sock_diag.DiagSocket] = []  # found by the last dump
         self._dumped_at = -LISTENERS_REFRESH
         self.dumped = False  # the last `listening` asked for every LISTEN socket on the ports
@@ -231,6 +232,9 @@ class Readers:
 
     def keep_only(self, pids: set[int]) -> None:
         """Forget every other process (exited, or no longer Squid's)."""
+        if pids == self._kept:
+            return  # the same processes as at the last look: nothing to forget
+        self._kept = pids
         self.processes.keep_only(pids)
         for pid in [pid for pid in self._names if pid not in pids]:
             del self._names[pid]
@@ -298,7 +302,10 @@ def _asleep_holders(
     return tuple((p.pid, context_switches(p.pid)) for p in holding)
 
 
-def _nobody_serves(candidates: list[ProcessInfo], listening: dict[int, int], port_list: str) -> str:
+def _nobody_serves(
+    candidates: list[ProcessInfo], listening: dict[int, int], ports: tuple[int, ...]
+) -> str:
+    port_list = _port_list(ports)
     holders = [
         p for p in candidates if not p.runnable and held_socket(p.pid, listening) is not None
     ]
@@ -314,7 +321,10 @@ class Serving(NamedTuple):
 
 
 def _serving(
-    candidates: list[ProcessInfo], listening: dict[int, int], hint: Holder | None, port_list: str
+    candidates: list[ProcessInfo],
+    listening: dict[int, int],
+    hint: Holder | None,
+    ports: tuple[int, ...],
 ) -> Serving:
     """Whether a candidate serves: awake and holding the socket, else asleep (state D) holding it, else the problem."""
     awake = [p for p in candidates if p.runnable and p.state != "D"]
@@ -328,7 +338,7 @@ def _serving(
     asleep = _asleep_holders(candidates, listening)
     if asleep:
         return Serving(None, asleep=asleep)  # serving unless it stays so (SquidWatch)
-    return Serving(_nobody_serves(candidates, listening, port_list))
+    return Serving(_nobody_serves(candidates, listening, ports))
 
 
 def _serving_now(
@@ -340,12 +350,11 @@ def _serving_now(
 ) -> tuple[Serving, dict[int, int]]:
     """_serving on the proxy port's LISTEN sockets (and those sockets); a look that asked only
     for the sockets known before and found no holder asks for all of them before it says so."""
-    port_list = _port_list(ports)
     listening = readers.listening(ports, now)
-    serving = _serving(candidates, listening, hint, port_list)
+    serving = _serving(candidates, listening, hint, ports)
     if serving.holder is None and not readers.dumped:
         listening = readers.listening(ports, now, dump=True)
-        serving = _serving(candidates, listening, hint, port_list)
+        serving = _serving(candidates, listening, hint, ports)
     return serving, listening
 
 
@@ -353,8 +362,8 @@ def _port_list(ports: Iterable[int]) -> str:
     return ", ".join(str(port) for port in sorted(set(ports)))
 
 
-def _no_master(now: float, pid: int | None, problem: str, port_list: str) -> Observation:
-    nobody = f"no Squid process listens on port {port_list}"
+def _no_master(now: float, pid: int | None, problem: str, ports: tuple[int, ...]) -> Observation:
+    nobody = f"no Squid process listens on port {_port_list(ports)}"
     return Observation(now, pid, problem, nobody, frozenset())
 
 
@@ -370,16 +379,15 @@ def _master_pid(readers: Readers) -> int | str:
 def _look(
     readers: Readers, comm: str, ports: tuple[int, ...], now: float, hint: Holder | None
 ) -> Observation:
-    port_list = _port_list(ports)
     pid = _master_pid(readers)
     if isinstance(pid, str):
         readers.keep_only(set())
-        return _no_master(now, None, pid, port_list)
+        return _no_master(now, None, pid, ports)
     tree = readers.processes.process_and_children(pid)  # nothing below the kids is looked at
     readers.keep_only({look.info.pid for look in tree})
     names = _squid_processes(tree, pid, comm, readers)
     if names is None:
-        return _no_master(now, pid, f"squid pid {pid} is not running", port_list)
+        return _no_master(now, pid, f"squid pid {pid} is not running", ports)
     kids = frozenset(p for p, kid in names.items() if kid is not None)
     candidates = _serving_candidates([look.info for look in tree], names)
     serving, listening = _serving_now(readers, candidates, ports, now, hint)
