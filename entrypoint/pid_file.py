@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+import time
 from pathlib import Path
 
 from entrypoint.mounted_files import FileAbsent, FileProblem, FileTooBig, read_bounded
@@ -57,3 +60,47 @@ def read_pid_file(path: Path) -> int | None:
         )
         raise NoPidInFile(path, what)
     return pid
+
+
+# A file changed within this long before it was read may change again without its ctime
+# moving (timestamps advance by the kernel's clock tick): such a read is not kept ("racy git").
+SETTLED_NS = 1_000_000_000
+
+
+class CachedPidFile:
+    """read_pid_file for a file asked again and again (each health probe): while an lstat shows
+    the same file (device, inode, size, mode, mtime, ctime) as at the last read, that read's
+    answer stands and nothing is opened. Any write, rename over it, chmod or replacement moves
+    its ctime or inode, so it is read again; a read of a file changed under SETTLED_NS before is
+    not kept (a second write within the same clock tick would not move the ctime)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: tuple[int, ...] | None = None
+        self._pid: int | None = None
+
+    def read(self) -> int | None:
+        """As read_pid_file(path)."""
+        try:
+            info = os.lstat(self.path)
+        except OSError:
+            info = None
+        seen = (
+            None
+            if info is None
+            else (
+                info.st_dev,
+                info.st_ino,
+                info.st_size,
+                info.st_mode,
+                info.st_mtime_ns,
+                info.st_ctime_ns,
+            )
+        )
+        if seen is not None and seen == self._seen:
+            return self._pid
+        self._seen = None
+        pid = read_pid_file(self.path)  # raises as it always did
+        if seen is not None and stat.S_ISREG(seen[3]) and time.time_ns() - seen[5] >= SETTLED_NS:
+            self._seen, self._pid = seen, pid
+        return pid

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import socket
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from entrypoint import sock_diag
 
@@ -42,16 +43,22 @@ class TcpSocket:
     inode: int
 
 
+def _stat_fields(data: bytes) -> tuple[str, list[str]]:
+    """comm and the fields after it (state first) of a /proc/<pid>/stat text."""
+    text = data.decode("utf-8", errors="replace")
+    # comm may contain spaces and parentheses: it runs from the first "(" to the last ")".
+    end = text.rindex(")")
+    return text[text.index("(") + 1 : end], text[end + 2 :].split()
+
+
 def read_process(pid: int) -> ProcessInfo | None:
     """The process's /proc/<pid>/stat fields, or None when it does not exist (any more)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read().decode("utf-8", errors="replace")
+            data = handle.read()
     except OSError:
         return None
-    # comm may contain spaces and parentheses: it runs from the first "(" to the last ")".
-    comm = data[data.index("(") + 1 : data.rindex(")")]
-    fields = data[data.rindex(")") + 2 :].split()
+    comm, fields = _stat_fields(data)
     return ProcessInfo(pid=pid, ppid=int(fields[1]), comm=comm, state=fields[0])
 
 
@@ -128,6 +135,117 @@ def process_and_children(pid: int) -> list[ProcessInfo]:
     if children is None:
         return [p for p in _tree_by_scan(pid) if p.pid == pid or p.ppid == pid]
     return [root, *(info for info in map(read_process, children) if info is not None)]
+
+
+# /proc/<pid>/stat fields after comm (0-based: state is 0): num_threads, starttime, arg_start, arg_end.
+_THREADS, _START_TIME, _ARG_START, _ARG_END = 17, 19, 45, 46
+HELD_LIMIT = 16  # descriptors HeldProcesses keeps open at most (the rest are read and closed)
+_READ_SIZE = 4096
+
+
+class Look(NamedTuple):
+    """A process as one read of its stat file shows it."""
+
+    info: ProcessInfo
+    threads: int
+    # starttime and the argument area's addresses: another process (a reused pid) or a new exec
+    # of the same one shows other values, so what was read from its cmdline may be kept while
+    # they stay the same. The addresses are 0 when /proc hides them from us (then keep nothing).
+    image: tuple[str, str, str]
+
+
+def _pread_all(descriptor: int) -> bytes:
+    data = os.pread(descriptor, _READ_SIZE, 0)
+    while len(data) % _READ_SIZE == 0 and data:  # rare: more than one read's worth
+        chunk = os.pread(descriptor, _READ_SIZE, len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class HeldProcesses:
+    """The stat and children files of processes looked at again and again, held open: a look is
+    one pread instead of an open, reads and a close (the health probes' cost).
+
+    A descriptor stays bound to the process it was opened for: once that process is gone (and
+    its pid perhaps reused), reading it fails with ESRCH and it is dropped, then the path is
+    opened afresh; another process can never pass for the one first seen.
+    """
+
+    def __init__(self, limit: int = HELD_LIMIT) -> None:
+        self.limit = limit
+        self._held: dict[str, int] = {}  # path -> descriptor
+
+    def _read(self, pid: int, name: str) -> bytes | None:
+        path = f"/proc/{pid}/{name}"
+        descriptor = self._held.get(path)
+        if descriptor is not None:
+            try:
+                return _pread_all(descriptor)
+            except OSError:  # that process is gone: a process with its pid now is another one
+                self.keep_only(other for other in self.pids() if other != pid)
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            data = _pread_all(descriptor)
+        except OSError:
+            os.close(descriptor)
+            return None
+        if len(self._held) < self.limit and (name == "stat" or f"/proc/{pid}/stat" in self._held):
+            self._held[path] = descriptor
+        else:
+            os.close(descriptor)
+        return data
+
+    def _forget(self, path: str) -> None:
+        os.close(self._held.pop(path))
+
+    def look(self, pid: int) -> Look | None:
+        data = self._read(pid, "stat")
+        if not data:
+            return None
+        comm, fields = _stat_fields(data)
+        info = ProcessInfo(pid=pid, ppid=int(fields[1]), comm=comm, state=fields[0])
+        image = (fields[_START_TIME], fields[_ARG_START], fields[_ARG_END])
+        return Look(info, int(fields[_THREADS]), image)
+
+    def children(self, pid: int, threads: int) -> list[int] | None:
+        """As _children: a single-threaded process's children file is read through its held
+        descriptor (no listing of its tasks)."""
+        if threads == 1:
+            # Held only while the stat file is: a stat read that fails drops both (a held
+            # children file of a process that is gone reads empty, not ESRCH).
+            data = self._read(pid, f"task/{pid}/children")
+            if data is not None:
+                return [int(child) for child in data.split()]
+        return _children(pid)
+
+    def process_and_children(self, pid: int) -> list[Look]:
+        """As process_and_children, each process read through its held descriptor."""
+        root = self.look(pid)
+        if root is None:
+            return []
+        children = self.children(pid, root.threads)
+        if children is None:
+            scanned = process_and_children(pid)
+            return [look for look in map(self.look, (p.pid for p in scanned)) if look is not None]
+        return [root, *(look for look in map(self.look, children) if look is not None)]
+
+    def pids(self) -> set[int]:
+        return {int(path.split("/", 3)[2]) for path in self._held}
+
+    def keep_only(self, pids: Iterable[int]) -> None:
+        """Close the descriptors of every other process (gone, or no longer looked at)."""
+        kept = set(pids)
+        for path in [path for path in self._held if int(path.split("/", 3)[2]) not in kept]:
+            self._forget(path)
+
+    def close(self) -> None:
+        for path in list(self._held):
+            self._forget(path)
 
 
 def process_tree(root_pid: int) -> list[ProcessInfo]:

@@ -31,6 +31,8 @@ INET_DIAG_BC_JMP, INET_DIAG_BC_S_GE, INET_DIAG_BC_S_LE = (
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 # inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid (48 bytes, zero).
 _REQUEST = struct.Struct("=BBBxI48x")
+_REQUEST_ONE = struct.Struct("=BBBxI")  # the same, its sockid following as a dump gave it
+_SOCKID_AT, _SOCKID_SIZE = 4, 48  # where inet_diag_msg holds the sockid (ports, addresses, cookie)
 # inet_diag_msg: family, state, timer, retrans, sockid (sport, dport big-endian; src, dst 16
 # bytes each; interface; cookie), expires, rqueue, wqueue, uid, inode.
 _MESSAGE = struct.Struct("=BBBBHH16s16sIQIIIII")
@@ -48,6 +50,7 @@ class DiagSocket(NamedTuple):
     remote_address: bytes
     queue: int  # rqueue: for a LISTEN socket, the connections waiting to be accepted
     inode: int
+    sockid: bytes = b""  # as the kernel gave it, cookie included: what `lookup` asks for
 
 
 def port_filter(ports: Iterable[int]) -> bytes:
@@ -106,6 +109,7 @@ def _parse(data: bytes, found: list[DiagSocket]) -> bool:
                 _MESSAGE.unpack_from(data, offset + _HEADER.size)
             )
             size = 4 if family == socket.AF_INET else 16
+            sockid_at = offset + _HEADER.size + _SOCKID_AT
             found.append(
                 DiagSocket(
                     family,
@@ -116,6 +120,7 @@ def _parse(data: bytes, found: list[DiagSocket]) -> bool:
                     dst[:size],
                     rqueue,
                     inode,
+                    data[sockid_at : sockid_at + _SOCKID_SIZE],
                 )
             )
         offset += (length + 3) & ~3
@@ -135,7 +140,9 @@ class _Link:
         self.lock = threading.Lock()
         self.sock: socket.socket | None = None
 
-    def dump(self, request: bytes) -> list[DiagSocket]:
+    def dump(self, request: bytes, single: bool = False) -> list[DiagSocket]:
+        """The sockets the kernel answers `request` with (`single`: a lookup of one socket,
+        answered by one message and no NLMSG_DONE)."""
         with self.lock:
             if self.sock is None:
                 self.sock = socket.socket(
@@ -145,7 +152,7 @@ class _Link:
             found: list[DiagSocket] = []
             try:
                 self.sock.sendto(request, (0, 0))
-                while not _parse(self.sock.recv(_RECEIVE_BYTES), found):
+                while not _parse(self.sock.recv(_RECEIVE_BYTES), found) and not single:
                     pass
             except BaseException:
                 self.sock.close()  # a half-read dump would answer the next query: start afresh
@@ -176,3 +183,21 @@ def tcp_sockets(state: int, ports: Iterable[int]) -> list[DiagSocket] | None:
         except struct.error:
             return None
     return found
+
+
+def lookup(known: DiagSocket) -> DiagSocket | None:
+    """`known` (from a dump) as it is now, its queue included: the kernel finds it by its
+    addresses, ports and cookie, a hash lookup instead of a walk of every listening socket's
+    hash bucket (what a dump costs, whatever the filter). None when that socket is gone (closed,
+    or another one took its place: the cookie differs)."""
+    body = _REQUEST_ONE.pack(known.family, socket.IPPROTO_TCP, 0, 1 << known.state) + known.sockid
+    request = (
+        _HEADER.pack(_HEADER.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 3, 0) + body
+    )
+    try:
+        found = _link.dump(request, single=True)
+    except OSError as error:
+        if error.errno in (errno.ENOENT, errno.ESTALE):
+            return None
+        raise
+    return found[0] if len(found) == 1 and found[0].sockid == known.sockid else None

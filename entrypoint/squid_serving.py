@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from entrypoint import sock_diag
-from entrypoint.pid_file import PidFileError, read_pid_file
-from entrypoint.proc_table import TCP_LISTEN, ProcessInfo, fds_readable, process_and_children
+from entrypoint.pid_file import CachedPidFile, PidFileError
+from entrypoint.proc_table import TCP_LISTEN, HeldProcesses, Look, ProcessInfo, fds_readable
 
 # /health fails when no Squid worker has served for this long (sampled every SAMPLE_INTERVAL):
 # long enough for a kid that crashed once to be respawned and listen again.
@@ -32,6 +32,10 @@ LIVENESS_BOUND = LIVENESS_GRACE + SAMPLE_INTERVAL
 # A worker that makes no progress (in uninterruptible sleep without a context switch, or with
 # connections waiting unaccepted) fails /ready once that lasted this long, /health after the grace.
 STALL_READY = 2.0
+
+# The LISTEN sockets on the proxy port are found by a dump at least this often (and whenever one
+# of them is gone, or no worker holds one); in between a look asks for each of them directly.
+LISTENERS_REFRESH = SAMPLE_INTERVAL
 
 # Kids that hold the listening socket without ever accepting on it (SMP): the coordinator
 # passes it to the workers; diskers do disk I/O only.
@@ -94,6 +98,11 @@ def _listen_rows(table: str, wanted: set[str]) -> dict[int, int]:
     return rows
 
 
+def _listeners(ports: Iterable[int]) -> list[sock_diag.DiagSocket] | None:
+    """The LISTEN sockets on `ports` (netlink; None where it is refused)."""
+    return sock_diag.tcp_sockets(TCP_LISTEN, set(ports))
+
+
 def listen_backlogs(ports: Iterable[int]) -> dict[int, int]:
     """{inode: connections waiting to be accepted} of the LISTEN sockets on `ports` (IPv4 and IPv6).
 
@@ -102,10 +111,14 @@ def listen_backlogs(ports: Iterable[int]) -> dict[int, int]:
     LISTEN rows of /proc/net/tcp (which come first) are read.
     """
     wanted_ports = set(ports)
-    found = sock_diag.tcp_sockets(TCP_LISTEN, wanted_ports)
+    found = _listeners(wanted_ports)
     if found is not None:
         return {sock.inode: sock.queue for sock in found}
-    wanted = {f"{port:04X}" for port in wanted_ports}
+    return _proc_backlogs(wanted_ports)
+
+
+def _proc_backlogs(ports: set[int]) -> dict[int, int]:
+    wanted = {f"{port:04X}" for port in ports}
     rows: dict[int, int] = {}
     for table in _TCP_TABLES:
         rows.update(_listen_rows(table, wanted))
@@ -174,8 +187,64 @@ def _describe(process: ProcessInfo) -> str:
     return f"pid {process.pid} {_STATE_NAMES.get(process.state, process.state)}"
 
 
+class Readers:
+    """What observe keeps from one look to the next so that it re-reads nothing unchanged: the pid
+    file's answer while an lstat shows the same file, /proc stat and children files held open
+    (one pread each), and each process's kid name while its image (pid, start time, argument
+    area: a new exec moves it) stays the same."""
+
+    def __init__(self, pid_file: Path) -> None:
+        self.pid_file = CachedPidFile(pid_file)
+        self.processes = HeldProcesses()
+        self._names: dict[int, tuple[tuple[str, str, str], str | None]] = {}
+        self._kept: set[int] = set()
+        self._listeners: list[sock_diag.DiagSocket] = []  # found by the last dump
+        self._dumped_at = -LISTENERS_REFRESH
+        self.dumped = False  # the last `listening` asked for every LISTEN socket on the ports
+
+    def listening(self, ports: tuple[int, ...], now: float, dump: bool = False) -> dict[int, int]:
+        """listen_backlogs(ports). The sockets the last dump found are asked for one by one
+        (a hash lookup each) while every one of them is still there; a dump (a walk of every
+        listening socket) when one is gone, none was found, on `dump`, or LISTENERS_REFRESH after
+        the last one (a new socket next to the old ones shows within that)."""
+        self.dumped = dump or not self._listeners or now - self._dumped_at >= LISTENERS_REFRESH
+        if not self.dumped:
+            again = [sock_diag.lookup(known) for known in self._listeners]
+            if all(again):
+                return {sock.inode: sock.queue for sock in again if sock is not None}
+            self.dumped = True
+        found = _listeners(ports)
+        if found is None:
+            self._listeners = []
+            return _proc_backlogs(set(ports))
+        self._listeners, self._dumped_at = found, now
+        return {sock.inode: sock.queue for sock in found}
+
+    def kid_name(self, look: Look) -> str | None:
+        pid = look.info.pid
+        known = self._names.get(pid)
+        if known is not None and known[0] == look.image:
+            return known[1]
+        name = _kid_name(pid)
+        if look.image[1] != "0":  # 0: /proc hides the argument area from us, read it each time
+            self._names[pid] = (look.image, name)
+        return name
+
+    def keep_only(self, pids: set[int]) -> None:
+        """Forget every other process (exited, or no longer Squid's)."""
+        if pids == self._kept:
+            return  # the same processes as at the last look: nothing to forget
+        self._kept = pids
+        self.processes.keep_only(pids)
+        for pid in [pid for pid in self._names if pid not in pids]:
+            del self._names[pid]
+
+    def close(self) -> None:
+        self.processes.close()
+
+
 def _squid_processes(
-    tree: list[ProcessInfo], master: int, comm: str
+    tree: list[Look], master: int, comm: str, readers: Readers
 ) -> dict[int, str | None] | None:
     """{pid: kid name (None: the master)} of the master and its kids; None when the master does not run.
 
@@ -183,12 +252,12 @@ def _squid_processes(
     unlinkd) briefly looks like a Squid kid too, and would count as a kid exit.
     """
     name = comm[:15]  # /proc's comm is truncated to 15 characters
-    if not tree or tree[0].comm != name or tree[0].state in ("Z", "X"):
+    if not tree or tree[0].info.comm != name or tree[0].info.state in ("Z", "X"):
         return None
     return {
-        p.pid: _kid_name(p.pid)
-        for p in tree
-        if p.comm == name and (p.pid == master or p.ppid == master)
+        look.info.pid: readers.kid_name(look)
+        for look in tree
+        if look.info.comm == name and (look.info.pid == master or look.info.ppid == master)
     }
 
 
@@ -233,7 +302,10 @@ def _asleep_holders(
     return tuple((p.pid, context_switches(p.pid)) for p in holding)
 
 
-def _nobody_serves(candidates: list[ProcessInfo], listening: dict[int, int], port_list: str) -> str:
+def _nobody_serves(
+    candidates: list[ProcessInfo], listening: dict[int, int], ports: tuple[int, ...]
+) -> str:
+    port_list = _port_list(ports)
     holders = [
         p for p in candidates if not p.runnable and held_socket(p.pid, listening) is not None
     ]
@@ -249,7 +321,10 @@ class Serving(NamedTuple):
 
 
 def _serving(
-    candidates: list[ProcessInfo], listening: dict[int, int], hint: Holder | None, port_list: str
+    candidates: list[ProcessInfo],
+    listening: dict[int, int],
+    hint: Holder | None,
+    ports: tuple[int, ...],
 ) -> Serving:
     """Whether a candidate serves: awake and holding the socket, else asleep (state D) holding it, else the problem."""
     awake = [p for p in candidates if p.runnable and p.state != "D"]
@@ -263,7 +338,66 @@ def _serving(
     asleep = _asleep_holders(candidates, listening)
     if asleep:
         return Serving(None, asleep=asleep)  # serving unless it stays so (SquidWatch)
-    return Serving(_nobody_serves(candidates, listening, port_list))
+    return Serving(_nobody_serves(candidates, listening, ports))
+
+
+def _serving_now(
+    readers: Readers,
+    candidates: list[ProcessInfo],
+    ports: tuple[int, ...],
+    now: float,
+    hint: Holder | None,
+) -> tuple[Serving, dict[int, int]]:
+    """_serving on the proxy port's LISTEN sockets (and those sockets); a look that asked only
+    for the sockets known before and found no holder asks for all of them before it says so."""
+    listening = readers.listening(ports, now)
+    serving = _serving(candidates, listening, hint, ports)
+    if serving.holder is None and not readers.dumped:
+        listening = readers.listening(ports, now, dump=True)
+        serving = _serving(candidates, listening, hint, ports)
+    return serving, listening
+
+
+def _port_list(ports: Iterable[int]) -> str:
+    return ", ".join(str(port) for port in sorted(set(ports)))
+
+
+def _no_master(now: float, pid: int | None, problem: str, ports: tuple[int, ...]) -> Observation:
+    nobody = f"no Squid process listens on port {_port_list(ports)}"
+    return Observation(now, pid, problem, nobody, frozenset())
+
+
+def _master_pid(readers: Readers) -> int | str:
+    """The pid file's pid, else why there is none."""
+    try:
+        pid = readers.pid_file.read()
+    except PidFileError as error:  # never a hang or a huge read: a FIFO, symlink, 10 MB of digits
+        return str(error)
+    return f"no pid in {readers.pid_file.path}" if pid is None else pid
+
+
+def _look(
+    readers: Readers, comm: str, ports: tuple[int, ...], now: float, hint: Holder | None
+) -> Observation:
+    pid = _master_pid(readers)
+    if isinstance(pid, str):
+        readers.keep_only(set())
+        return _no_master(now, None, pid, ports)
+    tree = readers.processes.process_and_children(pid)  # nothing below the kids is looked at
+    readers.keep_only({look.info.pid for look in tree})
+    names = _squid_processes(tree, pid, comm, readers)
+    if names is None:
+        return _no_master(now, pid, f"squid pid {pid} is not running", ports)
+    kids = frozenset(p for p, kid in names.items() if kid is not None)
+    candidates = _serving_candidates([look.info for look in tree], names)
+    serving, listening = _serving_now(readers, candidates, ports, now, hint)
+    backlog = sum(listening.values())
+    # Only with connections waiting: a worker that still reads and writes is working (an
+    # overloaded Squid keeps a full queue), so a queue counts as stuck only without I/O.
+    activity = io_syscalls(p.pid for p in candidates) if backlog else None
+    return Observation(
+        now, pid, None, serving.problem, kids, serving.holder, serving.asleep, backlog, activity
+    )
 
 
 def observe(
@@ -272,34 +406,18 @@ def observe(
     ports: Iterable[int],
     clock: Callable[[], float] = time.monotonic,
     hint: Holder | None = None,
+    readers: Readers | None = None,
 ) -> Observation:
     """Squid's processes (the pid file's master and its tree), whether a runnable worker listens,
-    and the proxy port's accept queue. `hint`: see `_awake_holder`."""
-    now = clock()
-    wanted = set(ports)
-    port_list = ", ".join(str(port) for port in sorted(wanted))
-    nobody = f"no Squid process listens on port {port_list}"
+    and the proxy port's accept queue. `hint`: see `_awake_holder`; `readers`: what the
+    previous looks kept (None: a look on its own)."""
+    own = readers is None
+    readers = Readers(pid_file) if readers is None else readers
     try:
-        pid = read_pid_file(pid_file)
-    except PidFileError as error:  # never a hang or a huge read: a FIFO, symlink, 10 MB of digits
-        return Observation(now, None, str(error), nobody, frozenset())
-    if pid is None:
-        return Observation(now, None, f"no pid in {pid_file}", nobody, frozenset())
-    tree = process_and_children(pid)  # the master and its kids: nothing below them is looked at
-    names = _squid_processes(tree, pid, comm)
-    if names is None:
-        return Observation(now, pid, f"squid pid {pid} is not running", nobody, frozenset())
-    kids = frozenset(p for p, kid in names.items() if kid is not None)
-    listening = listen_backlogs(wanted)
-    candidates = _serving_candidates(tree, names)
-    serving = _serving(candidates, listening, hint, port_list)
-    backlog = sum(listening.values())
-    # Only with connections waiting: a worker that still reads and writes is working (an
-    # overloaded Squid keeps a full queue), so a queue counts as stuck only without I/O.
-    activity = io_syscalls(p.pid for p in candidates) if backlog else None
-    return Observation(
-        now, pid, None, serving.problem, kids, serving.holder, serving.asleep, backlog, activity
-    )
+        return _look(readers, comm, tuple(sorted(set(ports))), clock(), hint)
+    finally:
+        if own:
+            readers.close()
 
 
 def _queue_stuck(previous: Observation | None, seen: Observation) -> bool:
@@ -340,6 +458,7 @@ class SquidWatch:
         self.comm = comm
         self.ports = tuple(ports)
         self.clock = clock
+        self._readers = Readers(pid_file)
         self._lock = threading.Lock()
         self._previous: Observation | None = None
         self._not_serving = Stall()
@@ -358,6 +477,7 @@ class SquidWatch:
                 self.ports,
                 self.clock,
                 previous.holder if previous else None,
+                self._readers,
             )
             if (
                 seen.master_problem is not None

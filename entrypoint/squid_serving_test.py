@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import builtins
+import os
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +34,19 @@ WORKING = (
     "zero = open('/dev/zero', 'rb', buffering=0)\n"
     "while True:\n"
     "    zero.read(1); time.sleep(0.01)\n"
+)
+# Closes its listening socket and opens another on the same port, once per line on stdin (what
+# a reconfigure does).
+REOPENS = (
+    "import socket, sys\n"
+    "def listen(port):\n"
+    "    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "    s.bind(('127.0.0.1', port)); s.listen(64); return s\n"
+    "s = listen(0); port = s.getsockname()[1]\n"
+    "print(port, flush=True)\n"
+    "for line in sys.stdin:\n"
+    "    s.close(); s = listen(port)\n"
+    "    print('reopened', flush=True)\n"
 )
 BUSY = (
     "import socket, time\n"
@@ -209,3 +225,77 @@ def _wait(predicate, timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+# -- what a look keeps from the previous one (each probe looks: this is what makes it cheap) ----
+
+
+def test_a_look_with_nothing_changed_opens_no_file(
+    never_accepts: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/proc files held open (one pread each), the pid file's answer kept while an lstat shows
+    the same settled file, kid names kept per process image, the listening socket asked for
+    directly: a probe's look opens and lists nothing."""
+    time.sleep(1.1)  # a pid file written within the last second is read again at every look
+    assert never_accepts.at(0).liveness_problem() is None
+    opened: list[str] = []
+    real_open, real_os_open, real_listdir = builtins.open, os.open, os.listdir
+
+    def spy(real: Any) -> Any:
+        def call(path: Any, *args: Any, **kwargs: Any) -> Any:
+            opened.append(str(path))
+            return real(path, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(builtins, "open", spy(real_open))
+    monkeypatch.setattr(os, "open", spy(real_os_open))
+    monkeypatch.setattr(os, "listdir", spy(real_listdir))
+    assert never_accepts.at(0.5).liveness_problem() is None
+    assert never_accepts.at(0.6).readiness_problems() == []
+    assert opened == []
+
+
+def test_a_killed_master_fails_at_once(never_accepts: StandIn) -> None:
+    assert never_accepts.at(0).liveness_problem() is None
+    pid = never_accepts.process.pid
+    never_accepts.process.kill()
+    assert _wait(lambda: _state(pid) == "Z")
+    assert never_accepts.at(0.1).liveness_problem() == f"squid pid {pid} is not running"
+    never_accepts.process.wait(10)  # reaped: its held /proc files now read ESRCH
+    assert never_accepts.at(0.2).liveness_problem() == f"squid pid {pid} is not running"
+
+
+def test_a_pid_file_rewritten_at_once_is_read_again(never_accepts: StandIn, tmp_path: Path) -> None:
+    """Two writes within one clock tick leave the same size and times: a read of a file that
+    changed under a second before is never kept, so an impostor's pid is seen at once."""
+    pid_file = tmp_path / "squid.pid"
+    impostor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for round_ in range(20):
+            pid_file.write_text(f"{impostor.pid:>8}\n")  # the same size as the real one
+            problems = never_accepts.at(round_).readiness_problems()
+            assert problems == [
+                f"proxy port: no Squid process listens on port {never_accepts.port}"
+            ], round_
+            pid_file.write_text(f"{never_accepts.process.pid:>8}\n")
+            assert never_accepts.at(round_ + 0.5).readiness_problems() == [], round_
+    finally:
+        impostor.kill()
+        impostor.wait(10)
+
+
+def test_a_listening_socket_closed_and_opened_again_is_followed_at_once(tmp_path: Path) -> None:
+    """A look asks the kernel for the socket the last dump found; once that one is gone (a
+    reconfigure), the same look finds the new one and reads its queue."""
+    reopens = StandIn(tmp_path, REOPENS)
+    try:
+        assert reopens.at(0).readiness_problems() == []
+        reopens.accept_one()
+        assert reopens.process.stdout is not None
+        assert reopens.process.stdout.readline() == b"reopened\n"
+        reopens.queue(3)
+        assert reopens.at(0.1).readiness_problems() == []
+        assert reopens.watch.last is not None and reopens.watch.last.backlog == 3
+    finally:
+        reopens.close()
