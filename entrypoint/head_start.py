@@ -45,7 +45,17 @@ def begin(settings: Settings, pending_signals: list[int]) -> HeadStart | None:
     config = read_config(settings, pending_signals)
     if config is None or config.pid_file is None or config.uses_ssl_bump:
         return None  # SSL-bump: the check needs the CA installed first
-    dirs = [*settings.runtime_dirs, config.pid_file.parent]
+    prepared = prepare_snapshot(settings, config, config.pid_file)
+    if prepared is None or pending_signals:  # stopping: start nothing more
+        return None
+    return spawn_check(settings, config, *prepared, read_at_ns)
+
+
+def prepare_snapshot(
+    settings: Settings, config: ActiveConfig, pid_file: Path
+) -> tuple[list[Path], Snapshot] | None:
+    """The runtime dirs made and probed, the snapshot written and active; None when one fails."""
+    dirs = [*settings.runtime_dirs, pid_file.parent]
     dirs += [cache_dir.path for cache_dir in config.disk_cache_dirs]
     try:
         dirs = runtime_dirs.prepare_runtime_dirs(dirs)
@@ -57,9 +67,7 @@ def begin(settings: Settings, pending_signals: list[int]) -> HeadStart | None:
     except OSError:
         config_snapshot.discard(snapshot)
         return None
-    if pending_signals:  # stopping: start nothing more
-        return None
-    return spawn_check(settings, config, dirs, snapshot, read_at_ns)
+    return dirs, snapshot
 
 
 def read_config(settings: Settings, pending_signals: list[int]) -> ActiveConfig | None:
