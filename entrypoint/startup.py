@@ -1,4 +1,4 @@
-"""The startup sequence: config, health server (in parallel), TLS, dirs, checks, Squid up and listening."""
+"""The startup sequence: config, TLS, dirs, checks, Squid up and listening, then the health server (earlier during a slow check)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ from entrypoint.squid_process import (
     privileged_port_problem,
 )
 from entrypoint.state import ProxyState
+
+# A config check (or first `squid -z`) still running after this long has the health server
+# started beside it, as before Squid's turn (issue 27: a check takes about 0.03 s).
+HEALTH_DURING_CHECK_AFTER = 0.25
 
 
 class StartupError(Exception):
@@ -109,12 +113,6 @@ async def start_up(state: ProxyState, head: HeadStart | None = None) -> None:
     phases = _Phases(state)
     config = await select_active_config(state, head)
     phases.done("config_selection")
-    # The health server only needs to know where to look; it starts now and answers 503
-    # until Squid is up, while the checks below and Squid's own start run. Its report that it
-    # listens is awaited once Squid listens (a report of failure that is in already, like a
-    # taken HEALTH_PORT, ends the startup before Squid is started).
-    state.health.start(config)
-    phases.done("health_server_spawn")
     with startup_error_from(runtime_dirs.RuntimeDirError, ConfigError):
         ca_material = validate_ca(state, config)
         await prepare_dirs_and_snapshot(state, config, head)
@@ -132,12 +130,25 @@ async def start_up(state: ProxyState, head: HeadStart | None = None) -> None:
     await check_config_and_cache(state, config, head)
     phases.done("config_check_and_cache_init")
     ports = usable_listen_ports(config)
-    if state.health.start_failed():
+    if state.health.start_failed():  # started during a slow check, and failed already
         await health_listening(state)
     await start_squid(state, config, ports, phases)
+    start_health_server(state, config)
     # Ready needs both; a server that fails now ends the startup, and the caller stops Squid.
     await health_listening(state)
     phases.done("health_server_listening")
+
+
+def start_health_server(state: ProxyState, config: ActiveConfig) -> None:
+    """Spawn the health server unless it runs already; its report is awaited by `health_listening`.
+
+    Its own start (an interpreter and its imports: about 0.1 s of CPU) is put off until Squid
+    listens, so it does not compete with Squid's start on a small CPU quota (issue 27), unless
+    the config check takes long (a large config, a first `squid -z`): then it starts meanwhile,
+    and a failure of its own (a taken HEALTH_PORT) ends the startup before Squid starts.
+    """
+    if not state.health.started:
+        state.health.start(config)
 
 
 async def select_active_config(state: ProxyState, head: HeadStart | None) -> ActiveConfig:
@@ -224,6 +235,11 @@ async def check_config_and_cache(
     )
     cache = asyncio.ensure_future(commands.initialise_cache(config))
     try:
+        _, running = await asyncio.wait(
+            {check, cache}, timeout=HEALTH_DURING_CHECK_AFTER, return_when=asyncio.FIRST_EXCEPTION
+        )
+        if running:  # a slow check: the health server starts meanwhile after all
+            start_health_server(state, config)
         await asyncio.wait({check, cache}, return_when=asyncio.FIRST_EXCEPTION)
         if check.done() and check.exception() is not None:
             cache.cancel()
