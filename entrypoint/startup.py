@@ -28,9 +28,11 @@ from entrypoint.squid_process import (
 )
 from entrypoint.state import ProxyState
 
-# A config check (or first `squid -z`) still running after this long has the health server
-# started beside it, as before Squid's turn (issue 27: a check takes about 0.03 s).
+# A config check (or first `squid -z`) or a Squid start still running after this long has the
+# health server started beside it (issue 27: a check takes about 0.03 s, Squid 7.7 with the
+# default 1 GB cache_dir listens after about 0.35 s on two idle cores).
 HEALTH_DURING_CHECK_AFTER = 0.25
+HEALTH_DURING_SQUID_START_AFTER = 1.0
 
 
 class StartupError(Exception):
@@ -127,12 +129,14 @@ async def start_up(state: ProxyState, head: HeadStart | None = None) -> None:
                 state.commands.stdio_owner,
             )
         phases.done("tls_setup")
-    await check_config_and_cache(state, config, head)
+    with health_server_after(state, config, HEALTH_DURING_CHECK_AFTER):
+        await check_config_and_cache(state, config, head)
     phases.done("config_check_and_cache_init")
     ports = usable_listen_ports(config)
     if state.health.start_failed():  # started during a slow check, and failed already
         await health_listening(state)
-    await start_squid(state, config, ports, phases)
+    with health_server_after(state, config, HEALTH_DURING_SQUID_START_AFTER):
+        await start_squid(state, config, ports, phases)
     start_health_server(state, config)
     # Ready needs both; a server that fails now ends the startup, and the caller stops Squid.
     await health_listening(state)
@@ -144,11 +148,22 @@ def start_health_server(state: ProxyState, config: ActiveConfig) -> None:
 
     Its own start (an interpreter and its imports: about 0.1 s of CPU) is put off until Squid
     listens, so it does not compete with Squid's start on a small CPU quota (issue 27), unless
-    the config check takes long (a large config, a first `squid -z`): then it starts meanwhile,
-    and a failure of its own (a taken HEALTH_PORT) ends the startup before Squid starts.
+    a step takes long (`health_server_after`).
     """
     if not state.health.started:
         state.health.start(config)
+
+
+@contextlib.contextmanager
+def health_server_after(state: ProxyState, config: ActiveConfig, delay: float) -> Iterator[None]:
+    """The health server starts if the block is still running after `delay` s: during a slow step
+    (a large config's check, a first `squid -z`, a Squid whose kids keep dying) it answers 503
+    saying why, and its own failure (a taken HEALTH_PORT) is known before Squid starts."""
+    timer = asyncio.get_running_loop().call_later(delay, start_health_server, state, config)
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 async def select_active_config(state: ProxyState, head: HeadStart | None) -> ActiveConfig:
@@ -235,11 +250,6 @@ async def check_config_and_cache(
     )
     cache = asyncio.ensure_future(commands.initialise_cache(config))
     try:
-        _, running = await asyncio.wait(
-            {check, cache}, timeout=HEALTH_DURING_CHECK_AFTER, return_when=asyncio.FIRST_EXCEPTION
-        )
-        if running:  # a slow check: the health server starts meanwhile after all
-            start_health_server(state, config)
         await asyncio.wait({check, cache}, return_when=asyncio.FIRST_EXCEPTION)
         if check.done() and check.exception() is not None:
             cache.cancel()
