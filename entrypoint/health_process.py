@@ -153,6 +153,11 @@ class HealthProcess:
         return argv
 
     # -- start -------------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        """Whether `start` has been called (the startup spawns it once, at one of two points)."""
+        return bool(self.argv)
+
     def start(self, config: ActiveConfig) -> None:
         """Spawn it now; its report is awaited by `wait_listening` (the startup goes on meanwhile)."""
         self.argv = self.argv_for(config)

@@ -1,18 +1,19 @@
-"""Entrypoint main: settings, logging, then the asyncio supervisor. Exit code is the container's."""
+"""Entrypoint main: settings, the config check's head start, logging, then the asyncio supervisor. Exit code is the container's."""
 
 from __future__ import annotations
 
-import logging
+import gc
 import os
 import signal
 import sys
 import time
 
-from entrypoint.logs import configure_logging
+from entrypoint import head_start
 from entrypoint.output_sink import OutputSink
-from entrypoint.processes import kill_descendants_now
 from entrypoint.settings import load_settings, log_format_problem
-from entrypoint.signals import record_early
+
+# logging, asyncio and the modules that need them are imported only once head_start has begun
+# the config check: they take longer to import than Squid takes to check (issue 27).
 
 FINAL_FLUSH_TIMEOUT = 1.0
 # Once the supervisor is done the exit is under way and bounded: these only need ignoring.
@@ -31,8 +32,10 @@ def seconds_since_exec() -> float:
 def main(early_signals: list[int] | None = None) -> int:
     """Run PID 1. `early_signals`: what entrypoint.py recorded before its imports finished."""
     pending: list[int] = early_signals if early_signals is not None else []
-    if early_signals is None:
-        record_early(pending)  # started without entrypoint.py (python -m entrypoint.main)
+    if early_signals is None:  # started without entrypoint.py (python -m entrypoint.main)
+        from entrypoint.signals import record_early
+
+        record_early(pending)
     sinks = (OutputSink(1, "stdout"), OutputSink(2, "stderr"))
     problem = log_format_problem(os.environ)
     if problem is not None:  # before any record: every line would be in a format nobody asked for
@@ -40,10 +43,25 @@ def main(early_signals: list[int] | None = None) -> int:
         sinks[1].flush_for(FINAL_FLUSH_TIMEOUT)
         return 2
     settings, warnings = load_settings(os.environ)
+    head_started = time.monotonic()
+    head = head_start.begin(settings, pending)  # the config check runs while we import
+    head_seconds = time.monotonic() - head_started
+    import asyncio
+    import logging
+
+    from entrypoint.logs import configure_logging
+    from entrypoint.processes import kill_descendants_now
+    from entrypoint.supervisor import Supervisor
+
     log = configure_logging(settings.log_level, sinks, settings.log_format)
     log.info("CephaloProxy entrypoint starting (UID: %d, GID: %d)", os.getuid(), os.getgid())
     if log.isEnabledFor(logging.DEBUG):  # the /proc read only when the line is logged
-        log.debug("Phase interpreter_and_imports took %.3f s", seconds_since_exec())
+        log.debug("Phase interpreter_and_imports took %.3f s", seconds_since_exec() - head_seconds)
+        log.debug(
+            "Phase head_start took %.3f s (%s)",
+            head_seconds,
+            "config check under way" if head is not None else "left to the startup",
+        )
     for warning in warnings:
         log.warning("%s", warning)
     log.info(
@@ -54,16 +72,14 @@ def main(early_signals: list[int] | None = None) -> int:
         settings.shutdown_timeout,
         settings.log_format,
     )
-    import asyncio  # after the first log line: nothing above needs it
-
-    from entrypoint.supervisor import Supervisor
+    gc.enable()  # entrypoint.py held it off for the imports
 
     async def supervise() -> int:
         loop = asyncio.get_running_loop()
         for sink in sinks:
             sink.attach(loop)
         try:
-            return await Supervisor(settings, log, sinks).run(pending)
+            return await Supervisor(settings, log, sinks, head).run(pending)
         finally:
             # asyncio.run's close puts the default handlers back (a SIGTERM would then kill a
             # PID 1 that is not PID 1 of its namespace, a SIGINT raise KeyboardInterrupt inside

@@ -185,6 +185,10 @@ class ChildProcesses:
                     what or " ".join([os.path.basename(argv[0]), *argv[1:3]]), error
                 ) from None
             raise
+        return self.adopt(process)
+
+    def adopt(self, process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        """Collect the exit of `process` (spawned here, or before the event loop ran) by `reap`."""
         self._exits[process.pid] = self.loop.create_future()
         self._popens[process.pid] = process
         self.loop.call_soon(self.reap)  # it may already have exited before we registered it
@@ -266,6 +270,25 @@ class ChildProcesses:
             raise
         finally:
             os.close(write_fd)
+        return await self.collect(process, reader, timeout)
+
+    async def collect_adopted(
+        self, process: subprocess.Popen[bytes], read_fd: int, timeout: float
+    ) -> tuple[int, str]:
+        """`run`'s outcome for a command `adopt`ed from before the event loop ran (head_start),
+        its combined output on `read_fd` (a pipe's read end, closed here)."""
+        reader = _Capture()
+        try:
+            await self.loop.connect_read_pipe(lambda: reader, os.fdopen(read_fd, "rb", buffering=0))
+        except BaseException:
+            self.kill_group(process)
+            raise
+        return await self.collect(process, reader, timeout)
+
+    async def collect(
+        self, process: subprocess.Popen[bytes], reader: _Capture, timeout: float
+    ) -> tuple[int, str]:
+        """Wait for `process` (its group killed when cancelled or after `timeout`), then its output."""
         try:
             returncode = await self.wait(process, timeout)
         except asyncio.CancelledError:

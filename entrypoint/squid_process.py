@@ -293,6 +293,21 @@ class SquidCommands:
             raise SquidError(str(error)) from None
         finally:
             self.last_check_seconds = time.monotonic() - started  # for /metrics
+        self._judge_check(config, returncode, output)
+
+    async def finish_check(
+        self, config: ActiveConfig, parse: subprocess.Popen[bytes], output_fd: int, started: float
+    ) -> None:
+        """`check_config`'s outcome for the `squid -k parse` head_start began (`adopt`ed)."""
+        try:
+            returncode, output = await self.children.collect_adopted(
+                parse, output_fd, PARSE_TIMEOUT
+            )
+        finally:
+            self.last_check_seconds = time.monotonic() - started  # for /metrics
+        self._judge_check(config, returncode, output)
+
+    def _judge_check(self, config: ActiveConfig, returncode: int, output: str) -> None:
         output = self.names.restore(output)
         self.log.debug("squid -k parse output:\n%s", redact_text(output.rstrip()))
         if returncode != 0:

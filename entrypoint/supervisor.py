@@ -9,6 +9,7 @@ import signal
 import time
 
 from entrypoint import log_json, monitor, reload, shutdown, watch
+from entrypoint.head_start import HeadStart
 from entrypoint.health_process import HealthError, HealthProcess
 from entrypoint.log_relay import LineRender, relayed_spawn
 from entrypoint.log_text import escape_controls, safe_line
@@ -39,7 +40,11 @@ def entrypoint_metrics(state: ProxyState) -> EntrypointMetrics:
 
 class Supervisor:
     def __init__(
-        self, settings: Settings, log: logging.Logger, sinks: tuple[OutputSink, OutputSink]
+        self,
+        settings: Settings,
+        log: logging.Logger,
+        sinks: tuple[OutputSink, OutputSink],
+        head: HeadStart | None = None,
     ) -> None:
         children = ChildProcesses(log)
         commands = SquidCommands(settings.squid_bin, children, log)
@@ -63,7 +68,9 @@ class Supervisor:
         self.reloads = reload.Serializer(self.reload)
         self.ready = False
         self.reload_when_ready = False
-        self.config_read_at = time.time_ns()  # when the startup or the last reload began reading
+        # When the startup (or head_start) or the last reload began reading the config.
+        self.config_read_at = time.time_ns() if head is None else head.read_at_ns
+        self.head = head  # the config check begun before the imports: adopted by the startup
         self.watcher = watch.Watcher(
             settings,
             lambda: self.state.config,
@@ -157,7 +164,9 @@ class Supervisor:
 
     async def _run(self, pending_signals: list[int]) -> int:
         self.state.children.install()
-        startup = asyncio.ensure_future(start_up(self.state))
+        if self.head is not None:  # before the first reap, which would take it for an orphan
+            self.state.children.adopt(self.head.parse)
+        startup = asyncio.ensure_future(start_up(self.state, self.head))
 
         def cancel_startup() -> None:
             startup.cancel()

@@ -21,12 +21,12 @@ def test_default_run(
         proxy.logs().stdout,
         [
             "CephaloProxy entrypoint starting (UID: 1000, GID: 0)",
-            # README's startup contract: the health server starts right after config
-            # selection and the config check runs while it comes up.
-            "Starting health server on port 8080",
+            # The startup contract (docs/operating.md): with a quick config check the health
+            # server starts once Squid listens, so it does not compete with Squid's start.
             "Checking Squid config",
             "Starting Squid proxy...",
             "Squid started with PID",
+            "Starting health server on port 8080",
             "Container ready, entering monitoring loop",
         ],
     )
