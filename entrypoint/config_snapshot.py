@@ -38,6 +38,8 @@ class Snapshot:
     candidate: Path  # the config's copy, checked before it is renamed to the active path
     active: Path
     originals: dict[str, str]  # snapshot path -> the operator's path
+    # The config's secret strings: redact remembers them while Squid may print its lines.
+    secrets: frozenset[str] = frozenset()
 
 
 def _generations(run_dir: Path) -> dict[int, list[Path]]:
@@ -136,7 +138,7 @@ def write(config: ActiveConfig) -> Snapshot:
     except BaseException:
         discard_paths(directory, candidate)
         raise
-    return Snapshot(generation, candidate, config.path, originals)
+    return Snapshot(generation, candidate, config.path, originals, config.secrets)
 
 
 def discard_paths(*paths: Path) -> None:

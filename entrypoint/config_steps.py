@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from entrypoint import config_snapshot, squid_config
+from entrypoint import config_snapshot, redact, squid_config
 from entrypoint.config_snapshot import Snapshot, SnapshotNames
 from entrypoint.mounted_files import TLS_SIZE_LIMIT, FileProblem, read_bounded
 from entrypoint.processes import ChildProcesses
@@ -87,12 +87,26 @@ def select_config(settings: Settings, cancel: threading.Event | None = None) -> 
     return config
 
 
+# What redaction remembers (redact.remember_for): the secrets of each config Squid may still
+# print, rebuilt at each step, so credential rotations never pile up.
+ACTIVE_SECRETS = "active"  # the config Squid reads (its snapshot is active)
+PREVIOUS_SECRETS = "previous"  # the one before: printed while Squid switches
+ATTEMPTED_SECRETS = "attempted"  # the one read last: a refused reload's `squid -k parse` prints it
+
+
 async def read_config(settings: Settings) -> ActiveConfig:
-    """`select_config` off the event loop (a large include tree takes its time)."""
-    return await in_worker(
-        lambda cancel: select_config(settings, cancel),
-        f"reading the Squid config {settings.config}",
-    )
+    """`select_config` off the event loop (a large include tree takes its time); its secrets,
+    or those of what was read of a refused one, are remembered as the attempted config's."""
+    try:
+        config = await in_worker(
+            lambda cancel: select_config(settings, cancel),
+            f"reading the Squid config {settings.config}",
+        )
+    except ConfigError as error:
+        redact.remember_for(ATTEMPTED_SECRETS, error.secrets)
+        raise
+    redact.remember_for(ATTEMPTED_SECRETS, config.secrets)
+    return config
 
 
 async def write_snapshot(config: ActiveConfig, names: SnapshotNames) -> Snapshot:
@@ -110,7 +124,8 @@ async def write_snapshot(config: ActiveConfig, names: SnapshotNames) -> Snapshot
 
 
 def activate_snapshot(snapshot: Snapshot) -> None:
-    """Make `snapshot` what Squid reads (rename over the active path); ConfigError when it fails."""
+    """Make `snapshot` what Squid reads (rename over the active path); ConfigError when it fails.
+    Its secrets become the active config's, the active one's the previous one's."""
     try:
         config_snapshot.activate(snapshot)
     except OSError as error:
@@ -118,6 +133,14 @@ def activate_snapshot(snapshot: Snapshot) -> None:
         raise ConfigError(
             f"cannot make {snapshot.candidate} Squid's config {snapshot.active}: {error.strerror}"
         ) from None
+    remember_activated(snapshot.secrets)
+
+
+def remember_activated(secrets: frozenset[str]) -> None:
+    """`secrets` remembered as the active config's; the active ones as the previous config's
+    (older ones are forgotten: Squid no longer prints them)."""
+    redact.remember_for(PREVIOUS_SECRETS, redact.remembered_for(ACTIVE_SECRETS))
+    redact.remember_for(ACTIVE_SECRETS, secrets)
 
 
 def validate_tls(config: ActiveConfig, settings: Settings) -> tuple[bytes, bytes] | None:

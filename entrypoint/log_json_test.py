@@ -22,7 +22,7 @@ from entrypoint.log_text import safe_line
 from entrypoint.log_text_test import _ANY_TEXT, _Pipes
 from entrypoint.logs import RECORD_LIMIT, configure_logging
 from entrypoint.output_sink import OutputSink
-from entrypoint.redact import forget_secrets, remember_secrets
+from entrypoint.redact import forget_secrets, remember_for, secrets_in
 from entrypoint.redact_test import secret_lines
 from entrypoint.settings import load_settings, log_format_problem
 from entrypoint.squid_config import render_default
@@ -286,7 +286,7 @@ def test_access_values_are_exactly_what_a_text_line_would_get(
     with and without remembered secrets, and a secret among the values never survives."""
     config_line, pieces = case
     if remembered:
-        remember_secrets(config_line)
+        remember_for("test", secrets_in(config_line))
     try:
         values = (
             fields

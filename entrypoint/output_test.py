@@ -242,7 +242,9 @@ _SECRET = "Remembered-Secret-1234"
 @contextlib.contextmanager
 def _remembered_secret() -> Iterator[None]:
     redact.forget_secrets()
-    redact.remember_secrets(f"cache_peer p parent 3128 0 login=alice:{_SECRET}")
+    redact.remember_for(
+        "test", redact.secrets_in(f"cache_peer p parent 3128 0 login=alice:{_SECRET}")
+    )
     try:
         yield
     finally:

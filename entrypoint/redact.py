@@ -5,19 +5,23 @@ directive and helper option Squid 7.7 documents, in any line (`Processing: cache
 login=<redacted>`). Squid also prints values without their option (`Logfile Daemon: opening
 log /h/db/t/user/PASSWORD`) or in pieces (a quoted `login="u:two words"` gives `Ignoring
 unknown cache_peer option 'words"'`), so every value the rules find in a config line PID 1
-parses is remembered (`remember_secrets`), and it and its pieces are replaced wherever they
-appear in any later line. Only values are replaced: directive names, files and line numbers stay.
+parses is remembered, and it and its pieces are replaced wherever they appear in any later
+line. What is remembered is rebuilt, never accumulated: named sets (`remember_for`), one per
+config Squid may still print (config_steps: the active, the previous and the last attempted).
+Only values are replaced: directive names, files and line numbers stay.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 REDACTED = "<redacted>"
-MAX_REMEMBERED = 10_000  # distinct remembered strings (a bound, far above any real config)
+# Distinct strings one named set may hold: far above any real config (a cache_peer login gives
+# 2-4); squid_config refuses a config with more, so a set never has to drop one.
+MAX_REMEMBERED_PER_SET = 2_000
 
 # A word as Squid splits a line (at " \t\r\n" only): a quoted run ("..." or '...', backslash
 # escapes, unclosed: to the end of the line) is part of the word, whitespace and all.
@@ -65,7 +69,7 @@ class _Rule(NamedTuple):
     pattern: re.Pattern[str]
     context: str = ""  # only for lines that contain this (lower case), e.g. a helper's name
     keep: Callable[[re.Match[str]], bool] = lambda match: False  # a match that is no secret
-    remember: Callable[[str], str] = _whole  # what of the value to remember (remember_secrets)
+    remember: Callable[[str], str] = _whole  # what of the value to remember (secrets_in)
     # The pattern's matches, as finditer finds them; a rule whose failed tries would rescan the
     # rest of a word at every start (quadratic on a hostile line) finds them in one pass instead.
     finder: Callable[[re.Pattern[str], str], Iterator[re.Match[str]]] = _every_match
@@ -238,21 +242,24 @@ _TRIGGERS = (
     "authorization",
 )
 
-_remembered: dict[str, None] = {}  # insertion-ordered set
+_remembered: dict[str, frozenset[str]] = {}  # name -> its strings (remember_for)
 _remembering = threading.Lock()  # configs may be parsed off the event loop (reload)
 
-
-MAX_HINTS = 64  # more remembered values: every line is searched with the pattern, no pre-check
+# The pre-check's piece of each remembered value: this many characters (fewer only when the
+# value is shorter), starting at its rarest character in log text (see _RARITY).
+ANCHOR_LENGTH = 6
 
 
 class _Registry(NamedTuple):
-    hints: tuple[str, ...] | None  # casefolded: a line holding none holds no remembered value
+    # One casefolded piece of each value: a line whose casefold holds none holds no remembered
+    # value. A trie regex starting with rare characters: one C-level scan whatever their number.
+    anchors: re.Pattern[str] | None
     pattern: re.Pattern[str] | None
 
 
-# Replaced whole (one assignment), so a thread that logs never sees hints and pattern disagree;
-# rebuilt when first needed after values were added (a config with many secrets compiles once).
-_registry = _Registry((), None)
+# Replaced whole (one assignment), so a thread that logs never sees anchors and pattern disagree;
+# rebuilt when first needed after a set changed (a config with many secrets compiles once).
+_registry = _Registry(None, None)
 _registry_stale = False
 
 
@@ -287,14 +294,7 @@ def _current_registry() -> _Registry:
 
 def _may_hold_remembered(folded: str) -> bool:
     registry = _current_registry()
-    if registry.pattern is None:
-        return False
-    if registry.hints is None:
-        return True
-    for hint in registry.hints:
-        if hint in folded:
-            return True
-    return False
+    return registry.anchors is not None and registry.anchors.search(folded) is not None
 
 
 def needs_redaction(folded: str) -> bool:
@@ -360,12 +360,7 @@ def might_redact(text: str) -> bool:
     folded = text.casefold()
     if _has_trigger(folded):
         return True
-    if _registry_stale:
-        _compile_remembered()
-    registry = _registry
-    if registry.pattern is None:
-        return False
-    return registry.hints is None or any(hint in folded for hint in registry.hints)
+    return _may_hold_remembered(folded)
 
 
 # -- remembered values -------------------------------------------------------------------------
@@ -400,9 +395,9 @@ def _worth_remembering(piece: str) -> bool:
     return len(piece) >= 4 or any(ch.isalnum() for ch in piece)
 
 
-def remember_secrets(line: str) -> None:
-    """Remember every secret value the rules find in `line` (a config line PID 1 parses)."""
-    global _registry_stale
+def secrets_in(line: str) -> list[str]:
+    """Every secret string the rules find in `line` (a config line), with its pieces: what to
+    remember of it (squid_config collects them per config, config_steps hands them to remember_for)."""
     found: list[str] = []
     outer_end = -1
     # The longest value first where several start at one place (a quoted URL's password, not the
@@ -417,11 +412,33 @@ def remember_secrets(line: str) -> None:
         else:
             outer_end = end
         found.extend(secret_strings(rule.remember(line[start:end])))
+    return list(dict.fromkeys(found))
+
+
+def remember_for(name: str, strings: Iterable[str]) -> None:
+    """Remember `strings` under `name` instead of what was remembered under it: every string
+    of every set is redacted in any later line, until its set is replaced. Never drops one (a
+    config with more than MAX_REMEMBERED_PER_SET is refused where it is read)."""
+    global _registry_stale
+    remembered = frozenset(strings)
     with _remembering:
-        for string in found:
-            if string not in _remembered and len(_remembered) < MAX_REMEMBERED:
-                _remembered[string] = None
-                _registry_stale = True
+        if _remembered.get(name, frozenset()) != remembered:
+            _remembered[name] = remembered
+            _registry_stale = True
+
+
+def remembered_for(name: str) -> frozenset[str]:
+    """What is remembered under `name` (empty when nothing)."""
+    return _remembered.get(name, frozenset())
+
+
+def remembered_count() -> int:
+    """Distinct strings remembered over all sets."""
+    return len(_all_remembered())
+
+
+def _all_remembered() -> list[str]:
+    return list(dict.fromkeys(string for strings in _remembered.values() for string in strings))
 
 
 def forget_secrets() -> None:
@@ -429,7 +446,7 @@ def forget_secrets() -> None:
     global _registry, _registry_stale
     with _remembering:
         _remembered.clear()
-        _registry, _registry_stale = _Registry((), None), False
+        _registry, _registry_stale = _Registry(None, None), False
 
 
 def _literal(string: str) -> str:
@@ -445,11 +462,13 @@ def _compile_remembered() -> None:
     global _registry, _registry_stale
     with _remembering:
         if _registry_stale:
-            _registry, _registry_stale = _build_registry(list(_remembered)), False
+            _registry, _registry_stale = _build_registry(_all_remembered()), False
 
 
 def _build_registry(remembered: list[str]) -> _Registry:
     """Longer values match anywhere; short ones (under 4 characters) only as a word of their own."""
+    if not remembered:
+        return _Registry(None, None)
     ordered = sorted(remembered, key=len, reverse=True)
     long = "|".join(_literal(s) for s in ordered if len(s) >= 4)
     short = "|".join(_literal(s) for s in ordered if len(s) < 4)
@@ -457,12 +476,44 @@ def _build_registry(remembered: list[str]) -> _Registry:
     if short:
         alternatives.append(rf"(?<![a-z0-9])(?:{short})(?![a-z0-9])")
     pattern = re.compile("|".join(alternatives), _FLAGS)
-    # A hint holding another hint is implied by it: keep the minimal ones (fewer checks per line).
-    hints = sorted({_hint(s) for s in remembered}, key=len)
-    if len(hints) > MAX_HINTS:
-        return _Registry(None, pattern)
-    minimal: list[str] = []
-    for hint in hints:
-        if not any(shorter in hint for shorter in minimal):
-            minimal.append(hint)
-    return _Registry(tuple(minimal), pattern)
+    anchors = re.compile(_trie({_anchor(_hint(s)) for s in remembered}))
+    return _Registry(anchors, pattern)
+
+
+# Characters of Squid's access and cache.log lines (casefolded), most frequent first: a value's
+# anchor starts at its character latest in this list (absent: rarest), so the anchors' regex
+# tries a match only where the line has such a character (sre scans for its first characters).
+_RARITY = " 0123456789./:-etaoinsrhdlcpmu_gwfybv|=&?kx@jqz"
+
+
+def _anchor(hint: str) -> str:
+    """The piece of `hint` (ANCHOR_LENGTH characters, or all of a shorter one) that starts at
+    its rarest character: any piece will do, as a line holding the hint holds each of its pieces."""
+    size = min(ANCHOR_LENGTH, len(hint))
+    start = max(
+        range(len(hint) - size + 1),
+        key=lambda index: _RARITY.find(hint[index]) % (len(_RARITY) + 1),
+    )
+    return hint[start : start + size]
+
+
+_TrieNode = dict[str, "_TrieNode"]  # a character -> what follows it; "" -> a piece ends
+
+
+def _trie(pieces: set[str]) -> str:
+    """A regex matching any of `pieces` (exact, case-sensitive), as a trie: a C-level scan whose
+    cost grows with the line, hardly with the number of pieces (an alternation tries each)."""
+    root: _TrieNode = {}
+    for piece in pieces:
+        node = root
+        for char in piece:
+            node = node.setdefault(char, {})
+        node[""] = {}
+    return _trie_branch(root)
+
+
+def _trie_branch(node: _TrieNode) -> str:
+    if "" in node:  # a piece ends here: what follows is no longer needed
+        return ""
+    branches = [re.escape(char) + _trie_branch(child) for char, child in sorted(node.items())]
+    return branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})"

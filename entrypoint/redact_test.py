@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import random
 import string
 import sys
 
@@ -13,7 +14,14 @@ from hypothesis import strategies as st
 
 from entrypoint import redact as redact_module
 from entrypoint.logs import configure_logging
-from entrypoint.redact import REDACTED, forget_secrets, redact, redact_text, remember_secrets
+from entrypoint.redact import (
+    REDACTED,
+    forget_secrets,
+    redact,
+    redact_text,
+    remember_for,
+    secrets_in,
+)
 from entrypoint.squid_process import problem_lines
 
 
@@ -277,6 +285,11 @@ def secret_lines(draw: st.DrawFn) -> tuple[str, list[str]]:
     return f"wccp2_service dynamic 80 {draw(_cases('password'))}={secret}", [secret]
 
 
+def _remember(*config_lines: str) -> None:
+    """What config_steps does with a config's lines, under a name of the tests' own."""
+    remember_for("test", [secret for line in config_lines for secret in secrets_in(line)])
+
+
 def _leaks(text: str, pieces: list[str]) -> list[str]:
     return [piece for piece in pieces if piece in text]
 
@@ -320,7 +333,7 @@ def test_remembered_values_and_their_pieces_never_leak_alone(
     """Squid prints values without their option, or a quoted value's words one by one."""
     forget_secrets()
     line, pieces = case
-    remember_secrets(line)
+    _remember(line)
     try:
         for piece in [*pieces, " ".join(pieces)]:
             shown = redact(fragment.format(piece))
@@ -375,7 +388,7 @@ def test_redact_keeps_what_is_no_secret(line: str, expected: str) -> None:
 def test_a_remembered_value_is_replaced_anywhere_in_any_case() -> None:
     forget_secrets()
     try:
-        remember_secrets("cachemgr_passwd Mgr-S3cret all")
+        _remember("cachemgr_passwd Mgr-S3cret all")
         # cachemgr URLs carry the password after @: an access-log line holds it.
         assert (
             redact("GET cache_object://localhost/info@mgr-s3cret -")
@@ -387,16 +400,42 @@ def test_a_remembered_value_is_replaced_anywhere_in_any_case() -> None:
         forget_secrets()
 
 
-def test_many_remembered_values_stay_cheap_and_all_match() -> None:
-    """A config with more secrets than the pre-check takes: each is still redacted."""
+# Many remembered values: rotated cache_peer passwords, as token_urlsafe makes them (fixed here).
+_MANY = [
+    f"cache_peer parent.example 3128 0 login=proxyuser:Rot{number:04d}{word}"
+    for number, word in enumerate(
+        "".join(random.Random(number).choices(string.ascii_letters + string.digits + "-_", k=12))
+        for number in range(500)
+    )
+]
+_ACCESS = "1796627004.562     12 10.1.2.3 TCP_MISS/200 1532 GET http://example.com/some/path/x.js - HIER_DIRECT/93.184.216.34 application/javascript"
+
+
+def test_many_remembered_values_keep_the_fast_path_and_all_match(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1000 remembered strings (500 rotations): an access line still takes the fast path (no
+    full redaction at all, in a batch or alone), and every value is still redacted."""
+    full_redactions = 0
+    full_redaction = redact_module.full_redaction
+
+    def counted(line: str) -> str:
+        nonlocal full_redactions
+        full_redactions += 1
+        return full_redaction(line)
+
+    monkeypatch.setattr(redact_module, "full_redaction", counted)
     forget_secrets()
     try:
-        for number in range(redact_module.MAX_HINTS * 3):
-            remember_secrets(f"cachemgr_passwd Mgr{number:04d}pw menu")
-        for number in (0, redact_module.MAX_HINTS * 3 - 1):
+        _remember(*_MANY)
+        assert redact_module.remembered_count() == 1000
+        assert safe_lines([_ACCESS] * 100) == [_ACCESS] * 100
+        assert [redact(_ACCESS) for _ in range(100)] == [_ACCESS] * 100
+        assert full_redactions == 0
+        for config_line in (_MANY[0], _MANY[-1]):
+            password = config_line.rsplit(":", 1)[1]
             assert (
-                redact(f"GET cache_object://h/menu@Mgr{number:04d}pw")
-                == f"GET cache_object://h/menu@{REDACTED}"
+                redact(f"GET http://h/menu@{password.upper()}") == f"GET http://h/menu@{REDACTED}"
             )
     finally:
         forget_secrets()
@@ -431,8 +470,7 @@ def test_fast_path_never_skips_a_line_the_full_redaction_would_change(
     only for a line the full redaction (every rule, every remembered value) leaves as it is."""
     forget_secrets()
     try:
-        for config_line, _ in config:
-            remember_secrets(config_line)
+        _remember(*(config_line for config_line, _ in config))
         full = redact_module.full_redaction(line)
         if full != line:
             assert redact_module.needs_redaction(line.casefold()), line
@@ -448,10 +486,43 @@ def test_a_batch_of_lines_is_each_line_made_safe(
     """The relay's one look at all the lines that arrived together: the same lines as one by one."""
     forget_secrets()
     try:
-        for config_line, _ in config:
-            remember_secrets(config_line)
+        _remember(*(config_line for config_line, _ in config))
         assert safe_lines(lines) == [
             escape_controls(redact_module.full_redaction(line)) for line in lines
         ]
+    finally:
+        forget_secrets()
+
+
+def _case_mixed(text: str, seed: int) -> str:
+    chooser = random.Random(seed)
+    return "".join(char.upper() if chooser.random() < 0.5 else char.lower() for char in text)
+
+
+_MANY_SECRETS = [secret for line in _MANY for secret in secrets_in(line)]
+# Lines holding one of the many remembered values (or a piece or a near miss), in any ASCII case.
+_WITH_MANY = st.builds(
+    lambda secret, cut, seed, fragment: fragment.format(_case_mixed(secret[cut:], seed)),
+    st.sampled_from(_MANY_SECRETS),
+    st.integers(0, 8),
+    st.integers(0, 2**16),
+    st.sampled_from([*_FRAGMENTS, _ACCESS.replace("x.js", "{}")]),
+)
+
+
+@given(st.lists(secret_lines(), max_size=2), st.one_of(_ANY_LINE, _WITH_MANY))
+def test_fast_path_never_skips_a_line_with_many_remembered_values(
+    config: list[tuple[str, list[str]]], line: str
+) -> None:
+    """As above, with the 1000 strings of 500 rotations remembered besides."""
+    forget_secrets()
+    try:
+        remember_for("rotations", _MANY_SECRETS)
+        _remember(*(config_line for config_line, _ in config))
+        full = redact_module.full_redaction(line)
+        if full != line:
+            assert redact_module.needs_redaction(line.casefold()), line
+        assert redact(line) == full
+        assert safe_lines([_ACCESS, line]) == [_ACCESS, escape_controls(full)]
     finally:
         forget_secrets()

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from entrypoint.mounted_files import CONFIG_SIZE_LIMIT, FileProblem, check_file, read_bounded
-from entrypoint.redact import remember_secrets
+from entrypoint.redact import MAX_REMEMBERED_PER_SET, secrets_in
 from entrypoint.settings import DEFAULT_SQUID_PORT, Settings, port_number
 
 DISK_CACHE_TYPES = frozenset({"ufs", "aufs", "diskd", "rock"})
@@ -50,6 +50,9 @@ class ConfigError(Exception):
     # What the failed read had read or looked for (files, absolute include patterns): watch
     # mode watches them too, so fixing a file only the refused config names is a change.
     read_paths: tuple[str, ...] = ()
+    # The secret strings of what was read before the problem (redact.secrets_in): remembered
+    # like a config's, as the message or Squid may print them.
+    secrets: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,6 +132,7 @@ class ConfigFile:
     path: Path
     data: bytes
     includes: tuple[IncludeLine, ...] = ()
+    secrets: tuple[str, ...] = ()  # what redaction must remember of its lines (redact.secrets_in)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +147,11 @@ class ActiveConfig:
 
     def named(self, name: str) -> list[Directive]:
         return [d for d in self.directives if d.name == name]
+
+    @property
+    def secrets(self) -> frozenset[str]:
+        """Every secret string of the tree: what Squid may print of it, to be redacted."""
+        return frozenset(secret for file in self.files for secret in file.secrets)
 
     @property
     def uses_ssl_bump(self) -> bool:
@@ -181,13 +190,15 @@ class ActiveConfig:
         return dbs
 
 
-def _squid_lines(text: str) -> Iterator[tuple[int, int, list[str]]]:
+def _squid_lines(
+    text: str, secrets: dict[str, None] | None = None
+) -> Iterator[tuple[int, int, list[str]]]:
     """(first line, last line, words) of each directive, joined as Squid's preprocessor does.
 
     Lines end at LF only (a CR or NUL ends a line's content); leading spaces/tabs are dropped; a
     line starting with `#` and an empty line are skipped (inside a continuation too); a
     trailing `\\` joins the next line directly; a continuation still open at the end is
-    dropped, as Squid drops it.
+    dropped, as Squid drops it. `secrets`: gets the secret strings of every joined line.
     """
     parts: list[str] = []
     first = 0
@@ -202,7 +213,8 @@ def _squid_lines(text: str) -> Iterator[tuple[int, int, list[str]]]:
             continue
         parts.append(line)
         joined = "".join(parts)
-        remember_secrets(joined)  # Squid may echo its values, or pieces of them, in any later line
+        if secrets is not None:  # Squid may echo its values, or pieces of them, in any later line
+            secrets.update(dict.fromkeys(secrets_in(joined)))
         # Words are separated by spaces and tabs only (Squid's w_space; CR/LF are gone).
         words = [word for word in joined.replace("\t", " ").split(" ") if word]
         parts = []
@@ -226,6 +238,7 @@ class _Budget:
         self.bytes = 0
         self.entries = 0  # directory entries include globs visited
         self.seen: dict[str, None] = {}  # files read and include patterns looked for, in order
+        self.secrets: dict[str, None] = {}  # of every file read (redact remembers them)
         self.deadline = time.monotonic() + READ_TIME_LIMIT
         self.cancel = cancel
 
@@ -254,6 +267,16 @@ class _Budget:
             raise ConfigError(
                 f"Squid config {where}: expanding the include globs visited more than"
                 f" {MAX_GLOB_ENTRIES} directory entries (the limit): name the files or a narrower pattern"
+            )
+
+    def check_secrets(self, where: object, count: int) -> None:
+        """ConfigError naming `where` when `count` secret strings are past the limit."""
+        if count > MAX_REMEMBERED_PER_SET:
+            raise ConfigError(
+                f"Squid config {where}: the config and its includes hold more than"
+                f" {MAX_REMEMBERED_PER_SET} distinct secret values and pieces of them (passwords,"
+                " keys, tokens; the limit: the log redaction remembers each to replace it wherever"
+                " Squid prints it): use fewer distinct credentials in one config"
             )
 
     def add_bytes(self, path: Path, count: int) -> None:
@@ -391,23 +414,31 @@ def _read_tree(
     index = len(files)
     files.append(ConfigFile(path, data))
     includes: list[IncludeLine] = []
-    # A newline byte stays a newline whatever the decoding replaces: line numbers hold.
-    for count, (first, last, words) in enumerate(
-        _squid_lines(data.decode("utf-8", errors="replace"))
-    ):
-        directive = Directive(first, words[0], tuple(words[1:]), path)
-        if count % 4096 == 4095:
-            budget.check_time(directive.where)
-        if directive.name != "include":
-            directives.append(directive)
-            continue
-        targets: list[int] = []
-        for pattern in directive.args:
-            for target in _include_targets(directive, pattern, budget):
-                targets.append(_read_tree(target, None, (*stack, real), budget, directives, files))
-        if targets:  # a bare `include` is no include to Squid either: left as it is
-            includes.append(IncludeLine(first, last, tuple(targets)))
-    files[index] = ConfigFile(path, data, tuple(includes))
+    secrets: dict[str, None] = {}
+    try:
+        # A newline byte stays a newline whatever the decoding replaces: line numbers hold.
+        for count, (first, last, words) in enumerate(
+            _squid_lines(data.decode("utf-8", errors="replace"), secrets)
+        ):
+            directive = Directive(first, words[0], tuple(words[1:]), path)
+            budget.check_secrets(directive.where, len(secrets))  # names the line that crossed it
+            if count % 4096 == 4095:
+                budget.check_time(directive.where)
+            if directive.name != "include":
+                directives.append(directive)
+                continue
+            targets: list[int] = []
+            for pattern in directive.args:
+                for target in _include_targets(directive, pattern, budget):
+                    targets.append(
+                        _read_tree(target, None, (*stack, real), budget, directives, files)
+                    )
+            if targets:  # a bare `include` is no include to Squid either: left as it is
+                includes.append(IncludeLine(first, last, tuple(targets)))
+    finally:  # on a problem too: its message, or Squid, may print what was read before it
+        budget.secrets.update(secrets)
+    budget.check_secrets(path, len(budget.secrets))
+    files[index] = ConfigFile(path, data, tuple(includes), tuple(secrets))
     return index
 
 
@@ -423,6 +454,7 @@ def read_tree(
         _read_tree(path, data, (), budget, directives, files)
     except ConfigError as error:
         error.read_paths = tuple(budget.seen)
+        error.secrets = tuple(budget.secrets)
         raise
     return tuple(directives), tuple(files)
 
@@ -635,6 +667,7 @@ def select_config(settings: Settings, cancel: threading.Event | None = None) -> 
         validate(active, settings.certgen_bin.parent)
     except ConfigError as error:
         error.read_paths = tuple(str(file.path) for file in files) + include_patterns(active)
+        error.secrets = tuple(active.secrets)
         raise
     return active
 

@@ -527,3 +527,57 @@ def test_a_real_process_limit_is_a_config_error_not_a_read_on_the_loop() -> None
     assert done.stdout.startswith(
         "ConfigError: cannot start a thread for reading the Squid config /x: the container's process limit"
     ), (done.stdout, done.stderr)
+
+
+def _peer_lines(prefix: str, count: int) -> str:
+    return "".join(
+        f"cache_peer p{number}.example parent 3128 0 login=u:{prefix}{number:05d}pw\n"
+        for number in range(count)
+    )
+
+
+def test_a_config_with_more_secrets_than_redaction_remembers_is_refused_naming_the_line(
+    tmp_path: Path,
+) -> None:
+    """Past redact.MAX_REMEMBERED_PER_SET strings (each login gives its value and pieces) the
+    read stops at the line that crossed it; nothing is silently left unremembered."""
+    from entrypoint import redact
+
+    config = tmp_path / "squid.conf"
+    config.write_text("http_port 3128\n" + _peer_lines("Sx", redact.MAX_REMEMBERED_PER_SET))
+    with pytest.raises(ConfigError) as raised:
+        squid_config.read_tree(config)
+    message = str(raised.value)
+    assert re.search(rf"{re.escape(str(config))}(:| line )\d+", message), message
+    assert f"more than {redact.MAX_REMEMBERED_PER_SET} distinct secret values" in message
+    assert "Sx0" not in message
+    # Everything read up to the refusal is handed over to be remembered (its message or a
+    # later `squid -k parse` may print it).
+    assert "u:Sx00000pw" in raised.value.secrets or "Sx00000pw" in raised.value.secrets
+    # A config well inside the bound reads.
+    config.write_text("http_port 3128\n" + _peer_lines("Ok", 300))
+    squid_config.read_tree(config)
+
+
+def test_rotated_credentials_are_forgotten_once_squid_cannot_print_them() -> None:
+    """What is remembered is the active, the previous and the last attempted config's: after
+    500 rotations it holds three configs' strings, not 500, and each of those is redacted."""
+    from entrypoint import redact
+    from entrypoint.config_steps import ATTEMPTED_SECRETS, remember_activated
+
+    def secrets(number: int) -> frozenset[str]:
+        return frozenset(redact.secrets_in(f"cache_peer p parent 3128 0 login=u:Rot{number:05d}x"))
+
+    redact.forget_secrets()
+    try:
+        for number in range(500):
+            redact.remember_for(ATTEMPTED_SECRETS, secrets(number))
+            remember_activated(secrets(number))
+        redact.remember_for(ATTEMPTED_SECRETS, secrets(1000))  # a refused reload's config
+        for number in (498, 499, 1000):
+            assert redact.redact(f"peer said Rot{number:05d}x") == f"peer said {redact.REDACTED}"
+        for number in (0, 250, 497):  # neither active, nor previous, nor attempted
+            assert redact.redact(f"peer said Rot{number:05d}x") == f"peer said Rot{number:05d}x"
+        assert redact.remembered_count() <= 3 * len(secrets(0))
+    finally:
+        redact.forget_secrets()

@@ -13,6 +13,7 @@ from entrypoint.config_steps import (
     activate_snapshot,
     install_tls,
     read_config,
+    remember_activated,
     validate_tls,
     write_snapshot,
 )
@@ -170,6 +171,7 @@ async def select_active_config(state: ProxyState, head: HeadStart | None) -> Act
     """The config (head_start's, else read now), logged; as root, who Squid becomes."""
     if head is not None:
         config = head.config
+        remember_activated(config.secrets)  # head_start made its snapshot the active one
     else:
         with startup_error_from(ConfigError):
             config = await read_config(state.settings)
