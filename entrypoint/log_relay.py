@@ -58,8 +58,9 @@ class LineRelay(asyncio.Protocol):
         self.sink = sink
         self.line_filter = line_filter
         self.render = render
-        # Drop the second of two identical consecutive lines (Squid's `-d 0` copy of a
-        # cache.log line when cache.log is the same stderr); a third is kept.
+        # Drop the second of two identical consecutive lines that arrive in one read (Squid's
+        # `-d 0` copy of a cache.log line when cache.log is the same stderr, written right after
+        # it); a third is kept, and so is a repeat in a later read (another event).
         self.collapse_pairs = collapse_pairs
         self._previous: bytes | None = None
         self._partial = b""
@@ -112,11 +113,18 @@ class LineRelay(asyncio.Protocol):
             self._skipping, data = 0, data[end + 1 :]
         buffer = self._partial + data
         *complete, self._partial = buffer.split(b"\n")
+        if len(buffer) > MAX_HELD_BYTES:  # only then can a line be too long (one look per line)
+            complete = [
+                self._dropped_note(len(raw)) if len(raw) > MAX_HELD_BYTES else raw
+                for raw in complete
+            ]
         lines += complete
         if len(self._partial) > MAX_HELD_BYTES:
             self._skipping, self._partial = len(self._partial), b""
         if lines:
             self._emit_all(lines)
+        if self.collapse_pairs:
+            self._previous = None  # Squid writes a pair back to back: they arrive in one read
 
     @staticmethod
     def _dropped_note(size: int) -> bytes:
@@ -170,11 +178,8 @@ class LineRelay(asyncio.Protocol):
         if self._skipping:
             self._emit(self._dropped_note(self._skipping))
             self._skipping = 0
-        if self._partial:
-            if self.collapse_pairs:
-                self._partial = b"".join(self._collapsed([self._partial]))
-            if self._partial:
-                self._emit(self._partial)
+        if self._partial:  # a last line without its newline
+            self._emit(self._partial)
             self._partial = b""
         if not self.closed.done():
             self.closed.set_result(None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import re
@@ -107,6 +108,58 @@ def test_squid_style_doubled_lines_collapse_in_pairs_only() -> None:
         return data
 
     assert asyncio.run(scenario()) == b"a\nb\nb\nc\n"
+
+
+def _relayed_reads(reads: list[bytes], collapse_pairs: bool = False) -> bytes:
+    """`reads` handed to a LineRelay one read at a time, then EOF; what it wrote."""
+
+    async def scenario() -> bytes:
+        out_read, out_write = os.pipe()
+        fcntl.fcntl(out_write, fcntl.F_SETPIPE_SZ, 1 << 20)
+        sink = OutputSink(out_write, "stderr", limit_bytes=4 << 20)
+        relay = LineRelay(sink, collapse_pairs=collapse_pairs)
+        for data in reads:
+            relay.data_received(data)
+        relay.connection_lost(None)
+        data = read_all(out_read)
+        for fd in (out_read, out_write, sink.fd):
+            os.close(fd)
+        return data
+
+    return asyncio.run(scenario())
+
+
+def test_a_repeated_line_in_a_later_read_is_another_event_and_kept() -> None:
+    """Squid's stderr copy follows its cache.log line at once (one read); the same line read
+    again later is a new event (a repeated warning) and is never dropped."""
+    assert _relayed_reads([b"WARNING: x\n", b"WARNING: x\n"], True) == b"WARNING: x\n" * 2
+    assert _relayed_reads([b"a\n", b"a\na\n", b"a"], True) == b"a\na\na\n"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(-3, 3).map(lambda delta: log_relay.MAX_HELD_BYTES + delta),
+    st.lists(st.integers(0, log_relay.MAX_HELD_BYTES + 3), max_size=3),
+)
+def test_a_complete_line_over_the_held_limit_is_dropped_however_it_arrives(
+    size: int, cuts: list[int]
+) -> None:
+    """Over MAX_HELD_BYTES a line is dropped with its note whether its end arrives in the
+    read that crossed the limit or a later one; at the limit it is relayed whole."""
+    data = b"k" * size + b"\nafter\n"
+    bounds = sorted({0, *(min(cut, len(data)) for cut in cuts), len(data)})
+    reads = [data[start:end] for start, end in itertools.pairwise(bounds) if end > start]
+    output = _relayed_reads(reads)
+    if size > log_relay.MAX_HELD_BYTES:
+        assert (
+            output
+            == (
+                f"[a line of {size} bytes dropped: longer than {log_relay.MAX_HELD_BYTES}]\nafter\n"
+            ).encode()
+        )
+    else:
+        assert output.endswith(b"\nafter\n") and b"dropped" not in output
+        assert output.replace(b"\n", b"")[:-5] == b"k" * size
 
 
 def test_lines_that_arrive_together_leave_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
