@@ -464,8 +464,8 @@ async def recheck_cert_db(
         if not foreign:
             return False
         log.warning(
-            "SSL certificate DB %s: %d certificate(s) signed by the previous CA were stored while Squid"
-            " reconfigured; rebuilding it",
+            "SSL certificate DB %s: %d certificate(s) signed by the previous CA were stored during"
+            " Squid's reconfigure; rebuilding it",
             db.path,
             foreign,
         )
