@@ -332,3 +332,30 @@ def test_a_response_tail_still_in_the_kernel_reaches_the_client_before_exit(
         if reader is not None:
             reader.close()
         origin.close()
+
+
+def test_a_tail_the_client_never_takes_is_cut_at_shutdown_timeout(
+    workspace: Workspace, launch: Launcher
+) -> None:
+    """Waiting for a tail is bounded like any transfer: SHUTDOWN_TIMEOUT, then the stop."""
+    origin = start_local_http_server("x" * BIG_BODY)
+    reader: TailReader | None = None
+    try:
+        run = launch(workspace.env(SHUTDOWN_TIMEOUT="2"))
+        run.wait_ready()
+        reader = TailReader(workspace.squid_port, origin.port)
+        assert reader.tail_seen.wait(60), f"no tail in the kernel ({reader.received} bytes read)"
+        signalled = time.monotonic()
+        run.process.send_signal(signal.SIGTERM)
+        assert run.wait_exit(30) == 0, run.output
+        # Contract bound: the deadline, then Squid's finish margin (5 s) and a little slack.
+        assert time.monotonic() - signalled < 2 + 5 + 3
+        assert (
+            "1 closed client connection(s) still sending their last bytes after 2 s"
+            " (SHUTDOWN_TIMEOUT); stopping Squid now" in run.stdout
+        )
+        assert "Drained" not in run.stdout
+    finally:
+        if reader is not None:
+            reader.close()
+        origin.close()

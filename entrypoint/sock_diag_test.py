@@ -162,9 +162,7 @@ def test_socket_and_process_checks_never_read_the_whole_host(tmp_path: Path) -> 
         assert "listdir /proc" not in seen, seen
 
 
-def test_without_netlink_the_proc_table_answers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A seccomp profile may refuse AF_NETLINK (simulated: the real refusal needs another
-    runtime): the checks fall back to /proc and stay right."""
+def _refuse_netlink(monkeypatch: pytest.MonkeyPatch) -> None:
     real_socket = socket.socket
 
     def refuse(family: int = -1, *args: Any, **kwargs: Any) -> socket.socket:
@@ -174,6 +172,12 @@ def test_without_netlink_the_proc_table_answers(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(sock_diag, "_link", sock_diag._Link())
     monkeypatch.setattr(socket, "socket", refuse)
+
+
+def test_without_netlink_the_proc_table_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A seccomp profile may refuse AF_NETLINK (simulated: the real refusal needs another
+    runtime): the checks fall back to /proc and stay right."""
+    _refuse_netlink(monkeypatch)
     with _listeners(1) as (server,):
         port = server.getsockname()[1]
         assert sock_diag.tcp_sockets(proc_table.TCP_LISTEN, [port]) is None
@@ -342,16 +346,8 @@ def test_a_closed_socket_still_sending_is_found_with_its_send_queue() -> None:
 
 def test_without_netlink_tails_are_counted_from_proc(monkeypatch: pytest.MonkeyPatch) -> None:
     """Netlink refused (simulated, as above): /proc/net/tcp's tx_queue column gives the same count."""
-    real_socket = socket.socket
-
-    def refuse(family: int = -1, *args: Any, **kwargs: Any) -> socket.socket:
-        if family == socket.AF_NETLINK:
-            raise PermissionError(1, "Operation not permitted")
-        return real_socket(family, *args, **kwargs)
-
     with _orphaned_tail() as (port, client):
-        monkeypatch.setattr(sock_diag, "_link", sock_diag._Link())
-        monkeypatch.setattr(socket, "socket", refuse)
+        _refuse_netlink(monkeypatch)
         tails = drain_tails.SendingTails([port])
         assert tails.count() == 1
         assert [
