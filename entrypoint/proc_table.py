@@ -17,7 +17,11 @@ from entrypoint import sock_diag
 
 # /proc/net/tcp `st` column (include/net/tcp_states.h).
 TCP_ESTABLISHED = 0x01
+TCP_FIN_WAIT1 = 0x04
+TCP_FIN_WAIT2 = 0x05
+TCP_LAST_ACK = 0x09
 TCP_LISTEN = 0x0A
+TCP_CLOSING = 0x0B
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +45,7 @@ class TcpSocket:
     remote_port: int
     state: int
     inode: int
+    send_queue: int = 0  # not yet acknowledged by the peer (tx_queue; a FIN counts one); not LISTEN
 
 
 def _stat_fields(data: bytes) -> tuple[str, list[str]]:
@@ -319,6 +324,7 @@ def tcp_sockets() -> list[TcpSocket]:
         for row in rows:
             fields = row.split()
             local, remote = fields[1].split(":"), fields[2].split(":")
+            send_queue = int(fields[4].split(":")[0], 16)  # tx_queue:rx_queue
             sockets.append(
                 TcpSocket(
                     local_address=_decode_address(local[0]),
@@ -327,6 +333,7 @@ def tcp_sockets() -> list[TcpSocket]:
                     remote_port=int(remote[1], 16),
                     state=int(fields[3], 16),
                     inode=int(fields[9]),
+                    send_queue=send_queue,
                 )
             )
     return sockets
@@ -340,21 +347,23 @@ def _from_diag(found: sock_diag.DiagSocket) -> TcpSocket:
         remote_port=found.remote_port,
         state=found.state,
         inode=found.inode,
+        send_queue=found.send_queue,
     )
 
 
-def sockets_on(ports: Iterable[int], state: int) -> list[TcpSocket]:
-    """TCP sockets (IPv4 and IPv6) in `state` on one of the local `ports`.
+def sockets_on(ports: Iterable[int], state: int | Iterable[int]) -> list[TcpSocket]:
+    """TCP sockets (IPv4 and IPv6) in `state` (one or several) on one of the local `ports`.
 
     Asked of the kernel over netlink, filtered there by state and port (sock_diag): the cost
     follows the matching sockets, not the tens of thousands of other rows a busy host has.
     Where netlink is refused, the whole /proc/net/tcp table is read and filtered instead.
     """
     wanted = set(ports)
-    found = sock_diag.tcp_sockets(state, wanted)
+    states = {state} if isinstance(state, int) else set(state)
+    found = sock_diag.tcp_sockets(states, wanted)
     if found is not None:
         return [_from_diag(sock) for sock in found]
-    return [sock for sock in tcp_sockets() if sock.state == state and sock.local_port in wanted]
+    return [sock for sock in tcp_sockets() if sock.state in states and sock.local_port in wanted]
 
 
 def owned_sockets(pids: Iterable[int], ports: Iterable[int], state: int) -> list[TcpSocket]:

@@ -1,8 +1,9 @@
 """Stopping: drain Squid's client connections within SHUTDOWN_TIMEOUT, then stop everything.
 
 SIGTERM makes Squid close its listening sockets; it then waits its whole shutdown_lifetime
-even when idle. So we watch Squid's own ESTABLISHED client connections (proc_table) and, once
-none is left or the deadline has passed, tell it to finish now (SIGINT: "wait 0 seconds").
+even when idle. So we watch Squid's own ESTABLISHED client connections (proc_table), then the
+closed ones whose last bytes the kernel still sends (drain_tails), and once none is left or the
+deadline has passed, tell it to finish now (SIGINT: "wait 0 seconds").
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 import time
 from typing import Any
 
+from entrypoint.drain_tails import SendingTails
 from entrypoint.log_json import exit_fields
 from entrypoint.processes import describe_exit, kill_descendants_now
 from entrypoint.squid_config import ActiveConfig
@@ -101,25 +103,29 @@ async def _drain_and_stop(
     limit = drain_limit(state)
     deadline = started + limit
     ports = listen_ports(state.config) if state.config is not None else []
+    tails = SendingTails(ports)
     squid.send(signal.SIGTERM)  # stop accepting; in-flight transfers continue
-    announced = False
+    announced = tails_announced = False
     finish_reason = ""
     while not squid.exited.done() and not force.is_set():
-        clients = squid.client_connections(ports)
+        clients, sending = _in_flight(squid, tails, ports)
         now = time.monotonic()
-        if clients == 0:
+        if clients + sending == 0:
             finish_reason = f"Drained after {now - started:.1f} s; stopping Squid"
             break
         if now >= deadline:
             finish_reason = (
-                f"{clients} client connection(s) still open after {limit:g} s"
+                f"{_describe(clients, sending)} after {limit:g} s"
                 " (SHUTDOWN_TIMEOUT); stopping Squid now"
             )
             break
         if not announced:
-            log.info("Draining %d client connections (up to %g s)...", clients, limit)
-            state.metrics.drain_started(clients)
+            log.info("Draining %d client connections (up to %g s)...", clients + sending, limit)
+            state.metrics.drain_started(clients + sending)
             announced = True
+        if sending and not tails_announced:
+            log.info("%s", _describe(clients, sending))  # why a drain with no client goes on
+            tails_announced = True
         await _wait_any(DRAIN_POLL_INTERVAL, squid.exited, forced)
     state.metrics.drain_ended(time.monotonic() - started)
     if finish_reason and not squid.exited.done() and not force.is_set():
@@ -136,6 +142,22 @@ async def _drain_and_stop(
     if not force.is_set():
         log.warning("Squid did not finish within %g s of being told to; killing it", FINISH_MARGIN)
     squid.kill_all()
+
+
+def _in_flight(squid: SquidProcess, tails: SendingTails, ports: list[int]) -> tuple[int, int]:
+    """(Squid's open client connections, closed ones still sending). Tails are looked for only
+    once no client is open: until then the drain goes on anyway, and more may close."""
+    clients = squid.client_connections(ports)
+    if clients:
+        tails.forget()
+        return clients, 0
+    return 0, tails.count()
+
+
+def _describe(clients: int, sending: int) -> str:
+    if not sending:
+        return f"{clients} client connection(s) still open"
+    return f"{sending} closed client connection(s) still sending their last bytes"
 
 
 async def _finish(squid: SquidProcess, force: asyncio.Event, forced: asyncio.Future[Any]) -> None:

@@ -1,4 +1,4 @@
-"""TCP sockets in one state on given local ports, asked of the kernel over netlink (what `ss` does).
+"""TCP sockets in given states on given local ports, asked of the kernel over netlink (what `ss` does).
 
 /proc/net/tcp lists every socket of the namespace and costs O(host's connections) to read and
 decode; NETLINK_SOCK_DIAG filters by state (idiag_states) and local port (an inet_diag bytecode
@@ -51,6 +51,9 @@ class DiagSocket(NamedTuple):
     queue: int  # rqueue: for a LISTEN socket, the connections waiting to be accepted
     inode: int
     sockid: bytes = b""  # as the kernel gave it, cookie included: what `lookup` asks for
+    # wqueue: bytes not yet acknowledged by the peer, sent or not (a FIN counts one); for a
+    # LISTEN socket the accept queue's limit instead
+    send_queue: int = 0
 
 
 def port_filter(ports: Iterable[int]) -> bytes:
@@ -80,10 +83,16 @@ def port_filter(ports: Iterable[int]) -> bytes:
     return bytes(code)
 
 
-def _request(family: int, state: int, ports: Iterable[int], sequence: int) -> bytes:
+def state_mask(states: int | Iterable[int]) -> int:
+    """idiag_states for one state or several: bit N stands for state N."""
+    wanted = {states} if isinstance(states, int) else set(states)
+    return sum(1 << state for state in wanted)
+
+
+def _request(family: int, states: int, ports: Iterable[int], sequence: int) -> bytes:
     bytecode = port_filter(ports)
     attribute = struct.pack("=HH", 4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
-    body = _REQUEST.pack(family, socket.IPPROTO_TCP, 0, 1 << state) + attribute
+    body = _REQUEST.pack(family, socket.IPPROTO_TCP, 0, states) + attribute
     return (
         _HEADER.pack(
             _HEADER.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, sequence, 0
@@ -105,7 +114,7 @@ def _parse(data: bytes, found: list[DiagSocket]) -> bool:
             (error,) = struct.unpack_from("=i", data, offset + _HEADER.size)
             raise OSError(-error, "netlink sock_diag refused the request")
         if kind == SOCK_DIAG_BY_FAMILY:
-            (family, state, _, _, sport, dport, src, dst, _, _, _, rqueue, _, _, inode) = (
+            (family, state, _, _, sport, dport, src, dst, _, _, _, rqueue, wqueue, _, inode) = (
                 _MESSAGE.unpack_from(data, offset + _HEADER.size)
             )
             size = 4 if family == socket.AF_INET else 16
@@ -121,6 +130,7 @@ def _parse(data: bytes, found: list[DiagSocket]) -> bool:
                     rqueue,
                     inode,
                     data[sockid_at : sockid_at + _SOCKID_SIZE],
+                    wqueue,
                 )
             )
         offset += (length + 3) & ~3
@@ -128,8 +138,8 @@ def _parse(data: bytes, found: list[DiagSocket]) -> bool:
 
 
 @functools.lru_cache(maxsize=16)
-def _requests(state: int, ports: tuple[int, ...]) -> tuple[bytes, bytes]:
-    return _request(socket.AF_INET, state, ports, 1), _request(socket.AF_INET6, state, ports, 2)
+def _requests(states: int, ports: tuple[int, ...]) -> tuple[bytes, bytes]:
+    return _request(socket.AF_INET, states, ports, 1), _request(socket.AF_INET6, states, ports, 2)
 
 
 class _Link:
@@ -164,15 +174,15 @@ class _Link:
 _link = _Link()
 
 
-def tcp_sockets(state: int, ports: Iterable[int]) -> list[DiagSocket] | None:
-    """The TCP sockets (IPv4 and IPv6) in `state` whose local port is one of `ports`; None when
-    netlink sock_diag is not available here (then read /proc/net/tcp)."""
+def tcp_sockets(states: int | Iterable[int], ports: Iterable[int]) -> list[DiagSocket] | None:
+    """The TCP sockets (IPv4 and IPv6) in `states` (one or several) whose local port is one of
+    `ports`; None when netlink sock_diag is not available here (then read /proc/net/tcp)."""
     wanted = tuple(sorted(set(ports)))
     if not wanted:
         return []
     found: list[DiagSocket] = []
     for family, request in zip(
-        (socket.AF_INET, socket.AF_INET6), _requests(state, wanted), strict=True
+        (socket.AF_INET, socket.AF_INET6), _requests(state_mask(states), wanted), strict=True
     ):
         try:
             found += _link.dump(request)

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entrypoint import proc_table, sock_diag, squid_serving
+from entrypoint import drain_tails, proc_table, sock_diag, squid_serving
 
 
 def _listener(family: int = socket.AF_INET) -> socket.socket:
@@ -162,9 +162,7 @@ def test_socket_and_process_checks_never_read_the_whole_host(tmp_path: Path) -> 
         assert "listdir /proc" not in seen, seen
 
 
-def test_without_netlink_the_proc_table_answers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A seccomp profile may refuse AF_NETLINK (simulated: the real refusal needs another
-    runtime): the checks fall back to /proc and stay right."""
+def _refuse_netlink(monkeypatch: pytest.MonkeyPatch) -> None:
     real_socket = socket.socket
 
     def refuse(family: int = -1, *args: Any, **kwargs: Any) -> socket.socket:
@@ -174,6 +172,12 @@ def test_without_netlink_the_proc_table_answers(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(sock_diag, "_link", sock_diag._Link())
     monkeypatch.setattr(socket, "socket", refuse)
+
+
+def test_without_netlink_the_proc_table_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A seccomp profile may refuse AF_NETLINK (simulated: the real refusal needs another
+    runtime): the checks fall back to /proc and stay right."""
+    _refuse_netlink(monkeypatch)
     with _listeners(1) as (server,):
         port = server.getsockname()[1]
         assert sock_diag.tcp_sockets(proc_table.TCP_LISTEN, [port]) is None
@@ -270,3 +274,150 @@ def test_the_drain_counts_again_only_when_squids_sockets_change(
             client.close()
         holder.kill()
         holder.wait(10)
+
+
+@contextlib.contextmanager
+def _orphaned_tail() -> Iterator[tuple[int, socket.socket]]:
+    """A server socket closed with bytes its client has not taken yet: an orphan in FIN_WAIT1
+    with a send queue (what Squid leaves behind for a slow client). Yields (server port, client)."""
+    with _listeners(1) as (server,):
+        port = server.getsockname()[1]
+        client = socket.socket()
+        client.setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 4096
+        )  # before connect: a small window
+        try:
+            client.connect(("127.0.0.1", port))
+            accepted, _ = server.accept()
+            accepted.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    accepted.send(b"x" * 65536)
+            accepted.close()  # nothing unread from the client: a FIN after the data, no reset
+            yield port, client
+        finally:
+            client.close()
+
+
+def _read_to_end(client: socket.socket) -> int:
+    client.settimeout(10)
+    total = 0
+    while chunk := client.recv(65536):
+        total += len(chunk)
+    return total
+
+
+def _count_until(tails: drain_tails.SendingTails, wanted: int) -> int:
+    """tails.count() until it is `wanted` (the client's last ACK is on its way), at most 5 s."""
+    deadline = time.monotonic() + 5
+    while (counted := tails.count()) != wanted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return counted
+
+
+def test_a_closed_socket_still_sending_is_found_with_its_send_queue() -> None:
+    """An orphan on the port: found by state and port, inode 0, the send queue /proc shows; it
+    is no ESTABLISHED socket; once the client has read everything (FIN_WAIT2) it no longer counts."""
+    with _orphaned_tail() as (port, client):
+        found = sock_diag.tcp_sockets(drain_tails.TAIL_STATES, [port])
+        assert found is not None
+        [tail] = found
+        assert (tail.state, tail.local_port, tail.remote_port, tail.inode) == (
+            proc_table.TCP_FIN_WAIT1,
+            port,
+            client.getsockname()[1],
+            0,
+        )
+        [row] = [s for s in proc_table.tcp_sockets() if s.local_port == port and s.inode == 0]
+        assert tail.send_queue > 0 and row.send_queue == tail.send_queue
+        assert sock_diag.tcp_sockets(proc_table.TCP_ESTABLISHED, [port]) == []
+        assert (
+            sock_diag.tcp_sockets(drain_tails.TAIL_STATES, [port + 1 if port < 65535 else 1]) == []
+        )
+        tails = drain_tails.SendingTails([port])
+        assert [tails.count() for _ in range(5)] == [1] * 5
+        assert tails.walks == 1, "a known tail is looked up, not walked for"
+        assert _read_to_end(client) > tail.send_queue
+        assert _count_until(tails, 0) == 0
+        assert tails.walks == 2, "one walk confirms no other tail is left"
+        states = {s.state for s in proc_table.tcp_sockets() if s.local_port == port}
+        assert proc_table.TCP_FIN_WAIT2 in states  # still there, nothing left to send: not counted
+
+
+def test_without_netlink_tails_are_counted_from_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Netlink refused (simulated, as above): /proc/net/tcp's tx_queue column gives the same count."""
+    with _orphaned_tail() as (port, client):
+        _refuse_netlink(monkeypatch)
+        tails = drain_tails.SendingTails([port])
+        assert tails.count() == 1
+        assert [
+            s.send_queue > 0 for s in proc_table.sockets_on([port], drain_tails.TAIL_STATES)
+        ] == [True]
+        _read_to_end(client)
+        assert _count_until(tails, 0) == 0
+
+
+_SOCKID = st.binary(min_size=16, max_size=16)
+
+
+@settings(max_examples=200)
+@given(
+    family=st.sampled_from([socket.AF_INET, socket.AF_INET6]),
+    state=st.integers(1, 12),
+    ports=st.tuples(st.integers(0, 65535), st.integers(0, 65535)),
+    addresses=st.tuples(_SOCKID, _SOCKID),
+    queues=st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+    inode=st.integers(0, 2**32 - 1),
+)
+def test_a_kernel_message_decodes_to_its_fields(
+    family: int,
+    state: int,
+    ports: tuple[int, int],
+    addresses: tuple[bytes, bytes],
+    queues: tuple[int, int],
+    inode: int,
+) -> None:
+    """Any inet_diag_msg: ports in network order, addresses cut to the family's size, the
+    receive and send queues each in its own field (a swap would count accept queues as tails)."""
+    message = sock_diag._MESSAGE.pack(
+        family,
+        state,
+        0,
+        0,
+        socket.htons(ports[0]),
+        socket.htons(ports[1]),
+        *addresses,
+        7,
+        0xC00C1E,
+        0,
+        *queues,
+        0,
+        inode,
+    )
+    data = sock_diag._HEADER.pack(
+        sock_diag._HEADER.size + len(message), sock_diag.SOCK_DIAG_BY_FAMILY, 0, 1, 0
+    )
+    found: list[sock_diag.DiagSocket] = []
+    assert not sock_diag._parse(data + message, found)
+    size = 4 if family == socket.AF_INET else 16
+    assert found == [
+        sock_diag.DiagSocket(
+            family,
+            state,
+            *ports,
+            addresses[0][:size],
+            addresses[1][:size],
+            queues[0],
+            inode,
+            message[sock_diag._SOCKID_AT : sock_diag._SOCKID_AT + sock_diag._SOCKID_SIZE],
+            queues[1],
+        )
+    ]
+
+
+@given(st.lists(st.integers(0, 31)))
+def test_a_state_mask_has_one_bit_per_state(states: list[int]) -> None:
+    mask = sock_diag.state_mask(states)
+    assert [n for n in range(32) if mask >> n & 1] == sorted(set(states))
+    if states:
+        assert sock_diag.state_mask(states[0]) == 1 << states[0]
