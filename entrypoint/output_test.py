@@ -71,6 +71,14 @@ def test_a_stalled_reader_never_blocks_and_drops_are_reported_once_it_is_back() 
         os.close(fd)
 
 
+def _collected(out_read: int, out_write: int, sink: OutputSink) -> bytes:
+    """What reached our side's pipe; its ends and the sink's fd closed."""
+    data = read_all(out_read)
+    for fd in (out_read, out_write, sink.fd):
+        os.close(fd)
+    return data
+
+
 def test_relay_passes_whole_filtered_lines_from_split_chunks() -> None:
     async def scenario() -> bytes:
         out_read, out_write = os.pipe()
@@ -87,27 +95,13 @@ def test_relay_passes_whole_filtered_lines_from_split_chunks() -> None:
         os.close(child_write)
         await asyncio.wait_for(relay.closed, 5)
         sink.attach(None)
-        data = read_all(out_read)
-        os.close(out_read)
-        os.close(out_write)
-        os.close(sink.fd)
-        return data
+        return _collected(out_read, out_write, sink)
 
     assert asyncio.run(scenario()) == b"one [redacted] line\ntwo\nthree without newline\n"
 
 
 def test_squid_style_doubled_lines_collapse_in_pairs_only() -> None:
-    async def scenario() -> bytes:
-        out_read, out_write = os.pipe()
-        sink = OutputSink(out_write, "stderr")
-        relay = LineRelay(sink, collapse_pairs=True)
-        relay.data_received(b"a\na\nb\nb\nb\nc\n")
-        data = read_all(out_read)
-        for fd in (out_read, out_write, sink.fd):
-            os.close(fd)
-        return data
-
-    assert asyncio.run(scenario()) == b"a\nb\nb\nc\n"
+    assert _relayed_reads([b"a\na\nb\nb\nb\nc\n"], collapse_pairs=True) == b"a\nb\nb\nc\n"
 
 
 def _relayed_reads(reads: list[bytes], collapse_pairs: bool = False) -> bytes:
@@ -121,9 +115,7 @@ def _relayed_reads(reads: list[bytes], collapse_pairs: bool = False) -> bytes:
         for data in reads:
             relay.data_received(data)
         relay.connection_lost(None)
-        data = read_all(out_read)
-        for fd in (out_read, out_write, sink.fd):
-            os.close(fd)
+        data = _collected(out_read, out_write, sink)
         return data
 
     return asyncio.run(scenario())
@@ -180,9 +172,7 @@ def test_lines_that_arrive_together_leave_in_one_write(monkeypatch: pytest.Monke
             b"1733550000.123 1 127.0.0.1 TCP_MISS/200 425 GET http://h/o - HIER_DIRECT/h -\n" * 50
         )
         monkeypatch.undo()
-        data = read_all(out_read)
-        for fd in (out_read, out_write, sink.fd):
-            os.close(fd)
+        data = _collected(out_read, out_write, sink)
         return data
 
     data = asyncio.run(scenario())
@@ -281,9 +271,7 @@ def _relayed(data: bytes, render: log_relay.LineRender) -> bytes:
         os.close(child_write)
         await asyncio.wait_for(relay.closed, WRITE_BOUND)
         sink.attach(None)
-        output = read_all(out_read)
-        for fd in (out_read, out_write, sink.fd):
-            os.close(fd)
+        output = _collected(out_read, out_write, sink)
         return output
 
     return asyncio.run(scenario())
