@@ -469,6 +469,7 @@ def _build_registry(remembered: list[str]) -> _Registry:
     """Longer values match anywhere; short ones (under 4 characters) only as a word of their own."""
     if not remembered:
         return _Registry(None, None)
+    remembered = list(dict.fromkeys(form for s in remembered for form in _forms(s)))
     ordered = sorted(remembered, key=len, reverse=True)
     long = "|".join(_literal(s) for s in ordered if len(s) >= 4)
     short = "|".join(_literal(s) for s in ordered if len(s) < 4)
@@ -478,6 +479,37 @@ def _build_registry(remembered: list[str]) -> _Registry:
     pattern = re.compile("|".join(alternatives), _FLAGS)
     anchors = re.compile(_trie({_anchor(_hint(s)) for s in remembered}))
     return _Registry(anchors, pattern)
+
+
+# What Squid writes as it is in a URL (RFC 3986's unreserved and reserved characters, `%`):
+# anything else in a remembered value may reach a log percent-encoded (the access log's URL).
+_URL_AS_IS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:/?#[]@!$&'()*+,;=%"
+)
+
+
+def _percent_encoded(string: str, as_is: frozenset[str]) -> str:
+    return "".join(
+        char
+        if char in as_is
+        else "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogateescape"))
+        for char in string
+    )
+
+
+def _forms(string: str) -> list[str]:
+    """A remembered value as it may appear in a line: itself, and percent-encoded as a URL
+    carries it (only what a URL cannot hold, or every character not alphanumeric); the hex
+    digits match in either case (the pattern folds ASCII case)."""
+    forms = [string]
+    for as_is in (_URL_AS_IS, _ALNUM):
+        encoded = _percent_encoded(string, as_is)
+        if encoded not in forms:
+            forms.append(encoded)
+    return forms
+
+
+_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 
 
 # Characters of Squid's access and cache.log lines (casefolded), most frequent first: a value's

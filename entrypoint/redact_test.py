@@ -526,3 +526,22 @@ def test_fast_path_never_skips_a_line_with_many_remembered_values(
         assert safe_lines([_ACCESS, line]) == [_ACCESS, escape_controls(full)]
     finally:
         forget_secrets()
+
+
+@pytest.mark.parametrize(
+    "secret", ["Ab{c}De^Fg|Hi", "Pässwört1x", "with space:and%percent", "plain-ascii-Secret9"]
+)
+def test_a_remembered_value_is_redacted_percent_encoded_too(secret: str) -> None:
+    """Squid logs URLs percent-encoded (the access log's URL, its request dump): a remembered
+    value put in a URL appears encoded, in either hex case, and is replaced all the same."""
+    from urllib.parse import quote
+
+    forget_secrets()
+    try:
+        remember_for("test", [secret])
+        for encoded in {quote(secret, safe=""), quote(secret, safe="/:@!$&'()*+,;=%"), secret}:
+            for form in (encoded, encoded.lower()):
+                line = f"1796627004.562 12 10.1.2.3 TCP_DENIED/403 0 GET http://h/cachemgr?{form} -"
+                assert redact(line) == line.replace(form, REDACTED), form
+    finally:
+        forget_secrets()

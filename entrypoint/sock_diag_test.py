@@ -277,26 +277,35 @@ def test_the_drain_counts_again_only_when_squids_sockets_change(
 
 
 @contextlib.contextmanager
-def _orphaned_tail() -> Iterator[tuple[int, socket.socket]]:
-    """A server socket closed with bytes its client has not taken yet: an orphan in FIN_WAIT1
-    with a send queue (what Squid leaves behind for a slow client). Yields (server port, client)."""
+def _orphaned_tails(count: int) -> Iterator[tuple[int, list[socket.socket]]]:
+    """Server sockets closed with bytes their clients have not taken yet: orphans in FIN_WAIT1
+    with a send queue (what Squid leaves behind for slow clients). Yields (server port, clients)."""
     with _listeners(1) as (server,):
         port = server.getsockname()[1]
-        client = socket.socket()
-        client.setsockopt(
-            socket.SOL_SOCKET, socket.SO_RCVBUF, 4096
-        )  # before connect: a small window
+        clients: list[socket.socket] = []
         try:
-            client.connect(("127.0.0.1", port))
-            accepted, _ = server.accept()
-            accepted.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                while True:
-                    accepted.send(b"x" * 65536)
-            accepted.close()  # nothing unread from the client: a FIN after the data, no reset
-            yield port, client
+            for _ in range(count):
+                client = socket.socket()
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+                clients.append(client)
+                client.connect(("127.0.0.1", port))
+                accepted, _ = server.accept()
+                accepted.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+                accepted.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        accepted.send(b"x" * 65536)
+                accepted.close()  # nothing unread from the client: a FIN after the data, no reset
+            yield port, clients
         finally:
-            client.close()
+            for client in clients:
+                client.close()
+
+
+@contextlib.contextmanager
+def _orphaned_tail() -> Iterator[tuple[int, socket.socket]]:
+    with _orphaned_tails(1) as (port, (client,)):
+        yield port, client
 
 
 def _read_to_end(client: socket.socket) -> int:
@@ -355,6 +364,50 @@ def test_without_netlink_tails_are_counted_from_proc(monkeypatch: pytest.MonkeyP
         ] == [True]
         _read_to_end(client)
         assert _count_until(tails, 0) == 0
+
+
+def test_many_tails_are_counted_by_walks_not_one_lookup_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past MAX_LOOKUPS known tails (a client leaving many responses unread), a count is one
+    walk of the kernel's table, not a lookup per tail at every poll (attack: ~10 us each)."""
+    lookups: list[object] = []
+    real_lookup = sock_diag.lookup
+    monkeypatch.setattr(sock_diag, "lookup", lambda tail: lookups.append(tail) or real_lookup(tail))
+    with _orphaned_tails(drain_tails.MAX_LOOKUPS + 6) as (port, _):
+        tails = drain_tails.SendingTails([port])
+        counts = []
+        for _ in range(4):
+            counts.append(tails.count())
+            time.sleep(0.3)  # past any rest (nine times a walk): each count looks again
+        assert counts == [drain_tails.MAX_LOOKUPS + 6] * 4
+        assert (tails.walks, lookups) == (4, [])
+
+
+def test_a_slow_count_rests_nine_times_its_duration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A count that took long (a huge table, /proc without netlink) is not repeated at every
+    50 ms poll: for nine times its duration the last count stands, then the kernel is asked again."""
+    real_walk = sock_diag.tcp_sockets
+    asked: list[float] = []
+
+    def slow_walk(states: object, ports: object) -> object:
+        asked.append(time.monotonic())
+        time.sleep(0.04)
+        return real_walk(states, ports)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sock_diag, "tcp_sockets", slow_walk)
+    monkeypatch.setattr(sock_diag, "lookup", lambda tail: None)  # each tail then looks done
+    with _orphaned_tail() as (port, _):
+        tails = drain_tails.SendingTails([port])
+        assert tails.count() == 1
+        first = asked[-1]
+        while time.monotonic() < first + 0.3:  # 0.04 s x 9 = 0.36 s of rest
+            assert tails.count() == 1
+            time.sleep(0.005)
+        assert len(asked) == 1, "a slow count was repeated during its rest"
+        time.sleep(0.2)
+        tails.count()
+        assert len(asked) == 2, "after the rest the kernel is asked again"
 
 
 _SOCKID = st.binary(min_size=16, max_size=16)

@@ -55,6 +55,12 @@ class ConfigError(Exception):
     secrets: tuple[str, ...] = ()
 
 
+class TooManySecrets(ConfigError):
+    """A config holding more secret strings than redaction remembers (MAX_REMEMBERED_PER_SET):
+    refused before Squid reads it, so none of its values is remembered (nothing prints them,
+    the message holds none, and a set that large would cost the event loop seconds to compile)."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Directive:
     line_number: int
@@ -272,7 +278,7 @@ class _Budget:
     def check_secrets(self, where: object, count: int) -> None:
         """ConfigError naming `where` when `count` secret strings are past the limit."""
         if count > MAX_REMEMBERED_PER_SET:
-            raise ConfigError(
+            raise TooManySecrets(
                 f"Squid config {where}: the config and its includes hold more than"
                 f" {MAX_REMEMBERED_PER_SET} distinct secret values and pieces of them (passwords,"
                 " keys, tokens; the limit: the log redaction remembers each to replace it wherever"
@@ -454,7 +460,8 @@ def read_tree(
         _read_tree(path, data, (), budget, directives, files)
     except ConfigError as error:
         error.read_paths = tuple(budget.seen)
-        error.secrets = tuple(budget.secrets)
+        if not isinstance(error, TooManySecrets):
+            error.secrets = tuple(budget.secrets)
         raise
     return tuple(directives), tuple(files)
 
