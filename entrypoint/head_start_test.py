@@ -100,3 +100,36 @@ def test_without_the_head_start_the_startup_checks_itself(
     assert str(workspace.tls_dir / "tls.crt") in run.stderr and "is missing" in run.stderr
     assert "Checking Squid config" not in run.stdout
     assert run.descendants_left() == []
+
+
+def _loads_tls_library(pid: int) -> bool:
+    """Whether process `pid` has OpenSSL or Python's `_ssl` mapped (what `import ssl` loads)."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return any("libssl" in line or "/_ssl." in line for line in maps)
+
+
+def test_pid_1_without_ssl_bump_never_loads_the_tls_library(
+    workspace: Workspace, launch: Launcher
+) -> None:
+    """asyncio would import `ssl` (libssl and libcrypto: 5-8 ms of every start) for TLS streams
+    PID 1 never opens; it is refused while asyncio loads, and nothing later imports it unless
+    SSL-bump is on (issue 27)."""
+    import subprocess
+
+    control = subprocess.Popen(
+        [python_for_child(), "-c", "import ssl, sys; print('ready', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert control.stdout is not None and control.stdout.readline() == "ready\n"
+        assert _loads_tls_library(control.pid), "the probe does not see an imported ssl here"
+    finally:
+        control.kill()
+        control.wait(10)
+    run = launch(workspace.env(LOG_LEVEL="DEBUG"))
+    run.wait_ready()
+    assert not _loads_tls_library(run.process.pid), run.output
+    run.process.terminate()
+    assert run.wait_exit(60) == 0, run.output

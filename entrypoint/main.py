@@ -29,6 +29,19 @@ def seconds_since_exec() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME) - started
 
 
+def import_asyncio_without_ssl() -> None:
+    """asyncio imports `ssl` only to offer TLS streams, which PID 1 never opens; `ssl` loads
+    libssl and libcrypto (5-8 ms of the start, issue 27). It is refused while asyncio loads
+    (asyncio then has no TLS), and imports as usual afterwards: entrypoint.tls, with SSL-bump."""
+    if "ssl" in sys.modules or "asyncio" in sys.modules:
+        return
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # what `import ssl` raises ImportError for
+    try:
+        import asyncio  # noqa: F401
+    finally:
+        del sys.modules["ssl"]
+
+
 def main(early_signals: list[int] | None = None) -> int:
     """Run PID 1. `early_signals`: what entrypoint.py recorded before its imports finished."""
     pending: list[int] = early_signals if early_signals is not None else []
@@ -46,6 +59,7 @@ def main(early_signals: list[int] | None = None) -> int:
     head_started = time.monotonic()
     head = head_start.begin(settings, pending)  # the config check runs while we import
     head_seconds = time.monotonic() - head_started
+    import_asyncio_without_ssl()
     import asyncio
     import logging
 

@@ -8,7 +8,6 @@ children we spawned are handed out through futures; nobody else may wait for the
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import logging
 import os
@@ -28,6 +27,8 @@ def become_child_subreaper() -> bool:
     """Adopt orphaned descendants like PID 1 does, when we are not PID 1 (tests, `docker run --init`)."""
     if os.getpid() == 1:
         return True
+    import ctypes  # only here: PID 1 (the image) never needs it, and it costs the start ~1 ms
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         result: int = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
