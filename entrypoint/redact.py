@@ -14,6 +14,7 @@ Only values are replaced: directive names, files and line numbers stay.
 from __future__ import annotations
 
 import re
+import string
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
@@ -357,10 +358,7 @@ def might_redact(text: str) -> bool:
     pre-checks (a rule's trigger, a remembered value's hint) find nothing in it. casefold works
     per character, so a piece's fold is in the whole's. For callers with many small values (a
     JSON access line): one check instead of one redact() per value."""
-    folded = text.casefold()
-    if _has_trigger(folded):
-        return True
-    return _may_hold_remembered(folded)
+    return needs_redaction(text.casefold())
 
 
 # -- remembered values -------------------------------------------------------------------------
@@ -483,33 +481,29 @@ def _build_registry(remembered: list[str]) -> _Registry:
 
 # What Squid writes as it is in a URL (RFC 3986's unreserved and reserved characters, `%`):
 # anything else in a remembered value may reach a log percent-encoded (the access log's URL).
-_URL_AS_IS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:/?#[]@!$&'()*+,;=%"
-)
+_ALNUM = frozenset(string.ascii_letters + string.digits)
+_URL_AS_IS = _ALNUM | frozenset("-._~:/?#[]@!$&'()*+,;=%")
 
 
-def _percent_encoded(string: str, as_is: frozenset[str]) -> str:
+def _percent_encoded(value: str, as_is: frozenset[str]) -> str:
     return "".join(
         char
         if char in as_is
         else "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogateescape"))
-        for char in string
+        for char in value
     )
 
 
-def _forms(string: str) -> list[str]:
+def _forms(value: str) -> list[str]:
     """A remembered value as it may appear in a line: itself, and percent-encoded as a URL
     carries it (only what a URL cannot hold, or every character not alphanumeric); the hex
     digits match in either case (the pattern folds ASCII case)."""
-    forms = [string]
+    forms = [value]
     for as_is in (_URL_AS_IS, _ALNUM):
-        encoded = _percent_encoded(string, as_is)
+        encoded = _percent_encoded(value, as_is)
         if encoded not in forms:
             forms.append(encoded)
     return forms
-
-
-_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 
 
 # Characters of Squid's access and cache.log lines (casefolded), most frequent first: a value's
