@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -73,7 +74,10 @@ def stop(run: EntrypointRun, how: str) -> None:
     else:
         os.kill(run.pid, signal.SIGKILL)
         for pid in session_processes(run.pid):
-            os.kill(pid, signal.SIGKILL)
+            # One may end by itself meanwhile (the health server, started during a slow -z,
+            # exits when PID 1 goes): gone is what this wants.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         run.wait_exit(30)
     run.cleanup()
     assert wait_until(lambda: run.descendants_left() == [], 10)
